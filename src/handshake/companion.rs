@@ -1,0 +1,447 @@
+//! The companion's side of the handshake.
+//!
+//! ```text
+//!  AwaitingScan ──Hello──► AwaitingGrant ──Grant──► Linked
+//!   (offer shown,            (sent Request)    │     (holds a LinkedSession)
+//!    rotating)                                 └─Refusal / timeout─► Failed(reason)
+//!   └─ display timed out / expired / cancelled ───────────────────► Failed(reason)
+//! ```
+//!
+//! Every refused message leaves the state exactly as it was, so a forged or
+//! corrupted message cannot kill the genuine pairing.
+
+use rand_core::{CryptoRng, RngCore};
+use serde::{Deserialize, Serialize};
+use x25519_dalek::PublicKey;
+
+use super::messages::{
+    parse_refusal, DeviceLabel, MessageHeader, MessageKind, RequestBody, HEADER_LEN, HELLO_LEN,
+    MIN_SEALED_LEN,
+};
+use super::schedule::{confirm_transcript, transcript, SessionKeys};
+use super::{HandshakeError, RefusalReason, CONFIRM_LABEL, POP_LABEL};
+use crate::certificate::{DeviceCertificate, SignedDeviceList, CERTIFICATE_LEN};
+use crate::keys::{AccountId, DeviceIdentity};
+use crate::offer::{OfferDisplay, OfferEvent, OfferState, PairingOffer, TokenId};
+use crate::policy::Policy;
+use crate::session::LinkedSession;
+use crate::time::Timestamp;
+
+/// Why a companion's pairing failed for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FailureReason {
+    /// The primary refused, with its reason.
+    Refused(RefusalReason),
+    /// The offer display ended without a scan (its final state).
+    OfferEnded(OfferState),
+    /// No grant arrived within the policy's confirmation timeout.
+    GrantTimedOut,
+}
+
+/// The companion handshake's state, for display and decisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompanionState {
+    /// Showing the offer; waiting for a primary to scan it.
+    AwaitingScan {
+        /// The display's own state (rotation, expiry).
+        offer: OfferState,
+    },
+    /// Scanned; Request sent; waiting for the primary's grant.
+    AwaitingGrant {
+        /// The two-digit check code to show (00–99).
+        check_code: u8,
+        /// When the wait gives up.
+        deadline: Timestamp,
+    },
+    /// Linked: [`Companion::session`] holds the session.
+    Linked,
+    /// Failed for good: start again with a new [`Companion`].
+    Failed {
+        /// Why.
+        reason: FailureReason,
+        /// When.
+        at: Timestamp,
+    },
+}
+
+/// What [`Companion::poll`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompanionEvent {
+    /// The offer on screen rotated (show the new one).
+    OfferRotated {
+        /// The new token.
+        token_id: TokenId,
+        /// The rotation number.
+        rotation: u32,
+    },
+    /// The pairing failed (display ended or grant wait timed out).
+    Failed(FailureReason),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum Stage {
+    AwaitingScan {
+        display: OfferDisplay,
+    },
+    AwaitingGrant {
+        token: TokenId,
+        keys: SessionKeys,
+        request: Vec<u8>,
+        deadline: Timestamp,
+    },
+    Linked {
+        session: Box<LinkedSession>,
+    },
+    Failed {
+        reason: FailureReason,
+        at: Timestamp,
+    },
+}
+
+/// The companion (new device) in a pairing: shows the offer, answers the
+/// primary, verifies the certificate, and ends holding a [`LinkedSession`].
+#[derive(Debug, Clone)]
+pub struct Companion {
+    identity: DeviceIdentity,
+    label: DeviceLabel,
+    policy: Policy,
+    expected_account: Option<AccountId>,
+    stage: Stage,
+}
+
+impl Companion {
+    /// Starts pairing at `now`: a fresh offer on screen. `identity` is the
+    /// companion's own long-term key; `label` is what the primary will show.
+    pub fn new<R: RngCore + CryptoRng>(
+        identity: DeviceIdentity,
+        label: DeviceLabel,
+        policy: &Policy,
+        rng: &mut R,
+        now: Timestamp,
+    ) -> Self {
+        Companion {
+            identity,
+            label,
+            policy: policy.clone(),
+            expected_account: None,
+            stage: Stage::AwaitingScan {
+                display: OfferDisplay::new(policy, rng, now),
+            },
+        }
+    }
+
+    /// Accept a grant only from this account (a re-pair to a known account).
+    pub fn expect_account(mut self, account: AccountId) -> Self {
+        self.expected_account = Some(account);
+        self
+    }
+
+    /// The current state.
+    pub fn state(&self) -> CompanionState {
+        match &self.stage {
+            Stage::AwaitingScan { display } => CompanionState::AwaitingScan {
+                offer: display.state(),
+            },
+            Stage::AwaitingGrant { keys, deadline, .. } => CompanionState::AwaitingGrant {
+                check_code: keys.check_code,
+                deadline: *deadline,
+            },
+            Stage::Linked { .. } => CompanionState::Linked,
+            Stage::Failed { reason, at } => CompanionState::Failed {
+                reason: *reason,
+                at: *at,
+            },
+        }
+    }
+
+    /// The offer to show, while waiting for a scan.
+    pub fn offer(&self) -> Option<&PairingOffer> {
+        match &self.stage {
+            Stage::AwaitingScan { display } => display.offer(),
+            _ => None,
+        }
+    }
+
+    /// The two-digit check code once scanned (show it beside the primary's).
+    pub fn check_code(&self) -> Option<u8> {
+        match &self.stage {
+            Stage::AwaitingGrant { keys, .. } => Some(keys.check_code),
+            _ => None,
+        }
+    }
+
+    /// The linked session, once linked.
+    pub fn session(&self) -> Option<&LinkedSession> {
+        match &self.stage {
+            Stage::Linked { session } => Some(session),
+            _ => None,
+        }
+    }
+
+    /// Takes the linked session out; gives `self` back if not linked.
+    pub fn into_session(self) -> Result<LinkedSession, Box<Self>> {
+        match self.stage {
+            Stage::Linked { session } => Ok(*session),
+            _ => Err(Box::new(self)),
+        }
+    }
+
+    /// When the host must call [`Companion::poll`] next.
+    pub fn next_deadline(&self) -> Option<Timestamp> {
+        match &self.stage {
+            Stage::AwaitingScan { display } => display.next_deadline(),
+            Stage::AwaitingGrant { deadline, .. } => Some(*deadline),
+            Stage::Linked { .. } | Stage::Failed { .. } => None,
+        }
+    }
+
+    /// Advances time: rotates the offer, or fails the pairing when the display
+    /// ends or the grant does not come in time.
+    pub fn poll<R: RngCore + CryptoRng>(
+        &mut self,
+        now: Timestamp,
+        rng: &mut R,
+    ) -> Option<CompanionEvent> {
+        match &mut self.stage {
+            Stage::AwaitingScan { display } => match display.poll(now, rng)? {
+                OfferEvent::Rotated { rotation, new, .. } => Some(CompanionEvent::OfferRotated {
+                    token_id: new,
+                    rotation,
+                }),
+                OfferEvent::Ended(state) => {
+                    let at = match state {
+                        OfferState::Expired { at } | OfferState::TimedOut { at } => at,
+                        _ => now,
+                    };
+                    let reason = FailureReason::OfferEnded(state);
+                    self.stage = Stage::Failed { reason, at };
+                    Some(CompanionEvent::Failed(reason))
+                }
+            },
+            Stage::AwaitingGrant { deadline, .. } if now >= *deadline => {
+                let reason = FailureReason::GrantTimedOut;
+                self.stage = Stage::Failed {
+                    reason,
+                    at: *deadline,
+                };
+                Some(CompanionEvent::Failed(reason))
+            }
+            _ => None,
+        }
+    }
+
+    /// Cancels a pairing that is still waiting for a scan.
+    pub fn cancel(&mut self, now: Timestamp) -> Result<(), HandshakeError> {
+        match &mut self.stage {
+            Stage::AwaitingScan { display } => {
+                display.cancel(now)?;
+                let reason = FailureReason::OfferEnded(display.state());
+                self.stage = Stage::Failed { reason, at: now };
+                Ok(())
+            }
+            _ => Err(self.wrong_state()),
+        }
+    }
+
+    fn wrong_state(&self) -> HandshakeError {
+        match &self.stage {
+            Stage::Linked { .. } => HandshakeError::AlreadyLinked,
+            Stage::Failed { .. } => HandshakeError::AlreadyFailed,
+            Stage::AwaitingScan { .. } => HandshakeError::WrongState {
+                state: "awaiting scan",
+            },
+            Stage::AwaitingGrant { .. } => HandshakeError::WrongState {
+                state: "awaiting grant",
+            },
+        }
+    }
+
+    /// Handles the primary's Hello; returns the Request to send back.
+    ///
+    /// Refused (state unchanged) unless the message is for the offer on
+    /// screen, still fresh, and keyed by someone who saw the QR code.
+    pub fn receive_hello(
+        &mut self,
+        hello: &[u8],
+        now: Timestamp,
+    ) -> Result<Vec<u8>, HandshakeError> {
+        let display = match &mut self.stage {
+            Stage::AwaitingScan { display } => display,
+            Stage::AwaitingGrant { token, .. } => {
+                let h = MessageHeader::parse(hello)?;
+                return Err(if h.token_id != *token {
+                    HandshakeError::WrongSession
+                } else {
+                    HandshakeError::UnexpectedMessage {
+                        expected: "awaiting grant",
+                        got: h.kind,
+                    }
+                });
+            }
+            _ => return Err(self.wrong_state()),
+        };
+        let header = MessageHeader::parse(hello)?;
+        if header.kind != MessageKind::Hello {
+            return Err(HandshakeError::UnexpectedMessage {
+                expected: "awaiting scan",
+                got: header.kind,
+            });
+        }
+        let offer_keys = display.check(&header.token_id, now)?;
+        if hello.len() != HELLO_LEN {
+            return Err(HandshakeError::Malformed { what: "hello" });
+        }
+        let (signed, tag) = hello.split_at(HELLO_LEN - super::schedule::MAC_LEN);
+        let mut primary_eph = [0u8; 32];
+        primary_eph.copy_from_slice(&signed[HEADER_LEN..]);
+        let shared = offer_keys
+            .secret
+            .diffie_hellman(&PublicKey::from(primary_eph));
+        if !shared.was_contributory() {
+            return Err(HandshakeError::NonContributory);
+        }
+        let offer = &offer_keys.offer;
+        let th = transcript(&header.token_id, offer.ephemeral(), &primary_eph);
+        let keys = SessionKeys::derive(shared.as_bytes(), offer.secret(), th);
+        if !keys.verify_hello_tag(signed, tag) {
+            return Err(HandshakeError::AuthenticationFailed);
+        }
+
+        // Verified: build the Request, then commit the state change.
+        let mut proof_msg = Vec::with_capacity(POP_LABEL.len() + 32);
+        proof_msg.extend_from_slice(POP_LABEL);
+        proof_msg.extend_from_slice(&th);
+        let body = RequestBody {
+            device: self.identity.device_key().to_bytes(),
+            proof: self.identity.sign(&proof_msg),
+            label: self.label.clone(),
+        };
+        let mut request = Vec::with_capacity(HEADER_LEN + 32 + 64 + 1 + 64 + 16);
+        MessageHeader {
+            kind: MessageKind::Request,
+            token_id: header.token_id,
+        }
+        .write(&mut request);
+        let mut sealed = Vec::with_capacity(32 + 64 + 1 + 64 + 16);
+        body.write(&mut sealed);
+        if !keys.seal_request(&request, &mut sealed) {
+            return Err(HandshakeError::WrongState {
+                state: "sealing failed",
+            });
+        }
+        request.extend_from_slice(&sealed);
+        display.redeem(now);
+        self.stage = Stage::AwaitingGrant {
+            token: header.token_id,
+            keys,
+            request: request.clone(),
+            deadline: now.saturating_add(self.policy.confirmation_timeout()),
+        };
+        Ok(request)
+    }
+
+    /// Handles the primary's Grant (returns the Confirm to send back; the
+    /// companion is then linked) or its authenticated Refusal (the pairing
+    /// fails with [`HandshakeError::Refused`]).
+    pub fn receive_grant(
+        &mut self,
+        grant: &[u8],
+        now: Timestamp,
+    ) -> Result<Vec<u8>, HandshakeError> {
+        let (token, keys, request, deadline) = match &self.stage {
+            Stage::AwaitingGrant {
+                token,
+                keys,
+                request,
+                deadline,
+            } => (token, keys, request, *deadline),
+            Stage::AwaitingScan { display } => {
+                let h = MessageHeader::parse(grant)?;
+                return Err(match display.offer() {
+                    Some(o) if o.token_id() == h.token_id => HandshakeError::UnexpectedMessage {
+                        expected: "awaiting scan",
+                        got: h.kind,
+                    },
+                    _ => HandshakeError::WrongSession,
+                });
+            }
+            _ => return Err(self.wrong_state()),
+        };
+        let header = MessageHeader::expect(
+            grant,
+            token,
+            &[MessageKind::Grant, MessageKind::Refusal],
+            "awaiting grant",
+        )?;
+        if now >= deadline {
+            return Err(HandshakeError::TimedOut {
+                waiting_for: "the grant",
+            });
+        }
+        if grant.len() < MIN_SEALED_LEN {
+            return Err(HandshakeError::Malformed { what: "grant" });
+        }
+        let (aad, sealed) = grant.split_at(HEADER_LEN);
+        let mut buf = sealed.to_vec();
+        let plain = keys
+            .open_grant(aad, &mut buf)
+            .ok_or(HandshakeError::AuthenticationFailed)?;
+
+        if header.kind == MessageKind::Refusal {
+            let reason = parse_refusal(plain)?;
+            self.stage = Stage::Failed {
+                reason: FailureReason::Refused(reason),
+                at: now,
+            };
+            return Err(HandshakeError::Refused(reason));
+        }
+
+        let (cert_bytes, list_bytes) = plain
+            .split_at_checked(CERTIFICATE_LEN)
+            .ok_or(HandshakeError::Malformed { what: "grant" })?;
+        let certificate = DeviceCertificate::from_bytes(cert_bytes)?;
+        let me = self.identity.device_key();
+        if certificate.device() != me {
+            return Err(crate::certificate::CertificateError::WrongDevice.into());
+        }
+        if self
+            .expected_account
+            .is_some_and(|a| a != certificate.account())
+        {
+            return Err(crate::certificate::CertificateError::WrongAccount.into());
+        }
+        let device_list = SignedDeviceList::from_bytes(list_bytes)?;
+        if device_list.account() != certificate.account() {
+            return Err(crate::certificate::CertificateError::WrongAccount.into());
+        }
+        if !device_list.contains(certificate.index(), &me) {
+            return Err(crate::certificate::CertificateError::WrongDevice.into());
+        }
+
+        let th2 = confirm_transcript(&keys.transcript, request, grant);
+        let mut confirm_msg = Vec::with_capacity(CONFIRM_LABEL.len() + 32);
+        confirm_msg.extend_from_slice(CONFIRM_LABEL);
+        confirm_msg.extend_from_slice(&th2);
+        let signature = self.identity.sign(&confirm_msg);
+        let mut confirm = Vec::with_capacity(super::messages::CONFIRM_LEN);
+        MessageHeader {
+            kind: MessageKind::Confirm,
+            token_id: *token,
+        }
+        .write(&mut confirm);
+        confirm.extend_from_slice(&signature);
+
+        let session = LinkedSession::new(
+            self.identity.clone(),
+            self.label.clone(),
+            certificate,
+            device_list,
+            &self.policy,
+            now,
+        );
+        self.stage = Stage::Linked {
+            session: Box::new(session),
+        };
+        Ok(confirm)
+    }
+}

@@ -1,0 +1,333 @@
+//! Wire layout of the four handshake messages (see `docs/PROTOCOL.md`).
+//!
+//! Every message starts with an 18-byte header: version, kind, token id. The
+//! header is the AEAD's associated data, so a relay can route by it and
+//! nobody can alter it unnoticed.
+
+use serde::{Deserialize, Serialize};
+
+use super::schedule::{MAC_LEN, TAG_LEN};
+use super::HandshakeError;
+use crate::keys::{PUBLIC_KEY_LEN, SIGNATURE_LEN};
+use crate::offer::TokenId;
+use crate::wire::Reader;
+
+/// Version byte of every handshake message.
+pub const MESSAGE_VERSION: u8 = 1;
+/// Bytes of the common header.
+pub const HEADER_LEN: usize = 1 + 1 + 16;
+/// Bytes of a Hello.
+pub(crate) const HELLO_LEN: usize = HEADER_LEN + 32 + MAC_LEN;
+/// Bytes of a Confirm.
+pub(crate) const CONFIRM_LEN: usize = HEADER_LEN + SIGNATURE_LEN;
+/// Longest device label, in bytes of UTF-8.
+pub const MAX_LABEL_LEN: usize = 64;
+
+/// The kind of a handshake message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum MessageKind {
+    /// Primary → companion: the primary's ephemeral key and a MAC.
+    Hello,
+    /// Companion → primary: its identity key, proof of possession, label (encrypted).
+    Request,
+    /// Primary → companion: certificate and device list (encrypted).
+    Grant,
+    /// Primary → companion: an authenticated refusal (encrypted).
+    Refusal,
+    /// Companion → primary: its signature over the whole transcript.
+    Confirm,
+}
+
+impl MessageKind {
+    fn code(self) -> u8 {
+        match self {
+            MessageKind::Hello => 1,
+            MessageKind::Request => 2,
+            MessageKind::Grant => 3,
+            MessageKind::Refusal => 4,
+            MessageKind::Confirm => 5,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Self> {
+        Some(match code {
+            1 => MessageKind::Hello,
+            2 => MessageKind::Request,
+            3 => MessageKind::Grant,
+            4 => MessageKind::Refusal,
+            5 => MessageKind::Confirm,
+            _ => return None,
+        })
+    }
+}
+
+/// The routing part of a message, readable by a relay without any key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageHeader {
+    /// What kind of message.
+    pub kind: MessageKind,
+    /// Which pairing session (offer) it belongs to.
+    pub token_id: TokenId,
+}
+
+impl MessageHeader {
+    /// Reads the header of any handshake message. Total.
+    pub fn parse(bytes: &[u8]) -> Result<Self, HandshakeError> {
+        let malformed = |_| HandshakeError::Malformed {
+            what: "message header",
+        };
+        let mut r = Reader::new(bytes);
+        let version = r.u8().map_err(malformed)?;
+        if version != MESSAGE_VERSION {
+            return Err(HandshakeError::UnsupportedVersion(version));
+        }
+        let kind = MessageKind::from_code(r.u8().map_err(malformed)?).ok_or(
+            HandshakeError::Malformed {
+                what: "message kind",
+            },
+        )?;
+        let token_id = TokenId(r.array().map_err(malformed)?);
+        Ok(MessageHeader { kind, token_id })
+    }
+
+    pub(crate) fn write(&self, out: &mut Vec<u8>) {
+        out.push(MESSAGE_VERSION);
+        out.push(self.kind.code());
+        out.extend_from_slice(&self.token_id.0);
+    }
+
+    /// Parses and checks that the message belongs to `token` and is of one of
+    /// `allowed` kinds; `expected` names the state for the error.
+    pub(crate) fn expect(
+        bytes: &[u8],
+        token: &TokenId,
+        allowed: &[MessageKind],
+        expected: &'static str,
+    ) -> Result<Self, HandshakeError> {
+        let h = Self::parse(bytes)?;
+        if h.token_id != *token {
+            return Err(HandshakeError::WrongSession);
+        }
+        if !allowed.contains(&h.kind) {
+            return Err(HandshakeError::UnexpectedMessage {
+                expected,
+                got: h.kind,
+            });
+        }
+        Ok(h)
+    }
+}
+
+/// Why a device label was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeviceLabelError {
+    /// Empty label.
+    #[error("device label is empty")]
+    Empty,
+    /// Over [`MAX_LABEL_LEN`] bytes.
+    #[error("device label is {len} bytes, more than {MAX_LABEL_LEN}")]
+    TooLong {
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// Contains control characters (which could spoof the primary's prompt).
+    #[error("device label contains control characters")]
+    ControlCharacter,
+    /// Not UTF-8.
+    #[error("device label is not UTF-8")]
+    NotUtf8,
+}
+
+/// A short, human-readable name of a companion ("Firefox on Linux"), shown on
+/// the primary before it grants anything. 1–64 bytes of UTF-8, no control
+/// characters. Chosen by the companion, so never proof of anything.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct DeviceLabel(String);
+
+impl DeviceLabel {
+    /// Validates a label.
+    pub fn new(label: impl Into<String>) -> Result<Self, DeviceLabelError> {
+        let label = label.into();
+        if label.is_empty() {
+            return Err(DeviceLabelError::Empty);
+        }
+        if label.len() > MAX_LABEL_LEN {
+            return Err(DeviceLabelError::TooLong { len: label.len() });
+        }
+        if label.chars().any(char::is_control) {
+            return Err(DeviceLabelError::ControlCharacter);
+        }
+        Ok(DeviceLabel(label))
+    }
+
+    fn from_wire(bytes: &[u8]) -> Result<Self, DeviceLabelError> {
+        let s = std::str::from_utf8(bytes).map_err(|_| DeviceLabelError::NotUtf8)?;
+        DeviceLabel::new(s)
+    }
+
+    /// The label text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for DeviceLabel {
+    type Error = DeviceLabelError;
+    fn try_from(s: String) -> Result<Self, DeviceLabelError> {
+        DeviceLabel::new(s)
+    }
+}
+
+impl From<DeviceLabel> for String {
+    fn from(l: DeviceLabel) -> String {
+        l.0
+    }
+}
+
+impl std::fmt::Display for DeviceLabel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Plaintext of a Request: identity key, proof-of-possession signature, label.
+pub(crate) struct RequestBody {
+    pub(crate) device: [u8; PUBLIC_KEY_LEN],
+    pub(crate) proof: [u8; SIGNATURE_LEN],
+    pub(crate) label: DeviceLabel,
+}
+
+impl RequestBody {
+    pub(crate) fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.device);
+        out.extend_from_slice(&self.proof);
+        // A DeviceLabel is at most 64 bytes.
+        out.push(u8::try_from(self.label.0.len()).unwrap_or(u8::MAX));
+        out.extend_from_slice(self.label.0.as_bytes());
+    }
+
+    pub(crate) fn parse(bytes: &[u8]) -> Result<Self, HandshakeError> {
+        let malformed = |_| HandshakeError::Malformed { what: "request" };
+        let mut r = Reader::new(bytes);
+        let device = r.array().map_err(malformed)?;
+        let proof = r.array().map_err(malformed)?;
+        let len = usize::from(r.u8().map_err(malformed)?);
+        let label = DeviceLabel::from_wire(r.take(len).map_err(malformed)?)?;
+        if !r.is_empty() {
+            return Err(HandshakeError::Malformed { what: "request" });
+        }
+        Ok(RequestBody {
+            device,
+            proof,
+            label,
+        })
+    }
+}
+
+/// Plaintext of a Refusal: reason code and an argument.
+pub(crate) fn write_refusal(reason: RefusalReasonCode, out: &mut Vec<u8>) {
+    out.push(reason.0);
+    out.extend_from_slice(&reason.1.to_be_bytes());
+}
+
+/// A refusal reason as its code and argument.
+pub(crate) struct RefusalReasonCode(pub(crate) u8, pub(crate) u32);
+
+impl From<super::RefusalReason> for RefusalReasonCode {
+    fn from(r: super::RefusalReason) -> Self {
+        use super::RefusalReason as R;
+        match r {
+            R::DeviceLimitReached { limit } => RefusalReasonCode(1, limit),
+            R::Declined => RefusalReasonCode(2, 0),
+            R::OfferStale => RefusalReasonCode(3, 0),
+        }
+    }
+}
+
+pub(crate) fn parse_refusal(bytes: &[u8]) -> Result<super::RefusalReason, HandshakeError> {
+    use super::RefusalReason as R;
+    let malformed = |_| HandshakeError::Malformed { what: "refusal" };
+    let mut r = Reader::new(bytes);
+    let code = r.u8().map_err(malformed)?;
+    let arg = r.u32().map_err(malformed)?;
+    if !r.is_empty() {
+        return Err(HandshakeError::Malformed { what: "refusal" });
+    }
+    match code {
+        1 => Ok(R::DeviceLimitReached { limit: arg }),
+        2 => Ok(R::Declined),
+        3 => Ok(R::OfferStale),
+        _ => Err(HandshakeError::Malformed {
+            what: "refusal reason",
+        }),
+    }
+}
+
+/// Minimum bytes of an encrypted message (header and tag).
+pub(crate) const MIN_SEALED_LEN: usize = HEADER_LEN + TAG_LEN;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_parse_is_total_and_typed() {
+        assert!(matches!(
+            MessageHeader::parse(&[]),
+            Err(HandshakeError::Malformed { .. })
+        ));
+        assert_eq!(
+            MessageHeader::parse(&[9]),
+            Err(HandshakeError::UnsupportedVersion(9))
+        );
+        assert!(matches!(
+            MessageHeader::parse(&[1, 77, 0]),
+            Err(HandshakeError::Malformed {
+                what: "message kind"
+            })
+        ));
+        let mut m = Vec::new();
+        MessageHeader {
+            kind: MessageKind::Grant,
+            token_id: TokenId([4; 16]),
+        }
+        .write(&mut m);
+        let h = MessageHeader::parse(&m).unwrap();
+        assert_eq!(h.kind, MessageKind::Grant);
+        assert_eq!(h.token_id, TokenId([4; 16]));
+        assert_eq!(
+            MessageHeader::expect(&m, &TokenId([5; 16]), &[MessageKind::Grant], "x"),
+            Err(HandshakeError::WrongSession)
+        );
+        assert!(matches!(
+            MessageHeader::expect(&m, &TokenId([4; 16]), &[MessageKind::Hello], "x"),
+            Err(HandshakeError::UnexpectedMessage {
+                got: MessageKind::Grant,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn labels_are_validated() {
+        assert_eq!(DeviceLabel::new(""), Err(DeviceLabelError::Empty));
+        assert_eq!(
+            DeviceLabel::new("a".repeat(65)),
+            Err(DeviceLabelError::TooLong { len: 65 })
+        );
+        assert_eq!(
+            DeviceLabel::new("Chrome\u{1b}[2J"),
+            Err(DeviceLabelError::ControlCharacter)
+        );
+        assert_eq!(
+            DeviceLabel::from_wire(&[0xff]),
+            Err(DeviceLabelError::NotUtf8)
+        );
+        assert_eq!(
+            DeviceLabel::new("Firefox on Linux").unwrap().as_str(),
+            "Firefox on Linux"
+        );
+        assert!(DeviceLabel::new("é".repeat(32)).is_ok());
+    }
+}

@@ -1,0 +1,220 @@
+//! The key schedule: X25519 output → HKDF-SHA256 keys, bound to the QR secret
+//! (salt) and the transcript hash (info).
+//!
+//! ```text
+//! th   = SHA-256("devicelink/v1 transcript" || token_id || E_c || E_p)
+//! prk  = HKDF-Extract(salt = offer secret, ikm = X25519(e, E))
+//! k_h  = HKDF-Expand(prk, "devicelink/v1 hello"      || th, 32)  HMAC key, Hello
+//! k_r  = HKDF-Expand(prk, "devicelink/v1 request"    || th, 32)  AEAD key, Request
+//! k_g  = HKDF-Expand(prk, "devicelink/v1 grant"      || th, 32)  AEAD key, Grant/Refusal
+//! code = HKDF-Expand(prk, "devicelink/v1 check code" || th, 4)   u32 BE mod 100
+//! th2  = SHA-256("devicelink/v1 confirm transcript" || th || Request || Grant)
+//! ```
+//!
+//! Each AEAD key encrypts exactly one message, so its nonce is zero.
+
+use ring::{aead, digest, hkdf, hmac};
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+use crate::offer::TokenId;
+
+const TRANSCRIPT_LABEL: &[u8] = b"devicelink/v1 transcript";
+const CONFIRM_TRANSCRIPT_LABEL: &[u8] = b"devicelink/v1 confirm transcript";
+const HELLO_LABEL: &[u8] = b"devicelink/v1 hello";
+const REQUEST_LABEL: &[u8] = b"devicelink/v1 request";
+const GRANT_LABEL: &[u8] = b"devicelink/v1 grant";
+const CHECK_CODE_LABEL: &[u8] = b"devicelink/v1 check code";
+
+/// AEAD tag length (ChaCha20-Poly1305).
+pub(crate) const TAG_LEN: usize = 16;
+/// HMAC-SHA256 tag length.
+pub(crate) const MAC_LEN: usize = 32;
+
+/// The transcript hash of the scan: binds token, both ephemeral keys.
+pub(crate) fn transcript(
+    token: &TokenId,
+    companion_eph: &[u8; 32],
+    primary_eph: &[u8; 32],
+) -> [u8; 32] {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    ctx.update(TRANSCRIPT_LABEL);
+    ctx.update(&token.0);
+    ctx.update(companion_eph);
+    ctx.update(primary_eph);
+    to_array(ctx.finish())
+}
+
+/// The transcript the companion's confirmation signs: the scan transcript and
+/// the exact Request and Grant bytes.
+pub(crate) fn confirm_transcript(th: &[u8; 32], request: &[u8], grant: &[u8]) -> [u8; 32] {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    ctx.update(CONFIRM_TRANSCRIPT_LABEL);
+    ctx.update(th);
+    ctx.update(request);
+    ctx.update(grant);
+    to_array(ctx.finish())
+}
+
+fn to_array(d: digest::Digest) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+struct Len(usize);
+impl hkdf::KeyType for Len {
+    fn len(&self) -> usize {
+        self.0
+    }
+}
+
+/// Every key of one pairing exchange. Zeroized on drop; never printed.
+///
+/// Serializable because a host may persist a companion mid-handshake: the
+/// persisted form is secret material.
+#[derive(Clone, Zeroize, ZeroizeOnDrop, serde::Serialize, serde::Deserialize)]
+pub(crate) struct SessionKeys {
+    #[serde(with = "crate::encoding::b64_array")]
+    hello: [u8; 32],
+    #[serde(with = "crate::encoding::b64_array")]
+    request: [u8; 32],
+    #[serde(with = "crate::encoding::b64_array")]
+    grant: [u8; 32],
+    pub(crate) check_code: u8,
+    #[serde(with = "crate::encoding::b64_array")]
+    pub(crate) transcript: [u8; 32],
+}
+
+impl std::fmt::Debug for SessionKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionKeys { .. }")
+    }
+}
+
+impl SessionKeys {
+    /// Derives every key from the DH output, the offer secret and `th`.
+    pub(crate) fn derive(dh: &[u8; 32], offer_secret: &[u8], th: [u8; 32]) -> Self {
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, offer_secret).extract(dh);
+        let mut keys = SessionKeys {
+            hello: [0; 32],
+            request: [0; 32],
+            grant: [0; 32],
+            check_code: 0,
+            transcript: th,
+        };
+        expand(&prk, HELLO_LABEL, &th, &mut keys.hello);
+        expand(&prk, REQUEST_LABEL, &th, &mut keys.request);
+        expand(&prk, GRANT_LABEL, &th, &mut keys.grant);
+        let mut code = [0u8; 4];
+        expand(&prk, CHECK_CODE_LABEL, &th, &mut code);
+        // u32 % 100 < 100 always fits a u8.
+        keys.check_code = u8::try_from(u32::from_be_bytes(code) % 100).unwrap_or(0);
+        keys
+    }
+
+    /// HMAC-SHA256 tag over the Hello's bytes.
+    pub(crate) fn hello_tag(&self, hello: &[u8]) -> hmac::Tag {
+        hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &self.hello), hello)
+    }
+
+    /// Constant-time check of a Hello tag (ring's `hmac::verify`).
+    pub(crate) fn verify_hello_tag(&self, hello: &[u8], tag: &[u8]) -> bool {
+        hmac::verify(&hmac::Key::new(hmac::HMAC_SHA256, &self.hello), hello, tag).is_ok()
+    }
+
+    pub(crate) fn seal_request(&self, aad: &[u8], buf: &mut Vec<u8>) -> bool {
+        seal(&self.request, aad, buf)
+    }
+
+    pub(crate) fn open_request<'a>(&self, aad: &[u8], buf: &'a mut [u8]) -> Option<&'a mut [u8]> {
+        open(&self.request, aad, buf)
+    }
+
+    pub(crate) fn seal_grant(&self, aad: &[u8], buf: &mut Vec<u8>) -> bool {
+        seal(&self.grant, aad, buf)
+    }
+
+    pub(crate) fn open_grant<'a>(&self, aad: &[u8], buf: &'a mut [u8]) -> Option<&'a mut [u8]> {
+        open(&self.grant, aad, buf)
+    }
+}
+
+fn expand(prk: &hkdf::Prk, label: &[u8], th: &[u8; 32], out: &mut [u8]) {
+    let info = [label, th.as_slice()];
+    // `expand` fails only for lengths over 255 * 32 bytes; ours are ≤ 32.
+    if let Ok(okm) = prk.expand(&info, Len(out.len())) {
+        let _ = okm.fill(out);
+    }
+}
+
+fn aead_key(key: &[u8; 32]) -> Option<aead::LessSafeKey> {
+    aead::UnboundKey::new(&aead::CHACHA20_POLY1305, key)
+        .ok()
+        .map(aead::LessSafeKey::new)
+}
+
+/// Encrypts `buf[..]` in place and appends the tag. Each key seals one message,
+/// so the nonce is fixed at zero.
+fn seal(key: &[u8; 32], aad: &[u8], buf: &mut Vec<u8>) -> bool {
+    match aead_key(key) {
+        Some(k) => k
+            .seal_in_place_append_tag(
+                aead::Nonce::assume_unique_for_key([0; 12]),
+                aead::Aad::from(aad),
+                buf,
+            )
+            .is_ok(),
+        None => false,
+    }
+}
+
+/// Decrypts `buf` (ciphertext and tag) in place; the plaintext on success.
+fn open<'a>(key: &[u8; 32], aad: &[u8], buf: &'a mut [u8]) -> Option<&'a mut [u8]> {
+    aead_key(key)?
+        .open_in_place(
+            aead::Nonce::assume_unique_for_key([0; 12]),
+            aead::Aad::from(aad),
+            buf,
+        )
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_differ_by_secret_dh_and_transcript() {
+        let a = SessionKeys::derive(&[1; 32], &[2; 16], [3; 32]);
+        let b = SessionKeys::derive(&[1; 32], &[9; 16], [3; 32]);
+        let c = SessionKeys::derive(&[1; 32], &[2; 16], [4; 32]);
+        let d = SessionKeys::derive(&[5; 32], &[2; 16], [3; 32]);
+        for other in [&b, &c, &d] {
+            assert_ne!(a.request, other.request);
+            assert_ne!(a.grant, other.grant);
+            assert_ne!(a.hello, other.hello);
+        }
+        assert_ne!(a.request, a.grant);
+        assert!(a.check_code < 100);
+    }
+
+    #[test]
+    fn seal_open_round_trip_and_tamper() {
+        let k = SessionKeys::derive(&[1; 32], &[2; 16], [3; 32]);
+        let mut buf = b"hello".to_vec();
+        assert!(k.seal_request(b"aad", &mut buf));
+        assert_eq!(buf.len(), 5 + TAG_LEN);
+        let mut good = buf.clone();
+        assert_eq!(
+            k.open_request(b"aad", &mut good).map(|p| p.to_vec()),
+            Some(b"hello".to_vec())
+        );
+        let mut wrong_aad = buf.clone();
+        assert!(k.open_request(b"aae", &mut wrong_aad).is_none());
+        let mut wrong_key = buf.clone();
+        assert!(k.open_grant(b"aad", &mut wrong_key).is_none());
+        let tag = k.hello_tag(b"m");
+        assert!(k.verify_hello_tag(b"m", tag.as_ref()));
+        assert!(!k.verify_hello_tag(b"n", tag.as_ref()));
+    }
+}
