@@ -1,4 +1,69 @@
-//! devicelink (work in progress)
+//! # devicelink
+//!
+//! Link companion devices (browsers, desktops) to an account by scanning a QR
+//! code, the way a phone links browsers to a messaging account:
+//!
+//! - a **one-time pairing offer** ([`PairingOffer`]): 88 characters of the QR
+//!   alphanumeric set, QR version 4 at level M, rotating while shown
+//!   ([`offer::OfferDisplay`]) and redeemable once ([`relay::Ledger`]);
+//! - a **per-device key exchange** ([`handshake`]): X25519, HKDF-SHA256 keys
+//!   bound to the QR secret and the transcript, ChaCha20-Poly1305, and a
+//!   [`DeviceCertificate`] signed by the account's Ed25519 key, so each
+//!   companion holds its own keys ([`LinkedSession`]) and works without the phone;
+//! - the **four-companion limit** and the **14-day primary-offline expiry**
+//!   ([`Account`], [`Policy`]), revocation and a signed device list;
+//! - all as **sans-IO state machines**: time ([`Timestamp`]) and randomness
+//!   (any `rand_core` 0.6 `CryptoRng`) are inputs; nothing reads a clock.
+//!
+//! ## The whole flow
+//!
+//! ```
+//! use devicelink::{Account, Companion, DeviceIdentity, DeviceLabel, Policy, Timestamp};
+//! use rand_chacha::{rand_core::SeedableRng, ChaCha20Rng};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // Seeded RNG and a virtual clock: the same run every time. In production,
+//! // use `rand_core::OsRng` and `Timestamp::now_from_system()`.
+//! let mut rng = ChaCha20Rng::seed_from_u64(42);
+//! let now = Timestamp::from_unix_millis(1_700_000_000_000);
+//! let policy = Policy::default();
+//!
+//! // The phone holds the account.
+//! let mut account = Account::generate(policy.clone(), &mut rng, now);
+//!
+//! // The new device shows an offer as a QR code.
+//! let identity = DeviceIdentity::generate(&mut rng);
+//! let label = DeviceLabel::new("Firefox on Linux")?;
+//! let mut companion = Companion::new(identity, label, &policy, &mut rng, now);
+//! let qr_text = companion.offer().expect("showing").to_text();
+//! assert!(qr_text.starts_with("DL:") && qr_text.len() == 88);
+//! let qr = devicelink::qr::OfferQr::new(&qr_text)?;
+//! assert!(qr.version() <= 4);
+//!
+//! // The phone scans it and answers with a Hello (via the relay).
+//! let (mut primary, hello) = account.scan(&qr_text, &mut rng, now)?;
+//! // The companion answers with its identity key and label, encrypted.
+//! let request = companion.receive_hello(&hello, now)?;
+//! // The phone shows who is asking and the check code; the user approves.
+//! let asking = primary.receive_request(&request, now)?;
+//! assert_eq!(asking.label.as_str(), "Firefox on Linux");
+//! assert_eq!(Some(asking.check_code), companion.check_code());
+//! let grant = account.grant(&mut primary, now)?;
+//! // The companion verifies its certificate and confirms.
+//! let confirm = companion.receive_grant(&grant, now)?;
+//! let link = account.confirm(&mut primary, &confirm, now)?;
+//!
+//! let session = companion.session().expect("linked");
+//! assert_eq!(session.index(), link.certificate.index());
+//! assert_eq!(session.account(), account.account_id());
+//! assert!(session.is_linked(now));
+//! assert_eq!(account.companion_count(now), 1);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The crate's `README.md` has the commands, and `docs/PROTOCOL.md` the wire
+//! format, the key schedule and the security argument.
 #![forbid(unsafe_code)]
 #![cfg_attr(
     not(test),
@@ -12,14 +77,21 @@ pub mod keys;
 pub mod offer;
 pub mod policy;
 pub mod qr;
+pub mod registry;
 pub mod session;
 pub mod time;
 mod wire;
 
 pub use certificate::{DeviceCertificate, DeviceIndex, PrimaryHeartbeat, SignedDeviceList};
-pub use handshake::{Companion, DeviceLabel, HandshakeError, PrimaryHandshake};
+pub use handshake::{
+    Companion, CompanionState, DeviceLabel, HandshakeError, PrimaryHandshake, RefusalReason,
+};
 pub use keys::{AccountId, AccountKey, DeviceIdentity, DeviceKey};
-pub use offer::{PairingOffer, TokenId};
+pub use offer::{OfferDisplay, PairingOffer, TokenId};
 pub use policy::Policy;
-pub use session::LinkedSession;
+pub use registry::{Account, DeviceState, RegistryError};
+pub use relay::{Directory, Ledger, LedgerError};
+pub use session::{LinkedSession, LogoutReason, SessionStatus};
 pub use time::Timestamp;
+pub mod persist;
+pub mod relay;

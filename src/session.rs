@@ -120,6 +120,22 @@ impl LinkedSession {
     pub fn account(&self) -> AccountId {
         self.certificate.account()
     }
+    /// Saves the session (versioned JSON; holds the device's identity secret).
+    pub fn save(&self) -> Result<Vec<u8>, crate::persist::PersistError> {
+        crate::persist::save("linked session", self)
+    }
+
+    /// Restores a session saved by [`LinkedSession::save`].
+    pub fn restore(bytes: &[u8]) -> Result<Self, crate::persist::PersistError> {
+        let s: LinkedSession = crate::persist::restore("linked session", bytes)?;
+        if s.certificate.device() != s.identity.device_key()
+            || s.device_list.account() != s.certificate.account()
+        {
+            return Err(crate::persist::PersistError::Inconsistent("session keys"));
+        }
+        Ok(s)
+    }
+
     /// This device's index in the account.
     pub fn index(&self) -> DeviceIndex {
         self.certificate.index()

@@ -100,7 +100,10 @@ enum Stage {
 
 /// The companion (new device) in a pairing: shows the offer, answers the
 /// primary, verifies the certificate, and ends holding a [`LinkedSession`].
-#[derive(Debug, Clone)]
+///
+/// Persisting it ([`Companion::save`]) persists its identity secret and, while
+/// pairing, the offer's and the session's keys.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Companion {
     identity: DeviceIdentity,
     label: DeviceLabel,
@@ -128,6 +131,20 @@ impl Companion {
                 display: OfferDisplay::new(policy, rng, now),
             },
         }
+    }
+
+    /// Saves the companion (versioned JSON; secret material).
+    pub fn save(&self) -> Result<Vec<u8>, crate::persist::PersistError> {
+        crate::persist::save("companion", self)
+    }
+
+    /// Restores a companion saved by [`Companion::save`].
+    pub fn restore(bytes: &[u8]) -> Result<Self, crate::persist::PersistError> {
+        let c: Companion = crate::persist::restore("companion", bytes)?;
+        if let Stage::AwaitingScan { display } = &c.stage {
+            display.check_consistent()?;
+        }
+        Ok(c)
     }
 
     /// Accept a grant only from this account (a re-pair to a known account).

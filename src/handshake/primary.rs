@@ -153,6 +153,22 @@ impl PrimaryHandshake {
         Ok((handshake, hello))
     }
 
+    /// Saves the handshake (versioned JSON; holds the session keys).
+    pub fn save(&self) -> Result<Vec<u8>, crate::persist::PersistError> {
+        crate::persist::save("primary handshake", self)
+    }
+
+    /// Restores a handshake saved by [`PrimaryHandshake::save`].
+    pub fn restore(bytes: &[u8]) -> Result<Self, crate::persist::PersistError> {
+        let h: PrimaryHandshake = crate::persist::restore("primary handshake", bytes)?;
+        match MessageHeader::parse(&h.hello) {
+            Ok(hd) if hd.token_id == h.token && h.hello.len() == HELLO_LEN => Ok(h),
+            _ => Err(crate::persist::PersistError::Inconsistent(
+                "primary handshake",
+            )),
+        }
+    }
+
     /// The token of the scanned offer.
     pub fn token_id(&self) -> TokenId {
         self.token

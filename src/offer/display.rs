@@ -268,6 +268,44 @@ impl OfferDisplay {
         }
     }
 
+    /// Saves the display (versioned JSON; holds the offer's secret key).
+    pub fn save(&self) -> Result<Vec<u8>, crate::persist::PersistError> {
+        crate::persist::save("offer display", self)
+    }
+
+    /// Restores a display saved by [`OfferDisplay::save`].
+    pub fn restore(bytes: &[u8]) -> Result<Self, crate::persist::PersistError> {
+        let d: OfferDisplay = crate::persist::restore("offer display", bytes)?;
+        d.check_consistent()?;
+        Ok(d)
+    }
+
+    pub(crate) fn check_consistent(&self) -> Result<(), crate::persist::PersistError> {
+        let ok = match (&self.current, self.state) {
+            (
+                Some(k),
+                OfferState::Showing {
+                    token_id,
+                    rotation,
+                    expires_at,
+                },
+            ) => {
+                k.offer.token_id() == token_id
+                    && token_id == self.current_token
+                    && rotation == self.rotation
+                    && rotation <= self.max_rotations
+                    && expires_at == self.end_of(rotation)
+            }
+            (None, OfferState::Showing { .. }) => false,
+            (_, _) => true,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(crate::persist::PersistError::Inconsistent("offer display"))
+        }
+    }
+
     /// Marks the current token redeemed and hands over its keys. Call only
     /// after [`OfferDisplay::check`] and full verification of the scan.
     pub(crate) fn redeem(&mut self, now: Timestamp) -> Option<OfferKeys> {

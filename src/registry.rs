@@ -1,0 +1,627 @@
+//! The account's registry of companion devices, kept by the primary.
+//!
+//! Each device is a small state machine:
+//!
+//! ```text
+//!  grant ─► Pending ──confirm──► Active ──revoke / primary offline / idle / replaced──► LoggedOut(reason)
+//!              └──── confirmation timeout / revoke / primary offline / replaced ──────► LoggedOut(reason)
+//! ```
+//!
+//! `LoggedOut` is terminal; a re-pair is a new device with a new index, and
+//! indices are never reused. Pending and active devices hold a slot: at most
+//! [`Policy::max_companions`] of them (the primary does not count).
+//!
+//! Expiry is a pure function of stored facts and `now`: a device's effective
+//! state at `now` ([`Account::device_state`]) is computed, never timed. Every
+//! mutating call first settles what `now` implies (which changes no answer a
+//! caller could observe), then checks its preconditions, then acts; a refused
+//! call changes nothing. The primary-offline boundary is exact: with the last
+//! primary activity at `t`, companions are linked on `[t, t + limit)` and
+//! logged out from `t + limit` on.
+
+use std::collections::BTreeMap;
+
+use rand_core::{CryptoRng, RngCore};
+use serde::{Deserialize, Serialize};
+
+use crate::certificate::{DeviceIndex, DeviceListEntry, PrimaryHeartbeat, SignedDeviceList};
+use crate::handshake::{
+    ConfirmedLink, DeviceLabel, HandshakeError, PrimaryHandshake, PrimaryState,
+};
+use crate::keys::{AccountId, AccountKey, DeviceKey};
+use crate::offer::TokenId;
+use crate::persist::PersistError;
+use crate::policy::Policy;
+use crate::session::LogoutReason;
+use crate::time::Timestamp;
+
+/// Why the registry refused an operation. Nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    /// Every companion slot is taken (pending slots count). Remove a device
+    /// first.
+    #[error("device limit reached: the account already has {limit} companions; remove one first")]
+    DeviceLimitReached {
+        /// The policy's limit.
+        limit: u32,
+    },
+    /// No device has this index.
+    #[error("no device {0}")]
+    UnknownDevice(DeviceIndex),
+    /// The device is already logged out (terminal).
+    #[error("device {index} is already logged out ({reason})")]
+    AlreadyLoggedOut {
+        /// The device.
+        index: DeviceIndex,
+        /// Why it was logged out.
+        reason: LogoutReason,
+    },
+    /// The pending slot's confirmation came too late; the slot was freed.
+    #[error("confirmation arrived after the pending slot timed out")]
+    ConfirmationTimedOut,
+    /// The handshake belongs to no pending slot of this account.
+    #[error("this handshake has no pending slot in this account")]
+    NotPending,
+    /// The handshake refused the message or the step.
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
+}
+
+impl RegistryError {
+    /// True when the link this error concerns cannot complete any more.
+    pub fn is_terminal(&self) -> bool {
+        match self {
+            RegistryError::Handshake(e) => e.is_terminal(),
+            RegistryError::ConfirmationTimedOut | RegistryError::NotPending => true,
+            RegistryError::DeviceLimitReached { .. }
+            | RegistryError::UnknownDevice(_)
+            | RegistryError::AlreadyLoggedOut { .. } => false,
+        }
+    }
+}
+
+/// A device's state in the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeviceState {
+    /// Granted; waiting for the companion's confirmation until `deadline`.
+    Pending {
+        /// When the grant was sent.
+        since: Timestamp,
+        /// First instant at which the slot is freed if unconfirmed.
+        deadline: Timestamp,
+    },
+    /// Linked and confirmed.
+    Active {
+        /// When the confirmation verified.
+        since: Timestamp,
+    },
+    /// Logged out for good.
+    LoggedOut {
+        /// Why.
+        reason: LogoutReason,
+        /// When (for expiries, the exact deadline).
+        at: Timestamp,
+    },
+}
+
+impl DeviceState {
+    /// Whether the device still holds a slot (pending or active).
+    pub fn holds_slot(&self) -> bool {
+        !matches!(self, DeviceState::LoggedOut { .. })
+    }
+}
+
+/// One companion in the registry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    /// Its index (never reused).
+    pub index: DeviceIndex,
+    /// Its identity key.
+    pub device: DeviceKey,
+    /// Its label.
+    pub label: DeviceLabel,
+    /// The offer token it linked through.
+    pub token_id: TokenId,
+    /// Last activity the primary saw from it (for the idle rule).
+    pub last_seen: Timestamp,
+    /// Its stored state (see [`Account::device_state`] for the state at `now`).
+    pub state: DeviceState,
+}
+
+/// Something that happened in the registry, for the audit trail and for hosts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RegistryEvent {
+    /// A link was granted; the slot is pending.
+    Granted {
+        /// The new device.
+        index: DeviceIndex,
+        /// Its key.
+        device: DeviceKey,
+        /// Its label.
+        label: DeviceLabel,
+        /// When.
+        at: Timestamp,
+    },
+    /// A link was refused.
+    Refused {
+        /// Why.
+        reason: String,
+        /// When.
+        at: Timestamp,
+    },
+    /// The confirmation verified; the device is active.
+    Linked {
+        /// The device.
+        index: DeviceIndex,
+        /// When.
+        at: Timestamp,
+    },
+    /// A device was logged out.
+    LoggedOut {
+        /// The device.
+        index: DeviceIndex,
+        /// Why.
+        reason: LogoutReason,
+        /// When it took effect.
+        at: Timestamp,
+    },
+    /// The signed device list changed.
+    DeviceListUpdated {
+        /// Its new version.
+        version: u64,
+        /// When.
+        at: Timestamp,
+    },
+}
+
+/// The primary's registry of an account's companions: the limit, the leases,
+/// revocation and the signed device list.
+///
+/// Persisting it (serde) persists the account's secret key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Account {
+    key: AccountKey,
+    policy: Policy,
+    devices: BTreeMap<DeviceIndex, DeviceRecord>,
+    /// Indices of devices holding a slot, in index order.
+    live: Vec<DeviceIndex>,
+    next_index: u32,
+    last_primary_activity: Timestamp,
+    device_list: SignedDeviceList,
+    #[serde(skip)]
+    events: Vec<RegistryEvent>,
+}
+
+impl Account {
+    /// A new account with no companions; `now` counts as primary activity.
+    pub fn new(key: AccountKey, policy: Policy, now: Timestamp) -> Self {
+        let device_list = SignedDeviceList::sign(&key, 1, &[], now);
+        Account {
+            key,
+            policy,
+            devices: BTreeMap::new(),
+            live: Vec::new(),
+            next_index: 1,
+            last_primary_activity: now,
+            device_list,
+            events: Vec::new(),
+        }
+    }
+
+    /// A fresh account key from `rng` and a new registry.
+    pub fn generate<R: RngCore + CryptoRng>(policy: Policy, rng: &mut R, now: Timestamp) -> Self {
+        Account::new(AccountKey::generate(rng), policy, now)
+    }
+
+    /// The account's id.
+    pub fn account_id(&self) -> AccountId {
+        self.key.account_id()
+    }
+    /// The account's key (for signing outside the registry).
+    pub fn key(&self) -> &AccountKey {
+        &self.key
+    }
+    /// The policy.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+    /// The current signed device list (every device holding a slot).
+    pub fn device_list(&self) -> &SignedDeviceList {
+        &self.device_list
+    }
+    /// The newest recorded primary activity.
+    pub fn last_primary_activity(&self) -> Timestamp {
+        self.last_primary_activity
+    }
+    /// The next index to be assigned.
+    pub fn next_index(&self) -> DeviceIndex {
+        DeviceIndex(self.next_index)
+    }
+
+    /// First instant at which every companion is logged out unless the
+    /// primary is active before.
+    pub fn primary_deadline(&self) -> Timestamp {
+        self.last_primary_activity
+            .saturating_add(self.policy.primary_offline_limit())
+    }
+
+    /// Every device ever linked, by index (stored states).
+    pub fn devices(&self) -> impl Iterator<Item = &DeviceRecord> {
+        self.devices.values()
+    }
+
+    /// One device's record.
+    pub fn device(&self, index: DeviceIndex) -> Option<&DeviceRecord> {
+        self.devices.get(&index)
+    }
+
+    /// When and why a live record would be logged out by time alone.
+    fn expiry_of(&self, rec: &DeviceRecord) -> Option<(Timestamp, LogoutReason)> {
+        let mut best = (self.primary_deadline(), LogoutReason::PrimaryOffline);
+        let mut consider = |at: Timestamp, reason| {
+            if at < best.0 {
+                best = (at, reason);
+            }
+        };
+        match rec.state {
+            DeviceState::Pending { deadline, .. } => {
+                consider(deadline, LogoutReason::ConfirmationTimedOut)
+            }
+            DeviceState::Active { .. } => {}
+            DeviceState::LoggedOut { .. } => return None,
+        }
+        if let Some(idle) = self.policy.companion_idle_limit() {
+            consider(
+                rec.last_seen.saturating_add(idle),
+                LogoutReason::CompanionIdle,
+            );
+        }
+        Some(best)
+    }
+
+    /// A device's effective state at `now` (pure: stored facts and `now`).
+    pub fn device_state(&self, index: DeviceIndex, now: Timestamp) -> Option<DeviceState> {
+        let rec = self.devices.get(&index)?;
+        Some(match self.expiry_of(rec) {
+            Some((at, reason)) if now >= at => DeviceState::LoggedOut { reason, at },
+            _ => rec.state,
+        })
+    }
+
+    /// Devices holding a slot at `now`.
+    pub fn companion_count(&self, now: Timestamp) -> u32 {
+        let n = self
+            .live
+            .iter()
+            .filter(|i| self.device_state(**i, now).is_some_and(|s| s.holds_slot()))
+            .count();
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
+    /// The next instant at which some device's state changes by time alone.
+    pub fn next_deadline(&self) -> Option<Timestamp> {
+        self.live
+            .iter()
+            .filter_map(|i| self.devices.get(i))
+            .filter_map(|r| self.expiry_of(r).map(|(at, _)| at))
+            .min()
+    }
+
+    /// Settles what `now` implies: logs out every device whose deadline has
+    /// passed (with the deadline as the time) and re-signs the device list if
+    /// it changed. Observationally neutral: [`Account::device_state`] gives
+    /// the same answers before and after.
+    pub fn poll(&mut self, now: Timestamp) {
+        let mut changed = false;
+        let mut still_live = Vec::with_capacity(self.live.len());
+        for index in std::mem::take(&mut self.live) {
+            let expiry = self.devices.get(&index).and_then(|r| self.expiry_of(r));
+            match expiry {
+                Some((at, reason)) if now >= at => {
+                    if let Some(rec) = self.devices.get_mut(&index) {
+                        rec.state = DeviceState::LoggedOut { reason, at };
+                    }
+                    self.events
+                        .push(RegistryEvent::LoggedOut { index, reason, at });
+                    changed = true;
+                }
+                Some(_) => still_live.push(index),
+                None => {}
+            }
+        }
+        self.live = still_live;
+        if changed {
+            self.resign_list(now);
+        }
+    }
+
+    fn resign_list(&mut self, now: Timestamp) {
+        let entries: Vec<DeviceListEntry> = self
+            .live
+            .iter()
+            .filter_map(|i| self.devices.get(i))
+            .map(|r| DeviceListEntry {
+                index: r.index,
+                device: r.device,
+            })
+            .collect();
+        let version = self.device_list.version().saturating_add(1);
+        // Signed at the later of `now` and the last activity, so a list never
+        // vouches for less than what the registry already recorded.
+        let at = now.max(self.device_list.issued_at());
+        self.device_list = SignedDeviceList::sign(&self.key, version, &entries, at);
+        self.events
+            .push(RegistryEvent::DeviceListUpdated { version, at: now });
+    }
+
+    fn record_activity(&mut self, now: Timestamp) {
+        self.last_primary_activity = self.last_primary_activity.max(now);
+    }
+
+    fn check_slot(
+        &self,
+        now: Timestamp,
+        replacing: Option<&DeviceKey>,
+    ) -> Result<(), RegistryError> {
+        let limit = self.policy.max_companions();
+        let taken = self
+            .live
+            .iter()
+            .filter_map(|i| self.devices.get(i))
+            .filter(|r| Some(&r.device) != replacing)
+            .filter(|r| {
+                self.device_state(r.index, now)
+                    .is_some_and(|s| s.holds_slot())
+            })
+            .count();
+        if taken >= usize::try_from(limit).unwrap_or(usize::MAX) {
+            return Err(RegistryError::DeviceLimitReached { limit });
+        }
+        Ok(())
+    }
+
+    /// Scans a companion's QR text: refuses at once with
+    /// [`RegistryError::DeviceLimitReached`] if no slot is free, else starts the
+    /// handshake and returns it with the Hello to send. Counts as primary
+    /// activity.
+    pub fn scan<R: RngCore + CryptoRng>(
+        &mut self,
+        offer_text: &str,
+        rng: &mut R,
+        now: Timestamp,
+    ) -> Result<(PrimaryHandshake, Vec<u8>), RegistryError> {
+        self.poll(now);
+        self.check_slot(now, None)?;
+        let started = PrimaryHandshake::scan(offer_text, rng, now)?;
+        self.record_activity(now);
+        Ok(started)
+    }
+
+    /// Grants the link the user approved: assigns the next index, takes a
+    /// pending slot, re-signs the device list and returns the Grant to send.
+    /// A device key that is already linked replaces its old record.
+    pub fn grant(
+        &mut self,
+        handshake: &mut PrimaryHandshake,
+        now: Timestamp,
+    ) -> Result<Vec<u8>, RegistryError> {
+        self.poll(now);
+        let request = handshake
+            .request()
+            .filter(|_| handshake.state() == PrimaryState::RequestReceived)
+            .ok_or(HandshakeError::WrongState {
+                state: "no request to grant",
+            })?;
+        self.check_slot(now, Some(&request.device))?;
+
+        let index = DeviceIndex(self.next_index);
+        // Build the would-be list and grant before touching our state, so a
+        // failure changes nothing.
+        let mut entries: Vec<DeviceListEntry> = self
+            .live
+            .iter()
+            .filter_map(|i| self.devices.get(i))
+            .filter(|r| r.device != request.device)
+            .map(|r| DeviceListEntry {
+                index: r.index,
+                device: r.device,
+            })
+            .collect();
+        entries.push(DeviceListEntry {
+            index,
+            device: request.device,
+        });
+        let version = self.device_list.version().saturating_add(1);
+        let list_at = now.max(self.device_list.issued_at());
+        let list = SignedDeviceList::sign(&self.key, version, &entries, list_at);
+        let grant = handshake.grant(&self.key, index, &list, now)?;
+
+        // Commit.
+        for i in self.live.clone() {
+            let replaced = self
+                .devices
+                .get(&i)
+                .is_some_and(|r| r.device == request.device);
+            if replaced {
+                self.log_out(i, LogoutReason::Replaced, now);
+            }
+        }
+        self.next_index = self.next_index.saturating_add(1);
+        let deadline = now.saturating_add(self.policy.confirmation_timeout());
+        self.devices.insert(
+            index,
+            DeviceRecord {
+                index,
+                device: request.device,
+                label: request.label.clone(),
+                token_id: handshake.token_id(),
+                last_seen: now,
+                state: DeviceState::Pending {
+                    since: now,
+                    deadline,
+                },
+            },
+        );
+        self.live.push(index);
+        self.device_list = list;
+        self.record_activity(now);
+        self.events.push(RegistryEvent::Granted {
+            index,
+            device: request.device,
+            label: request.label,
+            at: now,
+        });
+        self.events
+            .push(RegistryEvent::DeviceListUpdated { version, at: now });
+        Ok(grant)
+    }
+
+    /// Refuses a link (the user declined, or no slot): returns the Refusal to
+    /// send so the companion shows why.
+    pub fn refuse(
+        &mut self,
+        handshake: &mut PrimaryHandshake,
+        reason: crate::handshake::RefusalReason,
+        now: Timestamp,
+    ) -> Result<Vec<u8>, RegistryError> {
+        let msg = handshake.refuse(reason)?;
+        self.events.push(RegistryEvent::Refused {
+            reason: reason.to_string(),
+            at: now,
+        });
+        Ok(msg)
+    }
+
+    /// Verifies the companion's Confirm: its pending slot becomes active.
+    pub fn confirm(
+        &mut self,
+        handshake: &mut PrimaryHandshake,
+        confirm: &[u8],
+        now: Timestamp,
+    ) -> Result<ConfirmedLink, RegistryError> {
+        self.poll(now);
+        let PrimaryState::GrantSent { index } = handshake.state() else {
+            return Err(handshake
+                .clone()
+                .receive_confirm(confirm, now)
+                .err()
+                .map_or(RegistryError::NotPending, RegistryError::from));
+        };
+        match self.devices.get(&index) {
+            Some(rec) if rec.token_id == handshake.token_id() => match rec.state {
+                DeviceState::Pending { .. } => {}
+                DeviceState::LoggedOut {
+                    reason: LogoutReason::ConfirmationTimedOut,
+                    ..
+                } => return Err(RegistryError::ConfirmationTimedOut),
+                DeviceState::LoggedOut { reason, .. } => {
+                    return Err(RegistryError::AlreadyLoggedOut { index, reason })
+                }
+                DeviceState::Active { .. } => return Err(HandshakeError::AlreadyLinked.into()),
+            },
+            _ => return Err(RegistryError::NotPending),
+        }
+        let link = handshake.receive_confirm(confirm, now)?;
+        if let Some(rec) = self.devices.get_mut(&index) {
+            rec.state = DeviceState::Active { since: now };
+            rec.last_seen = rec.last_seen.max(now);
+        }
+        self.events.push(RegistryEvent::Linked { index, at: now });
+        Ok(link)
+    }
+
+    fn log_out(&mut self, index: DeviceIndex, reason: LogoutReason, now: Timestamp) {
+        if let Some(rec) = self.devices.get_mut(&index) {
+            rec.state = DeviceState::LoggedOut { reason, at: now };
+        }
+        self.live.retain(|i| *i != index);
+        self.events.push(RegistryEvent::LoggedOut {
+            index,
+            reason,
+            at: now,
+        });
+    }
+
+    /// Removes a companion (pending or active). Every other device is left
+    /// untouched; the device list is re-signed without it.
+    pub fn revoke(&mut self, index: DeviceIndex, now: Timestamp) -> Result<(), RegistryError> {
+        self.poll(now);
+        match self.devices.get(&index).map(|r| r.state) {
+            None => Err(RegistryError::UnknownDevice(index)),
+            Some(DeviceState::LoggedOut { reason, .. }) => {
+                Err(RegistryError::AlreadyLoggedOut { index, reason })
+            }
+            Some(_) => {
+                self.log_out(index, LogoutReason::Revoked, now);
+                self.record_activity(now);
+                self.resign_list(now);
+                Ok(())
+            }
+        }
+    }
+
+    /// Records primary activity at `now` and returns a signed heartbeat for
+    /// the companions and the relay. After the offline limit has passed, the
+    /// companions are already logged out: a heartbeat revives nobody.
+    pub fn heartbeat(&mut self, now: Timestamp) -> PrimaryHeartbeat {
+        self.poll(now);
+        self.record_activity(now);
+        PrimaryHeartbeat::sign(&self.key, now.max(self.last_primary_activity))
+    }
+
+    /// Records activity seen from a companion (for the idle rule).
+    pub fn companion_seen(
+        &mut self,
+        index: DeviceIndex,
+        now: Timestamp,
+    ) -> Result<(), RegistryError> {
+        self.poll(now);
+        match self.devices.get_mut(&index) {
+            None => Err(RegistryError::UnknownDevice(index)),
+            Some(rec) => match rec.state {
+                DeviceState::LoggedOut { reason, .. } => {
+                    Err(RegistryError::AlreadyLoggedOut { index, reason })
+                }
+                _ => {
+                    rec.last_seen = rec.last_seen.max(now);
+                    Ok(())
+                }
+            },
+        }
+    }
+
+    /// Saves the registry (versioned JSON). Holds the account's secret key.
+    pub fn save(&self) -> Result<Vec<u8>, PersistError> {
+        crate::persist::save("account", self)
+    }
+
+    /// Restores a registry saved by [`Account::save`]; it behaves exactly as
+    /// the saved one would have. Corrupted input gives a typed error.
+    pub fn restore(bytes: &[u8]) -> Result<Self, PersistError> {
+        let mut a: Account = crate::persist::restore("account", bytes)?;
+        if a.device_list.account() != a.key.account_id() {
+            return Err(PersistError::Inconsistent("device list of another account"));
+        }
+        if a.devices.keys().any(|i| i.0 == 0 || i.0 >= a.next_index)
+            || a.devices.iter().any(|(i, r)| *i != r.index)
+        {
+            return Err(PersistError::Inconsistent("device indices"));
+        }
+        let live: Vec<DeviceIndex> = a
+            .devices
+            .values()
+            .filter(|r| r.state.holds_slot())
+            .map(|r| r.index)
+            .collect();
+        if live != a.live {
+            return Err(PersistError::Inconsistent("live device set"));
+        }
+        a.live = live;
+        Ok(a)
+    }
+
+    /// Takes the events recorded since the last call (oldest first).
+    pub fn take_events(&mut self) -> Vec<RegistryEvent> {
+        std::mem::take(&mut self.events)
+    }
+}
