@@ -1,0 +1,533 @@
+//! The pairing handshake through the public API: the happy path, every
+//! refusal the brief names, and the bit-flip test (every bit of every message
+//! and every character of the offer text).
+
+use devicelink::certificate::CertificateError;
+use devicelink::handshake::{CompanionState, FailureReason, PrimaryState};
+use devicelink::offer::{OfferError, OfferState, TokenError};
+use devicelink::{
+    Account, Companion, DeviceIdentity, DeviceLabel, HandshakeError, PrimaryHandshake,
+    RefusalReason, RegistryError, Timestamp,
+};
+use devicelink::{Policy, SignedDeviceList};
+use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+
+const T0: u64 = 1_700_000_000_000;
+
+fn t(ms: u64) -> Timestamp {
+    Timestamp::from_unix_millis(T0 + ms)
+}
+
+struct Setup {
+    rng: ChaCha20Rng,
+    account: Account,
+    companion: Companion,
+}
+
+fn setup(seed: u64) -> Setup {
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let policy = Policy::default();
+    let account = Account::generate(policy.clone(), &mut rng, t(0));
+    let identity = DeviceIdentity::generate(&mut rng);
+    let label = DeviceLabel::new("Firefox on Linux").unwrap();
+    let companion = Companion::new(identity, label, &policy, &mut rng, t(0));
+    Setup {
+        rng,
+        account,
+        companion,
+    }
+}
+
+fn offer_text(c: &Companion) -> String {
+    c.offer().unwrap().to_text()
+}
+
+/// Every message of one successful link, and the states after.
+struct Transcript {
+    offer: String,
+    hello: Vec<u8>,
+    request: Vec<u8>,
+    grant: Vec<u8>,
+    confirm: Vec<u8>,
+}
+
+fn link(s: &mut Setup) -> (PrimaryHandshake, Transcript) {
+    let offer = offer_text(&s.companion);
+    let (mut primary, hello) = s.account.scan(&offer, &mut s.rng, t(1_000)).unwrap();
+    let request = s.companion.receive_hello(&hello, t(1_100)).unwrap();
+    primary.receive_request(&request, t(1_200)).unwrap();
+    let grant = s.account.grant(&mut primary, t(1_300)).unwrap();
+    let confirm = s.companion.receive_grant(&grant, t(1_400)).unwrap();
+    s.account.confirm(&mut primary, &confirm, t(1_500)).unwrap();
+    (
+        primary,
+        Transcript {
+            offer,
+            hello,
+            request,
+            grant,
+            confirm,
+        },
+    )
+}
+
+fn flips(msg: &[u8]) -> impl Iterator<Item = Vec<u8>> + '_ {
+    (0..msg.len() * 8).map(move |bit| {
+        let mut m = msg.to_vec();
+        m[bit / 8] ^= 1 << (bit % 8);
+        m
+    })
+}
+
+#[test]
+fn full_link_gives_each_side_matching_facts() {
+    let mut s = setup(1);
+    let (primary, tr) = link(&mut s);
+    assert_eq!(tr.offer.len(), 88);
+    let session = s.companion.session().unwrap();
+    assert_eq!(s.companion.state(), CompanionState::Linked);
+    assert_eq!(
+        primary.state(),
+        PrimaryState::Confirmed {
+            index: session.index()
+        }
+    );
+    assert_eq!(session.index().0, 1);
+    assert_eq!(session.account(), s.account.account_id());
+    assert_eq!(session.certificate().device(), session.device_key());
+    assert_eq!(session.device_list(), s.account.device_list());
+    assert_eq!(session.label().as_str(), "Firefox on Linux");
+    assert!(session.is_linked(t(2_000)));
+    assert_eq!(s.account.companion_count(t(2_000)), 1);
+    assert_eq!(tr.hello.len(), 82);
+    assert_eq!(tr.confirm.len(), 82);
+}
+
+#[test]
+fn check_codes_match_and_depend_on_the_session() {
+    let mut codes = std::collections::HashSet::new();
+    for seed in 0..40 {
+        let mut s = setup(seed);
+        let offer = offer_text(&s.companion);
+        let (mut primary, hello) = s.account.scan(&offer, &mut s.rng, t(1)).unwrap();
+        let request = s.companion.receive_hello(&hello, t(2)).unwrap();
+        let asked = primary.receive_request(&request, t(3)).unwrap();
+        assert_eq!(Some(asked.check_code), s.companion.check_code());
+        assert_eq!(asked.check_code, primary.check_code());
+        assert!(asked.check_code < 100);
+        codes.insert(asked.check_code);
+    }
+    assert!(codes.len() > 10, "check codes do not vary: {codes:?}");
+}
+
+/// Flips every bit of every message; each flipped message is refused with a
+/// typed error, the receiver's saved state is byte-identical afterwards, and
+/// the genuine message then still completes the link.
+#[test]
+fn every_bit_flip_is_refused_without_state_change() {
+    // Record the genuine messages with one run...
+    let mut first = setup(7);
+    let (_, tr) = link(&mut first);
+
+    // ...then replay the same seed, attacking each step before delivering it.
+    let mut s = setup(7);
+    let offer = offer_text(&s.companion);
+    assert_eq!(offer, tr.offer);
+
+    // The offer text, character by character, bit by bit.
+    let account_before = s.account.save().unwrap();
+    for (i, ch) in offer.char_indices() {
+        for bit in 0..8 {
+            let flipped = char::from(u8::try_from(u32::from(ch)).unwrap() ^ (1 << bit));
+            let mut text = offer.clone();
+            text.replace_range(i..i + 1, flipped.encode_utf8(&mut [0; 4]));
+            let err = s
+                .account
+                .scan(&text, &mut s.rng.clone(), t(1_000))
+                .unwrap_err();
+            assert!(
+                matches!(err, RegistryError::Handshake(HandshakeError::BadOffer(_))),
+                "char {i} bit {bit}: {err:?}"
+            );
+            assert!(err.is_terminal());
+        }
+    }
+    assert_eq!(s.account.save().unwrap(), account_before);
+    let (mut primary, hello) = s.account.scan(&offer, &mut s.rng, t(1_000)).unwrap();
+    assert_eq!(hello, tr.hello);
+
+    // Hello → companion.
+    let before = s.companion.save().unwrap();
+    for m in flips(&hello) {
+        let err = s.companion.receive_hello(&m, t(1_100)).unwrap_err();
+        assert!(!err.is_terminal(), "{err:?}");
+        assert_eq!(s.companion.save().unwrap(), before);
+    }
+    let request = s.companion.receive_hello(&hello, t(1_100)).unwrap();
+    assert_eq!(request, tr.request);
+
+    // Request → primary.
+    let before = primary.save().unwrap();
+    for m in flips(&request) {
+        let err = primary.receive_request(&m, t(1_200)).unwrap_err();
+        assert!(!err.is_terminal(), "{err:?}");
+        assert_eq!(primary.save().unwrap(), before);
+    }
+    primary.receive_request(&request, t(1_200)).unwrap();
+    let grant = s.account.grant(&mut primary, t(1_300)).unwrap();
+    assert_eq!(grant, tr.grant);
+
+    // Grant → companion.
+    let before = s.companion.save().unwrap();
+    for m in flips(&grant) {
+        let err = s.companion.receive_grant(&m, t(1_400)).unwrap_err();
+        assert!(!err.is_terminal(), "{err:?}");
+        assert_eq!(s.companion.save().unwrap(), before);
+    }
+    let confirm = s.companion.receive_grant(&grant, t(1_400)).unwrap();
+    assert_eq!(confirm, tr.confirm);
+
+    // Confirm → primary (through the registry).
+    let (acc_before, hs_before) = (s.account.save().unwrap(), primary.save().unwrap());
+    for m in flips(&confirm) {
+        let err = s.account.confirm(&mut primary, &m, t(1_500)).unwrap_err();
+        assert!(!err.is_terminal(), "{err:?}");
+        assert_eq!(s.account.save().unwrap(), acc_before);
+        assert_eq!(primary.save().unwrap(), hs_before);
+    }
+    s.account.confirm(&mut primary, &confirm, t(1_500)).unwrap();
+    assert!(s.companion.session().unwrap().is_linked(t(1_600)));
+}
+
+#[test]
+fn truncations_and_extensions_are_refused() {
+    let mut first = setup(8);
+    let (_, tr) = link(&mut first);
+    let mut s = setup(8);
+    let (mut primary, hello) = s.account.scan(&tr.offer, &mut s.rng, t(1_000)).unwrap();
+    for len in 0..hello.len() {
+        assert!(s.companion.receive_hello(&hello[..len], t(1_100)).is_err());
+    }
+    assert!(s
+        .companion
+        .receive_hello(&[hello.clone(), vec![0]].concat(), t(1_100))
+        .is_err());
+    let request = s.companion.receive_hello(&hello, t(1_100)).unwrap();
+    for len in 0..request.len() {
+        assert!(primary.receive_request(&request[..len], t(1_200)).is_err());
+    }
+    primary.receive_request(&request, t(1_200)).unwrap();
+    let grant = s.account.grant(&mut primary, t(1_300)).unwrap();
+    for len in 0..grant.len() {
+        assert!(s.companion.receive_grant(&grant[..len], t(1_400)).is_err());
+    }
+    let confirm = s.companion.receive_grant(&grant, t(1_400)).unwrap();
+    for len in 0..confirm.len() {
+        assert!(s
+            .account
+            .confirm(&mut primary, &confirm[..len], t(1_500))
+            .is_err());
+    }
+    s.account.confirm(&mut primary, &confirm, t(1_500)).unwrap();
+}
+
+#[test]
+fn messages_out_of_order_are_refused() {
+    let mut first = setup(9);
+    let (_, tr) = link(&mut first);
+    let mut s = setup(9);
+    // Grant and confirm before anything: typed, retryable.
+    let err = s.companion.receive_grant(&tr.grant, t(1_050)).unwrap_err();
+    assert!(
+        matches!(err, HandshakeError::UnexpectedMessage { .. }),
+        "{err:?}"
+    );
+    let (mut primary, hello) = s.account.scan(&tr.offer, &mut s.rng, t(1_000)).unwrap();
+    assert!(matches!(
+        primary.receive_confirm(&tr.confirm, t(1_050)),
+        Err(HandshakeError::UnexpectedMessage { .. })
+    ));
+    // A Hello sent where a Request is expected.
+    assert!(matches!(
+        primary.receive_request(&hello, t(1_050)),
+        Err(HandshakeError::UnexpectedMessage { .. })
+    ));
+    let request = s.companion.receive_hello(&hello, t(1_100)).unwrap();
+    // The Hello replayed: refused, the pairing goes on.
+    assert!(matches!(
+        s.companion.receive_hello(&hello, t(1_150)),
+        Err(HandshakeError::UnexpectedMessage { .. })
+    ));
+    // Granting before the request arrived is a state error.
+    let list = SignedDeviceList::sign(s.account.key(), 99, &[], t(0));
+    assert!(matches!(
+        primary.grant(s.account.key(), devicelink::DeviceIndex(1), &list, t(1_150)),
+        Err(HandshakeError::WrongState { .. })
+    ));
+    primary.receive_request(&request, t(1_200)).unwrap();
+    assert!(matches!(
+        primary.receive_request(&request, t(1_250)),
+        Err(HandshakeError::UnexpectedMessage { .. })
+    ));
+    let grant = s.account.grant(&mut primary, t(1_300)).unwrap();
+    let confirm = s.companion.receive_grant(&grant, t(1_400)).unwrap();
+    // A second grant after the first was accepted.
+    assert_eq!(
+        s.companion.receive_grant(&grant, t(1_450)),
+        Err(HandshakeError::AlreadyLinked)
+    );
+    s.account.confirm(&mut primary, &confirm, t(1_500)).unwrap();
+    // A replayed confirm.
+    assert!(matches!(
+        s.account.confirm(&mut primary, &confirm, t(1_600)),
+        Err(RegistryError::Handshake(HandshakeError::AlreadyLinked))
+    ));
+}
+
+#[test]
+fn message_for_another_session_is_refused() {
+    let mut a = setup(10);
+    let mut b = setup(11);
+    let (_, hello_b) = b
+        .account
+        .scan(&offer_text(&b.companion), &mut b.rng, t(1_000))
+        .unwrap();
+    let before = a.companion.save().unwrap();
+    assert_eq!(
+        a.companion.receive_hello(&hello_b, t(1_100)),
+        Err(HandshakeError::Token(TokenError::UnknownToken))
+    );
+    assert_eq!(a.companion.save().unwrap(), before);
+    // Same for the primary: B's request to A's handshake.
+    let (mut primary_a, hello_a) = a
+        .account
+        .scan(&offer_text(&a.companion), &mut a.rng, t(1_000))
+        .unwrap();
+    let request_b = b.companion.receive_hello(&hello_b, t(1_100)).unwrap();
+    assert_eq!(
+        primary_a.receive_request(&request_b, t(1_200)),
+        Err(HandshakeError::WrongSession)
+    );
+    // A's pairing still completes.
+    let request_a = a.companion.receive_hello(&hello_a, t(1_100)).unwrap();
+    primary_a.receive_request(&request_a, t(1_200)).unwrap();
+    let grant = a.account.grant(&mut primary_a, t(1_300)).unwrap();
+    let confirm = a.companion.receive_grant(&grant, t(1_400)).unwrap();
+    a.account
+        .confirm(&mut primary_a, &confirm, t(1_500))
+        .unwrap();
+}
+
+#[test]
+fn stale_and_rotated_offers_are_refused() {
+    let mut s = setup(12);
+    let first = offer_text(&s.companion);
+    // Scanned in time, answered after the offer's 60 s lifetime.
+    let (_, hello) = s.account.scan(&first, &mut s.rng, t(59_000)).unwrap();
+    let err = s.companion.receive_hello(&hello, t(60_000)).unwrap_err();
+    assert_eq!(err, HandshakeError::Token(TokenError::RotatedOut));
+    // Rotated: the old token is refused, the new one works.
+    let mut rng = ChaCha20Rng::seed_from_u64(99);
+    s.companion.poll(t(60_000), &mut rng).unwrap();
+    assert_eq!(
+        s.companion.receive_hello(&hello, t(60_001)),
+        Err(HandshakeError::Token(TokenError::RotatedOut))
+    );
+    let second = offer_text(&s.companion);
+    assert_ne!(first, second);
+    let (_, hello2) = s.account.scan(&second, &mut s.rng, t(70_000)).unwrap();
+    assert!(s.companion.receive_hello(&hello2, t(70_000)).is_ok());
+
+    // Rotations used up: the display times out and the pairing fails for good.
+    let mut s = setup(13);
+    let mut rng = ChaCha20Rng::seed_from_u64(5);
+    let mut rotations = 0;
+    let mut now = t(0);
+    while let Some(deadline) = s.companion.next_deadline() {
+        now = deadline;
+        if let Some(devicelink::handshake::CompanionEvent::OfferRotated { .. }) =
+            s.companion.poll(now, &mut rng)
+        {
+            rotations += 1;
+        }
+    }
+    assert_eq!(rotations, 5);
+    assert_eq!(now, t(160_000));
+    assert!(matches!(
+        s.companion.state(),
+        CompanionState::Failed {
+            reason: FailureReason::OfferEnded(OfferState::TimedOut { .. }),
+            ..
+        }
+    ));
+}
+
+#[test]
+fn grant_timeout_fails_the_companion() {
+    let mut s = setup(14);
+    let (mut primary, hello) = s
+        .account
+        .scan(&offer_text(&s.companion), &mut s.rng, t(1_000))
+        .unwrap();
+    let request = s.companion.receive_hello(&hello, t(1_000)).unwrap();
+    primary.receive_request(&request, t(1_100)).unwrap();
+    let grant = s.account.grant(&mut primary, t(1_200)).unwrap();
+    // Deadline = hello time + 60 s; at the deadline the grant is too late.
+    let err = s.companion.receive_grant(&grant, t(61_000)).unwrap_err();
+    assert!(err.is_terminal());
+    assert!(s.companion.receive_grant(&grant, t(60_999)).is_ok());
+}
+
+#[test]
+fn certificate_from_another_account_is_refused() {
+    let mut first = setup(15);
+    let (_, tr) = link(&mut first);
+    // Same seed, but the companion only accepts a different account.
+    let mut s = setup(15);
+    let other = Account::generate(Policy::default(), &mut ChaCha20Rng::seed_from_u64(77), t(0));
+    s.companion = s.companion.clone().expect_account(other.account_id());
+    let (mut primary, hello) = s.account.scan(&tr.offer, &mut s.rng, t(1_000)).unwrap();
+    let request = s.companion.receive_hello(&hello, t(1_100)).unwrap();
+    primary.receive_request(&request, t(1_200)).unwrap();
+    let grant = s.account.grant(&mut primary, t(1_300)).unwrap();
+    let before = s.companion.save().unwrap();
+    assert_eq!(
+        s.companion.receive_grant(&grant, t(1_400)),
+        Err(HandshakeError::Certificate(CertificateError::WrongAccount))
+    );
+    assert_eq!(s.companion.save().unwrap(), before);
+}
+
+/// An offer text with a chosen X25519 key and a valid check (computed as
+/// `docs/PROTOCOL.md` specifies), to play a malicious companion.
+fn offer_with_key(key: [u8; 32]) -> String {
+    let mut body = vec![1u8];
+    body.extend_from_slice(&key);
+    body.extend_from_slice(&[7u8; 16]);
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"devicelink/v1 offer");
+    ctx.update(&body);
+    body.extend_from_slice(&ctx.finish().as_ref()[..4]);
+    format!("DL:{}", data_encoding::BASE32_NOPAD.encode(&body))
+}
+
+#[test]
+fn low_order_keys_are_non_contributory() {
+    let mut s = setup(16);
+    // The primary scanning an offer with a low-order key (zero, and the
+    // order-8 point 0x01...): refused before anything is sent.
+    let mut one = [0u8; 32];
+    one[0] = 1;
+    for key in [[0u8; 32], one] {
+        let text = offer_with_key(key);
+        assert!(devicelink::PairingOffer::from_text(&text).is_ok());
+        assert_eq!(
+            s.account.scan(&text, &mut s.rng, t(1_000)).unwrap_err(),
+            RegistryError::Handshake(HandshakeError::NonContributory)
+        );
+    }
+
+    // A Hello carrying a zero key: refused, state unchanged, genuine one works.
+    let (_, hello) = s
+        .account
+        .scan(&offer_text(&s.companion), &mut s.rng, t(1_000))
+        .unwrap();
+    let mut forged = hello.clone();
+    forged[18..50].fill(0);
+    let before = s.companion.save().unwrap();
+    assert_eq!(
+        s.companion.receive_hello(&forged, t(1_100)),
+        Err(HandshakeError::NonContributory)
+    );
+    assert_eq!(s.companion.save().unwrap(), before);
+    assert!(s.companion.receive_hello(&hello, t(1_100)).is_ok());
+}
+
+#[test]
+fn authenticated_refusal_fails_the_companion_but_forged_one_does_not() {
+    let mut s = setup(17);
+    let (mut primary, hello) = s
+        .account
+        .scan(&offer_text(&s.companion), &mut s.rng, t(1_000))
+        .unwrap();
+    let request = s.companion.receive_hello(&hello, t(1_100)).unwrap();
+    primary.receive_request(&request, t(1_200)).unwrap();
+    let refusal = s
+        .account
+        .refuse(
+            &mut primary,
+            RefusalReason::DeviceLimitReached { limit: 4 },
+            t(1_300),
+        )
+        .unwrap();
+    let mut forged = refusal.clone();
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    assert_eq!(
+        s.companion.receive_grant(&forged, t(1_400)),
+        Err(HandshakeError::AuthenticationFailed)
+    );
+    assert!(matches!(
+        s.companion.state(),
+        CompanionState::AwaitingGrant { .. }
+    ));
+    let err = s.companion.receive_grant(&refusal, t(1_400)).unwrap_err();
+    assert_eq!(
+        err,
+        HandshakeError::Refused(RefusalReason::DeviceLimitReached { limit: 4 })
+    );
+    assert!(err.is_terminal());
+    assert!(matches!(
+        s.companion.state(),
+        CompanionState::Failed {
+            reason: FailureReason::Refused(RefusalReason::DeviceLimitReached { limit: 4 }),
+            ..
+        }
+    ));
+    assert_eq!(
+        primary.state(),
+        PrimaryState::Refused {
+            reason: RefusalReason::DeviceLimitReached { limit: 4 }
+        }
+    );
+}
+
+#[test]
+fn bad_offer_texts_have_typed_errors() {
+    let mut s = setup(18);
+    for (text, want) in [
+        ("", OfferError::MissingPrefix),
+        ("https://example.com", OfferError::MissingPrefix),
+        ("DL:AAAA", OfferError::WrongLength { len: 7 }),
+    ] {
+        assert_eq!(
+            s.account.scan(text, &mut s.rng, t(0)).unwrap_err(),
+            RegistryError::Handshake(HandshakeError::BadOffer(want))
+        );
+    }
+}
+
+#[test]
+fn secrets_stay_out_of_debug_output() {
+    let mut s = setup(19);
+    let (primary, _) = link(&mut s);
+    let session = s.companion.session().unwrap();
+    let secret = session.identity().to_secret_bytes();
+    let account_secret = s.account.key().to_secret_bytes();
+    for dbg in [
+        format!("{:?}", s.companion),
+        format!("{:?}", primary),
+        format!("{:?}", s.account),
+        format!("{:?}", session),
+    ] {
+        for sec in [&secret[..], &account_secret[..]] {
+            assert!(!dbg.contains(&format!("{:?}", sec)), "secret in {dbg}");
+            assert!(
+                !dbg.contains(&format!("{:?}", &sec[..8])),
+                "secret prefix in {dbg}"
+            );
+        }
+        assert!(!dbg.contains("SessionKeys { hello"), "{dbg}");
+    }
+}
