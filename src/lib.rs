@@ -70,6 +70,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod audit;
 pub mod certificate;
 mod encoding;
 pub mod handshake;
