@@ -52,7 +52,7 @@ fn pair(
         asking.check_code,
         companion.check_code().unwrap_or(0)
     );
-    let grant = account.grant(&mut primary, now)?;
+    let grant = account.grant(&mut primary, rng, now)?;
     let confirm = companion.receive_grant(&grant, now)?;
     account.confirm(&mut primary, &confirm, now)?;
     audit.record_registry(account, now)?;

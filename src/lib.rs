@@ -48,7 +48,7 @@
 //! let asking = primary.receive_request(&request, now)?;
 //! assert_eq!(asking.label.as_str(), "Firefox on Linux");
 //! assert_eq!(Some(asking.check_code), companion.check_code());
-//! let grant = account.grant(&mut primary, now)?;
+//! let grant = account.grant(&mut primary, &mut rng, now)?;
 //! // The companion verifies its certificate and confirms.
 //! let confirm = companion.receive_grant(&grant, now)?;
 //! let link = account.confirm(&mut primary, &confirm, now)?;

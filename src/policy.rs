@@ -37,7 +37,8 @@ pub const MAX_COMPANIONS_LIMIT: u32 = 64;
 ///
 /// Build one with [`Policy::builder`]; [`Policy::default`] is the reference
 /// behaviour: 4 companions, 14 days of primary inactivity, offers of 60 s then
-/// 20 s, 5 rotations, 60 s to confirm, a warning 2 days before logout.
+/// 20 s, 5 rotations, 120 s for the user to approve, 60 s to confirm, a
+/// warning 2 days before logout.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "PolicyBuilder", into = "PolicyBuilder")]
 pub struct Policy {
@@ -48,6 +49,7 @@ pub struct Policy {
     rotated_offer_lifetime: Duration,
     max_rotations: u32,
     confirmation_timeout: Duration,
+    approval_timeout: Duration,
     warn_before: Duration,
 }
 
@@ -61,6 +63,7 @@ impl Default for Policy {
             rotated_offer_lifetime: Duration::from_secs(20),
             max_rotations: 5,
             confirmation_timeout: Duration::from_secs(60),
+            approval_timeout: Duration::from_secs(120),
             warn_before: days(2),
         }
     }
@@ -110,6 +113,12 @@ impl Policy {
         self.confirmation_timeout
     }
 
+    /// Time a scanned companion waits for the primary's grant (the user reads
+    /// the label and check code and approves) before it gives up. Default 120 s.
+    pub fn approval_timeout(&self) -> Duration {
+        self.approval_timeout
+    }
+
     /// How long before a companion's logout its warning deadline falls. Default 2 days.
     pub fn warn_before(&self) -> Duration {
         self.warn_before
@@ -134,6 +143,8 @@ pub struct PolicyBuilder {
     max_rotations: u32,
     #[serde(default = "d_confirm", with = "millis")]
     confirmation_timeout: Duration,
+    #[serde(default = "d_approval", with = "millis")]
+    approval_timeout: Duration,
     #[serde(default = "d_warn", with = "millis")]
     warn_before: Duration,
 }
@@ -155,6 +166,9 @@ fn d_rotations() -> u32 {
 }
 fn d_confirm() -> Duration {
     Policy::default().confirmation_timeout
+}
+fn d_approval() -> Duration {
+    Policy::default().approval_timeout
 }
 fn d_warn() -> Duration {
     Policy::default().warn_before
@@ -201,6 +215,7 @@ impl From<Policy> for PolicyBuilder {
             rotated_offer_lifetime: p.rotated_offer_lifetime,
             max_rotations: p.max_rotations,
             confirmation_timeout: p.confirmation_timeout,
+            approval_timeout: p.approval_timeout,
             warn_before: p.warn_before,
         }
     }
@@ -249,6 +264,11 @@ impl PolicyBuilder {
         self.confirmation_timeout = d;
         self
     }
+    /// See [`Policy::approval_timeout`].
+    pub fn approval_timeout(mut self, d: Duration) -> Self {
+        self.approval_timeout = d;
+        self
+    }
     /// See [`Policy::warn_before`].
     pub fn warn_before(mut self, d: Duration) -> Self {
         self.warn_before = d;
@@ -272,6 +292,7 @@ impl PolicyBuilder {
             ("first_offer_lifetime", self.first_offer_lifetime),
             ("rotated_offer_lifetime", self.rotated_offer_lifetime),
             ("confirmation_timeout", self.confirmation_timeout),
+            ("approval_timeout", self.approval_timeout),
         ] {
             if crate::time::duration_millis(d) == 0 {
                 return zero(field);
@@ -294,6 +315,7 @@ impl PolicyBuilder {
             rotated_offer_lifetime: self.rotated_offer_lifetime,
             max_rotations: self.max_rotations,
             confirmation_timeout: self.confirmation_timeout,
+            approval_timeout: self.approval_timeout,
             warn_before: self.warn_before,
         })
     }

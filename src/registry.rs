@@ -20,6 +20,7 @@
 //! logged out from `t + limit` on.
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 use rand_core::{CryptoRng, RngCore};
 use serde::{Deserialize, Serialize};
@@ -187,15 +188,19 @@ pub struct Account {
     live: Vec<DeviceIndex>,
     next_index: u32,
     last_primary_activity: Timestamp,
-    device_list: SignedDeviceList,
+    /// Version and signing time of the current device list; the list itself
+    /// is signed lazily (once per version) by [`Account::device_list`].
+    list_version: u64,
+    list_at: Timestamp,
     #[serde(skip)]
+    signed_list: OnceLock<SignedDeviceList>,
+    /// Events not yet taken by the host (persisted, so none is lost).
     events: Vec<RegistryEvent>,
 }
 
 impl Account {
     /// A new account with no companions; `now` counts as primary activity.
     pub fn new(key: AccountKey, policy: Policy, now: Timestamp) -> Self {
-        let device_list = SignedDeviceList::sign(&key, 1, &[], now);
         Account {
             key,
             policy,
@@ -203,7 +208,9 @@ impl Account {
             live: Vec::new(),
             next_index: 1,
             last_primary_activity: now,
-            device_list,
+            list_version: 1,
+            list_at: now,
+            signed_list: OnceLock::new(),
             events: Vec::new(),
         }
     }
@@ -225,9 +232,37 @@ impl Account {
     pub fn policy(&self) -> &Policy {
         &self.policy
     }
-    /// The current signed device list (every device holding a slot).
+    /// The current signed device list: every device holding a slot (pending
+    /// or active). Signed on first use after each change.
     pub fn device_list(&self) -> &SignedDeviceList {
-        &self.device_list
+        self.signed_list.get_or_init(|| {
+            SignedDeviceList::sign(
+                &self.key,
+                self.list_version,
+                &self.list_entries(None),
+                self.list_at,
+            )
+        })
+    }
+
+    /// The version of the current device list.
+    pub fn device_list_version(&self) -> u64 {
+        self.list_version
+    }
+
+    fn list_entries(&self, extra: Option<DeviceListEntry>) -> Vec<DeviceListEntry> {
+        let mut entries: Vec<DeviceListEntry> = self
+            .live
+            .iter()
+            .filter_map(|i| self.devices.get(i))
+            .filter(|r| extra.is_none_or(|e| e.device != r.device))
+            .map(|r| DeviceListEntry {
+                index: r.index,
+                device: r.device,
+            })
+            .collect();
+        entries.extend(extra);
+        entries
     }
     /// The newest recorded primary activity.
     pub fn last_primary_activity(&self) -> Timestamp {
@@ -336,22 +371,17 @@ impl Account {
     }
 
     fn resign_list(&mut self, now: Timestamp) {
-        let entries: Vec<DeviceListEntry> = self
-            .live
-            .iter()
-            .filter_map(|i| self.devices.get(i))
-            .map(|r| DeviceListEntry {
-                index: r.index,
-                device: r.device,
-            })
-            .collect();
-        let version = self.device_list.version().saturating_add(1);
-        // Signed at the later of `now` and the last activity, so a list never
-        // vouches for less than what the registry already recorded.
-        let at = now.max(self.device_list.issued_at());
-        self.device_list = SignedDeviceList::sign(&self.key, version, &entries, at);
-        self.events
-            .push(RegistryEvent::DeviceListUpdated { version, at: now });
+        self.list_version = self.list_version.saturating_add(1);
+        // A list vouches for primary activity: sign it at the last recorded
+        // activity (never later, so an expiry-driven re-sign does not extend
+        // companions' leases beyond the registry's), and never earlier than
+        // the previous list.
+        self.list_at = self.last_primary_activity.max(self.list_at);
+        self.signed_list = OnceLock::new();
+        self.events.push(RegistryEvent::DeviceListUpdated {
+            version: self.list_version,
+            at: now,
+        });
     }
 
     fn record_activity(&mut self, now: Timestamp) {
@@ -400,9 +430,10 @@ impl Account {
     /// Grants the link the user approved: assigns the next index, takes a
     /// pending slot, re-signs the device list and returns the Grant to send.
     /// A device key that is already linked replaces its old record.
-    pub fn grant(
+    pub fn grant<R: RngCore + CryptoRng>(
         &mut self,
         handshake: &mut PrimaryHandshake,
+        rng: &mut R,
         now: Timestamp,
     ) -> Result<Vec<u8>, RegistryError> {
         self.poll(now);
@@ -414,47 +445,51 @@ impl Account {
             })?;
         self.check_slot(now, Some(&request.device))?;
 
+        // Sign the would-be list and build the grant before touching our
+        // state, so a failure changes nothing.
         let index = DeviceIndex(self.next_index);
-        // Build the would-be list and grant before touching our state, so a
-        // failure changes nothing.
-        let mut entries: Vec<DeviceListEntry> = self
-            .live
-            .iter()
-            .filter_map(|i| self.devices.get(i))
-            .filter(|r| r.device != request.device)
-            .map(|r| DeviceListEntry {
-                index: r.index,
-                device: r.device,
-            })
-            .collect();
-        entries.push(DeviceListEntry {
+        let entries = self.list_entries(Some(DeviceListEntry {
             index,
             device: request.device,
-        });
-        let version = self.device_list.version().saturating_add(1);
-        let list_at = now.max(self.device_list.issued_at());
+        }));
+        let version = self.list_version.saturating_add(1);
+        // Exactly the time `admit` → `resign_list` will record.
+        let list_at = self.last_primary_activity.max(now).max(self.list_at);
         let list = SignedDeviceList::sign(&self.key, version, &entries, list_at);
-        let grant = handshake.grant(&self.key, index, &list, now)?;
+        let grant = handshake.grant(&self.key, index, &list, rng, now)?;
 
-        // Commit.
+        self.admit(request.device, request.label, handshake.token_id(), now);
+        if self.list_version == version && self.list_at == list_at {
+            let _ = self.signed_list.set(list);
+        }
+        Ok(grant)
+    }
+
+    /// The registry's half of a grant, after every check: replaces an older
+    /// record of the same key, takes the next index and a pending slot,
+    /// bumps the device list. Infallible.
+    fn admit(
+        &mut self,
+        device: DeviceKey,
+        label: DeviceLabel,
+        token_id: TokenId,
+        now: Timestamp,
+    ) -> DeviceIndex {
         for i in self.live.clone() {
-            let replaced = self
-                .devices
-                .get(&i)
-                .is_some_and(|r| r.device == request.device);
-            if replaced {
+            if self.devices.get(&i).is_some_and(|r| r.device == device) {
                 self.log_out(i, LogoutReason::Replaced, now);
             }
         }
+        let index = DeviceIndex(self.next_index);
         self.next_index = self.next_index.saturating_add(1);
         let deadline = now.saturating_add(self.policy.confirmation_timeout());
         self.devices.insert(
             index,
             DeviceRecord {
                 index,
-                device: request.device,
-                label: request.label.clone(),
-                token_id: handshake.token_id(),
+                device,
+                label: label.clone(),
+                token_id,
                 last_seen: now,
                 state: DeviceState::Pending {
                     since: now,
@@ -463,28 +498,85 @@ impl Account {
             },
         );
         self.live.push(index);
-        self.device_list = list;
         self.record_activity(now);
         self.events.push(RegistryEvent::Granted {
             index,
-            device: request.device,
-            label: request.label,
+            device,
+            label,
             at: now,
         });
-        self.events
-            .push(RegistryEvent::DeviceListUpdated { version, at: now });
-        Ok(grant)
+        self.resign_list(now);
+        index
+    }
+
+    /// Lifecycle-only admission for simulations of very large populations:
+    /// every registry rule of [`Account::grant`] (limit, index, pending slot,
+    /// replacement, list version), without the key exchange.
+    #[allow(dead_code, reason = "used by the simulator (sim module)")]
+    pub(crate) fn admit_without_handshake(
+        &mut self,
+        device: DeviceKey,
+        label: DeviceLabel,
+        token_id: TokenId,
+        now: Timestamp,
+    ) -> Result<DeviceIndex, RegistryError> {
+        self.poll(now);
+        self.check_slot(now, Some(&device))?;
+        Ok(self.admit(device, label, token_id, now))
+    }
+
+    /// Lifecycle-only confirmation: the registry half of [`Account::confirm`].
+    #[allow(dead_code, reason = "used by the simulator (sim module)")]
+    pub(crate) fn confirm_without_handshake(
+        &mut self,
+        index: DeviceIndex,
+        now: Timestamp,
+    ) -> Result<(), RegistryError> {
+        self.poll(now);
+        self.check_pending(index, None)?;
+        self.activate(index, now);
+        Ok(())
+    }
+
+    fn check_pending(
+        &self,
+        index: DeviceIndex,
+        token: Option<TokenId>,
+    ) -> Result<(), RegistryError> {
+        match self.devices.get(&index) {
+            Some(rec) if token.is_none_or(|t| t == rec.token_id) => match rec.state {
+                DeviceState::Pending { .. } => Ok(()),
+                DeviceState::LoggedOut {
+                    reason: LogoutReason::ConfirmationTimedOut,
+                    ..
+                } => Err(RegistryError::ConfirmationTimedOut),
+                DeviceState::LoggedOut { reason, .. } => {
+                    Err(RegistryError::AlreadyLoggedOut { index, reason })
+                }
+                DeviceState::Active { .. } => Err(HandshakeError::AlreadyLinked.into()),
+            },
+            _ => Err(RegistryError::NotPending),
+        }
+    }
+
+    fn activate(&mut self, index: DeviceIndex, now: Timestamp) {
+        if let Some(rec) = self.devices.get_mut(&index) {
+            rec.state = DeviceState::Active { since: now };
+            rec.last_seen = rec.last_seen.max(now);
+        }
+        self.events.push(RegistryEvent::Linked { index, at: now });
     }
 
     /// Refuses a link (the user declined, or no slot): returns the Refusal to
     /// send so the companion shows why.
-    pub fn refuse(
+    pub fn refuse<R: RngCore + CryptoRng>(
         &mut self,
         handshake: &mut PrimaryHandshake,
         reason: crate::handshake::RefusalReason,
+        rng: &mut R,
         now: Timestamp,
     ) -> Result<Vec<u8>, RegistryError> {
-        let msg = handshake.refuse(reason)?;
+        let msg = handshake.refuse(reason, rng)?;
         self.events.push(RegistryEvent::Refused {
             reason: reason.to_string(),
             at: now,
@@ -507,26 +599,9 @@ impl Account {
                 .err()
                 .map_or(RegistryError::NotPending, RegistryError::from));
         };
-        match self.devices.get(&index) {
-            Some(rec) if rec.token_id == handshake.token_id() => match rec.state {
-                DeviceState::Pending { .. } => {}
-                DeviceState::LoggedOut {
-                    reason: LogoutReason::ConfirmationTimedOut,
-                    ..
-                } => return Err(RegistryError::ConfirmationTimedOut),
-                DeviceState::LoggedOut { reason, .. } => {
-                    return Err(RegistryError::AlreadyLoggedOut { index, reason })
-                }
-                DeviceState::Active { .. } => return Err(HandshakeError::AlreadyLinked.into()),
-            },
-            _ => return Err(RegistryError::NotPending),
-        }
+        self.check_pending(index, Some(handshake.token_id()))?;
         let link = handshake.receive_confirm(confirm, now)?;
-        if let Some(rec) = self.devices.get_mut(&index) {
-            rec.state = DeviceState::Active { since: now };
-            rec.last_seen = rec.last_seen.max(now);
-        }
-        self.events.push(RegistryEvent::Linked { index, at: now });
+        self.activate(index, now);
         Ok(link)
     }
 
@@ -599,9 +674,6 @@ impl Account {
     /// the saved one would have. Corrupted input gives a typed error.
     pub fn restore(bytes: &[u8]) -> Result<Self, PersistError> {
         let mut a: Account = crate::persist::restore("account", bytes)?;
-        if a.device_list.account() != a.key.account_id() {
-            return Err(PersistError::Inconsistent("device list of another account"));
-        }
         if a.devices.keys().any(|i| i.0 == 0 || i.0 >= a.next_index)
             || a.devices.iter().any(|(i, r)| *i != r.index)
         {

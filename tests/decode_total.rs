@@ -49,7 +49,7 @@ fn fixture() -> Fixture {
     let request = companion.receive_hello(&hello, t(2)).unwrap();
     let companion_awaiting_grant = companion.clone();
     primary.receive_request(&request, t(3)).unwrap();
-    let grant = account.grant(&mut primary, t(4)).unwrap();
+    let grant = account.grant(&mut primary, &mut rng, t(4)).unwrap();
     let primary_awaiting_confirm = primary.clone();
     let confirm = companion.receive_grant(&grant, t(5)).unwrap();
     account

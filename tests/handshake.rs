@@ -57,7 +57,7 @@ fn link(s: &mut Setup) -> (PrimaryHandshake, Transcript) {
     let (mut primary, hello) = s.account.scan(&offer, &mut s.rng, t(1_000)).unwrap();
     let request = s.companion.receive_hello(&hello, t(1_100)).unwrap();
     primary.receive_request(&request, t(1_200)).unwrap();
-    let grant = s.account.grant(&mut primary, t(1_300)).unwrap();
+    let grant = s.account.grant(&mut primary, &mut s.rng, t(1_300)).unwrap();
     let confirm = s.companion.receive_grant(&grant, t(1_400)).unwrap();
     s.account.confirm(&mut primary, &confirm, t(1_500)).unwrap();
     (
@@ -100,7 +100,7 @@ fn full_link_gives_each_side_matching_facts() {
     assert_eq!(session.label().as_str(), "Firefox on Linux");
     assert!(session.is_linked(t(2_000)));
     assert_eq!(s.account.companion_count(t(2_000)), 1);
-    assert_eq!(tr.hello.len(), 82);
+    assert_eq!(tr.hello.len(), 98);
     assert_eq!(tr.confirm.len(), 82);
 }
 
@@ -175,7 +175,7 @@ fn every_bit_flip_is_refused_without_state_change() {
         assert_eq!(primary.save().unwrap(), before);
     }
     primary.receive_request(&request, t(1_200)).unwrap();
-    let grant = s.account.grant(&mut primary, t(1_300)).unwrap();
+    let grant = s.account.grant(&mut primary, &mut s.rng, t(1_300)).unwrap();
     assert_eq!(grant, tr.grant);
 
     // Grant → companion.
@@ -218,7 +218,7 @@ fn truncations_and_extensions_are_refused() {
         assert!(primary.receive_request(&request[..len], t(1_200)).is_err());
     }
     primary.receive_request(&request, t(1_200)).unwrap();
-    let grant = s.account.grant(&mut primary, t(1_300)).unwrap();
+    let grant = s.account.grant(&mut primary, &mut s.rng, t(1_300)).unwrap();
     for len in 0..grant.len() {
         assert!(s.companion.receive_grant(&grant[..len], t(1_400)).is_err());
     }
@@ -262,7 +262,13 @@ fn messages_out_of_order_are_refused() {
     // Granting before the request arrived is a state error.
     let list = SignedDeviceList::sign(s.account.key(), 99, &[], t(0));
     assert!(matches!(
-        primary.grant(s.account.key(), devicelink::DeviceIndex(1), &list, t(1_150)),
+        primary.grant(
+            s.account.key(),
+            devicelink::DeviceIndex(1),
+            &list,
+            &mut s.rng.clone(),
+            t(1_150)
+        ),
         Err(HandshakeError::WrongState { .. })
     ));
     primary.receive_request(&request, t(1_200)).unwrap();
@@ -270,7 +276,7 @@ fn messages_out_of_order_are_refused() {
         primary.receive_request(&request, t(1_250)),
         Err(HandshakeError::UnexpectedMessage { .. })
     ));
-    let grant = s.account.grant(&mut primary, t(1_300)).unwrap();
+    let grant = s.account.grant(&mut primary, &mut s.rng, t(1_300)).unwrap();
     let confirm = s.companion.receive_grant(&grant, t(1_400)).unwrap();
     // A second grant after the first was accepted.
     assert_eq!(
@@ -296,7 +302,7 @@ fn message_for_another_session_is_refused() {
     let before = a.companion.save().unwrap();
     assert_eq!(
         a.companion.receive_hello(&hello_b, t(1_100)),
-        Err(HandshakeError::Token(TokenError::UnknownToken))
+        Err(HandshakeError::WrongSession)
     );
     assert_eq!(a.companion.save().unwrap(), before);
     // Same for the primary: B's request to A's handshake.
@@ -312,7 +318,10 @@ fn message_for_another_session_is_refused() {
     // A's pairing still completes.
     let request_a = a.companion.receive_hello(&hello_a, t(1_100)).unwrap();
     primary_a.receive_request(&request_a, t(1_200)).unwrap();
-    let grant = a.account.grant(&mut primary_a, t(1_300)).unwrap();
+    let grant = a
+        .account
+        .grant(&mut primary_a, &mut a.rng, t(1_300))
+        .unwrap();
     let confirm = a.companion.receive_grant(&grant, t(1_400)).unwrap();
     a.account
         .confirm(&mut primary_a, &confirm, t(1_500))
@@ -372,11 +381,20 @@ fn grant_timeout_fails_the_companion() {
         .unwrap();
     let request = s.companion.receive_hello(&hello, t(1_000)).unwrap();
     primary.receive_request(&request, t(1_100)).unwrap();
-    let grant = s.account.grant(&mut primary, t(1_200)).unwrap();
+    let grant = s.account.grant(&mut primary, &mut s.rng, t(1_200)).unwrap();
     // Deadline = hello time + 60 s; at the deadline the grant is too late.
-    let err = s.companion.receive_grant(&grant, t(61_000)).unwrap_err();
+    // Deadline = Hello time + the 120 s approval timeout.
+    let mut late = s.companion.clone();
+    let err = late.receive_grant(&grant, t(121_000)).unwrap_err();
     assert!(err.is_terminal());
-    assert!(s.companion.receive_grant(&grant, t(60_999)).is_ok());
+    assert!(matches!(
+        late.state(),
+        CompanionState::Failed {
+            reason: FailureReason::GrantTimedOut,
+            ..
+        }
+    ));
+    assert!(s.companion.receive_grant(&grant, t(120_999)).is_ok());
 }
 
 #[test]
@@ -390,7 +408,7 @@ fn certificate_from_another_account_is_refused() {
     let (mut primary, hello) = s.account.scan(&tr.offer, &mut s.rng, t(1_000)).unwrap();
     let request = s.companion.receive_hello(&hello, t(1_100)).unwrap();
     primary.receive_request(&request, t(1_200)).unwrap();
-    let grant = s.account.grant(&mut primary, t(1_300)).unwrap();
+    let grant = s.account.grant(&mut primary, &mut s.rng, t(1_300)).unwrap();
     let before = s.companion.save().unwrap();
     assert_eq!(
         s.companion.receive_grant(&grant, t(1_400)),
@@ -424,7 +442,7 @@ fn low_order_keys_are_non_contributory() {
         assert!(devicelink::PairingOffer::from_text(&text).is_ok());
         assert_eq!(
             s.account.scan(&text, &mut s.rng, t(1_000)).unwrap_err(),
-            RegistryError::Handshake(HandshakeError::NonContributory)
+            RegistryError::Handshake(HandshakeError::BadOffer(OfferError::WeakKey))
         );
     }
 
@@ -434,7 +452,7 @@ fn low_order_keys_are_non_contributory() {
         .scan(&offer_text(&s.companion), &mut s.rng, t(1_000))
         .unwrap();
     let mut forged = hello.clone();
-    forged[18..50].fill(0);
+    forged[34..66].fill(0);
     let before = s.companion.save().unwrap();
     assert_eq!(
         s.companion.receive_hello(&forged, t(1_100)),
@@ -458,6 +476,7 @@ fn authenticated_refusal_fails_the_companion_but_forged_one_does_not() {
         .refuse(
             &mut primary,
             RefusalReason::DeviceLimitReached { limit: 4 },
+            &mut s.rng,
             t(1_300),
         )
         .unwrap();
@@ -530,4 +549,42 @@ fn secrets_stay_out_of_debug_output() {
         }
         assert!(!dbg.contains("SessionKeys { hello"), "{dbg}");
     }
+}
+
+#[test]
+fn relay_routes_only_a_hello_from_someone_who_saw_the_qr_code() {
+    use devicelink::relay::{Ledger, LedgerError};
+    let mut first = setup(20);
+    let (_, tr) = link(&mut first);
+    let ledger = Ledger::in_memory();
+    let offer = devicelink::PairingOffer::from_text(&tr.offer).unwrap();
+    ledger.register(offer.token_id(), t(60_000)).unwrap();
+    // A forger who knows only the token id (the relay's view before the
+    // scan) cannot burn the token: a bare header, or a Hello with a wrong proof.
+    for forged in [tr.hello[..18].to_vec(), {
+        let mut h = tr.hello.clone();
+        h[20] ^= 1;
+        h
+    }] {
+        assert_eq!(
+            ledger.route(&forged, t(1_000)),
+            Err(LedgerError::BadRedemptionProof)
+        );
+    }
+    // Later messages are not routed before the token is redeemed.
+    assert_eq!(
+        ledger.route(&tr.request, t(1_000)),
+        Err(LedgerError::UnknownToken)
+    );
+    assert_eq!(ledger.route(&tr.hello, t(1_000)), Ok(offer.token_id()));
+    assert_eq!(
+        ledger.route(&tr.hello, t(1_001)),
+        Err(LedgerError::TokenAlreadyRedeemed)
+    );
+    // The rest of the handshake is routed, even after the offer's lifetime
+    // (the session window keeps the redeemed token).
+    for m in [&tr.request, &tr.grant, &tr.confirm] {
+        assert_eq!(ledger.route(m, t(61_000)), Ok(offer.token_id()));
+    }
+    assert_eq!(ledger.sweep(t(61_000)), Ok(0));
 }

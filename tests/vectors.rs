@@ -40,7 +40,7 @@ fn compute(seed: u64, now_ms: u64, label: &str) -> Value {
     let (mut primary, hello) = account.scan(&offer.to_text(), &mut rng, now).unwrap();
     let request = companion.receive_hello(&hello, now).unwrap();
     let asked = primary.receive_request(&request, now).unwrap();
-    let grant = account.grant(&mut primary, now).unwrap();
+    let grant = account.grant(&mut primary, &mut rng, now).unwrap();
     let confirm = companion.receive_grant(&grant, now).unwrap();
     let link = account.confirm(&mut primary, &confirm, now).unwrap();
     let heartbeat = PrimaryHeartbeat::sign(account.key(), now);

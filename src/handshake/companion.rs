@@ -15,14 +15,14 @@ use serde::{Deserialize, Serialize};
 use x25519_dalek::PublicKey;
 
 use super::messages::{
-    parse_refusal, DeviceLabel, MessageHeader, MessageKind, RequestBody, HEADER_LEN, HELLO_LEN,
-    MIN_SEALED_LEN,
+    parse_refusal, DeviceLabel, MessageHeader, MessageKind, RequestBody, HEADER_LEN, HELLO_KEY_AT,
+    HELLO_LEN, MIN_SEALED_LEN,
 };
-use super::schedule::{confirm_transcript, transcript, SessionKeys};
+use super::schedule::{confirm_transcript, transcript, SessionKeys, NONCE_LEN};
 use super::{HandshakeError, RefusalReason, CONFIRM_LABEL, POP_LABEL};
 use crate::certificate::{DeviceCertificate, SignedDeviceList, CERTIFICATE_LEN};
 use crate::keys::{AccountId, DeviceIdentity};
-use crate::offer::{OfferDisplay, OfferEvent, OfferState, PairingOffer, TokenId};
+use crate::offer::{OfferDisplay, OfferEvent, OfferState, PairingOffer, TokenError, TokenId};
 use crate::policy::Policy;
 use crate::session::LinkedSession;
 use crate::time::Timestamp;
@@ -34,7 +34,7 @@ pub enum FailureReason {
     Refused(RefusalReason),
     /// The offer display ended without a scan (its final state).
     OfferEnded(OfferState),
-    /// No grant arrived within the policy's confirmation timeout.
+    /// No grant arrived within the policy's approval timeout.
     GrantTimedOut,
 }
 
@@ -91,6 +91,8 @@ enum Stage {
     },
     Linked {
         session: Box<LinkedSession>,
+        #[serde(with = "crate::encoding::b64_vec")]
+        confirm: Vec<u8>,
     },
     Failed {
         reason: FailureReason,
@@ -190,7 +192,16 @@ impl Companion {
     /// The linked session, once linked.
     pub fn session(&self) -> Option<&LinkedSession> {
         match &self.stage {
-            Stage::Linked { session } => Some(session),
+            Stage::Linked { session, .. } => Some(session),
+            _ => None,
+        }
+    }
+
+    /// The Confirm sent when the link completed, to send again if the relay
+    /// lost it (it is idempotent for the primary).
+    pub fn confirm_message(&self) -> Option<&[u8]> {
+        match &self.stage {
+            Stage::Linked { confirm, .. } => Some(confirm),
             _ => None,
         }
     }
@@ -198,7 +209,7 @@ impl Companion {
     /// Takes the linked session out; gives `self` back if not linked.
     pub fn into_session(self) -> Result<LinkedSession, Box<Self>> {
         match self.stage {
-            Stage::Linked { session } => Ok(*session),
+            Stage::Linked { session, .. } => Ok(*session),
             _ => Err(Box::new(self)),
         }
     }
@@ -304,13 +315,20 @@ impl Companion {
                 got: header.kind,
             });
         }
-        let offer_keys = display.check(&header.token_id, now)?;
+        let offer_keys = display.check(&header.token_id, now).map_err(|e| match e {
+            TokenError::UnknownToken => HandshakeError::WrongSession,
+            e => HandshakeError::Token(e),
+        })?;
         if hello.len() != HELLO_LEN {
             return Err(HandshakeError::Malformed { what: "hello" });
         }
+        // The relay checked the proof; the MAC below covers it too.
+        if header.redemption_proof(hello) != Some(offer_keys.offer.redemption_proof()) {
+            return Err(HandshakeError::AuthenticationFailed);
+        }
         let (signed, tag) = hello.split_at(HELLO_LEN - super::schedule::MAC_LEN);
         let mut primary_eph = [0u8; 32];
-        primary_eph.copy_from_slice(&signed[HEADER_LEN..]);
+        primary_eph.copy_from_slice(&signed[HELLO_KEY_AT..]);
         let shared = offer_keys
             .secret
             .diffie_hellman(&PublicKey::from(primary_eph));
@@ -352,7 +370,7 @@ impl Companion {
             token: header.token_id,
             keys,
             request: request.clone(),
-            deadline: now.saturating_add(self.policy.confirmation_timeout()),
+            deadline: now.saturating_add(self.policy.approval_timeout()),
         };
         Ok(request)
     }
@@ -391,17 +409,25 @@ impl Companion {
             "awaiting grant",
         )?;
         if now >= deadline {
+            // Terminal: record it now rather than at the next poll.
+            self.stage = Stage::Failed {
+                reason: FailureReason::GrantTimedOut,
+                at: deadline,
+            };
             return Err(HandshakeError::TimedOut {
                 waiting_for: "the grant",
             });
         }
-        if grant.len() < MIN_SEALED_LEN {
+        if grant.len() < MIN_SEALED_LEN + NONCE_LEN {
             return Err(HandshakeError::Malformed { what: "grant" });
         }
-        let (aad, sealed) = grant.split_at(HEADER_LEN);
+        let (aad, rest) = grant.split_at(HEADER_LEN);
+        let (nonce, sealed) = rest.split_at(NONCE_LEN);
+        let mut nonce_bytes = [0u8; NONCE_LEN];
+        nonce_bytes.copy_from_slice(nonce);
         let mut buf = sealed.to_vec();
         let plain = keys
-            .open_grant(aad, &mut buf)
+            .open_grant(nonce_bytes, aad, &mut buf)
             .ok_or(HandshakeError::AuthenticationFailed)?;
 
         if header.kind == MessageKind::Refusal {
@@ -418,7 +444,9 @@ impl Companion {
             .ok_or(HandshakeError::Malformed { what: "grant" })?;
         let certificate = DeviceCertificate::from_bytes(cert_bytes)?;
         let me = self.identity.device_key();
-        if certificate.device() != me {
+        if certificate.device() != me
+            || certificate.index() == crate::certificate::DeviceIndex::PRIMARY
+        {
             return Err(crate::certificate::CertificateError::WrongDevice.into());
         }
         if self
@@ -458,6 +486,7 @@ impl Companion {
         );
         self.stage = Stage::Linked {
             session: Box::new(session),
+            confirm: confirm.clone(),
         };
         Ok(confirm)
     }

@@ -19,6 +19,11 @@ pub enum RefusalReason {
     Declined,
     /// The scanned offer was stale by the primary's or the relay's account.
     OfferStale,
+    /// A reason this implementation does not know (from a newer primary).
+    Other {
+        /// The reason code.
+        code: u8,
+    },
 }
 
 impl std::fmt::Display for RefusalReason {
@@ -32,6 +37,7 @@ impl std::fmt::Display for RefusalReason {
             }
             RefusalReason::Declined => f.write_str("the user declined on the phone"),
             RefusalReason::OfferStale => f.write_str("the code was stale; show a new one"),
+            RefusalReason::Other { code } => write!(f, "refused (reason {code})"),
         }
     }
 }

@@ -16,8 +16,10 @@ use crate::wire::Reader;
 pub const MESSAGE_VERSION: u8 = 1;
 /// Bytes of the common header.
 pub const HEADER_LEN: usize = 1 + 1 + 16;
-/// Bytes of a Hello.
-pub(crate) const HELLO_LEN: usize = HEADER_LEN + 32 + MAC_LEN;
+/// Bytes of a Hello: header, redemption proof, primary key, MAC.
+pub(crate) const HELLO_LEN: usize = HEADER_LEN + 16 + 32 + MAC_LEN;
+/// Offset of the primary's ephemeral key in a Hello.
+pub(crate) const HELLO_KEY_AT: usize = HEADER_LEN + 16;
 /// Bytes of a Confirm.
 pub(crate) const CONFIRM_LEN: usize = HEADER_LEN + SIGNATURE_LEN;
 /// Longest device label, in bytes of UTF-8.
@@ -26,7 +28,8 @@ pub const MAX_LABEL_LEN: usize = 64;
 /// The kind of a handshake message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum MessageKind {
-    /// Primary → companion: the primary's ephemeral key and a MAC.
+    /// Primary → companion: the redemption proof, the primary's ephemeral key
+    /// and a MAC.
     Hello,
     /// Companion → primary: its identity key, proof of possession, label (encrypted).
     Request,
@@ -88,6 +91,19 @@ impl MessageHeader {
         )?;
         let token_id = TokenId(r.array().map_err(malformed)?);
         Ok(MessageHeader { kind, token_id })
+    }
+
+    /// For a Hello, the redemption proof it carries (which the relay checks
+    /// against the token id before redeeming). `None` for other kinds or if
+    /// the Hello is too short.
+    pub fn redemption_proof(&self, message: &[u8]) -> Option<crate::offer::RedemptionProof> {
+        if self.kind != MessageKind::Hello {
+            return None;
+        }
+        let bytes = message.get(HEADER_LEN..HELLO_KEY_AT)?;
+        let mut proof = [0u8; 16];
+        proof.copy_from_slice(bytes);
+        Some(crate::offer::RedemptionProof(proof))
     }
 
     pub(crate) fn write(&self, out: &mut Vec<u8>) {
@@ -241,6 +257,7 @@ impl From<super::RefusalReason> for RefusalReasonCode {
             R::DeviceLimitReached { limit } => RefusalReasonCode(1, limit),
             R::Declined => RefusalReasonCode(2, 0),
             R::OfferStale => RefusalReasonCode(3, 0),
+            R::Other { code } => RefusalReasonCode(code, 0),
         }
     }
 }

@@ -17,7 +17,7 @@ use super::messages::{
     write_refusal, DeviceLabel, MessageHeader, MessageKind, RequestBody, CONFIRM_LEN, HEADER_LEN,
     HELLO_LEN, MIN_SEALED_LEN,
 };
-use super::schedule::{confirm_transcript, transcript, SessionKeys};
+use super::schedule::{confirm_transcript, transcript, SessionKeys, NONCE_LEN};
 use super::{HandshakeError, RefusalReason, CONFIRM_LABEL, POP_LABEL};
 use crate::certificate::{CertificateError, DeviceCertificate, DeviceIndex, SignedDeviceList};
 use crate::keys::{AccountKey, DeviceKey};
@@ -129,7 +129,8 @@ impl PrimaryHandshake {
         let primary_eph = PublicKey::from(&secret).to_bytes();
         let shared = secret.diffie_hellman(&PublicKey::from(*offer.ephemeral()));
         if !shared.was_contributory() {
-            return Err(HandshakeError::NonContributory);
+            // The companion's key is low-order: this offer can never work.
+            return Err(HandshakeError::BadOffer(crate::offer::OfferError::WeakKey));
         }
         let token = offer.token_id();
         let th = transcript(&token, offer.ephemeral(), &primary_eph);
@@ -140,6 +141,7 @@ impl PrimaryHandshake {
             token_id: token,
         }
         .write(&mut hello);
+        hello.extend_from_slice(&offer.redemption_proof().to_bytes());
         hello.extend_from_slice(&primary_eph);
         let tag = keys.hello_tag(&hello);
         hello.extend_from_slice(tag.as_ref());
@@ -286,11 +288,12 @@ impl PrimaryHandshake {
     ///
     /// Most hosts call [`crate::Account::grant`], which picks the index, keeps
     /// the limit and signs the list.
-    pub fn grant(
+    pub fn grant<R: RngCore + CryptoRng>(
         &mut self,
         account: &AccountKey,
         index: DeviceIndex,
         device_list: &SignedDeviceList,
+        rng: &mut R,
         now: Timestamp,
     ) -> Result<Vec<u8>, HandshakeError> {
         let Stage::RequestReceived { request } = &self.stage else {
@@ -301,7 +304,7 @@ impl PrimaryHandshake {
         if device_list.account() != account.account_id() {
             return Err(CertificateError::WrongAccount.into());
         }
-        if !device_list.contains(index, &request.device) {
+        if index == DeviceIndex::PRIMARY || !device_list.contains(index, &request.device) {
             return Err(CertificateError::WrongDevice.into());
         }
         let certificate = DeviceCertificate::issue(account, index, request.device, now);
@@ -311,9 +314,11 @@ impl PrimaryHandshake {
             token_id: self.token,
         }
         .write(&mut grant);
+        let nonce = random_nonce(rng);
+        grant.extend_from_slice(&nonce);
         let mut body = certificate.to_bytes();
         body.extend_from_slice(&device_list.to_bytes());
-        if !self.keys.seal_grant(&grant, &mut body) {
+        if !self.keys.seal_grant(nonce, &grant[..HEADER_LEN], &mut body) {
             return Err(HandshakeError::WrongState {
                 state: "sealing failed",
             });
@@ -331,7 +336,11 @@ impl PrimaryHandshake {
 
     /// Refuses the link with `reason`, authenticated so the companion can trust
     /// it. Allowed before a grant was sent.
-    pub fn refuse(&mut self, reason: RefusalReason) -> Result<Vec<u8>, HandshakeError> {
+    pub fn refuse<R: RngCore + CryptoRng>(
+        &mut self,
+        reason: RefusalReason,
+        rng: &mut R,
+    ) -> Result<Vec<u8>, HandshakeError> {
         if !matches!(
             self.stage,
             Stage::OfferScanned | Stage::RequestReceived { .. }
@@ -346,9 +355,11 @@ impl PrimaryHandshake {
             token_id: self.token,
         }
         .write(&mut msg);
+        let nonce = random_nonce(rng);
+        msg.extend_from_slice(&nonce);
         let mut body = Vec::with_capacity(5 + 16);
         write_refusal(reason.into(), &mut body);
-        if !self.keys.seal_grant(&msg, &mut body) {
+        if !self.keys.seal_grant(nonce, &msg[..HEADER_LEN], &mut body) {
             return Err(HandshakeError::WrongState {
                 state: "sealing failed",
             });
@@ -405,4 +416,10 @@ impl PrimaryHandshake {
         self.stage = Stage::Confirmed { link: link.clone() };
         Ok(link)
     }
+}
+
+fn random_nonce<R: RngCore + CryptoRng>(rng: &mut R) -> [u8; NONCE_LEN] {
+    let mut nonce = [0u8; NONCE_LEN];
+    rng.fill_bytes(&mut nonce);
+    nonce
 }

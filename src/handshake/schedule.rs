@@ -8,10 +8,13 @@
 //! k_r  = HKDF-Expand(prk, "devicelink/v1 request"    || th, 32)  AEAD key, Request
 //! k_g  = HKDF-Expand(prk, "devicelink/v1 grant"      || th, 32)  AEAD key, Grant/Refusal
 //! code = HKDF-Expand(prk, "devicelink/v1 check code" || th, 4)   u32 BE mod 100
-//! th2  = SHA-256("devicelink/v1 confirm transcript" || th || Request || Grant)
+//! th2  = SHA-256("devicelink/v1 confirm transcript" || th
+//!                || len32(Request) || Request || len32(Grant) || Grant)
 //! ```
 //!
-//! Each AEAD key encrypts exactly one message, so its nonce is zero.
+//! The Request key encrypts one message whose content is fixed by the keys, so
+//! its nonce is zero; the Grant key's message (Grant or Refusal) carries a
+//! random 12-byte nonce.
 
 use ring::{aead, digest, hkdf, hmac};
 use zeroize::{Zeroize, ZeroizeOnDrop};
@@ -29,6 +32,8 @@ const CHECK_CODE_LABEL: &[u8] = b"devicelink/v1 check code";
 pub(crate) const TAG_LEN: usize = 16;
 /// HMAC-SHA256 tag length.
 pub(crate) const MAC_LEN: usize = 32;
+/// AEAD nonce length.
+pub(crate) const NONCE_LEN: usize = 12;
 
 /// The transcript hash of the scan: binds token, both ephemeral keys.
 pub(crate) fn transcript(
@@ -50,8 +55,11 @@ pub(crate) fn confirm_transcript(th: &[u8; 32], request: &[u8], grant: &[u8]) ->
     let mut ctx = digest::Context::new(&digest::SHA256);
     ctx.update(CONFIRM_TRANSCRIPT_LABEL);
     ctx.update(th);
-    ctx.update(request);
-    ctx.update(grant);
+    // Length-prefixed, so the boundary between the two messages is unambiguous.
+    for m in [request, grant] {
+        ctx.update(&u32::try_from(m.len()).unwrap_or(u32::MAX).to_be_bytes());
+        ctx.update(m);
+    }
     to_array(ctx.finish())
 }
 
@@ -122,20 +130,31 @@ impl SessionKeys {
         hmac::verify(&hmac::Key::new(hmac::HMAC_SHA256, &self.hello), hello, tag).is_ok()
     }
 
+    /// The Request key seals one message whose content is a function of the
+    /// keys alone, so a fixed zero nonce is safe even if a restored companion
+    /// seals it again (same plaintext, same ciphertext).
     pub(crate) fn seal_request(&self, aad: &[u8], buf: &mut Vec<u8>) -> bool {
-        seal(&self.request, aad, buf)
+        seal(&self.request, [0; NONCE_LEN], aad, buf)
     }
 
     pub(crate) fn open_request<'a>(&self, aad: &[u8], buf: &'a mut [u8]) -> Option<&'a mut [u8]> {
-        open(&self.request, aad, buf)
+        open(&self.request, [0; NONCE_LEN], aad, buf)
     }
 
-    pub(crate) fn seal_grant(&self, aad: &[u8], buf: &mut Vec<u8>) -> bool {
-        seal(&self.grant, aad, buf)
+    /// The Grant key seals the Grant or a Refusal, whose content the primary
+    /// chooses: each carries a fresh random nonce, so a primary handshake
+    /// restored from an old save and granting again cannot reuse one.
+    pub(crate) fn seal_grant(&self, nonce: [u8; NONCE_LEN], aad: &[u8], buf: &mut Vec<u8>) -> bool {
+        seal(&self.grant, nonce, aad, buf)
     }
 
-    pub(crate) fn open_grant<'a>(&self, aad: &[u8], buf: &'a mut [u8]) -> Option<&'a mut [u8]> {
-        open(&self.grant, aad, buf)
+    pub(crate) fn open_grant<'a>(
+        &self,
+        nonce: [u8; NONCE_LEN],
+        aad: &[u8],
+        buf: &'a mut [u8],
+    ) -> Option<&'a mut [u8]> {
+        open(&self.grant, nonce, aad, buf)
     }
 }
 
@@ -153,13 +172,12 @@ fn aead_key(key: &[u8; 32]) -> Option<aead::LessSafeKey> {
         .map(aead::LessSafeKey::new)
 }
 
-/// Encrypts `buf[..]` in place and appends the tag. Each key seals one message,
-/// so the nonce is fixed at zero.
-fn seal(key: &[u8; 32], aad: &[u8], buf: &mut Vec<u8>) -> bool {
+/// Encrypts `buf[..]` in place and appends the tag.
+fn seal(key: &[u8; 32], nonce: [u8; NONCE_LEN], aad: &[u8], buf: &mut Vec<u8>) -> bool {
     match aead_key(key) {
         Some(k) => k
             .seal_in_place_append_tag(
-                aead::Nonce::assume_unique_for_key([0; 12]),
+                aead::Nonce::assume_unique_for_key(nonce),
                 aead::Aad::from(aad),
                 buf,
             )
@@ -169,10 +187,15 @@ fn seal(key: &[u8; 32], aad: &[u8], buf: &mut Vec<u8>) -> bool {
 }
 
 /// Decrypts `buf` (ciphertext and tag) in place; the plaintext on success.
-fn open<'a>(key: &[u8; 32], aad: &[u8], buf: &'a mut [u8]) -> Option<&'a mut [u8]> {
+fn open<'a>(
+    key: &[u8; 32],
+    nonce: [u8; NONCE_LEN],
+    aad: &[u8],
+    buf: &'a mut [u8],
+) -> Option<&'a mut [u8]> {
     aead_key(key)?
         .open_in_place(
-            aead::Nonce::assume_unique_for_key([0; 12]),
+            aead::Nonce::assume_unique_for_key(nonce),
             aead::Aad::from(aad),
             buf,
         )
@@ -212,7 +235,16 @@ mod tests {
         let mut wrong_aad = buf.clone();
         assert!(k.open_request(b"aae", &mut wrong_aad).is_none());
         let mut wrong_key = buf.clone();
-        assert!(k.open_grant(b"aad", &mut wrong_key).is_none());
+        assert!(k
+            .open_grant([0; NONCE_LEN], b"aad", &mut wrong_key)
+            .is_none());
+        let mut g = b"grant".to_vec();
+        assert!(k.seal_grant([7; NONCE_LEN], b"h", &mut g));
+        let mut wrong_nonce = g.clone();
+        assert!(k
+            .open_grant([8; NONCE_LEN], b"h", &mut wrong_nonce)
+            .is_none());
+        assert!(k.open_grant([7; NONCE_LEN], b"h", &mut g).is_some());
         let tag = k.hello_tag(b"m");
         assert!(k.verify_hello_tag(b"m", tag.as_ref()));
         assert!(!k.verify_hello_tag(b"n", tag.as_ref()));

@@ -3,7 +3,12 @@
 //! An offer carries the companion's fresh X25519 public key and a 128-bit
 //! secret behind a version byte, plus a 4-byte check. Its token id (how the
 //! relay routes the exchange) is derived from those bytes, so it costs no QR
-//! space. The text form is `DL:` followed by 85 upper-case base32 characters:
+//! space: `digest = SHA-256("devicelink/v1 offer" || body)`, the check is
+//! `digest[0..4]`, the *redemption proof* is `digest[16..32]`, and the token id
+//! is `SHA-256("devicelink/v1 token id" || proof)[0..16]`. The scanning
+//! primary puts the proof in its Hello, so the relay can check that whoever
+//! redeems a token saw the QR code, while the token id alone (which the relay
+//! learns when the companion registers) does not let anyone redeem it. The text form is `DL:` followed by 85 upper-case base32 characters:
 //! 88 characters of the QR alphanumeric set, which fit QR version 4 at level M
 //! (90 characters). See `docs/PROTOCOL.md` for the layout.
 //!
@@ -38,6 +43,7 @@ pub const OFFER_BYTES: usize = OFFER_BODY_LEN + CHECK_LEN;
 pub const OFFER_TEXT_LEN: usize = 3 + (OFFER_BYTES * 8).div_ceil(5);
 
 const OFFER_DIGEST_LABEL: &[u8] = b"devicelink/v1 offer";
+const TOKEN_ID_LABEL: &[u8] = b"devicelink/v1 token id";
 
 /// Why an offer text was refused. Every string decodes to an offer or to one
 /// of these; none is retryable with the same text.
@@ -61,6 +67,10 @@ pub enum OfferError {
     /// The check bytes do not match: the text was altered or misread.
     #[error("offer check failed: the code was altered or misread")]
     CheckMismatch,
+    /// The offer's X25519 key is a low-order point: the key exchange would
+    /// not depend on the primary's key (a malicious or broken companion).
+    #[error("offer key is a low-order point (non-contributory)")]
+    WeakKey,
 }
 
 /// The relay's routing id for one offer (16 bytes), derived from the offer.
@@ -102,6 +112,8 @@ pub struct PairingOffer {
     #[zeroize(skip)]
     token_id: TokenId,
     #[zeroize(skip)]
+    proof: RedemptionProof,
+    #[zeroize(skip)]
     check: [u8; CHECK_LEN],
 }
 
@@ -119,12 +131,13 @@ impl PairingOffer {
         body[0] = OFFER_VERSION;
         body[1..33].copy_from_slice(&ephemeral);
         body[33..].copy_from_slice(&secret);
-        let (check, token_id) = offer_digest(&body);
+        let (check, proof) = offer_digest(&body);
         body.zeroize();
         PairingOffer {
             ephemeral,
             secret,
-            token_id,
+            token_id: proof.token_id(),
+            proof,
             check,
         }
     }
@@ -132,6 +145,11 @@ impl PairingOffer {
     /// The token id the relay routes by.
     pub fn token_id(&self) -> TokenId {
         self.token_id
+    }
+
+    /// The redemption proof that the scanning primary shows the relay.
+    pub fn redemption_proof(&self) -> RedemptionProof {
+        self.proof
     }
 
     /// The companion's ephemeral X25519 public key.
@@ -207,9 +225,9 @@ impl PairingOffer {
     }
 }
 
-/// One SHA-256 gives both the 4-byte check (first bytes) and the 16-byte token
-/// id (last bytes) of an offer body.
-fn offer_digest(body: &[u8; OFFER_BODY_LEN]) -> ([u8; CHECK_LEN], TokenId) {
+/// One SHA-256 gives the 4-byte check (first bytes) and the 16-byte
+/// redemption proof (last bytes) of an offer body.
+fn offer_digest(body: &[u8; OFFER_BODY_LEN]) -> ([u8; CHECK_LEN], RedemptionProof) {
     let mut ctx = digest::Context::new(&digest::SHA256);
     ctx.update(OFFER_DIGEST_LABEL);
     ctx.update(body);
@@ -217,9 +235,43 @@ fn offer_digest(body: &[u8; OFFER_BODY_LEN]) -> ([u8; CHECK_LEN], TokenId) {
     let d = d.as_ref();
     let mut check = [0u8; CHECK_LEN];
     check.copy_from_slice(&d[..CHECK_LEN]);
-    let mut id = [0u8; 16];
-    id.copy_from_slice(&d[16..32]);
-    (check, TokenId(id))
+    let mut proof = [0u8; 16];
+    proof.copy_from_slice(&d[16..32]);
+    (check, RedemptionProof(proof))
+}
+
+/// Proof that a party saw the QR code: the relay redeems a token only for the
+/// proof that hashes to it. Revealed in the Hello, so it proves nothing after
+/// the first redemption (which the ledger allows only once anyway).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RedemptionProof(pub(crate) [u8; 16]);
+
+impl RedemptionProof {
+    /// The token id this proof redeems: `SHA-256("devicelink/v1 token id" || proof)[0..16]`.
+    pub fn token_id(&self) -> TokenId {
+        let mut ctx = digest::Context::new(&digest::SHA256);
+        ctx.update(TOKEN_ID_LABEL);
+        ctx.update(&self.0);
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&ctx.finish().as_ref()[..16]);
+        TokenId(id)
+    }
+
+    /// The proof's 16 bytes.
+    pub fn to_bytes(&self) -> [u8; 16] {
+        self.0
+    }
+
+    /// A proof from 16 bytes (as read from a Hello).
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        RedemptionProof(bytes)
+    }
+}
+
+impl fmt::Debug for RedemptionProof {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RedemptionProof(..)")
+    }
 }
 
 /// The companion's private half of an offer: the ephemeral X25519 secret,

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +28,10 @@ pub enum LedgerError {
     /// A message that cannot be routed (bad header).
     #[error("unroutable message: {0}")]
     Unroutable(String),
+    /// A Hello whose redemption proof does not match its token: whoever sent
+    /// it never saw the QR code. The token stays redeemable.
+    #[error("bad redemption proof: the sender did not see the QR code")]
+    BadRedemptionProof,
     /// The durable store failed (I/O, connection); the attempt had no effect.
     #[error("token store unavailable: {0}")]
     Store(String),
@@ -53,9 +58,11 @@ pub struct Redemption {
 ///    number of concurrent calls for one token, from any thread, process or
 ///    node, **at most one** returns `Ok`; the others get
 ///    [`LedgerError::TokenAlreadyRedeemed`]. An expired token
-///    (`now >= expires_at`) is never redeemed. In SQL:
-///    `UPDATE tokens SET redeemed_at = $now WHERE id = $id AND redeemed_at IS NULL
-///    AND expires_at > $now` and exactly one affected row means success.
+///    (`now >= expires_at`) is never redeemed. A redeemed token is kept until
+///    `keep_until` (the rest of its handshake is routed meanwhile). In SQL:
+///    `UPDATE tokens SET redeemed_at = $now, expires_at = greatest(expires_at, $keep)
+///    WHERE id = $id AND redeemed_at IS NULL AND expires_at > $now`;
+///    exactly one affected row means success.
 /// 3. A redemption that returned `Ok` is durable before it returns (a crash
 ///    afterwards must not let the token be redeemed again).
 /// 4. `sweep` deletes tokens that expired at or before `now`, in time
@@ -67,8 +74,13 @@ pub struct Redemption {
 pub trait TokenStore: Send + Sync {
     /// Registers a token valid until `expires_at` (exclusive).
     fn register(&self, token: TokenId, expires_at: Timestamp) -> Result<(), LedgerError>;
-    /// Atomically redeems a token once.
-    fn redeem(&self, token: &TokenId, now: Timestamp) -> Result<(), LedgerError>;
+    /// Atomically redeems a token once, keeping it until `keep_until`.
+    fn redeem(
+        &self,
+        token: &TokenId,
+        now: Timestamp,
+        keep_until: Timestamp,
+    ) -> Result<(), LedgerError>;
     /// Whether the token has been redeemed.
     fn is_redeemed(&self, token: &TokenId) -> Result<bool, LedgerError>;
     /// Removes tokens expired at `now`; returns how many.
@@ -156,7 +168,12 @@ impl TokenStore for MemoryTokenStore {
         Ok(())
     }
 
-    fn redeem(&self, token: &TokenId, now: Timestamp) -> Result<(), LedgerError> {
+    fn redeem(
+        &self,
+        token: &TokenId,
+        now: Timestamp,
+        keep_until: Timestamp,
+    ) -> Result<(), LedgerError> {
         let mut g = self.lock();
         let entry = g.tokens.get_mut(token).ok_or(LedgerError::UnknownToken)?;
         if entry.redeemed_at.is_some() {
@@ -166,6 +183,12 @@ impl TokenStore for MemoryTokenStore {
             return Err(LedgerError::TokenExpired);
         }
         entry.redeemed_at = Some(now);
+        let old = entry.expires_at;
+        if keep_until > old {
+            entry.expires_at = keep_until;
+            g.by_expiry.remove(&(old, *token));
+            g.by_expiry.insert((keep_until, *token));
+        }
         Ok(())
     }
 
@@ -192,26 +215,44 @@ impl TokenStore for MemoryTokenStore {
     }
 }
 
+/// How long a redeemed token stays routable for the rest of its handshake,
+/// unless set with [`Ledger::with_session_window`]: 5 minutes.
+pub const DEFAULT_SESSION_WINDOW: Duration = Duration::from_secs(300);
+
 /// The relay's token ledger: registers offers, redeems each token once, and
 /// routes handshake messages by their header.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Ledger<S: TokenStore = MemoryTokenStore> {
     store: S,
+    session_window: Duration,
+}
+
+impl Default for Ledger<MemoryTokenStore> {
+    fn default() -> Self {
+        Ledger::in_memory()
+    }
 }
 
 impl Ledger<MemoryTokenStore> {
     /// A ledger over an empty in-memory store.
     pub fn in_memory() -> Self {
-        Ledger {
-            store: MemoryTokenStore::new(),
-        }
+        Ledger::new(MemoryTokenStore::new())
     }
 }
 
 impl<S: TokenStore> Ledger<S> {
     /// A ledger over `store`.
     pub fn new(store: S) -> Self {
-        Ledger { store }
+        Ledger {
+            store,
+            session_window: DEFAULT_SESSION_WINDOW,
+        }
+    }
+
+    /// Sets how long a redeemed token stays routable after its redemption.
+    pub fn with_session_window(mut self, window: Duration) -> Self {
+        self.session_window = window;
+        self
     }
 
     /// The store.
@@ -226,21 +267,32 @@ impl<S: TokenStore> Ledger<S> {
 
     /// Redeems `token` at `now`: `Ok` exactly once, then
     /// [`LedgerError::TokenAlreadyRedeemed`] for every later attempt.
+    ///
+    /// This is the bare rule; [`Ledger::route`] also checks the redemption
+    /// proof, so that only a party that saw the QR code can redeem.
     pub fn redeem(&self, token: &TokenId, now: Timestamp) -> Result<Redemption, LedgerError> {
-        self.store.redeem(token, now)?;
+        self.store
+            .redeem(token, now, now.saturating_add(self.session_window))?;
         Ok(Redemption {
             token_id: *token,
             at: now,
         })
     }
 
-    /// Routes a handshake message: a Hello redeems its token (so only the
-    /// first primary to scan gets through); every later message must belong
-    /// to a redeemed token. Returns the token to forward on.
+    /// Routes a handshake message: a Hello redeems its token if its
+    /// redemption proof matches (so only the first primary that saw the QR
+    /// code gets through; a forged Hello cannot burn the token); every later
+    /// message must belong to a redeemed token. Returns the token to forward on.
     pub fn route(&self, message: &[u8], now: Timestamp) -> Result<TokenId, LedgerError> {
         let header =
             MessageHeader::parse(message).map_err(|e| LedgerError::Unroutable(e.to_string()))?;
         if header.kind == MessageKind::Hello {
+            let proof = header
+                .redemption_proof(message)
+                .ok_or(LedgerError::BadRedemptionProof)?;
+            if proof.token_id() != header.token_id {
+                return Err(LedgerError::BadRedemptionProof);
+            }
             self.redeem(&header.token_id, now)?;
         } else if !self.store.is_redeemed(&header.token_id)? {
             return Err(LedgerError::UnknownToken);
@@ -291,7 +343,9 @@ mod tests {
         assert!(l.redeem(&TokenId([2; 16]), t(199)).is_ok());
         assert_eq!(l.sweep(t(150)), Ok(1));
         assert_eq!(l.store().len(), 1);
-        assert_eq!(l.sweep(t(200)), Ok(1));
+        // The redeemed token stays for its session window (5 min from 199).
+        assert_eq!(l.sweep(t(200)), Ok(0));
+        assert_eq!(l.sweep(t(199 + 300_000)), Ok(1));
         assert!(l.store().is_empty());
     }
 

@@ -11,4 +11,6 @@ mod directory;
 mod ledger;
 
 pub use directory::{Directory, DirectoryError, SweptDevice};
-pub use ledger::{Ledger, LedgerError, MemoryTokenStore, Redemption, TokenStore};
+pub use ledger::{
+    Ledger, LedgerError, MemoryTokenStore, Redemption, TokenStore, DEFAULT_SESSION_WINDOW,
+};
