@@ -3,33 +3,53 @@
 //! The directory learns each account's devices from its [`SignedDeviceList`]
 //! and the primary's activity from signed lists and [`PrimaryHeartbeat`]s. All
 //! companions of an account share one deadline (`last primary activity +
-//! primary_offline_limit`), so the expiry index holds one entry per account:
-//! a `BTreeSet` ordered by deadline. Lookups are O(1) (hash map) and updates
-//! O(log n); [`Directory::sweep`] pops only what expired, so its cost follows
-//! the number of expired accounts, not the population.
+//! primary_offline_limit`), so the expiry index holds one entry per account.
+//!
+//! Layout, chosen to keep at most 256 bytes of bookkeeping per device (heap
+//! included; `tests/memory.rs` measures it):
+//!
+//! - `index`: a hash map from account id to a 4-byte slot number (O(1) lookup);
+//! - `slots`: the accounts, in fixed-size chunks (no doubling waste);
+//! - `by_deadline`: a `BTreeSet` of 16-byte `(deadline, slot)` keys, so
+//!   [`Directory::sweep`] pops only what expired: its cost follows the number
+//!   of expired accounts, not the population. Updates are O(log n).
 
 use std::collections::{BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use crate::certificate::{CertificateError, DeviceIndex, PrimaryHeartbeat, SignedDeviceList};
+use crate::certificate::{DeviceIndex, DeviceListEntry, PrimaryHeartbeat, SignedDeviceList};
 use crate::keys::{AccountId, DeviceKey};
 use crate::persist::PersistError;
 use crate::policy::Policy;
 use crate::session::LogoutReason;
 use crate::time::{duration_millis, Timestamp};
 
+/// Accounts per slot chunk.
+const CHUNK: usize = 1024;
+
 /// Why the directory refused an update. Nothing changed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DirectoryError {
-    /// Bad signature or layout.
-    #[error(transparent)]
-    Certificate(#[from] CertificateError),
     /// The account's companions were logged out for primary inactivity and
-    /// this fact predates the logout; only a newer device list (a re-pair)
-    /// brings the account back.
+    /// this fact predates the logout; only a device list signed after it (a
+    /// re-pair) brings the account back.
     #[error("account was logged out for primary inactivity")]
     AccountExpired,
+    /// No device list of this account was applied yet.
+    #[error("unknown account")]
+    UnknownAccount,
+    /// The list names more companions than the policy allows.
+    #[error("device list names {count} companions; the limit is {limit}")]
+    DeviceLimitExceeded {
+        /// Companions listed.
+        count: usize,
+        /// The policy's limit.
+        limit: u32,
+    },
+    /// The directory holds `u32::MAX` accounts.
+    #[error("directory is full")]
+    Full,
 }
 
 /// A device the sweep logged out.
@@ -46,27 +66,32 @@ pub struct SweptDevice {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct AccountEntry {
+struct Slot {
+    account: AccountId,
     last_activity: Timestamp,
     list_version: u64,
     /// Linked companions: (index, identity key). Empty once expired.
-    devices: Vec<(u32, DeviceKey)>,
+    devices: Box<[(u32, DeviceKey)]>,
 }
 
 /// The server's view of many accounts' linked devices and their leases.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Directory {
     offline_limit_ms: u64,
-    accounts: HashMap<AccountId, AccountEntry>,
-    by_deadline: BTreeSet<(Timestamp, AccountId)>,
+    max_companions: u32,
+    index: HashMap<AccountId, u32>,
+    slots: Vec<Vec<Slot>>,
+    by_deadline: BTreeSet<(Timestamp, u32)>,
 }
 
 impl Directory {
-    /// An empty directory applying `policy`'s offline limit.
+    /// An empty directory applying `policy`'s offline limit and companion limit.
     pub fn new(policy: &Policy) -> Self {
         Directory {
             offline_limit_ms: duration_millis(policy.primary_offline_limit()),
-            accounts: HashMap::new(),
+            max_companions: policy.max_companions(),
+            index: HashMap::new(),
+            slots: Vec::new(),
             by_deadline: BTreeSet::new(),
         }
     }
@@ -79,19 +104,86 @@ impl Directory {
         )
     }
 
+    fn slot(&self, n: u32) -> Option<&Slot> {
+        let n = usize::try_from(n).ok()?;
+        self.slots.get(n / CHUNK)?.get(n % CHUNK)
+    }
+
+    fn slot_mut(&mut self, n: u32) -> Option<&mut Slot> {
+        let n = usize::try_from(n).ok()?;
+        self.slots.get_mut(n / CHUNK)?.get_mut(n % CHUNK)
+    }
+
+    fn entry(&self, account: &AccountId) -> Option<(u32, &Slot)> {
+        let n = *self.index.get(account)?;
+        self.slot(n).map(|s| (n, s))
+    }
+
+    /// Finds or creates the slot of `account`.
+    fn slot_for(
+        &mut self,
+        account: AccountId,
+        last_activity: Timestamp,
+    ) -> Result<u32, DirectoryError> {
+        if let Some(n) = self.index.get(&account) {
+            return Ok(*n);
+        }
+        let n = u32::try_from(self.index.len()).map_err(|_| DirectoryError::Full)?;
+        if self.slots.last().is_none_or(|c| c.len() == CHUNK) {
+            self.slots.push(Vec::with_capacity(CHUNK));
+        }
+        if let Some(chunk) = self.slots.last_mut() {
+            chunk.push(Slot {
+                account,
+                last_activity,
+                list_version: 0,
+                devices: Box::new([]),
+            });
+        }
+        self.index.insert(account, n);
+        Ok(n)
+    }
+
+    /// Sets a slot's facts and re-indexes its deadline.
+    fn set(
+        &mut self,
+        n: u32,
+        last_activity: Timestamp,
+        list_version: u64,
+        devices: Box<[(u32, DeviceKey)]>,
+    ) {
+        let limit = self.offline_limit_ms;
+        let deadline =
+            |t: Timestamp| Timestamp::from_unix_millis(t.as_unix_millis().saturating_add(limit));
+        let Some(slot) = self.slot_mut(n) else {
+            return;
+        };
+        let old = (!slot.devices.is_empty()).then(|| deadline(slot.last_activity));
+        slot.last_activity = last_activity;
+        slot.list_version = list_version;
+        slot.devices = devices;
+        let indexed = !slot.devices.is_empty();
+        if let Some(d) = old {
+            self.by_deadline.remove(&(d, n));
+        }
+        if indexed {
+            self.by_deadline.insert((deadline(last_activity), n));
+        }
+    }
+
     /// Number of accounts known.
     pub fn len(&self) -> usize {
-        self.accounts.len()
+        self.index.len()
     }
 
     /// Whether no account is known.
     pub fn is_empty(&self) -> bool {
-        self.accounts.is_empty()
+        self.index.is_empty()
     }
 
     /// Number of linked devices across accounts (as of the last sweep).
     pub fn device_count(&self) -> usize {
-        self.accounts.values().map(|a| a.devices.len()).sum()
+        self.slots.iter().flatten().map(|s| s.devices.len()).sum()
     }
 
     /// Applies a verified, newer device list (older or equal versions are
@@ -102,13 +194,20 @@ impl Directory {
         list: &SignedDeviceList,
         now: Timestamp,
     ) -> Result<bool, DirectoryError> {
+        let count = list.devices().len();
+        if count > usize::try_from(self.max_companions).unwrap_or(usize::MAX) {
+            return Err(DirectoryError::DeviceLimitExceeded {
+                count,
+                limit: self.max_companions,
+            });
+        }
         let account = list.account();
         let mut last_activity = list.issued_at();
-        if let Some(entry) = self.accounts.get(&account) {
-            if list.version() <= entry.list_version {
+        if let Some((_, slot)) = self.entry(&account) {
+            if list.version() <= slot.list_version {
                 return Ok(false);
             }
-            let deadline = self.deadline_of(entry.last_activity);
+            let deadline = self.deadline_of(slot.last_activity);
             if now >= deadline {
                 // The companions are (or are due to be) logged out. Only a
                 // list the primary signed after that moment (a re-pair) is
@@ -116,27 +215,17 @@ impl Directory {
                 if list.issued_at() < deadline {
                     return Err(DirectoryError::AccountExpired);
                 }
-                self.sweep_account(&account);
             } else {
-                last_activity = entry.last_activity.max(list.issued_at());
-                self.by_deadline.remove(&(deadline, account));
+                last_activity = slot.last_activity.max(list.issued_at());
             }
         }
-        let devices: Vec<(u32, DeviceKey)> = list
+        let n = self.slot_for(account, last_activity)?;
+        let devices = list
             .devices()
             .iter()
             .map(|e| (e.index.0, e.device))
             .collect();
-        self.by_deadline
-            .insert((self.deadline_of(last_activity), account));
-        self.accounts.insert(
-            account,
-            AccountEntry {
-                last_activity,
-                list_version: list.version(),
-                devices,
-            },
-        );
+        self.set(n, last_activity, list.version(), devices);
         Ok(true)
     }
 
@@ -147,22 +236,34 @@ impl Directory {
         heartbeat: &PrimaryHeartbeat,
         now: Timestamp,
     ) -> Result<(), DirectoryError> {
-        let account = heartbeat.account();
-        let Some(entry) = self.accounts.get(&account) else {
-            return Err(CertificateError::WrongAccount.into());
-        };
-        let deadline = self.deadline_of(entry.last_activity);
+        let (n, slot) = self
+            .entry(&heartbeat.account())
+            .ok_or(DirectoryError::UnknownAccount)?;
+        let deadline = self.deadline_of(slot.last_activity);
         if now >= deadline || heartbeat.at() >= deadline {
             return Err(DirectoryError::AccountExpired);
         }
-        if heartbeat.at() > entry.last_activity {
-            let new_deadline = self.deadline_of(heartbeat.at());
-            self.by_deadline.remove(&(deadline, account));
-            self.by_deadline.insert((new_deadline, account));
-            if let Some(e) = self.accounts.get_mut(&account) {
-                e.last_activity = heartbeat.at();
-            }
+        if heartbeat.at() > slot.last_activity {
+            let (version, devices) = (slot.list_version, slot.devices.clone());
+            self.set(n, heartbeat.at(), version, devices);
         }
+        Ok(())
+    }
+
+    /// Loads an account's facts from the server's own store, where they were
+    /// verified when first received (no signature is checked here). Replaces
+    /// the account's entry. For restoring a directory at scale and for
+    /// benchmarks.
+    pub fn load_account(
+        &mut self,
+        account: AccountId,
+        list_version: u64,
+        last_activity: Timestamp,
+        devices: &[DeviceListEntry],
+    ) -> Result<(), DirectoryError> {
+        let n = self.slot_for(account, last_activity)?;
+        let devices = devices.iter().map(|e| (e.index.0, e.device)).collect();
+        self.set(n, last_activity, list_version, devices);
         Ok(())
     }
 
@@ -175,17 +276,16 @@ impl Directory {
         device: &DeviceKey,
         now: Timestamp,
     ) -> bool {
-        self.accounts.get(account).is_some_and(|e| {
-            now < self.deadline_of(e.last_activity)
-                && e.devices.iter().any(|(i, k)| *i == index.0 && k == device)
+        self.entry(account).is_some_and(|(_, s)| {
+            now < self.deadline_of(s.last_activity)
+                && s.devices.iter().any(|(i, k)| *i == index.0 && k == device)
         })
     }
 
     /// The account's lease deadline (first instant its companions are logged out).
     pub fn deadline(&self, account: &AccountId) -> Option<Timestamp> {
-        self.accounts
-            .get(account)
-            .map(|e| self.deadline_of(e.last_activity))
+        self.entry(account)
+            .map(|(_, s)| self.deadline_of(s.last_activity))
     }
 
     /// The earliest deadline of any account: when to sweep next.
@@ -193,37 +293,28 @@ impl Directory {
         self.by_deadline.first().map(|(d, _)| *d)
     }
 
-    fn sweep_account(&mut self, account: &AccountId) -> Vec<SweptDevice> {
-        let Some(entry) = self.accounts.get_mut(account) else {
-            return Vec::new();
-        };
-        let at = Timestamp::from_unix_millis(
-            entry
-                .last_activity
-                .as_unix_millis()
-                .saturating_add(self.offline_limit_ms),
-        );
-        self.by_deadline.remove(&(at, *account));
-        std::mem::take(&mut entry.devices)
-            .into_iter()
-            .map(|(i, _)| SweptDevice {
-                account: *account,
-                index: DeviceIndex(i),
-                reason: LogoutReason::PrimaryOffline,
-                at,
-            })
-            .collect()
-    }
-
     /// Logs out every companion of every account whose deadline is at or
     /// before `now`. Cost: O(k log n) for k expired accounts.
     pub fn sweep(&mut self, now: Timestamp) -> Vec<SweptDevice> {
         let mut out = Vec::new();
-        while let Some(&(deadline, account)) = self.by_deadline.first() {
-            if deadline > now {
+        while let Some(&(at, n)) = self.by_deadline.first() {
+            if at > now {
                 break;
             }
-            out.extend(self.sweep_account(&account));
+            self.by_deadline.pop_first();
+            if let Some(slot) = self.slot_mut(n) {
+                let account = slot.account;
+                out.extend(
+                    std::mem::take(&mut slot.devices)
+                        .iter()
+                        .map(|(i, _)| SweptDevice {
+                            account,
+                            index: DeviceIndex(*i),
+                            reason: LogoutReason::PrimaryOffline,
+                            at,
+                        }),
+                );
+            }
         }
         out
     }
@@ -236,19 +327,103 @@ impl Directory {
     /// Restores a directory saved by [`Directory::save`].
     pub fn restore(bytes: &[u8]) -> Result<Self, PersistError> {
         let d: Directory = crate::persist::restore("directory", bytes)?;
-        let live = d
-            .accounts
+        let total: usize = d.slots.iter().map(Vec::len).sum();
+        let chunks_ok = d
+            .slots
             .iter()
-            .filter(|(_, e)| !e.devices.is_empty())
+            .enumerate()
+            .all(|(i, c)| c.len() <= CHUNK && (c.len() == CHUNK || i + 1 == d.slots.len()));
+        let index_ok = total == d.index.len()
+            && d.index
+                .iter()
+                .all(|(a, n)| d.slot(*n).is_some_and(|s| s.account == *a));
+        let live = d
+            .slots
+            .iter()
+            .flatten()
+            .filter(|s| !s.devices.is_empty())
             .count();
-        let indexed = d.by_deadline.iter().all(|(at, a)| {
-            d.accounts
-                .get(a)
-                .is_some_and(|e| d.deadline_of(e.last_activity) == *at)
-        });
-        if !indexed || d.by_deadline.len() < live {
-            return Err(PersistError::Inconsistent("directory deadline index"));
+        let deadlines_ok = d.by_deadline.len() == live
+            && d.by_deadline.iter().all(|(at, n)| {
+                d.slot(*n)
+                    .is_some_and(|s| !s.devices.is_empty() && d.deadline_of(s.last_activity) == *at)
+            });
+        if !(chunks_ok && index_ok && deadlines_ok) {
+            return Err(PersistError::Inconsistent("directory index"));
+        }
+        let mut d = d;
+        for chunk in &mut d.slots {
+            chunk.reserve_exact(CHUNK.saturating_sub(chunk.len()));
         }
         Ok(d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::AccountKey;
+    use crate::time::days;
+    use rand_chacha::rand_core::SeedableRng;
+    use rand_chacha::ChaCha20Rng;
+
+    fn t(ms: u64) -> Timestamp {
+        Timestamp::from_unix_millis(ms)
+    }
+
+    #[test]
+    fn lists_heartbeats_and_sweep() {
+        let mut rng = ChaCha20Rng::seed_from_u64(1);
+        let key = AccountKey::generate(&mut rng);
+        let dev = crate::keys::DeviceIdentity::generate(&mut rng).device_key();
+        let entry = DeviceListEntry {
+            index: DeviceIndex(1),
+            device: dev,
+        };
+        let mut d = Directory::new(&Policy::default());
+        let list = SignedDeviceList::sign(&key, 2, &[entry], t(0));
+        assert_eq!(d.apply_device_list(&list, t(0)), Ok(true));
+        assert_eq!(d.apply_device_list(&list, t(0)), Ok(false));
+        let limit = days(14).as_millis() as u64;
+        assert!(d.is_linked(&key.account_id(), DeviceIndex(1), &dev, t(limit - 1)));
+        assert!(!d.is_linked(&key.account_id(), DeviceIndex(1), &dev, t(limit)));
+        // A heartbeat at day 10 moves the deadline.
+        d.apply_heartbeat(
+            &PrimaryHeartbeat::sign(&key, t(days(10).as_millis() as u64)),
+            t(5),
+        )
+        .unwrap();
+        assert_eq!(d.sweep(t(limit)), vec![]);
+        let at = t(days(24).as_millis() as u64);
+        assert_eq!(d.next_deadline(), Some(at));
+        let swept = d.sweep(at);
+        assert_eq!(swept.len(), 1);
+        assert_eq!(swept[0].at, at);
+        assert_eq!(d.sweep(at), vec![]);
+        // An old fact cannot revive; a list signed after the logout can.
+        let old = SignedDeviceList::sign(&key, 3, &[entry], t(1));
+        assert_eq!(
+            d.apply_device_list(&old, at),
+            Err(DirectoryError::AccountExpired)
+        );
+        let fresh = SignedDeviceList::sign(&key, 3, &[entry], at);
+        assert_eq!(d.apply_device_list(&fresh, at), Ok(true));
+        assert!(d.is_linked(&key.account_id(), DeviceIndex(1), &dev, at));
+        // Save and restore keep everything; corruption is refused.
+        let bytes = d.save().unwrap();
+        let r = Directory::restore(&bytes).unwrap();
+        assert_eq!(r.save().unwrap(), bytes);
+        assert!(Directory::restore(&bytes[..bytes.len() - 3]).is_err());
+        let five: Vec<DeviceListEntry> = (1..=5)
+            .map(|i| DeviceListEntry {
+                index: DeviceIndex(i),
+                device: dev,
+            })
+            .collect();
+        let big = SignedDeviceList::sign(&key, 9, &five, at);
+        assert!(matches!(
+            d.apply_device_list(&big, at),
+            Err(DirectoryError::DeviceLimitExceeded { count: 5, limit: 4 })
+        ));
     }
 }

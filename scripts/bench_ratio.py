@@ -1,0 +1,37 @@
+#!/usr/bin/env python3
+"""Prints the medians of criterion benchmarks and the protocol's overhead ratio.
+
+Run after `cargo bench --bench pairing -- 'primitives/floor|link/full_link'`
+(or a full `cargo bench`): reads target/criterion/*/new/estimates.json.
+"""
+import json
+import pathlib
+import sys
+
+root = pathlib.Path(__file__).resolve().parent.parent / "target" / "criterion"
+
+
+def median_ns(group, name):
+    p = root / group / name / "new" / "estimates.json"
+    return json.loads(p.read_text())["median"]["point_estimate"]
+
+
+def fmt(ns):
+    for unit, scale in (("s", 1e9), ("ms", 1e6), ("µs", 1e3)):
+        if ns >= scale:
+            return f"{ns / scale:.3f} {unit}"
+    return f"{ns:.1f} ns"
+
+
+rows = []
+for est in sorted(root.glob("*/**/new/estimates.json")):
+    rel = est.parent.parent.relative_to(root)
+    rows.append((str(rel), json.loads(est.read_text())["median"]["point_estimate"]))
+if "--all" in sys.argv:
+    for name, ns in rows:
+        print(f"{name:50s} {fmt(ns):>12s}")
+floor = median_ns("primitives", "floor")
+full = median_ns("link", "full_link")
+print(f"primitives/floor median {fmt(floor)}")
+print(f"link/full_link   median {fmt(full)}")
+print(f"full_link / floor = {full / floor:.3f}")
