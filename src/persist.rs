@@ -2,10 +2,15 @@
 //! handshake, account registry, linked session, offer display, relay ledger
 //! and directory).
 //!
-//! The format is JSON: `{"format":"devicelink","kind":K,"version":1,"state":…}`.
-//! Restoring checks the envelope, the kind and the version, decodes the state
-//! (signed parts are re-verified) and checks its internal consistency; any
-//! corrupted or truncated input gives a typed [`PersistError`]. Saved states
+//! The format is two lines of JSON: a header
+//! `{"format":"devicelink","kind":K,"version":1,"sha256":H}` and the state,
+//! where `H` is the base64 SHA-256 of the state line's bytes. Restoring checks
+//! the header, the kind, the version and the digest, decodes the state (signed
+//! parts are re-verified) and checks its internal consistency; corrupted or
+//! truncated input gives a typed [`PersistError`]. The digest detects
+//! accidental corruption, not deliberate tampering: whoever can write the
+//! saved bytes can recompute it, so protect saved states at rest (they hold
+//! secrets anyway). Saved states
 //! that hold secrets (account key, device identity, offer and session keys)
 //! are secret material: store them as such.
 
@@ -36,48 +41,69 @@ pub enum PersistError {
     /// The state decoded but contradicts itself.
     #[error("inconsistent saved state: {0}")]
     Inconsistent(&'static str),
+    /// The state's bytes do not match the header's digest (corrupted).
+    #[error("saved state is corrupted (digest mismatch)")]
+    Corrupted,
 }
 
 #[derive(Serialize)]
-struct EnvelopeOut<'a, T> {
+struct HeaderOut<'a> {
     format: &'static str,
     kind: &'a str,
     version: u32,
-    state: &'a T,
+    sha256: String,
 }
 
 #[derive(Deserialize)]
-struct EnvelopeIn {
+struct HeaderIn {
     format: String,
     kind: String,
     version: u32,
-    state: serde_json::Value,
+    sha256: String,
+}
+
+fn digest_b64(bytes: &[u8]) -> String {
+    crate::encoding::b64(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
 }
 
 pub(crate) fn save<T: Serialize>(kind: &'static str, state: &T) -> Result<Vec<u8>, PersistError> {
-    serde_json::to_vec(&EnvelopeOut {
+    let malformed = |e: serde_json::Error| PersistError::Malformed(e.to_string());
+    let body = serde_json::to_vec(state).map_err(malformed)?;
+    let mut out = serde_json::to_vec(&HeaderOut {
         format: FORMAT,
         kind,
         version: FORMAT_VERSION,
-        state,
+        sha256: digest_b64(&body),
     })
-    .map_err(|e| PersistError::Malformed(e.to_string()))
+    .map_err(malformed)?;
+    out.push(b'\n');
+    out.extend_from_slice(&body);
+    Ok(out)
 }
 
 pub(crate) fn restore<T: DeserializeOwned>(
     kind: &'static str,
     bytes: &[u8],
 ) -> Result<T, PersistError> {
-    let env: EnvelopeIn =
-        serde_json::from_slice(bytes).map_err(|e| PersistError::Malformed(e.to_string()))?;
-    if env.format != FORMAT || env.kind != kind {
+    let malformed = |e: serde_json::Error| PersistError::Malformed(e.to_string());
+    let split = bytes
+        .iter()
+        .position(|b| *b == b'\n')
+        .ok_or_else(|| PersistError::Malformed("missing header line".into()))?;
+    let (head, body) = bytes.split_at(split);
+    let body = body.get(1..).unwrap_or(&[]);
+    let header: HeaderIn = serde_json::from_slice(head).map_err(malformed)?;
+    if header.format != FORMAT || header.kind != kind {
         return Err(PersistError::WrongKind {
             expected: kind,
-            found: format!("{}/{}", env.format, env.kind),
+            found: format!("{}/{}", header.format, header.kind),
         });
     }
-    if env.version != FORMAT_VERSION {
-        return Err(PersistError::UnsupportedVersion(env.version));
+    if header.version != FORMAT_VERSION {
+        return Err(PersistError::UnsupportedVersion(header.version));
     }
-    serde_json::from_value(env.state).map_err(|e| PersistError::Malformed(e.to_string()))
+    if header.sha256 != digest_b64(body) {
+        return Err(PersistError::Corrupted);
+    }
+    serde_json::from_slice(body).map_err(malformed)
 }

@@ -181,6 +181,8 @@ pub enum RegistryEvent {
 /// Persisting it (serde) persists the account's secret key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Account {
+    /// The account id, saved beside the key so a corrupted key is detected.
+    account_id: AccountId,
     key: AccountKey,
     policy: Policy,
     devices: BTreeMap<DeviceIndex, DeviceRecord>,
@@ -202,6 +204,7 @@ impl Account {
     /// A new account with no companions; `now` counts as primary activity.
     pub fn new(key: AccountKey, policy: Policy, now: Timestamp) -> Self {
         Account {
+            account_id: key.account_id(),
             key,
             policy,
             devices: BTreeMap::new(),
@@ -222,7 +225,7 @@ impl Account {
 
     /// The account's id.
     pub fn account_id(&self) -> AccountId {
-        self.key.account_id()
+        self.account_id
     }
     /// The account's key (for signing outside the registry).
     pub fn key(&self) -> &AccountKey {
@@ -315,6 +318,11 @@ impl Account {
     }
 
     /// A device's effective state at `now` (pure: stored facts and `now`).
+    ///
+    /// A query changes nothing: an expiry it reports becomes final once a
+    /// mutating call (for example [`Account::poll`]) has seen that `now`. A
+    /// host that acts on a logout should `poll(now)` first, so that a later
+    /// call with an earlier clock cannot undo it.
     pub fn device_state(&self, index: DeviceIndex, now: Timestamp) -> Option<DeviceState> {
         let rec = self.devices.get(&index)?;
         Some(match self.expiry_of(rec) {
@@ -674,6 +682,11 @@ impl Account {
     /// the saved one would have. Corrupted input gives a typed error.
     pub fn restore(bytes: &[u8]) -> Result<Self, PersistError> {
         let mut a: Account = crate::persist::restore("account", bytes)?;
+        if a.key.account_id() != a.account_id {
+            return Err(PersistError::Inconsistent(
+                "account key does not match the account id",
+            ));
+        }
         if a.devices.keys().any(|i| i.0 == 0 || i.0 >= a.next_index)
             || a.devices.iter().any(|(i, r)| *i != r.index)
         {

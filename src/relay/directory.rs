@@ -72,6 +72,9 @@ struct Slot {
     list_version: u64,
     /// Linked companions: (index, identity key). Empty once expired.
     devices: Box<[(u32, DeviceKey)]>,
+    /// Swept for primary inactivity: only a fact signed after the deadline
+    /// (a re-pair) is accepted, whatever the relay's clock says.
+    expired: bool,
 }
 
 /// The server's view of many accounts' linked devices and their leases.
@@ -138,6 +141,7 @@ impl Directory {
                 last_activity,
                 list_version: 0,
                 devices: Box::new([]),
+                expired: false,
             });
         }
         self.index.insert(account, n);
@@ -162,6 +166,7 @@ impl Directory {
         slot.last_activity = last_activity;
         slot.list_version = list_version;
         slot.devices = devices;
+        slot.expired = false;
         let indexed = !slot.devices.is_empty();
         if let Some(d) = old {
             self.by_deadline.remove(&(d, n));
@@ -208,7 +213,7 @@ impl Directory {
                 return Ok(false);
             }
             let deadline = self.deadline_of(slot.last_activity);
-            if now >= deadline {
+            if slot.expired || now >= deadline {
                 // The companions are (or are due to be) logged out. Only a
                 // list the primary signed after that moment (a re-pair) is
                 // accepted; an older fact must not revive anyone.
@@ -240,7 +245,7 @@ impl Directory {
             .entry(&heartbeat.account())
             .ok_or(DirectoryError::UnknownAccount)?;
         let deadline = self.deadline_of(slot.last_activity);
-        if now >= deadline || heartbeat.at() >= deadline {
+        if slot.expired || now >= deadline || heartbeat.at() >= deadline {
             return Err(DirectoryError::AccountExpired);
         }
         if heartbeat.at() > slot.last_activity {
@@ -304,6 +309,7 @@ impl Directory {
             self.by_deadline.pop_first();
             if let Some(slot) = self.slot_mut(n) {
                 let account = slot.account;
+                slot.expired = true;
                 out.extend(
                     std::mem::take(&mut slot.devices)
                         .iter()

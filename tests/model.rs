@@ -1,0 +1,866 @@
+//! Model-based property test of the account registry.
+//!
+//! Random sequences of operations (start a link, approve, confirm, revoke,
+//! advance or rewind the clock, heartbeat, save/restore, companion activity)
+//! run against a real [`Account`], with real handshakes, and against a small
+//! reference model written here from the rules in the crate docs. After every
+//! step the invariants are checked: the slot limit, index allocation,
+//! terminal states, the exact primary-offline boundary, refused operations
+//! changing nothing, and agreement with the model.
+//!
+//! `PROPTEST_CASES` sets the number of cases (default 1000) and
+//! `PROPTEST_RNG_SEED` the generator seed (default fixed, so runs repeat).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use devicelink::handshake::{MessageHeader, MessageKind, PrimaryState, HEADER_LEN};
+use devicelink::{
+    Account, Companion, DeviceIdentity, DeviceIndex, DeviceLabel, DeviceState, HandshakeError,
+    LogoutReason, Policy, PrimaryHandshake, RegistryError, Timestamp,
+};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, RngSeed};
+use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+
+const T0: u64 = 1_700_000_000_000;
+const SECOND: u64 = 1_000;
+const DAY: u64 = 86_400_000;
+const OFFLINE: u64 = 14 * DAY;
+const CONFIRM_TIMEOUT: u64 = 60 * SECOND;
+const IDLE: u64 = 7 * DAY;
+/// Most `StartLink` operations per sequence (each is a real key exchange).
+const MAX_LINKS: usize = 8;
+
+fn ts(ms: u64) -> Timestamp {
+    Timestamp::from_unix_millis(ms)
+}
+
+fn add(t: Timestamp, ms: u64) -> Timestamp {
+    t.saturating_add(Duration::from_millis(ms))
+}
+
+fn sub(t: Timestamp, ms: u64) -> Timestamp {
+    t.saturating_sub(Duration::from_millis(ms))
+}
+
+// ---------------------------------------------------------------------------
+// Operations
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// A new companion shows an offer; the primary scans it (Hello, Request).
+    StartLink,
+    /// StartLink, Approve and Confirm of that pairing at the same instant.
+    LinkNow,
+    /// The user approves one of the scanned pairings: `Account::grant`.
+    Approve(usize),
+    /// One of the granted pairings confirms: companion `receive_grant`, then
+    /// `Account::confirm`.
+    Confirm(usize),
+    /// `Account::revoke` of an index (possibly unknown).
+    Revoke(u32),
+    /// The clock moves on; with `poll`, the host settles at the new time.
+    Advance { ms: u64, poll: bool },
+    /// `Account::heartbeat`.
+    Heartbeat,
+    /// The clock goes back.
+    ClockBackwards(u64),
+    /// `Account::save` then `Account::restore`.
+    SaveRestore,
+    /// `Account::companion_seen` of an index (possibly unknown).
+    CompanionSeen(u32),
+}
+
+fn advance_ms() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        10 => 0..5 * SECOND,
+        2 => Just(CONFIRM_TIMEOUT),
+        2 => Just(CONFIRM_TIMEOUT - 1),
+        1 => Just(1u64),
+        2 => 0..3 * DAY,
+        1 => Just(IDLE),
+        1 => Just(IDLE - 1),
+        3 => Just(OFFLINE),
+        3 => Just(OFFLINE - 1),
+        1 => Just(OFFLINE + 1),
+        1 => 0..40 * DAY,
+    ]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => Just(Op::StartLink),
+        3 => Just(Op::LinkNow),
+        4 => any::<usize>().prop_map(Op::Approve),
+        6 => any::<usize>().prop_map(Op::Confirm),
+        2 => (0u32..12).prop_map(Op::Revoke),
+        5 => (advance_ms(), any::<bool>()).prop_map(|(ms, poll)| Op::Advance { ms, poll }),
+        2 => Just(Op::Heartbeat),
+        1 => prop_oneof![0..5 * SECOND, Just(OFFLINE), 0..20 * DAY].prop_map(Op::ClockBackwards),
+        1 => Just(Op::SaveRestore),
+        2 => (0u32..12).prop_map(Op::CompanionSeen),
+    ]
+}
+
+/// Keeps at most [`MAX_LINKS`] `StartLink`s; later ones become heartbeats.
+fn cap_links(ops: Vec<Op>) -> Vec<Op> {
+    let mut links = 0;
+    ops.into_iter()
+        .map(|op| match op {
+            Op::StartLink | Op::LinkNow if links >= MAX_LINKS => Op::Heartbeat,
+            op @ (Op::StartLink | Op::LinkNow) => {
+                links += 1;
+                op
+            }
+            other => other,
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone)]
+struct Scenario {
+    seed: u64,
+    max_companions: u32,
+    idle: bool,
+    ops: Vec<Op>,
+}
+
+fn scenario() -> impl Strategy<Value = Scenario> {
+    (
+        any::<u64>(),
+        prop_oneof![3 => Just(4u32), 1 => Just(2u32)],
+        any::<bool>(),
+        prop::collection::vec(op(), 1..=100).prop_map(cap_links),
+    )
+        .prop_map(|(seed, max_companions, idle, ops)| Scenario {
+            seed,
+            max_companions,
+            idle,
+            ops,
+        })
+}
+
+/// Mostly the newest of `len` items, sometimes any of them.
+fn pick(k: usize, len: usize) -> usize {
+    if k % 4 == 0 {
+        (k / 4) % len
+    } else {
+        len - 1
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The reference model
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+struct MDevice {
+    state: DeviceState,
+    last_seen: Timestamp,
+}
+
+/// The registry's rules, written out: map index → (stored state, last seen),
+/// the newest primary activity, the next index.
+#[derive(Debug, Clone)]
+struct Model {
+    max: u32,
+    idle: Option<u64>,
+    last_activity: Timestamp,
+    next_index: u32,
+    devices: BTreeMap<u32, MDevice>,
+}
+
+impl Model {
+    fn primary_deadline(&self) -> Timestamp {
+        add(self.last_activity, OFFLINE)
+    }
+
+    /// When and why a device still holding a slot is logged out by time
+    /// alone: the earliest of its deadlines, ties going to the primary's
+    /// deadline, then the confirmation timeout, then the idle rule.
+    fn expiry(&self, d: &MDevice) -> Option<(Timestamp, LogoutReason)> {
+        let mut candidates = vec![(self.primary_deadline(), LogoutReason::PrimaryOffline)];
+        match d.state {
+            DeviceState::LoggedOut { .. } => return None,
+            DeviceState::Pending { deadline, .. } => {
+                candidates.push((deadline, LogoutReason::ConfirmationTimedOut))
+            }
+            DeviceState::Active { .. } => {}
+        }
+        if let Some(idle) = self.idle {
+            candidates.push((add(d.last_seen, idle), LogoutReason::CompanionIdle));
+        }
+        let mut best = candidates[0];
+        for c in &candidates[1..] {
+            if c.0 < best.0 {
+                best = *c;
+            }
+        }
+        Some(best)
+    }
+
+    fn state_at(&self, index: u32, t: Timestamp) -> Option<DeviceState> {
+        let d = self.devices.get(&index)?;
+        Some(match self.expiry(d) {
+            Some((at, reason)) if t >= at => DeviceState::LoggedOut { reason, at },
+            _ => d.state,
+        })
+    }
+
+    fn taken(&self, now: Timestamp) -> u32 {
+        let n = self
+            .devices
+            .keys()
+            .filter(|i| self.state_at(**i, now).is_some_and(|s| s.holds_slot()))
+            .count();
+        u32::try_from(n).unwrap()
+    }
+
+    fn next_deadline(&self) -> Option<Timestamp> {
+        self.devices
+            .values()
+            .filter_map(|d| self.expiry(d).map(|(at, _)| at))
+            .min()
+    }
+
+    fn settle(&mut self, now: Timestamp) {
+        let updates: Vec<(u32, DeviceState)> = self
+            .devices
+            .keys()
+            .filter_map(|i| match self.state_at(*i, now) {
+                Some(s @ DeviceState::LoggedOut { .. }) => Some((*i, s)),
+                _ => None,
+            })
+            .collect();
+        for (i, s) in updates {
+            self.devices.get_mut(&i).unwrap().state = s;
+        }
+    }
+
+    fn activity(&mut self, now: Timestamp) {
+        self.last_activity = self.last_activity.max(now);
+    }
+
+    fn scan(&mut self, now: Timestamp) -> Result<(), RegistryError> {
+        self.settle(now);
+        if self.taken(now) >= self.max {
+            return Err(RegistryError::DeviceLimitReached { limit: self.max });
+        }
+        self.activity(now);
+        Ok(())
+    }
+
+    fn grant(&mut self, now: Timestamp) -> Result<u32, RegistryError> {
+        self.settle(now);
+        if self.taken(now) >= self.max {
+            return Err(RegistryError::DeviceLimitReached { limit: self.max });
+        }
+        let index = self.next_index;
+        self.next_index += 1;
+        self.devices.insert(
+            index,
+            MDevice {
+                state: DeviceState::Pending {
+                    since: now,
+                    deadline: add(now, CONFIRM_TIMEOUT),
+                },
+                last_seen: now,
+            },
+        );
+        self.activity(now);
+        Ok(index)
+    }
+
+    /// A genuine confirmation of `index`'s pending slot.
+    fn confirm(&mut self, index: u32, now: Timestamp) -> Result<(), RegistryError> {
+        self.settle(now);
+        let d = self.devices.get_mut(&index).unwrap();
+        match d.state {
+            DeviceState::Pending { .. } => {
+                d.state = DeviceState::Active { since: now };
+                d.last_seen = d.last_seen.max(now);
+                Ok(())
+            }
+            DeviceState::LoggedOut {
+                reason: LogoutReason::ConfirmationTimedOut,
+                ..
+            } => Err(RegistryError::ConfirmationTimedOut),
+            DeviceState::LoggedOut { reason, .. } => Err(RegistryError::AlreadyLoggedOut {
+                index: DeviceIndex(index),
+                reason,
+            }),
+            DeviceState::Active { .. } => Err(HandshakeError::AlreadyLinked.into()),
+        }
+    }
+
+    /// A forged confirmation: refused, by the state or by the signature.
+    fn confirm_forged(&mut self, index: u32, now: Timestamp) -> RegistryError {
+        let mut shadow = self.clone();
+        match shadow.confirm(index, now) {
+            Ok(()) => HandshakeError::BadSignature {
+                what: "confirmation",
+            }
+            .into(),
+            Err(e) => e,
+        }
+    }
+
+    fn stored_or_unknown(&mut self, index: u32, now: Timestamp) -> Result<(), RegistryError> {
+        self.settle(now);
+        match self.devices.get(&index).map(|d| d.state) {
+            None => Err(RegistryError::UnknownDevice(DeviceIndex(index))),
+            Some(DeviceState::LoggedOut { reason, .. }) => Err(RegistryError::AlreadyLoggedOut {
+                index: DeviceIndex(index),
+                reason,
+            }),
+            Some(_) => Ok(()),
+        }
+    }
+
+    fn revoke(&mut self, index: u32, now: Timestamp) -> Result<(), RegistryError> {
+        self.stored_or_unknown(index, now)?;
+        self.devices.get_mut(&index).unwrap().state = DeviceState::LoggedOut {
+            reason: LogoutReason::Revoked,
+            at: now,
+        };
+        self.activity(now);
+        Ok(())
+    }
+
+    fn companion_seen(&mut self, index: u32, now: Timestamp) -> Result<(), RegistryError> {
+        self.stored_or_unknown(index, now)?;
+        let d = self.devices.get_mut(&index).unwrap();
+        d.last_seen = d.last_seen.max(now);
+        Ok(())
+    }
+
+    fn heartbeat(&mut self, now: Timestamp) -> Timestamp {
+        self.settle(now);
+        self.activity(now);
+        self.last_activity
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The system under test, with its real handshakes
+// ---------------------------------------------------------------------------
+
+/// Scanned; the primary holds the Request; waiting for the user's approval.
+struct Scanned {
+    companion: Companion,
+    primary: PrimaryHandshake,
+}
+
+/// Granted: the Grant and, if the companion was still waiting, the Confirm it
+/// sent at once.
+struct Granted {
+    companion: Companion,
+    primary: PrimaryHandshake,
+    index: u32,
+    grant: Vec<u8>,
+    confirm: Option<Vec<u8>>,
+    /// The primary handshake verified a Confirm: any later one is a replay.
+    confirmed: bool,
+}
+
+struct Harness {
+    rng: ChaCha20Rng,
+    policy: Policy,
+    account: Account,
+    model: Model,
+    now: Timestamp,
+    scanned: Vec<Scanned>,
+    granted: Vec<Granted>,
+    /// Every index the account ever assigned.
+    issued: BTreeSet<u32>,
+    /// Logouts the account settled (stored): permanent, whatever happens.
+    settled: BTreeMap<u32, DeviceState>,
+    /// Logouts seen through `device_state` at `now` without being settled:
+    /// they stay while the clock does not go back.
+    observed: BTreeMap<u32, DeviceState>,
+    labels: u32,
+}
+
+impl Harness {
+    fn new(s: &Scenario) -> Self {
+        let mut builder = Policy::builder().max_companions(s.max_companions);
+        if s.idle {
+            builder = builder.companion_idle_limit(Some(Duration::from_millis(IDLE)));
+        }
+        let policy = builder.build().unwrap();
+        let mut rng = ChaCha20Rng::seed_from_u64(s.seed);
+        let now = ts(T0);
+        let account = Account::generate(policy.clone(), &mut rng, now);
+        Harness {
+            rng,
+            policy,
+            account,
+            model: Model {
+                max: s.max_companions,
+                idle: s.idle.then_some(IDLE),
+                last_activity: now,
+                next_index: 1,
+                devices: BTreeMap::new(),
+            },
+            now,
+            scanned: Vec::new(),
+            granted: Vec::new(),
+            issued: BTreeSet::new(),
+            settled: BTreeMap::new(),
+            observed: BTreeMap::new(),
+            labels: 0,
+        }
+    }
+
+    fn indices(&self) -> std::ops::Range<u32> {
+        1..self.account.next_index().0.max(self.model.next_index) + 1
+    }
+
+    /// Everything observable about device states: every index (and one past
+    /// the end) at `now`, plus the slot count.
+    fn observable(&self) -> (Vec<Option<DeviceState>>, u32) {
+        let states = self
+            .indices()
+            .map(|i| self.account.device_state(DeviceIndex(i), self.now))
+            .collect();
+        (states, self.account.companion_count(self.now))
+    }
+
+    /// Runs a fallible operation: the outcome must match the model's, and a
+    /// refusal must change nothing observable.
+    fn check_outcome<T: std::fmt::Debug, U: std::fmt::Debug>(
+        &self,
+        what: &str,
+        before: (Vec<Option<DeviceState>>, u32),
+        actual: &Result<T, RegistryError>,
+        expected: &Result<U, RegistryError>,
+    ) {
+        match (actual, expected) {
+            (Ok(_), Ok(_)) => {}
+            (Err(a), Err(e)) => {
+                assert_eq!(a, e, "{what}: wrong error");
+                assert_eq!(
+                    self.observable(),
+                    before,
+                    "{what}: refused but changed state"
+                );
+            }
+            _ => panic!("{what}: account gave {actual:?}, model expected {expected:?}"),
+        }
+    }
+
+    fn step(&mut self, op: &Op) {
+        match *op {
+            Op::LinkNow => {
+                let scanned = self.scanned.len();
+                self.step(&Op::StartLink);
+                if self.scanned.len() > scanned {
+                    self.check_invariants();
+                    let granted = self.granted.len();
+                    self.step(&Op::Approve(1));
+                    if self.granted.len() > granted {
+                        self.check_invariants();
+                        self.step(&Op::Confirm(1));
+                    }
+                }
+            }
+            Op::StartLink => {
+                self.labels += 1;
+                let identity = DeviceIdentity::generate(&mut self.rng);
+                let label = DeviceLabel::new(format!("companion {}", self.labels)).unwrap();
+                let mut companion =
+                    Companion::new(identity, label, &self.policy, &mut self.rng, self.now);
+                let text = companion.offer().unwrap().to_text();
+                let before = self.observable();
+                let actual = self.account.scan(&text, &mut self.rng, self.now);
+                let expected = self.model.scan(self.now);
+                self.check_outcome("scan", before, &actual, &expected);
+                if let Ok((mut primary, hello)) = actual {
+                    let request = companion.receive_hello(&hello, self.now).unwrap();
+                    let asking = primary.receive_request(&request, self.now).unwrap();
+                    assert_eq!(Some(asking.check_code), companion.check_code());
+                    self.scanned.push(Scanned { companion, primary });
+                }
+            }
+            Op::Approve(k) => {
+                if self.scanned.is_empty() {
+                    return;
+                }
+                let k = pick(k, self.scanned.len());
+                let before = self.observable();
+                let actual =
+                    self.account
+                        .grant(&mut self.scanned[k].primary, &mut self.rng, self.now);
+                let expected = self.model.grant(self.now);
+                self.check_outcome("grant", before, &actual, &expected);
+                let (Ok(grant), Ok(index)) = (actual, expected) else {
+                    assert_eq!(
+                        self.scanned[k].primary.state(),
+                        PrimaryState::RequestReceived
+                    );
+                    return;
+                };
+                assert_eq!(
+                    self.scanned[k].primary.state(),
+                    PrimaryState::GrantSent {
+                        index: DeviceIndex(index)
+                    }
+                );
+                assert!(
+                    self.issued.iter().all(|i| *i < index),
+                    "index {index} not above every earlier index {:?}",
+                    self.issued
+                );
+                assert!(self.issued.insert(index));
+                let Scanned { companion, primary } = self.scanned.swap_remove(k);
+                // The companion answers at once if it is still waiting.
+                let confirm = companion.clone().receive_grant(&grant, self.now).ok();
+                self.granted.push(Granted {
+                    companion,
+                    primary,
+                    index,
+                    grant,
+                    confirm,
+                    confirmed: false,
+                });
+            }
+            Op::Confirm(k) => {
+                if self.granted.is_empty() {
+                    return;
+                }
+                let k = pick(k, self.granted.len());
+                let now = self.now;
+                let before = self.observable();
+                let g = &mut self.granted[k];
+                // The companion receives the Grant now; if it gave up waiting,
+                // the Confirm it sent in time (if any) arrives late instead.
+                let fresh = g.companion.clone().receive_grant(&g.grant, now);
+                if let (Ok(fresh), Some(early)) = (&fresh, &g.confirm) {
+                    assert_eq!(fresh, early, "the Confirm is deterministic");
+                }
+                let genuine = fresh.ok().or_else(|| g.confirm.clone());
+                let index = g.index;
+                let (confirm, forged) = match genuine {
+                    Some(confirm) => (confirm, false),
+                    None => {
+                        // No genuine Confirm exists: forge one (right header,
+                        // bad signature).
+                        let mut forged = g.grant[..HEADER_LEN].to_vec();
+                        forged[1] = 5;
+                        let header = MessageHeader::parse(&forged).unwrap();
+                        assert_eq!(header.kind, MessageKind::Confirm);
+                        forged.extend_from_slice(&[0u8; 64]);
+                        (forged, true)
+                    }
+                };
+                let actual = self.account.confirm(&mut g.primary, &confirm, now);
+                let expected: Result<(), RegistryError> = if g.confirmed {
+                    // A replay to a completed handshake.
+                    self.model.settle(now);
+                    Err(HandshakeError::AlreadyLinked.into())
+                } else if forged {
+                    let e = self.model.confirm_forged(index, now);
+                    self.model.settle(now);
+                    Err(e)
+                } else {
+                    self.model.confirm(index, now)
+                };
+                if let Ok(link) = &actual {
+                    assert_eq!(link.certificate.index(), DeviceIndex(index));
+                    g.confirmed = true;
+                }
+                self.check_outcome("confirm", before, &actual, &expected);
+            }
+            Op::Revoke(i) => {
+                let index = 1 + i % self.model.next_index;
+                let before = self.observable();
+                let actual = self.account.revoke(DeviceIndex(index), self.now);
+                let expected = self.model.revoke(index, self.now);
+                self.check_outcome("revoke", before, &actual, &expected);
+            }
+            Op::CompanionSeen(i) => {
+                let index = 1 + i % self.model.next_index;
+                let before = self.observable();
+                let actual = self.account.companion_seen(DeviceIndex(index), self.now);
+                let expected = self.model.companion_seen(index, self.now);
+                self.check_outcome("companion_seen", before, &actual, &expected);
+            }
+            Op::Advance { ms, poll } => {
+                self.now = add(self.now, ms);
+                if poll {
+                    let before = self.observable();
+                    self.account.poll(self.now);
+                    self.model.settle(self.now);
+                    assert_eq!(self.observable(), before, "poll changed an answer");
+                }
+            }
+            Op::Heartbeat => {
+                let hb = self.account.heartbeat(self.now);
+                let at = self.model.heartbeat(self.now);
+                assert_eq!(hb.at(), at);
+                assert_eq!(hb.account(), self.account.account_id());
+            }
+            Op::ClockBackwards(ms) => {
+                self.now = sub(self.now, ms);
+                // Unsettled observations may legitimately change once the
+                // account learns of activity at an earlier time.
+                self.observed.clear();
+            }
+            Op::SaveRestore => {
+                let saved = self.account.save().unwrap();
+                let restored = Account::restore(&saved).unwrap();
+                assert_eq!(restored.save().unwrap(), saved, "save is stable");
+                let before = self.observable();
+                self.account = restored;
+                assert_eq!(self.observable(), before, "restore changed an answer");
+            }
+        }
+    }
+
+    /// Instants at which the model and the account must agree: now, and
+    /// every deadline of the model, with the millisecond before each.
+    fn probes(&self) -> Vec<Timestamp> {
+        let mut t = vec![
+            self.now,
+            sub(self.now, 1),
+            self.model.primary_deadline(),
+            sub(self.model.primary_deadline(), 1),
+            Timestamp::MAX,
+        ];
+        for d in self.model.devices.values() {
+            if let Some((at, _)) = self.model.expiry(d) {
+                t.push(at);
+                t.push(sub(at, 1));
+            }
+            if let DeviceState::Pending { deadline, .. } = d.state {
+                t.push(deadline);
+                t.push(sub(deadline, 1));
+            }
+            if let Some(idle) = self.model.idle {
+                t.push(add(d.last_seen, idle));
+                t.push(sub(add(d.last_seen, idle), 1));
+            }
+        }
+        t
+    }
+
+    fn check_invariants(&mut self) {
+        let now = self.now;
+        let a = &self.account;
+        let m = &self.model;
+
+        // The slot limit, counted two ways.
+        let count = a.companion_count(now);
+        assert!(
+            count <= m.max,
+            "{count} companions hold a slot, limit {}",
+            m.max
+        );
+        let holding = self
+            .indices()
+            .filter(|i| {
+                a.device_state(DeviceIndex(*i), now)
+                    .is_some_and(|s| s.holds_slot())
+            })
+            .count();
+        assert_eq!(u32::try_from(holding).unwrap(), count);
+        assert_eq!(count, m.taken(now));
+
+        // Indices: 1, 2, 3, … in order, none skipped or reused.
+        assert_eq!(a.next_index(), DeviceIndex(m.next_index));
+        let listed: Vec<u32> = a.devices().map(|r| r.index.0).collect();
+        let expected: Vec<u32> = (1..m.next_index).collect();
+        assert_eq!(listed, expected);
+        assert_eq!(self.issued.iter().copied().collect::<Vec<_>>(), expected);
+        assert!(a.device(DeviceIndex(0)).is_none());
+        assert!(a.device(DeviceIndex(m.next_index)).is_none());
+
+        // Primary activity and deadlines.
+        assert_eq!(a.last_primary_activity(), m.last_activity);
+        assert_eq!(a.primary_deadline(), m.primary_deadline());
+        assert_eq!(a.next_deadline(), m.next_deadline());
+
+        // Agreement with the model at every interesting instant.
+        for t in self.probes() {
+            for i in self.indices() {
+                assert_eq!(
+                    a.device_state(DeviceIndex(i), t),
+                    m.state_at(i, t),
+                    "device {i} at {t} (now {now})"
+                );
+            }
+            assert_eq!(a.companion_count(t), m.taken(t), "count at {t}");
+        }
+
+        // The primary-offline boundary is exact for every companion still
+        // holding a slot whose other deadlines come later.
+        let deadline = m.primary_deadline();
+        for (i, d) in &m.devices {
+            let Some((at, reason)) = m.expiry(d) else {
+                continue;
+            };
+            if reason == LogoutReason::PrimaryOffline {
+                assert_eq!(at, deadline);
+                assert_eq!(
+                    a.device_state(DeviceIndex(*i), deadline),
+                    Some(DeviceState::LoggedOut {
+                        reason: LogoutReason::PrimaryOffline,
+                        at: deadline
+                    })
+                );
+                let before = a.device_state(DeviceIndex(*i), sub(deadline, 1)).unwrap();
+                assert!(before.holds_slot(), "device {i} out before {deadline}");
+            }
+        }
+
+        // Stored states agree with the model's; settled logouts are forever.
+        for r in a.devices() {
+            assert_eq!(
+                r.state, m.devices[&r.index.0].state,
+                "stored state of {}",
+                r.index
+            );
+            if let DeviceState::LoggedOut { .. } = r.state {
+                if let Some(old) = self.settled.insert(r.index.0, r.state) {
+                    assert_eq!(old, r.state, "settled logout of {} changed", r.index);
+                }
+            }
+        }
+        for (i, s) in &self.settled {
+            assert_eq!(a.device(DeviceIndex(*i)).unwrap().state, *s);
+            for t in [Timestamp::EPOCH, now, Timestamp::MAX] {
+                assert_eq!(a.device_state(DeviceIndex(*i), t), Some(*s));
+            }
+        }
+        // Observed logouts stay while the clock only moves forward.
+        for (i, s) in &self.observed {
+            assert_eq!(
+                a.device_state(DeviceIndex(*i), now),
+                Some(*s),
+                "observed logout of #{i} undone"
+            );
+        }
+        for i in self.indices() {
+            if let Some(s @ DeviceState::LoggedOut { .. }) = a.device_state(DeviceIndex(i), now) {
+                self.observed.entry(i).or_insert(s);
+            }
+        }
+    }
+}
+
+fn run(s: &Scenario) {
+    let mut h = Harness::new(s);
+    h.check_invariants();
+    for (n, op) in s.ops.iter().enumerate() {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            h.step(op);
+            h.check_invariants();
+        }));
+        if let Err(e) = result {
+            eprintln!("failed at step {n}: {op:?} (now {})", h.now);
+            std::panic::resume_unwind(e);
+        }
+    }
+    let mut st = STATS.lock().unwrap();
+    st[0] += 1;
+    st[1] += s.ops.len() as u64;
+    for r in h.model.devices.values() {
+        match r.state {
+            DeviceState::Active { .. } => st[2] += 1,
+            DeviceState::Pending { .. } => st[3] += 1,
+            DeviceState::LoggedOut {
+                reason: LogoutReason::PrimaryOffline,
+                ..
+            } => st[4] += 1,
+            DeviceState::LoggedOut {
+                reason: LogoutReason::ConfirmationTimedOut,
+                ..
+            } => st[5] += 1,
+            DeviceState::LoggedOut {
+                reason: LogoutReason::CompanionIdle,
+                ..
+            } => st[6] += 1,
+            DeviceState::LoggedOut { .. } => st[7] += 1,
+        }
+    }
+    if st[0] % 500 == 0 {
+        eprintln!(
+            "cases {} ops {} active {} pending {} offline {} cto {} idle {} revoked {}",
+            st[0], st[1], st[2], st[3], st[4], st[5], st[6], st[7]
+        );
+    }
+}
+static STATS: std::sync::Mutex<[u64; 8]> = std::sync::Mutex::new([0; 8]);
+
+fn config() -> Config {
+    let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+    Config {
+        cases: env("PROPTEST_CASES").map_or(1000, |c| u32::try_from(c).unwrap_or(u32::MAX)),
+        rng_seed: RngSeed::Fixed(env("PROPTEST_RNG_SEED").unwrap_or(0x0DE7_1CE5)),
+        failure_persistence: None,
+        ..Config::default()
+    }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn registry_matches_the_model(s in scenario()) {
+        run(&s);
+    }
+}
+
+/// The operations the generator leans on, spelled out once: link to the
+/// limit, let the primary go silent to exactly 14 days minus 1 ms and then
+/// 14 days, rewind, heartbeat, and link again.
+#[test]
+fn scripted_sequence_matches_the_model() {
+    use Op::*;
+    let mut ops = Vec::new();
+    for _ in 0..5 {
+        ops.extend([StartLink, Approve(0), Confirm(0)]);
+    }
+    ops.extend([
+        Revoke(1),
+        StartLink,
+        Approve(0),
+        Advance {
+            ms: CONFIRM_TIMEOUT - 1,
+            poll: false,
+        },
+        Advance { ms: 1, poll: true },
+        Confirm(usize::MAX),
+        Advance {
+            ms: OFFLINE - 1 - CONFIRM_TIMEOUT,
+            poll: false,
+        },
+        Advance { ms: 1, poll: false },
+        ClockBackwards(5),
+        Heartbeat,
+        Advance { ms: 5, poll: false },
+        Advance {
+            ms: OFFLINE,
+            poll: true,
+        },
+        ClockBackwards(OFFLINE),
+        Heartbeat,
+        SaveRestore,
+        Revoke(2),
+        CompanionSeen(3),
+        StartLink,
+        Approve(0),
+        Confirm(0),
+    ]);
+    for (max_companions, idle) in [(4, false), (2, true)] {
+        run(&Scenario {
+            seed: 7,
+            max_companions,
+            idle,
+            ops: ops.clone(),
+        });
+    }
+}
