@@ -7,8 +7,11 @@
 //!   └─ display timed out / expired / cancelled ───────────────────► Failed(reason)
 //! ```
 //!
-//! Every refused message leaves the state exactly as it was, so a forged or
-//! corrupted message cannot kill the genuine pairing.
+//! Every rejected message (forged, corrupted, replayed, out of order, for
+//! another session) leaves the state exactly as it was, so it cannot kill the
+//! genuine pairing. Only an authenticated Refusal from the primary, a late
+//! grant (after the approval timeout) or the end of the offer display move the
+//! companion to `Failed`.
 
 use rand_core::{CryptoRng, RngCore};
 use serde::{Deserialize, Serialize};

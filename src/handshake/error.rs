@@ -1,5 +1,7 @@
-//! Why a handshake step was refused. Every refusal leaves the state unchanged;
-//! [`HandshakeError::is_terminal`] says whether the pairing can still complete.
+//! Why a handshake step was refused. A rejected message (forged, corrupted,
+//! replayed, out of order, for another session) leaves the state unchanged and
+//! is retryable; the terminal errors (an authenticated refusal, a timeout, a
+//! bad offer) end the pairing. [`HandshakeError::is_terminal`] tells which.
 
 use crate::certificate::CertificateError;
 use crate::offer::{OfferError, TokenError};
@@ -20,6 +22,7 @@ pub enum RefusalReason {
     /// The scanned offer was stale by the primary's or the relay's account.
     OfferStale,
     /// A reason this implementation does not know (from a newer primary).
+    /// Codes 1–3 are the variants above; senders use 4 and up.
     Other {
         /// The reason code.
         code: u8,

@@ -95,9 +95,9 @@ impl MessageHeader {
 
     /// For a Hello, the redemption proof it carries (which the relay checks
     /// against the token id before redeeming). `None` for other kinds or if
-    /// the Hello is too short.
+    /// the Hello does not have the Hello's exact length.
     pub fn redemption_proof(&self, message: &[u8]) -> Option<crate::offer::RedemptionProof> {
-        if self.kind != MessageKind::Hello {
+        if self.kind != MessageKind::Hello || message.len() != HELLO_LEN {
             return None;
         }
         let bytes = message.get(HEADER_LEN..HELLO_KEY_AT)?;
@@ -271,14 +271,14 @@ pub(crate) fn parse_refusal(bytes: &[u8]) -> Result<super::RefusalReason, Handsh
     if !r.is_empty() {
         return Err(HandshakeError::Malformed { what: "refusal" });
     }
-    match code {
-        1 => Ok(R::DeviceLimitReached { limit: arg }),
-        2 => Ok(R::Declined),
-        3 => Ok(R::OfferStale),
-        _ => Err(HandshakeError::Malformed {
-            what: "refusal reason",
-        }),
-    }
+    // Authenticated by the Grant key, so always a refusal: a code this
+    // implementation does not know (from a newer primary) is `Other`.
+    Ok(match (code, arg) {
+        (1, limit) => R::DeviceLimitReached { limit },
+        (2, 0) => R::Declined,
+        (3, 0) => R::OfferStale,
+        (code, _) => R::Other { code },
+    })
 }
 
 /// Minimum bytes of an encrypted message (header and tag).
@@ -324,6 +324,27 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn refusals_decode_strictly_and_unknown_codes_are_still_refusals() {
+        use super::super::RefusalReason as R;
+        let enc = |r: R| {
+            let mut v = Vec::new();
+            write_refusal(r.into(), &mut v);
+            v
+        };
+        for r in [
+            R::DeviceLimitReached { limit: 4 },
+            R::Declined,
+            R::OfferStale,
+            R::Other { code: 9 },
+        ] {
+            assert_eq!(parse_refusal(&enc(r)), Ok(r));
+        }
+        assert_eq!(parse_refusal(&[2, 0, 0, 0, 1]), Ok(R::Other { code: 2 }));
+        assert!(parse_refusal(&[2, 0, 0, 0]).is_err());
+        assert!(parse_refusal(&[2, 0, 0, 0, 0, 0]).is_err());
     }
 
     #[test]

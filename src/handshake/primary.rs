@@ -7,7 +7,8 @@
 //!                 └────────────── refuse ──────────────► Refused
 //! ```
 //!
-//! Every refused message leaves the state exactly as it was.
+//! Every rejected message (forged, corrupted, replayed, out of order, for
+//! another session) leaves the state exactly as it was.
 
 use rand_core::{CryptoRng, RngCore};
 use serde::{Deserialize, Serialize};

@@ -74,6 +74,7 @@ struct Slot {
     devices: Box<[(u32, DeviceKey)]>,
     /// Swept for primary inactivity: only a fact signed after the deadline
     /// (a re-pair) is accepted, whatever the relay's clock says.
+    #[serde(default)]
     expired: bool,
 }
 
@@ -199,6 +200,14 @@ impl Directory {
         list: &SignedDeviceList,
         now: Timestamp,
     ) -> Result<bool, DirectoryError> {
+        let account = list.account();
+        let mut last_activity = list.issued_at();
+        let stale = self
+            .entry(&account)
+            .is_some_and(|(_, slot)| list.version() <= slot.list_version);
+        if stale {
+            return Ok(false);
+        }
         let count = list.devices().len();
         if count > usize::try_from(self.max_companions).unwrap_or(usize::MAX) {
             return Err(DirectoryError::DeviceLimitExceeded {
@@ -206,12 +215,7 @@ impl Directory {
                 limit: self.max_companions,
             });
         }
-        let account = list.account();
-        let mut last_activity = list.issued_at();
         if let Some((_, slot)) = self.entry(&account) {
-            if list.version() <= slot.list_version {
-                return Ok(false);
-            }
             let deadline = self.deadline_of(slot.last_activity);
             if slot.expired || now >= deadline {
                 // The companions are (or are due to be) logged out. Only a
@@ -349,12 +353,17 @@ impl Directory {
             .flatten()
             .filter(|s| !s.devices.is_empty())
             .count();
+        let expired_ok = d
+            .slots
+            .iter()
+            .flatten()
+            .all(|s| !s.expired || s.devices.is_empty());
         let deadlines_ok = d.by_deadline.len() == live
             && d.by_deadline.iter().all(|(at, n)| {
                 d.slot(*n)
                     .is_some_and(|s| !s.devices.is_empty() && d.deadline_of(s.last_activity) == *at)
             });
-        if !(chunks_ok && index_ok && deadlines_ok) {
+        if !(chunks_ok && index_ok && deadlines_ok && expired_ok) {
             return Err(PersistError::Inconsistent("directory index"));
         }
         let mut d = d;

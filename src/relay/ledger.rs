@@ -216,7 +216,9 @@ impl TokenStore for MemoryTokenStore {
 }
 
 /// How long a redeemed token stays routable for the rest of its handshake,
-/// unless set with [`Ledger::with_session_window`]: 5 minutes.
+/// unless set with [`Ledger::with_session_window`]: 5 minutes, more than the
+/// default policy's approval (120 s) and confirmation (60 s) timeouts
+/// together. A host with a longer policy sets a longer window.
 pub const DEFAULT_SESSION_WINDOW: Duration = Duration::from_secs(300);
 
 /// The relay's token ledger: registers offers, redeems each token once, and
