@@ -76,23 +76,28 @@ mod encoding;
 pub mod handshake;
 pub mod keys;
 pub mod offer;
+pub mod persist;
 pub mod policy;
 pub mod qr;
 pub mod registry;
+pub mod relay;
 pub mod session;
 pub mod time;
 mod wire;
 
-pub use certificate::{DeviceCertificate, DeviceIndex, PrimaryHeartbeat, SignedDeviceList};
+pub use audit::{AuditError, AuditLog};
+pub use certificate::{
+    CertificateError, DeviceCertificate, DeviceIndex, PrimaryHeartbeat, SignedDeviceList,
+};
 pub use handshake::{
-    Companion, CompanionState, DeviceLabel, HandshakeError, PrimaryHandshake, RefusalReason,
+    Companion, CompanionState, ConfirmedLink, DeviceLabel, HandshakeError, LinkRequest,
+    PrimaryHandshake, RefusalReason,
 };
 pub use keys::{AccountId, AccountKey, DeviceIdentity, DeviceKey};
-pub use offer::{OfferDisplay, PairingOffer, TokenId};
-pub use policy::Policy;
+pub use offer::{OfferDisplay, OfferError, PairingOffer, TokenId};
+pub use persist::PersistError;
+pub use policy::{Policy, PolicyError};
 pub use registry::{Account, DeviceState, RegistryError};
-pub use relay::{Directory, Ledger, LedgerError};
-pub use session::{LinkedSession, LogoutReason, SessionStatus};
+pub use relay::{Directory, DirectoryError, Ledger, LedgerError};
+pub use session::{LinkedSession, LogoutReason, SessionError, SessionStatus};
 pub use time::Timestamp;
-pub mod persist;
-pub mod relay;

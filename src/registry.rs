@@ -13,9 +13,11 @@
 //!
 //! Expiry is a pure function of stored facts and `now`: a device's effective
 //! state at `now` ([`Account::device_state`]) is computed, never timed. Every
-//! mutating call first settles what `now` implies (which changes no answer a
-//! caller could observe), then checks its preconditions, then acts; a refused
-//! call changes nothing. The primary-offline boundary is exact: with the last
+//! mutating call first settles what `now` implies (device states at `now` are
+//! the same before and after; settling records the logouts, bumps the device
+//! list version and queues events), then checks its preconditions, then acts;
+//! a refused call changes nothing else. Only signed facts (grants,
+//! revocations, heartbeats) count as primary activity. The primary-offline boundary is exact: with the last
 //! primary activity at `t`, companions are linked on `[t, t + limit)` and
 //! logged out from `t + limit` on.
 
@@ -63,6 +65,9 @@ pub enum RegistryError {
     /// The handshake belongs to no pending slot of this account.
     #[error("this handshake has no pending slot in this account")]
     NotPending,
+    /// Every device index (u32) has been used; the account cannot link more.
+    #[error("device indices exhausted")]
+    IndicesExhausted,
     /// The handshake refused the message or the step.
     #[error(transparent)]
     Handshake(#[from] HandshakeError),
@@ -73,10 +78,11 @@ impl RegistryError {
     pub fn is_terminal(&self) -> bool {
         match self {
             RegistryError::Handshake(e) => e.is_terminal(),
-            RegistryError::ConfirmationTimedOut | RegistryError::NotPending => true,
-            RegistryError::DeviceLimitReached { .. }
-            | RegistryError::UnknownDevice(_)
-            | RegistryError::AlreadyLoggedOut { .. } => false,
+            RegistryError::ConfirmationTimedOut
+            | RegistryError::NotPending
+            | RegistryError::IndicesExhausted
+            | RegistryError::AlreadyLoggedOut { .. } => true,
+            RegistryError::DeviceLimitReached { .. } | RegistryError::UnknownDevice(_) => false,
         }
     }
 }
@@ -401,6 +407,10 @@ impl Account {
         now: Timestamp,
         replacing: Option<&DeviceKey>,
     ) -> Result<(), RegistryError> {
+        if self.next_index == u32::MAX {
+            // The last index is never handed out, so indices stay unique.
+            return Err(RegistryError::IndicesExhausted);
+        }
         let limit = self.policy.max_companions();
         let taken = self
             .live
@@ -420,8 +430,9 @@ impl Account {
 
     /// Scans a companion's QR text: refuses at once with
     /// [`RegistryError::DeviceLimitReached`] if no slot is free, else starts the
-    /// handshake and returns it with the Hello to send. Counts as primary
-    /// activity.
+    /// handshake and returns it with the Hello to send. (A host that wants the
+    /// companion to learn why can call [`PrimaryHandshake::scan`] and
+    /// [`PrimaryHandshake::refuse`] itself.)
     pub fn scan<R: RngCore + CryptoRng>(
         &mut self,
         offer_text: &str,
@@ -430,9 +441,10 @@ impl Account {
     ) -> Result<(PrimaryHandshake, Vec<u8>), RegistryError> {
         self.poll(now);
         self.check_slot(now, None)?;
-        let started = PrimaryHandshake::scan(offer_text, rng, now)?;
-        self.record_activity(now);
-        Ok(started)
+        // Not recorded as primary activity: only what the account signs
+        // (grants, revocations, heartbeats) extends leases, so the registry,
+        // the companions and the relay agree on every deadline.
+        Ok(PrimaryHandshake::scan(offer_text, rng, now)?)
     }
 
     /// Grants the link the user approved: assigns the next index, takes a
@@ -489,6 +501,7 @@ impl Account {
             }
         }
         let index = DeviceIndex(self.next_index);
+        // `check_slot` refused `u32::MAX`, so this never saturates.
         self.next_index = self.next_index.saturating_add(1);
         let deadline = now.saturating_add(self.policy.confirmation_timeout());
         self.devices.insert(
@@ -701,6 +714,14 @@ impl Account {
         if live != a.live {
             return Err(PersistError::Inconsistent("live device set"));
         }
+        let confirm = a.policy.confirmation_timeout();
+        let pending_ok = a.devices.values().all(|r| match r.state {
+            DeviceState::Pending { since, deadline } => deadline == since.saturating_add(confirm),
+            _ => true,
+        });
+        if !pending_ok || a.list_at > a.last_primary_activity || a.next_index == 0 {
+            return Err(PersistError::Inconsistent("device deadlines or list time"));
+        }
         a.live = live;
         Ok(a)
     }
@@ -708,5 +729,55 @@ impl Account {
     /// Takes the events recorded since the last call (oldest first).
     pub fn take_events(&mut self) -> Vec<RegistryEvent> {
         std::mem::take(&mut self.events)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::DeviceIdentity;
+    use rand_chacha::rand_core::SeedableRng;
+    use rand_chacha::ChaCha20Rng;
+
+    fn label() -> DeviceLabel {
+        DeviceLabel::new("test").unwrap()
+    }
+
+    #[test]
+    fn the_last_index_is_never_handed_out() {
+        let mut rng = ChaCha20Rng::seed_from_u64(1);
+        let now = Timestamp::from_unix_millis(1);
+        let mut a = Account::generate(Policy::default(), &mut rng, now);
+        a.next_index = u32::MAX - 1;
+        let d1 = DeviceIdentity::generate(&mut rng).device_key();
+        let d2 = DeviceIdentity::generate(&mut rng).device_key();
+        let i = a
+            .admit_without_handshake(d1, label(), TokenId([1; 16]), now)
+            .unwrap();
+        assert_eq!(i, DeviceIndex(u32::MAX - 1));
+        let before = a.save().unwrap();
+        assert_eq!(
+            a.admit_without_handshake(d2, label(), TokenId([2; 16]), now),
+            Err(RegistryError::IndicesExhausted)
+        );
+        assert!(RegistryError::IndicesExhausted.is_terminal());
+        assert_eq!(a.save().unwrap(), before);
+        assert_eq!(a.companion_count(now), 1);
+    }
+
+    #[test]
+    fn scanning_is_not_primary_activity_but_granting_is() {
+        let mut rng = ChaCha20Rng::seed_from_u64(2);
+        let t0 = Timestamp::from_unix_millis(1_000);
+        let mut a = Account::generate(Policy::default(), &mut rng, t0);
+        let d = DeviceIdentity::generate(&mut rng).device_key();
+        let later = t0.saturating_add(crate::time::days(3));
+        let offer = crate::offer::OfferKeys::generate(&mut rng).offer.to_text();
+        a.scan(&offer, &mut rng, later).unwrap();
+        assert_eq!(a.last_primary_activity(), t0);
+        a.admit_without_handshake(d, label(), TokenId([1; 16]), later)
+            .unwrap();
+        assert_eq!(a.last_primary_activity(), later);
+        assert_eq!(a.device_list().issued_at(), later);
     }
 }

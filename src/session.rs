@@ -5,8 +5,11 @@
 //! `last primary activity + primary_offline_limit`, where the last activity is
 //! the newest timestamp the account signed (certificate, device list,
 //! heartbeat). The end instant itself is logged out: a session is linked on
-//! `[activity, activity + limit)`. Once observed logged out, it stays so,
-//! whatever the clock does next.
+//! `[activity, activity + limit)`. Queries ([`LinkedSession::status`],
+//! [`LinkedSession::is_linked`]) are pure and record nothing; once a mutating
+//! call ([`LinkedSession::poll`] or an `accept_*`) has seen the logout, it is
+//! permanent, whatever the clock does next. Hosts call `poll(now)` before
+//! acting on a logout.
 
 use serde::{Deserialize, Serialize};
 
@@ -130,6 +133,8 @@ impl LinkedSession {
         let s: LinkedSession = crate::persist::restore("linked session", bytes)?;
         if s.certificate.device() != s.identity.device_key()
             || s.device_list.account() != s.certificate.account()
+            || s.last_primary_activity < s.certificate.issued_at().max(s.device_list.issued_at())
+            || s.offline_limit_ms == 0
         {
             return Err(crate::persist::PersistError::Inconsistent("session keys"));
         }

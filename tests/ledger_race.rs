@@ -465,8 +465,17 @@ fn directory_sweep_returns_exactly_the_expired_accounts_devices() {
     );
     let e = expired.devices()[0];
     assert!(!dir.is_linked(&expired.id, e.index, &e.device, sweep_at));
-    // A re-pair (a list signed after the deadline) brings it back.
-    let repair = SignedDeviceList::sign(&expired.key, 10, &[e], sweep_at);
+    // A list signed after the deadline that still names the swept index (a
+    // primary that missed the logout) does not re-link it; a re-pair under a
+    // new index (indices are never reused) does.
+    let missed = SignedDeviceList::sign(&expired.key, 10, &[e], sweep_at);
+    assert_eq!(dir.apply_device_list(&missed, sweep_at), Ok(true));
+    assert!(!dir.is_linked(&expired.id, e.index, &e.device, sweep_at));
+    let e = devicelink::certificate::DeviceListEntry {
+        index: devicelink::DeviceIndex(e.index.0 + 100),
+        device: e.device,
+    };
+    let repair = SignedDeviceList::sign(&expired.key, 11, &[e], sweep_at);
     assert_eq!(dir.apply_device_list(&repair, sweep_at), Ok(true));
     assert!(dir.is_linked(&expired.id, e.index, &e.device, sweep_at));
 

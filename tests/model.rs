@@ -249,7 +249,7 @@ impl Model {
         if self.taken(now) >= self.max {
             return Err(RegistryError::DeviceLimitReached { limit: self.max });
         }
-        self.activity(now);
+        // A scan signs nothing, so it is not primary activity.
         Ok(())
     }
 

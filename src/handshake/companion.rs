@@ -39,6 +39,8 @@ pub enum FailureReason {
     OfferEnded(OfferState),
     /// No grant arrived within the policy's approval timeout.
     GrantTimedOut,
+    /// The user cancelled while waiting for the primary's approval.
+    Cancelled,
 }
 
 /// The companion handshake's state, for display and decisions.
@@ -146,8 +148,19 @@ impl Companion {
     /// Restores a companion saved by [`Companion::save`].
     pub fn restore(bytes: &[u8]) -> Result<Self, crate::persist::PersistError> {
         let c: Companion = crate::persist::restore("companion", bytes)?;
-        if let Stage::AwaitingScan { display } = &c.stage {
-            display.check_consistent()?;
+        let ok = match &c.stage {
+            Stage::AwaitingScan { display } => {
+                display.check_consistent()?;
+                !display.state().is_terminal()
+            }
+            Stage::AwaitingGrant { token, request, .. } => {
+                MessageHeader::parse(request).is_ok_and(|h| h.token_id == *token)
+            }
+            Stage::Linked { session, .. } => session.device_key() == c.identity.device_key(),
+            Stage::Failed { .. } => true,
+        };
+        if !ok {
+            return Err(crate::persist::PersistError::Inconsistent("companion"));
         }
         Ok(c)
     }
@@ -261,13 +274,21 @@ impl Companion {
         }
     }
 
-    /// Cancels a pairing that is still waiting for a scan.
+    /// Cancels a pairing that is still waiting for a scan or for the
+    /// primary's approval. Refused once linked or failed.
     pub fn cancel(&mut self, now: Timestamp) -> Result<(), HandshakeError> {
         match &mut self.stage {
             Stage::AwaitingScan { display } => {
                 display.cancel(now)?;
                 let reason = FailureReason::OfferEnded(display.state());
                 self.stage = Stage::Failed { reason, at: now };
+                Ok(())
+            }
+            Stage::AwaitingGrant { .. } => {
+                self.stage = Stage::Failed {
+                    reason: FailureReason::Cancelled,
+                    at: now,
+                };
                 Ok(())
             }
             _ => Err(self.wrong_state()),
@@ -326,7 +347,14 @@ impl Companion {
             return Err(HandshakeError::Malformed { what: "hello" });
         }
         // The relay checked the proof; the MAC below covers it too.
-        if header.redemption_proof(hello) != Some(offer_keys.offer.redemption_proof()) {
+        // Constant time: the proof is secret until a Hello is on the wire.
+        let proof_ok = header.redemption_proof(hello).is_some_and(|p| {
+            bool::from(subtle::ConstantTimeEq::ct_eq(
+                &p.to_bytes()[..],
+                &offer_keys.offer.redemption_proof().to_bytes()[..],
+            ))
+        });
+        if !proof_ok {
             return Err(HandshakeError::AuthenticationFailed);
         }
         let (signed, tag) = hello.split_at(HELLO_LEN - super::schedule::MAC_LEN);

@@ -146,12 +146,30 @@ pub enum DeviceLabelError {
         /// Its length in bytes.
         len: usize,
     },
-    /// Contains control characters (which could spoof the primary's prompt).
-    #[error("device label contains control characters")]
+    /// Contains control, bidirectional-override, zero-width or line/paragraph
+    /// separator characters (which could spoof the primary's prompt).
+    #[error("device label contains control or invisible formatting characters")]
     ControlCharacter,
     /// Not UTF-8.
     #[error("device label is not UTF-8")]
     NotUtf8,
+}
+
+/// Format characters that change how the rest of a line is shown or hide
+/// text: bidirectional controls, zero-width characters, line and paragraph
+/// separators, the byte-order mark, soft hyphen, Mongolian vowel separator.
+fn is_invisible_format(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{061C}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{FEFF}'
+            | '\u{FFF9}'..='\u{FFFB}'
+    )
 }
 
 /// A short, human-readable name of a companion ("Firefox on Linux"), shown on
@@ -171,8 +189,14 @@ impl DeviceLabel {
         if label.len() > MAX_LABEL_LEN {
             return Err(DeviceLabelError::TooLong { len: label.len() });
         }
-        if label.chars().any(char::is_control) {
+        if label
+            .chars()
+            .any(|c| c.is_control() || is_invisible_format(c))
+        {
             return Err(DeviceLabelError::ControlCharacter);
+        }
+        if !label.chars().any(|c| !c.is_whitespace()) {
+            return Err(DeviceLabelError::Empty);
         }
         Ok(DeviceLabel(label))
     }
@@ -362,6 +386,19 @@ mod tests {
             DeviceLabel::from_wire(&[0xff]),
             Err(DeviceLabelError::NotUtf8)
         );
+        for spoof in [
+            "Chrome on \u{202E}xoferiF",
+            "Laptop\u{2028}Approved",
+            "\u{200B}",
+            "a\u{2066}b",
+        ] {
+            assert_eq!(
+                DeviceLabel::new(spoof),
+                Err(DeviceLabelError::ControlCharacter),
+                "{spoof:?}"
+            );
+        }
+        assert_eq!(DeviceLabel::new("   "), Err(DeviceLabelError::Empty));
         assert_eq!(
             DeviceLabel::new("Firefox on Linux").unwrap().as_str(),
             "Firefox on Linux"

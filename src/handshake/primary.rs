@@ -165,7 +165,17 @@ impl PrimaryHandshake {
     pub fn restore(bytes: &[u8]) -> Result<Self, crate::persist::PersistError> {
         let h: PrimaryHandshake = crate::persist::restore("primary handshake", bytes)?;
         match MessageHeader::parse(&h.hello) {
-            Ok(hd) if hd.token_id == h.token && h.hello.len() == HELLO_LEN => Ok(h),
+            Ok(hd)
+                if hd.token_id == h.token
+                    && h.hello.len() == HELLO_LEN
+                    && !matches!(
+                        &h.stage,
+                        Stage::GrantSent { request, certificate, .. }
+                            if certificate.device() != request.device
+                    ) =>
+            {
+                Ok(h)
+            }
             _ => Err(crate::persist::PersistError::Inconsistent(
                 "primary handshake",
             )),
@@ -348,6 +358,12 @@ impl PrimaryHandshake {
         ) {
             return Err(HandshakeError::WrongState {
                 state: self.state_name(),
+            });
+        }
+        if matches!(reason, RefusalReason::Other { code } if code < 4) {
+            // Codes 0–3 would read back as another reason.
+            return Err(HandshakeError::WrongState {
+                state: "refusal codes 0-3 are reserved",
             });
         }
         let mut msg = Vec::with_capacity(HEADER_LEN + 5 + 16);

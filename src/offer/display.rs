@@ -297,7 +297,9 @@ impl OfferDisplay {
                     && expires_at == self.end_of(rotation)
             }
             (None, OfferState::Showing { .. }) => false,
-            (_, _) => true,
+            // A display that ended holds no offer keys.
+            (Some(_), _) => false,
+            (None, _) => true,
         };
         if ok {
             Ok(())

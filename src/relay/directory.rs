@@ -76,6 +76,11 @@ struct Slot {
     /// (a re-pair) is accepted, whatever the relay's clock says.
     #[serde(default)]
     expired: bool,
+    /// The highest index a sweep logged out. Indices are never reused, so a
+    /// later list naming such an index (a primary that missed the logout) does
+    /// not re-link it.
+    #[serde(default)]
+    swept_up_to: u32,
 }
 
 /// The server's view of many accounts' linked devices and their leases.
@@ -143,6 +148,7 @@ impl Directory {
                 list_version: 0,
                 devices: Box::new([]),
                 expired: false,
+                swept_up_to: 0,
             });
         }
         self.index.insert(account, n);
@@ -229,9 +235,11 @@ impl Directory {
             }
         }
         let n = self.slot_for(account, last_activity)?;
+        let swept_up_to = self.slot(n).map_or(0, |s| s.swept_up_to);
         let devices = list
             .devices()
             .iter()
+            .filter(|e| e.index.0 > swept_up_to)
             .map(|e| (e.index.0, e.device))
             .collect();
         self.set(n, last_activity, list.version(), devices);
@@ -314,6 +322,11 @@ impl Directory {
             if let Some(slot) = self.slot_mut(n) {
                 let account = slot.account;
                 slot.expired = true;
+                slot.swept_up_to = slot
+                    .devices
+                    .iter()
+                    .map(|(i, _)| *i)
+                    .fold(slot.swept_up_to, u32::max);
                 out.extend(
                     std::mem::take(&mut slot.devices)
                         .iter()
@@ -363,7 +376,8 @@ impl Directory {
                 d.slot(*n)
                     .is_some_and(|s| !s.devices.is_empty() && d.deadline_of(s.last_activity) == *at)
             });
-        if !(chunks_ok && index_ok && deadlines_ok && expired_ok) {
+        let limits_ok = d.offline_limit_ms > 0 && d.max_companions > 0;
+        if !(chunks_ok && index_ok && deadlines_ok && expired_ok && limits_ok) {
             return Err(PersistError::Inconsistent("directory index"));
         }
         let mut d = d;
@@ -421,9 +435,18 @@ mod tests {
             d.apply_device_list(&old, at),
             Err(DirectoryError::AccountExpired)
         );
+        // A list signed after the logout that still names the swept device
+        // (its primary missed the logout) does not re-link it; a new index does.
         let fresh = SignedDeviceList::sign(&key, 3, &[entry], at);
         assert_eq!(d.apply_device_list(&fresh, at), Ok(true));
-        assert!(d.is_linked(&key.account_id(), DeviceIndex(1), &dev, at));
+        assert!(!d.is_linked(&key.account_id(), DeviceIndex(1), &dev, at));
+        let entry = DeviceListEntry {
+            index: DeviceIndex(2),
+            device: dev,
+        };
+        let repaired = SignedDeviceList::sign(&key, 4, &[entry], at);
+        assert_eq!(d.apply_device_list(&repaired, at), Ok(true));
+        assert!(d.is_linked(&key.account_id(), DeviceIndex(2), &dev, at));
         // Save and restore keep everything; corruption is refused.
         let bytes = d.save().unwrap();
         let r = Directory::restore(&bytes).unwrap();
