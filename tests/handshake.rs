@@ -588,3 +588,59 @@ fn relay_routes_only_a_hello_from_someone_who_saw_the_qr_code() {
     }
     assert_eq!(ledger.sweep(t(61_000)), Ok(0));
 }
+
+#[test]
+fn cancel_while_awaiting_approval_fails_for_good() {
+    let mut s = setup(21);
+    let (mut primary, hello) = s
+        .account
+        .scan(&offer_text(&s.companion), &mut s.rng, t(1_000))
+        .unwrap();
+    let request = s.companion.receive_hello(&hello, t(1_100)).unwrap();
+    primary.receive_request(&request, t(1_200)).unwrap();
+    s.companion.cancel(t(1_300)).unwrap();
+    assert!(matches!(
+        s.companion.state(),
+        CompanionState::Failed {
+            reason: FailureReason::Cancelled,
+            ..
+        }
+    ));
+    // The grant that arrives afterwards is refused; cancelling again too.
+    let grant = s.account.grant(&mut primary, &mut s.rng, t(1_400)).unwrap();
+    assert_eq!(
+        s.companion.receive_grant(&grant, t(1_500)),
+        Err(HandshakeError::AlreadyFailed)
+    );
+    assert_eq!(
+        s.companion.cancel(t(1_600)),
+        Err(HandshakeError::AlreadyFailed)
+    );
+}
+
+#[test]
+fn reserved_refusal_codes_are_not_sent_and_unknown_ones_still_refuse() {
+    let mut s = setup(22);
+    let (mut primary, hello) = s
+        .account
+        .scan(&offer_text(&s.companion), &mut s.rng, t(1_000))
+        .unwrap();
+    let request = s.companion.receive_hello(&hello, t(1_100)).unwrap();
+    primary.receive_request(&request, t(1_200)).unwrap();
+    for code in 0..4 {
+        assert!(matches!(
+            primary.refuse(RefusalReason::Other { code }, &mut s.rng),
+            Err(HandshakeError::WrongState { .. })
+        ));
+    }
+    assert_eq!(primary.state(), PrimaryState::RequestReceived);
+    let refusal = primary
+        .refuse(RefusalReason::Other { code: 42 }, &mut s.rng)
+        .unwrap();
+    let err = s.companion.receive_grant(&refusal, t(1_300)).unwrap_err();
+    assert_eq!(
+        err,
+        HandshakeError::Refused(RefusalReason::Other { code: 42 })
+    );
+    assert!(err.is_terminal());
+}

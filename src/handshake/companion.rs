@@ -3,15 +3,15 @@
 //! ```text
 //!  AwaitingScan ──Hello──► AwaitingGrant ──Grant──► Linked
 //!   (offer shown,            (sent Request)    │     (holds a LinkedSession)
-//!    rotating)                                 └─Refusal / timeout─► Failed(reason)
+//!    rotating)                                 └─Refusal / timeout / cancel─► Failed(reason)
 //!   └─ display timed out / expired / cancelled ───────────────────► Failed(reason)
 //! ```
 //!
 //! Every rejected message (forged, corrupted, replayed, out of order, for
 //! another session) leaves the state exactly as it was, so it cannot kill the
-//! genuine pairing. Only an authenticated Refusal from the primary, a late
-//! grant (after the approval timeout) or the end of the offer display move the
-//! companion to `Failed`.
+//! genuine pairing. Only an authenticated Refusal from the primary, the
+//! approval timeout (seen by `poll` or by a late grant), the end of the offer
+//! display, or `cancel` move the companion to `Failed`.
 
 use rand_core::{CryptoRng, RngCore};
 use serde::{Deserialize, Serialize};

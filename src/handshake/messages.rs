@@ -173,8 +173,10 @@ fn is_invisible_format(c: char) -> bool {
 }
 
 /// A short, human-readable name of a companion ("Firefox on Linux"), shown on
-/// the primary before it grants anything. 1–64 bytes of UTF-8, no control
-/// characters. Chosen by the companion, so never proof of anything.
+/// the primary before it grants anything. 1–64 bytes of UTF-8 with at least
+/// one visible character; no control characters, bidirectional controls,
+/// zero-width characters or line/paragraph separators (which could spoof the
+/// primary's prompt). Chosen by the companion, so never proof of anything.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct DeviceLabel(String);

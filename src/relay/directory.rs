@@ -221,7 +221,11 @@ impl Directory {
                 limit: self.max_companions,
             });
         }
+        // Indices logged out for primary inactivity, including those of an
+        // expired account no sweep has reached yet.
+        let mut swept_up_to = 0;
         if let Some((_, slot)) = self.entry(&account) {
+            swept_up_to = slot.swept_up_to;
             let deadline = self.deadline_of(slot.last_activity);
             if slot.expired || now >= deadline {
                 // The companions are (or are due to be) logged out. Only a
@@ -230,12 +234,16 @@ impl Directory {
                 if list.issued_at() < deadline {
                     return Err(DirectoryError::AccountExpired);
                 }
+                swept_up_to = slot
+                    .devices
+                    .iter()
+                    .map(|(i, _)| *i)
+                    .fold(swept_up_to, u32::max);
             } else {
                 last_activity = slot.last_activity.max(list.issued_at());
             }
         }
         let n = self.slot_for(account, last_activity)?;
-        let swept_up_to = self.slot(n).map_or(0, |s| s.swept_up_to);
         let devices = list
             .devices()
             .iter()
@@ -243,6 +251,9 @@ impl Directory {
             .map(|e| (e.index.0, e.device))
             .collect();
         self.set(n, last_activity, list.version(), devices);
+        if let Some(slot) = self.slot_mut(n) {
+            slot.swept_up_to = swept_up_to;
+        }
         Ok(true)
     }
 
@@ -435,6 +446,13 @@ mod tests {
             d.apply_device_list(&old, at),
             Err(DirectoryError::AccountExpired)
         );
+        // Without a sweep, an expired account's indices are retired too.
+        let mut unswept = Directory::new(&Policy::default());
+        let first = SignedDeviceList::sign(&key, 2, &[entry], t(0));
+        unswept.apply_device_list(&first, t(0)).unwrap();
+        let late = SignedDeviceList::sign(&key, 3, &[entry], t(limit));
+        assert_eq!(unswept.apply_device_list(&late, t(limit)), Ok(true));
+        assert!(!unswept.is_linked(&key.account_id(), DeviceIndex(1), &dev, t(limit)));
         // A list signed after the logout that still names the swept device
         // (its primary missed the logout) does not re-link it; a new index does.
         let fresh = SignedDeviceList::sign(&key, 3, &[entry], at);
