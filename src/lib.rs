@@ -82,6 +82,7 @@ pub mod qr;
 pub mod registry;
 pub mod relay;
 pub mod session;
+pub mod sim;
 pub mod time;
 mod wire;
 

@@ -533,7 +533,6 @@ impl Account {
     /// Lifecycle-only admission for simulations of very large populations:
     /// every registry rule of [`Account::grant`] (limit, index, pending slot,
     /// replacement, list version), without the key exchange.
-    #[allow(dead_code, reason = "used by the simulator (sim module)")]
     pub(crate) fn admit_without_handshake(
         &mut self,
         device: DeviceKey,
@@ -546,8 +545,14 @@ impl Account {
         Ok(self.admit(device, label, token_id, now))
     }
 
+    /// Lifecycle-only primary activity: [`Account::heartbeat`] without the
+    /// signature.
+    pub(crate) fn record_primary_activity(&mut self, now: Timestamp) {
+        self.poll(now);
+        self.record_activity(now);
+    }
+
     /// Lifecycle-only confirmation: the registry half of [`Account::confirm`].
-    #[allow(dead_code, reason = "used by the simulator (sim module)")]
     pub(crate) fn confirm_without_handshake(
         &mut self,
         index: DeviceIndex,
