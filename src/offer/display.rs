@@ -190,11 +190,23 @@ impl OfferDisplay {
         if now < expires_at {
             return None;
         }
-        // Which rotation slot does `now` fall in?
-        let mut k = self.rotation;
-        while k < self.max_rotations && self.end_of(k) <= now {
-            k += 1;
+        // Which rotation slot does `now` fall in? Slot k (k >= 1) is valid on
+        // [end_of(k - 1), end_of(k)); computed directly, not by stepping, so a
+        // huge rotation count or a far-future `now` costs nothing.
+        let first_end = self.end_of(0).as_unix_millis();
+        let k = match now.as_unix_millis().checked_sub(first_end) {
+            None => 0,
+            Some(elapsed) => {
+                let slot = elapsed
+                    .checked_div(self.rotated_lifetime_ms)
+                    .unwrap_or(u64::MAX)
+                    .saturating_add(1);
+                u32::try_from(slot)
+                    .unwrap_or(u32::MAX)
+                    .min(self.max_rotations)
+            }
         }
+        .max(self.rotation);
         if self.end_of(k) <= now {
             // Every rotation is used up.
             let at = self.end_of(k);
@@ -281,26 +293,28 @@ impl OfferDisplay {
     }
 
     pub(crate) fn check_consistent(&self) -> Result<(), crate::persist::PersistError> {
-        let ok = match (&self.current, self.state) {
-            (
-                Some(k),
-                OfferState::Showing {
-                    token_id,
-                    rotation,
-                    expires_at,
-                },
-            ) => {
-                k.offer.token_id() == token_id
-                    && token_id == self.current_token
-                    && rotation == self.rotation
-                    && rotation <= self.max_rotations
-                    && expires_at == self.end_of(rotation)
-            }
-            (None, OfferState::Showing { .. }) => false,
-            // A display that ended holds no offer keys.
-            (Some(_), _) => false,
-            (None, _) => true,
-        };
+        let ok = self.first_lifetime_ms > 0
+            && self.rotated_lifetime_ms > 0
+            && match (&self.current, self.state) {
+                (
+                    Some(k),
+                    OfferState::Showing {
+                        token_id,
+                        rotation,
+                        expires_at,
+                    },
+                ) => {
+                    k.offer.token_id() == token_id
+                        && token_id == self.current_token
+                        && rotation == self.rotation
+                        && rotation <= self.max_rotations
+                        && expires_at == self.end_of(rotation)
+                }
+                (None, OfferState::Showing { .. }) => false,
+                // A display that ended holds no offer keys.
+                (Some(_), _) => false,
+                (None, _) => true,
+            };
         if ok {
             Ok(())
         } else {
@@ -391,6 +405,34 @@ mod tests {
             d.poll(t(10_000_000), &mut rng),
             Some(OfferEvent::Ended(OfferState::TimedOut { at: t(160_000) }))
         );
+    }
+
+    #[test]
+    fn huge_rotation_counts_and_far_future_polls_are_constant_time() {
+        // Regression (found by the persisted_state fuzz target): poll used to
+        // step one rotation at a time.
+        let mut rng = ChaCha20Rng::seed_from_u64(5);
+        let policy = Policy::builder().max_rotations(u32::MAX).build().unwrap();
+        let mut d = OfferDisplay::new(&policy, &mut rng, t(0));
+        assert!(matches!(
+            d.poll(t(1_000_000_000), &mut rng),
+            Some(OfferEvent::Rotated {
+                rotation: 49_998,
+                ..
+            })
+        ));
+        assert_eq!(d.next_deadline(), Some(t(1_000_020_000)));
+        let end = d.poll(Timestamp::MAX, &mut rng);
+        assert!(matches!(
+            end,
+            Some(OfferEvent::Ended(OfferState::TimedOut { .. }))
+        ));
+        let regression = include_bytes!(
+            "../../fuzz/regressions/persisted_state/timeout-offer-display-max-rotations.json"
+        );
+        let mut d = OfferDisplay::restore(regression).unwrap();
+        d.poll(Timestamp::MAX, &mut rng);
+        assert!(d.state().is_terminal());
     }
 
     #[test]

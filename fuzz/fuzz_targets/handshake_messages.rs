@@ -1,0 +1,173 @@
+//! Arbitrary bytes as a handshake message, fed to every receiver of the
+//! seeded fixture at the step that expects a message, to the header parser
+//! and to the relay's router.
+//!
+//! Properties:
+//! - every receiver is total (no panic);
+//! - a refusal that is not terminal leaves the receiver's `save()` unchanged
+//!   (a forged or corrupted message cannot disturb the genuine pairing);
+//! - a receiver accepts only the genuine message of the fixture (every
+//!   message is authenticated: MAC, AEAD or strict Ed25519), so any other
+//!   accepted input is a forgery;
+//! - the relay redeems a token only for a Hello whose proof hashes to it,
+//!   exactly once, and routes later messages only for a redeemed token.
+#![no_main]
+
+use devicelink::handshake::PrimaryState;
+use devicelink::handshake::{MessageHeader, MessageKind, HEADER_LEN, MESSAGE_VERSION};
+use devicelink::relay::LedgerError;
+use devicelink::CompanionState;
+use devicelink_fuzz::{fixture, ledger_registered, now};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let f = fixture();
+    let now = now();
+
+    // The header parser.
+    let header = MessageHeader::parse(data);
+    if let Ok(h) = &header {
+        assert!(data.len() >= HEADER_LEN && data[0] == MESSAGE_VERSION);
+        assert_eq!(&h.token_id.to_bytes()[..], &data[2..HEADER_LEN]);
+    }
+
+    // Companion showing the offer: expects the Hello.
+    let mut c = f.companion_awaiting_hello.clone();
+    match c.receive_hello(data, now) {
+        Ok(_) => {
+            assert_eq!(data, &f.hello[..], "companion accepted a forged Hello");
+            assert!(matches!(c.state(), CompanionState::AwaitingGrant { .. }));
+        }
+        Err(e) => {
+            if !e.is_terminal() {
+                assert_eq!(
+                    c.save().expect("save"),
+                    f.saved.companion_awaiting_hello,
+                    "refused Hello ({e}) changed the companion"
+                );
+            }
+        }
+    }
+
+    // Companion that sent its Request: expects the Grant (or a Refusal).
+    let mut c = f.companion_awaiting_grant.clone();
+    match c.receive_grant(data, now) {
+        Ok(_) => {
+            assert_eq!(data, &f.grant[..], "companion accepted a forged Grant");
+            assert_eq!(c.state(), CompanionState::Linked);
+        }
+        Err(e) => {
+            if e.is_terminal() {
+                // Only the genuine (authenticated) Refusal may end the pairing
+                // at `now` (the grant deadline is two minutes away).
+                assert_eq!(
+                    data,
+                    &f.refusal[..],
+                    "terminal error {e} from a forged message"
+                );
+            } else {
+                assert_eq!(
+                    c.save().expect("save"),
+                    f.saved.companion_awaiting_grant,
+                    "refused Grant ({e}) changed the companion"
+                );
+            }
+        }
+    }
+
+    // Primary that sent the Hello: expects the Request.
+    let mut p = f.primary_awaiting_request.clone();
+    match p.receive_request(data, now) {
+        Ok(req) => {
+            assert_eq!(data, &f.request[..], "primary accepted a forged Request");
+            assert_eq!(req.device, f.session.device_key());
+            assert_eq!(p.state(), PrimaryState::RequestReceived);
+        }
+        Err(e) => {
+            if !e.is_terminal() {
+                assert_eq!(
+                    p.save().expect("save"),
+                    f.saved.primary_awaiting_request,
+                    "refused Request ({e}) changed the primary"
+                );
+            }
+        }
+    }
+
+    // Primary that sent the Grant, with its account: expects the Confirm.
+    let mut p = f.primary_awaiting_confirm.clone();
+    let mut a = f.account_awaiting_confirm.clone();
+    match a.confirm(&mut p, data, now) {
+        Ok(link) => {
+            assert_eq!(data, &f.confirm[..], "primary accepted a forged Confirm");
+            assert_eq!(link.certificate.device(), f.session.device_key());
+            assert_eq!(a.companion_count(now), 1);
+        }
+        Err(e) => {
+            if !e.is_terminal() {
+                assert_eq!(
+                    p.save().expect("save"),
+                    f.saved.primary_awaiting_confirm,
+                    "refused Confirm ({e}) changed the primary"
+                );
+                assert_eq!(
+                    a.save().expect("save"),
+                    f.saved.account_awaiting_confirm,
+                    "refused Confirm ({e}) changed the account"
+                );
+            }
+        }
+    }
+
+    // Already-finished state machines refuse everything.
+    let mut c = f.companion_linked.clone();
+    assert!(c.receive_grant(data, now).is_err());
+    assert!(c.receive_hello(data, now).is_err());
+    let mut p = f.primary_confirmed.clone();
+    assert!(p.receive_request(data, now).is_err());
+
+    // The relay: a ledger where the fixture's token is registered.
+    let ledger = ledger_registered(f);
+    match ledger.route(data, now) {
+        Ok(token) => {
+            let h = header.as_ref().expect("routed message has a header");
+            assert_eq!(
+                h.kind,
+                MessageKind::Hello,
+                "routed a non-Hello to an unredeemed token"
+            );
+            assert_eq!(token, f.token, "redeemed a token that was never registered");
+            let proof = h.redemption_proof(data).expect("routed Hello has a proof");
+            assert_eq!(proof.token_id(), token, "redeemed without the QR's proof");
+            assert_eq!(
+                ledger.route(data, now),
+                Err(LedgerError::TokenAlreadyRedeemed),
+                "a token was redeemed twice"
+            );
+        }
+        Err(e) => {
+            if header.is_err() {
+                assert!(matches!(e, LedgerError::Unroutable(_)), "{e}");
+            }
+        }
+    }
+    // A ledger where the genuine Hello already redeemed the token: later
+    // messages of the session are routed, a second Hello never is.
+    let ledger = ledger_registered(f);
+    ledger.route(&f.hello, now).expect("genuine Hello routes");
+    let routed = ledger.route(data, now);
+    match &header {
+        Ok(h) if h.kind == MessageKind::Hello => {
+            assert!(routed.is_err(), "a second Hello was routed");
+        }
+        Ok(h) if h.token_id == f.token => {
+            assert_eq!(
+                routed,
+                Ok(f.token),
+                "message of the redeemed session not routed"
+            );
+        }
+        Ok(_) => assert_eq!(routed, Err(LedgerError::UnknownToken)),
+        Err(_) => assert!(matches!(routed, Err(LedgerError::Unroutable(_)))),
+    }
+});

@@ -1,0 +1,357 @@
+//! Arbitrary bytes as a saved state of every persisted kind.
+//!
+//! Saved states carry a SHA-256 digest of their state line, so a blind
+//! mutation only ever reaches the digest check. Each input is therefore tried
+//! twice: as is (header parsing, digest refusal), and with its state line
+//! (what follows the first newline) re-sealed under a valid header of each
+//! kind (`devicelink_fuzz::seal`), which lets the fuzzer reach the decoders
+//! and consistency checks behind the digest.
+//!
+//! Properties:
+//! - every `restore` is total (typed error, no panic);
+//! - whatever restores can be driven (poll, deadlines, a few operations)
+//!   without panicking, and `save → restore → save` is a fixed point both
+//!   right after the restore and after driving it (a state the library
+//!   reaches by itself must restore).
+//!
+//! The relay's directory and ledger keep hash maps, whose JSON key order is
+//! not stable between two maps; their saves are compared as JSON values.
+#![no_main]
+
+use devicelink::persist::PersistError;
+use devicelink::relay::{Directory, Ledger, MemoryTokenStore};
+use devicelink::{
+    Account, Companion, LinkedSession, OfferDisplay, PrimaryHandshake, PrimaryHeartbeat, Timestamp,
+};
+use devicelink_fuzz::{at, body_of, fixture, now, rng, seal, KINDS};
+use libfuzzer_sys::fuzz_target;
+
+/// `save → restore → save` is a fixed point (byte-identical, or equal JSON
+/// values when `as_json`).
+fn fixed_point<T>(
+    what: &str,
+    x: &T,
+    save: impl Fn(&T) -> Result<Vec<u8>, PersistError>,
+    restore: impl Fn(&[u8]) -> Result<T, PersistError>,
+    as_json: bool,
+) {
+    let first = save(x).unwrap_or_else(|e| panic!("{what}: save failed: {e}"));
+    let back =
+        restore(&first).unwrap_or_else(|e| panic!("{what}: its own save does not restore: {e}"));
+    let second = save(&back).unwrap_or_else(|e| panic!("{what}: save failed: {e}"));
+    if as_json {
+        // Header line (without its digest, which hashes the body's bytes)
+        // and state line, each compared as a JSON value.
+        let value = |b: &[u8]| -> serde_json::Value {
+            serde_json::from_slice(b).unwrap_or_else(|e| panic!("{what}: save is not JSON: {e}"))
+        };
+        let header = |b: &[u8]| {
+            let mut h = value(b.split(|c| *c == b'\n').next().unwrap_or_default());
+            if let Some(m) = h.as_object_mut() {
+                m.remove("sha256");
+            }
+            h
+        };
+        assert_eq!(header(&first), header(&second), "{what}: header changed");
+        assert_eq!(
+            value(body_of(&first)),
+            value(body_of(&second)),
+            "{what}: save → restore → save changed the state"
+        );
+    } else {
+        assert_eq!(
+            String::from_utf8_lossy(&first),
+            String::from_utf8_lossy(&second),
+            "{what}: save → restore → save changed the state"
+        );
+    }
+}
+
+/// Instants to drive a restored state at: its own deadline (and just
+/// after), the fixture's `now`, and the far future.
+fn instants(deadline: Option<Timestamp>) -> Vec<Timestamp> {
+    let mut v = vec![now()];
+    if let Some(d) = deadline {
+        v.push(d);
+        v.push(Timestamp::from_unix_millis(
+            d.as_unix_millis().saturating_add(1),
+        ));
+    }
+    v.push(at(30 * 86_400_000));
+    v.push(Timestamp::MAX);
+    v
+}
+
+fuzz_target!(|data: &[u8]| {
+    for kind in KINDS {
+        drive(kind, data);
+    }
+    let body = body_of(data);
+    for kind in KINDS {
+        drive(kind, &seal(kind, body));
+    }
+});
+
+/// Restores `data` as a `kind` and, if it restores, drives it.
+fn drive(kind: &str, data: &[u8]) {
+    match kind {
+        "account" => account(data),
+        "companion" => companion(data),
+        "primary handshake" => primary(data),
+        "linked session" => session(data),
+        "offer display" => display(data),
+        "directory" => directory(data),
+        "ledger" => ledger(data),
+        _ => unreachable!("unknown kind {kind}"),
+    }
+}
+
+fn account(data: &[u8]) {
+    if let Ok(mut a) = Account::restore(data) {
+        fixed_point("account", &a, Account::save, Account::restore, false);
+        let _ = a.device_list();
+        let _ = a.companion_count(now());
+        let devices: Vec<_> = a.devices().map(|r| r.index).collect();
+        for t in instants(a.next_deadline()) {
+            for i in &devices {
+                let _ = a.device_state(*i, t);
+            }
+            a.poll(t);
+            fixed_point(
+                "account after poll",
+                &a,
+                Account::save,
+                Account::restore,
+                false,
+            );
+        }
+        if let Some(i) = devices.first() {
+            let _ = a.revoke(*i, Timestamp::MAX);
+        }
+        let _ = a.heartbeat(Timestamp::MAX);
+        let _ = a.device_list();
+        let _ = a.take_events();
+        fixed_point(
+            "account after revoke",
+            &a,
+            Account::save,
+            Account::restore,
+            false,
+        );
+    }
+}
+
+fn companion(data: &[u8]) {
+    let f = fixture();
+    if let Ok(mut c) = Companion::restore(data) {
+        fixed_point("companion", &c, Companion::save, Companion::restore, false);
+        let _ = (c.state(), c.offer().map(|o| o.to_text()), c.check_code());
+        let _ = c.confirm_message();
+        let mut r = rng(1);
+        for t in instants(c.next_deadline()) {
+            let _ = c.poll(t, &mut r);
+            let _ = c.state();
+            fixed_point(
+                "companion after poll",
+                &c,
+                Companion::save,
+                Companion::restore,
+                false,
+            );
+        }
+        let _ = c.cancel(Timestamp::MAX);
+        let _ = c.receive_hello(&f.hello, now());
+        let _ = c.receive_grant(&f.grant, now());
+        fixed_point(
+            "companion after messages",
+            &c,
+            Companion::save,
+            Companion::restore,
+            false,
+        );
+    }
+}
+
+fn primary(data: &[u8]) {
+    let f = fixture();
+    if let Ok(mut p) = PrimaryHandshake::restore(data) {
+        fixed_point(
+            "primary handshake",
+            &p,
+            PrimaryHandshake::save,
+            PrimaryHandshake::restore,
+            false,
+        );
+        let _ = (
+            p.state(),
+            p.request(),
+            p.check_code(),
+            p.token_id(),
+            p.scanned_at(),
+        );
+        assert_eq!(p.hello().len(), f.hello.len());
+        let _ = p.receive_request(&f.request, now());
+        let _ = p.receive_confirm(&f.confirm, now());
+        fixed_point(
+            "primary after messages",
+            &p,
+            PrimaryHandshake::save,
+            PrimaryHandshake::restore,
+            false,
+        );
+        let _ = p.refuse(devicelink::RefusalReason::Declined, &mut rng(2));
+        fixed_point(
+            "primary after refusal",
+            &p,
+            PrimaryHandshake::save,
+            PrimaryHandshake::restore,
+            false,
+        );
+    }
+}
+
+fn session(data: &[u8]) {
+    let f = fixture();
+    if let Ok(mut s) = LinkedSession::restore(data) {
+        fixed_point(
+            "linked session",
+            &s,
+            LinkedSession::save,
+            LinkedSession::restore,
+            false,
+        );
+        let _ = (
+            s.index(),
+            s.account(),
+            s.device_key(),
+            s.expires_at(),
+            s.warn_at(),
+        );
+        for t in instants(s.next_deadline(now())) {
+            let _ = s.next_deadline(t);
+            let before = s.status(t);
+            assert_eq!(s.poll(t), before, "poll disagrees with status");
+            fixed_point(
+                "session after poll",
+                &s,
+                LinkedSession::save,
+                LinkedSession::restore,
+                false,
+            );
+        }
+        let _ = s.accept_heartbeat(&f.heartbeat, Timestamp::MAX);
+        fixed_point(
+            "session after heartbeat",
+            &s,
+            LinkedSession::save,
+            LinkedSession::restore,
+            false,
+        );
+    }
+}
+
+fn display(data: &[u8]) {
+    if let Ok(mut d) = OfferDisplay::restore(data) {
+        fixed_point(
+            "offer display",
+            &d,
+            OfferDisplay::save,
+            OfferDisplay::restore,
+            false,
+        );
+        let _ = d.offer().map(|o| o.to_text());
+        let mut r = rng(3);
+        for t in instants(d.next_deadline()) {
+            let _ = d.poll(t, &mut r);
+            let _ = d.state();
+            fixed_point(
+                "offer display after poll",
+                &d,
+                OfferDisplay::save,
+                OfferDisplay::restore,
+                false,
+            );
+        }
+        let _ = d.cancel(Timestamp::MAX);
+        fixed_point(
+            "offer display after cancel",
+            &d,
+            OfferDisplay::save,
+            OfferDisplay::restore,
+            false,
+        );
+    }
+}
+
+fn directory(data: &[u8]) {
+    let f = fixture();
+    if let Ok(mut dir) = Directory::restore(data) {
+        fixed_point("directory", &dir, Directory::save, Directory::restore, true);
+        let _ = (dir.len(), dir.is_empty(), dir.device_count());
+        let list = f.account_linked.device_list();
+        let _ = dir.is_linked(
+            &list.account(),
+            f.session.index(),
+            &f.session.device_key(),
+            now(),
+        );
+        let _ = dir.apply_device_list(list, now());
+        if let Ok(hb) = PrimaryHeartbeat::from_bytes(&f.heartbeat) {
+            let _ = dir.apply_heartbeat(&hb, now());
+        }
+        fixed_point(
+            "directory after updates",
+            &dir,
+            Directory::save,
+            Directory::restore,
+            true,
+        );
+        for t in instants(dir.next_deadline()) {
+            let _ = dir.sweep(t);
+            fixed_point(
+                "directory after sweep",
+                &dir,
+                Directory::save,
+                Directory::restore,
+                true,
+            );
+        }
+        // Every deadline is at or before the end of time: nothing survives.
+        assert_eq!(
+            dir.device_count(),
+            0,
+            "a device outlived a sweep at Timestamp::MAX"
+        );
+    }
+}
+
+fn ledger(data: &[u8]) {
+    let f = fixture();
+    if let Ok(store) = MemoryTokenStore::restore(data) {
+        fixed_point(
+            "ledger",
+            &store,
+            MemoryTokenStore::save,
+            MemoryTokenStore::restore,
+            true,
+        );
+        let _ = (store.len(), store.is_empty());
+        let ledger = Ledger::new(store);
+        let _ = ledger.route(&f.hello, now());
+        let _ = ledger.route(&f.request, now());
+        let _ = ledger.register(f.token, at(60_000));
+        let _ = ledger.sweep(now());
+        fixed_point(
+            "ledger after route",
+            ledger.store(),
+            MemoryTokenStore::save,
+            MemoryTokenStore::restore,
+            true,
+        );
+        let _ = ledger.sweep(Timestamp::MAX);
+        assert!(
+            ledger.store().is_empty(),
+            "a token outlived a sweep at Timestamp::MAX"
+        );
+    }
+}
