@@ -72,6 +72,16 @@ fn link(s: &mut Setup) -> (PrimaryHandshake, Transcript) {
     )
 }
 
+/// Scan at 1.0 s, Hello answered at 1.1 s, Request received at 1.2 s: the
+/// primary is ready to grant or refuse.
+fn until_request(s: &mut Setup) -> PrimaryHandshake {
+    let offer = offer_text(&s.companion);
+    let (mut primary, hello) = s.account.scan(&offer, &mut s.rng, t(1_000)).unwrap();
+    let request = s.companion.receive_hello(&hello, t(1_100)).unwrap();
+    primary.receive_request(&request, t(1_200)).unwrap();
+    primary
+}
+
 fn flips(msg: &[u8]) -> impl Iterator<Item = Vec<u8>> + '_ {
     (0..msg.len() * 8).map(move |bit| {
         let mut m = msg.to_vec();
@@ -465,12 +475,7 @@ fn low_order_keys_are_non_contributory() {
 #[test]
 fn authenticated_refusal_fails_the_companion_but_forged_one_does_not() {
     let mut s = setup(17);
-    let (mut primary, hello) = s
-        .account
-        .scan(&offer_text(&s.companion), &mut s.rng, t(1_000))
-        .unwrap();
-    let request = s.companion.receive_hello(&hello, t(1_100)).unwrap();
-    primary.receive_request(&request, t(1_200)).unwrap();
+    let mut primary = until_request(&mut s);
     let refusal = s
         .account
         .refuse(
@@ -592,12 +597,7 @@ fn relay_routes_only_a_hello_from_someone_who_saw_the_qr_code() {
 #[test]
 fn cancel_while_awaiting_approval_fails_for_good() {
     let mut s = setup(21);
-    let (mut primary, hello) = s
-        .account
-        .scan(&offer_text(&s.companion), &mut s.rng, t(1_000))
-        .unwrap();
-    let request = s.companion.receive_hello(&hello, t(1_100)).unwrap();
-    primary.receive_request(&request, t(1_200)).unwrap();
+    let mut primary = until_request(&mut s);
     s.companion.cancel(t(1_300)).unwrap();
     assert!(matches!(
         s.companion.state(),
@@ -621,12 +621,7 @@ fn cancel_while_awaiting_approval_fails_for_good() {
 #[test]
 fn reserved_refusal_codes_are_not_sent_and_unknown_ones_still_refuse() {
     let mut s = setup(22);
-    let (mut primary, hello) = s
-        .account
-        .scan(&offer_text(&s.companion), &mut s.rng, t(1_000))
-        .unwrap();
-    let request = s.companion.receive_hello(&hello, t(1_100)).unwrap();
-    primary.receive_request(&request, t(1_200)).unwrap();
+    let mut primary = until_request(&mut s);
     for code in 0..4 {
         assert!(matches!(
             primary.refuse(RefusalReason::Other { code }, &mut s.rng),

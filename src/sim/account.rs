@@ -541,14 +541,7 @@ impl<'a> AccountSim<'a> {
         if d == 0 {
             for _ in 0..1 + below(&mut self.rng, 3) {
                 let at = plus(t, below(&mut self.rng, DAY_MS / 2));
-                self.push(
-                    at,
-                    Action::LinkStart {
-                        device: None,
-                        attempt: 1,
-                        replace: false,
-                    },
-                );
+                self.schedule_link(at, None, false);
             }
         }
         let count = self.count(t);
@@ -562,14 +555,7 @@ impl<'a> AccountSim<'a> {
             let p = if count < limit { LINK_BP } else { LINK_FULL_BP };
             if chance(&mut self.rng, p) {
                 let at = self.random_in_day(t);
-                self.push(
-                    at,
-                    Action::LinkStart {
-                        device: None,
-                        attempt: 1,
-                        replace: false,
-                    },
-                );
+                self.schedule_link(at, None, false);
             }
         }
         // The daily heartbeat decision, on days when it can fall due.
@@ -596,14 +582,7 @@ impl<'a> AccountSim<'a> {
             }
             if chance(&mut self.rng, REPLACE_BP) {
                 let at = self.random_in_day(t);
-                self.push(
-                    at,
-                    Action::LinkStart {
-                        device: Some(c),
-                        attempt: 1,
-                        replace: true,
-                    },
-                );
+                self.schedule_link(at, Some(c), true);
             }
             if seen_bp > 0 && chance(&mut self.rng, seen_bp) {
                 let at = self.random_in_day(t);
@@ -1073,14 +1052,7 @@ impl<'a> AccountSim<'a> {
             self.finish(f, t)?;
             if chance(&mut self.rng, RETRY_BP) {
                 let at = plus(t, between(&mut self.rng, 300_000, 1_800_000));
-                self.push(
-                    at,
-                    Action::LinkStart {
-                        device: Some(c),
-                        attempt: 1,
-                        replace: false,
-                    },
-                );
+                self.schedule_link(at, Some(c), false);
             }
         } else {
             let at = plus(t, between(&mut self.rng, 200, 3_000));
@@ -1293,16 +1265,22 @@ impl<'a> AccountSim<'a> {
         if let Some(index) = oldest {
             self.revoke(t, index, out)?;
             let at = plus(t, between(&mut self.rng, 10_000, 60_000));
-            self.push(
-                at,
-                Action::LinkStart {
-                    device: Some(c),
-                    attempt: 1,
-                    replace: false,
-                },
-            );
+            self.schedule_link(at, Some(c), false);
         }
         Ok(())
+    }
+
+    /// Schedules a first link attempt of companion `device` (a new one when
+    /// `None`) at `at`.
+    fn schedule_link(&mut self, at: Timestamp, device: Option<u32>, replace: bool) {
+        self.push(
+            at,
+            Action::LinkStart {
+                device,
+                attempt: 1,
+                replace,
+            },
+        );
     }
 
     fn quiet_start(&mut self, t: Timestamp, len: u64, out: &mut ChunkOut) -> Result<(), SimError> {
@@ -1339,14 +1317,7 @@ impl<'a> AccountSim<'a> {
             if chance(&mut self.rng, REPAIR_BP) {
                 let at = plus(t, below(&mut self.rng, 3 * DAY_MS));
                 let c = u32::try_from(i).unwrap_or(u32::MAX);
-                self.push(
-                    at,
-                    Action::LinkStart {
-                        device: Some(c),
-                        attempt: 1,
-                        replace: false,
-                    },
-                );
+                self.schedule_link(at, Some(c), false);
             }
         }
         Ok(())
