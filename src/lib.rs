@@ -13,7 +13,12 @@
 //! - the **four-companion limit** and the **14-day primary-offline expiry**
 //!   ([`Account`], [`Policy`]), revocation and a signed device list;
 //! - all as **sans-IO state machines**: time ([`Timestamp`]) and randomness
-//!   (any `rand_core` 0.6 `CryptoRng`) are inputs; nothing reads a clock.
+//!   (any `rand_core` 0.6 `CryptoRng`) are inputs; nothing reads a clock;
+//! - around them: the relay's side ([`relay::Ledger`] for exactly-once tokens,
+//!   [`relay::Directory`] for many accounts' leases), a hash-chained signed
+//!   audit trail ([`audit::AuditLog`]), versioned persistence of every state
+//!   ([`persist`]), QR rendering ([`qr`]) and a deterministic lifecycle
+//!   simulator for test suites ([`sim`]).
 //!
 //! ## The whole flow
 //!
