@@ -323,9 +323,13 @@ impl AuditLog {
                 },
                 at,
             ),
-            RegistryEvent::Refused { reason, at } => {
-                (Actor::Primary, AuditEvent::Refused { reason }, at)
-            }
+            RegistryEvent::Refused { reason, at } => (
+                Actor::Primary,
+                AuditEvent::Refused {
+                    reason: reason.to_string(),
+                },
+                at,
+            ),
             RegistryEvent::Linked { index, at } => {
                 (Actor::Companion(index), AuditEvent::Linked { index }, at)
             }

@@ -152,7 +152,7 @@ pub enum RegistryEvent {
     /// A link was refused.
     Refused {
         /// Why.
-        reason: String,
+        reason: crate::handshake::RefusalReason,
         /// When.
         at: Timestamp,
     },
@@ -450,6 +450,10 @@ impl Account {
     /// Grants the link the user approved: assigns the next index, takes a
     /// pending slot, re-signs the device list and returns the Grant to send.
     /// A device key that is already linked replaces its old record.
+    ///
+    /// Persist the account ([`Account::save`]) before the Grant leaves the
+    /// device: a host that crashes after sending it and restores an older
+    /// save would hand the same index and list version to another device.
     pub fn grant<R: RngCore + CryptoRng>(
         &mut self,
         handshake: &mut PrimaryHandshake,
@@ -603,10 +607,7 @@ impl Account {
         now: Timestamp,
     ) -> Result<Vec<u8>, RegistryError> {
         let msg = handshake.refuse(reason, rng)?;
-        self.events.push(RegistryEvent::Refused {
-            reason: reason.to_string(),
-            at: now,
-        });
+        self.events.push(RegistryEvent::Refused { reason, at: now });
         Ok(msg)
     }
 

@@ -268,7 +268,8 @@ impl LinkedSession {
     }
 
     /// Accepts a newer signed device list. If it no longer lists this device,
-    /// the device was revoked and the session is logged out. Refused, with
+    /// the session is logged out with [`LogoutReason::Revoked`] (the list does
+    /// not say why a device left it: revoked, replaced, idle or unconfirmed). Refused, with
     /// nothing changed, if forged, from another account, or not newer.
     pub fn accept_device_list(
         &mut self,

@@ -67,8 +67,10 @@ pub struct Redemption {
 ///    afterwards must not let the token be redeemed again).
 /// 4. `sweep` deletes tokens that expired at or before `now`, in time
 ///    proportional to their number (an index on `expires_at`). A redeemed
-///    token swept after expiry would then read as unknown, which still
-///    refuses it.
+///    token swept after expiry then reads as unknown, which still refuses it;
+///    it could only be redeemed again if the same token were registered again,
+///    which takes the same offer (a fresh 128-bit secret per offer), and the
+///    companion and primary state machines refuse that replay themselves.
 /// 5. Errors of the store itself are [`LedgerError::Store`] and mean "nothing
 ///    happened".
 pub trait TokenStore: Send + Sync {
