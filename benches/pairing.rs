@@ -12,6 +12,9 @@
 //! protocol's overhead.
 
 use std::hint::black_box;
+
+mod common;
+use common::*;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -21,219 +24,14 @@ use devicelink::qr::{ImageStyle, OfferQr, TerminalStyle};
 use devicelink::relay::{Directory, Ledger};
 use devicelink::time::days;
 use devicelink::{
-    Account, AccountId, Companion, DeviceIdentity, DeviceIndex, DeviceKey, DeviceLabel,
-    PairingOffer, Policy, Timestamp, TokenId,
+    AccountId, Companion, DeviceIdentity, DeviceIndex, DeviceKey, PairingOffer, Policy, Timestamp,
+    TokenId,
 };
-use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
-use rand_chacha::rand_core::{RngCore, SeedableRng};
+use ed25519_dalek::Signer;
+use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use ring::{aead, digest, hkdf, hmac};
+use ring::hmac;
 use x25519_dalek::{PublicKey, StaticSecret};
-
-const NOW: u64 = 1_700_000_000_000;
-const LABEL: &str = "Firefox on Linux";
-
-fn now() -> Timestamp {
-    Timestamp::from_unix_millis(NOW)
-}
-
-// ---------------------------------------------------------------- primitives
-
-fn sha256(parts: &[&[u8]]) -> [u8; 32] {
-    let mut ctx = digest::Context::new(&digest::SHA256);
-    for p in parts {
-        ctx.update(p);
-    }
-    let mut out = [0u8; 32];
-    out.copy_from_slice(ctx.finish().as_ref());
-    out
-}
-
-struct Len(usize);
-impl hkdf::KeyType for Len {
-    fn len(&self) -> usize {
-        self.0
-    }
-}
-
-/// HKDF-Extract and the four expands of the key schedule.
-fn hkdf_schedule(salt: &[u8], ikm: &[u8], th: &[u8; 32]) -> [[u8; 32]; 3] {
-    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, salt).extract(ikm);
-    let mut out = [[0u8; 32]; 3];
-    for (label, o) in [
-        &b"devicelink/v1 hello"[..],
-        b"devicelink/v1 request",
-        b"devicelink/v1 grant",
-    ]
-    .iter()
-    .zip(out.iter_mut())
-    {
-        prk.expand(&[label, th], Len(32)).unwrap().fill(o).unwrap();
-    }
-    let mut code = [0u8; 4];
-    prk.expand(&[b"devicelink/v1 check code", th], Len(4))
-        .unwrap()
-        .fill(&mut code)
-        .unwrap();
-    black_box(code);
-    out
-}
-
-fn aead_key(k: &[u8; 32]) -> aead::LessSafeKey {
-    aead::LessSafeKey::new(aead::UnboundKey::new(&aead::CHACHA20_POLY1305, k).unwrap())
-}
-
-fn seal(k: &[u8; 32], nonce: [u8; 12], aad: &[u8], plain: &[u8]) -> Vec<u8> {
-    let mut buf = plain.to_vec();
-    aead_key(k)
-        .seal_in_place_append_tag(
-            aead::Nonce::assume_unique_for_key(nonce),
-            aead::Aad::from(aad),
-            &mut buf,
-        )
-        .unwrap();
-    buf
-}
-
-fn open(k: &[u8; 32], nonce: [u8; 12], aad: &[u8], sealed: &[u8]) -> usize {
-    let mut buf = sealed.to_vec();
-    aead_key(k)
-        .open_in_place(
-            aead::Nonce::assume_unique_for_key(nonce),
-            aead::Aad::from(aad),
-            &mut buf,
-        )
-        .unwrap()
-        .len()
-}
-
-fn verify(key: &[u8; 32], msg: &[u8], sig: &ed25519_dalek::Signature) -> bool {
-    VerifyingKey::from_bytes(key)
-        .unwrap()
-        .verify_strict(msg, sig)
-        .is_ok()
-}
-
-/// Inputs of the floor that a link receives rather than computes.
-struct FloorInputs {
-    account: SigningKey,
-    device: SigningKey,
-    account_pub: [u8; 32],
-    device_pub: [u8; 32],
-    label_bytes: Vec<u8>,
-}
-
-/// Exactly the primitive operations of one full link, in protocol order, on
-/// inputs of the protocol's sizes. Nothing else.
-fn floor(inp: &FloorInputs, rng: &mut ChaCha20Rng) {
-    let th_label = b"devicelink/v1 transcript";
-    // Companion: the offer (X25519 key, 16-byte secret, offer digest, token id).
-    let c_secret = StaticSecret::random_from_rng(&mut *rng);
-    let c_pub = PublicKey::from(&c_secret);
-    let mut salt = [0u8; 16];
-    rng.fill_bytes(&mut salt);
-    let mut body = [0u8; 49];
-    body[1..33].copy_from_slice(c_pub.as_bytes());
-    body[33..].copy_from_slice(&salt);
-    let d = sha256(&[b"devicelink/v1 offer", &body]);
-    let token = sha256(&[b"devicelink/v1 token id", &d[16..]]);
-    // Primary: parses the offer (digest and token id again), its ephemeral,
-    // DH, transcript, key schedule, Hello MAC.
-    let d2 = sha256(&[b"devicelink/v1 offer", &body]);
-    black_box(sha256(&[b"devicelink/v1 token id", &d2[16..]]));
-    let p_secret = StaticSecret::random_from_rng(&mut *rng);
-    let p_pub = PublicKey::from(&p_secret);
-    let dh_p = p_secret.diffie_hellman(&c_pub);
-    assert!(dh_p.was_contributory());
-    let th = sha256(&[th_label, &token[..16], c_pub.as_bytes(), p_pub.as_bytes()]);
-    let keys_p = hkdf_schedule(&salt, dh_p.as_bytes(), &th);
-    let hello = [0u8; 66];
-    let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &keys_p[0]), &hello);
-    // Companion: DH, transcript, key schedule, MAC check, proof, Request.
-    let dh_c = c_secret.diffie_hellman(&p_pub);
-    assert!(dh_c.was_contributory());
-    let th_c = sha256(&[th_label, &token[..16], c_pub.as_bytes(), p_pub.as_bytes()]);
-    let keys_c = hkdf_schedule(&salt, dh_c.as_bytes(), &th_c);
-    hmac::verify(
-        &hmac::Key::new(hmac::HMAC_SHA256, &keys_c[0]),
-        &hello,
-        tag.as_ref(),
-    )
-    .unwrap();
-    let pop_msg = [&b"devicelink/v1 proof of possession"[..], &th_c].concat();
-    let pop = inp.device.sign(&pop_msg);
-    let mut req_plain = Vec::with_capacity(160);
-    req_plain.extend_from_slice(&inp.device_pub);
-    req_plain.extend_from_slice(&pop.to_bytes());
-    req_plain.push(16);
-    req_plain.extend_from_slice(&inp.label_bytes);
-    let header = [1u8; 18];
-    let request = seal(&keys_c[1], [0; 12], &header, &req_plain);
-    // Primary: opens the Request, checks the proof.
-    black_box(open(&keys_p[1], [0; 12], &header, &request));
-    assert!(verify(&inp.device_pub, &pop_msg, &pop));
-    // Primary: signs the device list and the certificate, seals the Grant.
-    let mut list = Vec::with_capacity(200);
-    list.extend_from_slice(b"devicelink/v1 device list");
-    list.extend_from_slice(&[0u8; 50]);
-    list.extend_from_slice(&inp.account_pub);
-    list.extend_from_slice(&[0u8; 4]);
-    list.extend_from_slice(&inp.device_pub);
-    let list_sig = inp.account.sign(&list);
-    let mut nonce = [0u8; 12];
-    rng.fill_bytes(&mut nonce);
-    let mut cert = Vec::with_capacity(120);
-    cert.extend_from_slice(b"devicelink/v1 device certificate");
-    cert.push(1);
-    cert.extend_from_slice(&inp.account_pub);
-    cert.extend_from_slice(&[0u8; 4]);
-    cert.extend_from_slice(&inp.device_pub);
-    cert.extend_from_slice(&[0u8; 8]);
-    let cert_sig = inp.account.sign(&cert);
-    let grant_plain = [0u8; 141 + 87 + 64];
-    let grant = seal(&keys_p[2], nonce, &header, &grant_plain);
-    let th2 = sha256(&[
-        b"devicelink/v1 confirm transcript",
-        &th,
-        &[0; 4],
-        &request,
-        &[0; 4],
-        &grant,
-    ]);
-    // Companion: opens the Grant, verifies certificate and list, signs the
-    // confirmation.
-    black_box(open(&keys_c[2], nonce, &header, &grant));
-    assert!(verify(&inp.account_pub, &cert, &cert_sig));
-    assert!(verify(&inp.account_pub, &list, &list_sig));
-    let th2_c = sha256(&[
-        b"devicelink/v1 confirm transcript",
-        &th_c,
-        &[0; 4],
-        &request,
-        &[0; 4],
-        &grant,
-    ]);
-    let confirm_msg = [&b"devicelink/v1 confirm"[..], &th2_c].concat();
-    let confirm = inp.device.sign(&confirm_msg);
-    // Primary: verifies the confirmation.
-    assert!(verify(
-        &inp.device_pub,
-        &[&b"devicelink/v1 confirm"[..], &th2].concat(),
-        &confirm
-    ));
-}
-
-fn floor_inputs(rng: &mut ChaCha20Rng) -> FloorInputs {
-    let account = SigningKey::generate(rng);
-    let device = SigningKey::generate(rng);
-    FloorInputs {
-        account_pub: account.verifying_key().to_bytes(),
-        device_pub: device.verifying_key().to_bytes(),
-        account,
-        device,
-        label_bytes: LABEL.as_bytes().to_vec(),
-    }
-}
 
 fn primitives(c: &mut Criterion) {
     let mut g = c.benchmark_group("primitives");
@@ -280,42 +78,6 @@ fn primitives(c: &mut Criterion) {
 }
 
 // ---------------------------------------------------------------- link
-
-struct LinkFixture {
-    account: Account,
-    identity: DeviceIdentity,
-    label: DeviceLabel,
-    policy: Policy,
-}
-
-fn link_fixture() -> LinkFixture {
-    let mut rng = ChaCha20Rng::seed_from_u64(2);
-    let policy = Policy::default();
-    LinkFixture {
-        account: Account::generate(policy.clone(), &mut rng, now()),
-        identity: DeviceIdentity::generate(&mut rng),
-        label: DeviceLabel::new(LABEL).unwrap(),
-        policy,
-    }
-}
-
-/// One complete link, both sides, offer to confirmed.
-fn full_link(
-    account: &mut Account,
-    identity: DeviceIdentity,
-    f: &LinkFixture,
-    rng: &mut ChaCha20Rng,
-) {
-    let t = now();
-    let mut companion = Companion::new(identity, f.label.clone(), &f.policy, rng, t);
-    let text = companion.offer().unwrap().to_text();
-    let (mut primary, hello) = account.scan(&text, rng, t).unwrap();
-    let request = companion.receive_hello(&hello, t).unwrap();
-    primary.receive_request(&request, t).unwrap();
-    let grant = account.grant(&mut primary, rng, t).unwrap();
-    let confirm = companion.receive_grant(&grant, t).unwrap();
-    black_box(account.confirm(&mut primary, &confirm, t).unwrap());
-}
 
 fn link(c: &mut Criterion) {
     let mut g = c.benchmark_group("link");
