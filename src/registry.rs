@@ -666,9 +666,8 @@ impl Account {
     /// the companions and the relay. After the offline limit has passed, the
     /// companions are already logged out: a heartbeat revives nobody.
     pub fn heartbeat(&mut self, now: Timestamp) -> PrimaryHeartbeat {
-        self.poll(now);
-        self.record_activity(now);
-        PrimaryHeartbeat::sign(&self.key, now.max(self.last_primary_activity))
+        self.record_primary_activity(now);
+        PrimaryHeartbeat::sign(&self.key, self.last_primary_activity)
     }
 
     /// Records activity seen from a companion (for the idle rule).

@@ -374,3 +374,49 @@ fn the_invariant_checker_catches_tampered_logs() {
     };
     assert!(caught(t));
 }
+
+#[test]
+fn policies_without_room_for_the_behaviour_are_refused_up_front() {
+    use devicelink::sim::SimError;
+    use devicelink::Policy;
+    use std::time::Duration;
+    let tight = Policy::builder()
+        .approval_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let mut c = config(10, 5, 1, SimMode::LifecycleOnly);
+    c.policy = tight;
+    assert!(matches!(run(&c, |_| {}), Err(SimError::Setup(_))));
+}
+
+#[test]
+fn absurd_thread_counts_are_clamped() -> Result<()> {
+    let mut c = config(50, 10, 4, SimMode::LifecycleOnly);
+    let (one, _) = collect(&c)?;
+    c.threads = usize::MAX;
+    let (many, _) = collect(&c)?;
+    assert_eq!(one.digest, many.digest);
+    Ok(())
+}
+
+#[test]
+fn modes_agree_under_other_policies() -> Result<()> {
+    use devicelink::Policy;
+    for policy in [
+        Policy::builder().max_companions(1).build().unwrap(),
+        Policy::builder().max_rotations(0).build().unwrap(),
+        Policy::builder()
+            .primary_offline_limit(devicelink::time::days(3))
+            .warn_before(devicelink::time::days(1))
+            .companion_idle_limit(None)
+            .build()
+            .unwrap(),
+    ] {
+        let mut full = config(60, 40, 7, SimMode::FullCrypto);
+        full.policy = policy.clone();
+        let mut lifecycle = config(60, 40, 7, SimMode::LifecycleOnly);
+        lifecycle.policy = policy;
+        assert_eq!(collect(&full)?.0.digest, collect(&lifecycle)?.0.digest);
+    }
+    Ok(())
+}

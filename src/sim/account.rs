@@ -456,11 +456,9 @@ impl<'a> AccountSim<'a> {
         Ok(())
     }
 
-    /// Records primary activity with a signed heartbeat and, in full-crypto
-    /// mode, delivers it to every session.
-    ///
-    /// In lifecycle-only mode this is the one signature the simulator makes:
-    /// the registry has no unsigned way to record primary activity.
+    /// Records primary activity: in full-crypto mode a signed heartbeat,
+    /// delivered to every session; in lifecycle-only mode the same registry
+    /// rule without the signature.
     fn heartbeat(&mut self, t: Timestamp, out: &mut ChunkOut) -> Result<(), SimError> {
         if !self.full() {
             // Lifecycle-only: the same registry rule without the signature.
@@ -1252,6 +1250,12 @@ impl<'a> AccountSim<'a> {
             return Ok(());
         }
         let me = usize::try_from(c).unwrap_or(usize::MAX);
+        // A companion that still holds a slot (a re-pair) gives up its own
+        // record; otherwise the user removes the oldest other companion.
+        let own = self.devices.get(me).and_then(|d| match d.link {
+            Link::Active(index) => Some(index),
+            _ => None,
+        });
         let oldest = self
             .devices
             .iter()
@@ -1262,7 +1266,7 @@ impl<'a> AccountSim<'a> {
                 _ => None,
             })
             .min();
-        if let Some(index) = oldest {
+        if let Some(index) = own.or(oldest) {
             self.revoke(t, index, out)?;
             let at = plus(t, between(&mut self.rng, 10_000, 60_000));
             self.schedule_link(at, Some(c), false);

@@ -32,8 +32,8 @@
 //! which logs every companion out with `PrimaryOffline`.
 //!
 //! **Heartbeats.** The phone is in use on every day it is online; the
-//! simulator records that use as a signed heartbeat (`Account::heartbeat`)
-//! only when it decides a lease. Companions are then logged out exactly when
+//! simulator records that use as a heartbeat (`Account::heartbeat`, signed in
+//! full-crypto mode) only when it decides a lease. Companions are then logged out exactly when
 //! daily heartbeats would log them out (never while the phone is online; one
 //! offline limit after it goes quiet for longer than that), for a fraction of
 //! the signatures. While at least one companion holds a slot, the primary

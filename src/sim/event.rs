@@ -100,7 +100,7 @@ pub enum What {
         /// Its index.
         index: DeviceIndex,
     },
-    /// The primary sent a signed heartbeat (recorded activity).
+    /// The primary recorded activity (a signed heartbeat in full-crypto mode).
     Heartbeat,
     /// The primary goes quiet (no activity at all) until `until`.
     PrimaryQuiet {

@@ -54,13 +54,16 @@
 //!   the registry's lifecycle-only admission (the same limit, indices,
 //!   pending slots, replacement and device-list versions as
 //!   [`Account::grant`](crate::Account::grant)), offers follow the policy's rotation schedule, all
-//!   accounts share one account key and no device list is ever signed. The
-//!   one signature left is the heartbeat's: the registry has no unsigned way
-//!   to record primary activity.
+//!   accounts share one account key, and nothing is signed: heartbeats record
+//!   the same primary activity without a signature, and no device list is
+//!   ever signed.
 //!
 //! Both modes draw the same behaviour from the same seed (keys come from a
 //! separate RNG), so **for one configuration both modes write the same event
 //! log** — the lifecycle-only shortcut is checked against the real thing.
+//! [`run`] refuses (with [`SimError::Setup`]) policies whose timeouts leave the
+//! simulated behaviour no room (approval or confirmation under 10 s, offline
+//! or idle limit under 2 days).
 //!
 //! ## Determinism
 //!
@@ -287,6 +290,32 @@ impl Shared {
             ))
         });
         let policy = config.policy.clone();
+        // The behaviour's fixed delays (a grant 0.2–3 s after the scan, a
+        // confirmation within 3 s, daily primary use) assume a policy that
+        // leaves them room; refuse others rather than fail mid-run.
+        let at_least = |d: std::time::Duration, min_ms: u64, what: &str| {
+            if crate::time::duration_millis(d) < min_ms {
+                Err(SimError::Setup(format!(
+                    "{what} must be at least {min_ms} ms for the simulated behaviour"
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        at_least(policy.approval_timeout(), 10_000, "approval_timeout")?;
+        at_least(
+            policy.confirmation_timeout(),
+            10_000,
+            "confirmation_timeout",
+        )?;
+        at_least(
+            policy.primary_offline_limit(),
+            2 * 86_400_000,
+            "primary_offline_limit",
+        )?;
+        if let Some(idle) = policy.companion_idle_limit() {
+            at_least(idle, 2 * 86_400_000, "companion_idle_limit")?;
+        }
         Ok(Shared {
             mode: config.mode,
             start: SIM_START,
@@ -347,8 +376,11 @@ pub fn run<F: FnMut(&SimEvent)>(config: &SimConfig, sink: F) -> Result<SimReport
         digest: digest::Context::new(&digest::SHA256),
         counts: EventCounts::default(),
     };
-    let threads = config.threads.max(1);
     let chunks = shared.chunks();
+    // More workers than chunks would only idle.
+    let threads = config
+        .threads
+        .clamp(1, usize::try_from(chunks).unwrap_or(usize::MAX).max(1));
     if threads == 1 || chunks <= 1 {
         for c in 0..chunks {
             collector.absorb(shared.simulate_chunk(c)?);
