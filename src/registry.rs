@@ -339,12 +339,18 @@ impl Account {
 
     /// Devices holding a slot at `now`.
     pub fn companion_count(&self, now: Timestamp) -> u32 {
-        let n = self
-            .live
+        u32::try_from(self.slot_holders(now).count()).unwrap_or(u32::MAX)
+    }
+
+    /// The devices holding a slot at `now`.
+    fn slot_holders(&self, now: Timestamp) -> impl Iterator<Item = &DeviceRecord> {
+        self.live
             .iter()
-            .filter(|i| self.device_state(**i, now).is_some_and(|s| s.holds_slot()))
-            .count();
-        u32::try_from(n).unwrap_or(u32::MAX)
+            .filter_map(|i| self.devices.get(i))
+            .filter(move |r| {
+                self.device_state(r.index, now)
+                    .is_some_and(|s| s.holds_slot())
+            })
     }
 
     /// The next instant at which some device's state changes by time alone.
@@ -413,14 +419,8 @@ impl Account {
         }
         let limit = self.policy.max_companions();
         let taken = self
-            .live
-            .iter()
-            .filter_map(|i| self.devices.get(i))
+            .slot_holders(now)
             .filter(|r| Some(&r.device) != replacing)
-            .filter(|r| {
-                self.device_state(r.index, now)
-                    .is_some_and(|s| s.holds_slot())
-            })
             .count();
         if taken >= usize::try_from(limit).unwrap_or(usize::MAX) {
             return Err(RegistryError::DeviceLimitReached { limit });
@@ -620,8 +620,9 @@ impl Account {
     ) -> Result<ConfirmedLink, RegistryError> {
         self.poll(now);
         let PrimaryState::GrantSent { index } = handshake.state() else {
+            // Outside GrantSent the handshake refuses without changing state;
+            // let it say why.
             return Err(handshake
-                .clone()
                 .receive_confirm(confirm, now)
                 .err()
                 .map_or(RegistryError::NotPending, RegistryError::from));

@@ -176,20 +176,13 @@ impl LinkedSession {
 
     /// First instant at which the session is logged out for primary inactivity.
     pub fn expires_at(&self) -> Timestamp {
-        Timestamp::from_unix_millis(
-            self.last_primary_activity
-                .as_unix_millis()
-                .saturating_add(self.offline_limit_ms),
-        )
+        self.last_primary_activity
+            .saturating_add_millis(self.offline_limit_ms)
     }
 
     /// When to warn the user (`warn_before` ahead of [`LinkedSession::expires_at`]).
     pub fn warn_at(&self) -> Timestamp {
-        Timestamp::from_unix_millis(
-            self.expires_at()
-                .as_unix_millis()
-                .saturating_sub(self.warn_before_ms),
-        )
+        self.expires_at().saturating_sub_millis(self.warn_before_ms)
     }
 
     /// The session's standing at `now`. Pure: changes nothing.

@@ -47,12 +47,22 @@ impl Timestamp {
 
     /// `self + d`, saturating at [`Timestamp::MAX`].
     pub fn saturating_add(self, d: Duration) -> Self {
-        Timestamp(self.0.saturating_add(duration_millis(d)))
+        self.saturating_add_millis(duration_millis(d))
     }
 
     /// `self - d`, saturating at the epoch.
     pub fn saturating_sub(self, d: Duration) -> Self {
-        Timestamp(self.0.saturating_sub(duration_millis(d)))
+        self.saturating_sub_millis(duration_millis(d))
+    }
+
+    /// `self + ms` milliseconds, saturating at [`Timestamp::MAX`].
+    pub const fn saturating_add_millis(self, ms: u64) -> Self {
+        Timestamp(self.0.saturating_add(ms))
+    }
+
+    /// `self - ms` milliseconds, saturating at the epoch.
+    pub const fn saturating_sub_millis(self, ms: u64) -> Self {
+        Timestamp(self.0.saturating_sub(ms))
     }
 
     /// The time elapsed from `earlier` to `self`, or zero if `earlier` is later

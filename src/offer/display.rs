@@ -139,9 +139,7 @@ impl OfferDisplay {
             state: OfferState::Showing {
                 rotation: 0,
                 token_id,
-                expires_at: Timestamp::from_unix_millis(
-                    now.as_unix_millis().saturating_add(first_lifetime_ms),
-                ),
+                expires_at: now.saturating_add_millis(first_lifetime_ms),
             },
         }
     }
@@ -173,7 +171,7 @@ impl OfferDisplay {
         let ms = self
             .first_lifetime_ms
             .saturating_add(self.rotated_lifetime_ms.saturating_mul(u64::from(k)));
-        Timestamp::from_unix_millis(self.first_shown_at.as_unix_millis().saturating_add(ms))
+        self.first_shown_at.saturating_add_millis(ms)
     }
 
     /// Advances the display to `now`: rotates to a fresh offer if the current

@@ -83,6 +83,13 @@ struct Slot {
     swept_up_to: u32,
 }
 
+impl Slot {
+    /// The highest index among `floor` and the slot's devices.
+    fn highest_index(&self, floor: u32) -> u32 {
+        self.devices.iter().map(|(i, _)| *i).fold(floor, u32::max)
+    }
+}
+
 /// The server's view of many accounts' linked devices and their leases.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Directory {
@@ -106,11 +113,7 @@ impl Directory {
     }
 
     fn deadline_of(&self, last_activity: Timestamp) -> Timestamp {
-        Timestamp::from_unix_millis(
-            last_activity
-                .as_unix_millis()
-                .saturating_add(self.offline_limit_ms),
-        )
+        last_activity.saturating_add_millis(self.offline_limit_ms)
     }
 
     fn slot(&self, n: u32) -> Option<&Slot> {
@@ -164,12 +167,11 @@ impl Directory {
         devices: Box<[(u32, DeviceKey)]>,
     ) {
         let limit = self.offline_limit_ms;
-        let deadline =
-            |t: Timestamp| Timestamp::from_unix_millis(t.as_unix_millis().saturating_add(limit));
         let Some(slot) = self.slot_mut(n) else {
             return;
         };
-        let old = (!slot.devices.is_empty()).then(|| deadline(slot.last_activity));
+        let old =
+            (!slot.devices.is_empty()).then(|| slot.last_activity.saturating_add_millis(limit));
         slot.last_activity = last_activity;
         slot.list_version = list_version;
         slot.devices = devices;
@@ -179,7 +181,8 @@ impl Directory {
             self.by_deadline.remove(&(d, n));
         }
         if indexed {
-            self.by_deadline.insert((deadline(last_activity), n));
+            self.by_deadline
+                .insert((last_activity.saturating_add_millis(limit), n));
         }
     }
 
@@ -234,11 +237,7 @@ impl Directory {
                 if list.issued_at() < deadline {
                     return Err(DirectoryError::AccountExpired);
                 }
-                swept_up_to = slot
-                    .devices
-                    .iter()
-                    .map(|(i, _)| *i)
-                    .fold(swept_up_to, u32::max);
+                swept_up_to = slot.highest_index(swept_up_to);
             } else {
                 last_activity = slot.last_activity.max(list.issued_at());
             }
@@ -333,11 +332,7 @@ impl Directory {
             if let Some(slot) = self.slot_mut(n) {
                 let account = slot.account;
                 slot.expired = true;
-                slot.swept_up_to = slot
-                    .devices
-                    .iter()
-                    .map(|(i, _)| *i)
-                    .fold(slot.swept_up_to, u32::max);
+                slot.swept_up_to = slot.highest_index(slot.swept_up_to);
                 out.extend(
                     std::mem::take(&mut slot.devices)
                         .iter()

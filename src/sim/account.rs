@@ -150,7 +150,7 @@ struct Flow {
 }
 
 fn plus(t: Timestamp, ms: u64) -> Timestamp {
-    Timestamp::from_unix_millis(t.as_unix_millis().saturating_add(ms))
+    t.saturating_add_millis(ms)
 }
 
 fn diverged(account: u64, at: Timestamp, what: &'static str) -> SimError {
@@ -229,7 +229,7 @@ impl<'a> AccountSim<'a> {
             self.settle(t, out)?;
             self.handle(t, action, out)?;
         }
-        let last = Timestamp::from_unix_millis(self.shared.end.as_unix_millis().saturating_sub(1));
+        let last = self.shared.end.saturating_sub_millis(1);
         self.settle(last, out)
     }
 
@@ -369,8 +369,7 @@ impl<'a> AccountSim<'a> {
                     if reason == LogoutReason::PrimaryOffline {
                         // The session's own lease must end at the same instant.
                         if let Some(mut s) = dev.session.take() {
-                            let before =
-                                Timestamp::from_unix_millis(at.as_unix_millis().saturating_sub(1));
+                            let before = at.saturating_sub_millis(1);
                             let agrees = s.expires_at() == at
                                 && s.is_linked(before)
                                 && s.poll(at)
