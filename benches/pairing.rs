@@ -18,7 +18,7 @@ use common::*;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
+use criterion::{criterion_group, criterion_main, BatchSize, Bencher, BenchmarkId, Criterion};
 use devicelink::certificate::DeviceListEntry;
 use devicelink::qr::{ImageStyle, OfferQr, TerminalStyle};
 use devicelink::relay::{Directory, Ledger};
@@ -79,20 +79,22 @@ fn primitives(c: &mut Criterion) {
 
 // ---------------------------------------------------------------- link
 
+/// Times one full link into a fresh account (setup not timed).
+/// PerIteration keeps the working set to one account, as in real use, instead
+/// of a batch of thousands that would fall out of cache.
+fn bench_full_link(b: &mut Bencher<'_>, f: &LinkFixture, rng: &mut ChaCha20Rng) {
+    b.iter_batched(
+        || (f.account.clone(), f.identity.clone()),
+        |(mut account, identity)| full_link(&mut account, identity, f, rng),
+        BatchSize::PerIteration,
+    )
+}
+
 fn link(c: &mut Criterion) {
     let mut g = c.benchmark_group("link");
     let f = link_fixture();
     let mut rng = ChaCha20Rng::seed_from_u64(3);
-    // One fresh account per iteration (setup not timed). PerIteration keeps
-    // the working set to one account, as in real use, instead of a batch of
-    // thousands that would fall out of cache.
-    g.bench_function("full_link", |b| {
-        b.iter_batched(
-            || (f.account.clone(), f.identity.clone()),
-            |(mut account, identity)| full_link(&mut account, identity, &f, &mut rng),
-            BatchSize::PerIteration,
-        )
-    });
+    g.bench_function("full_link", |b| bench_full_link(b, &f, &mut rng));
     g.bench_function("offer_create", |b| {
         b.iter_batched(
             || f.identity.clone(),
@@ -225,13 +227,7 @@ fn registry(c: &mut Criterion) {
             &mut rng,
         );
     }
-    g.bench_function("link", |b| {
-        b.iter_batched(
-            || (f.account.clone(), f.identity.clone()),
-            |(mut a, id)| full_link(&mut a, id, &f, &mut rng),
-            BatchSize::SmallInput,
-        )
-    });
+    g.bench_function("link", |b| bench_full_link(b, &f, &mut rng));
     g.bench_function("revoke", |b| {
         b.iter_batched(
             || account.clone(),
