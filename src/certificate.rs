@@ -24,6 +24,12 @@ pub const CERTIFICATE_LEN: usize = 1 + PUBLIC_KEY_LEN + 4 + PUBLIC_KEY_LEN + 8 +
 pub const HEARTBEAT_LEN: usize = 1 + PUBLIC_KEY_LEN + 8 + SIGNATURE_LEN;
 const LIST_ENTRY_LEN: usize = 4 + PUBLIC_KEY_LEN;
 const LIST_HEADER_LEN: usize = 1 + PUBLIC_KEY_LEN + 8 + 8 + 1;
+/// Most devices a signed list names.
+pub const MAX_LIST_DEVICES: usize = 255;
+/// Bytes of an encoded list naming no device.
+pub(crate) const MIN_LIST_LEN: usize = LIST_HEADER_LEN + SIGNATURE_LEN;
+/// Bytes of an encoded list naming [`MAX_LIST_DEVICES`] devices.
+pub(crate) const MAX_LIST_LEN: usize = MIN_LIST_LEN + MAX_LIST_DEVICES * LIST_ENTRY_LEN;
 
 /// Why a certificate, device list or heartbeat was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

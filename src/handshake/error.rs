@@ -57,6 +57,15 @@ pub enum HandshakeError {
         /// What was being decoded.
         what: &'static str,
     },
+    /// The message's length is outside the range of its kind (checked before
+    /// anything is copied or decrypted).
+    #[error("{kind:?} message of {len} bytes has the wrong size")]
+    WrongSize {
+        /// The kind the header names.
+        kind: MessageKind,
+        /// The length received.
+        len: usize,
+    },
     /// A message version this implementation does not speak.
     #[error("unsupported message version {0}")]
     UnsupportedVersion(u8),
@@ -133,6 +142,7 @@ impl HandshakeError {
             }
             HandshakeError::Malformed { .. }
             | HandshakeError::UnsupportedVersion(_)
+            | HandshakeError::WrongSize { .. }
             | HandshakeError::WrongSession
             | HandshakeError::UnexpectedMessage { .. }
             | HandshakeError::AuthenticationFailed

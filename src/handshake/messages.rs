@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::schedule::{MAC_LEN, TAG_LEN};
+use super::schedule::{MAC_LEN, NONCE_LEN, TAG_LEN};
 use super::HandshakeError;
 use crate::keys::{PUBLIC_KEY_LEN, SIGNATURE_LEN};
 use crate::offer::TokenId;
@@ -24,6 +24,24 @@ pub(crate) const HELLO_KEY_AT: usize = HEADER_LEN + 16;
 pub(crate) const CONFIRM_LEN: usize = HEADER_LEN + SIGNATURE_LEN;
 /// Longest device label, in bytes of UTF-8.
 pub const MAX_LABEL_LEN: usize = 64;
+/// Bytes of a Request with a one-byte label.
+pub(crate) const MIN_REQUEST_LEN: usize = HEADER_LEN + 32 + SIGNATURE_LEN + 1 + 1 + TAG_LEN;
+/// Bytes of a Request with the longest label.
+pub(crate) const MAX_REQUEST_LEN: usize = MIN_REQUEST_LEN - 1 + MAX_LABEL_LEN;
+/// Bytes of a Refusal: header, nonce, code and argument, tag.
+pub(crate) const REFUSAL_LEN: usize = HEADER_LEN + NONCE_LEN + 5 + TAG_LEN;
+/// Bytes of the smallest Grant (a certificate and an empty device list).
+pub(crate) const MIN_GRANT_LEN: usize = HEADER_LEN
+    + NONCE_LEN
+    + crate::certificate::CERTIFICATE_LEN
+    + crate::certificate::MIN_LIST_LEN
+    + TAG_LEN;
+/// Bytes of the largest Grant (a certificate and a full device list).
+pub(crate) const MAX_GRANT_LEN: usize = HEADER_LEN
+    + NONCE_LEN
+    + crate::certificate::CERTIFICATE_LEN
+    + crate::certificate::MAX_LIST_LEN
+    + TAG_LEN;
 
 /// The kind of a handshake message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -62,6 +80,24 @@ impl MessageKind {
             _ => return None,
         })
     }
+}
+
+impl MessageKind {
+    /// The shortest and longest valid message of this kind, in bytes. A
+    /// message outside the range is refused before anything is copied,
+    /// decrypted or stored; a relay applies the same rule before buffering.
+    pub fn size_range(self) -> (usize, usize) {
+        match self {
+            MessageKind::Hello => (HELLO_LEN, HELLO_LEN),
+            MessageKind::Request => (MIN_REQUEST_LEN, MAX_REQUEST_LEN),
+            MessageKind::Grant => (MIN_GRANT_LEN, MAX_GRANT_LEN),
+            MessageKind::Refusal => (REFUSAL_LEN, REFUSAL_LEN),
+            MessageKind::Confirm => (CONFIRM_LEN, CONFIRM_LEN),
+        }
+    }
+
+    /// The largest message of any kind, in bytes.
+    pub const MAX_LEN: usize = MAX_GRANT_LEN;
 }
 
 /// The routing part of a message, readable by a relay without any key.
@@ -104,6 +140,19 @@ impl MessageHeader {
         let mut proof = [0u8; 16];
         proof.copy_from_slice(bytes);
         Some(crate::offer::RedemptionProof(proof))
+    }
+
+    /// Checks `message`'s total length against the range of its kind
+    /// ([`MessageKind::size_range`]).
+    pub fn check_size(&self, message: &[u8]) -> Result<(), HandshakeError> {
+        let (min, max) = self.kind.size_range();
+        if message.len() < min || message.len() > max {
+            return Err(HandshakeError::WrongSize {
+                kind: self.kind,
+                len: message.len(),
+            });
+        }
+        Ok(())
     }
 
     pub(crate) fn write(&self, out: &mut Vec<u8>) {
