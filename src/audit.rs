@@ -1,13 +1,21 @@
 //! A hash-chained, signed audit trail of the account's device lifecycle: which
 //! device was linked, when, by whom; when it was removed or expired, and why.
 //!
-//! Each entry's hash is `SHA-256("devicelink/v1 audit" || previous hash ||
-//! canonical JSON of the entry's body)`, starting from 32 zero bytes. A
-//! checkpoint entry carries the account's Ed25519 signature over its own
-//! position and the chain head, so the primary vouches for everything before
-//! it. [`AuditLog::verify`] detects any edited, removed, reordered or inserted
-//! entry; removing entries from the *end* is detected back to the last
-//! checkpoint (so checkpoint often). Exported as JSON Lines, one entry a line.
+//! Each entry's hash is `SHA-256("devicelink/v2 audit" || previous hash ||
+//! canonical JSON of the entry's body)`, starting from 32 zero bytes.
+//!
+//! The account vouches for the trail without signing anything extra: every
+//! device list and heartbeat it signs carries the trail's [`AuditAnchor`]
+//! (entry count and head hash), which [`AuditLog::record_registry`] hands to
+//! the [`Account`]. Verifying against the newest signed fact a verifier holds
+//! ([`AuditLog::verify`] with a [`SignedAnchor`]) proves every entry up to
+//! the anchor, detects a cut tail (fewer entries than anchored) and reports
+//! the entries after it as unanchored. An optional checkpoint entry
+//! ([`AuditLog::checkpoint`]) carries an account signature of its own, for
+//! trails that must be closed without a list or heartbeat.
+//! [`AuditLog::verify`] detects any edited, removed, reordered or inserted
+//! entry. Exported as JSON Lines, one entry a line; loading takes the account
+//! the verifier expects, never the one the file names.
 
 use ring::digest;
 use serde::{Deserialize, Serialize};
@@ -20,8 +28,8 @@ use crate::registry::{Account, RegistryEvent};
 use crate::session::LogoutReason;
 use crate::time::Timestamp;
 
-const AUDIT_LABEL: &[u8] = b"devicelink/v1 audit";
-const CHECKPOINT_LABEL: &[u8] = b"devicelink/v1 audit checkpoint";
+const AUDIT_LABEL: &[u8] = b"devicelink/v2 audit";
+const CHECKPOINT_LABEL: &[u8] = b"devicelink/v2 audit checkpoint";
 
 /// Why an audit trail failed to load or verify.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -55,12 +63,106 @@ pub enum AuditError {
         /// The checkpoint entry.
         seq: u64,
     },
-    /// The log belongs to another account.
+    /// The log (or the anchor given) belongs to another account.
     #[error("audit trail of another account")]
     WrongAccount,
+    /// The trail is shorter than what the account signed: its tail was cut.
+    #[error(
+        "audit trail has {have} entries but the account vouched for {anchored}: the tail was cut"
+    )]
+    Truncated {
+        /// Entries the anchor covers.
+        anchored: u64,
+        /// Entries present.
+        have: u64,
+    },
+    /// The entry at the anchor does not hash to the anchored head: the trail
+    /// was rewritten (and its hashes recomputed).
+    #[error("audit trail does not match the account's anchor at entry {entries}")]
+    AnchorMismatch {
+        /// Entries the anchor covers.
+        entries: u64,
+    },
     /// The event cannot be recorded (for example an offer text that does not parse).
     #[error("cannot record: {0}")]
     Record(String),
+}
+
+/// The audit trail's extent and head at a moment: `entries` entries whose
+/// last one hashes to `head` (zeros for an empty trail). Carried inside every
+/// signed device list and heartbeat, so the account vouches for the trail
+/// without a signature of its own (see [`AuditLog::verify`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub struct AuditAnchor {
+    /// Number of entries covered.
+    pub entries: u64,
+    /// Hash of the last covered entry.
+    #[serde(with = "crate::encoding::b64_array")]
+    pub head: [u8; 32],
+}
+
+impl AuditAnchor {
+    pub(crate) fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.entries.to_be_bytes());
+        out.extend_from_slice(&self.head);
+    }
+
+    pub(crate) fn read(r: &mut crate::wire::Reader<'_>) -> Result<Self, crate::wire::Truncated> {
+        Ok(AuditAnchor {
+            entries: r.u64()?,
+            head: r.array()?,
+        })
+    }
+}
+
+/// An [`AuditAnchor`] the account signed, taken from a verified device list
+/// or heartbeat (the only ways to make one), with the account that signed it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SignedAnchor {
+    account: AccountId,
+    anchor: AuditAnchor,
+}
+
+impl SignedAnchor {
+    /// The signing account.
+    pub fn account(&self) -> AccountId {
+        self.account
+    }
+    /// The anchor.
+    pub fn anchor(&self) -> AuditAnchor {
+        self.anchor
+    }
+}
+
+impl From<&crate::certificate::SignedDeviceList> for SignedAnchor {
+    fn from(list: &crate::certificate::SignedDeviceList) -> Self {
+        SignedAnchor {
+            account: list.account(),
+            anchor: list.audit(),
+        }
+    }
+}
+
+impl From<&crate::certificate::PrimaryHeartbeat> for SignedAnchor {
+    fn from(hb: &crate::certificate::PrimaryHeartbeat) -> Self {
+        SignedAnchor {
+            account: hb.account(),
+            anchor: hb.audit(),
+        }
+    }
+}
+
+/// What [`AuditLog::verify`] established.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AuditReport {
+    /// Entries in the trail (all chained and in sequence).
+    pub entries: u64,
+    /// Entries covered by an account signature: the anchor given, or the
+    /// last signed checkpoint, whichever covers more.
+    pub anchored: u64,
+    /// Trailing entries no signature covers yet (recorded after the last
+    /// anchor): believable only as far as the trail's keeper is.
+    pub unanchored: u64,
 }
 
 /// Who caused an event.
@@ -306,6 +408,14 @@ impl AuditLog {
         Ok(())
     }
 
+    /// The trail's current extent and head.
+    pub fn anchor(&self) -> AuditAnchor {
+        AuditAnchor {
+            entries: u64::try_from(self.entries.len()).unwrap_or(u64::MAX),
+            head: self.head,
+        }
+    }
+
     /// Records one registry event, attributing it.
     pub fn record(&mut self, event: &RegistryEvent) -> Result<(), AuditError> {
         let (actor, ev, at) = match event.clone() {
@@ -350,17 +460,22 @@ impl AuditLog {
         Ok(())
     }
 
-    /// Settles `account` at `now` and records every event it produced since
-    /// the last call.
+    /// Settles `account` at `now`, records every event it produced since the
+    /// last call, and hands the account the trail's new anchor, so the next
+    /// device list and heartbeat it signs vouch for every entry so far.
     pub fn record_registry(
         &mut self,
         account: &mut Account,
         now: Timestamp,
     ) -> Result<(), AuditError> {
+        if account.account_id() != self.account {
+            return Err(AuditError::WrongAccount);
+        }
         account.poll(now);
         for e in account.take_events() {
             self.record(&e)?;
         }
+        account.anchor_audit(self.anchor());
         Ok(())
     }
 
@@ -381,13 +496,47 @@ impl AuditLog {
         Ok(())
     }
 
-    /// Verifies the whole chain and every checkpoint signature against
-    /// `account`. Returns the number of entries covered by the last checkpoint.
-    pub fn verify(&self, account: &AccountId) -> Result<u64, AuditError> {
-        if *account != self.account {
+    /// Verifies the trail for the `expected` account: the whole chain, every
+    /// checkpoint signature, and, given the newest anchor the verifier holds
+    /// from a signed list or heartbeat, that the trail reaches it and matches
+    /// it. Reports how much of the trail a signature covers.
+    pub fn verify(
+        &self,
+        expected: &AccountId,
+        latest: Option<SignedAnchor>,
+    ) -> Result<AuditReport, AuditError> {
+        if *expected != self.account || latest.is_some_and(|a| a.account != *expected) {
             return Err(AuditError::WrongAccount);
         }
-        verify_entries(&self.entries, account).map(|(_, covered)| covered)
+        let (_, checkpointed) = verify_entries(&self.entries, expected)?;
+        let entries = u64::try_from(self.entries.len()).unwrap_or(u64::MAX);
+        let mut anchored = checkpointed;
+        if let Some(SignedAnchor { anchor, .. }) = latest {
+            if anchor.entries > entries {
+                return Err(AuditError::Truncated {
+                    anchored: anchor.entries,
+                    have: entries,
+                });
+            }
+            let head = match anchor.entries.checked_sub(1) {
+                None => Some([0u8; 32]),
+                Some(last) => usize::try_from(last)
+                    .ok()
+                    .and_then(|i| self.entries.get(i))
+                    .and_then(|e| decode32(&e.hash)),
+            };
+            if head != Some(anchor.head) {
+                return Err(AuditError::AnchorMismatch {
+                    entries: anchor.entries,
+                });
+            }
+            anchored = anchored.max(anchor.entries);
+        }
+        Ok(AuditReport {
+            entries,
+            anchored,
+            unanchored: entries - anchored,
+        })
     }
 
     /// Exports the trail as JSON Lines (a header line, then one entry a line).
@@ -404,9 +553,12 @@ impl AuditLog {
         Ok(out)
     }
 
-    /// Loads a trail exported by [`AuditLog::to_json_lines`] and verifies it.
-    /// Total: any text gives a verified log or a typed error.
-    pub fn from_json_lines(text: &str) -> Result<Self, AuditError> {
+    /// Loads a trail exported by [`AuditLog::to_json_lines`] for the
+    /// `expected` account and verifies its chain and checkpoints (the file's
+    /// own account line must name `expected`: a file is never trusted to say
+    /// whose it is). Check it against the newest signed anchor with
+    /// [`AuditLog::verify`]. Total: any text gives a log or a typed error.
+    pub fn from_json_lines(text: &str, expected: &AccountId) -> Result<Self, AuditError> {
         let mut lines = text.lines();
         let header: Header = serde_json::from_str(lines.next().unwrap_or("")).map_err(|e| {
             AuditError::Malformed {
@@ -422,7 +574,10 @@ impl AuditLog {
             })?;
             entries.push(e);
         }
-        let (head, _) = verify_entries(&entries, &header.account)?;
+        if header.account != *expected {
+            return Err(AuditError::WrongAccount);
+        }
+        let (head, _) = verify_entries(&entries, expected)?;
         Ok(AuditLog {
             account: header.account,
             entries,
@@ -470,7 +625,7 @@ fn verify_entries(
             if !account.verify(&checkpoint_message(e.seq, e.at, &head), &sig) {
                 return Err(AuditError::BadCheckpoint { seq: e.seq });
             }
-            covered = e.seq;
+            covered = e.seq.saturating_add(1);
         }
         head = claimed;
     }
@@ -525,10 +680,17 @@ mod tests {
     #[test]
     fn verifies_and_round_trips() {
         let (key, log) = sample();
-        assert_eq!(log.verify(&key.account_id()), Ok(3));
+        assert_eq!(
+            log.verify(&key.account_id(), None),
+            Ok(AuditReport {
+                entries: 5,
+                anchored: 4,
+                unanchored: 1
+            })
+        );
         let text = log.to_json_lines().unwrap();
         assert_eq!(text.lines().count(), 6);
-        let back = AuditLog::from_json_lines(&text).unwrap();
+        let back = AuditLog::from_json_lines(&text, &key.account_id()).unwrap();
         assert_eq!(back, log);
     }
 
@@ -542,38 +704,39 @@ mod tests {
 
     #[test]
     fn detects_edit_remove_reorder_insert() {
-        let (_, log) = sample();
+        let (key, log) = sample();
+        let id = key.account_id();
         let l = lines(&log);
         let join = |v: Vec<String>| v.join("\n");
         // Edited: change the reason text.
         let mut edited = l.clone();
         edited[1] = edited[1].replace("limit", "other");
         assert!(matches!(
-            AuditLog::from_json_lines(&join(edited)),
+            AuditLog::from_json_lines(&join(edited), &id),
             Err(AuditError::BrokenChain { seq: 0 })
         ));
         // Edited time.
         let mut edited = l.clone();
         edited[2] = edited[2].replace("\"at\":2", "\"at\":9");
-        assert!(AuditLog::from_json_lines(&join(edited)).is_err());
+        assert!(AuditLog::from_json_lines(&join(edited), &id).is_err());
         // Removed.
         let mut removed = l.clone();
         removed.remove(2);
         assert!(matches!(
-            AuditLog::from_json_lines(&join(removed)),
+            AuditLog::from_json_lines(&join(removed), &id),
             Err(AuditError::OutOfSequence { .. })
         ));
         // Reordered.
         let mut reordered = l.clone();
         reordered.swap(1, 2);
         assert!(matches!(
-            AuditLog::from_json_lines(&join(reordered)),
+            AuditLog::from_json_lines(&join(reordered), &id),
             Err(AuditError::OutOfSequence { .. })
         ));
         // Inserted (a copy of an entry).
         let mut inserted = l.clone();
         inserted.insert(2, l[2].clone());
-        assert!(AuditLog::from_json_lines(&join(inserted)).is_err());
+        assert!(AuditLog::from_json_lines(&join(inserted), &id).is_err());
         // A forged checkpoint by another key.
         let (other, _) = sample();
         let _ = other;
@@ -586,7 +749,7 @@ mod tests {
             .checkpoint(&key2, Timestamp::from_unix_millis(1))
             .unwrap();
         assert!(matches!(
-            forged.verify(&log.account()),
+            forged.verify(&log.account(), None),
             Err(AuditError::WrongAccount)
         ));
     }

@@ -80,6 +80,7 @@ pub mod certificate;
 mod encoding;
 pub mod handshake;
 pub mod keys;
+pub mod label;
 pub mod offer;
 pub mod persist;
 pub mod policy;

@@ -51,6 +51,8 @@ pub struct Policy {
     confirmation_timeout: Duration,
     approval_timeout: Duration,
     warn_before: Duration,
+    link_intent_window: Duration,
+    new_device_quarantine: Option<Duration>,
 }
 
 impl Default for Policy {
@@ -65,6 +67,8 @@ impl Default for Policy {
             confirmation_timeout: Duration::from_secs(60),
             approval_timeout: Duration::from_secs(120),
             warn_before: days(2),
+            link_intent_window: Duration::from_secs(60),
+            new_device_quarantine: None,
         }
     }
 }
@@ -123,6 +127,19 @@ impl Policy {
     pub fn warn_before(&self) -> Duration {
         self.warn_before
     }
+
+    /// How long a link intent ([`crate::Account::open_link_intent`], opened
+    /// from the host's "Link a device" screen) allows one scan. Default 60 s.
+    pub fn link_intent_window(&self) -> Duration {
+        self.link_intent_window
+    }
+
+    /// How long a newly linked device counts as recently linked
+    /// ([`crate::LinkedSession::recently_linked`]), so hosts can hold back
+    /// history or show it apart. `None` (the default) disables it.
+    pub fn new_device_quarantine(&self) -> Option<Duration> {
+        self.new_device_quarantine
+    }
 }
 
 /// Builds a validated [`Policy`]; every setter takes the knob's new value.
@@ -147,6 +164,10 @@ pub struct PolicyBuilder {
     approval_timeout: Duration,
     #[serde(default = "d_warn", with = "millis")]
     warn_before: Duration,
+    #[serde(default = "d_intent", with = "millis")]
+    link_intent_window: Duration,
+    #[serde(default, with = "opt_millis")]
+    new_device_quarantine: Option<Duration>,
 }
 
 fn d_max_companions() -> u32 {
@@ -172,6 +193,9 @@ fn d_approval() -> Duration {
 }
 fn d_warn() -> Duration {
     Policy::default().warn_before
+}
+fn d_intent() -> Duration {
+    Policy::default().link_intent_window
 }
 
 mod millis {
@@ -217,6 +241,8 @@ impl From<Policy> for PolicyBuilder {
             confirmation_timeout: p.confirmation_timeout,
             approval_timeout: p.approval_timeout,
             warn_before: p.warn_before,
+            link_intent_window: p.link_intent_window,
+            new_device_quarantine: p.new_device_quarantine,
         }
     }
 }
@@ -274,6 +300,16 @@ impl PolicyBuilder {
         self.warn_before = d;
         self
     }
+    /// See [`Policy::link_intent_window`].
+    pub fn link_intent_window(mut self, d: Duration) -> Self {
+        self.link_intent_window = d;
+        self
+    }
+    /// See [`Policy::new_device_quarantine`].
+    pub fn new_device_quarantine(mut self, d: Option<Duration>) -> Self {
+        self.new_device_quarantine = d;
+        self
+    }
 
     /// Validates and returns the policy.
     pub fn build(self) -> Result<Policy, PolicyError> {
@@ -293,6 +329,7 @@ impl PolicyBuilder {
             ("rotated_offer_lifetime", self.rotated_offer_lifetime),
             ("confirmation_timeout", self.confirmation_timeout),
             ("approval_timeout", self.approval_timeout),
+            ("link_intent_window", self.link_intent_window),
         ] {
             if crate::time::duration_millis(d) == 0 {
                 return zero(field);
@@ -317,6 +354,8 @@ impl PolicyBuilder {
             confirmation_timeout: self.confirmation_timeout,
             approval_timeout: self.approval_timeout,
             warn_before: self.warn_before,
+            link_intent_window: self.link_intent_window,
+            new_device_quarantine: self.new_device_quarantine,
         })
     }
 }

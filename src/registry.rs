@@ -9,17 +9,37 @@
 //!
 //! `LoggedOut` is terminal; a re-pair is a new device with a new index, and
 //! indices are never reused. Pending and active devices hold a slot: at most
-//! [`Policy::max_companions`] of them (the primary does not count).
+//! [`Policy::max_companions`] distinct device keys (the primary does not
+//! count). A device re-pairing with the key it already has keeps its slot:
+//! its new index is granted beside the old one, and the old record is
+//! logged out as `Replaced` only when the Confirm proves the key (so nobody
+//! can evict a device by naming its public key).
+//!
+//! Linking starts only from the host's own "Link a device" screen: it opens a
+//! short-lived, single-use link intent ([`Account::open_link_intent`]) and
+//! [`Account::scan`] refuses a QR text without one
+//! ([`RegistryError::NoLinkIntent`]). A phishing page that shows a real
+//! offer as "scan to join the group" then meets a camera that does not link.
 //!
 //! Expiry is a pure function of stored facts and `now`: a device's effective
 //! state at `now` ([`Account::device_state`]) is computed, never timed. Every
-//! mutating call first settles what `now` implies (device states at `now` are
-//! the same before and after; settling records the logouts, bumps the device
-//! list version and queues events), then checks its preconditions, then acts;
-//! a refused call changes nothing else. Only signed facts (grants,
-//! revocations, heartbeats) count as primary activity. The primary-offline boundary is exact: with the last
-//! primary activity at `t`, companions are linked on `[t, t + limit)` and
-//! logged out from `t + limit` on.
+//! mutating call first advances the registry's clock (the largest `now` it
+//! has seen: time never runs backwards inside it, so it never signs activity
+//! earlier than a logout it recorded), settles what that implies (device
+//! states are the same before and after; settling records the logouts, bumps
+//! the device list version and queues events), then checks its
+//! preconditions, then acts; a refused call changes nothing else. Only signed
+//! facts (grants, revocations, heartbeats) count as primary activity. The
+//! primary-offline boundary is exact: with the last primary activity at `t`,
+//! companions are linked on `[t, t + limit)` and logged out from `t + limit` on.
+//!
+//! Every device-list version is fixed when it is made (its content, time,
+//! predecessor hash, removals and audit anchor are stored) and signed on
+//! first use, so a restored registry signs exactly the bytes it would have
+//! signed. Persist the account ([`Account::save`]) before publishing any
+//! list, grant or heartbeat it produced: a phone restored from an older save
+//! would issue other content under versions already published, which
+//! holders refuse as a fork.
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -27,18 +47,24 @@ use std::sync::OnceLock;
 use rand_core::{CryptoRng, RngCore};
 use serde::{Deserialize, Serialize};
 
-use crate::certificate::{DeviceIndex, DeviceListEntry, PrimaryHeartbeat, SignedDeviceList};
+use crate::audit::AuditAnchor;
+use crate::certificate::{
+    DeviceIndex, DeviceListDraft, DeviceListEntry, PrimaryHeartbeat, RemovedDevice,
+    SignedDeviceList,
+};
 use crate::handshake::{
-    ConfirmedLink, DeviceLabel, HandshakeError, PrimaryHandshake, PrimaryState,
+    ConfirmedLink, HandshakeError, LinkRequest, PrimaryHandshake, PrimaryState, RefusalReason,
 };
 use crate::keys::{AccountId, AccountKey, DeviceKey};
-use crate::offer::TokenId;
+use crate::label::DeviceLabel;
+use crate::offer::{PairingOffer, TokenId};
 use crate::persist::PersistError;
 use crate::policy::Policy;
 use crate::session::LogoutReason;
 use crate::time::Timestamp;
 
-/// Why the registry refused an operation. Nothing changed.
+/// Why the registry refused an operation. Nothing changed, except where a
+/// variant says so.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RegistryError {
     /// Every companion slot is taken (pending slots count). Remove a device
@@ -48,6 +74,26 @@ pub enum RegistryError {
         /// The policy's limit.
         limit: u32,
     },
+    /// The registry refused the link on its own (for example the account is
+    /// full): the handshake is now refused, and `refusal` is the authenticated
+    /// Refusal to send to the companion so it shows why.
+    #[error("link refused: {reason}")]
+    Refused {
+        /// Why.
+        reason: RefusalReason,
+        /// The Refusal message to send to the companion.
+        refusal: Vec<u8>,
+    },
+    /// A QR text was scanned without an open link intent: linking starts
+    /// only from the host's own "Link a device" screen.
+    #[error("no link intent is open: start linking from the \"Link a device\" screen")]
+    NoLinkIntent,
+    /// The link intent's window ended before the scan.
+    #[error("the link intent expired: open \"Link a device\" again")]
+    LinkIntentExpired,
+    /// The handshake was started by another account.
+    #[error("this handshake belongs to another account")]
+    OtherAccount,
     /// No device has this index.
     #[error("no device {0}")]
     UnknownDevice(DeviceIndex),
@@ -81,8 +127,13 @@ impl RegistryError {
             RegistryError::ConfirmationTimedOut
             | RegistryError::NotPending
             | RegistryError::IndicesExhausted
+            | RegistryError::Refused { .. }
+            | RegistryError::OtherAccount
             | RegistryError::AlreadyLoggedOut { .. } => true,
-            RegistryError::DeviceLimitReached { .. } | RegistryError::UnknownDevice(_) => false,
+            RegistryError::DeviceLimitReached { .. }
+            | RegistryError::NoLinkIntent
+            | RegistryError::LinkIntentExpired
+            | RegistryError::UnknownDevice(_) => false,
         }
     }
 }
@@ -129,6 +180,8 @@ pub struct DeviceRecord {
     pub label: DeviceLabel,
     /// The offer token it linked through.
     pub token_id: TokenId,
+    /// When the link was granted (its `linked_at` in the signed list).
+    pub linked_at: Timestamp,
     /// Last activity the primary saw from it (for the idle rule).
     pub last_seen: Timestamp,
     /// Its stored state (see [`Account::device_state`] for the state at `now`).
@@ -152,7 +205,7 @@ pub enum RegistryEvent {
     /// A link was refused.
     Refused {
         /// Why.
-        reason: crate::handshake::RefusalReason,
+        reason: RefusalReason,
         /// When.
         at: Timestamp,
     },
@@ -181,8 +234,24 @@ pub enum RegistryEvent {
     },
 }
 
+/// What the current device-list version says besides its devices, fixed when
+/// the version was made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct ListVersion {
+    version: u64,
+    /// The signing time: the last primary activity when the version was made.
+    at: Timestamp,
+    #[serde(with = "crate::encoding::b64_array")]
+    previous: [u8; 32],
+    audit: AuditAnchor,
+    removed: Vec<RemovedDevice>,
+    /// This version's hash (the next version's `previous`).
+    #[serde(with = "crate::encoding::b64_array")]
+    hash: [u8; 32],
+}
+
 /// The primary's registry of an account's companions: the limit, the leases,
-/// revocation and the signed device list.
+/// revocation, the signed device list and the link intent.
 ///
 /// Persisting it (serde) persists the account's secret key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -196,10 +265,14 @@ pub struct Account {
     live: Vec<DeviceIndex>,
     next_index: u32,
     last_primary_activity: Timestamp,
-    /// Version and signing time of the current device list; the list itself
-    /// is signed lazily (once per version) by [`Account::device_list`].
-    list_version: u64,
-    list_at: Timestamp,
+    /// The largest `now` any mutating call has seen.
+    clock: Timestamp,
+    /// End of the open link intent's window, if one is open.
+    link_intent: Option<Timestamp>,
+    /// The audit trail's head as last reported by the host's audit log.
+    audit: AuditAnchor,
+    /// The current device list's version and fixed content.
+    list: ListVersion,
     #[serde(skip)]
     signed_list: OnceLock<SignedDeviceList>,
     /// Events not yet taken by the host (persisted, so none is lost).
@@ -209,16 +282,31 @@ pub struct Account {
 impl Account {
     /// A new account with no companions; `now` counts as primary activity.
     pub fn new(key: AccountKey, policy: Policy, now: Timestamp) -> Self {
+        let account_id = key.account_id();
+        let draft = DeviceListDraft {
+            version: 1,
+            ..DeviceListDraft::default()
+        };
+        let hash = SignedDeviceList::unsigned(account_id, &draft, now).hash();
         Account {
-            account_id: key.account_id(),
+            account_id,
             key,
             policy,
             devices: BTreeMap::new(),
             live: Vec::new(),
             next_index: 1,
             last_primary_activity: now,
-            list_version: 1,
-            list_at: now,
+            clock: now,
+            link_intent: None,
+            audit: AuditAnchor::default(),
+            list: ListVersion {
+                version: 1,
+                at: now,
+                previous: [0; 32],
+                audit: AuditAnchor::default(),
+                removed: Vec::new(),
+                hash,
+            },
             signed_list: OnceLock::new(),
             events: Vec::new(),
         }
@@ -241,38 +329,80 @@ impl Account {
     pub fn policy(&self) -> &Policy {
         &self.policy
     }
+
     /// The current signed device list: every device holding a slot (pending
     /// or active). Signed on first use after each change.
     pub fn device_list(&self) -> &SignedDeviceList {
-        self.signed_list.get_or_init(|| {
-            SignedDeviceList::sign(
-                &self.key,
-                self.list_version,
-                &self.list_entries(None),
-                self.list_at,
-            )
-        })
+        self.signed_list
+            .get_or_init(|| SignedDeviceList::sign(&self.key, &self.current_draft(), self.list.at))
     }
 
     /// The version of the current device list.
     pub fn device_list_version(&self) -> u64 {
-        self.list_version
+        self.list.version
     }
 
-    fn list_entries(&self, extra: Option<DeviceListEntry>) -> Vec<DeviceListEntry> {
+    /// The audit anchor the next list and heartbeats will carry.
+    pub fn audit_anchor(&self) -> AuditAnchor {
+        self.audit
+    }
+
+    /// Records the audit trail's head, so the next signed list and heartbeat
+    /// vouch for it ([`crate::AuditLog::record_registry`] calls it).
+    pub fn anchor_audit(&mut self, anchor: AuditAnchor) {
+        if anchor.entries >= self.audit.entries {
+            self.audit = anchor;
+        }
+    }
+
+    fn entries(&self, extra: Option<DeviceListEntry>) -> Vec<DeviceListEntry> {
         let mut entries: Vec<DeviceListEntry> = self
             .live
             .iter()
             .filter_map(|i| self.devices.get(i))
-            .filter(|r| extra.is_none_or(|e| e.device != r.device))
             .map(|r| DeviceListEntry {
                 index: r.index,
                 device: r.device,
+                label: r.label.clone(),
+                linked_at: r.linked_at,
             })
             .collect();
         entries.extend(extra);
         entries
     }
+
+    fn current_draft(&self) -> DeviceListDraft {
+        DeviceListDraft {
+            version: self.list.version,
+            previous: self.list.previous,
+            audit: self.list.audit,
+            devices: self.entries(None),
+            removed: self.list.removed.clone(),
+        }
+    }
+
+    /// The draft and signing time of the next version, as `resign_list` will
+    /// make it after admitting `extra` (nothing else may change in between).
+    fn next_draft(
+        &self,
+        extra: Option<DeviceListEntry>,
+        removed: Vec<RemovedDevice>,
+        activity: Timestamp,
+    ) -> (DeviceListDraft, Timestamp) {
+        let draft = DeviceListDraft {
+            version: self.list.version.saturating_add(1),
+            previous: self.list.hash,
+            audit: self.audit,
+            devices: self.entries(extra),
+            removed,
+        };
+        // A list vouches for primary activity: sign it at the last recorded
+        // activity (never later, so an expiry-driven re-sign does not extend
+        // companions' leases beyond the registry's), and never earlier than
+        // the previous list.
+        (draft, activity.max(self.list.at))
+    }
+
     /// The newest recorded primary activity.
     pub fn last_primary_activity(&self) -> Timestamp {
         self.last_primary_activity
@@ -280,6 +410,10 @@ impl Account {
     /// The next index to be assigned.
     pub fn next_index(&self) -> DeviceIndex {
         DeviceIndex(self.next_index)
+    }
+    /// The registry's clock: the largest `now` a mutating call has seen.
+    pub fn clock(&self) -> Timestamp {
+        self.clock
     }
 
     /// First instant at which every companion is logged out unless the
@@ -337,20 +471,27 @@ impl Account {
         })
     }
 
-    /// Devices holding a slot at `now`.
+    /// Distinct companions (device keys) holding a slot at `now`.
     pub fn companion_count(&self, now: Timestamp) -> u32 {
-        u32::try_from(self.slot_holders(now).count()).unwrap_or(u32::MAX)
+        u32::try_from(self.slot_keys(now, None)).unwrap_or(u32::MAX)
     }
 
-    /// The devices holding a slot at `now`.
-    fn slot_holders(&self, now: Timestamp) -> impl Iterator<Item = &DeviceRecord> {
-        self.live
+    /// Distinct device keys holding a slot at `now`, `except` one.
+    fn slot_keys(&self, now: Timestamp, except: Option<&DeviceKey>) -> usize {
+        let mut keys: Vec<DeviceKey> = self
+            .live
             .iter()
             .filter_map(|i| self.devices.get(i))
-            .filter(move |r| {
+            .filter(|r| Some(&r.device) != except)
+            .filter(|r| {
                 self.device_state(r.index, now)
                     .is_some_and(|s| s.holds_slot())
             })
+            .map(|r| r.device)
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys.len()
     }
 
     /// The next instant at which some device's state changes by time alone.
@@ -362,12 +503,19 @@ impl Account {
             .min()
     }
 
+    /// Advances the registry's clock to `now` (never backwards) and returns it.
+    fn tick(&mut self, now: Timestamp) -> Timestamp {
+        self.clock = self.clock.max(now);
+        self.clock
+    }
+
     /// Settles what `now` implies: logs out every device whose deadline has
-    /// passed (with the deadline as the time) and re-signs the device list if
+    /// passed (with the deadline as the time) and bumps the device list if
     /// it changed. Observationally neutral: [`Account::device_state`] gives
     /// the same answers before and after.
     pub fn poll(&mut self, now: Timestamp) {
-        let mut changed = false;
+        let now = self.tick(now);
+        let mut removed = Vec::new();
         let mut still_live = Vec::with_capacity(self.live.len());
         for index in std::mem::take(&mut self.live) {
             let expiry = self.devices.get(&index).and_then(|r| self.expiry_of(r));
@@ -378,28 +526,33 @@ impl Account {
                     }
                     self.events
                         .push(RegistryEvent::LoggedOut { index, reason, at });
-                    changed = true;
+                    removed.push(RemovedDevice { index, reason });
                 }
                 Some(_) => still_live.push(index),
                 None => {}
             }
         }
         self.live = still_live;
-        if changed {
-            self.resign_list(now);
+        if !removed.is_empty() {
+            self.resign_list(removed, now);
         }
     }
 
-    fn resign_list(&mut self, now: Timestamp) {
-        self.list_version = self.list_version.saturating_add(1);
-        // A list vouches for primary activity: sign it at the last recorded
-        // activity (never later, so an expiry-driven re-sign does not extend
-        // companions' leases beyond the registry's), and never earlier than
-        // the previous list.
-        self.list_at = self.last_primary_activity.max(self.list_at);
+    /// Makes the next list version from the current state.
+    fn resign_list(&mut self, removed: Vec<RemovedDevice>, now: Timestamp) {
+        let (draft, at) = self.next_draft(None, removed, self.last_primary_activity);
+        let hash = SignedDeviceList::unsigned(self.account_id, &draft, at).hash();
+        self.list = ListVersion {
+            version: draft.version,
+            at,
+            previous: draft.previous,
+            audit: draft.audit,
+            removed: draft.removed,
+            hash,
+        };
         self.signed_list = OnceLock::new();
         self.events.push(RegistryEvent::DeviceListUpdated {
-            version: self.list_version,
+            version: self.list.version,
             at: now,
         });
     }
@@ -418,38 +571,98 @@ impl Account {
             return Err(RegistryError::IndicesExhausted);
         }
         let limit = self.policy.max_companions();
-        let taken = self
-            .slot_holders(now)
-            .filter(|r| Some(&r.device) != replacing)
-            .count();
-        if taken >= usize::try_from(limit).unwrap_or(usize::MAX) {
+        if self.slot_keys(now, replacing) >= usize::try_from(limit).unwrap_or(usize::MAX) {
             return Err(RegistryError::DeviceLimitReached { limit });
         }
         Ok(())
     }
 
-    /// Scans a companion's QR text: refuses at once with
-    /// [`RegistryError::DeviceLimitReached`] if no slot is free, else starts the
-    /// handshake and returns it with the Hello to send. (A host that wants the
-    /// companion to learn why can call [`PrimaryHandshake::scan`] and
-    /// [`PrimaryHandshake::refuse`] itself.)
+    fn check_handshake(&self, handshake: &PrimaryHandshake) -> Result<(), RegistryError> {
+        if handshake.account() != self.account_id {
+            return Err(RegistryError::OtherAccount);
+        }
+        Ok(())
+    }
+
+    /// Opens a link intent at `now`: the host's "Link a device" screen is
+    /// showing its camera, and the next scan within the policy's
+    /// [`Policy::link_intent_window`] may start a link. Returns when the
+    /// window ends. Opening again restarts the window.
+    pub fn open_link_intent(&mut self, now: Timestamp) -> Timestamp {
+        let now = self.tick(now);
+        let until = now.saturating_add(self.policy.link_intent_window());
+        self.link_intent = Some(until);
+        until
+    }
+
+    /// Closes the link intent (the user left the "Link a device" screen).
+    pub fn close_link_intent(&mut self) {
+        self.link_intent = None;
+    }
+
+    /// Scans a companion's QR text under the open link intent (which the
+    /// scan uses up) and returns the handshake and the Hello to send.
+    ///
+    /// Refused with [`RegistryError::NoLinkIntent`] or
+    /// [`RegistryError::LinkIntentExpired`] when the host did not open an
+    /// intent from its own "Link a device" screen in time: a QR code met
+    /// anywhere else (a web page, a chat) must never start a link. The
+    /// limit is checked when the companion's key is known
+    /// ([`Account::receive_request`]), so a device that re-pairs with the key
+    /// it already has is not refused.
     pub fn scan<R: RngCore + CryptoRng>(
         &mut self,
         offer_text: &str,
         rng: &mut R,
         now: Timestamp,
     ) -> Result<(PrimaryHandshake, Vec<u8>), RegistryError> {
-        self.poll(now);
-        self.check_slot(now, None)?;
+        let now = self.tick(now);
+        match self.link_intent {
+            None => return Err(RegistryError::NoLinkIntent),
+            Some(until) if now >= until => return Err(RegistryError::LinkIntentExpired),
+            Some(_) => {}
+        }
+        let offer = PairingOffer::from_text(offer_text).map_err(HandshakeError::from)?;
         // Not recorded as primary activity: only what the account signs
         // (grants, revocations, heartbeats) extends leases, so the registry,
         // the companions and the relay agree on every deadline.
-        Ok(PrimaryHandshake::scan(offer_text, rng, now)?)
+        let scanned = PrimaryHandshake::scan_offer(self.account_id, &offer, rng, now)?;
+        self.link_intent = None;
+        Ok(scanned)
+    }
+
+    /// Handles the companion's Request and returns what to show the user.
+    ///
+    /// If the account has no free slot for this device (a device already
+    /// listed with the same key re-pairs into its own slot), the link is
+    /// refused at once: [`RegistryError::Refused`] carries the authenticated
+    /// Refusal (`DeviceLimitReached`) to send, so the companion shows why.
+    pub fn receive_request<R: RngCore + CryptoRng>(
+        &mut self,
+        handshake: &mut PrimaryHandshake,
+        request: &[u8],
+        rng: &mut R,
+        now: Timestamp,
+    ) -> Result<LinkRequest, RegistryError> {
+        self.check_handshake(handshake)?;
+        let now = self.tick(now);
+        self.poll(now);
+        let asked = handshake.receive_request(request, now)?;
+        if let Err(RegistryError::DeviceLimitReached { limit }) =
+            self.check_slot(now, Some(&asked.device))
+        {
+            let reason = RefusalReason::DeviceLimitReached { limit };
+            let refusal = handshake.refuse(reason, rng)?;
+            self.events.push(RegistryEvent::Refused { reason, at: now });
+            return Err(RegistryError::Refused { reason, refusal });
+        }
+        Ok(asked)
     }
 
     /// Grants the link the user approved: assigns the next index, takes a
-    /// pending slot, re-signs the device list and returns the Grant to send.
-    /// A device key that is already linked replaces its old record.
+    /// pending slot, makes the next device list (which is the device's
+    /// certificate) and returns the Grant to send. A device key that is
+    /// already linked keeps its old record until the Confirm proves the key.
     ///
     /// Persist the account ([`Account::save`]) before the Grant leaves the
     /// device: a host that crashes after sending it and restores an older
@@ -460,6 +673,8 @@ impl Account {
         rng: &mut R,
         now: Timestamp,
     ) -> Result<Vec<u8>, RegistryError> {
+        self.check_handshake(handshake)?;
+        let now = self.tick(now);
         self.poll(now);
         let request = handshake
             .request()
@@ -472,26 +687,26 @@ impl Account {
         // Sign the would-be list and build the grant before touching our
         // state, so a failure changes nothing.
         let index = DeviceIndex(self.next_index);
-        let entries = self.list_entries(Some(DeviceListEntry {
+        let entry = DeviceListEntry {
             index,
             device: request.device,
-        }));
-        let version = self.list_version.saturating_add(1);
-        // Exactly the time `admit` → `resign_list` will record.
-        let list_at = self.last_primary_activity.max(now).max(self.list_at);
-        let list = SignedDeviceList::sign(&self.key, version, &entries, list_at);
+            label: request.label.clone(),
+            linked_at: now,
+        };
+        let activity = self.last_primary_activity.max(now);
+        let (draft, list_at) = self.next_draft(Some(entry), Vec::new(), activity);
+        let list = SignedDeviceList::sign(&self.key, &draft, list_at);
         let grant = handshake.grant(&self.key, index, &list, rng, now)?;
 
         self.admit(request.device, request.label, handshake.token_id(), now);
-        if self.list_version == version && self.list_at == list_at {
+        if self.list.hash == list.hash() {
             let _ = self.signed_list.set(list);
         }
         Ok(grant)
     }
 
-    /// The registry's half of a grant, after every check: replaces an older
-    /// record of the same key, takes the next index and a pending slot,
-    /// bumps the device list. Infallible.
+    /// The registry's half of a grant, after every check: takes the next
+    /// index and a pending slot, bumps the device list. Infallible.
     fn admit(
         &mut self,
         device: DeviceKey,
@@ -499,11 +714,6 @@ impl Account {
         token_id: TokenId,
         now: Timestamp,
     ) -> DeviceIndex {
-        for i in self.live.clone() {
-            if self.devices.get(&i).is_some_and(|r| r.device == device) {
-                self.log_out(i, LogoutReason::Replaced, now);
-            }
-        }
         let index = DeviceIndex(self.next_index);
         // `check_slot` refused `u32::MAX`, so this never saturates.
         self.next_index = self.next_index.saturating_add(1);
@@ -515,6 +725,7 @@ impl Account {
                 device,
                 label: label.clone(),
                 token_id,
+                linked_at: now,
                 last_seen: now,
                 state: DeviceState::Pending {
                     since: now,
@@ -530,13 +741,13 @@ impl Account {
             label,
             at: now,
         });
-        self.resign_list(now);
+        self.resign_list(Vec::new(), now);
         index
     }
 
     /// Lifecycle-only admission for simulations of very large populations:
     /// every registry rule of [`Account::grant`] (limit, index, pending slot,
-    /// replacement, list version), without the key exchange.
+    /// list version), without the key exchange.
     pub(crate) fn admit_without_handshake(
         &mut self,
         device: DeviceKey,
@@ -544,6 +755,7 @@ impl Account {
         token_id: TokenId,
         now: Timestamp,
     ) -> Result<DeviceIndex, RegistryError> {
+        let now = self.tick(now);
         self.poll(now);
         self.check_slot(now, Some(&device))?;
         Ok(self.admit(device, label, token_id, now))
@@ -552,6 +764,7 @@ impl Account {
     /// Lifecycle-only primary activity: [`Account::heartbeat`] without the
     /// signature.
     pub(crate) fn record_primary_activity(&mut self, now: Timestamp) {
+        let now = self.tick(now);
         self.poll(now);
         self.record_activity(now);
     }
@@ -562,6 +775,7 @@ impl Account {
         index: DeviceIndex,
         now: Timestamp,
     ) -> Result<(), RegistryError> {
+        let now = self.tick(now);
         self.poll(now);
         self.check_pending(index, None)?;
         self.activate(index, now);
@@ -589,35 +803,66 @@ impl Account {
         }
     }
 
+    /// Activates a confirmed device; its possession of the key is proven, so
+    /// older records of the same key are now replaced.
     fn activate(&mut self, index: DeviceIndex, now: Timestamp) {
+        let mut device = None;
         if let Some(rec) = self.devices.get_mut(&index) {
             rec.state = DeviceState::Active { since: now };
             rec.last_seen = rec.last_seen.max(now);
+            device = Some(rec.device);
         }
         self.events.push(RegistryEvent::Linked { index, at: now });
+        let replaced: Vec<DeviceIndex> = self
+            .live
+            .iter()
+            .copied()
+            .filter(|i| *i != index)
+            .filter(|i| {
+                self.devices
+                    .get(i)
+                    .is_some_and(|r| Some(r.device) == device)
+            })
+            .collect();
+        if !replaced.is_empty() {
+            let mut removed = Vec::new();
+            for i in replaced {
+                self.log_out(i, LogoutReason::Replaced, now);
+                removed.push(RemovedDevice {
+                    index: i,
+                    reason: LogoutReason::Replaced,
+                });
+            }
+            self.resign_list(removed, now);
+        }
     }
 
-    /// Refuses a link (the user declined, or no slot): returns the Refusal to
-    /// send so the companion shows why.
+    /// Refuses a link (the user declined): returns the Refusal to send so the
+    /// companion shows why.
     pub fn refuse<R: RngCore + CryptoRng>(
         &mut self,
         handshake: &mut PrimaryHandshake,
-        reason: crate::handshake::RefusalReason,
+        reason: RefusalReason,
         rng: &mut R,
         now: Timestamp,
     ) -> Result<Vec<u8>, RegistryError> {
+        self.check_handshake(handshake)?;
+        let now = self.tick(now);
         let msg = handshake.refuse(reason, rng)?;
         self.events.push(RegistryEvent::Refused { reason, at: now });
         Ok(msg)
     }
 
-    /// Verifies the companion's Confirm: its pending slot becomes active.
+    /// Verifies the companion's Confirm: its pending slot becomes active, and
+    /// an older record of the same device key is logged out as replaced.
     pub fn confirm(
         &mut self,
         handshake: &mut PrimaryHandshake,
         confirm: &[u8],
         now: Timestamp,
     ) -> Result<ConfirmedLink, RegistryError> {
+        self.check_handshake(handshake)?;
+        let now = self.tick(now);
         self.poll(now);
         let PrimaryState::GrantSent { index } = handshake.state() else {
             // Outside GrantSent the handshake refuses without changing state;
@@ -646,8 +891,10 @@ impl Account {
     }
 
     /// Removes a companion (pending or active). Every other device is left
-    /// untouched; the device list is re-signed without it.
+    /// untouched; the next device list drops it with the reason `Revoked`.
+    /// Persist the account before publishing that list.
     pub fn revoke(&mut self, index: DeviceIndex, now: Timestamp) -> Result<(), RegistryError> {
+        let now = self.tick(now);
         self.poll(now);
         match self.devices.get(&index).map(|r| r.state) {
             None => Err(RegistryError::UnknownDevice(index)),
@@ -657,18 +904,33 @@ impl Account {
             Some(_) => {
                 self.log_out(index, LogoutReason::Revoked, now);
                 self.record_activity(now);
-                self.resign_list(now);
+                self.resign_list(
+                    vec![RemovedDevice {
+                        index,
+                        reason: LogoutReason::Revoked,
+                    }],
+                    now,
+                );
                 Ok(())
             }
         }
     }
 
     /// Records primary activity at `now` and returns a signed heartbeat for
-    /// the companions and the relay. After the offline limit has passed, the
-    /// companions are already logged out: a heartbeat revives nobody.
+    /// the companions and the relay, naming the current device list and
+    /// audit anchor. It is signed at the registry's clock, never earlier than
+    /// anything the registry recorded, so a clock stepped back cannot
+    /// produce a heartbeat that revives a device it already logged out; and
+    /// after the offline limit has passed, the companions are already logged
+    /// out: a heartbeat revives nobody.
     pub fn heartbeat(&mut self, now: Timestamp) -> PrimaryHeartbeat {
         self.record_primary_activity(now);
-        PrimaryHeartbeat::sign(&self.key, self.last_primary_activity)
+        PrimaryHeartbeat::sign(
+            &self.key,
+            self.device_list(),
+            self.audit,
+            self.last_primary_activity,
+        )
     }
 
     /// Records activity seen from a companion (for the idle rule).
@@ -677,6 +939,7 @@ impl Account {
         index: DeviceIndex,
         now: Timestamp,
     ) -> Result<(), RegistryError> {
+        let now = self.tick(now);
         self.poll(now);
         match self.devices.get_mut(&index) {
             None => Err(RegistryError::UnknownDevice(index)),
@@ -698,7 +961,8 @@ impl Account {
     }
 
     /// Restores a registry saved by [`Account::save`]; it behaves exactly as
-    /// the saved one would have. Corrupted input gives a typed error.
+    /// the saved one would have (and signs the same lists). Corrupted input
+    /// gives a typed error.
     pub fn restore(bytes: &[u8]) -> Result<Self, PersistError> {
         let mut a: Account = crate::persist::restore("account", bytes)?;
         if a.key.account_id() != a.account_id {
@@ -725,8 +989,16 @@ impl Account {
             DeviceState::Pending { since, deadline } => deadline == since.saturating_add(confirm),
             _ => true,
         });
-        if !pending_ok || a.list_at > a.last_primary_activity || a.next_index == 0 {
+        if !pending_ok
+            || a.list.at > a.last_primary_activity
+            || a.last_primary_activity > a.clock
+            || a.next_index == 0
+        {
             return Err(PersistError::Inconsistent("device deadlines or list time"));
+        }
+        let hash = SignedDeviceList::unsigned(a.account_id, &a.current_draft(), a.list.at).hash();
+        if hash != a.list.hash {
+            return Err(PersistError::Inconsistent("device list content"));
         }
         a.live = live;
         Ok(a)
@@ -779,6 +1051,7 @@ mod tests {
         let d = DeviceIdentity::generate(&mut rng).device_key();
         let later = t0.saturating_add(crate::time::days(3));
         let offer = crate::offer::OfferKeys::generate(&mut rng).offer.to_text();
+        a.open_link_intent(later);
         a.scan(&offer, &mut rng, later).unwrap();
         assert_eq!(a.last_primary_activity(), t0);
         a.admit_without_handshake(d, label(), TokenId([1; 16]), later)

@@ -10,14 +10,22 @@
 //! call ([`LinkedSession::poll`] or an `accept_*`) has seen the logout, it is
 //! permanent, whatever the clock does next. Hosts call `poll(now)` before
 //! acting on a logout.
+//!
+//! Device lists must chain ([`SignedDeviceList::check_successor_of`]): two
+//! lists of one version, or a next version that does not name the held one
+//! as its predecessor, are a fork and refused. A heartbeat extends the lease
+//! only if the session holds the list the heartbeat names
+//! ([`CertificateError::NeedDeviceList`] otherwise), so a relay that drops a
+//! revocation cannot keep the session's view alive with heartbeats.
 
 use serde::{Deserialize, Serialize};
 
 use crate::certificate::{
-    CertificateError, DeviceCertificate, DeviceIndex, PrimaryHeartbeat, SignedDeviceList,
+    CertificateError, DeviceCertificate, DeviceIndex, DeviceListEntry, PrimaryHeartbeat,
+    SignedDeviceList,
 };
-use crate::handshake::DeviceLabel;
 use crate::keys::{AccountId, DeviceIdentity, DeviceKey};
+use crate::label::DeviceLabel;
 use crate::policy::Policy;
 use crate::time::{duration_millis, Timestamp};
 
@@ -80,6 +88,28 @@ pub enum SessionError {
     LoggedOut(LogoutReason),
 }
 
+/// A device that left the account's list, and why (when the list says).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceLeft {
+    /// The entry it had.
+    pub entry: DeviceListEntry,
+    /// Why it left, as the new list reports it; `None` when the reason was in
+    /// an intermediate version this session did not see.
+    pub reason: Option<LogoutReason>,
+}
+
+/// What a newer device list changed, for the user: "a new device was
+/// linked — not you?", "Chrome on Windows was removed".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceListChange {
+    /// Devices listed now that were not before (new links and re-pairs).
+    pub added: Vec<DeviceListEntry>,
+    /// Devices no longer listed.
+    pub removed: Vec<DeviceLeft>,
+    /// This session's standing after the list.
+    pub status: SessionStatus,
+}
+
 /// A linked companion: everything it needs to work without the phone.
 ///
 /// Persisting it persists the device's identity secret.
@@ -93,6 +123,7 @@ pub struct LinkedSession {
     last_primary_activity: Timestamp,
     offline_limit_ms: u64,
     warn_before_ms: u64,
+    quarantine_ms: Option<u64>,
     logged_out: Option<LogoutReason>,
 }
 
@@ -115,6 +146,7 @@ impl LinkedSession {
             last_primary_activity,
             offline_limit_ms: duration_millis(policy.primary_offline_limit()),
             warn_before_ms: duration_millis(policy.warn_before()),
+            quarantine_ms: policy.new_device_quarantine().map(duration_millis),
             logged_out: None,
         }
     }
@@ -133,6 +165,7 @@ impl LinkedSession {
         let s: LinkedSession = crate::persist::restore("linked session", bytes)?;
         if s.certificate.device() != s.identity.device_key()
             || s.device_list.account() != s.certificate.account()
+            || s.device_list.version() < s.certificate.device_list().version()
             || s.last_primary_activity < s.certificate.issued_at().max(s.device_list.issued_at())
             || s.offline_limit_ms == 0
         {
@@ -245,7 +278,10 @@ impl LinkedSession {
     }
 
     /// Accepts a signed heartbeat from the primary: extends the lease. Refused,
-    /// with nothing changed, if forged or from another account.
+    /// with nothing changed, if forged, from another account, naming a newer
+    /// device list than the one held ([`CertificateError::NeedDeviceList`]:
+    /// apply that list first) or another list of the held version
+    /// ([`CertificateError::Fork`]).
     pub fn accept_heartbeat(
         &mut self,
         heartbeat: &[u8],
@@ -255,38 +291,76 @@ impl LinkedSession {
         if hb.account() != self.account() {
             return Err(CertificateError::WrongAccount.into());
         }
+        hb.check_list(self.device_list.version(), &self.device_list.hash())?;
         self.check_live(now)?;
         self.extend(hb.at())?;
         Ok(self.status(now))
     }
 
-    /// Accepts a newer signed device list. If it no longer lists this device,
-    /// the session is logged out with [`LogoutReason::Revoked`] (the list does
-    /// not say why a device left it: revoked, replaced, idle or unconfirmed). Refused, with
-    /// nothing changed, if forged, from another account, or not newer.
+    /// Accepts a newer signed device list and returns what changed. If it no
+    /// longer lists this device, the session is logged out with the reason
+    /// the list gives ([`LogoutReason::Revoked`] if it gives none). Refused,
+    /// with nothing changed, if forged, from another account, not newer, or a
+    /// fork of the held list.
     pub fn accept_device_list(
         &mut self,
         list: &[u8],
         now: Timestamp,
-    ) -> Result<SessionStatus, SessionError> {
+    ) -> Result<DeviceListChange, SessionError> {
         let list = SignedDeviceList::from_bytes(list)?;
         if list.account() != self.account() {
             return Err(CertificateError::WrongAccount.into());
         }
-        if list.version() <= self.device_list.version() {
-            return Err(CertificateError::StaleDeviceList {
-                have: self.device_list.version(),
-                got: list.version(),
-            }
-            .into());
-        }
+        list.check_successor_of(self.device_list.version(), &self.device_list.hash())?;
         self.check_live(now)?;
         self.extend(list.issued_at())?;
+        let reason_of = |index: DeviceIndex| {
+            list.removed()
+                .iter()
+                .find(|r| r.index == index)
+                .map(|r| r.reason)
+        };
+        let added = list
+            .devices()
+            .iter()
+            .filter(|e| !self.device_list.contains(e.index, &e.device))
+            .cloned()
+            .collect();
+        let removed = self
+            .device_list
+            .devices()
+            .iter()
+            .filter(|e| !list.contains(e.index, &e.device))
+            .map(|e| DeviceLeft {
+                entry: e.clone(),
+                reason: reason_of(e.index),
+            })
+            .collect();
         let listed = list.contains(self.index(), &self.device_key());
-        self.device_list = list;
         if !listed {
-            self.logged_out = Some(LogoutReason::Revoked);
+            self.logged_out = Some(reason_of(self.index()).unwrap_or(LogoutReason::Revoked));
         }
-        Ok(self.status(now))
+        self.device_list = list;
+        Ok(DeviceListChange {
+            added,
+            removed,
+            status: self.status(now),
+        })
+    }
+
+    /// The other devices linked within the policy's
+    /// [`crate::Policy::new_device_quarantine`] before `now` (empty when the
+    /// policy has none): hosts can hold back history from them or show them
+    /// apart until the window ends.
+    pub fn recently_linked(&self, now: Timestamp) -> Vec<&DeviceListEntry> {
+        let Some(window) = self.quarantine_ms else {
+            return Vec::new();
+        };
+        self.device_list
+            .devices()
+            .iter()
+            .filter(|e| e.index != self.index())
+            .filter(|e| now < e.linked_at.saturating_add_millis(window))
+            .collect()
     }
 }

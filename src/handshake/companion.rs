@@ -18,13 +18,13 @@ use serde::{Deserialize, Serialize};
 use x25519_dalek::PublicKey;
 
 use super::messages::{
-    parse_refusal, DeviceLabel, MessageHeader, MessageKind, RequestBody, HEADER_LEN, HELLO_KEY_AT,
-    HELLO_LEN, MIN_SEALED_LEN,
+    parse_refusal, MessageHeader, MessageKind, RequestBody, HEADER_LEN, HELLO_KEY_AT, HELLO_LEN,
 };
 use super::schedule::{confirm_transcript, transcript, SessionKeys, NONCE_LEN};
-use super::{HandshakeError, RefusalReason, CONFIRM_LABEL, POP_LABEL};
-use crate::certificate::{DeviceCertificate, SignedDeviceList, CERTIFICATE_LEN};
+use super::{random_nonce, HandshakeError, RefusalReason, CONFIRM_LABEL};
+use crate::certificate::{CertificateError, DeviceCertificate};
 use crate::keys::{AccountId, DeviceIdentity};
+use crate::label::DeviceLabel;
 use crate::offer::{OfferDisplay, OfferEvent, OfferState, PairingOffer, TokenError, TokenId};
 use crate::policy::Policy;
 use crate::session::LinkedSession;
@@ -312,9 +312,10 @@ impl Companion {
     ///
     /// Refused (state unchanged) unless the message is for the offer on
     /// screen, still fresh, and keyed by someone who saw the QR code.
-    pub fn receive_hello(
+    pub fn receive_hello<R: RngCore + CryptoRng>(
         &mut self,
         hello: &[u8],
+        rng: &mut R,
         now: Timestamp,
     ) -> Result<Vec<u8>, HandshakeError> {
         let display = match &mut self.stage {
@@ -339,13 +340,11 @@ impl Companion {
                 got: header.kind,
             });
         }
+        header.check_size(hello)?;
         let offer_keys = display.check(&header.token_id, now).map_err(|e| match e {
             TokenError::UnknownToken => HandshakeError::WrongSession,
             e => HandshakeError::Token(e),
         })?;
-        if hello.len() != HELLO_LEN {
-            return Err(HandshakeError::Malformed { what: "hello" });
-        }
         // The relay checked the proof; the MAC below covers it too.
         // Constant time: the proof is secret until a Hello is on the wire.
         let proof_ok = header.redemption_proof(hello).is_some_and(|p| {
@@ -374,23 +373,21 @@ impl Companion {
         }
 
         // Verified: build the Request, then commit the state change.
-        let mut proof_msg = Vec::with_capacity(POP_LABEL.len() + 32);
-        proof_msg.extend_from_slice(POP_LABEL);
-        proof_msg.extend_from_slice(&th);
         let body = RequestBody {
             device: self.identity.device_key().to_bytes(),
-            proof: self.identity.sign(&proof_msg),
             label: self.label.clone(),
         };
-        let mut request = Vec::with_capacity(HEADER_LEN + 32 + 64 + 1 + 64 + 16);
+        let mut request = Vec::with_capacity(super::messages::MAX_REQUEST_LEN);
         MessageHeader {
             kind: MessageKind::Request,
             token_id: header.token_id,
         }
         .write(&mut request);
-        let mut sealed = Vec::with_capacity(32 + 64 + 1 + 64 + 16);
+        let nonce = random_nonce(rng);
+        request.extend_from_slice(&nonce);
+        let mut sealed = Vec::with_capacity(32 + 1 + 64 + 16);
         body.write(&mut sealed);
-        if !keys.seal_request(&request, &mut sealed) {
+        if !keys.seal_request(nonce, &request[..HEADER_LEN], &mut sealed) {
             return Err(HandshakeError::WrongState {
                 state: "sealing failed",
             });
@@ -449,14 +446,12 @@ impl Companion {
                 waiting_for: "the grant",
             });
         }
-        if grant.len() < MIN_SEALED_LEN + NONCE_LEN {
-            return Err(HandshakeError::Malformed { what: "grant" });
-        }
+        header.check_size(grant)?;
         let (aad, rest) = grant.split_at(HEADER_LEN);
         let (nonce, sealed) = rest.split_at(NONCE_LEN);
         let mut nonce_bytes = [0u8; NONCE_LEN];
         nonce_bytes.copy_from_slice(nonce);
-        let mut buf = sealed.to_vec();
+        let mut buf = zeroize::Zeroizing::new(sealed.to_vec());
         let plain = keys
             .open_grant(nonce_bytes, aad, &mut buf)
             .ok_or(HandshakeError::AuthenticationFailed)?;
@@ -470,29 +465,19 @@ impl Companion {
             return Err(HandshakeError::Refused(reason));
         }
 
-        let (cert_bytes, list_bytes) = plain
-            .split_at_checked(CERTIFICATE_LEN)
-            .ok_or(HandshakeError::Malformed { what: "grant" })?;
-        let certificate = DeviceCertificate::from_bytes(cert_bytes)?;
+        // The certificate is this device's entry in the signed list.
+        let certificate = DeviceCertificate::from_bytes(plain)?;
         let me = self.identity.device_key();
-        if certificate.device() != me
-            || certificate.index() == crate::certificate::DeviceIndex::PRIMARY
-        {
-            return Err(crate::certificate::CertificateError::WrongDevice.into());
+        if certificate.device() != me {
+            return Err(CertificateError::WrongDevice.into());
         }
         if self
             .expected_account
             .is_some_and(|a| a != certificate.account())
         {
-            return Err(crate::certificate::CertificateError::WrongAccount.into());
+            return Err(CertificateError::WrongAccount.into());
         }
-        let device_list = SignedDeviceList::from_bytes(list_bytes)?;
-        if device_list.account() != certificate.account() {
-            return Err(crate::certificate::CertificateError::WrongAccount.into());
-        }
-        if !device_list.contains(certificate.index(), &me) {
-            return Err(crate::certificate::CertificateError::WrongDevice.into());
-        }
+        let device_list = certificate.device_list().clone();
 
         let th2 = confirm_transcript(&keys.transcript, request, grant);
         let mut confirm_msg = Vec::with_capacity(CONFIRM_LABEL.len() + 32);

@@ -7,7 +7,7 @@ use crate::certificate::CertificateError;
 use crate::offer::{OfferError, TokenError};
 
 use super::messages::MessageKind;
-use super::DeviceLabelError;
+use crate::label::DeviceLabelError;
 
 /// Why the primary refused to link (sent to the companion, authenticated).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -9,11 +9,12 @@ use serde::{Deserialize, Serialize};
 use super::schedule::{MAC_LEN, NONCE_LEN, TAG_LEN};
 use super::HandshakeError;
 use crate::keys::{PUBLIC_KEY_LEN, SIGNATURE_LEN};
+use crate::label::{DeviceLabel, MAX_LABEL_LEN};
 use crate::offer::TokenId;
 use crate::wire::Reader;
 
 /// Version byte of every handshake message.
-pub const MESSAGE_VERSION: u8 = 1;
+pub const MESSAGE_VERSION: u8 = 2;
 /// Bytes of the common header.
 pub const HEADER_LEN: usize = 1 + 1 + 16;
 /// Bytes of a Hello: header, redemption proof, primary key, MAC.
@@ -22,26 +23,19 @@ pub(crate) const HELLO_LEN: usize = HEADER_LEN + 16 + 32 + MAC_LEN;
 pub(crate) const HELLO_KEY_AT: usize = HEADER_LEN + 16;
 /// Bytes of a Confirm.
 pub(crate) const CONFIRM_LEN: usize = HEADER_LEN + SIGNATURE_LEN;
-/// Longest device label, in bytes of UTF-8.
-pub const MAX_LABEL_LEN: usize = 64;
-/// Bytes of a Request with a one-byte label.
-pub(crate) const MIN_REQUEST_LEN: usize = HEADER_LEN + 32 + SIGNATURE_LEN + 1 + 1 + TAG_LEN;
+/// Bytes of a Request with a one-byte label: header, nonce, identity key,
+/// label length and label, tag.
+pub(crate) const MIN_REQUEST_LEN: usize = HEADER_LEN + NONCE_LEN + PUBLIC_KEY_LEN + 1 + 1 + TAG_LEN;
 /// Bytes of a Request with the longest label.
 pub(crate) const MAX_REQUEST_LEN: usize = MIN_REQUEST_LEN - 1 + MAX_LABEL_LEN;
 /// Bytes of a Refusal: header, nonce, code and argument, tag.
 pub(crate) const REFUSAL_LEN: usize = HEADER_LEN + NONCE_LEN + 5 + TAG_LEN;
-/// Bytes of the smallest Grant (a certificate and an empty device list).
-pub(crate) const MIN_GRANT_LEN: usize = HEADER_LEN
-    + NONCE_LEN
-    + crate::certificate::CERTIFICATE_LEN
-    + crate::certificate::MIN_LIST_LEN
-    + TAG_LEN;
-/// Bytes of the largest Grant (a certificate and a full device list).
-pub(crate) const MAX_GRANT_LEN: usize = HEADER_LEN
-    + NONCE_LEN
-    + crate::certificate::CERTIFICATE_LEN
-    + crate::certificate::MAX_LIST_LEN
-    + TAG_LEN;
+/// Bytes of the smallest Grant: header, nonce, certificate, tag.
+pub(crate) const MIN_GRANT_LEN: usize =
+    HEADER_LEN + NONCE_LEN + crate::certificate::MIN_CERTIFICATE_LEN + TAG_LEN;
+/// Bytes of the largest Grant.
+pub(crate) const MAX_GRANT_LEN: usize =
+    HEADER_LEN + NONCE_LEN + crate::certificate::MAX_CERTIFICATE_LEN + TAG_LEN;
 
 /// The kind of a handshake message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -183,116 +177,16 @@ impl MessageHeader {
     }
 }
 
-/// Why a device label was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DeviceLabelError {
-    /// Empty label.
-    #[error("device label is empty")]
-    Empty,
-    /// Over [`MAX_LABEL_LEN`] bytes.
-    #[error("device label is {len} bytes, more than {MAX_LABEL_LEN}")]
-    TooLong {
-        /// Its length in bytes.
-        len: usize,
-    },
-    /// Contains control, bidirectional-override, zero-width or line/paragraph
-    /// separator characters (which could spoof the primary's prompt).
-    #[error("device label contains control or invisible formatting characters")]
-    ControlCharacter,
-    /// Not UTF-8.
-    #[error("device label is not UTF-8")]
-    NotUtf8,
-}
-
-/// Format characters that change how the rest of a line is shown or hide
-/// text: bidirectional controls, zero-width characters, line and paragraph
-/// separators, the byte-order mark, soft hyphen, Mongolian vowel separator.
-fn is_invisible_format(c: char) -> bool {
-    matches!(
-        c,
-        '\u{00AD}'
-            | '\u{061C}'
-            | '\u{180E}'
-            | '\u{200B}'..='\u{200F}'
-            | '\u{2028}'..='\u{202E}'
-            | '\u{2060}'..='\u{206F}'
-            | '\u{FEFF}'
-            | '\u{FFF9}'..='\u{FFFB}'
-    )
-}
-
-/// A short, human-readable name of a companion ("Firefox on Linux"), shown on
-/// the primary before it grants anything. 1–64 bytes of UTF-8 with at least
-/// one visible character; no control characters, bidirectional controls,
-/// zero-width characters or line/paragraph separators (which could spoof the
-/// primary's prompt). Chosen by the companion, so never proof of anything.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct DeviceLabel(String);
-
-impl DeviceLabel {
-    /// Validates a label.
-    pub fn new(label: impl Into<String>) -> Result<Self, DeviceLabelError> {
-        let label = label.into();
-        if label.is_empty() {
-            return Err(DeviceLabelError::Empty);
-        }
-        if label.len() > MAX_LABEL_LEN {
-            return Err(DeviceLabelError::TooLong { len: label.len() });
-        }
-        if label
-            .chars()
-            .any(|c| c.is_control() || is_invisible_format(c))
-        {
-            return Err(DeviceLabelError::ControlCharacter);
-        }
-        if !label.chars().any(|c| !c.is_whitespace()) {
-            return Err(DeviceLabelError::Empty);
-        }
-        Ok(DeviceLabel(label))
-    }
-
-    fn from_wire(bytes: &[u8]) -> Result<Self, DeviceLabelError> {
-        let s = std::str::from_utf8(bytes).map_err(|_| DeviceLabelError::NotUtf8)?;
-        DeviceLabel::new(s)
-    }
-
-    /// The label text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl TryFrom<String> for DeviceLabel {
-    type Error = DeviceLabelError;
-    fn try_from(s: String) -> Result<Self, DeviceLabelError> {
-        DeviceLabel::new(s)
-    }
-}
-
-impl From<DeviceLabel> for String {
-    fn from(l: DeviceLabel) -> String {
-        l.0
-    }
-}
-
-impl std::fmt::Display for DeviceLabel {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// Plaintext of a Request: identity key, proof-of-possession signature, label.
+/// Plaintext of a Request: identity key and label. Possession of the key is
+/// proven by the Confirm's signature (protocol v2), not here.
 pub(crate) struct RequestBody {
     pub(crate) device: [u8; PUBLIC_KEY_LEN],
-    pub(crate) proof: [u8; SIGNATURE_LEN],
     pub(crate) label: DeviceLabel,
 }
 
 impl RequestBody {
     pub(crate) fn write(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.device);
-        out.extend_from_slice(&self.proof);
         // A DeviceLabel is at most 64 bytes.
         out.push(u8::try_from(self.label.0.len()).unwrap_or(u8::MAX));
         out.extend_from_slice(self.label.0.as_bytes());
@@ -302,17 +196,12 @@ impl RequestBody {
         let malformed = |_| HandshakeError::Malformed { what: "request" };
         let mut r = Reader::new(bytes);
         let device = r.array().map_err(malformed)?;
-        let proof = r.array().map_err(malformed)?;
         let len = usize::from(r.u8().map_err(malformed)?);
         let label = DeviceLabel::from_wire(r.take(len).map_err(malformed)?)?;
         if !r.is_empty() {
             return Err(HandshakeError::Malformed { what: "request" });
         }
-        Ok(RequestBody {
-            device,
-            proof,
-            label,
-        })
+        Ok(RequestBody { device, label })
     }
 }
 
@@ -356,9 +245,6 @@ pub(crate) fn parse_refusal(bytes: &[u8]) -> Result<super::RefusalReason, Handsh
     })
 }
 
-/// Minimum bytes of an encrypted message (header and tag).
-pub(crate) const MIN_SEALED_LEN: usize = HEADER_LEN + TAG_LEN;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -374,7 +260,7 @@ mod tests {
             Err(HandshakeError::UnsupportedVersion(9))
         );
         assert!(matches!(
-            MessageHeader::parse(&[1, 77, 0]),
+            MessageHeader::parse(&[2, 77, 0]),
             Err(HandshakeError::Malformed {
                 what: "message kind"
             })
@@ -420,40 +306,5 @@ mod tests {
         assert_eq!(parse_refusal(&[2, 0, 0, 0, 1]), Ok(R::Other { code: 2 }));
         assert!(parse_refusal(&[2, 0, 0, 0]).is_err());
         assert!(parse_refusal(&[2, 0, 0, 0, 0, 0]).is_err());
-    }
-
-    #[test]
-    fn labels_are_validated() {
-        assert_eq!(DeviceLabel::new(""), Err(DeviceLabelError::Empty));
-        assert_eq!(
-            DeviceLabel::new("a".repeat(65)),
-            Err(DeviceLabelError::TooLong { len: 65 })
-        );
-        assert_eq!(
-            DeviceLabel::new("Chrome\u{1b}[2J"),
-            Err(DeviceLabelError::ControlCharacter)
-        );
-        assert_eq!(
-            DeviceLabel::from_wire(&[0xff]),
-            Err(DeviceLabelError::NotUtf8)
-        );
-        for spoof in [
-            "Chrome on \u{202E}xoferiF",
-            "Laptop\u{2028}Approved",
-            "\u{200B}",
-            "a\u{2066}b",
-        ] {
-            assert_eq!(
-                DeviceLabel::new(spoof),
-                Err(DeviceLabelError::ControlCharacter),
-                "{spoof:?}"
-            );
-        }
-        assert_eq!(DeviceLabel::new("   "), Err(DeviceLabelError::Empty));
-        assert_eq!(
-            DeviceLabel::new("Firefox on Linux").unwrap().as_str(),
-            "Firefox on Linux"
-        );
-        assert!(DeviceLabel::new("é".repeat(32)).is_ok());
     }
 }

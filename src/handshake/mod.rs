@@ -1,17 +1,18 @@
 //! The pairing handshake: X25519 between the companion's offer key and a fresh
 //! primary key, HKDF-SHA256 keys bound to the QR secret and the transcript,
 //! ChaCha20-Poly1305 for the two encrypted messages, Ed25519 signatures for
-//! the certificate, the proof of possession and the confirmation.
+//! the device list (which is the certificate) and the confirmation: two
+//! signatures and two verifications per link.
 //!
 //! ```text
 //! companion                        relay                          primary
 //!   shows QR: DL:<base32(v, E_c, s, check)>   ─── scanned by ──►
 //!                         ◄──── Hello   (E_p, HMAC)         ────
-//!   ──── Request (AEAD: identity key, proof, label) ────►
+//!   ──── Request (AEAD: identity key, label) ────►
 //!                                   user compares check codes, approves
-//!                         ◄──── Grant   (AEAD: certificate, device list) ──
+//!                         ◄──── Grant   (AEAD: index, signed device list) ──
 //!                               or Refusal (AEAD: reason)
-//!   ──── Confirm (identity signature over the transcript) ────►
+//!   ──── Confirm (identity signature over the transcript: proves possession) ─►
 //!                                                  slot pending → active
 //! ```
 //!
@@ -24,15 +25,20 @@ mod messages;
 mod primary;
 mod schedule;
 
+pub use crate::label::{DeviceLabel, DeviceLabelError, ObservedContext, MAX_LABEL_LEN};
 pub use companion::{Companion, CompanionEvent, CompanionState, FailureReason};
 pub use error::{HandshakeError, RefusalReason};
-pub use messages::{
-    DeviceLabel, DeviceLabelError, MessageHeader, MessageKind, HEADER_LEN, MAX_LABEL_LEN,
-    MESSAGE_VERSION,
-};
+pub use messages::{MessageHeader, MessageKind, HEADER_LEN, MESSAGE_VERSION};
 pub use primary::{ConfirmedLink, LinkRequest, PrimaryHandshake, PrimaryState};
 
-/// Domain label of the companion's proof-of-possession signature.
-pub(crate) const POP_LABEL: &[u8] = b"devicelink/v1 proof of possession";
 /// Domain label of the companion's confirmation signature.
-pub(crate) const CONFIRM_LABEL: &[u8] = b"devicelink/v1 confirm";
+pub(crate) const CONFIRM_LABEL: &[u8] = b"devicelink/v2 confirm";
+
+/// A fresh AEAD nonce from `rng`.
+pub(crate) fn random_nonce<R: rand_core::RngCore + rand_core::CryptoRng>(
+    rng: &mut R,
+) -> [u8; schedule::NONCE_LEN] {
+    let mut nonce = [0u8; schedule::NONCE_LEN];
+    rng.fill_bytes(&mut nonce);
+    nonce
+}

@@ -8,20 +8,23 @@
 //! ```
 //!
 //! Every rejected message (forged, corrupted, replayed, out of order, for
-//! another session) leaves the state exactly as it was.
+//! another session) leaves the state exactly as it was. A handshake belongs
+//! to the account that scanned the offer (only [`crate::Account::scan`]
+//! starts one) and no other account can grant it. Its session keys are
+//! dropped (zeroized) when it reaches `Confirmed` or `Refused`.
 
 use rand_core::{CryptoRng, RngCore};
 use serde::{Deserialize, Serialize};
 use x25519_dalek::{PublicKey, StaticSecret};
 
 use super::messages::{
-    write_refusal, DeviceLabel, MessageHeader, MessageKind, RequestBody, CONFIRM_LEN, HEADER_LEN,
-    HELLO_LEN, MIN_SEALED_LEN,
+    write_refusal, MessageHeader, MessageKind, RequestBody, CONFIRM_LEN, HEADER_LEN, HELLO_LEN,
 };
 use super::schedule::{confirm_transcript, transcript, SessionKeys, NONCE_LEN};
-use super::{HandshakeError, RefusalReason, CONFIRM_LABEL, POP_LABEL};
+use super::{random_nonce, HandshakeError, RefusalReason, CONFIRM_LABEL};
 use crate::certificate::{CertificateError, DeviceCertificate, DeviceIndex, SignedDeviceList};
-use crate::keys::{AccountKey, DeviceKey};
+use crate::keys::{AccountId, AccountKey, DeviceKey};
+use crate::label::{DeviceLabel, ObservedContext};
 use crate::offer::{PairingOffer, TokenId};
 use crate::time::Timestamp;
 
@@ -50,20 +53,62 @@ pub enum PrimaryState {
 }
 
 /// What the companion asked for: show it to the user before granting.
+///
+/// Everything here except the check code comes from the device asking, and
+/// the check code only proves that the phone and *that* device share keys:
+/// an attacker who shows you their own QR code gets a matching code too. What
+/// protects the user is that linking starts only from the host's own "Link a
+/// device" screen ([`crate::Account::open_link_intent`]) and that the prompt
+/// says plainly what approving does ([`LinkRequest::prompt`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkRequest {
-    /// The companion's identity key (proven: it signed the transcript).
+    /// The companion's identity key (its possession is proven by the Confirm).
     pub device: DeviceKey,
     /// The label the companion gave itself (unproven, for display).
     pub label: DeviceLabel,
     /// The two-digit check code; the companion shows the same one.
     pub check_code: u8,
+    /// What the host's relay observed about the device (unauthenticated).
+    pub context: Option<ObservedContext>,
+}
+
+impl LinkRequest {
+    /// The device's fingerprint, for people (first 8 bytes of its key, base32).
+    pub fn fingerprint(&self) -> String {
+        self.device.fingerprint()
+    }
+
+    /// The words a primary should show before the user approves: what the
+    /// device calls itself, where it seems to be, its code and fingerprint,
+    /// and what approving gives it.
+    pub fn prompt(&self) -> String {
+        let mut out = format!("Link \"{}\"", self.label);
+        if let Some(ctx) = &self.context {
+            if let Some(region) = &ctx.region {
+                out.push_str(&format!(" ({region}"));
+                if let Some(net) = &ctx.network {
+                    out.push_str(&format!(", {net}"));
+                }
+                out.push(')');
+            } else if let Some(net) = &ctx.network {
+                out.push_str(&format!(" ({net})"));
+            }
+        }
+        out.push_str(&format!(
+            "?\nThis device will read and send messages as you until you remove it.\n\
+             Only approve a device you are setting up yourself, right now, from this screen.\n\
+             Check code {:02} (the same on both screens), device {}.",
+            self.check_code,
+            self.fingerprint()
+        ));
+        out
+    }
 }
 
 /// A device whose link completed (its confirmation verified).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfirmedLink {
-    /// The certificate the account issued.
+    /// The certificate the account issued (its entry in the signed list).
     pub certificate: DeviceCertificate,
     /// The companion's label.
     pub label: DeviceLabel,
@@ -100,28 +145,24 @@ struct LinkRequestOwned {
 /// The primary (account holder) in one pairing.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PrimaryHandshake {
+    account: AccountId,
     token: TokenId,
-    keys: SessionKeys,
+    /// The session keys; `None` once the handshake is confirmed or refused.
+    keys: Option<SessionKeys>,
+    check_code: u8,
     #[serde(with = "crate::encoding::b64_vec")]
     hello: Vec<u8>,
     scanned_at: Timestamp,
+    context: Option<ObservedContext>,
     stage: Stage,
 }
 
 impl PrimaryHandshake {
-    /// Scans a QR text: checks the offer, runs the primary's half of the key
-    /// exchange and returns the handshake and the Hello to send.
-    pub fn scan<R: RngCore + CryptoRng>(
-        offer_text: &str,
-        rng: &mut R,
-        now: Timestamp,
-    ) -> Result<(Self, Vec<u8>), HandshakeError> {
-        let offer = PairingOffer::from_text(offer_text)?;
-        Self::scan_offer(&offer, rng, now)
-    }
-
-    /// Like [`PrimaryHandshake::scan`], from an already parsed offer.
-    pub fn scan_offer<R: RngCore + CryptoRng>(
+    /// Runs the primary's half of the key exchange on a parsed offer for
+    /// `account` and returns the handshake and the Hello to send. Hosts scan
+    /// through [`crate::Account::scan`], which checks the link intent.
+    pub(crate) fn scan_offer<R: RngCore + CryptoRng>(
+        account: AccountId,
         offer: &PairingOffer,
         rng: &mut R,
         now: Timestamp,
@@ -147,10 +188,13 @@ impl PrimaryHandshake {
         let tag = keys.hello_tag(&hello);
         hello.extend_from_slice(tag.as_ref());
         let handshake = PrimaryHandshake {
+            account,
             token,
-            keys,
+            check_code: keys.check_code,
+            keys: Some(keys),
             hello: hello.clone(),
             scanned_at: now,
+            context: None,
             stage: Stage::OfferScanned,
         };
         Ok((handshake, hello))
@@ -164,14 +208,21 @@ impl PrimaryHandshake {
     /// Restores a handshake saved by [`PrimaryHandshake::save`].
     pub fn restore(bytes: &[u8]) -> Result<Self, crate::persist::PersistError> {
         let h: PrimaryHandshake = crate::persist::restore("primary handshake", bytes)?;
+        let terminal = matches!(h.stage, Stage::Confirmed { .. } | Stage::Refused { .. });
+        let keys_ok = match &h.keys {
+            Some(k) => !terminal && k.check_code == h.check_code,
+            None => terminal,
+        };
         match MessageHeader::parse(&h.hello) {
             Ok(hd)
                 if hd.token_id == h.token
                     && h.hello.len() == HELLO_LEN
+                    && keys_ok
                     && !matches!(
                         &h.stage,
                         Stage::GrantSent { request, certificate, .. }
                             if certificate.device() != request.device
+                                || certificate.account() != h.account
                     ) =>
             {
                 Ok(h)
@@ -180,6 +231,11 @@ impl PrimaryHandshake {
                 "primary handshake",
             )),
         }
+    }
+
+    /// The account that scanned the offer (the only one that can grant it).
+    pub fn account(&self) -> AccountId {
+        self.account
     }
 
     /// The token of the scanned offer.
@@ -199,7 +255,13 @@ impl PrimaryHandshake {
 
     /// The two-digit check code (equal to the companion's).
     pub fn check_code(&self) -> u8 {
-        self.keys.check_code
+        self.check_code
+    }
+
+    /// Attaches what the host's relay observed about the companion, shown in
+    /// [`LinkRequest::context`].
+    pub fn observe(&mut self, context: ObservedContext) {
+        self.context = Some(context);
     }
 
     /// The current state.
@@ -224,7 +286,8 @@ impl PrimaryHandshake {
                 Some(LinkRequest {
                     device: request.device,
                     label: request.label.clone(),
-                    check_code: self.keys.check_code,
+                    check_code: self.check_code,
+                    context: self.context.clone(),
                 })
             }
             _ => None,
@@ -241,8 +304,14 @@ impl PrimaryHandshake {
         }
     }
 
-    /// Handles the companion's Request: decrypts it and checks the proof of
-    /// possession of its identity key. Returns what to show the user.
+    fn live_keys(&self) -> Result<&SessionKeys, HandshakeError> {
+        self.keys.as_ref().ok_or(HandshakeError::WrongState {
+            state: self.state_name(),
+        })
+    }
+
+    /// Handles the companion's Request: checks its size, decrypts it and
+    /// returns what to show the user.
     pub fn receive_request(
         &mut self,
         request: &[u8],
@@ -260,66 +329,54 @@ impl PrimaryHandshake {
                 got: header.kind,
             });
         }
-        if request.len() < MIN_SEALED_LEN {
-            return Err(HandshakeError::Malformed { what: "request" });
-        }
-        let (aad, sealed) = request.split_at(HEADER_LEN);
-        let mut buf = sealed.to_vec();
+        header.check_size(request)?;
+        let (aad, rest) = request.split_at(HEADER_LEN);
+        let (nonce, sealed) = rest.split_at(NONCE_LEN);
+        let mut nonce_bytes = [0u8; NONCE_LEN];
+        nonce_bytes.copy_from_slice(nonce);
+        let mut buf = zeroize::Zeroizing::new(sealed.to_vec());
         let plain = self
-            .keys
-            .open_request(aad, &mut buf)
+            .live_keys()?
+            .open_request(nonce_bytes, aad, &mut buf)
             .ok_or(HandshakeError::AuthenticationFailed)?;
         let body = RequestBody::parse(plain)?;
         let device = DeviceKey::from_bytes(body.device);
-        let mut proof_msg = Vec::with_capacity(POP_LABEL.len() + 32);
-        proof_msg.extend_from_slice(POP_LABEL);
-        proof_msg.extend_from_slice(&self.keys.transcript);
-        if !device.verify(&proof_msg, &body.proof) {
-            return Err(HandshakeError::BadSignature {
-                what: "proof of possession",
-            });
-        }
         let owned = LinkRequestOwned {
             device,
             label: body.label,
             bytes: request.to_vec(),
         };
-        let view = LinkRequest {
-            device,
-            label: owned.label.clone(),
-            check_code: self.keys.check_code,
-        };
         self.stage = Stage::RequestReceived { request: owned };
-        Ok(view)
+        self.request().ok_or(HandshakeError::WrongState {
+            state: "request received",
+        })
     }
 
-    /// Grants the link: issues the device certificate for `index` and sends it
-    /// with `device_list` (which must list the new device at `index`). The
-    /// slot is pending until [`PrimaryHandshake::receive_confirm`] succeeds.
-    ///
-    /// Most hosts call [`crate::Account::grant`], which picks the index, keeps
-    /// the limit and signs the list.
-    pub fn grant<R: RngCore + CryptoRng>(
+    /// Grants the link: sends `device_list` (signed by `account`, naming the
+    /// new device at `index`) as the device's certificate. The slot is
+    /// pending until [`PrimaryHandshake::receive_confirm`] succeeds.
+    /// [`crate::Account::grant`] picks the index, keeps the limit and signs.
+    pub(crate) fn grant<R: RngCore + CryptoRng>(
         &mut self,
         account: &AccountKey,
         index: DeviceIndex,
         device_list: &SignedDeviceList,
         rng: &mut R,
-        now: Timestamp,
+        _now: Timestamp,
     ) -> Result<Vec<u8>, HandshakeError> {
         let Stage::RequestReceived { request } = &self.stage else {
             return Err(HandshakeError::WrongState {
                 state: self.state_name(),
             });
         };
-        if device_list.account() != account.account_id() {
+        if account.account_id() != self.account || device_list.account() != self.account {
             return Err(CertificateError::WrongAccount.into());
         }
-        if index == DeviceIndex::PRIMARY || !device_list.contains(index, &request.device) {
+        if !device_list.contains(index, &request.device) {
             return Err(CertificateError::WrongDevice.into());
         }
-        let certificate = DeviceCertificate::issue(account, index, request.device, now);
-        let mut grant = Vec::with_capacity(HEADER_LEN + 512);
+        let certificate = DeviceCertificate::from_list(device_list.clone(), index)?;
+        let mut grant = Vec::with_capacity(HEADER_LEN + NONCE_LEN + 1024);
         MessageHeader {
             kind: MessageKind::Grant,
             token_id: self.token,
@@ -328,14 +385,14 @@ impl PrimaryHandshake {
         let nonce = random_nonce(rng);
         grant.extend_from_slice(&nonce);
         let mut body = certificate.to_bytes();
-        body.extend_from_slice(&device_list.to_bytes());
-        if !self.keys.seal_grant(nonce, &grant[..HEADER_LEN], &mut body) {
+        let keys = self.live_keys()?;
+        if !keys.seal_grant(nonce, &grant[..HEADER_LEN], &mut body) {
             return Err(HandshakeError::WrongState {
                 state: "sealing failed",
             });
         }
         grant.extend_from_slice(&body);
-        let th2 = confirm_transcript(&self.keys.transcript, &request.bytes, &grant);
+        let th2 = confirm_transcript(&keys.transcript, &request.bytes, &grant);
         let request = request.clone();
         self.stage = Stage::GrantSent {
             request,
@@ -346,7 +403,7 @@ impl PrimaryHandshake {
     }
 
     /// Refuses the link with `reason`, authenticated so the companion can trust
-    /// it. Allowed before a grant was sent.
+    /// it. Allowed before a grant was sent; the session keys are dropped.
     pub fn refuse<R: RngCore + CryptoRng>(
         &mut self,
         reason: RefusalReason,
@@ -366,7 +423,7 @@ impl PrimaryHandshake {
                 state: "refusal codes 0-3 are reserved",
             });
         }
-        let mut msg = Vec::with_capacity(HEADER_LEN + 5 + 16);
+        let mut msg = Vec::with_capacity(HEADER_LEN + NONCE_LEN + 5 + 16);
         MessageHeader {
             kind: MessageKind::Refusal,
             token_id: self.token,
@@ -376,18 +433,23 @@ impl PrimaryHandshake {
         msg.extend_from_slice(&nonce);
         let mut body = Vec::with_capacity(5 + 16);
         write_refusal(reason.into(), &mut body);
-        if !self.keys.seal_grant(nonce, &msg[..HEADER_LEN], &mut body) {
+        if !self
+            .live_keys()?
+            .seal_grant(nonce, &msg[..HEADER_LEN], &mut body)
+        {
             return Err(HandshakeError::WrongState {
                 state: "sealing failed",
             });
         }
         msg.extend_from_slice(&body);
         self.stage = Stage::Refused { reason };
+        self.keys = None;
         Ok(msg)
     }
 
     /// Handles the companion's Confirm: its identity key's signature over the
-    /// whole transcript. Only then is the device linked.
+    /// whole transcript, which proves it holds the key it asked to certify.
+    /// Only then is the device linked; the session keys are dropped.
     pub fn receive_confirm(
         &mut self,
         confirm: &[u8],
@@ -413,11 +475,9 @@ impl PrimaryHandshake {
                 },
             });
         };
-        if confirm.len() != CONFIRM_LEN {
-            return Err(HandshakeError::Malformed { what: "confirm" });
-        }
+        header.check_size(confirm)?;
         let mut signature = [0u8; 64];
-        signature.copy_from_slice(&confirm[HEADER_LEN..]);
+        signature.copy_from_slice(&confirm[HEADER_LEN..CONFIRM_LEN]);
         let mut msg = Vec::with_capacity(CONFIRM_LABEL.len() + 32);
         msg.extend_from_slice(CONFIRM_LABEL);
         msg.extend_from_slice(confirm_transcript);
@@ -431,12 +491,7 @@ impl PrimaryHandshake {
             label: request.label.clone(),
         };
         self.stage = Stage::Confirmed { link: link.clone() };
+        self.keys = None;
         Ok(link)
     }
-}
-
-fn random_nonce<R: RngCore + CryptoRng>(rng: &mut R) -> [u8; NONCE_LEN] {
-    let mut nonce = [0u8; NONCE_LEN];
-    rng.fill_bytes(&mut nonce);
-    nonce
 }

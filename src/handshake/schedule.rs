@@ -2,31 +2,31 @@
 //! (salt) and the transcript hash (info).
 //!
 //! ```text
-//! th   = SHA-256("devicelink/v1 transcript" || token_id || E_c || E_p)
+//! th   = SHA-256("devicelink/v2 transcript" || token_id || E_c || E_p)
 //! prk  = HKDF-Extract(salt = offer secret, ikm = X25519(e, E))
-//! k_h  = HKDF-Expand(prk, "devicelink/v1 hello"      || th, 32)  HMAC key, Hello
-//! k_r  = HKDF-Expand(prk, "devicelink/v1 request"    || th, 32)  AEAD key, Request
-//! k_g  = HKDF-Expand(prk, "devicelink/v1 grant"      || th, 32)  AEAD key, Grant/Refusal
-//! code = HKDF-Expand(prk, "devicelink/v1 check code" || th, 4)   u32 BE mod 100
-//! th2  = SHA-256("devicelink/v1 confirm transcript" || th
+//! k_h  = HKDF-Expand(prk, "devicelink/v2 hello"      || th, 32)  HMAC key, Hello
+//! k_r  = HKDF-Expand(prk, "devicelink/v2 request"    || th, 32)  AEAD key, Request
+//! k_g  = HKDF-Expand(prk, "devicelink/v2 grant"      || th, 32)  AEAD key, Grant/Refusal
+//! code = HKDF-Expand(prk, "devicelink/v2 check code" || th, 4)   u32 BE mod 100
+//! th2  = SHA-256("devicelink/v2 confirm transcript" || th
 //!                || len32(Request) || Request || len32(Grant) || Grant)
 //! ```
 //!
-//! The Request key encrypts one message whose content is fixed by the keys, so
-//! its nonce is zero; the Grant key's message (Grant or Refusal) carries a
-//! random 12-byte nonce.
+//! Each encrypted message (Request; Grant or Refusal) carries a random 12-byte
+//! nonce, so no restored state and no future change of content can ever seal
+//! two plaintexts under one key and nonce.
 
 use ring::{aead, digest, hkdf, hmac};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::offer::TokenId;
 
-const TRANSCRIPT_LABEL: &[u8] = b"devicelink/v1 transcript";
-const CONFIRM_TRANSCRIPT_LABEL: &[u8] = b"devicelink/v1 confirm transcript";
-const HELLO_LABEL: &[u8] = b"devicelink/v1 hello";
-const REQUEST_LABEL: &[u8] = b"devicelink/v1 request";
-const GRANT_LABEL: &[u8] = b"devicelink/v1 grant";
-const CHECK_CODE_LABEL: &[u8] = b"devicelink/v1 check code";
+const TRANSCRIPT_LABEL: &[u8] = b"devicelink/v2 transcript";
+const CONFIRM_TRANSCRIPT_LABEL: &[u8] = b"devicelink/v2 confirm transcript";
+const HELLO_LABEL: &[u8] = b"devicelink/v2 hello";
+const REQUEST_LABEL: &[u8] = b"devicelink/v2 request";
+const GRANT_LABEL: &[u8] = b"devicelink/v2 grant";
+const CHECK_CODE_LABEL: &[u8] = b"devicelink/v2 check code";
 
 /// AEAD tag length (ChaCha20-Poly1305).
 pub(crate) const TAG_LEN: usize = 16;
@@ -130,15 +130,23 @@ impl SessionKeys {
         hmac::verify(&hmac::Key::new(hmac::HMAC_SHA256, &self.hello), hello, tag).is_ok()
     }
 
-    /// The Request key seals one message whose content is a function of the
-    /// keys alone, so a fixed zero nonce is safe even if a restored companion
-    /// seals it again (same plaintext, same ciphertext).
-    pub(crate) fn seal_request(&self, aad: &[u8], buf: &mut Vec<u8>) -> bool {
-        seal(&self.request, [0; NONCE_LEN], aad, buf)
+    /// Seals the Request under a random nonce (sent beside it).
+    pub(crate) fn seal_request(
+        &self,
+        nonce: [u8; NONCE_LEN],
+        aad: &[u8],
+        buf: &mut Vec<u8>,
+    ) -> bool {
+        seal(&self.request, nonce, aad, buf)
     }
 
-    pub(crate) fn open_request<'a>(&self, aad: &[u8], buf: &'a mut [u8]) -> Option<&'a mut [u8]> {
-        open(&self.request, [0; NONCE_LEN], aad, buf)
+    pub(crate) fn open_request<'a>(
+        &self,
+        nonce: [u8; NONCE_LEN],
+        aad: &[u8],
+        buf: &'a mut [u8],
+    ) -> Option<&'a mut [u8]> {
+        open(&self.request, nonce, aad, buf)
     }
 
     /// The Grant key seals the Grant or a Refusal, whose content the primary
@@ -225,15 +233,18 @@ mod tests {
     fn seal_open_round_trip_and_tamper() {
         let k = SessionKeys::derive(&[1; 32], &[2; 16], [3; 32]);
         let mut buf = b"hello".to_vec();
-        assert!(k.seal_request(b"aad", &mut buf));
+        assert!(k.seal_request([1; NONCE_LEN], b"aad", &mut buf));
         assert_eq!(buf.len(), 5 + TAG_LEN);
         let mut good = buf.clone();
         assert_eq!(
-            k.open_request(b"aad", &mut good).map(|p| p.to_vec()),
+            k.open_request([1; NONCE_LEN], b"aad", &mut good)
+                .map(|p| p.to_vec()),
             Some(b"hello".to_vec())
         );
         let mut wrong_aad = buf.clone();
-        assert!(k.open_request(b"aae", &mut wrong_aad).is_none());
+        assert!(k
+            .open_request([1; NONCE_LEN], b"aae", &mut wrong_aad)
+            .is_none());
         let mut wrong_key = buf.clone();
         assert!(k
             .open_grant([0; NONCE_LEN], b"aad", &mut wrong_key)

@@ -18,7 +18,9 @@ use std::collections::{BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use crate::certificate::{DeviceIndex, DeviceListEntry, PrimaryHeartbeat, SignedDeviceList};
+use crate::certificate::{
+    CertificateError, DeviceIndex, DeviceListEntry, PrimaryHeartbeat, SignedDeviceList,
+};
 use crate::keys::{AccountId, DeviceKey};
 use crate::persist::PersistError;
 use crate::policy::Policy;
@@ -50,6 +52,31 @@ pub enum DirectoryError {
     /// The directory holds `u32::MAX` accounts.
     #[error("directory is full")]
     Full,
+    /// The list forks the account's history: another list of a version
+    /// already applied, or a successor that does not chain to it (a primary
+    /// restored from an old save). Once a fork is seen, only the direct,
+    /// chained successor of the applied list is accepted.
+    #[error("device list fork at version {version}")]
+    Fork {
+        /// Where the histories split.
+        version: u64,
+    },
+    /// A heartbeat names a newer device list than the one applied: apply it
+    /// first (the relay cannot keep a revoked device listed by dropping it).
+    #[error("apply device list version {version} first")]
+    NeedDeviceList {
+        /// The version the heartbeat names.
+        version: u64,
+    },
+}
+
+fn fact_error(e: CertificateError) -> DirectoryError {
+    match e {
+        CertificateError::NeedDeviceList { version } => DirectoryError::NeedDeviceList { version },
+        CertificateError::Fork { version } => DirectoryError::Fork { version },
+        CertificateError::StaleDeviceList { got, .. } => DirectoryError::Fork { version: got },
+        _ => DirectoryError::Fork { version: 0 },
+    }
 }
 
 /// A device the sweep logged out.
@@ -70,6 +97,11 @@ struct Slot {
     account: AccountId,
     last_activity: Timestamp,
     list_version: u64,
+    /// The applied list's hash: its successor must name it.
+    list_hash: [u8; 32],
+    /// A fork was seen: accept only the chained successor.
+    #[serde(default)]
+    forked: bool,
     /// Linked companions: (index, identity key). Empty once expired.
     devices: Box<[(u32, DeviceKey)]>,
     /// Swept for primary inactivity: only a fact signed after the deadline
@@ -149,6 +181,8 @@ impl Directory {
                 account,
                 last_activity,
                 list_version: 0,
+                list_hash: [0; 32],
+                forked: false,
                 devices: Box::new([]),
                 expired: false,
                 swept_up_to: 0,
@@ -163,9 +197,10 @@ impl Directory {
         &mut self,
         n: u32,
         last_activity: Timestamp,
-        list_version: u64,
+        list: (u64, [u8; 32]),
         devices: Box<[(u32, DeviceKey)]>,
     ) {
+        let (list_version, list_hash) = list;
         let limit = self.offline_limit_ms;
         let Some(slot) = self.slot_mut(n) else {
             return;
@@ -174,6 +209,7 @@ impl Directory {
             (!slot.devices.is_empty()).then(|| slot.last_activity.saturating_add_millis(limit));
         slot.last_activity = last_activity;
         slot.list_version = list_version;
+        slot.list_hash = list_hash;
         slot.devices = devices;
         slot.expired = false;
         let indexed = !slot.devices.is_empty();
@@ -201,9 +237,13 @@ impl Directory {
         self.slots.iter().flatten().map(|s| s.devices.len()).sum()
     }
 
-    /// Applies a verified, newer device list (older or equal versions are
-    /// ignored and return `Ok(false)`). Counts as primary activity at the
-    /// list's signing time.
+    /// Applies a verified, newer device list (an older one, or the same one
+    /// again, is ignored and returns `Ok(false)`). Counts as primary activity
+    /// at the list's signing time. A list that forks the applied one (same
+    /// version, other content; or the next version not chained to it) is
+    /// [`DirectoryError::Fork`]; after a fork only the chained successor is
+    /// accepted, so a restored old primary cannot re-list a revoked device by
+    /// publishing more versions.
     pub fn apply_device_list(
         &mut self,
         list: &SignedDeviceList,
@@ -211,13 +251,25 @@ impl Directory {
     ) -> Result<bool, DirectoryError> {
         let account = list.account();
         let mut last_activity = list.issued_at();
-        let stale = self
-            .entry(&account)
-            .is_some_and(|(_, slot)| list.version() <= slot.list_version);
-        if stale {
-            return Ok(false);
+        if let Some((n, slot)) = self.entry(&account) {
+            match list.check_successor_of(slot.list_version, &slot.list_hash) {
+                Ok(()) => {}
+                Err(CertificateError::StaleDeviceList { .. }) => return Ok(false),
+                Err(e) => {
+                    if let Some(slot) = self.slot_mut(n) {
+                        slot.forked = true;
+                    }
+                    return Err(fact_error(e));
+                }
+            }
+            let chained = list.version() == slot.list_version.saturating_add(1);
+            if slot.forked && !chained {
+                return Err(DirectoryError::Fork {
+                    version: slot.list_version,
+                });
+            }
         }
-        let count = list.devices().len();
+        let count = list.distinct_devices();
         if count > usize::try_from(self.max_companions).unwrap_or(usize::MAX) {
             return Err(DirectoryError::DeviceLimitExceeded {
                 count,
@@ -249,15 +301,18 @@ impl Directory {
             .filter(|e| e.index.0 > swept_up_to)
             .map(|e| (e.index.0, e.device))
             .collect();
-        self.set(n, last_activity, list.version(), devices);
+        self.set(n, last_activity, (list.version(), list.hash()), devices);
         if let Some(slot) = self.slot_mut(n) {
             slot.swept_up_to = swept_up_to;
+            slot.forked = false;
         }
         Ok(true)
     }
 
     /// Applies a verified heartbeat: extends the account's lease. A heartbeat
-    /// signed at or after the deadline cannot revive the companions.
+    /// signed at or after the deadline cannot revive the companions, and one
+    /// naming a newer device list than the applied one extends nothing
+    /// ([`DirectoryError::NeedDeviceList`]).
     pub fn apply_heartbeat(
         &mut self,
         heartbeat: &PrimaryHeartbeat,
@@ -266,31 +321,35 @@ impl Directory {
         let (n, slot) = self
             .entry(&heartbeat.account())
             .ok_or(DirectoryError::UnknownAccount)?;
+        heartbeat
+            .check_list(slot.list_version, &slot.list_hash)
+            .map_err(fact_error)?;
         let deadline = self.deadline_of(slot.last_activity);
         if slot.expired || now >= deadline || heartbeat.at() >= deadline {
             return Err(DirectoryError::AccountExpired);
         }
         if heartbeat.at() > slot.last_activity {
-            let (version, devices) = (slot.list_version, slot.devices.clone());
-            self.set(n, heartbeat.at(), version, devices);
+            let (list, devices) = ((slot.list_version, slot.list_hash), slot.devices.clone());
+            self.set(n, heartbeat.at(), list, devices);
         }
         Ok(())
     }
 
-    /// Loads an account's facts from the server's own store, where they were
+    /// Loads an account's facts (its applied list's version and hash, last
+    /// activity and devices) from the server's own store, where they were
     /// verified when first received (no signature is checked here). Replaces
     /// the account's entry. For restoring a directory at scale and for
     /// benchmarks.
     pub fn load_account(
         &mut self,
         account: AccountId,
-        list_version: u64,
+        list: (u64, [u8; 32]),
         last_activity: Timestamp,
         devices: &[DeviceListEntry],
     ) -> Result<(), DirectoryError> {
         let n = self.slot_for(account, last_activity)?;
         let devices = devices.iter().map(|e| (e.index.0, e.device)).collect();
-        self.set(n, last_activity, list_version, devices);
+        self.set(n, last_activity, list, devices);
         Ok(())
     }
 
@@ -406,28 +465,32 @@ mod tests {
         Timestamp::from_unix_millis(ms)
     }
 
+    fn entry(index: u32, device: DeviceKey) -> DeviceListEntry {
+        DeviceListEntry::new(
+            DeviceIndex(index),
+            device,
+            crate::label::DeviceLabel::new("d").unwrap(),
+            t(0),
+        )
+    }
+
     #[test]
     fn lists_heartbeats_and_sweep() {
+        use crate::certificate::DeviceListDraft as Draft;
         let mut rng = ChaCha20Rng::seed_from_u64(1);
         let key = AccountKey::generate(&mut rng);
         let dev = crate::keys::DeviceIdentity::generate(&mut rng).device_key();
-        let entry = DeviceListEntry {
-            index: DeviceIndex(1),
-            device: dev,
-        };
         let mut d = Directory::new(&Policy::default());
-        let list = SignedDeviceList::sign(&key, 2, &[entry], t(0));
+        let list = SignedDeviceList::sign(&key, &Draft::new(2, vec![entry(1, dev)]), t(0));
         assert_eq!(d.apply_device_list(&list, t(0)), Ok(true));
         assert_eq!(d.apply_device_list(&list, t(0)), Ok(false));
         let limit = days(14).as_millis() as u64;
         assert!(d.is_linked(&key.account_id(), DeviceIndex(1), &dev, t(limit - 1)));
         assert!(!d.is_linked(&key.account_id(), DeviceIndex(1), &dev, t(limit)));
-        // A heartbeat at day 10 moves the deadline.
-        d.apply_heartbeat(
-            &PrimaryHeartbeat::sign(&key, t(days(10).as_millis() as u64)),
-            t(5),
-        )
-        .unwrap();
+        // A heartbeat at day 10 (naming the applied list) moves the deadline.
+        let day10 = t(days(10).as_millis() as u64);
+        let hb = PrimaryHeartbeat::sign(&key, &list, Default::default(), day10);
+        d.apply_heartbeat(&hb, t(5)).unwrap();
         assert_eq!(d.sweep(t(limit)), vec![]);
         let at = t(days(24).as_millis() as u64);
         assert_eq!(d.next_deadline(), Some(at));
@@ -436,28 +499,24 @@ mod tests {
         assert_eq!(swept[0].at, at);
         assert_eq!(d.sweep(at), vec![]);
         // An old fact cannot revive; a list signed after the logout can.
-        let old = SignedDeviceList::sign(&key, 3, &[entry], t(1));
+        let old = SignedDeviceList::sign(&key, &Draft::after(&list, vec![entry(1, dev)]), t(1));
         assert_eq!(
             d.apply_device_list(&old, at),
             Err(DirectoryError::AccountExpired)
         );
         // Without a sweep, an expired account's indices are retired too.
         let mut unswept = Directory::new(&Policy::default());
-        let first = SignedDeviceList::sign(&key, 2, &[entry], t(0));
-        unswept.apply_device_list(&first, t(0)).unwrap();
-        let late = SignedDeviceList::sign(&key, 3, &[entry], t(limit));
+        unswept.apply_device_list(&list, t(0)).unwrap();
+        let late =
+            SignedDeviceList::sign(&key, &Draft::after(&list, vec![entry(1, dev)]), t(limit));
         assert_eq!(unswept.apply_device_list(&late, t(limit)), Ok(true));
         assert!(!unswept.is_linked(&key.account_id(), DeviceIndex(1), &dev, t(limit)));
         // A list signed after the logout that still names the swept device
         // (its primary missed the logout) does not re-link it; a new index does.
-        let fresh = SignedDeviceList::sign(&key, 3, &[entry], at);
+        let fresh = SignedDeviceList::sign(&key, &Draft::after(&list, vec![entry(1, dev)]), at);
         assert_eq!(d.apply_device_list(&fresh, at), Ok(true));
         assert!(!d.is_linked(&key.account_id(), DeviceIndex(1), &dev, at));
-        let entry = DeviceListEntry {
-            index: DeviceIndex(2),
-            device: dev,
-        };
-        let repaired = SignedDeviceList::sign(&key, 4, &[entry], at);
+        let repaired = SignedDeviceList::sign(&key, &Draft::after(&fresh, vec![entry(2, dev)]), at);
         assert_eq!(d.apply_device_list(&repaired, at), Ok(true));
         assert!(d.is_linked(&key.account_id(), DeviceIndex(2), &dev, at));
         // Save and restore keep everything; corruption is refused.
@@ -466,15 +525,86 @@ mod tests {
         assert_eq!(r.save().unwrap(), bytes);
         assert!(Directory::restore(&bytes[..bytes.len() - 3]).is_err());
         let five: Vec<DeviceListEntry> = (1..=5)
-            .map(|i| DeviceListEntry {
-                index: DeviceIndex(i),
-                device: dev,
+            .map(|i| {
+                entry(
+                    i + 2,
+                    crate::keys::DeviceIdentity::generate(&mut rng).device_key(),
+                )
             })
             .collect();
-        let big = SignedDeviceList::sign(&key, 9, &five, at);
+        let big = SignedDeviceList::sign(&key, &Draft::after(&repaired, five), at);
         assert!(matches!(
             d.apply_device_list(&big, at),
             Err(DirectoryError::DeviceLimitExceeded { count: 5, limit: 4 })
         ));
+        // One key at two indices (a re-pair awaiting its confirmation) holds one slot.
+        let twice = vec![entry(2, dev), entry(3, dev)];
+        let repair = SignedDeviceList::sign(&key, &Draft::after(&repaired, twice), at);
+        assert_eq!(d.apply_device_list(&repair, at), Ok(true));
+    }
+
+    #[test]
+    fn forks_are_refused_and_a_fork_makes_the_directory_strict() {
+        use crate::certificate::DeviceListDraft as Draft;
+        let mut rng = ChaCha20Rng::seed_from_u64(2);
+        let key = AccountKey::generate(&mut rng);
+        let a = crate::keys::DeviceIdentity::generate(&mut rng).device_key();
+        let b = crate::keys::DeviceIdentity::generate(&mut rng).device_key();
+        let mut d = Directory::new(&Policy::default());
+        let v1 = SignedDeviceList::sign(&key, &Draft::new(1, vec![entry(1, a), entry(2, b)]), t(0));
+        let v2 = SignedDeviceList::sign(&key, &Draft::after(&v1, vec![entry(1, a)]), t(10));
+        d.apply_device_list(&v1, t(0)).unwrap();
+        d.apply_device_list(&v2, t(10)).unwrap();
+        // A primary restored from before v2 re-issues version 2 listing b.
+        let v2_fork = SignedDeviceList::sign(
+            &key,
+            &Draft::after(&v1, vec![entry(1, a), entry(2, b)]),
+            t(20),
+        );
+        assert_eq!(
+            d.apply_device_list(&v2_fork, t(20)),
+            Err(DirectoryError::Fork { version: 2 })
+        );
+        // Its successors chain to the fork: refused, also after a gap.
+        let v3_fork = SignedDeviceList::sign(
+            &key,
+            &Draft::after(&v2_fork, vec![entry(1, a), entry(2, b)]),
+            t(30),
+        );
+        assert!(matches!(
+            d.apply_device_list(&v3_fork, t(30)),
+            Err(DirectoryError::Fork { .. })
+        ));
+        let v4_fork = SignedDeviceList::sign(
+            &key,
+            &Draft::after(&v3_fork, vec![entry(1, a), entry(2, b)]),
+            t(40),
+        );
+        assert!(matches!(
+            d.apply_device_list(&v4_fork, t(40)),
+            Err(DirectoryError::Fork { .. })
+        ));
+        assert!(!d.is_linked(&key.account_id(), DeviceIndex(2), &b, t(40)));
+        // The genuine primary's next list still applies.
+        let v3 = SignedDeviceList::sign(&key, &Draft::after(&v2, vec![entry(1, a)]), t(50));
+        assert_eq!(d.apply_device_list(&v3, t(50)), Ok(true));
+        // A heartbeat naming a list the directory lacks extends nothing.
+        let v4 = SignedDeviceList::sign(&key, &Draft::after(&v3, vec![]), t(60));
+        let hb = PrimaryHeartbeat::sign(&key, &v4, Default::default(), t(70));
+        assert_eq!(
+            d.apply_heartbeat(&hb, t(70)),
+            Err(DirectoryError::NeedDeviceList { version: 4 })
+        );
+        assert_eq!(
+            d.deadline(&key.account_id()),
+            Some(t(50).saturating_add(days(14)))
+        );
+        d.apply_device_list(&v4, t(70)).unwrap();
+        d.apply_heartbeat(&hb, t(70)).unwrap();
+        assert_eq!(
+            d.deadline(&key.account_id()),
+            Some(t(70).saturating_add(days(14)))
+        );
+        assert!(!d.is_linked(&key.account_id(), DeviceIndex(1), &a, t(70)));
     }
 }

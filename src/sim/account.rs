@@ -113,8 +113,11 @@ struct Device {
     /// Its linked session (full-crypto mode), while it believes it is linked.
     session: Option<LinkedSession>,
     /// The registry logged it out for a reason the session learns from the
-    /// next device list (it should then read as revoked).
-    expect_revoked: bool,
+    /// next device list (which names the reason).
+    expect_logout: Option<LogoutReason>,
+    /// A re-pair is pending: its old index, still active until the new
+    /// index is confirmed (then it is replaced).
+    replacing: Option<DeviceIndex>,
     /// Logged out for primary inactivity; not re-paired since.
     offline_logout: bool,
     /// A pairing flow is running for it.
@@ -303,11 +306,15 @@ impl<'a> AccountSim<'a> {
             .ok_or_else(|| diverged(number, at, "unknown flow"))
     }
 
-    /// The companion holding `index` (pending or active).
+    /// The companion holding `index` (pending or active, or an old index a
+    /// pending re-pair will replace).
     fn holder(&self, index: DeviceIndex, at: Timestamp) -> Result<u32, SimError> {
         self.devices
             .iter()
-            .position(|d| matches!(d.link, Link::Pending(i) | Link::Active(i) if i == index))
+            .position(|d| {
+                matches!(d.link, Link::Pending(i) | Link::Active(i) if i == index)
+                    || d.replacing == Some(index)
+            })
             .and_then(|p| u32::try_from(p).ok())
             .ok_or_else(|| self.diverged(at, "registry event for a device the simulator lost"))
     }
@@ -338,7 +345,12 @@ impl<'a> AccountSim<'a> {
                 RegistryEvent::Granted { index, at, .. } => {
                     let c = granting
                         .ok_or_else(|| self.diverged(at, "grant without a granting companion"))?;
-                    self.device_mut(c, at)?.link = Link::Pending(index);
+                    let dev = self.device_mut(c, at)?;
+                    if let Link::Active(old) = dev.link {
+                        // A re-pair: the old record stays until the confirm.
+                        dev.replacing = Some(old);
+                    }
+                    dev.link = Link::Pending(index);
                     self.emit(
                         out,
                         at,
@@ -364,9 +376,22 @@ impl<'a> AccountSim<'a> {
                     let c = self.holder(index, at)?;
                     let number = self.number;
                     let dev = self.device_mut(c, at)?;
-                    dev.link = Link::None;
+                    if dev.replacing == Some(index) {
+                        // The old record of a re-pairing device.
+                        dev.replacing = None;
+                    } else if let (Link::Pending(_), Some(old)) = (dev.link, dev.replacing) {
+                        // The re-pair's pending index ended: the old one
+                        // still holds the slot.
+                        dev.link = Link::Active(old);
+                        dev.replacing = None;
+                    } else {
+                        dev.link = Link::None;
+                    }
                     dev.offline_logout = reason == LogoutReason::PrimaryOffline;
-                    if reason == LogoutReason::PrimaryOffline {
+                    if reason == LogoutReason::Replaced {
+                        // The old session is superseded by the re-pair's.
+                        dev.session = None;
+                    } else if reason == LogoutReason::PrimaryOffline {
                         // The session's own lease must end at the same instant.
                         if let Some(mut s) = dev.session.take() {
                             let before = at.saturating_sub_millis(1);
@@ -384,8 +409,8 @@ impl<'a> AccountSim<'a> {
                                 ));
                             }
                         }
-                    } else if dev.session.is_some() {
-                        dev.expect_revoked = true;
+                    } else if dev.session.as_ref().is_some_and(|s| s.index() == index) {
+                        dev.expect_logout = Some(reason);
                     }
                     self.emit(
                         out,
@@ -427,13 +452,10 @@ impl<'a> AccountSim<'a> {
             }
             let status = s
                 .accept_device_list(&list, now)
-                .map_err(|e| step(number, now, "session accepts the device list", e))?;
-            if dev.expect_revoked {
-                if status
-                    != (SessionStatus::LoggedOut {
-                        reason: LogoutReason::Revoked,
-                    })
-                {
+                .map_err(|e| step(number, now, "session accepts the device list", e))?
+                .status;
+            if let Some(reason) = dev.expect_logout {
+                if status != (SessionStatus::LoggedOut { reason }) {
                     return Err(diverged(
                         number,
                         now,
@@ -441,7 +463,7 @@ impl<'a> AccountSim<'a> {
                     ));
                 }
                 dev.session = None;
-                dev.expect_revoked = false;
+                dev.expect_logout = None;
             } else if matches!(status, SessionStatus::LoggedOut { .. })
                 || s.expires_at() != deadline
             {
@@ -631,7 +653,8 @@ impl<'a> AccountSim<'a> {
             seen_bp,
             link: Link::None,
             session: None,
-            expect_revoked: false,
+            expect_logout: None,
+            replacing: None,
             offline_logout: false,
             pairing: false,
         });
@@ -878,9 +901,15 @@ impl<'a> AccountSim<'a> {
         );
         let limit = self.shared.policy.max_companions();
         let count = self.count(t);
-        let full = count >= limit;
+        // A device re-pairing with its own key keeps its slot.
+        let own = u32::from(matches!(
+            self.device(c, t)?.link,
+            Link::Active(_) | Link::Pending(_)
+        ));
+        let full = count.saturating_sub(own) >= limit;
 
-        // Full crypto: the real scan, which must agree with the count.
+        // Full crypto: the real scan from the "Link a device" screen; a full
+        // account refuses once the companion's key is known.
         let mut started = None;
         if self.full() {
             let text = self
@@ -890,13 +919,32 @@ impl<'a> AccountSim<'a> {
                 .and_then(|c| c.offer())
                 .map(|o| o.to_text())
                 .ok_or_else(|| diverged(number, t, "no offer on screen at the scan"))?;
-            match (full, self.account.scan(&text, &mut self.keys, t)) {
-                (true, Err(RegistryError::DeviceLimitReached { .. })) => {}
-                (false, Ok(s)) => started = Some(s),
-                (true, Ok(_)) => {
-                    return Err(diverged(number, t, "scan accepted without a free slot"))
+            self.account.open_link_intent(t);
+            let (mut handshake, hello) = self
+                .account
+                .scan(&text, &mut self.keys, t)
+                .map_err(|e| step(number, t, "scan", e))?;
+            let companion = self
+                .flows
+                .get_mut(f)
+                .and_then(|flow| flow.companion.as_mut())
+                .ok_or_else(|| diverged(number, t, "no companion at the scan"))?;
+            let request = companion
+                .receive_hello(&hello, &mut self.keys, t)
+                .map_err(|e| step(number, t, "receive_hello", e))?;
+            match (
+                full,
+                self.account
+                    .receive_request(&mut handshake, &request, &mut self.keys, t),
+            ) {
+                (true, Err(RegistryError::Refused { refusal, .. })) => {
+                    self.deliver_refusal(f, &refusal, t)?;
                 }
-                (_, Err(e)) => return Err(step(number, t, "scan", e)),
+                (false, Ok(_)) => started = Some(handshake),
+                (true, Ok(_)) => {
+                    return Err(diverged(number, t, "request accepted without a free slot"))
+                }
+                (_, Err(e)) => return Err(step(number, t, "receive_request", e)),
             }
             self.drain(None, out)?;
         }
@@ -910,11 +958,6 @@ impl<'a> AccountSim<'a> {
                     reason: Refusal::DeviceLimitReached,
                 },
             );
-            if let Some(companion) = self.flow_mut(f, t)?.companion.as_mut() {
-                companion
-                    .cancel(t)
-                    .map_err(|e| step(number, t, "cancel", e))?;
-            }
             self.finish(f, t)?;
             if chance(&mut self.rng, FREE_SLOT_BP) {
                 let at = plus(t, between(&mut self.rng, 30_000, 180_000));
@@ -926,22 +969,8 @@ impl<'a> AccountSim<'a> {
         let race = count + 1 == limit && !replace && chance(&mut self.rng, RACE_BP);
         let decline = !race && chance(&mut self.rng, DECLINE_BP);
 
-        // Full crypto: Hello → Request → the phone shows who asks.
-        let mut primary = None;
-        if let Some((mut handshake, hello)) = started {
-            let companion = self
-                .flow_mut(f, t)?
-                .companion
-                .as_mut()
-                .ok_or_else(|| diverged(number, t, "no companion at the scan"))?;
-            let request = companion
-                .receive_hello(&hello, t)
-                .map_err(|e| step(number, t, "receive_hello", e))?;
-            handshake
-                .receive_request(&request, t)
-                .map_err(|e| step(number, t, "receive_request", e))?;
-            primary = Some(handshake);
-        }
+        // Full crypto: the phone shows who asks.
+        let mut primary = started;
 
         if decline {
             if let Some(mut handshake) = primary {
@@ -1088,12 +1117,13 @@ impl<'a> AccountSim<'a> {
                 .offer()
                 .map(|o| o.to_text())
                 .ok_or_else(|| diverged(number, t, "rival shows no offer"))?;
+            self.account.open_link_intent(t);
             let (mut handshake, hello) = self
                 .account
                 .scan(&text, &mut self.keys, t)
                 .map_err(|e| step(number, t, "rival scan", e))?;
             let request = companion
-                .receive_hello(&hello, t)
+                .receive_hello(&hello, &mut self.keys, t)
                 .map_err(|e| step(number, t, "rival receive_hello", e))?;
             handshake
                 .receive_request(&request, t)
@@ -1212,7 +1242,9 @@ impl<'a> AccountSim<'a> {
                 s.accept_heartbeat(heartbeat, t)
                     .map_err(|e| step(number, t, "new session accepts the heartbeat", e))?;
             }
-            self.device_mut(c, t)?.session = Some(s);
+            let dev = self.device_mut(c, t)?;
+            dev.session = Some(s);
+            dev.expect_logout = None;
             self.sync_sessions(t)?;
             let deadline = self.account.primary_deadline();
             let agrees = self
