@@ -24,8 +24,8 @@ use devicelink::qr::{ImageStyle, OfferQr, TerminalStyle};
 use devicelink::relay::{Directory, Ledger};
 use devicelink::time::days;
 use devicelink::{
-    AccountId, Companion, DeviceIdentity, DeviceIndex, DeviceKey, PairingOffer, Policy, Timestamp,
-    TokenId,
+    AccountId, Companion, DeviceIdentity, DeviceIndex, DeviceKey, DeviceLabel, PairingOffer,
+    Policy, Timestamp, TokenId,
 };
 use ed25519_dalek::Signer;
 use rand_chacha::rand_core::SeedableRng;
@@ -74,6 +74,7 @@ fn primitives(c: &mut Criterion) {
     });
     g.bench_function("sha256_64", |b| b.iter(|| sha256(&[black_box(&[0u8; 64])])));
     g.bench_function("floor", |b| b.iter(|| floor(&inp, &mut rng)));
+    g.bench_function("peer_floor", |b| b.iter(|| peer_floor(&inp, &mut rng)));
     g.finish();
 }
 
@@ -120,22 +121,22 @@ fn link(c: &mut Criterion) {
     let mut account = f.account.clone();
     g.bench_function("primary_scan", |b| {
         b.iter(|| {
-            f.account
-                .clone()
-                .scan(black_box(&text), &mut rng, now())
-                .unwrap()
+            let mut a = f.account.clone();
+            a.open_link_intent(now());
+            a.scan(black_box(&text), &mut rng, now()).unwrap()
         })
     });
+    account.open_link_intent(now());
     let (primary, hello) = account.scan(&text, &mut rng, now()).unwrap();
     g.bench_function("companion_hello", |b| {
         b.iter_batched(
             || companion.clone(),
-            |mut c| c.receive_hello(black_box(&hello), now()).unwrap(),
+            |mut c| c.receive_hello(black_box(&hello), &mut rng, now()).unwrap(),
             BatchSize::SmallInput,
         )
     });
     let mut c2 = companion.clone();
-    let request = c2.receive_hello(&hello, now()).unwrap();
+    let request = c2.receive_hello(&hello, &mut rng, now()).unwrap();
     g.bench_function("primary_request", |b| {
         b.iter_batched(
             || primary.clone(),
@@ -184,12 +185,14 @@ fn synthetic_id(i: u64) -> [u8; 32] {
 fn load(d: &mut Directory, i: u64, last: u64) {
     d.load_account(
         AccountId::from_bytes(synthetic_id(i)),
-        1,
+        (1, synthetic_id(i + 2)),
         Timestamp::from_unix_millis(last),
-        &[DeviceListEntry {
-            index: DeviceIndex(1),
-            device: DeviceKey::from_bytes(synthetic_id(i + 1)),
-        }],
+        &[DeviceListEntry::new(
+            DeviceIndex(1),
+            DeviceKey::from_bytes(synthetic_id(i + 1)),
+            DeviceLabel::new(LABEL).unwrap(),
+            Timestamp::from_unix_millis(last),
+        )],
     )
     .unwrap();
 }

@@ -15,8 +15,8 @@ use devicelink::audit::AuditLog;
 use devicelink::qr::{OfferQr, TerminalStyle};
 use devicelink::time::days;
 use devicelink::{
-    Account, Companion, DeviceIdentity, DeviceIndex, DeviceLabel, LinkedSession, Policy,
-    RegistryError, SessionStatus, Timestamp,
+    Account, Companion, DeviceIdentity, DeviceIndex, DeviceLabel, HandshakeError, LinkedSession,
+    Policy, RefusalReason, RegistryError, SessionStatus, Timestamp,
 };
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
@@ -42,14 +42,15 @@ fn pair(
     );
     let offer = companion.offer().ok_or("no offer")?.to_text();
     audit.offer_shown(&offer, now)?;
+    // The user opened "Link a device" on the phone: only then does a scan link.
+    account.open_link_intent(now);
     let (mut primary, hello) = account.scan(&offer, rng, now)?;
-    let request = companion.receive_hello(&hello, now)?;
-    let asking = primary.receive_request(&request, now)?;
+    let request = companion.receive_hello(&hello, rng, now)?;
+    let asking = account.receive_request(&mut primary, &request, rng, now)?;
     audit.link_requested(&asking, now)?;
     println!(
-        "  phone shows: link \"{}\"? check code {:02} (companion shows {:02})",
-        asking.label,
-        asking.check_code,
+        "  phone asks: {} (companion shows {:02})",
+        asking.prompt().replace('\n', "\n    "),
         companion.check_code().unwrap_or(0)
     );
     let grant = account.grant(&mut primary, rng, now)?;
@@ -147,11 +148,23 @@ fn main() -> Result<()> {
         &mut rng,
         now,
     );
+    let mut fifth = fifth;
     let offer = fifth.offer().ok_or("no offer")?.to_text();
-    match account.scan(&offer, &mut rng, now) {
-        Err(e @ RegistryError::DeviceLimitReached { .. }) => {
-            println!("  refused: {e}");
-            audit.refused(&e.to_string(), now)?;
+    account.open_link_intent(now);
+    let (mut primary, hello) = account.scan(&offer, &mut rng, now)?;
+    let request = fifth.receive_hello(&hello, &mut rng, now)?;
+    match account.receive_request(&mut primary, &request, &mut rng, now) {
+        Err(RegistryError::Refused {
+            reason: reason @ RefusalReason::DeviceLimitReached { .. },
+            refusal,
+        }) => {
+            println!("  phone: device limit reached ({reason})");
+            // The companion gets the authenticated refusal and shows why.
+            match fifth.receive_grant(&refusal, now) {
+                Err(HandshakeError::Refused(r)) => println!("  companion shows: {r}"),
+                other => return Err(format!("expected a refusal, got {other:?}").into()),
+            }
+            audit.record_registry(&mut account, now)?;
         }
         other => return Err(format!("expected DeviceLimitReached, got {other:?}").into()),
     }
@@ -162,8 +175,18 @@ fn main() -> Result<()> {
     audit.record_registry(&mut account, now)?;
     let list = account.device_list().to_bytes();
     for s in &mut sessions {
-        // Each companion receives the new signed device list via the relay.
-        let _ = s.accept_device_list(&list, now);
+        // Each companion receives the new signed device list via the relay,
+        // and learns who left and why.
+        if let Ok(change) = s.accept_device_list(&list, now) {
+            for left in &change.removed {
+                let why = left.reason.map_or("unknown".to_string(), |r| r.to_string());
+                println!(
+                    "  device {} sees: {} was removed ({why})",
+                    s.index(),
+                    left.entry.label
+                );
+            }
+        }
         println!("  device {} ({}): {}", s.index(), s.label(), status(s, now));
     }
 
@@ -206,11 +229,14 @@ fn main() -> Result<()> {
     let again = pair(&mut account, &mut audit, "Firefox on Linux", &mut rng, now)?;
     println!("  {}: {}", again.label(), status(&again, now));
 
-    audit.checkpoint(account.key(), now)?;
+    // The next heartbeat carries the audit trail's head: the account vouches
+    // for every entry without a signature of its own.
+    audit.record_registry(&mut account, now)?;
+    let heartbeat = account.heartbeat(now);
+    let report = audit.verify(&account.account_id(), Some((&heartbeat).into()))?;
     println!(
-        "\nAudit trail ({} entries, chain verified: {}):",
-        audit.len(),
-        audit.verify(&account.account_id()).is_ok()
+        "\nAudit trail ({} entries, {} vouched for by the heartbeat, {} unanchored):",
+        report.entries, report.anchored, report.unanchored
     );
     print!("{}", audit.to_json_lines()?);
     Ok(())

@@ -136,8 +136,9 @@ fn main() -> Result<()> {
             clock.advance_to(clock.now.saturating_add(half));
             let now = clock.now;
             println!("[{}] the phone scans the code", clock.elapsed());
+            account.open_link_intent(now);
             let (mut primary, hello) = account.scan(&text, &mut rng, now)?;
-            let request = companion.receive_hello(&hello, now)?;
+            let request = companion.receive_hello(&hello, &mut rng, now)?;
             let asking = primary.receive_request(&request, now)?;
             println!(
                 "[{}] phone: link \"{}\"? check code {:02}; the companion shows {:02}",

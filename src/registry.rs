@@ -265,7 +265,7 @@ pub struct Account {
     live: Vec<DeviceIndex>,
     next_index: u32,
     last_primary_activity: Timestamp,
-    /// The largest `now` any mutating call has seen.
+    /// The latest time at which the registry recorded a change.
     clock: Timestamp,
     /// End of the open link intent's window, if one is open.
     link_intent: Option<Timestamp>,
@@ -411,7 +411,9 @@ impl Account {
     pub fn next_index(&self) -> DeviceIndex {
         DeviceIndex(self.next_index)
     }
-    /// The registry's clock: the largest `now` a mutating call has seen.
+    /// The registry's clock: the latest time at which it recorded a change.
+    /// Every call acts at `max(now, clock)`, so nothing it signs or records
+    /// is ever earlier than something it already recorded.
     pub fn clock(&self) -> Timestamp {
         self.clock
     }
@@ -503,10 +505,15 @@ impl Account {
             .min()
     }
 
-    /// Advances the registry's clock to `now` (never backwards) and returns it.
-    fn tick(&mut self, now: Timestamp) -> Timestamp {
+    /// The time a call at `now` acts at: never before anything recorded.
+    fn effective(&self, now: Timestamp) -> Timestamp {
+        self.clock.max(now)
+    }
+
+    /// Records that the registry's state changed at `now` (the clock only
+    /// moves forward). Refused calls change nothing, the clock included.
+    fn touch(&mut self, now: Timestamp) {
         self.clock = self.clock.max(now);
-        self.clock
     }
 
     /// Settles what `now` implies: logs out every device whose deadline has
@@ -514,7 +521,7 @@ impl Account {
     /// it changed. Observationally neutral: [`Account::device_state`] gives
     /// the same answers before and after.
     pub fn poll(&mut self, now: Timestamp) {
-        let now = self.tick(now);
+        let now = self.effective(now);
         let mut removed = Vec::new();
         let mut still_live = Vec::with_capacity(self.live.len());
         for index in std::mem::take(&mut self.live) {
@@ -551,6 +558,7 @@ impl Account {
             hash,
         };
         self.signed_list = OnceLock::new();
+        self.touch(now);
         self.events.push(RegistryEvent::DeviceListUpdated {
             version: self.list.version,
             at: now,
@@ -559,6 +567,7 @@ impl Account {
 
     fn record_activity(&mut self, now: Timestamp) {
         self.last_primary_activity = self.last_primary_activity.max(now);
+        self.touch(now);
     }
 
     fn check_slot(
@@ -589,9 +598,10 @@ impl Account {
     /// [`Policy::link_intent_window`] may start a link. Returns when the
     /// window ends. Opening again restarts the window.
     pub fn open_link_intent(&mut self, now: Timestamp) -> Timestamp {
-        let now = self.tick(now);
+        let now = self.effective(now);
         let until = now.saturating_add(self.policy.link_intent_window());
         self.link_intent = Some(until);
+        self.touch(now);
         until
     }
 
@@ -616,7 +626,7 @@ impl Account {
         rng: &mut R,
         now: Timestamp,
     ) -> Result<(PrimaryHandshake, Vec<u8>), RegistryError> {
-        let now = self.tick(now);
+        let now = self.effective(now);
         match self.link_intent {
             None => return Err(RegistryError::NoLinkIntent),
             Some(until) if now >= until => return Err(RegistryError::LinkIntentExpired),
@@ -628,6 +638,7 @@ impl Account {
         // the companions and the relay agree on every deadline.
         let scanned = PrimaryHandshake::scan_offer(self.account_id, &offer, rng, now)?;
         self.link_intent = None;
+        self.touch(now);
         Ok(scanned)
     }
 
@@ -645,7 +656,7 @@ impl Account {
         now: Timestamp,
     ) -> Result<LinkRequest, RegistryError> {
         self.check_handshake(handshake)?;
-        let now = self.tick(now);
+        let now = self.effective(now);
         self.poll(now);
         let asked = handshake.receive_request(request, now)?;
         if let Err(RegistryError::DeviceLimitReached { limit }) =
@@ -654,6 +665,7 @@ impl Account {
             let reason = RefusalReason::DeviceLimitReached { limit };
             let refusal = handshake.refuse(reason, rng)?;
             self.events.push(RegistryEvent::Refused { reason, at: now });
+            self.touch(now);
             return Err(RegistryError::Refused { reason, refusal });
         }
         Ok(asked)
@@ -674,7 +686,7 @@ impl Account {
         now: Timestamp,
     ) -> Result<Vec<u8>, RegistryError> {
         self.check_handshake(handshake)?;
-        let now = self.tick(now);
+        let now = self.effective(now);
         self.poll(now);
         let request = handshake
             .request()
@@ -755,7 +767,7 @@ impl Account {
         token_id: TokenId,
         now: Timestamp,
     ) -> Result<DeviceIndex, RegistryError> {
-        let now = self.tick(now);
+        let now = self.effective(now);
         self.poll(now);
         self.check_slot(now, Some(&device))?;
         Ok(self.admit(device, label, token_id, now))
@@ -764,7 +776,7 @@ impl Account {
     /// Lifecycle-only primary activity: [`Account::heartbeat`] without the
     /// signature.
     pub(crate) fn record_primary_activity(&mut self, now: Timestamp) {
-        let now = self.tick(now);
+        let now = self.effective(now);
         self.poll(now);
         self.record_activity(now);
     }
@@ -775,7 +787,7 @@ impl Account {
         index: DeviceIndex,
         now: Timestamp,
     ) -> Result<(), RegistryError> {
-        let now = self.tick(now);
+        let now = self.effective(now);
         self.poll(now);
         self.check_pending(index, None)?;
         self.activate(index, now);
@@ -812,6 +824,7 @@ impl Account {
             rec.last_seen = rec.last_seen.max(now);
             device = Some(rec.device);
         }
+        self.touch(now);
         self.events.push(RegistryEvent::Linked { index, at: now });
         let replaced: Vec<DeviceIndex> = self
             .live
@@ -847,9 +860,10 @@ impl Account {
         now: Timestamp,
     ) -> Result<Vec<u8>, RegistryError> {
         self.check_handshake(handshake)?;
-        let now = self.tick(now);
+        let now = self.effective(now);
         let msg = handshake.refuse(reason, rng)?;
         self.events.push(RegistryEvent::Refused { reason, at: now });
+        self.touch(now);
         Ok(msg)
     }
 
@@ -862,7 +876,7 @@ impl Account {
         now: Timestamp,
     ) -> Result<ConfirmedLink, RegistryError> {
         self.check_handshake(handshake)?;
-        let now = self.tick(now);
+        let now = self.effective(now);
         self.poll(now);
         let PrimaryState::GrantSent { index } = handshake.state() else {
             // Outside GrantSent the handshake refuses without changing state;
@@ -882,6 +896,7 @@ impl Account {
         if let Some(rec) = self.devices.get_mut(&index) {
             rec.state = DeviceState::LoggedOut { reason, at: now };
         }
+        self.touch(now);
         self.live.retain(|i| *i != index);
         self.events.push(RegistryEvent::LoggedOut {
             index,
@@ -894,7 +909,7 @@ impl Account {
     /// untouched; the next device list drops it with the reason `Revoked`.
     /// Persist the account before publishing that list.
     pub fn revoke(&mut self, index: DeviceIndex, now: Timestamp) -> Result<(), RegistryError> {
-        let now = self.tick(now);
+        let now = self.effective(now);
         self.poll(now);
         match self.devices.get(&index).map(|r| r.state) {
             None => Err(RegistryError::UnknownDevice(index)),
@@ -939,7 +954,7 @@ impl Account {
         index: DeviceIndex,
         now: Timestamp,
     ) -> Result<(), RegistryError> {
-        let now = self.tick(now);
+        let now = self.effective(now);
         self.poll(now);
         match self.devices.get_mut(&index) {
             None => Err(RegistryError::UnknownDevice(index)),
@@ -949,6 +964,7 @@ impl Account {
                 }
                 _ => {
                     rec.last_seen = rec.last_seen.max(now);
+                    self.touch(now);
                     Ok(())
                 }
             },

@@ -44,9 +44,10 @@ fn fixture() -> Fixture {
     );
     let companion_awaiting_hello = companion.clone();
     let offer = companion.offer().unwrap().to_text();
+    account.open_link_intent(t(1));
     let (mut primary, hello) = account.scan(&offer, &mut rng, t(1)).unwrap();
     let primary_awaiting_request = primary.clone();
-    let request = companion.receive_hello(&hello, t(2)).unwrap();
+    let request = companion.receive_hello(&hello, &mut rng, t(2)).unwrap();
     let companion_awaiting_grant = companion.clone();
     primary.receive_request(&request, t(3)).unwrap();
     let grant = account.grant(&mut primary, &mut rng, t(4)).unwrap();
@@ -96,7 +97,9 @@ fn feed(f: &Fixture, bytes: &[u8]) {
     let _ = MemoryTokenStore::restore(bytes);
 
     let mut c = f.companion_awaiting_hello.clone();
-    if c.receive_hello(bytes, t(2)).is_err() {
+    if c.receive_hello(bytes, &mut ChaCha20Rng::seed_from_u64(9), t(2))
+        .is_err()
+    {
         assert_eq!(
             c.save().unwrap(),
             f.companion_awaiting_hello.save().unwrap()

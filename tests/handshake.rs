@@ -5,11 +5,11 @@
 use devicelink::certificate::CertificateError;
 use devicelink::handshake::{CompanionState, FailureReason, PrimaryState};
 use devicelink::offer::{OfferError, OfferState, TokenError};
+use devicelink::Policy;
 use devicelink::{
     Account, Companion, DeviceIdentity, DeviceLabel, HandshakeError, PrimaryHandshake,
     RefusalReason, RegistryError, Timestamp,
 };
-use devicelink::{Policy, SignedDeviceList};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 
@@ -54,8 +54,12 @@ struct Transcript {
 
 fn link(s: &mut Setup) -> (PrimaryHandshake, Transcript) {
     let offer = offer_text(&s.companion);
+    s.account.open_link_intent(t(1_000));
     let (mut primary, hello) = s.account.scan(&offer, &mut s.rng, t(1_000)).unwrap();
-    let request = s.companion.receive_hello(&hello, t(1_100)).unwrap();
+    let request = s
+        .companion
+        .receive_hello(&hello, &mut s.rng, t(1_100))
+        .unwrap();
     primary.receive_request(&request, t(1_200)).unwrap();
     let grant = s.account.grant(&mut primary, &mut s.rng, t(1_300)).unwrap();
     let confirm = s.companion.receive_grant(&grant, t(1_400)).unwrap();
@@ -76,8 +80,12 @@ fn link(s: &mut Setup) -> (PrimaryHandshake, Transcript) {
 /// primary is ready to grant or refuse.
 fn until_request(s: &mut Setup) -> PrimaryHandshake {
     let offer = offer_text(&s.companion);
+    s.account.open_link_intent(t(1_000));
     let (mut primary, hello) = s.account.scan(&offer, &mut s.rng, t(1_000)).unwrap();
-    let request = s.companion.receive_hello(&hello, t(1_100)).unwrap();
+    let request = s
+        .companion
+        .receive_hello(&hello, &mut s.rng, t(1_100))
+        .unwrap();
     primary.receive_request(&request, t(1_200)).unwrap();
     primary
 }
@@ -120,8 +128,9 @@ fn check_codes_match_and_depend_on_the_session() {
     for seed in 0..40 {
         let mut s = setup(seed);
         let offer = offer_text(&s.companion);
+        s.account.open_link_intent(t(1));
         let (mut primary, hello) = s.account.scan(&offer, &mut s.rng, t(1)).unwrap();
-        let request = s.companion.receive_hello(&hello, t(2)).unwrap();
+        let request = s.companion.receive_hello(&hello, &mut s.rng, t(2)).unwrap();
         let asked = primary.receive_request(&request, t(3)).unwrap();
         assert_eq!(Some(asked.check_code), s.companion.check_code());
         assert_eq!(asked.check_code, primary.check_code());
@@ -146,12 +155,14 @@ fn every_bit_flip_is_refused_without_state_change() {
     assert_eq!(offer, tr.offer);
 
     // The offer text, character by character, bit by bit.
+    s.account.open_link_intent(t(1_000));
     let account_before = s.account.save().unwrap();
     for (i, ch) in offer.char_indices() {
         for bit in 0..8 {
             let flipped = char::from(u8::try_from(u32::from(ch)).unwrap() ^ (1 << bit));
             let mut text = offer.clone();
             text.replace_range(i..i + 1, flipped.encode_utf8(&mut [0; 4]));
+            s.account.open_link_intent(t(1_000));
             let err = s
                 .account
                 .scan(&text, &mut s.rng.clone(), t(1_000))
@@ -164,17 +175,24 @@ fn every_bit_flip_is_refused_without_state_change() {
         }
     }
     assert_eq!(s.account.save().unwrap(), account_before);
+    s.account.open_link_intent(t(1_000));
     let (mut primary, hello) = s.account.scan(&offer, &mut s.rng, t(1_000)).unwrap();
     assert_eq!(hello, tr.hello);
 
     // Hello → companion.
     let before = s.companion.save().unwrap();
     for m in flips(&hello) {
-        let err = s.companion.receive_hello(&m, t(1_100)).unwrap_err();
+        let err = s
+            .companion
+            .receive_hello(&m, &mut s.rng, t(1_100))
+            .unwrap_err();
         assert!(!err.is_terminal(), "{err:?}");
         assert_eq!(s.companion.save().unwrap(), before);
     }
-    let request = s.companion.receive_hello(&hello, t(1_100)).unwrap();
+    let request = s
+        .companion
+        .receive_hello(&hello, &mut s.rng, t(1_100))
+        .unwrap();
     assert_eq!(request, tr.request);
 
     // Request → primary.
@@ -215,15 +233,22 @@ fn truncations_and_extensions_are_refused() {
     let mut first = setup(8);
     let (_, tr) = link(&mut first);
     let mut s = setup(8);
+    s.account.open_link_intent(t(1_000));
     let (mut primary, hello) = s.account.scan(&tr.offer, &mut s.rng, t(1_000)).unwrap();
     for len in 0..hello.len() {
-        assert!(s.companion.receive_hello(&hello[..len], t(1_100)).is_err());
+        assert!(s
+            .companion
+            .receive_hello(&hello[..len], &mut s.rng, t(1_100))
+            .is_err());
     }
     assert!(s
         .companion
-        .receive_hello(&[hello.clone(), vec![0]].concat(), t(1_100))
+        .receive_hello(&[hello.clone(), vec![0]].concat(), &mut s.rng, t(1_100))
         .is_err());
-    let request = s.companion.receive_hello(&hello, t(1_100)).unwrap();
+    let request = s
+        .companion
+        .receive_hello(&hello, &mut s.rng, t(1_100))
+        .unwrap();
     for len in 0..request.len() {
         assert!(primary.receive_request(&request[..len], t(1_200)).is_err());
     }
@@ -253,6 +278,7 @@ fn messages_out_of_order_are_refused() {
         matches!(err, HandshakeError::UnexpectedMessage { .. }),
         "{err:?}"
     );
+    s.account.open_link_intent(t(1_000));
     let (mut primary, hello) = s.account.scan(&tr.offer, &mut s.rng, t(1_000)).unwrap();
     assert!(matches!(
         primary.receive_confirm(&tr.confirm, t(1_050)),
@@ -263,23 +289,19 @@ fn messages_out_of_order_are_refused() {
         primary.receive_request(&hello, t(1_050)),
         Err(HandshakeError::UnexpectedMessage { .. })
     ));
-    let request = s.companion.receive_hello(&hello, t(1_100)).unwrap();
+    let request = s
+        .companion
+        .receive_hello(&hello, &mut s.rng, t(1_100))
+        .unwrap();
     // The Hello replayed: refused, the pairing goes on.
     assert!(matches!(
-        s.companion.receive_hello(&hello, t(1_150)),
+        s.companion.receive_hello(&hello, &mut s.rng, t(1_150)),
         Err(HandshakeError::UnexpectedMessage { .. })
     ));
     // Granting before the request arrived is a state error.
-    let list = SignedDeviceList::sign(s.account.key(), 99, &[], t(0));
     assert!(matches!(
-        primary.grant(
-            s.account.key(),
-            devicelink::DeviceIndex(1),
-            &list,
-            &mut s.rng.clone(),
-            t(1_150)
-        ),
-        Err(HandshakeError::WrongState { .. })
+        s.account.grant(&mut primary, &mut s.rng.clone(), t(1_150)),
+        Err(RegistryError::Handshake(HandshakeError::WrongState { .. }))
     ));
     primary.receive_request(&request, t(1_200)).unwrap();
     assert!(matches!(
@@ -305,28 +327,36 @@ fn messages_out_of_order_are_refused() {
 fn message_for_another_session_is_refused() {
     let mut a = setup(10);
     let mut b = setup(11);
+    b.account.open_link_intent(t(1_000));
     let (_, hello_b) = b
         .account
         .scan(&offer_text(&b.companion), &mut b.rng, t(1_000))
         .unwrap();
     let before = a.companion.save().unwrap();
     assert_eq!(
-        a.companion.receive_hello(&hello_b, t(1_100)),
+        a.companion.receive_hello(&hello_b, &mut a.rng, t(1_100)),
         Err(HandshakeError::WrongSession)
     );
     assert_eq!(a.companion.save().unwrap(), before);
     // Same for the primary: B's request to A's handshake.
+    a.account.open_link_intent(t(1_000));
     let (mut primary_a, hello_a) = a
         .account
         .scan(&offer_text(&a.companion), &mut a.rng, t(1_000))
         .unwrap();
-    let request_b = b.companion.receive_hello(&hello_b, t(1_100)).unwrap();
+    let request_b = b
+        .companion
+        .receive_hello(&hello_b, &mut b.rng, t(1_100))
+        .unwrap();
     assert_eq!(
         primary_a.receive_request(&request_b, t(1_200)),
         Err(HandshakeError::WrongSession)
     );
     // A's pairing still completes.
-    let request_a = a.companion.receive_hello(&hello_a, t(1_100)).unwrap();
+    let request_a = a
+        .companion
+        .receive_hello(&hello_a, &mut a.rng, t(1_100))
+        .unwrap();
     primary_a.receive_request(&request_a, t(1_200)).unwrap();
     let grant = a
         .account
@@ -343,20 +373,28 @@ fn stale_and_rotated_offers_are_refused() {
     let mut s = setup(12);
     let first = offer_text(&s.companion);
     // Scanned in time, answered after the offer's 60 s lifetime.
+    s.account.open_link_intent(t(59_000));
     let (_, hello) = s.account.scan(&first, &mut s.rng, t(59_000)).unwrap();
-    let err = s.companion.receive_hello(&hello, t(60_000)).unwrap_err();
+    let err = s
+        .companion
+        .receive_hello(&hello, &mut s.rng, t(60_000))
+        .unwrap_err();
     assert_eq!(err, HandshakeError::Token(TokenError::RotatedOut));
     // Rotated: the old token is refused, the new one works.
     let mut rng = ChaCha20Rng::seed_from_u64(99);
     s.companion.poll(t(60_000), &mut rng).unwrap();
     assert_eq!(
-        s.companion.receive_hello(&hello, t(60_001)),
+        s.companion.receive_hello(&hello, &mut s.rng, t(60_001)),
         Err(HandshakeError::Token(TokenError::RotatedOut))
     );
     let second = offer_text(&s.companion);
     assert_ne!(first, second);
+    s.account.open_link_intent(t(70_000));
     let (_, hello2) = s.account.scan(&second, &mut s.rng, t(70_000)).unwrap();
-    assert!(s.companion.receive_hello(&hello2, t(70_000)).is_ok());
+    assert!(s
+        .companion
+        .receive_hello(&hello2, &mut s.rng, t(70_000))
+        .is_ok());
 
     // Rotations used up: the display times out and the pairing fails for good.
     let mut s = setup(13);
@@ -385,11 +423,15 @@ fn stale_and_rotated_offers_are_refused() {
 #[test]
 fn grant_timeout_fails_the_companion() {
     let mut s = setup(14);
+    s.account.open_link_intent(t(1_000));
     let (mut primary, hello) = s
         .account
         .scan(&offer_text(&s.companion), &mut s.rng, t(1_000))
         .unwrap();
-    let request = s.companion.receive_hello(&hello, t(1_000)).unwrap();
+    let request = s
+        .companion
+        .receive_hello(&hello, &mut s.rng, t(1_000))
+        .unwrap();
     primary.receive_request(&request, t(1_100)).unwrap();
     let grant = s.account.grant(&mut primary, &mut s.rng, t(1_200)).unwrap();
     // Deadline = hello time + 60 s; at the deadline the grant is too late.
@@ -415,8 +457,12 @@ fn certificate_from_another_account_is_refused() {
     let mut s = setup(15);
     let other = Account::generate(Policy::default(), &mut ChaCha20Rng::seed_from_u64(77), t(0));
     s.companion = s.companion.clone().expect_account(other.account_id());
+    s.account.open_link_intent(t(1_000));
     let (mut primary, hello) = s.account.scan(&tr.offer, &mut s.rng, t(1_000)).unwrap();
-    let request = s.companion.receive_hello(&hello, t(1_100)).unwrap();
+    let request = s
+        .companion
+        .receive_hello(&hello, &mut s.rng, t(1_100))
+        .unwrap();
     primary.receive_request(&request, t(1_200)).unwrap();
     let grant = s.account.grant(&mut primary, &mut s.rng, t(1_300)).unwrap();
     let before = s.companion.save().unwrap();
@@ -450,6 +496,7 @@ fn low_order_keys_are_non_contributory() {
     for key in [[0u8; 32], one] {
         let text = offer_with_key(key);
         assert!(devicelink::PairingOffer::from_text(&text).is_ok());
+        s.account.open_link_intent(t(1_000));
         assert_eq!(
             s.account.scan(&text, &mut s.rng, t(1_000)).unwrap_err(),
             RegistryError::Handshake(HandshakeError::BadOffer(OfferError::WeakKey))
@@ -457,6 +504,7 @@ fn low_order_keys_are_non_contributory() {
     }
 
     // A Hello carrying a zero key: refused, state unchanged, genuine one works.
+    s.account.open_link_intent(t(1_000));
     let (_, hello) = s
         .account
         .scan(&offer_text(&s.companion), &mut s.rng, t(1_000))
@@ -465,11 +513,14 @@ fn low_order_keys_are_non_contributory() {
     forged[34..66].fill(0);
     let before = s.companion.save().unwrap();
     assert_eq!(
-        s.companion.receive_hello(&forged, t(1_100)),
+        s.companion.receive_hello(&forged, &mut s.rng, t(1_100)),
         Err(HandshakeError::NonContributory)
     );
     assert_eq!(s.companion.save().unwrap(), before);
-    assert!(s.companion.receive_hello(&hello, t(1_100)).is_ok());
+    assert!(s
+        .companion
+        .receive_hello(&hello, &mut s.rng, t(1_100))
+        .is_ok());
 }
 
 #[test]
@@ -525,6 +576,7 @@ fn bad_offer_texts_have_typed_errors() {
         ("https://example.com", OfferError::MissingPrefix),
         ("DL:AAAA", OfferError::WrongLength { len: 7 }),
     ] {
+        s.account.open_link_intent(t(0));
         assert_eq!(
             s.account.scan(text, &mut s.rng, t(0)).unwrap_err(),
             RegistryError::Handshake(HandshakeError::BadOffer(want))

@@ -7,16 +7,14 @@
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use devicelink::{
-    Account, Companion, DeviceIdentity, DeviceLabel, Policy, PrimaryHeartbeat, Timestamp,
-};
+use devicelink::{Account, Companion, DeviceIdentity, DeviceLabel, Policy, Timestamp};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use serde_json::{json, Value};
 
 const PATH: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/tests/vectors/devicelink-v1.json"
+    "/tests/vectors/devicelink-v2.json"
 );
 
 /// Runs one complete link from `seed` at `now` and records every public value.
@@ -37,13 +35,14 @@ fn compute(seed: u64, now_ms: u64, label: &str) -> Value {
         now,
     );
     let offer = companion.offer().unwrap().clone();
+    account.open_link_intent(now);
     let (mut primary, hello) = account.scan(&offer.to_text(), &mut rng, now).unwrap();
-    let request = companion.receive_hello(&hello, now).unwrap();
+    let request = companion.receive_hello(&hello, &mut rng, now).unwrap();
     let asked = primary.receive_request(&request, now).unwrap();
     let grant = account.grant(&mut primary, &mut rng, now).unwrap();
     let confirm = companion.receive_grant(&grant, now).unwrap();
     let link = account.confirm(&mut primary, &confirm, now).unwrap();
-    let heartbeat = PrimaryHeartbeat::sign(account.key(), now);
+    let heartbeat = account.heartbeat(now);
     let b = |bytes: &[u8]| Value::String(B64.encode(bytes));
     json!({
         "seed": seed,
@@ -67,7 +66,7 @@ fn compute(seed: u64, now_ms: u64, label: &str) -> Value {
 
 fn all() -> Value {
     json!({
-        "description": "devicelink v1 known-answer vectors: ChaCha20Rng::seed_from_u64(seed) (rand_chacha 0.3), fixed now; bytes in standard base64. See docs/PROTOCOL.md.",
+        "description": "devicelink v2 known-answer vectors: ChaCha20Rng::seed_from_u64(seed) (rand_chacha 0.3), fixed now; bytes in standard base64. See docs/PROTOCOL.md.",
         "vectors": [
             compute(0, 1_700_000_000_000, "Firefox on Linux"),
             compute(1, 1_750_000_000_123, "Chrome on macOS"),

@@ -48,9 +48,9 @@ pub fn hkdf_schedule(salt: &[u8], ikm: &[u8], th: &[u8; 32]) -> [[u8; 32]; 3] {
     let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, salt).extract(ikm);
     let mut out = [[0u8; 32]; 3];
     for (label, o) in [
-        &b"devicelink/v1 hello"[..],
-        b"devicelink/v1 request",
-        b"devicelink/v1 grant",
+        &b"devicelink/v2 hello"[..],
+        b"devicelink/v2 request",
+        b"devicelink/v2 grant",
     ]
     .iter()
     .zip(out.iter_mut())
@@ -58,7 +58,7 @@ pub fn hkdf_schedule(salt: &[u8], ikm: &[u8], th: &[u8; 32]) -> [[u8; 32]; 3] {
         prk.expand(&[label, th], Len(32)).unwrap().fill(o).unwrap();
     }
     let mut code = [0u8; 4];
-    prk.expand(&[b"devicelink/v1 check code", th], Len(4))
+    prk.expand(&[b"devicelink/v2 check code", th], Len(4))
         .unwrap()
         .fill(&mut code)
         .unwrap();
@@ -119,10 +119,14 @@ pub struct FloorInputs {
     pub label_bytes: Vec<u8>,
 }
 
-/// Exactly the primitive operations of one full link, in protocol order, on
-/// inputs of the protocol's sizes. Nothing else.
+/// Exactly the primitive operations of one full link (protocol v2), in
+/// protocol order, on inputs of the protocol's sizes. Nothing else: two
+/// X25519 key generations and two DH, two key schedules, the Hello MAC, two
+/// AEAD seals and two opens, one account signature (the device list, which is
+/// the certificate) and its verification, one device signature (the Confirm)
+/// and its verification, and the SHA-256 digests the protocol names.
 pub fn floor(inp: &FloorInputs, rng: &mut ChaCha20Rng) {
-    let th_label = b"devicelink/v1 transcript";
+    let th_label = b"devicelink/v2 transcript";
     // Companion: the offer (X25519 key, 16-byte secret, offer digest, token id).
     let c_secret = StaticSecret::random_from_rng(&mut *rng);
     let c_pub = PublicKey::from(&c_secret);
@@ -145,7 +149,7 @@ pub fn floor(inp: &FloorInputs, rng: &mut ChaCha20Rng) {
     let keys_p = hkdf_schedule(&salt, dh_p.as_bytes(), &th);
     let hello = [0u8; 66];
     let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &keys_p[0]), &hello);
-    // Companion: DH, transcript, key schedule, MAC check, proof, Request.
+    // Companion: DH, transcript, key schedule, MAC check, Request.
     let dh_c = c_secret.diffie_hellman(&p_pub);
     assert!(dh_c.was_contributory());
     let th_c = sha256(&[th_label, &token[..16], c_pub.as_bytes(), p_pub.as_bytes()]);
@@ -156,67 +160,95 @@ pub fn floor(inp: &FloorInputs, rng: &mut ChaCha20Rng) {
         tag.as_ref(),
     )
     .unwrap();
-    let pop_msg = [&b"devicelink/v1 proof of possession"[..], &th_c].concat();
-    let pop = inp.device.sign(&pop_msg);
-    let mut req_plain = Vec::with_capacity(160);
+    let mut req_plain = Vec::with_capacity(100);
     req_plain.extend_from_slice(&inp.device_pub);
-    req_plain.extend_from_slice(&pop.to_bytes());
     req_plain.push(16);
     req_plain.extend_from_slice(&inp.label_bytes);
-    let header = [1u8; 18];
-    let request = seal(&keys_c[1], [0; 12], &header, &req_plain);
-    // Primary: opens the Request, checks the proof.
-    black_box(open(&keys_p[1], [0; 12], &header, &request));
-    assert!(verify(&inp.device_pub, &pop_msg, &pop));
-    // Primary: signs the device list and the certificate, seals the Grant.
-    let mut list = Vec::with_capacity(200);
-    list.extend_from_slice(b"devicelink/v1 device list");
-    list.extend_from_slice(&[0u8; 50]);
+    let header = [2u8; 18];
+    let mut req_nonce = [0u8; 12];
+    rng.fill_bytes(&mut req_nonce);
+    let request = seal(&keys_c[1], req_nonce, &header, &req_plain);
+    // Primary: opens the Request.
+    black_box(open(&keys_p[1], req_nonce, &header, &request));
+    // Primary: signs the device list (the certificate), hashes it for the
+    // chain, seals the Grant.
+    let mut list = Vec::with_capacity(300);
+    list.extend_from_slice(b"devicelink/v2 device list");
+    list.push(2);
     list.extend_from_slice(&inp.account_pub);
+    list.extend_from_slice(&[0u8; 8 + 8 + 32 + 8 + 32 + 1]);
     list.extend_from_slice(&[0u8; 4]);
     list.extend_from_slice(&inp.device_pub);
+    list.extend_from_slice(&[0u8; 8 + 1]);
+    list.extend_from_slice(&inp.label_bytes);
+    list.push(0);
     let list_sig = inp.account.sign(&list);
+    black_box(sha256(&[b"devicelink/v2 device list hash", &list[25..]]));
     let mut nonce = [0u8; 12];
     rng.fill_bytes(&mut nonce);
-    let mut cert = Vec::with_capacity(120);
-    cert.extend_from_slice(b"devicelink/v1 device certificate");
-    cert.push(1);
-    cert.extend_from_slice(&inp.account_pub);
-    cert.extend_from_slice(&[0u8; 4]);
-    cert.extend_from_slice(&inp.device_pub);
-    cert.extend_from_slice(&[0u8; 8]);
-    let cert_sig = inp.account.sign(&cert);
-    let grant_plain = [0u8; 141 + 87 + 64];
+    let grant_plain = vec![0u8; 4 + list.len() - 25 + 64];
     let grant = seal(&keys_p[2], nonce, &header, &grant_plain);
     let th2 = sha256(&[
-        b"devicelink/v1 confirm transcript",
+        b"devicelink/v2 confirm transcript",
         &th,
         &[0; 4],
         &request,
         &[0; 4],
         &grant,
     ]);
-    // Companion: opens the Grant, verifies certificate and list, signs the
-    // confirmation.
+    // Companion: opens the Grant, verifies the list, signs the confirmation.
     black_box(open(&keys_c[2], nonce, &header, &grant));
-    assert!(verify(&inp.account_pub, &cert, &cert_sig));
     assert!(verify(&inp.account_pub, &list, &list_sig));
     let th2_c = sha256(&[
-        b"devicelink/v1 confirm transcript",
+        b"devicelink/v2 confirm transcript",
         &th_c,
         &[0; 4],
         &request,
         &[0; 4],
         &grant,
     ]);
-    let confirm_msg = [&b"devicelink/v1 confirm"[..], &th2_c].concat();
+    let confirm_msg = [&b"devicelink/v2 confirm"[..], &th2_c].concat();
     let confirm = inp.device.sign(&confirm_msg);
     // Primary: verifies the confirmation.
     assert!(verify(
         &inp.device_pub,
-        &[&b"devicelink/v1 confirm"[..], &th2].concat(),
+        &[&b"devicelink/v2 confirm"[..], &th2].concat(),
         &confirm
     ));
+}
+
+/// The peers' common floor: what every QR-linking protocol with device
+/// authentication does at least, both sides together. Two X25519 key
+/// generations and two DH, one HKDF derivation per side (extract and one
+/// 64-byte expand), one AEAD message sealed and opened, one Ed25519
+/// signature and its verification.
+pub fn peer_floor(inp: &FloorInputs, rng: &mut ChaCha20Rng) {
+    let c_secret = StaticSecret::random_from_rng(&mut *rng);
+    let c_pub = PublicKey::from(&c_secret);
+    let p_secret = StaticSecret::random_from_rng(&mut *rng);
+    let p_pub = PublicKey::from(&p_secret);
+    let dh_p = p_secret.diffie_hellman(&c_pub);
+    let dh_c = c_secret.diffie_hellman(&p_pub);
+    let derive = |ikm: &[u8]| {
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, &[0u8; 16]).extract(ikm);
+        let mut okm = [0u8; 64];
+        prk.expand(&[b"peer floor"], Len(64))
+            .unwrap()
+            .fill(&mut okm)
+            .unwrap();
+        okm
+    };
+    let kp = derive(dh_p.as_bytes());
+    let kc = derive(dh_c.as_bytes());
+    let mut key_p = [0u8; 32];
+    key_p.copy_from_slice(&kp[..32]);
+    let mut key_c = [0u8; 32];
+    key_c.copy_from_slice(&kc[..32]);
+    let msg = [0u8; 128];
+    let sig = inp.account.sign(&msg);
+    let sealed = seal(&key_p, [0; 12], &[0u8; 18], &msg);
+    black_box(open(&key_c, [0; 12], &[0u8; 18], &sealed));
+    assert!(verify(&inp.account_pub, &msg, &sig));
 }
 
 /// The floor's long-term keys and label.
@@ -266,9 +298,12 @@ pub fn full_link(
     let t = now();
     let mut companion = Companion::new(identity, f.label.clone(), &f.policy, rng, t);
     let text = companion.offer().unwrap().to_text();
+    account.open_link_intent(t);
     let (mut primary, hello) = account.scan(&text, rng, t).unwrap();
-    let request = companion.receive_hello(&hello, t).unwrap();
-    primary.receive_request(&request, t).unwrap();
+    let request = companion.receive_hello(&hello, rng, t).unwrap();
+    account
+        .receive_request(&mut primary, &request, rng, t)
+        .unwrap();
     let grant = account.grant(&mut primary, rng, t).unwrap();
     let confirm = companion.receive_grant(&grant, t).unwrap();
     black_box(account.confirm(&mut primary, &confirm, t).unwrap());

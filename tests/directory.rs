@@ -1,0 +1,334 @@
+//! The many-account directory: its expiry sweep at 1,000 accounts returns
+//! exactly what expired, stale facts and clocks going backwards never revive
+//! anyone. Deterministic inputs (seeded RNG, virtual clock).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use devicelink::audit::AuditAnchor;
+use devicelink::certificate::{DeviceListDraft, DeviceListEntry};
+use devicelink::relay::{DirectoryError, SweptDevice};
+use devicelink::{
+    AccountId, AccountKey, DeviceIndex, DeviceKey, DeviceLabel, Directory, LogoutReason, Policy,
+    PrimaryHeartbeat, SignedDeviceList, Timestamp,
+};
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+
+const T0: u64 = 1_700_000_000_000;
+const DAY: u64 = 86_400_000;
+const OFFLINE: u64 = 14 * DAY;
+
+fn at(ms: u64) -> Timestamp {
+    Timestamp::from_unix_millis(T0 + ms)
+}
+
+/// One account's facts as the directory receives them.
+struct Facts {
+    key: AccountKey,
+    id: AccountId,
+    /// Signed lists in version order, with the time each is applied.
+    lists: Vec<SignedDeviceList>,
+    /// Heartbeats (always before the lease's end).
+    heartbeats: Vec<PrimaryHeartbeat>,
+}
+
+impl Facts {
+    fn last_activity(&self) -> Timestamp {
+        self.lists
+            .iter()
+            .map(|l| l.issued_at())
+            .chain(self.heartbeats.iter().map(|h| h.at()))
+            .max()
+            .unwrap()
+    }
+    fn devices(&self) -> &[DeviceListEntry] {
+        self.lists.last().unwrap().devices()
+    }
+}
+
+/// `n` devices with random keys at indices `first_index..`.
+fn entries(rng: &mut ChaCha20Rng, first_index: u32, n: u32) -> Vec<DeviceListEntry> {
+    (0..n)
+        .map(|i| {
+            let mut k = [0u8; 32];
+            rng.fill_bytes(&mut k);
+            DeviceListEntry::new(
+                DeviceIndex(first_index + i),
+                DeviceKey::from_bytes(k),
+                DeviceLabel::new("device").unwrap(),
+                at(0),
+            )
+        })
+        .collect()
+}
+
+/// Zero to four devices.
+fn some_entries(rng: &mut ChaCha20Rng, first_index: u32) -> Vec<DeviceListEntry> {
+    let n = rng.next_u32() % 5;
+    entries(rng, first_index, n)
+}
+
+fn build_facts(rng: &mut ChaCha20Rng, n: usize, t_sweep: u64) -> Vec<Facts> {
+    (0..n)
+        .map(|i| {
+            let key = AccountKey::generate(rng);
+            let id = key.account_id();
+            // Spread over 30 days; a few sit exactly on the sweep boundary.
+            let first = match i {
+                0 => t_sweep - OFFLINE,
+                1 => t_sweep - OFFLINE + 1,
+                2 => t_sweep - OFFLINE - 1,
+                _ => u64::from(rng.next_u32()) % (30 * DAY),
+            };
+            let mut lists = vec![SignedDeviceList::sign(
+                &key,
+                &DeviceListDraft::new(1, some_entries(rng, 1)),
+                at(first),
+            )];
+            let mut heartbeats = Vec::new();
+            if i > 2 {
+                match rng.next_u32() % 4 {
+                    // A heartbeat within the lease.
+                    0 => {
+                        let hb = first + u64::from(rng.next_u32()) % OFFLINE;
+                        heartbeats.push(PrimaryHeartbeat::sign(
+                            &key,
+                            &lists[0],
+                            AuditAnchor::default(),
+                            at(hb),
+                        ));
+                    }
+                    // A newer device list within the lease.
+                    1 => {
+                        let t = first + u64::from(rng.next_u32()) % OFFLINE;
+                        let next = DeviceListDraft::after(&lists[0], some_entries(rng, 10));
+                        lists.push(SignedDeviceList::sign(&key, &next, at(t)));
+                    }
+                    _ => {}
+                }
+            }
+            Facts {
+                key,
+                id,
+                lists,
+                heartbeats,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn directory_sweep_returns_exactly_the_expired_accounts_devices() {
+    let mut rng = ChaCha20Rng::seed_from_u64(103);
+    let policy = Policy::default();
+    let t_sweep = 25 * DAY;
+    let sweep_at = at(t_sweep);
+    let facts = build_facts(&mut rng, 1_000, t_sweep);
+    let mut dir = Directory::new(&policy);
+    for f in &facts {
+        for list in &f.lists {
+            assert_eq!(dir.apply_device_list(list, list.issued_at()), Ok(true));
+        }
+        for hb in &f.heartbeats {
+            dir.apply_heartbeat(hb, hb.at()).unwrap();
+        }
+        // An old version is ignored.
+        assert_eq!(
+            dir.apply_device_list(&f.lists[0], f.lists[0].issued_at()),
+            Ok(false)
+        );
+    }
+    assert_eq!(dir.len(), 1_000);
+    let total_devices: usize = facts.iter().map(|f| f.devices().len()).sum();
+    assert_eq!(dir.device_count(), total_devices);
+
+    // What the sweep must return.
+    let mut expected: BTreeSet<(AccountId, u32, u64)> = BTreeSet::new();
+    let mut expired_accounts = 0;
+    for f in &facts {
+        let deadline = f
+            .last_activity()
+            .saturating_add(Duration::from_millis(OFFLINE));
+        assert_eq!(dir.deadline(&f.id), Some(deadline));
+        if deadline <= sweep_at {
+            expired_accounts += 1;
+            for e in f.devices() {
+                expected.insert((f.id, e.index.0, deadline.as_unix_millis()));
+            }
+        }
+    }
+    assert!(
+        expired_accounts > 100 && expired_accounts < 900,
+        "{expired_accounts}"
+    );
+    assert!(expected.iter().any(|(a, _, _)| *a == facts[0].id) || facts[0].devices().is_empty());
+    let earliest = facts
+        .iter()
+        .map(|f| {
+            f.last_activity()
+                .saturating_add(Duration::from_millis(OFFLINE))
+        })
+        .min();
+    assert_eq!(dir.next_deadline(), earliest);
+
+    let linked_before: BTreeMap<(AccountId, u32), bool> = facts
+        .iter()
+        .flat_map(|f| {
+            f.devices()
+                .iter()
+                .map(|e| {
+                    (
+                        (f.id, e.index.0),
+                        dir.is_linked(&f.id, e.index, &e.device, sweep_at),
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    for f in &facts {
+        let deadline = f
+            .last_activity()
+            .saturating_add(Duration::from_millis(OFFLINE));
+        for e in f.devices() {
+            assert_eq!(linked_before[&(f.id, e.index.0)], deadline > sweep_at);
+            // One millisecond before its deadline, every device is linked.
+            assert!(dir.is_linked(
+                &f.id,
+                e.index,
+                &e.device,
+                Timestamp::from_unix_millis(deadline.as_unix_millis() - 1)
+            ));
+            // Not under another index or key.
+            assert!(!dir.is_linked(&f.id, DeviceIndex(e.index.0 + 100), &e.device, at(0)));
+        }
+    }
+
+    let swept = dir.sweep(sweep_at);
+    let got: BTreeSet<(AccountId, u32, u64)> = swept
+        .iter()
+        .map(|d: &SweptDevice| {
+            assert_eq!(d.reason, LogoutReason::PrimaryOffline);
+            (d.account, d.index.0, d.at.as_unix_millis())
+        })
+        .collect();
+    assert_eq!(swept.len(), got.len(), "a device was swept twice");
+    assert_eq!(got, expected);
+    assert_eq!(dir.device_count(), total_devices - expected.len());
+    assert!(dir.next_deadline().is_none_or(|d| d > sweep_at));
+
+    // A second sweep at the same instant finds nothing.
+    assert!(dir.sweep(sweep_at).is_empty());
+
+    // Lookups agree with what they said before the sweep.
+    for f in &facts {
+        for e in f.devices() {
+            assert_eq!(
+                dir.is_linked(&f.id, e.index, &e.device, sweep_at),
+                linked_before[&(f.id, e.index.0)]
+            );
+        }
+    }
+
+    // A stale fact cannot revive an expired account; a heartbeat neither.
+    let expired = facts
+        .iter()
+        .find(|f| {
+            f.last_activity()
+                .saturating_add(Duration::from_millis(OFFLINE))
+                <= sweep_at
+                && !f.devices().is_empty()
+        })
+        .unwrap();
+    let deadline = expired
+        .last_activity()
+        .saturating_add(Duration::from_millis(OFFLINE));
+    let latest = expired.lists.last().unwrap();
+    let late_hb = PrimaryHeartbeat::sign(&expired.key, latest, AuditAnchor::default(), deadline);
+    assert_eq!(
+        dir.apply_heartbeat(&late_hb, sweep_at),
+        Err(DirectoryError::AccountExpired)
+    );
+    let stale = SignedDeviceList::sign(
+        &expired.key,
+        &DeviceListDraft::after(latest, expired.devices().to_vec()),
+        expired.last_activity(),
+    );
+    assert_eq!(
+        dir.apply_device_list(&stale, sweep_at),
+        Err(DirectoryError::AccountExpired)
+    );
+    let e = expired.devices()[0].clone();
+    assert!(!dir.is_linked(&expired.id, e.index, &e.device, sweep_at));
+    // A list signed after the deadline that still names the swept index (a
+    // primary that missed the logout) does not re-link it; a re-pair under a
+    // new index (indices are never reused) does.
+    let missed = SignedDeviceList::sign(
+        &expired.key,
+        &DeviceListDraft::after(latest, vec![e.clone()]),
+        sweep_at,
+    );
+    assert_eq!(dir.apply_device_list(&missed, sweep_at), Ok(true));
+    assert!(!dir.is_linked(&expired.id, e.index, &e.device, sweep_at));
+    let e = DeviceListEntry::new(
+        DeviceIndex(e.index.0 + 100),
+        e.device,
+        e.label.clone(),
+        sweep_at,
+    );
+    let repair = SignedDeviceList::sign(
+        &expired.key,
+        &DeviceListDraft::after(&missed, vec![e.clone()]),
+        sweep_at,
+    );
+    assert_eq!(dir.apply_device_list(&repair, sweep_at), Ok(true));
+    assert!(dir.is_linked(&expired.id, e.index, &e.device, sweep_at));
+
+    // Far in the future, every remaining device is swept, once.
+    let rest = dir.sweep(Timestamp::MAX);
+    assert_eq!(rest.len(), total_devices - expected.len() + 1);
+    assert!(dir.sweep(Timestamp::MAX).is_empty());
+    assert_eq!(dir.device_count(), 0);
+    assert_eq!(dir.next_deadline(), None);
+}
+
+#[test]
+fn directory_swept_account_is_not_revived_by_a_clock_going_backwards() {
+    let mut rng = ChaCha20Rng::seed_from_u64(104);
+    let mut dir = Directory::new(&Policy::default());
+    let key = AccountKey::generate(&mut rng);
+    let devices = entries(&mut rng, 1, 2);
+    let v1 = SignedDeviceList::sign(&key, &DeviceListDraft::new(1, devices.clone()), at(0));
+    assert_eq!(dir.apply_device_list(&v1, at(0)), Ok(true));
+    let swept = dir.sweep(at(OFFLINE + DAY));
+    assert_eq!(swept.len(), 2);
+    assert!(!dir.is_linked(
+        &key.account_id(),
+        devices[0].index,
+        &devices[0].device,
+        at(OFFLINE + DAY)
+    ));
+
+    // The same list, refreshed by the primary at day 13, arrives late: with a
+    // correct clock it is refused...
+    let v2 = SignedDeviceList::sign(
+        &key,
+        &DeviceListDraft::after(&v1, devices.clone()),
+        at(13 * DAY),
+    );
+    let mut correct = dir.clone();
+    assert_eq!(
+        correct.apply_device_list(&v2, at(OFFLINE + DAY)),
+        Err(DirectoryError::AccountExpired)
+    );
+    // ...and with a clock set back to day 13 it must be refused too: the
+    // devices were logged out for good.
+    let _ = dir.apply_device_list(&v2, at(13 * DAY));
+    for e in &devices {
+        assert!(
+            !dir.is_linked(&key.account_id(), e.index, &e.device, at(OFFLINE + DAY)),
+            "device {} revived",
+            e.index
+        );
+    }
+}
