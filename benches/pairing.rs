@@ -21,11 +21,11 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BatchSize, Bencher, BenchmarkId, Criterion};
 use devicelink::certificate::DeviceListEntry;
 use devicelink::qr::{ImageStyle, OfferQr, TerminalStyle};
-use devicelink::relay::{Directory, Ledger};
+use devicelink::relay::{ClientId, Directory, Ledger, Quota, TokenStore};
 use devicelink::time::days;
 use devicelink::{
     AccountId, Companion, DeviceIdentity, DeviceIndex, DeviceKey, DeviceLabel, PairingOffer,
-    Policy, Timestamp, TokenId,
+    Policy, PrimaryHandshake, Timestamp, TokenId,
 };
 use ed25519_dalek::Signer;
 use rand_chacha::rand_core::SeedableRng;
@@ -284,38 +284,82 @@ fn registry(c: &mut Criterion) {
 
 fn ledger(c: &mut Criterion) {
     let mut g = c.benchmark_group("ledger");
-    let ledger = Ledger::in_memory();
-    let mut next = 0u64;
-    let mut token = || {
-        next += 1;
-        let mut b = [0u8; 16];
-        b[..8].copy_from_slice(&next.to_le_bytes());
-        TokenId::from_bytes(b)
-    };
-    g.bench_function("register_redeem", |b| {
+    let f = link_fixture();
+    let companion = ClientId::from(1);
+    let primary = ClientId::from(2);
+    // One real exchange, so that route() sees a Hello with its proof.
+    let mut rng = ChaCha20Rng::seed_from_u64(4);
+    let mut comp = Companion::new(
+        f.identity.clone(),
+        f.label.clone(),
+        &f.policy,
+        &mut rng,
+        now(),
+    );
+    let text = comp.offer().unwrap().to_text();
+    let token = comp.offer().unwrap().token_id();
+    let (_p, hello) = PrimaryHandshake::scan(&text, &mut rng, now()).unwrap();
+    let request = comp.receive_hello(&hello, now()).unwrap();
+    // Register, Hello (reserve), Request (redeem) for one token, then a
+    // sweep of it: the whole life of a token at the relay.
+    g.bench_function("register_reserve_redeem_sweep", |b| {
+        let ledger = Ledger::default();
+        let mut t = 0u64;
         b.iter(|| {
-            let t = token();
-            ledger.register(t, now().saturating_add(days(1))).unwrap();
-            ledger.redeem(&t, now()).unwrap()
+            // Far apart in time, so each iteration's tombstone is swept.
+            t += 3_600_000;
+            let at = now().saturating_add(Duration::from_millis(t));
+            ledger
+                .register(companion, token, at.saturating_add(days(1)), at)
+                .unwrap();
+            ledger.route(&hello, primary, at).unwrap();
+            ledger.route(&request, companion, at).unwrap();
+            let later = at.saturating_add(Duration::from_millis(60_000 + 300_000));
+            assert_eq!(ledger.sweep(later, usize::MAX).unwrap(), 1);
         })
     });
-    // Contended: two threads race to redeem each token; exactly one wins.
-    g.bench_function("redeem_contended_2_threads", |b| {
+    // Contended: two threads race to reserve each token with a Hello, then
+    // to redeem it with the companion's Request; exactly one wins each.
+    // (Store-level: the same proof cannot serve many tokens, so the race
+    // goes through the TokenStore directly.)
+    g.bench_function("reserve_redeem_contended_2_threads", |b| {
         b.iter_custom(|iters| {
-            let ledger = Arc::new(Ledger::in_memory());
-            let tokens: Vec<TokenId> = (0..iters).map(|_| token()).collect();
+            let ledger = Arc::new(Ledger::default());
+            let quota = Quota {
+                per_client: u32::MAX,
+                total: u64::MAX,
+            };
+            let tokens: Vec<TokenId> = (0..iters)
+                .map(|i| {
+                    let mut b = [0u8; 16];
+                    b[..8].copy_from_slice(&i.to_le_bytes());
+                    TokenId::from_bytes(b)
+                })
+                .collect();
             for t in &tokens {
-                ledger.register(*t, now().saturating_add(days(1))).unwrap();
+                ledger
+                    .store()
+                    .register(*t, companion, now().saturating_add(days(1)), quota)
+                    .unwrap();
             }
             let tokens = Arc::new(tokens);
             let barrier = Arc::new(Barrier::new(2));
             let start = Instant::now();
-            let handles: Vec<_> = (0..2)
-                .map(|_| {
+            let handles: Vec<_> = (0..2u64)
+                .map(|i| {
                     let (l, ts, bar) = (ledger.clone(), tokens.clone(), barrier.clone());
                     std::thread::spawn(move || {
                         bar.wait();
-                        ts.iter().filter(|t| l.redeem(t, now()).is_ok()).count()
+                        let until = now().saturating_add(Duration::from_secs(30));
+                        let keep = now().saturating_add(Duration::from_secs(300));
+                        ts.iter()
+                            .filter(|t| {
+                                // Whoever reserves, one redeem follows a
+                                // reservation: exactly one succeeds.
+                                let _ = l.store().reserve(t, ClientId::from(10 + i), now(), until);
+                                l.store().redeem(t, companion, now(), keep).is_ok()
+                            })
+                            .count()
                     })
                 })
                 .collect();

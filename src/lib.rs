@@ -105,6 +105,6 @@ pub use offer::{OfferDisplay, OfferError, PairingOffer, TokenId};
 pub use persist::PersistError;
 pub use policy::{Policy, PolicyError};
 pub use registry::{Account, DeviceState, RegistryError};
-pub use relay::{Directory, DirectoryError, Ledger, LedgerError};
+pub use relay::{ClientId, Directory, DirectoryError, Ledger, LedgerConfig, LedgerError, Routed};
 pub use session::{LinkedSession, LogoutReason, SessionError, SessionStatus};
 pub use time::Timestamp;

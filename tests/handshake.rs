@@ -610,40 +610,55 @@ fn secrets_stay_out_of_debug_output() {
 
 #[test]
 fn relay_routes_only_a_hello_from_someone_who_saw_the_qr_code() {
-    use devicelink::relay::{Ledger, LedgerError};
+    use devicelink::relay::{ClientId, Ledger, LedgerError};
+    let (companion, primary) = (ClientId::from(1), ClientId::from(2));
     let mut first = setup(20);
     let (_, tr) = link(&mut first);
-    let ledger = Ledger::in_memory();
+    let ledger = Ledger::default();
     let offer = devicelink::PairingOffer::from_text(&tr.offer).unwrap();
-    ledger.register(offer.token_id(), t(60_000)).unwrap();
+    let token = offer.token_id();
+    ledger.register(companion, token, t(60_000), t(0)).unwrap();
     // A forger who knows only the token id (the relay's view before the
-    // scan) cannot burn the token: a bare header, or a Hello with a wrong proof.
-    for forged in [tr.hello[..18].to_vec(), {
-        let mut h = tr.hello.clone();
-        h[20] ^= 1;
-        h
-    }] {
-        assert_eq!(
-            ledger.route(&forged, t(1_000)),
-            Err(LedgerError::BadRedemptionProof)
-        );
-    }
-    // Later messages are not routed before the token is redeemed.
+    // scan) cannot reserve or burn the token: a bare header is refused on
+    // its size, a Hello with a wrong proof on the proof.
+    assert!(matches!(
+        ledger.route(&tr.hello[..18], primary, t(1_000)),
+        Err(LedgerError::WrongSize { .. })
+    ));
+    let mut forged = tr.hello.clone();
+    forged[20] ^= 1;
     assert_eq!(
-        ledger.route(&tr.request, t(1_000)),
-        Err(LedgerError::UnknownToken)
+        ledger.route(&forged, primary, t(1_000)),
+        Err(LedgerError::BadRedemptionProof)
     );
-    assert_eq!(ledger.route(&tr.hello, t(1_000)), Ok(offer.token_id()));
+    // Later messages are not routed before the token is reserved and redeemed.
     assert_eq!(
-        ledger.route(&tr.hello, t(1_001)),
+        ledger.route(&tr.request, companion, t(1_000)),
+        Err(LedgerError::NotReserved)
+    );
+    assert_eq!(
+        ledger.route(&tr.grant, primary, t(1_000)),
+        Err(LedgerError::NotRedeemed)
+    );
+    let hello = ledger.route(&tr.hello, primary, t(1_000)).unwrap();
+    assert_eq!((hello.token_id, hello.forward_to), (token, companion));
+    assert!(matches!(
+        ledger.route(&tr.hello, primary, t(1_001)),
+        Err(LedgerError::TokenReserved { .. })
+    ));
+    let request = ledger.route(&tr.request, companion, t(1_100)).unwrap();
+    assert_eq!((request.token_id, request.forward_to), (token, primary));
+    assert_eq!(
+        ledger.route(&tr.hello, primary, t(1_101)),
         Err(LedgerError::TokenAlreadyRedeemed)
     );
     // The rest of the handshake is routed, even after the offer's lifetime
     // (the session window keeps the redeemed token).
-    for m in [&tr.request, &tr.grant, &tr.confirm] {
-        assert_eq!(ledger.route(m, t(61_000)), Ok(offer.token_id()));
+    for (m, to) in [(&tr.grant, companion), (&tr.confirm, primary)] {
+        let routed = ledger.route(m, primary, t(61_000)).unwrap();
+        assert_eq!((routed.token_id, routed.forward_to), (token, to));
     }
-    assert_eq!(ledger.sweep(t(61_000)), Ok(0));
+    assert_eq!(ledger.sweep(t(61_000), usize::MAX), Ok(0));
 }
 
 #[test]

@@ -1,34 +1,44 @@
-//! The relay side under pressure: exactly-once token redemption raced from
-//! many threads and first-Hello-wins routing.
+//! The relay side under pressure: the token ledger's two-phase, exactly-once
+//! redemption raced from many threads, its registration limits, sizes and
+//! clock. (The many-account directory is in `tests/directory.rs`.)
 //!
 //! Deterministic inputs (seeded RNG, virtual clock); the only nondeterminism
 //! is the thread interleaving, which the assertions do not depend on.
 
 use std::sync::Barrier;
+use std::time::Duration;
 
-use devicelink::handshake::HEADER_LEN;
+use devicelink::handshake::{MessageKind, HEADER_LEN};
 use devicelink::offer::OfferState;
-use devicelink::relay::DEFAULT_SESSION_WINDOW;
+use devicelink::relay::{QuotaScope, TokenState, TokenStore, Transition, DEFAULT_SESSION_WINDOW};
 use devicelink::{
-    Companion, CompanionState, DeviceIdentity, DeviceLabel, Ledger, LedgerError, Policy,
-    PrimaryHandshake, Timestamp, TokenId,
+    Account, ClientId, Companion, CompanionState, DeviceIdentity, DeviceLabel, Ledger,
+    LedgerConfig, LedgerError, Policy, PrimaryHandshake, Routed, Timestamp, TokenId,
 };
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
+/// The one place these tests build a Hello: a primary (an account of its
+/// own, from its "Link a device" screen) scans the QR text.
+fn scan(text: &str, rng: &mut ChaCha20Rng, now: Timestamp) -> (PrimaryHandshake, Vec<u8>) {
+    let mut account = Account::generate(Policy::default(), rng, now);
+    account.open_link_intent(now);
+    account.scan(text, rng, now).unwrap()
+}
+
 const T0: u64 = 1_700_000_000_000;
 const THREADS: usize = 8;
+/// The companion's connection (it registers its tokens).
+const COMPANION: ClientId = ClientId::from_bytes([0xc0; 16]);
+/// A primary's connection.
+const PRIMARY: ClientId = ClientId::from_bytes([0xa0; 16]);
 
 fn at(ms: u64) -> Timestamp {
     Timestamp::from_unix_millis(T0 + ms)
 }
 
-/// A primary (an account of its own, from its "Link a device" screen)
-/// scanning `text`: the handshake and its Hello.
-fn scan(text: &str, rng: &mut ChaCha20Rng, now: Timestamp) -> (PrimaryHandshake, Vec<u8>) {
-    let mut account = devicelink::Account::generate(Policy::default(), rng, now);
-    account.open_link_intent(now);
-    account.scan(text, rng, now).unwrap()
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap()
 }
 
 fn random_token(rng: &mut ChaCha20Rng) -> TokenId {
@@ -37,64 +47,8 @@ fn random_token(rng: &mut ChaCha20Rng) -> TokenId {
     TokenId::from_bytes(b)
 }
 
-#[test]
-fn concurrent_redeems_succeed_exactly_once_per_token() {
-    let mut rng = ChaCha20Rng::seed_from_u64(100);
-    let ledger = Ledger::in_memory();
-    let mut tokens = Vec::new();
-    for round in 0..200u64 {
-        let token = random_token(&mut rng);
-        ledger.register(token, at(60_000)).unwrap();
-        tokens.push(token);
-        let now = at(round);
-        let barrier = Barrier::new(THREADS);
-        let results: Vec<_> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..THREADS)
-                .map(|_| {
-                    s.spawn(|| {
-                        barrier.wait();
-                        ledger.redeem(&token, now)
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
-        });
-        let ok: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
-        assert_eq!(ok.len(), 1, "round {round}: {results:?}");
-        assert_eq!(ok[0].token_id, token);
-        assert_eq!(ok[0].at, now);
-        for r in results.iter().filter(|r| r.is_err()) {
-            assert_eq!(
-                r.as_ref().unwrap_err(),
-                &LedgerError::TokenAlreadyRedeemed,
-                "round {round}"
-            );
-        }
-        // And every later attempt, whatever the clock, is refused the same way.
-        assert_eq!(
-            ledger.redeem(&token, at(1)),
-            Err(LedgerError::TokenAlreadyRedeemed)
-        );
-    }
-    assert_eq!(ledger.store().len(), 200);
-    // A redeemed token stays for its session window (past its offer's
-    // expiry), then it is swept and reads as unknown.
-    let window = u64::try_from(DEFAULT_SESSION_WINDOW.as_millis()).unwrap();
-    assert!(window > 60_000);
-    assert_eq!(ledger.sweep(at(60_000)), Ok(0));
-    assert_eq!(ledger.sweep(at(window - 1)), Ok(0));
-    assert_eq!(ledger.sweep(at(window + 199)), Ok(200));
-    for t in &tokens {
-        assert_eq!(ledger.redeem(t, at(10)), Err(LedgerError::UnknownToken));
-    }
-}
-
-/// A companion showing an offer, registered with the ledger.
-fn registered_companion(
-    ledger: &Ledger,
-    rng: &mut ChaCha20Rng,
-    now: Timestamp,
-) -> (Companion, String, TokenId, Timestamp) {
+/// A companion showing an offer.
+fn showing_companion(rng: &mut ChaCha20Rng, now: Timestamp) -> (Companion, String, Timestamp) {
     let policy = Policy::default();
     let identity = DeviceIdentity::generate(rng);
     let companion = Companion::new(
@@ -104,23 +58,157 @@ fn registered_companion(
         rng,
         now,
     );
-    let offer = companion.offer().unwrap();
-    let token = offer.token_id();
-    let text = offer.to_text();
+    let text = companion.offer().unwrap().to_text();
     let CompanionState::AwaitingScan {
         offer: OfferState::Showing { expires_at, .. },
     } = companion.state()
     else {
         panic!("companion is not showing an offer");
     };
-    ledger.register(token, expires_at).unwrap();
+    (companion, text, expires_at)
+}
+
+/// A companion showing an offer, registered with the ledger by `COMPANION`.
+fn registered_companion(
+    ledger: &Ledger,
+    rng: &mut ChaCha20Rng,
+    now: Timestamp,
+) -> (Companion, String, TokenId, Timestamp) {
+    let (companion, text, expires_at) = showing_companion(rng, now);
+    let token = companion.offer().unwrap().token_id();
+    assert_eq!(
+        ledger.register(COMPANION, token, expires_at, now),
+        Ok(expires_at)
+    );
     (companion, text, token, expires_at)
+}
+
+fn reserved(token: TokenId, kind: MessageKind, to: ClientId, until: Timestamp) -> Routed {
+    Routed {
+        token_id: token,
+        kind,
+        forward_to: to,
+        transition: Transition::Reserved { until },
+    }
+}
+
+fn forwarded(token: TokenId, kind: MessageKind, to: ClientId) -> Routed {
+    Routed {
+        token_id: token,
+        kind,
+        forward_to: to,
+        transition: Transition::None,
+    }
+}
+
+fn reserve_until(ledger: &Ledger, now: Timestamp) -> Timestamp {
+    now.saturating_add(ledger.config().reserve_window)
+}
+
+#[test]
+fn racing_hellos_reserve_once_and_racing_requests_redeem_once() {
+    let mut rng = ChaCha20Rng::seed_from_u64(100);
+    let ledger = Ledger::default();
+    let primaries: Vec<ClientId> = (0..THREADS as u64)
+        .map(|i| ClientId::from(100 + i))
+        .collect();
+    let mut tokens = Vec::new();
+    for round in 0..200u64 {
+        let now = at(round);
+        let (mut companion, text, token, _) = registered_companion(&ledger, &mut rng, now);
+        tokens.push(token);
+        let hellos: Vec<Vec<u8>> = (0..THREADS).map(|_| scan(&text, &mut rng, now).1).collect();
+        let barrier = Barrier::new(THREADS);
+        let results: Vec<Result<Routed, LedgerError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = hellos
+                .iter()
+                .zip(&primaries)
+                .map(|(hello, from)| {
+                    let (ledger, barrier) = (&ledger, &barrier);
+                    s.spawn(move || {
+                        barrier.wait();
+                        ledger.route(hello, *from, now)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let winners: Vec<usize> = (0..THREADS).filter(|i| results[*i].is_ok()).collect();
+        assert_eq!(winners.len(), 1, "round {round}: {results:?}");
+        let w = winners[0];
+        let until = reserve_until(&ledger, now);
+        assert_eq!(
+            results[w],
+            Ok(reserved(token, MessageKind::Hello, COMPANION, until))
+        );
+        for (i, r) in results.iter().enumerate() {
+            if i != w {
+                assert_eq!(
+                    r,
+                    &Err(LedgerError::TokenReserved { until }),
+                    "round {round}"
+                );
+                assert!(r.as_ref().unwrap_err().is_retryable());
+            }
+        }
+
+        // The companion answers the routed Hello; its Request, sent many
+        // times at once, redeems the token once and goes to the winner.
+        let request = companion.receive_hello(&hellos[w], &mut rng, now).unwrap();
+        let results: Vec<Result<Routed, LedgerError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..THREADS)
+                .map(|_| {
+                    let (ledger, barrier, request) = (&ledger, &barrier, &request);
+                    s.spawn(move || {
+                        barrier.wait();
+                        ledger.route(request, COMPANION, now)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let redeemed: Vec<&Routed> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+        assert_eq!(redeemed.len(), 1, "round {round}: {results:?}");
+        assert_eq!(
+            *redeemed[0],
+            Routed {
+                token_id: token,
+                kind: MessageKind::Request,
+                forward_to: primaries[w],
+                transition: Transition::Redeemed { at: now },
+            }
+        );
+        for r in results.iter().filter(|r| r.is_err()) {
+            assert_eq!(r, &Err(LedgerError::TokenAlreadyRedeemed), "round {round}");
+        }
+        // Every later Hello, whatever the clock, is refused the same way.
+        for hello in &hellos {
+            assert_eq!(
+                ledger.route(hello, PRIMARY, at(1)),
+                Err(LedgerError::TokenAlreadyRedeemed)
+            );
+        }
+        // A redeemed token no longer counts against the companion's quota.
+        assert_eq!(ledger.store().live_tokens(&COMPANION), 0);
+    }
+    assert_eq!(ledger.store().len(), 200);
+    // A redeemed token stays for its session window (past its offer's
+    // expiry), then it is swept and reads as unknown.
+    let window = millis(DEFAULT_SESSION_WINDOW);
+    assert!(window > 60_000);
+    assert_eq!(ledger.sweep(at(60_000), usize::MAX), Ok(0));
+    assert_eq!(ledger.sweep(at(window - 1), usize::MAX), Ok(0));
+    assert_eq!(ledger.sweep(at(window + 199), 150), Ok(150));
+    assert_eq!(ledger.sweep(at(window + 199), usize::MAX), Ok(50));
+    for t in &tokens {
+        assert_eq!(ledger.store().get(t), Ok(None));
+    }
 }
 
 #[test]
 fn route_lets_only_the_first_hello_through() {
     let mut rng = ChaCha20Rng::seed_from_u64(101);
-    let ledger = Ledger::in_memory();
+    let ledger = Ledger::default();
     let now = at(0);
     let (mut companion, text, token, expires_at) = registered_companion(&ledger, &mut rng, now);
 
@@ -129,110 +217,606 @@ fn route_lets_only_the_first_hello_through() {
     let (_second, hello_b) = scan(&text, &mut rng, now);
     assert_ne!(hello_a, hello_b);
 
-    // Unroutable and unregistered messages.
+    // Unroutable messages.
     assert!(matches!(
-        ledger.route(&hello_a[..HEADER_LEN - 1], now),
+        ledger.route(&hello_a[..HEADER_LEN - 1], PRIMARY, now),
         Err(LedgerError::Unroutable(_))
     ));
     assert!(matches!(
-        ledger.route(b"", now),
+        ledger.route(b"", PRIMARY, now),
         Err(LedgerError::Unroutable(_))
     ));
-    // Before the Hello, nothing else routes for the token.
+    // Before a Hello, nothing else routes for the token.
     let request_like = {
         let mut c = companion.clone();
         c.receive_hello(&hello_b, &mut rng, now).unwrap()
     };
     assert_eq!(
-        ledger.route(&request_like, now),
-        Err(LedgerError::UnknownToken)
+        ledger.route(&request_like, COMPANION, now),
+        Err(LedgerError::NotReserved)
     );
 
     // A Hello whose redemption proof was tampered with (someone who never
-    // saw the code) is refused and does not burn the token.
+    // saw the code) is refused and does not touch the token.
     let mut forged = hello_b.clone();
     forged[HEADER_LEN] ^= 0x01;
     assert_eq!(
-        ledger.route(&forged, now),
+        ledger.route(&forged, PRIMARY, now),
         Err(LedgerError::BadRedemptionProof)
     );
-
-    assert_eq!(ledger.route(&hello_a, now), Ok(token));
     assert_eq!(
-        ledger.route(&hello_b, now),
-        Err(LedgerError::TokenAlreadyRedeemed)
-    );
-    assert_eq!(
-        ledger.route(&hello_a, now),
-        Err(LedgerError::TokenAlreadyRedeemed)
-    );
-    assert_eq!(
-        ledger.redeem(&token, now),
-        Err(LedgerError::TokenAlreadyRedeemed)
+        ledger.store().get(&token).unwrap().unwrap().state,
+        TokenState::Open
     );
 
-    // The rest of the winning exchange routes by the redeemed token.
+    let until = reserve_until(&ledger, now);
+    let a = ClientId::from(1);
+    let b = ClientId::from(2);
+    assert_eq!(
+        ledger.route(&hello_a, a, now),
+        Ok(reserved(token, MessageKind::Hello, COMPANION, until))
+    );
+    assert_eq!(
+        ledger.route(&hello_b, b, now),
+        Err(LedgerError::TokenReserved { until })
+    );
+    assert_eq!(
+        ledger.route(&hello_a, a, now),
+        Err(LedgerError::TokenReserved { until })
+    );
+
+    // The rest of the winning exchange routes by the token.
     let request = companion.receive_hello(&hello_a, &mut rng, now).unwrap();
-    assert_eq!(ledger.route(&request, now), Ok(token));
+    assert_eq!(
+        ledger.route(&request, COMPANION, now),
+        Ok(Routed {
+            token_id: token,
+            kind: MessageKind::Request,
+            forward_to: a,
+            transition: Transition::Redeemed { at: now },
+        })
+    );
     first.receive_request(&request, now).unwrap();
+    for hello in [&hello_a, &hello_b] {
+        assert_eq!(
+            ledger.route(hello, b, now),
+            Err(LedgerError::TokenAlreadyRedeemed)
+        );
+    }
+    assert_eq!(
+        ledger.route(&request, COMPANION, now),
+        Err(LedgerError::TokenAlreadyRedeemed)
+    );
 
     // Another companion's token: a Hello after expiry is refused, and so is
     // one for a token nobody registered.
     let (_c2, text2, token2, expires2) = registered_companion(&ledger, &mut rng, now);
     let (_p, hello2) = scan(&text2, &mut rng, expires2);
     assert_eq!(
-        ledger.route(&hello2, expires2),
+        ledger.route(&hello2, PRIMARY, expires2),
         Err(LedgerError::TokenExpired)
     );
     assert_ne!(token2, token);
-    let unregistered = Companion::new(
-        DeviceIdentity::generate(&mut rng),
-        DeviceLabel::new("x").unwrap(),
-        &Policy::default(),
-        &mut rng,
-        now,
+    let (_c3, text3, _) = showing_companion(&mut rng, now);
+    let (_p3, hello3) = scan(&text3, &mut rng, expires2);
+    assert_eq!(
+        ledger.route(&hello3, PRIMARY, expires2),
+        Err(LedgerError::UnknownToken)
     );
-    let text3 = unregistered.offer().unwrap().to_text();
-    let (_p3, hello3) = scan(&text3, &mut rng, now);
-    assert_eq!(ledger.route(&hello3, now), Err(LedgerError::UnknownToken));
     assert!(expires_at > now);
 }
 
 #[test]
-fn concurrent_hellos_for_one_token_route_exactly_once() {
-    let mut rng = ChaCha20Rng::seed_from_u64(102);
-    let ledger = Ledger::in_memory();
-    for round in 0..20u64 {
-        let now = at(round * 1_000);
+fn a_corrupted_hello_is_released_and_the_genuine_hello_then_links() {
+    // Flip one bit in the primary's key, then one in the MAC: the relay
+    // cannot tell (it has no key), the companion can.
+    for (seed, corrupt_at) in [(110, HEADER_LEN + 16), (111, HEADER_LEN + 16 + 32 + 5)] {
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let ledger = Ledger::default();
+        let now = at(0);
+        let policy = Policy::default();
+        let mut account = Account::generate(policy, &mut rng, now);
         let (mut companion, text, token, _) = registered_companion(&ledger, &mut rng, now);
-        let hellos: Vec<(PrimaryHandshake, Vec<u8>)> =
-            (0..THREADS).map(|_| scan(&text, &mut rng, now)).collect();
-        let barrier = Barrier::new(THREADS);
-        let results: Vec<Result<TokenId, LedgerError>> = std::thread::scope(|s| {
-            let handles: Vec<_> = hellos
-                .iter()
-                .map(|(_, hello)| {
-                    let (ledger, barrier) = (&ledger, &barrier);
-                    s.spawn(move || {
-                        barrier.wait();
-                        ledger.route(hello, now)
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
-        });
-        let winners: Vec<usize> = (0..THREADS).filter(|i| results[*i].is_ok()).collect();
-        assert_eq!(winners.len(), 1, "round {round}: {results:?}");
-        assert_eq!(results[winners[0]], Ok(token));
-        for (i, r) in results.iter().enumerate() {
-            if i != winners[0] {
-                assert_eq!(r, &Err(LedgerError::TokenAlreadyRedeemed));
-            }
-        }
-        // The companion completes the exchange with the routed Hello.
-        let request = companion
-            .receive_hello(&hellos[winners[0]].1, &mut rng, now)
-            .unwrap();
-        assert_eq!(ledger.route(&request, now), Ok(token));
+        account.open_link_intent(now);
+        let (mut primary, hello) = account.scan(&text, &mut rng, now).unwrap();
+        let mut corrupted = hello.clone();
+        corrupted[corrupt_at] ^= 0x10;
+
+        // The corrupted copy arrives first and reserves the token.
+        let until = reserve_until(&ledger, now);
+        assert_eq!(
+            ledger.route(&corrupted, PRIMARY, now),
+            Ok(reserved(token, MessageKind::Hello, COMPANION, until))
+        );
+        // Meanwhile the genuine one is told to retry.
+        assert_eq!(
+            ledger.route(&hello, PRIMARY, now),
+            Err(LedgerError::TokenReserved { until })
+        );
+        // The companion refuses the corrupted Hello without changing state,
+        // and releases the token. Nobody else can release it.
+        let saved = companion.save().unwrap();
+        assert!(companion
+            .receive_hello(&corrupted, &mut rng, at(1))
+            .is_err());
+        assert_eq!(companion.save().unwrap(), saved);
+        assert_eq!(
+            ledger.release(&token, PRIMARY, at(1)),
+            Err(LedgerError::WrongClient)
+        );
+        assert_eq!(ledger.release(&token, COMPANION, at(1)), Ok(()));
+        assert_eq!(
+            ledger.release(&token, COMPANION, at(1)),
+            Err(LedgerError::NotReserved)
+        );
+
+        // The genuine Hello (resent) reserves, and the link completes with
+        // every message routed to the right side.
+        let now = at(2);
+        assert_eq!(
+            ledger.route(&hello, PRIMARY, now),
+            Ok(reserved(
+                token,
+                MessageKind::Hello,
+                COMPANION,
+                reserve_until(&ledger, now)
+            ))
+        );
+        let request = companion.receive_hello(&hello, &mut rng, now).unwrap();
+        assert_eq!(
+            ledger.route(&request, COMPANION, now).map(|r| r.forward_to),
+            Ok(PRIMARY)
+        );
+        primary.receive_request(&request, now).unwrap();
+        let grant = account.grant(&mut primary, &mut rng, now).unwrap();
+        assert_eq!(
+            ledger.route(&grant, PRIMARY, now),
+            Ok(forwarded(token, MessageKind::Grant, COMPANION))
+        );
+        let confirm = companion.receive_grant(&grant, now).unwrap();
+        assert_eq!(
+            ledger.route(&confirm, COMPANION, now),
+            Ok(forwarded(token, MessageKind::Confirm, PRIMARY))
+        );
+        account.confirm(&mut primary, &confirm, now).unwrap();
+        assert!(companion.session().unwrap().is_linked(now));
+        // The corrupted Hello, replayed, no longer reserves anything.
+        assert_eq!(
+            ledger.route(&corrupted, PRIMARY, now),
+            Err(LedgerError::TokenAlreadyRedeemed)
+        );
     }
+}
+
+#[test]
+fn a_silent_companion_blocks_the_token_only_for_the_reserve_window() {
+    let mut rng = ChaCha20Rng::seed_from_u64(112);
+    let ledger = Ledger::default();
+    let now = at(0);
+    let (_companion, text, token, _) = registered_companion(&ledger, &mut rng, now);
+    let (_p1, hello1) = scan(&text, &mut rng, now);
+    let (_p2, hello2) = scan(&text, &mut rng, now);
+    let until = reserve_until(&ledger, now);
+    assert_eq!(ledger.config().reserve_window, Duration::from_secs(30));
+    ledger.route(&hello1, ClientId::from(1), now).unwrap();
+    let just_before = Timestamp::from_unix_millis(until.as_unix_millis() - 1);
+    assert_eq!(
+        ledger.route(&hello2, ClientId::from(2), just_before),
+        Err(LedgerError::TokenReserved { until })
+    );
+    assert_eq!(
+        ledger.route(&hello2, ClientId::from(2), until),
+        Ok(reserved(
+            token,
+            MessageKind::Hello,
+            COMPANION,
+            reserve_until(&ledger, until)
+        ))
+    );
+}
+
+#[test]
+fn a_request_or_release_from_another_client_is_refused() {
+    let mut rng = ChaCha20Rng::seed_from_u64(113);
+    let ledger = Ledger::default();
+    let now = at(0);
+    let (mut companion, text, token, _) = registered_companion(&ledger, &mut rng, now);
+    let (_primary, hello) = scan(&text, &mut rng, now);
+    ledger.route(&hello, PRIMARY, now).unwrap();
+    let request = companion.receive_hello(&hello, &mut rng, now).unwrap();
+    let before = ledger.save().unwrap();
+    for intruder in [PRIMARY, ClientId::from(77)] {
+        assert_eq!(
+            ledger.route(&request, intruder, now),
+            Err(LedgerError::WrongClient)
+        );
+        assert_eq!(
+            ledger.release(&token, intruder, now),
+            Err(LedgerError::WrongClient)
+        );
+    }
+    assert_eq!(ledger.save().unwrap(), before);
+    // Nothing else routes before the redemption.
+    for kind in [
+        MessageKind::Grant,
+        MessageKind::Refusal,
+        MessageKind::Confirm,
+    ] {
+        let m = message(kind, token, kind.size_range().0);
+        assert_eq!(
+            ledger.route(&m, PRIMARY, now),
+            Err(LedgerError::NotRedeemed)
+        );
+    }
+    assert_eq!(ledger.save().unwrap(), before);
+    assert_eq!(
+        ledger.route(&request, COMPANION, now).map(|r| r.forward_to),
+        Ok(PRIMARY)
+    );
+}
+
+#[test]
+fn registration_expiry_is_clamped_and_swept() {
+    let mut rng = ChaCha20Rng::seed_from_u64(114);
+    let ledger = Ledger::default();
+    let now = at(0);
+    let lifetime = ledger.config().max_offer_lifetime;
+    assert_eq!(lifetime, Duration::from_secs(60));
+    let (_companion, text, _) = showing_companion(&mut rng, now);
+    let token = devicelink::PairingOffer::from_text(&text)
+        .unwrap()
+        .token_id();
+    let capped = now.saturating_add(lifetime);
+    assert_eq!(
+        ledger.register(COMPANION, token, Timestamp::MAX, now),
+        Ok(capped)
+    );
+    assert_eq!(
+        ledger.store().get(&token).unwrap().unwrap().expires_at,
+        capped
+    );
+    // It ends with the clamped expiry: a Hello then is refused, a sweep
+    // removes it.
+    let (_p, hello) = scan(&text, &mut rng, now);
+    assert_eq!(
+        ledger.route(&hello, PRIMARY, capped),
+        Err(LedgerError::TokenExpired)
+    );
+    assert_eq!(ledger.sweep(capped, usize::MAX), Ok(1));
+    assert!(ledger.store().is_empty());
+    assert_eq!(ledger.sweep(Timestamp::MAX, usize::MAX), Ok(0));
+
+    // The cap follows the policy's longest offer lifetime.
+    let policy = Policy::builder()
+        .rotated_offer_lifetime(Duration::from_secs(90))
+        .build()
+        .unwrap();
+    let config = LedgerConfig::from_policy(&policy);
+    assert_eq!(config.max_offer_lifetime, Duration::from_secs(90));
+    let ledger = Ledger::in_memory(config);
+    assert_eq!(
+        ledger.register(COMPANION, token, Timestamp::MAX, now),
+        Ok(at(90_000))
+    );
+    // An expiry not after now is refused.
+    assert_eq!(
+        ledger.register(COMPANION, random_token(&mut rng), now, now),
+        Err(LedgerError::TokenExpired)
+    );
+}
+
+#[test]
+fn quotas_per_client_and_per_store() {
+    let mut rng = ChaCha20Rng::seed_from_u64(115);
+    let config = LedgerConfig {
+        max_tokens: 12,
+        ..LedgerConfig::default()
+    };
+    assert_eq!(config.max_tokens_per_client, 8);
+    let ledger = Ledger::in_memory(config);
+    let now = at(0);
+    let exp = at(20_000);
+    for _ in 0..8 {
+        ledger
+            .register(COMPANION, random_token(&mut rng), exp, now)
+            .unwrap();
+    }
+    let over_client = LedgerError::QuotaExceeded {
+        scope: QuotaScope::Client,
+        limit: 8,
+    };
+    let extra = random_token(&mut rng);
+    assert_eq!(
+        ledger.register(COMPANION, extra, exp, now),
+        Err(over_client.clone())
+    );
+    assert!(over_client.is_retryable());
+    assert_eq!(ledger.store().get(&extra), Ok(None));
+    // Other clients have their own quota, up to the store's.
+    for i in 0..4 {
+        ledger
+            .register(ClientId::from(i), random_token(&mut rng), exp, now)
+            .unwrap();
+    }
+    assert_eq!(
+        ledger.register(ClientId::from(9), extra, exp, now),
+        Err(LedgerError::QuotaExceeded {
+            scope: QuotaScope::Store,
+            limit: 12
+        })
+    );
+    assert_eq!(ledger.store().len(), 12);
+    // Once the tokens expire, a registration makes room by sweeping.
+    assert_eq!(
+        ledger.register(COMPANION, extra, at(30_000), exp),
+        Ok(at(30_000))
+    );
+    assert_eq!(ledger.store().len(), 1);
+    assert_eq!(ledger.store().live_tokens(&COMPANION), 1);
+
+    // A redemption frees the client's quota (the tombstone still counts for
+    // the store).
+    let ledger = Ledger::in_memory(LedgerConfig {
+        max_tokens_per_client: 1,
+        ..LedgerConfig::default()
+    });
+    let (mut companion, text, token, _) = registered_companion(&ledger, &mut rng, now);
+    assert!(matches!(
+        ledger.register(COMPANION, random_token(&mut rng), exp, now),
+        Err(LedgerError::QuotaExceeded { .. })
+    ));
+    let (_p, hello) = scan(&text, &mut rng, now);
+    ledger.route(&hello, PRIMARY, now).unwrap();
+    let request = companion.receive_hello(&hello, &mut rng, now).unwrap();
+    ledger.route(&request, COMPANION, now).unwrap();
+    assert!(ledger.store().get(&token).unwrap().is_some());
+    ledger
+        .register(COMPANION, random_token(&mut rng), exp, now)
+        .unwrap();
+}
+
+#[test]
+fn a_clock_stepped_back_does_not_reopen_an_expired_token() {
+    let mut rng = ChaCha20Rng::seed_from_u64(116);
+    let ledger = Ledger::default();
+    let now = at(0);
+    let (_companion, text, token, expires_at) = registered_companion(&ledger, &mut rng, now);
+    let (_p, hello) = scan(&text, &mut rng, now);
+    let late = expires_at.saturating_add(Duration::from_secs(1));
+    assert_eq!(
+        ledger.route(&hello, PRIMARY, late),
+        Err(LedgerError::TokenExpired)
+    );
+    // The clock steps back to before the expiry: still expired.
+    assert_eq!(
+        ledger.route(&hello, PRIMARY, now),
+        Err(LedgerError::TokenExpired)
+    );
+    assert_eq!(ledger.high_water(), late);
+    assert_eq!(
+        ledger.store().get(&token).unwrap().unwrap().state,
+        TokenState::Open
+    );
+
+    // Nor does it stretch a redeemed token's session window.
+    let (mut c2, text2, token2, _) = registered_companion(&ledger, &mut rng, late);
+    let (_p2, hello2) = scan(&text2, &mut rng, late);
+    ledger.route(&hello2, PRIMARY, late).unwrap();
+    let request = c2.receive_hello(&hello2, &mut rng, late).unwrap();
+    ledger.route(&request, COMPANION, late).unwrap();
+    let keep = ledger.store().get(&token2).unwrap().unwrap().keep_until;
+    assert_eq!(keep, late.saturating_add(DEFAULT_SESSION_WINDOW));
+    // (A Refusal-sized message of the redeemed session, from the primary.)
+    let refusal = message(
+        MessageKind::Refusal,
+        token2,
+        MessageKind::Refusal.size_range().0,
+    );
+    assert!(ledger.route(&refusal, PRIMARY, late).is_ok());
+    assert_eq!(
+        ledger.route(&refusal, PRIMARY, keep),
+        Err(LedgerError::UnknownToken)
+    );
+    assert_eq!(
+        ledger.route(&refusal, PRIMARY, late),
+        Err(LedgerError::UnknownToken)
+    );
+}
+
+#[test]
+fn a_redeemed_id_cannot_be_registered_again() {
+    let mut rng = ChaCha20Rng::seed_from_u64(117);
+    let ledger = Ledger::default();
+    let now = at(0);
+    let (mut companion, text, token, expires_at) = registered_companion(&ledger, &mut rng, now);
+    let (_p, hello) = scan(&text, &mut rng, now);
+    ledger.route(&hello, PRIMARY, now).unwrap();
+    let request = companion.receive_hello(&hello, &mut rng, now).unwrap();
+    ledger.route(&request, COMPANION, now).unwrap();
+    let keep = now.saturating_add(DEFAULT_SESSION_WINDOW);
+    assert_eq!(
+        ledger.store().get(&token).unwrap().unwrap().keep_until,
+        keep
+    );
+
+    // Before any sweep, by its companion or anyone else.
+    for client in [COMPANION, PRIMARY] {
+        assert_eq!(
+            ledger.register(client, token, expires_at, now),
+            Err(LedgerError::DuplicateToken)
+        );
+    }
+    // After the offer's expiry and a sweep, within the tombstone window: the
+    // tombstone is kept, and still refuses the id.
+    let later = expires_at.saturating_add(Duration::from_secs(10));
+    assert_eq!(ledger.sweep(later, usize::MAX), Ok(0));
+    assert_eq!(
+        ledger.register(
+            PRIMARY,
+            token,
+            later.saturating_add(Duration::from_secs(60)),
+            later
+        ),
+        Err(LedgerError::DuplicateToken)
+    );
+    assert_eq!(
+        ledger.route(&hello, PRIMARY, later),
+        Err(LedgerError::TokenAlreadyRedeemed)
+    );
+    // At the end of the window it is swept.
+    assert_eq!(ledger.sweep(keep, usize::MAX), Ok(1));
+    assert_eq!(ledger.store().get(&token), Ok(None));
+    // An open (never redeemed) id is a duplicate too while it is held.
+    let (_c2, _, token2, exp2) = registered_companion(&ledger, &mut rng, keep);
+    assert_eq!(
+        ledger.register(PRIMARY, token2, exp2, keep),
+        Err(LedgerError::DuplicateToken)
+    );
+}
+
+/// A message of `kind` for `token` with `len` bytes (header, then zeros).
+fn message(kind: MessageKind, token: TokenId, len: usize) -> Vec<u8> {
+    let code = match kind {
+        MessageKind::Hello => 1,
+        MessageKind::Request => 2,
+        MessageKind::Grant => 3,
+        MessageKind::Refusal => 4,
+        MessageKind::Confirm => 5,
+    };
+    let mut m = vec![devicelink::handshake::MESSAGE_VERSION, code];
+    m.extend_from_slice(&token.to_bytes());
+    m.resize(len, 0);
+    m
+}
+
+#[test]
+fn sizes_are_checked_before_anything_else() {
+    let mut rng = ChaCha20Rng::seed_from_u64(118);
+    let ledger = Ledger::default();
+    let now = at(0);
+    let (mut companion, text, token, _) = registered_companion(&ledger, &mut rng, now);
+    let (_p, hello) = scan(&text, &mut rng, now);
+    let open = registered_companion(&ledger, &mut rng, now).2;
+    let unknown = random_token(&mut rng);
+
+    // A Hello with a valid proof, one byte short or long.
+    let mut long = hello.clone();
+    long.push(0);
+    for bad in [&hello[..hello.len() - 1], &long[..]] {
+        assert_eq!(
+            ledger.route(bad, PRIMARY, now),
+            Err(LedgerError::WrongSize {
+                kind: MessageKind::Hello,
+                len: bad.len()
+            })
+        );
+    }
+    // Redeem the token, so that on size alone every kind would be routable.
+    ledger.route(&hello, PRIMARY, now).unwrap();
+    let request = companion.receive_hello(&hello, &mut rng, now).unwrap();
+    ledger.route(&request, COMPANION, now).unwrap();
+
+    let before = ledger.save().unwrap();
+    let high_water = ledger.high_water();
+    let later = at(1_000);
+    for kind in [
+        MessageKind::Hello,
+        MessageKind::Request,
+        MessageKind::Grant,
+        MessageKind::Refusal,
+        MessageKind::Confirm,
+    ] {
+        let (min, max) = kind.size_range();
+        for t in [token, open, unknown] {
+            for len in [HEADER_LEN, min - 1, max + 1, MessageKind::MAX_LEN + 1] {
+                let m = message(kind, t, len);
+                for from in [COMPANION, PRIMARY] {
+                    assert_eq!(
+                        ledger.route(&m, from, later),
+                        Err(LedgerError::WrongSize { kind, len }),
+                        "{kind:?} of {len} bytes"
+                    );
+                }
+            }
+            // In range, the message is routed or refused on other grounds.
+            assert!(!matches!(
+                ledger.route(&message(kind, t, max), PRIMARY, now),
+                Err(LedgerError::WrongSize { .. })
+            ));
+        }
+    }
+    // A 64 MiB "Grant" for the redeemed token: refused on its size, and the
+    // ledger (store, clock) untouched.
+    let huge = message(MessageKind::Grant, token, 64 << 20);
+    let ledger2 = Ledger::restore(&before).unwrap();
+    assert!(matches!(
+        ledger2.route(&huge, PRIMARY, later),
+        Err(LedgerError::WrongSize {
+            kind: MessageKind::Grant,
+            ..
+        })
+    ));
+    assert_eq!(ledger2.save().unwrap(), before);
+    assert_eq!(ledger2.high_water(), high_water);
+}
+
+#[test]
+fn save_restore_keeps_settings_and_behaviour() {
+    let mut rng = ChaCha20Rng::seed_from_u64(119);
+    let config = LedgerConfig {
+        reserve_window: Duration::from_secs(5),
+        session_window: Duration::from_secs(600),
+        max_tokens_per_client: 2,
+        max_tokens: 50,
+        ..LedgerConfig::default()
+    };
+    let ledger = Ledger::in_memory(config.clone());
+    let now = at(0);
+    let (mut companion, text, token, _) = registered_companion(&ledger, &mut rng, now);
+    let (_c2, _, token2, exp2) = registered_companion(&ledger, &mut rng, now);
+    let (_p, hello) = scan(&text, &mut rng, now);
+    ledger.route(&hello, PRIMARY, at(10)).unwrap();
+    // The clock ran ahead before the save.
+    assert_eq!(ledger.sweep(at(20), 0), Ok(0));
+
+    let restored = Ledger::restore(&ledger.save().unwrap()).unwrap();
+    assert_eq!(restored.config(), &config);
+    assert_eq!(restored.high_water(), at(20));
+    assert_eq!(restored.save().unwrap(), ledger.save().unwrap());
+    // The reservation holds (with its 5 s window), the quota applies, the
+    // clock does not step back.
+    let (_p2, hello_b) = scan(&text, &mut rng, now);
+    assert_eq!(
+        restored.route(&hello_b, ClientId::from(5), now),
+        Err(LedgerError::TokenReserved { until: at(5_010) })
+    );
+    assert!(matches!(
+        restored.register(COMPANION, random_token(&mut rng), exp2, now),
+        Err(LedgerError::QuotaExceeded {
+            scope: QuotaScope::Client,
+            limit: 2
+        })
+    ));
+    let request = companion.receive_hello(&hello, &mut rng, at(30)).unwrap();
+    assert_eq!(
+        restored.route(&request, COMPANION, at(30)),
+        Ok(Routed {
+            token_id: token,
+            kind: MessageKind::Request,
+            forward_to: PRIMARY,
+            transition: Transition::Redeemed { at: at(30) },
+        })
+    );
+    assert_eq!(
+        restored.store().get(&token).unwrap().unwrap().keep_until,
+        at(600_030)
+    );
+    assert_eq!(
+        restored.store().get(&token2).unwrap().unwrap().state,
+        TokenState::Open
+    );
+    // Corrupted, truncated or a bare store's bytes are refused.
+    let bytes = restored.save().unwrap();
+    assert!(Ledger::restore(&bytes[..bytes.len() / 2]).is_err());
+    assert!(Ledger::restore(&restored.store().save().unwrap()).is_err());
 }

@@ -9,15 +9,18 @@
 //! - a receiver accepts only the genuine message of the fixture (every
 //!   message is authenticated: MAC, AEAD or strict Ed25519), so any other
 //!   accepted input is a forgery;
-//! - the relay redeems a token only for a Hello whose proof hashes to it,
-//!   exactly once, and routes later messages only for a redeemed token.
+//! - the relay checks the size of every message before anything else;
+//!   reserves a token only for a Hello whose proof hashes to it, once;
+//!   redeems it only with the registering companion's Request; routes later
+//!   messages only for a redeemed token; and a refusal leaves the ledger's
+//!   `save()` unchanged.
 #![no_main]
 
 use devicelink::handshake::PrimaryState;
 use devicelink::handshake::{MessageHeader, MessageKind, HEADER_LEN, MESSAGE_VERSION};
 use devicelink::relay::LedgerError;
 use devicelink::CompanionState;
-use devicelink_fuzz::{fixture, ledger_registered, now};
+use devicelink_fuzz::{fixture, ledger_redeemed, ledger_registered, now, COMPANION, PRIMARY};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -127,47 +130,99 @@ fuzz_target!(|data: &[u8]| {
     assert!(p.receive_request(data, now).is_err());
 
     // The relay: a ledger where the fixture's token is registered.
+    let wrong_size = |h: &MessageHeader| h.check_size(data).is_err();
     let ledger = ledger_registered(f);
-    match ledger.route(data, now) {
-        Ok(token) => {
+    let before = ledger.save().expect("save");
+    match ledger.route(data, PRIMARY, now) {
+        Ok(routed) => {
             let h = header.as_ref().expect("routed message has a header");
+            assert!(!wrong_size(h), "routed a message of the wrong size");
             assert_eq!(
                 h.kind,
                 MessageKind::Hello,
                 "routed a non-Hello to an unredeemed token"
             );
-            assert_eq!(token, f.token, "redeemed a token that was never registered");
-            let proof = h.redemption_proof(data).expect("routed Hello has a proof");
-            assert_eq!(proof.token_id(), token, "redeemed without the QR's proof");
+            assert_eq!(routed.kind, MessageKind::Hello);
             assert_eq!(
-                ledger.route(data, now),
-                Err(LedgerError::TokenAlreadyRedeemed),
-                "a token was redeemed twice"
+                routed.token_id, f.token,
+                "reserved a token that was never registered"
+            );
+            assert_eq!(routed.forward_to, COMPANION);
+            let proof = h.redemption_proof(data).expect("routed Hello has a proof");
+            assert_eq!(proof.token_id(), f.token, "reserved without the QR's proof");
+            assert!(
+                matches!(
+                    ledger.route(data, PRIMARY, now),
+                    Err(LedgerError::TokenReserved { .. })
+                ),
+                "a token was reserved twice"
             );
         }
         Err(e) => {
-            if header.is_err() {
-                assert!(matches!(e, LedgerError::Unroutable(_)), "{e}");
+            match &header {
+                Err(_) => assert!(matches!(e, LedgerError::Unroutable(_)), "{e}"),
+                Ok(h) if wrong_size(h) => assert_eq!(
+                    e,
+                    LedgerError::WrongSize {
+                        kind: h.kind,
+                        len: data.len()
+                    }
+                ),
+                Ok(_) => {}
             }
+            assert_eq!(
+                ledger.save().expect("save"),
+                before,
+                "a refusal ({e}) changed the ledger"
+            );
         }
     }
-    // A ledger where the genuine Hello already redeemed the token: later
-    // messages of the session are routed, a second Hello never is.
-    let ledger = ledger_registered(f);
-    ledger.route(&f.hello, now).expect("genuine Hello routes");
-    let routed = ledger.route(data, now);
+    // A ledger where the genuine Hello and Request redeemed the token: later
+    // messages of the session are routed, a second Hello or Request never is.
+    let ledger = ledger_redeemed(f);
+    let before = ledger.save().expect("save");
+    let routed = ledger.route(data, PRIMARY, now);
     match &header {
+        Err(_) => assert!(matches!(routed, Err(LedgerError::Unroutable(_)))),
+        Ok(h) if wrong_size(h) => assert_eq!(
+            routed,
+            Err(LedgerError::WrongSize {
+                kind: h.kind,
+                len: data.len()
+            })
+        ),
         Ok(h) if h.kind == MessageKind::Hello => {
             assert!(routed.is_err(), "a second Hello was routed");
         }
+        Ok(h) if h.token_id == f.token && h.kind == MessageKind::Request => {
+            assert_eq!(routed, Err(LedgerError::WrongClient));
+        }
         Ok(h) if h.token_id == f.token => {
+            let to = if h.kind == MessageKind::Confirm {
+                PRIMARY
+            } else {
+                COMPANION
+            };
             assert_eq!(
-                routed,
-                Ok(f.token),
+                routed.map(|r| (r.token_id, r.forward_to)),
+                Ok((f.token, to)),
                 "message of the redeemed session not routed"
             );
         }
         Ok(_) => assert_eq!(routed, Err(LedgerError::UnknownToken)),
-        Err(_) => assert!(matches!(routed, Err(LedgerError::Unroutable(_)))),
     }
+    if let Ok(h) = &header {
+        if h.kind == MessageKind::Request && !wrong_size(h) && h.token_id == f.token {
+            assert_eq!(
+                ledger.route(data, COMPANION, now),
+                Err(LedgerError::TokenAlreadyRedeemed),
+                "a token was redeemed twice"
+            );
+        }
+    }
+    assert_eq!(
+        ledger.save().expect("save"),
+        before,
+        "routing changed the ledger"
+    );
 });

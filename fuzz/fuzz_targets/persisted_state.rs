@@ -14,16 +14,17 @@
 //!   right after the restore and after driving it (a state the library
 //!   reaches by itself must restore).
 //!
-//! The relay's directory and ledger keep hash maps, whose JSON key order is
-//! not stable between two maps; their saves are compared as JSON values.
+//! The relay's directory keeps hash maps, whose JSON key order is not stable
+//! between two maps; its saves are compared as JSON values. The ledger saves
+//! in key order and is compared byte for byte.
 #![no_main]
 
 use devicelink::persist::PersistError;
-use devicelink::relay::{Directory, Ledger, MemoryTokenStore};
+use devicelink::relay::{Directory, Ledger, LedgerConfig, MemoryTokenStore, TokenStore};
 use devicelink::{
     Account, Companion, LinkedSession, OfferDisplay, PrimaryHandshake, PrimaryHeartbeat, Timestamp,
 };
-use devicelink_fuzz::{at, body_of, fixture, now, rng, seal, KINDS};
+use devicelink_fuzz::{at, body_of, fixture, now, rng, seal, COMPANION, KINDS, PRIMARY};
 use libfuzzer_sys::fuzz_target;
 
 /// `save → restore → save` is a fixed point (byte-identical, or equal JSON
@@ -102,6 +103,7 @@ fn drive(kind: &str, data: &[u8]) {
         "offer display" => display(data),
         "directory" => directory(data),
         "ledger" => ledger(data),
+        "token store" => token_store(data),
         _ => unreachable!("unknown kind {kind}"),
     }
 }
@@ -326,32 +328,61 @@ fn directory(data: &[u8]) {
 }
 
 fn ledger(data: &[u8]) {
-    let f = fixture();
-    if let Ok(store) = MemoryTokenStore::restore(data) {
-        fixed_point(
-            "ledger",
-            &store,
-            MemoryTokenStore::save,
-            MemoryTokenStore::restore,
-            true,
-        );
-        let _ = (store.len(), store.is_empty());
-        let ledger = Ledger::new(store);
-        let _ = ledger.route(&f.hello, now());
-        let _ = ledger.route(&f.request, now());
-        let _ = ledger.register(f.token, at(60_000));
-        let _ = ledger.sweep(now());
+    if let Ok(ledger) = Ledger::restore(data) {
+        fixed_point("ledger", &ledger, Ledger::save, Ledger::restore, false);
+        drive_ledger(&ledger);
         fixed_point(
             "ledger after route",
-            ledger.store(),
-            MemoryTokenStore::save,
-            MemoryTokenStore::restore,
-            true,
+            &ledger,
+            Ledger::save,
+            Ledger::restore,
+            false,
         );
-        let _ = ledger.sweep(Timestamp::MAX);
+        let _ = ledger.sweep(Timestamp::MAX, usize::MAX);
         assert!(
             ledger.store().is_empty(),
             "a token outlived a sweep at Timestamp::MAX"
         );
     }
+}
+
+fn token_store(data: &[u8]) {
+    if let Ok(store) = MemoryTokenStore::restore(data) {
+        fixed_point(
+            "token store",
+            &store,
+            MemoryTokenStore::save,
+            MemoryTokenStore::restore,
+            false,
+        );
+        let _ = (store.len(), store.is_empty(), store.live_tokens(&COMPANION));
+        let ledger = Ledger::new(store, LedgerConfig::default());
+        drive_ledger(&ledger);
+        fixed_point(
+            "token store after route",
+            ledger.store(),
+            MemoryTokenStore::save,
+            MemoryTokenStore::restore,
+            false,
+        );
+        let _ = ledger.sweep(Timestamp::MAX, usize::MAX);
+        assert!(
+            ledger.store().is_empty(),
+            "a token outlived a sweep at Timestamp::MAX"
+        );
+    }
+}
+
+/// The fixture's exchange through a restored ledger, whatever it holds.
+fn drive_ledger(ledger: &Ledger) {
+    let f = fixture();
+    let _ = ledger.store().get(&f.token);
+    let _ = ledger.route(&f.hello, PRIMARY, now());
+    let _ = ledger.release(&f.token, COMPANION, now());
+    let _ = ledger.route(&f.hello, PRIMARY, now());
+    let _ = ledger.route(&f.request, COMPANION, now());
+    let _ = ledger.route(&f.grant, PRIMARY, now());
+    let _ = ledger.route(&f.confirm, COMPANION, now());
+    let _ = ledger.register(COMPANION, f.token, at(60_000), now());
+    let _ = ledger.sweep(now(), 16);
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use devicelink::audit::AuditLog;
 use devicelink::certificate::DeviceListEntry;
-use devicelink::relay::{Directory, Ledger, MemoryTokenStore};
+use devicelink::relay::{ClientId, Directory, Ledger};
 use devicelink::{
     Account, Companion, DeviceIdentity, DeviceLabel, LinkedSession, OfferDisplay, Policy,
     PrimaryHandshake, PrimaryHeartbeat, RefusalReason, SignedDeviceList, Timestamp, TokenId,
@@ -47,7 +47,7 @@ pub fn rng(seed: u64) -> ChaCha20Rng {
 }
 
 /// The saved-state kinds, as `devicelink::persist` names them in the header.
-pub const KINDS: [&str; 7] = [
+pub const KINDS: [&str; 8] = [
     "account",
     "companion",
     "primary handshake",
@@ -55,6 +55,7 @@ pub const KINDS: [&str; 7] = [
     "offer display",
     "directory",
     "ledger",
+    "token store",
 ];
 
 /// The state line of a saved state: what follows the first newline (the
@@ -241,12 +242,31 @@ pub fn fixture() -> &'static Fixture {
     F.get_or_init(build)
 }
 
-/// A relay ledger that knows the fixture's token (registered, not redeemed).
+/// The companion's client at the relay (it registers the fixture's token).
+pub const COMPANION: ClientId = ClientId::from_bytes([0xc0; 16]);
+/// The primary's client at the relay.
+pub const PRIMARY: ClientId = ClientId::from_bytes([0xa0; 16]);
+
+/// A relay ledger that knows the fixture's token (registered by
+/// [`COMPANION`], open).
 pub fn ledger_registered(f: &Fixture) -> Ledger {
-    let ledger = Ledger::in_memory();
+    let ledger = Ledger::default();
     ledger
-        .register(f.token, at(60_000))
+        .register(COMPANION, f.token, at(60_000), now())
         .expect("fresh ledger registers");
+    ledger
+}
+
+/// A relay ledger where the fixture's genuine Hello (from [`PRIMARY`])
+/// reserved the token and its genuine Request (from [`COMPANION`]) redeemed it.
+pub fn ledger_redeemed(f: &Fixture) -> Ledger {
+    let ledger = ledger_registered(f);
+    ledger
+        .route(&f.hello, PRIMARY, now())
+        .expect("genuine Hello reserves");
+    ledger
+        .route(&f.request, COMPANION, now())
+        .expect("genuine Request redeems");
     ledger
 }
 
@@ -410,20 +430,22 @@ pub fn saved_states(f: &Fixture) -> Vec<(String, Vec<u8>)> {
     push("directory_two", dir.save());
     dir.sweep(at(15 * 86_400_000));
     push("directory_swept", dir.save());
-    // Relay ledger: empty, registered, redeemed.
-    push("ledger_empty", MemoryTokenStore::new().save());
-    // One token per store in the seeds kept in git: a store's JSON key order
-    // follows its hash map, so two tokens would not save reproducibly.
+    // Relay ledger: empty, registered, reserved, redeemed, two tokens; and
+    // a bare token store. Saves are in key order, so reproducible.
+    push("ledger_empty", Ledger::default().save());
     let ledger = ledger_registered(f);
-    push("ledger_registered_one", ledger.store().save());
-    let _ = ledger.route(&f.hello, at(1));
-    push("ledger_redeemed", ledger.store().save());
+    push("ledger_registered_one", ledger.save());
+    let _ = ledger.route(&f.hello, PRIMARY, at(1));
+    push("ledger_reserved", ledger.save());
+    let _ = ledger.route(&f.request, COMPANION, at(2));
+    push("ledger_redeemed", ledger.save());
+    push("token_store_redeemed", ledger.store().save());
     let ledger = ledger_registered(f);
     ledger
-        .register(TokenId::from_bytes([7; 16]), at(90_000))
+        .register(COMPANION, TokenId::from_bytes([7; 16]), at(90_000), now())
         .expect("register");
-    let _ = ledger.route(&f.hello, at(1));
-    push("ledger_two", ledger.store().save());
+    let _ = ledger.route(&f.hello, PRIMARY, at(1));
+    push("ledger_two", ledger.save());
     out
 }
 

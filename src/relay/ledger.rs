@@ -1,6 +1,79 @@
-//! Exactly-once redemption of pairing tokens.
+//! Exactly-once redemption of pairing tokens, in two phases.
+//!
+//! # Design
+//!
+//! A companion's host *registers* the token of each offer it shows; the relay
+//! then routes the handshake by the 18-byte header of each message. A token
+//! moves through three states:
+//!
+//! ```text
+//!                register (client C, expiry clamped, quotas)
+//!                               │
+//!                               ▼
+//!   ┌──────────────────────►  open  ───── now ≥ expires_at ──► (expired; swept)
+//!   │                           │  ▲
+//!   │      Hello of exact size, │  │ release(token, C): C refused the Hello
+//!   │      proof hashes to id,  │  │
+//!   │      now < expires_at     ▼  │
+//!   │                        reserved { by: primary P, until }
+//!   │                           │
+//!   └── reservation lapsed ─────┤   (a new Hello may reserve again once
+//!       (now ≥ until)           │    now ≥ until; the old one is replaced)
+//!                               │
+//!          Request from C       ▼
+//!                        redeemed { primary: P, at }   (tombstone)
+//!                               │
+//!          Grant / Refusal → C, Confirm → P, until keep_until; then swept
+//! ```
+//!
+//! - **Two-phase redemption.** A Hello only *reserves* its token; the token
+//!   is *redeemed* when the companion's Request for it comes back through the
+//!   relay. A relay cannot check a Hello's key or MAC (it has no key), so a
+//!   Hello with a flipped bit passes the relay's checks; the companion refuses
+//!   it and [`Ledger::release`]s the token, which is open again for the
+//!   genuine Hello. A companion that never answers blocks the token only
+//!   for [`LedgerConfig::reserve_window`]. A Hello for a reserved token gets
+//!   the retryable [`LedgerError::TokenReserved`].
+//! - **Exactly once.** Each decision (reserve, release, redeem) is one atomic
+//!   conditional write in the [`TokenStore`]: of any number of racing Hellos
+//!   at most one reserves, of any number of racing Requests at most one
+//!   redeems.
+//! - **Clients.** Every call names the [`ClientId`] it comes from (one per
+//!   connection or per authenticated client). The registering client is the
+//!   companion: only it may send the Request and release the token.
+//!   Grant, Refusal and Confirm are routed only for a redeemed token. The
+//!   answer of [`Ledger::route`], a [`Routed`], says where to forward.
+//! - **Registration limits.** Registration is unauthenticated, so its expiry
+//!   is clamped to `now + max_offer_lifetime` and every client may hold at
+//!   most [`LedgerConfig::max_tokens_per_client`] open or reserved tokens;
+//!   the store holds at most [`LedgerConfig::max_tokens`] entries
+//!   (tombstones included).
+//! - **Time never runs backwards.** The ledger keeps the highest `now` it
+//!   was given and decides with `max(now, high water)`, so a clock stepped back
+//!   cannot reopen an expired token or shorten a tombstone.
+//! - **Tombstones.** A redeemed token stays until
+//!   `keep_until = max(expires_at, redeemed_at + session_window)` and until
+//!   then a registration of the same id is refused ([`LedgerError::DuplicateToken`],
+//!   as for any id the store holds). That is enough: the honest companion
+//!   shows the offer no longer than `max_offer_lifetime` and the registered
+//!   expiry is clamped to the same bound, so after `expires_at` nobody can be
+//!   scanning it; and after `redeemed_at + session_window` (at least the
+//!   policy's approval and confirmation timeouts) both endpoints have left
+//!   the states that accept a Hello or Request for this token. A later
+//!   registration of the id can only carry replays, which the companion and
+//!   primary state machines refuse; the Hello would go to the new registrant,
+//!   who cannot answer it without the offer's private key.
+//! - **Sizes first.** [`Ledger::route`] parses the header and checks the
+//!   message's length for its kind ([`MessageHeader::check_size`]) before the
+//!   proof is read or the store is touched.
+//! - **Sweeps** delete what expired in time proportional to it (an index on
+//!   `keep_until`), at most `limit` entries a call.
+//! - **Persistence.** [`Ledger::save`] and [`Ledger::restore`] keep the
+//!   in-memory store, the configuration and the clock's high water.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -8,28 +81,73 @@ use serde::{Deserialize, Serialize};
 
 use crate::handshake::{MessageHeader, MessageKind};
 use crate::offer::TokenId;
+use crate::policy::Policy;
 use crate::time::Timestamp;
 
-/// Why the ledger refused.
+/// Which quota a registration ran into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaScope {
+    /// The registering client's open and reserved tokens.
+    Client,
+    /// All entries of the store, tombstones included.
+    Store,
+}
+
+/// Why the ledger refused. Every refusal leaves the ledger unchanged.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LedgerError {
     /// The token was already redeemed: every attempt after the first gets this.
     #[error("token already redeemed")]
     TokenAlreadyRedeemed,
+    /// Another Hello reserved the token and the companion has not answered
+    /// yet. Retryable: the reservation ends with the companion's Request, its
+    /// release, or at `until`.
+    #[error("token reserved by another Hello until {until}")]
+    TokenReserved {
+        /// When the reservation lapses.
+        until: Timestamp,
+    },
+    /// A Request or release for a token that no Hello reserved.
+    #[error("token not reserved")]
+    NotReserved,
+    /// A Grant, Refusal or Confirm for a token that was not redeemed.
+    #[error("token not redeemed")]
+    NotRedeemed,
     /// The token was never registered (or was swept after expiring).
     #[error("unknown token")]
     UnknownToken,
     /// The token's lifetime ended before the attempt.
     #[error("token expired")]
     TokenExpired,
-    /// The token is already registered.
+    /// The store already holds this token id (open, reserved or redeemed).
     #[error("token already registered")]
     DuplicateToken,
+    /// A Request or release from a client other than the one that
+    /// registered the token.
+    #[error("message from a client that did not register the token")]
+    WrongClient,
+    /// A registration over a quota.
+    #[error("token quota exceeded ({scope:?}, limit {limit})")]
+    QuotaExceeded {
+        /// Which quota.
+        scope: QuotaScope,
+        /// Its limit.
+        limit: u64,
+    },
+    /// A message whose length is outside the range of its kind
+    /// ([`MessageKind::size_range`]).
+    #[error("{kind:?} message of {len} bytes has the wrong size")]
+    WrongSize {
+        /// The kind its header names.
+        kind: MessageKind,
+        /// Its length in bytes.
+        len: usize,
+    },
     /// A message that cannot be routed (bad header).
     #[error("unroutable message: {0}")]
     Unroutable(String),
     /// A Hello whose redemption proof does not match its token: whoever sent
-    /// it never saw the QR code. The token stays redeemable.
+    /// it never saw the QR code. The token is unchanged.
     #[error("bad redemption proof: the sender did not see the QR code")]
     BadRedemptionProof,
     /// The durable store failed (I/O, connection); the attempt had no effect.
@@ -37,71 +155,332 @@ pub enum LedgerError {
     Store(String),
 }
 
-/// The result of a successful redemption.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Redemption {
-    /// The token.
-    pub token_id: TokenId,
-    /// When it was redeemed.
-    pub at: Timestamp,
+impl LedgerError {
+    /// Whether the same call may succeed later: a reserved token, a quota
+    /// (after a sweep or a redemption frees room) or a store failure.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            LedgerError::TokenReserved { .. }
+                | LedgerError::QuotaExceeded { .. }
+                | LedgerError::Store(_)
+        )
+    }
 }
 
-/// Where the ledger keeps tokens. The whole exactly-once guarantee rests on
-/// [`TokenStore::redeem`] being atomic.
+/// Who sent a message or registered a token, as the relay knows it: one id
+/// per connection or per authenticated client. Opaque 16 bytes.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ClientId(#[serde(with = "crate::encoding::b64_array")] [u8; 16]);
+
+impl ClientId {
+    /// An id from 16 bytes.
+    pub const fn from_bytes(bytes: [u8; 16]) -> Self {
+        ClientId(bytes)
+    }
+
+    /// The id's 16 bytes.
+    pub const fn to_bytes(&self) -> [u8; 16] {
+        self.0
+    }
+}
+
+impl From<u64> for ClientId {
+    /// A connection counter as an id (big-endian in the last 8 bytes).
+    fn from(n: u64) -> Self {
+        let mut b = [0u8; 16];
+        b[8..].copy_from_slice(&n.to_be_bytes());
+        ClientId(b)
+    }
+}
+
+impl From<[u8; 16]> for ClientId {
+    fn from(b: [u8; 16]) -> Self {
+        ClientId(b)
+    }
+}
+
+impl fmt::Debug for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ClientId({self})")
+    }
+}
+
+impl fmt::Display for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+/// The state of a token in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TokenState {
+    /// Registered; a Hello with its proof may reserve it.
+    Open,
+    /// A Hello from `by` reserved it; the reservation lapses at `until`.
+    Reserved {
+        /// The primary's client.
+        by: ClientId,
+        /// When the reservation lapses.
+        until: Timestamp,
+    },
+    /// The companion's Request redeemed it (a tombstone until swept).
+    Redeemed {
+        /// The primary's client (whose Hello reserved the token).
+        primary: ClientId,
+        /// When.
+        at: Timestamp,
+    },
+}
+
+/// One token as the store holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// The registering client (the companion).
+    pub client: ClientId,
+    /// The offer's end (exclusive), as clamped at registration.
+    pub expires_at: Timestamp,
+    /// When a sweep may delete the entry: `expires_at`, or later while
+    /// reserved (`max(expires_at, until)`) or redeemed
+    /// (`max(expires_at, redeemed_at + session_window)`).
+    pub keep_until: Timestamp,
+    /// Open, reserved or redeemed.
+    pub state: TokenState,
+}
+
+/// The quotas a registration is checked against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    /// Open or reserved tokens of one client.
+    pub per_client: u32,
+    /// Entries in the whole store, tombstones included.
+    pub total: u64,
+}
+
+/// Where the ledger keeps tokens. The exactly-once guarantee rests on
+/// [`TokenStore::reserve`] and [`TokenStore::redeem`] each being **one atomic
+/// conditional write**.
 ///
-/// Contract for every implementation (the in-memory one here, or SQLite /
-/// PostgreSQL later):
+/// # Contract
 ///
-/// 1. `register` inserts a token in state *open* with its expiry, or fails
-///    with [`LedgerError::DuplicateToken`] if the token exists.
-/// 2. `redeem` is one atomic compare-and-set from *open* to *redeemed*: of any
-///    number of concurrent calls for one token, from any thread, process or
-///    node, **at most one** returns `Ok`; the others get
-///    [`LedgerError::TokenAlreadyRedeemed`]. An expired token
-///    (`now >= expires_at`) is never redeemed. A redeemed token is kept until
-///    `keep_until` (the rest of its handshake is routed meanwhile). In SQL:
-///    `UPDATE tokens SET redeemed_at = $now, expires_at = greatest(expires_at, $keep)
-///    WHERE id = $id AND redeemed_at IS NULL AND expires_at > $now`;
-///    exactly one affected row means success.
-/// 3. A redemption that returned `Ok` is durable before it returns (a crash
-///    afterwards must not let the token be redeemed again).
-/// 4. `sweep` deletes tokens that expired at or before `now`, in time
-///    proportional to their number (an index on `expires_at`). A redeemed
-///    token swept after expiry then reads as unknown, which still refuses it;
-///    it could only be redeemed again if the same token were registered again,
-///    which takes the same offer (a fresh 128-bit secret per offer), and the
-///    companion and primary state machines refuse that replay themselves.
-/// 5. Errors of the store itself are [`LedgerError::Store`] and mean "nothing
-///    happened".
+/// Every implementation (the in-memory one here, a SQLite or a PostgreSQL
+/// store) keeps these rules. Times are the ledger's (never decreasing); the
+/// store compares, it never reads a clock. An entry whose `keep_until ≤ now`
+/// and that is not redeemed is *dead*: it is treated as expired whether or
+/// not a sweep removed it yet. Each method either makes its whole change and
+/// returns `Ok`, or changes nothing and returns an error; a failure of the
+/// store itself is [`LedgerError::Store`] ("nothing happened"). A write that
+/// returned `Ok` is durable before it returns.
+///
+/// The SQL below assumes
+///
+/// ```sql
+/// CREATE TABLE tokens (
+///   id BLOB PRIMARY KEY,          -- bytea in PostgreSQL
+///   client BLOB NOT NULL,
+///   expires_at BIGINT NOT NULL,   -- Unix milliseconds
+///   keep_until BIGINT NOT NULL,
+///   state SMALLINT NOT NULL,      -- 0 open, 1 reserved, 2 redeemed
+///   peer BLOB,                    -- reserving / redeeming primary
+///   state_at BIGINT               -- reserved until / redeemed at
+/// );
+/// CREATE INDEX tokens_keep ON tokens (keep_until);
+/// CREATE TABLE clients (id BLOB PRIMARY KEY, live INTEGER NOT NULL);
+/// CREATE TABLE totals (one INTEGER PRIMARY KEY CHECK (one = 1), n BIGINT NOT NULL);
+/// ```
+///
+/// `clients.live` counts a client's open and reserved tokens and `totals.n`
+/// all rows of `tokens`; both change in the same transaction as the row they
+/// count (in SQLite `BEGIN IMMEDIATE`, which serializes writers; in
+/// PostgreSQL the conditional `UPDATE`s below lock the counter rows). The
+/// statement marked *decision* is the one whose affected-row count decides;
+/// when it changes no row, the store reads the row
+/// (`SELECT client, expires_at, keep_until, state, peer, state_at FROM tokens WHERE id = $id`)
+/// only to name the error, and rolls back.
 pub trait TokenStore: Send + Sync {
-    /// Registers a token valid until `expires_at` (exclusive).
-    fn register(&self, token: TokenId, expires_at: Timestamp) -> Result<(), LedgerError>;
-    /// Atomically redeems a token once, keeping it until `keep_until`.
+    /// Inserts `token` in state *open*, owned by `client`, with
+    /// `keep_until = expires_at`. Refuses, in this order: an id the store
+    /// holds in any state ([`LedgerError::DuplicateToken`]); a client with
+    /// `quota.per_client` open or reserved tokens, or a store with
+    /// `quota.total` entries ([`LedgerError::QuotaExceeded`]).
+    ///
+    /// ```sql
+    /// -- decision
+    /// INSERT INTO tokens (id, client, expires_at, keep_until, state)
+    ///   VALUES ($id, $client, $exp, $exp, 0) ON CONFLICT (id) DO NOTHING;
+    /// INSERT INTO clients (id, live) VALUES ($client, 0) ON CONFLICT (id) DO NOTHING;
+    /// UPDATE clients SET live = live + 1 WHERE id = $client AND live < $per_client;
+    /// UPDATE totals SET n = n + 1 WHERE n < $total;
+    /// -- any of the three changing no row: roll back with the error
+    /// ```
+    fn register(
+        &self,
+        token: TokenId,
+        client: ClientId,
+        expires_at: Timestamp,
+        quota: Quota,
+    ) -> Result<(), LedgerError>;
+
+    /// Reserves `token` for the primary `by` until `until`: succeeds only if
+    /// the token is open, or reserved with a lapsed reservation
+    /// (`until ≤ now`), and `now < expires_at`. Of any number of concurrent
+    /// calls for one token at most one succeeds. Sets
+    /// `keep_until = max(expires_at, until)`. Returns the registering client
+    /// (where the Hello goes). Errors, in this order: [`LedgerError::UnknownToken`],
+    /// [`LedgerError::TokenAlreadyRedeemed`], [`LedgerError::TokenExpired`],
+    /// [`LedgerError::TokenReserved`].
+    ///
+    /// ```sql
+    /// -- decision
+    /// UPDATE tokens SET state = 1, peer = $by, state_at = $until,
+    ///        keep_until = max(expires_at, $until)      -- greatest() in PostgreSQL
+    ///  WHERE id = $id AND expires_at > $now
+    ///    AND (state = 0 OR (state = 1 AND state_at <= $now))
+    /// RETURNING client;
+    /// ```
+    fn reserve(
+        &self,
+        token: &TokenId,
+        by: ClientId,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<ClientId, LedgerError>;
+
+    /// The companion `client` refused the Hello: a reserved token (lapsed
+    /// or not) goes back to open, with `keep_until = expires_at`. Errors, in
+    /// this order: [`LedgerError::UnknownToken`] (also for a dead entry),
+    /// [`LedgerError::WrongClient`], [`LedgerError::TokenAlreadyRedeemed`],
+    /// [`LedgerError::NotReserved`].
+    ///
+    /// ```sql
+    /// -- decision
+    /// UPDATE tokens SET state = 0, peer = NULL, state_at = NULL, keep_until = expires_at
+    ///  WHERE id = $id AND client = $client AND state = 1 AND keep_until > $now;
+    /// ```
+    fn release(&self, token: &TokenId, client: ClientId, now: Timestamp)
+        -> Result<(), LedgerError>;
+
+    /// The companion's Request: a reserved, live (`now < keep_until`) token
+    /// registered by `client` becomes redeemed, with
+    /// `keep_until = max(keep_until, keep)`. Of any number of concurrent
+    /// calls for one token at most one succeeds. Returns the primary that
+    /// reserved it (where the Request goes). Errors, in this order:
+    /// [`LedgerError::UnknownToken`], [`LedgerError::WrongClient`],
+    /// [`LedgerError::TokenAlreadyRedeemed`], [`LedgerError::TokenExpired`]
+    /// (a dead entry), [`LedgerError::NotReserved`].
+    ///
+    /// ```sql
+    /// -- decision
+    /// UPDATE tokens SET state = 2, state_at = $now, keep_until = max(keep_until, $keep)
+    ///  WHERE id = $id AND client = $client AND state = 1 AND keep_until > $now
+    /// RETURNING peer;
+    /// UPDATE clients SET live = live - 1 WHERE id = $client;
+    /// ```
     fn redeem(
         &self,
         token: &TokenId,
+        client: ClientId,
         now: Timestamp,
-        keep_until: Timestamp,
-    ) -> Result<(), LedgerError>;
-    /// Whether the token has been redeemed.
-    fn is_redeemed(&self, token: &TokenId) -> Result<bool, LedgerError>;
-    /// Removes tokens expired at `now`; returns how many.
-    fn sweep(&self, now: Timestamp) -> Result<usize, LedgerError>;
+        keep: Timestamp,
+    ) -> Result<ClientId, LedgerError>;
+
+    /// The token's record, if the store holds it (dead or not). Read only.
+    ///
+    /// ```sql
+    /// SELECT client, expires_at, keep_until, state, peer, state_at FROM tokens WHERE id = $id;
+    /// ```
+    fn get(&self, token: &TokenId) -> Result<Option<TokenRecord>, LedgerError>;
+
+    /// Deletes up to `limit` entries with `keep_until ≤ now`, earliest first,
+    /// in time proportional to their number (the index on `keep_until`), and
+    /// returns how many.
+    ///
+    /// ```sql
+    /// DELETE FROM tokens WHERE id IN
+    ///   (SELECT id FROM tokens WHERE keep_until <= $now ORDER BY keep_until LIMIT $limit)
+    /// RETURNING client, state;
+    /// -- per returned client with state < 2: UPDATE clients SET live = live - 1 WHERE id = $client;
+    /// UPDATE totals SET n = n - $deleted;
+    /// ```
+    fn sweep(&self, now: Timestamp, limit: usize) -> Result<usize, LedgerError>;
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-struct Entry {
-    expires_at: Timestamp,
-    redeemed_at: Option<Timestamp>,
-}
-
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 struct MemoryInner {
-    tokens: HashMap<TokenId, Entry>,
-    by_expiry: BTreeSet<(Timestamp, TokenId)>,
+    tokens: HashMap<TokenId, TokenRecord>,
+    by_keep: BTreeSet<(Timestamp, TokenId)>,
+    /// Open or reserved tokens per client; no zero entries.
+    live: HashMap<ClientId, u32>,
 }
 
-/// The in-memory [`TokenStore`]: a mutex over a map and an expiry index.
+/// Saves in key order, so that equal stores save to equal bytes.
+impl Serialize for MemoryInner {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Sorted<'a> {
+            tokens: BTreeMap<&'a TokenId, &'a TokenRecord>,
+            by_keep: &'a BTreeSet<(Timestamp, TokenId)>,
+            live: BTreeMap<&'a ClientId, &'a u32>,
+        }
+        Sorted {
+            tokens: self.tokens.iter().collect(),
+            by_keep: &self.by_keep,
+            live: self.live.iter().collect(),
+        }
+        .serialize(s)
+    }
+}
+
+impl MemoryInner {
+    fn set_keep(&mut self, token: TokenId, old: Timestamp, new: Timestamp) {
+        if old != new {
+            self.by_keep.remove(&(old, token));
+            self.by_keep.insert((new, token));
+        }
+    }
+
+    fn unlive(&mut self, client: &ClientId) {
+        if let Some(n) = self.live.get_mut(client) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.live.remove(client);
+            }
+        }
+    }
+
+    fn consistent(&self) -> Result<(), &'static str> {
+        if self.by_keep.len() != self.tokens.len()
+            || !self
+                .by_keep
+                .iter()
+                .all(|(at, t)| self.tokens.get(t).is_some_and(|r| r.keep_until == *at))
+        {
+            return Err("ledger expiry index");
+        }
+        let mut live: HashMap<ClientId, u32> = HashMap::new();
+        for r in self.tokens.values() {
+            let keep_ok = match r.state {
+                TokenState::Open => r.keep_until == r.expires_at,
+                TokenState::Reserved { until, .. } => r.keep_until == r.expires_at.max(until),
+                TokenState::Redeemed { .. } => r.keep_until >= r.expires_at,
+            };
+            if !keep_ok {
+                return Err("ledger token keep_until");
+            }
+            if !matches!(r.state, TokenState::Redeemed { .. }) {
+                let n = live.entry(r.client).or_default();
+                *n = n.saturating_add(1);
+            }
+        }
+        if live != self.live {
+            return Err("ledger per-client counts");
+        }
+        Ok(())
+    }
+}
+
+/// The in-memory [`TokenStore`]: a mutex over a map, an expiry index
+/// (`BTreeSet<(keep_until, token)>`) and per-client counts.
 #[derive(Debug, Default)]
 pub struct MemoryTokenStore {
     inner: Mutex<MemoryInner>,
@@ -114,12 +493,12 @@ impl MemoryTokenStore {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, MemoryInner> {
-        // A panic in another thread while holding the lock cannot leave the
-        // map half-updated (every update is a single insert), so recover.
+        // Every method checks before it writes and cannot panic while
+        // writing, so a poisoned lock still guards a consistent state.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Number of tokens held.
+    /// Number of entries held (tombstones included).
     pub fn len(&self) -> usize {
         self.lock().tokens.len()
     }
@@ -129,24 +508,28 @@ impl MemoryTokenStore {
         self.len() == 0
     }
 
-    /// Serializes the store (versioned JSON, see [`crate::persist`]).
-    pub fn save(&self) -> Result<Vec<u8>, crate::persist::PersistError> {
-        crate::persist::save("ledger", &*self.lock())
+    /// Open or reserved tokens of `client`.
+    pub fn live_tokens(&self, client: &ClientId) -> u32 {
+        self.lock().live.get(client).copied().unwrap_or(0)
     }
 
-    /// Restores a store saved by [`MemoryTokenStore::save`].
+    /// Serializes the store alone (versioned JSON, see [`crate::persist`]);
+    /// [`Ledger::save`] also keeps the configuration and the clock.
+    pub fn save(&self) -> Result<Vec<u8>, crate::persist::PersistError> {
+        crate::persist::save("token store", &*self.lock())
+    }
+
+    /// Restores a store saved by [`MemoryTokenStore::save`], checking that
+    /// the expiry index and the per-client counts match the tokens.
     pub fn restore(bytes: &[u8]) -> Result<Self, crate::persist::PersistError> {
-        let inner: MemoryInner = crate::persist::restore("ledger", bytes)?;
-        let consistent = inner.by_expiry.len() == inner.tokens.len()
-            && inner
-                .by_expiry
-                .iter()
-                .all(|(at, t)| inner.tokens.get(t).is_some_and(|e| e.expires_at == *at));
-        if !consistent {
-            return Err(crate::persist::PersistError::Inconsistent(
-                "ledger expiry index",
-            ));
-        }
+        let inner: MemoryInner = crate::persist::restore("token store", bytes)?;
+        Self::from_inner(inner)
+    }
+
+    fn from_inner(inner: MemoryInner) -> Result<Self, crate::persist::PersistError> {
+        inner
+            .consistent()
+            .map_err(crate::persist::PersistError::Inconsistent)?;
         Ok(MemoryTokenStore {
             inner: Mutex::new(inner),
         })
@@ -154,63 +537,144 @@ impl MemoryTokenStore {
 }
 
 impl TokenStore for MemoryTokenStore {
-    fn register(&self, token: TokenId, expires_at: Timestamp) -> Result<(), LedgerError> {
+    fn register(
+        &self,
+        token: TokenId,
+        client: ClientId,
+        expires_at: Timestamp,
+        quota: Quota,
+    ) -> Result<(), LedgerError> {
         let mut g = self.lock();
         if g.tokens.contains_key(&token) {
             return Err(LedgerError::DuplicateToken);
         }
+        let live = g.live.get(&client).copied().unwrap_or(0);
+        if live >= quota.per_client {
+            return Err(LedgerError::QuotaExceeded {
+                scope: QuotaScope::Client,
+                limit: u64::from(quota.per_client),
+            });
+        }
+        if u64::try_from(g.tokens.len()).unwrap_or(u64::MAX) >= quota.total {
+            return Err(LedgerError::QuotaExceeded {
+                scope: QuotaScope::Store,
+                limit: quota.total,
+            });
+        }
         g.tokens.insert(
             token,
-            Entry {
+            TokenRecord {
+                client,
                 expires_at,
-                redeemed_at: None,
+                keep_until: expires_at,
+                state: TokenState::Open,
             },
         );
-        g.by_expiry.insert((expires_at, token));
+        g.by_keep.insert((expires_at, token));
+        g.live.insert(client, live.saturating_add(1));
+        Ok(())
+    }
+
+    fn reserve(
+        &self,
+        token: &TokenId,
+        by: ClientId,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<ClientId, LedgerError> {
+        let mut g = self.lock();
+        let r = g.tokens.get_mut(token).ok_or(LedgerError::UnknownToken)?;
+        match r.state {
+            TokenState::Redeemed { .. } => return Err(LedgerError::TokenAlreadyRedeemed),
+            _ if now >= r.expires_at => return Err(LedgerError::TokenExpired),
+            TokenState::Reserved { until: held, .. } if now < held => {
+                return Err(LedgerError::TokenReserved { until: held })
+            }
+            TokenState::Open | TokenState::Reserved { .. } => {}
+        }
+        let old = r.keep_until;
+        r.state = TokenState::Reserved { by, until };
+        r.keep_until = r.expires_at.max(until);
+        let (new, client) = (r.keep_until, r.client);
+        g.set_keep(*token, old, new);
+        Ok(client)
+    }
+
+    fn release(
+        &self,
+        token: &TokenId,
+        client: ClientId,
+        now: Timestamp,
+    ) -> Result<(), LedgerError> {
+        let mut g = self.lock();
+        let r = g.tokens.get_mut(token).ok_or(LedgerError::UnknownToken)?;
+        let redeemed = matches!(r.state, TokenState::Redeemed { .. });
+        if !redeemed && now >= r.keep_until {
+            return Err(LedgerError::UnknownToken);
+        }
+        if r.client != client {
+            return Err(LedgerError::WrongClient);
+        }
+        match r.state {
+            TokenState::Redeemed { .. } => return Err(LedgerError::TokenAlreadyRedeemed),
+            TokenState::Open => return Err(LedgerError::NotReserved),
+            TokenState::Reserved { .. } => {}
+        }
+        let old = r.keep_until;
+        r.state = TokenState::Open;
+        r.keep_until = r.expires_at;
+        let new = r.keep_until;
+        g.set_keep(*token, old, new);
         Ok(())
     }
 
     fn redeem(
         &self,
         token: &TokenId,
+        client: ClientId,
         now: Timestamp,
-        keep_until: Timestamp,
-    ) -> Result<(), LedgerError> {
+        keep: Timestamp,
+    ) -> Result<ClientId, LedgerError> {
         let mut g = self.lock();
-        let entry = g.tokens.get_mut(token).ok_or(LedgerError::UnknownToken)?;
-        if entry.redeemed_at.is_some() {
-            return Err(LedgerError::TokenAlreadyRedeemed);
+        let r = g.tokens.get_mut(token).ok_or(LedgerError::UnknownToken)?;
+        if r.client != client {
+            return Err(LedgerError::WrongClient);
         }
-        if now >= entry.expires_at {
-            return Err(LedgerError::TokenExpired);
-        }
-        entry.redeemed_at = Some(now);
-        let old = entry.expires_at;
-        if keep_until > old {
-            entry.expires_at = keep_until;
-            g.by_expiry.remove(&(old, *token));
-            g.by_expiry.insert((keep_until, *token));
-        }
-        Ok(())
+        let primary = match r.state {
+            TokenState::Redeemed { .. } => return Err(LedgerError::TokenAlreadyRedeemed),
+            _ if now >= r.keep_until => return Err(LedgerError::TokenExpired),
+            TokenState::Open => return Err(LedgerError::NotReserved),
+            TokenState::Reserved { by, .. } => by,
+        };
+        let old = r.keep_until;
+        r.state = TokenState::Redeemed { primary, at: now };
+        r.keep_until = old.max(keep);
+        let new = r.keep_until;
+        g.set_keep(*token, old, new);
+        g.unlive(&client);
+        Ok(primary)
     }
 
-    fn is_redeemed(&self, token: &TokenId) -> Result<bool, LedgerError> {
-        Ok(self
-            .lock()
-            .tokens
-            .get(token)
-            .is_some_and(|e| e.redeemed_at.is_some()))
+    fn get(&self, token: &TokenId) -> Result<Option<TokenRecord>, LedgerError> {
+        Ok(self.lock().tokens.get(token).copied())
     }
 
-    fn sweep(&self, now: Timestamp) -> Result<usize, LedgerError> {
+    fn sweep(&self, now: Timestamp, limit: usize) -> Result<usize, LedgerError> {
         let mut g = self.lock();
         let mut n = 0;
-        while let Some(&(at, token)) = g.by_expiry.first() {
+        while n < limit {
+            let Some(&(at, token)) = g.by_keep.first() else {
+                break;
+            };
             if at > now {
                 break;
             }
-            g.by_expiry.pop_first();
-            g.tokens.remove(&token);
+            g.by_keep.pop_first();
+            if let Some(r) = g.tokens.remove(&token) {
+                if !matches!(r.state, TokenState::Redeemed { .. }) {
+                    g.unlive(&r.client);
+                }
+            }
             n += 1;
         }
         Ok(n)
@@ -218,45 +682,211 @@ impl TokenStore for MemoryTokenStore {
 }
 
 /// How long a redeemed token stays routable for the rest of its handshake,
-/// unless set with [`Ledger::with_session_window`]: 5 minutes, more than the
-/// default policy's approval (120 s) and confirmation (60 s) timeouts
-/// together. A host with a longer policy sets a longer window.
+/// at least: 5 minutes, more than the default policy's approval (120 s) and
+/// confirmation (60 s) timeouts together. [`LedgerConfig::from_policy`]
+/// lengthens it for a policy whose timeouts add up to more.
 pub const DEFAULT_SESSION_WINDOW: Duration = Duration::from_secs(300);
 
-/// The relay's token ledger: registers offers, redeems each token once, and
-/// routes handshake messages by their header.
+/// How long a Hello's reservation holds when the companion neither answers
+/// nor releases: 30 s. No person acts between Hello and Request (the user
+/// approves on the primary after the Request), so the companion answers
+/// within a network round trip and one X25519; 30 s covers a slow network
+/// or a throttled background tab with a wide margin, yet is half the first
+/// offer's default lifetime (60 s), so a token held by a silent companion
+/// is free again while its offer is still shown. The approval timeout
+/// (120 s) would outlast the offer.
+pub const DEFAULT_RESERVE_WINDOW: Duration = Duration::from_secs(30);
+
+/// Open or reserved tokens one client may hold: 8. A companion shows one
+/// offer at a time and registers the next one on rotation; 8 leaves room for
+/// rotations registered before the previous token is swept and for a few
+/// tabs sharing one connection.
+pub const DEFAULT_MAX_TOKENS_PER_CLIENT: u32 = 8;
+
+/// Entries (tombstones included) one store may hold: 1,000,000, about
+/// 100 MB for the in-memory store.
+pub const DEFAULT_MAX_TOKENS: u64 = 1_000_000;
+
+/// Entries a registration that hit a quota sweeps before trying once more.
+const QUOTA_SWEEP_LIMIT: usize = 64;
+
+/// Every limit of a [`Ledger`]. Build it with [`LedgerConfig::from_policy`]
+/// and adjust the fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerConfig {
+    /// Longest lifetime of a registration: a registered expiry is clamped to
+    /// `now + max_offer_lifetime`. From a policy,
+    /// `max(first_offer_lifetime, rotated_offer_lifetime)`.
+    #[serde(with = "millis")]
+    pub max_offer_lifetime: Duration,
+    /// How long a Hello's reservation holds ([`DEFAULT_RESERVE_WINDOW`]).
+    #[serde(with = "millis")]
+    pub reserve_window: Duration,
+    /// How long after redemption the rest of the handshake is routed (and
+    /// the id kept as a tombstone). From a policy, the larger of
+    /// [`DEFAULT_SESSION_WINDOW`] and `approval_timeout + confirmation_timeout`.
+    #[serde(with = "millis")]
+    pub session_window: Duration,
+    /// Open or reserved tokens one client may hold
+    /// ([`DEFAULT_MAX_TOKENS_PER_CLIENT`]).
+    pub max_tokens_per_client: u32,
+    /// Entries the store may hold, tombstones included ([`DEFAULT_MAX_TOKENS`]).
+    pub max_tokens: u64,
+}
+
+mod millis {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(crate::time::duration_millis(*d))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+impl LedgerConfig {
+    /// The limits that fit `policy`, with the default reservation window and
+    /// quotas.
+    pub fn from_policy(policy: &Policy) -> Self {
+        LedgerConfig {
+            max_offer_lifetime: policy
+                .first_offer_lifetime()
+                .max(policy.rotated_offer_lifetime()),
+            reserve_window: DEFAULT_RESERVE_WINDOW,
+            session_window: DEFAULT_SESSION_WINDOW.max(
+                policy
+                    .approval_timeout()
+                    .saturating_add(policy.confirmation_timeout()),
+            ),
+            max_tokens_per_client: DEFAULT_MAX_TOKENS_PER_CLIENT,
+            max_tokens: DEFAULT_MAX_TOKENS,
+        }
+    }
+
+    fn quota(&self) -> Quota {
+        Quota {
+            per_client: self.max_tokens_per_client,
+            total: self.max_tokens,
+        }
+    }
+}
+
+impl Default for LedgerConfig {
+    /// [`LedgerConfig::from_policy`] of [`Policy::default`].
+    fn default() -> Self {
+        LedgerConfig::from_policy(&Policy::default())
+    }
+}
+
+/// What a routed message did to its token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    /// A Hello reserved the token until `until`.
+    Reserved {
+        /// When the reservation lapses.
+        until: Timestamp,
+    },
+    /// A Request redeemed the token.
+    Redeemed {
+        /// When.
+        at: Timestamp,
+    },
+    /// A Grant, Refusal or Confirm of a redeemed token: nothing changed.
+    None,
+}
+
+/// The ledger's routing decision for one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Routed {
+    /// The token the message belongs to.
+    pub token_id: TokenId,
+    /// The message's kind.
+    pub kind: MessageKind,
+    /// Where to forward it: the companion (registering client) for a Hello,
+    /// Grant or Refusal, the primary whose Hello reserved the token for a
+    /// Request or Confirm.
+    pub forward_to: ClientId,
+    /// What it did to the token.
+    pub transition: Transition,
+}
+
+/// The relay's token ledger: registers offers, reserves each token for one
+/// Hello, redeems it once with the companion's Request, and routes the
+/// handshake by the messages' headers. See the module documentation.
 #[derive(Debug)]
 pub struct Ledger<S: TokenStore = MemoryTokenStore> {
     store: S,
-    session_window: Duration,
+    config: LedgerConfig,
+    /// The highest `now` seen, in Unix milliseconds.
+    high_water: AtomicU64,
 }
 
 impl Default for Ledger<MemoryTokenStore> {
     fn default() -> Self {
-        Ledger::in_memory()
+        Ledger::in_memory(LedgerConfig::default())
     }
+}
+
+#[derive(Serialize, Deserialize)]
+struct SavedLedger {
+    config: LedgerConfig,
+    high_water: Timestamp,
+    store: MemoryInner,
 }
 
 impl Ledger<MemoryTokenStore> {
     /// A ledger over an empty in-memory store.
-    pub fn in_memory() -> Self {
-        Ledger::new(MemoryTokenStore::new())
+    pub fn in_memory(config: LedgerConfig) -> Self {
+        Ledger::new(MemoryTokenStore::new(), config)
+    }
+
+    /// Serializes the whole ledger: store, configuration and the clock's
+    /// high water (versioned JSON, see [`crate::persist`]).
+    pub fn save(&self) -> Result<Vec<u8>, crate::persist::PersistError> {
+        let g = self.store.lock();
+        #[derive(Serialize)]
+        struct Out<'a> {
+            config: &'a LedgerConfig,
+            high_water: Timestamp,
+            store: &'a MemoryInner,
+        }
+        crate::persist::save(
+            "ledger",
+            &Out {
+                config: &self.config,
+                high_water: self.high_water(),
+                store: &g,
+            },
+        )
+    }
+
+    /// Restores a ledger saved by [`Ledger::save`], with its settings.
+    pub fn restore(bytes: &[u8]) -> Result<Self, crate::persist::PersistError> {
+        let saved: SavedLedger = crate::persist::restore("ledger", bytes)?;
+        let ledger = Ledger::new(MemoryTokenStore::from_inner(saved.store)?, saved.config);
+        ledger
+            .high_water
+            .store(saved.high_water.as_unix_millis(), Ordering::Relaxed);
+        Ok(ledger)
     }
 }
 
 impl<S: TokenStore> Ledger<S> {
-    /// A ledger over `store`.
-    pub fn new(store: S) -> Self {
+    /// A ledger over `store` with the limits of `config`.
+    pub fn new(store: S, config: LedgerConfig) -> Self {
         Ledger {
             store,
-            session_window: DEFAULT_SESSION_WINDOW,
+            config,
+            high_water: AtomicU64::new(0),
         }
     }
 
-    /// Sets how long a redeemed token stays routable after its redemption.
-    pub fn with_session_window(mut self, window: Duration) -> Self {
-        self.session_window = window;
-        self
+    /// The limits.
+    pub fn config(&self) -> &LedgerConfig {
+        &self.config
     }
 
     /// The store.
@@ -264,49 +894,143 @@ impl<S: TokenStore> Ledger<S> {
         &self.store
     }
 
-    /// The companion announces the token it shows, valid until `expires_at`.
-    pub fn register(&self, token: TokenId, expires_at: Timestamp) -> Result<(), LedgerError> {
-        self.store.register(token, expires_at)
+    /// The highest `now` this ledger was given.
+    pub fn high_water(&self) -> Timestamp {
+        Timestamp::from_unix_millis(self.high_water.load(Ordering::Acquire))
     }
 
-    /// Redeems `token` at `now`: `Ok` exactly once, then
-    /// [`LedgerError::TokenAlreadyRedeemed`] for every later attempt.
+    /// `max(now, high water)`, raising the high water to `now`.
+    fn clock(&self, now: Timestamp) -> Timestamp {
+        let prev = self
+            .high_water
+            .fetch_max(now.as_unix_millis(), Ordering::AcqRel);
+        now.max(Timestamp::from_unix_millis(prev))
+    }
+
+    /// The companion (`client`) announces the token it shows, valid until
+    /// `expires_at`, which is clamped to `now + max_offer_lifetime`. Returns
+    /// the expiry recorded. Refuses an expiry not after `now`
+    /// ([`LedgerError::TokenExpired`]), an id the store holds
+    /// ([`LedgerError::DuplicateToken`]) and a registration over a quota
+    /// ([`LedgerError::QuotaExceeded`], after sweeping a few expired entries
+    /// to make room).
+    pub fn register(
+        &self,
+        client: ClientId,
+        token: TokenId,
+        expires_at: Timestamp,
+        now: Timestamp,
+    ) -> Result<Timestamp, LedgerError> {
+        let now = self.clock(now);
+        if expires_at <= now {
+            return Err(LedgerError::TokenExpired);
+        }
+        let expires_at = expires_at.min(now.saturating_add(self.config.max_offer_lifetime));
+        match self
+            .store
+            .register(token, client, expires_at, self.config.quota())
+        {
+            Err(LedgerError::QuotaExceeded { .. }) if self.sweep(now, QUOTA_SWEEP_LIMIT)? > 0 => {
+                self.store
+                    .register(token, client, expires_at, self.config.quota())?;
+            }
+            other => other?,
+        }
+        Ok(expires_at)
+    }
+
+    /// Routes a handshake message from `from` at `now`.
     ///
-    /// This is the bare rule; [`Ledger::route`] also checks the redemption
-    /// proof, so that only a party that saw the QR code can redeem.
-    pub fn redeem(&self, token: &TokenId, now: Timestamp) -> Result<Redemption, LedgerError> {
-        self.store
-            .redeem(token, now, now.saturating_add(self.session_window))?;
-        Ok(Redemption {
-            token_id: *token,
-            at: now,
+    /// In this order: the header is parsed ([`LedgerError::Unroutable`]); the
+    /// length is checked against the kind ([`LedgerError::WrongSize`]);
+    /// then by kind:
+    ///
+    /// - Hello: its redemption proof must hash to its token id
+    ///   ([`LedgerError::BadRedemptionProof`]), then the token is reserved for
+    ///   `from` ([`TokenStore::reserve`]); forwarded to the companion.
+    /// - Request: must come from the companion that registered the token;
+    ///   redeems it ([`TokenStore::redeem`]); forwarded to the reserving primary.
+    /// - Grant, Refusal: for a redeemed token; forwarded to the companion.
+    /// - Confirm: for a redeemed token; forwarded to the primary.
+    ///
+    /// A Grant, Refusal or Confirm is routed until the token's `keep_until`.
+    pub fn route(
+        &self,
+        message: &[u8],
+        from: ClientId,
+        now: Timestamp,
+    ) -> Result<Routed, LedgerError> {
+        let header =
+            MessageHeader::parse(message).map_err(|e| LedgerError::Unroutable(e.to_string()))?;
+        header
+            .check_size(message)
+            .map_err(|_| LedgerError::WrongSize {
+                kind: header.kind,
+                len: message.len(),
+            })?;
+        let now = self.clock(now);
+        let token = header.token_id;
+        let (forward_to, transition) = match header.kind {
+            MessageKind::Hello => {
+                let proof = header
+                    .redemption_proof(message)
+                    .ok_or(LedgerError::BadRedemptionProof)?;
+                if proof.token_id() != token {
+                    return Err(LedgerError::BadRedemptionProof);
+                }
+                let until = now.saturating_add(self.config.reserve_window);
+                let companion = self.store.reserve(&token, from, now, until)?;
+                (companion, Transition::Reserved { until })
+            }
+            MessageKind::Request => {
+                let keep = now.saturating_add(self.config.session_window);
+                let primary = self.store.redeem(&token, from, now, keep)?;
+                (primary, Transition::Redeemed { at: now })
+            }
+            MessageKind::Grant | MessageKind::Refusal | MessageKind::Confirm => {
+                let record = self.store.get(&token)?.ok_or(LedgerError::UnknownToken)?;
+                let TokenState::Redeemed { primary, .. } = record.state else {
+                    return Err(LedgerError::NotRedeemed);
+                };
+                if now >= record.keep_until {
+                    return Err(LedgerError::UnknownToken);
+                }
+                let to = if header.kind == MessageKind::Confirm {
+                    primary
+                } else {
+                    record.client
+                };
+                (to, Transition::None)
+            }
+        };
+        Ok(Routed {
+            token_id: token,
+            kind: header.kind,
+            forward_to,
+            transition,
         })
     }
 
-    /// Routes a handshake message: a Hello redeems its token if its
-    /// redemption proof matches (so only the first primary that saw the QR
-    /// code gets through; a forged Hello cannot burn the token); every later
-    /// message must belong to a redeemed token. Returns the token to forward on.
-    pub fn route(&self, message: &[u8], now: Timestamp) -> Result<TokenId, LedgerError> {
-        let header =
-            MessageHeader::parse(message).map_err(|e| LedgerError::Unroutable(e.to_string()))?;
-        if header.kind == MessageKind::Hello {
-            let proof = header
-                .redemption_proof(message)
-                .ok_or(LedgerError::BadRedemptionProof)?;
-            if proof.token_id() != header.token_id {
-                return Err(LedgerError::BadRedemptionProof);
-            }
-            self.redeem(&header.token_id, now)?;
-        } else if !self.store.is_redeemed(&header.token_id)? {
-            return Err(LedgerError::UnknownToken);
-        }
-        Ok(header.token_id)
+    /// The companion (`client`, which registered the token) refused the Hello
+    /// that reserved `token` (an altered key or MAC, which the relay cannot
+    /// check): the token is open again for the genuine Hello. A companion
+    /// releases only when the refusal left it still showing the offer.
+    pub fn release(
+        &self,
+        token: &TokenId,
+        client: ClientId,
+        now: Timestamp,
+    ) -> Result<(), LedgerError> {
+        let now = self.clock(now);
+        self.store.release(token, client, now)
     }
 
-    /// Removes expired tokens; returns how many.
-    pub fn sweep(&self, now: Timestamp) -> Result<usize, LedgerError> {
-        self.store.sweep(now)
+    /// Removes up to `limit` entries whose `keep_until` has passed, earliest
+    /// first; returns how many. Call it regularly with a modest limit (a few
+    /// thousand) so that no call holds the store for long.
+    pub fn sweep(&self, now: Timestamp, limit: usize) -> Result<usize, LedgerError> {
+        let now = self.clock(now);
+        self.store.sweep(now, limit)
     }
 }
 
@@ -318,54 +1042,218 @@ mod tests {
         Timestamp::from_unix_millis(ms)
     }
 
+    const C: ClientId = ClientId::from_bytes([0xc; 16]);
+    const P: ClientId = ClientId::from_bytes([0xa; 16]);
+    const Q: Quota = Quota {
+        per_client: 8,
+        total: 100,
+    };
+
+    fn tok(n: u8) -> TokenId {
+        TokenId([n; 16])
+    }
+
+    fn state(s: &MemoryTokenStore, n: u8) -> TokenState {
+        s.get(&tok(n)).unwrap().unwrap().state
+    }
+
     #[test]
-    fn redeems_once_then_refuses() {
-        let l = Ledger::in_memory();
-        let tok = TokenId([1; 16]);
-        l.register(tok, t(100)).unwrap();
-        assert_eq!(l.register(tok, t(100)), Err(LedgerError::DuplicateToken));
-        assert!(l.redeem(&tok, t(10)).is_ok());
+    fn open_reserved_redeemed() {
+        let s = MemoryTokenStore::new();
+        s.register(tok(1), C, t(100), Q).unwrap();
         assert_eq!(
-            l.redeem(&tok, t(11)),
-            Err(LedgerError::TokenAlreadyRedeemed)
+            s.register(tok(1), C, t(100), Q),
+            Err(LedgerError::DuplicateToken)
+        );
+        assert_eq!(s.live_tokens(&C), 1);
+        // A Request before any Hello.
+        assert_eq!(
+            s.redeem(&tok(1), C, t(1), t(500)),
+            Err(LedgerError::NotReserved)
+        );
+        assert_eq!(s.reserve(&tok(1), P, t(10), t(40)), Ok(C));
+        assert_eq!(
+            state(&s, 1),
+            TokenState::Reserved {
+                by: P,
+                until: t(40)
+            }
         );
         assert_eq!(
-            l.redeem(&TokenId([2; 16]), t(11)),
+            s.reserve(&tok(1), C, t(11), t(41)),
+            Err(LedgerError::TokenReserved { until: t(40) })
+        );
+        // Only the registering client redeems.
+        assert_eq!(
+            s.redeem(&tok(1), P, t(12), t(500)),
+            Err(LedgerError::WrongClient)
+        );
+        assert_eq!(s.redeem(&tok(1), C, t(12), t(500)), Ok(P));
+        assert_eq!(
+            state(&s, 1),
+            TokenState::Redeemed {
+                primary: P,
+                at: t(12)
+            }
+        );
+        assert_eq!(s.live_tokens(&C), 0);
+        assert_eq!(s.get(&tok(1)).unwrap().unwrap().keep_until, t(500));
+        for r in [
+            s.redeem(&tok(1), C, t(13), t(500)).map(|_| ()),
+            s.reserve(&tok(1), P, t(13), t(43)).map(|_| ()),
+            s.release(&tok(1), C, t(13)),
+            s.register(tok(1), C, t(100), Q),
+        ] {
+            assert!(
+                matches!(
+                    r,
+                    Err(LedgerError::TokenAlreadyRedeemed | LedgerError::DuplicateToken)
+                ),
+                "{r:?}"
+            );
+        }
+        assert_eq!(
+            s.reserve(&tok(2), P, t(1), t(2)),
             Err(LedgerError::UnknownToken)
         );
+        s.lock().consistent().unwrap();
     }
 
     #[test]
-    fn expiry_boundary_and_sweep() {
-        let l = Ledger::in_memory();
-        l.register(TokenId([1; 16]), t(100)).unwrap();
-        l.register(TokenId([2; 16]), t(200)).unwrap();
+    fn release_and_lapse_reopen() {
+        let s = MemoryTokenStore::new();
+        s.register(tok(1), C, t(100), Q).unwrap();
+        assert_eq!(s.release(&tok(1), C, t(1)), Err(LedgerError::NotReserved));
+        s.reserve(&tok(1), P, t(10), t(40)).unwrap();
+        assert_eq!(s.release(&tok(1), P, t(11)), Err(LedgerError::WrongClient));
+        assert_eq!(s.release(&tok(1), C, t(11)), Ok(()));
+        assert_eq!(state(&s, 1), TokenState::Open);
+        // Reserved again; lapses at 50; another Hello takes it over.
+        s.reserve(&tok(1), P, t(20), t(50)).unwrap();
+        let other = ClientId::from(7);
+        assert!(s.reserve(&tok(1), other, t(49), t(79)).is_err());
+        assert_eq!(s.reserve(&tok(1), other, t(50), t(80)), Ok(C));
+        assert_eq!(s.redeem(&tok(1), C, t(60), t(60)), Ok(other));
+        s.lock().consistent().unwrap();
+    }
+
+    #[test]
+    fn expiry_reservation_past_expiry_and_sweep() {
+        let s = MemoryTokenStore::new();
+        s.register(tok(1), C, t(100), Q).unwrap();
+        s.register(tok(2), C, t(100), Q).unwrap();
+        s.register(tok(3), C, t(100), Q).unwrap();
         assert_eq!(
-            l.redeem(&TokenId([1; 16]), t(100)),
+            s.reserve(&tok(1), P, t(100), t(130)),
             Err(LedgerError::TokenExpired)
         );
-        assert!(l.redeem(&TokenId([2; 16]), t(199)).is_ok());
-        assert_eq!(l.sweep(t(150)), Ok(1));
-        assert_eq!(l.store().len(), 1);
-        // The redeemed token stays for its session window (5 min from 199).
-        assert_eq!(l.sweep(t(200)), Ok(0));
-        assert_eq!(l.sweep(t(199 + 300_000)), Ok(1));
-        assert!(l.store().is_empty());
+        // Reserved just before expiry: the Request may come after it.
+        s.reserve(&tok(2), P, t(99), t(129)).unwrap();
+        assert_eq!(s.get(&tok(2)).unwrap().unwrap().keep_until, t(129));
+        assert_eq!(s.redeem(&tok(2), C, t(120), t(400)), Ok(P));
+        // Reserved and never answered: dead at 129.
+        s.reserve(&tok(3), P, t(99), t(129)).unwrap();
+        assert_eq!(
+            s.redeem(&tok(3), C, t(129), t(400)),
+            Err(LedgerError::TokenExpired)
+        );
+        assert_eq!(
+            s.release(&tok(3), C, t(129)),
+            Err(LedgerError::UnknownToken)
+        );
+        assert_eq!(s.live_tokens(&C), 2);
+        // Sweep in expiry order, with a limit.
+        assert_eq!(s.sweep(t(100), 10), Ok(1));
+        assert_eq!(s.sweep(t(200), 0), Ok(0));
+        assert_eq!(s.sweep(t(200), 10), Ok(1));
+        assert_eq!(s.live_tokens(&C), 0);
+        assert_eq!(s.len(), 1);
+        assert_eq!(s.sweep(t(399), 10), Ok(0));
+        assert_eq!(s.sweep(t(400), 10), Ok(1));
+        assert!(s.is_empty());
+        s.lock().consistent().unwrap();
     }
 
     #[test]
-    fn save_restore_keeps_redemptions() {
-        let l = Ledger::in_memory();
-        l.register(TokenId([1; 16]), t(100)).unwrap();
-        l.redeem(&TokenId([1; 16]), t(1)).unwrap();
-        l.register(TokenId([2; 16]), t(100)).unwrap();
-        let bytes = l.store().save().unwrap();
-        let r = Ledger::new(MemoryTokenStore::restore(&bytes).unwrap());
+    fn quotas() {
+        let s = MemoryTokenStore::new();
+        let q = Quota {
+            per_client: 2,
+            total: 3,
+        };
+        s.register(tok(1), C, t(100), q).unwrap();
+        s.register(tok(2), C, t(100), q).unwrap();
+        let over = Err(LedgerError::QuotaExceeded {
+            scope: QuotaScope::Client,
+            limit: 2,
+        });
+        assert_eq!(s.register(tok(3), C, t(100), q), over);
+        s.register(tok(3), P, t(100), q).unwrap();
         assert_eq!(
-            r.redeem(&TokenId([1; 16]), t(2)),
-            Err(LedgerError::TokenAlreadyRedeemed)
+            s.register(tok(4), ClientId::from(9), t(100), q),
+            Err(LedgerError::QuotaExceeded {
+                scope: QuotaScope::Store,
+                limit: 3
+            })
         );
-        assert!(r.redeem(&TokenId([2; 16]), t(2)).is_ok());
-        assert!(MemoryTokenStore::restore(&bytes[..bytes.len() / 2]).is_err());
+        // A redeemed token no longer counts for its client, only for the store.
+        s.reserve(&tok(1), P, t(1), t(2)).unwrap();
+        s.redeem(&tok(1), C, t(1), t(200)).unwrap();
+        assert_eq!(s.live_tokens(&C), 1);
+        assert!(matches!(
+            s.register(tok(4), C, t(100), q),
+            Err(LedgerError::QuotaExceeded {
+                scope: QuotaScope::Store,
+                ..
+            })
+        ));
+        assert_eq!(s.len(), 3);
+    }
+
+    #[test]
+    fn ledger_clamps_and_keeps_time_monotonic() {
+        let l = Ledger::default();
+        let max = l.config().max_offer_lifetime;
+        assert_eq!(max, Duration::from_secs(60));
+        let exp = l.register(C, tok(1), Timestamp::MAX, t(1_000)).unwrap();
+        assert_eq!(exp, t(61_000));
+        assert_eq!(
+            l.register(C, tok(2), t(1_000), t(1_000)),
+            Err(LedgerError::TokenExpired)
+        );
+        // The clock jumps past the expiry, then back.
+        assert_eq!(l.sweep(t(70_000), 0), Ok(0));
+        assert_eq!(l.high_water(), t(70_000));
+        assert_eq!(
+            l.register(C, tok(2), t(5_000), t(1_000)),
+            Err(LedgerError::TokenExpired)
+        );
+        assert_eq!(l.sweep(t(2_000), 10), Ok(1));
+    }
+
+    #[test]
+    fn restore_checks_counts_and_index() {
+        let s = MemoryTokenStore::new();
+        s.register(tok(1), C, t(100), Q).unwrap();
+        s.register(tok(2), C, t(100), Q).unwrap();
+        s.reserve(&tok(2), P, t(1), t(200)).unwrap();
+        let r = MemoryTokenStore::restore(&s.save().unwrap()).unwrap();
+        assert_eq!(r.get(&tok(2)), s.get(&tok(2)));
+        assert_eq!(r.live_tokens(&C), 2);
+        s.lock().live.insert(C, 3);
+        assert!(matches!(
+            MemoryTokenStore::restore(&s.save().unwrap()),
+            Err(crate::persist::PersistError::Inconsistent(
+                "ledger per-client counts"
+            ))
+        ));
+        s.lock().live.insert(C, 2);
+        s.lock().by_keep.remove(&(t(200), tok(2)));
+        assert!(matches!(
+            MemoryTokenStore::restore(&s.save().unwrap()),
+            Err(crate::persist::PersistError::Inconsistent(
+                "ledger expiry index"
+            ))
+        ));
     }
 }

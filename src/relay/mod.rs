@@ -2,8 +2,10 @@
 //! to count. It sees token ids, message headers and signed facts, never a key.
 //!
 //! - [`Ledger`] enforces that each pairing token is redeemed **exactly once**,
-//!   behind the [`TokenStore`] trait so a durable store can take the place of
-//!   the in-memory [`MemoryTokenStore`].
+//!   in two phases (a Hello reserves, the companion's Request redeems, a
+//!   refused Hello is released), with per-client quotas and a clock that
+//!   never runs backwards, behind the [`TokenStore`] trait so a durable store
+//!   can take the place of the in-memory [`MemoryTokenStore`].
 //! - [`Directory`] keeps many accounts' device leases from signed facts and
 //!   sweeps expiries in time proportional to what expired.
 
@@ -12,5 +14,7 @@ mod ledger;
 
 pub use directory::{Directory, DirectoryError, SweptDevice};
 pub use ledger::{
-    Ledger, LedgerError, MemoryTokenStore, Redemption, TokenStore, DEFAULT_SESSION_WINDOW,
+    ClientId, Ledger, LedgerConfig, LedgerError, MemoryTokenStore, Quota, QuotaScope, Routed,
+    TokenRecord, TokenState, TokenStore, Transition, DEFAULT_MAX_TOKENS,
+    DEFAULT_MAX_TOKENS_PER_CLIENT, DEFAULT_RESERVE_WINDOW, DEFAULT_SESSION_WINDOW,
 };
