@@ -32,11 +32,14 @@ pub(crate) mod b64_array {
     use serde::{Deserialize, Deserializer, Serializer};
     use zeroize::Zeroize;
 
+    /// The base64 text is zeroized after use: fixed-size arrays here are
+    /// keys and secrets as often as not.
     pub(crate) fn serialize<S: Serializer, const N: usize>(
         bytes: &[u8; N],
         s: S,
     ) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&b64(bytes))
+        let text = zeroize::Zeroizing::new(b64(bytes));
+        s.serialize_str(&text)
     }
 
     pub(crate) fn deserialize<'de, D: Deserializer<'de>, const N: usize>(

@@ -8,10 +8,17 @@
 //!   ([`offer::OfferDisplay`]) and redeemable once ([`relay::Ledger`]);
 //! - a **per-device key exchange** ([`handshake`]): X25519, HKDF-SHA256 keys
 //!   bound to the QR secret and the transcript, ChaCha20-Poly1305, and a
-//!   [`DeviceCertificate`] signed by the account's Ed25519 key, so each
-//!   companion holds its own keys ([`LinkedSession`]) and works without the phone;
+//!   [`DeviceCertificate`]: the device's entry in the account's Ed25519-signed
+//!   device list, so each companion holds its own keys ([`LinkedSession`]) and
+//!   works without the phone. Two signatures and two verifications per link;
+//! - **phishing-resistant linking**: a scan starts a link only under a
+//!   short-lived link intent opened from the host's own "Link a device"
+//!   screen ([`Account::open_link_intent`]), and the phone's prompt
+//!   ([`LinkRequest::prompt`]) says what approving does;
 //! - the **four-companion limit** and the **14-day primary-offline expiry**
-//!   ([`Account`], [`Policy`]), revocation and a signed device list;
+//!   ([`Account`], [`Policy`]), revocation, and a signed device list that
+//!   chains from version to version and that heartbeats name, so a relay
+//!   can neither hide a revocation nor replay a fork;
 //! - all as **sans-IO state machines**: time ([`Timestamp`]) and randomness
 //!   (any `rand_core` 0.6 `CryptoRng`) are inputs; nothing reads a clock;
 //! - around them: the relay's side ([`relay::Ledger`] for exactly-once tokens,
@@ -45,14 +52,17 @@
 //! let qr = devicelink::qr::OfferQr::new(&qr_text)?;
 //! assert!(qr.version() <= 4);
 //!
-//! // The phone scans it and answers with a Hello (via the relay).
+//! // The user opens "Link a device" on the phone, which scans the code and
+//! // answers with a Hello (via the relay). Without the intent, a scan fails.
+//! account.open_link_intent(now);
 //! let (mut primary, hello) = account.scan(&qr_text, &mut rng, now)?;
 //! // The companion answers with its identity key and label, encrypted.
-//! let request = companion.receive_hello(&hello, now)?;
+//! let request = companion.receive_hello(&hello, &mut rng, now)?;
 //! // The phone shows who is asking and the check code; the user approves.
-//! let asking = primary.receive_request(&request, now)?;
+//! let asking = account.receive_request(&mut primary, &request, &mut rng, now)?;
 //! assert_eq!(asking.label.as_str(), "Firefox on Linux");
 //! assert_eq!(Some(asking.check_code), companion.check_code());
+//! assert!(asking.prompt().contains("read and send messages as you"));
 //! let grant = account.grant(&mut primary, &mut rng, now)?;
 //! // The companion verifies its certificate and confirms.
 //! let confirm = companion.receive_grant(&grant, now)?;
@@ -63,6 +73,14 @@
 //! assert_eq!(session.account(), account.account_id());
 //! assert!(session.is_linked(now));
 //! assert_eq!(account.companion_count(now), 1);
+//!
+//! // The phone proves it is alive; the heartbeat names the device list, so a
+//! // companion extends its lease only if it holds that list.
+//! let later = now.saturating_add(devicelink::time::days(3));
+//! let heartbeat = account.heartbeat(later).to_bytes();
+//! let mut session = companion.into_session().expect("linked");
+//! session.accept_heartbeat(&heartbeat, later)?;
+//! assert_eq!(session.expires_at(), later.saturating_add(policy.primary_offline_limit()));
 //! # Ok(())
 //! # }
 //! ```
@@ -92,19 +110,23 @@ pub mod sim;
 pub mod time;
 mod wire;
 
-pub use audit::{AuditError, AuditLog};
+pub use audit::{AuditAnchor, AuditError, AuditLog, AuditReport, SignedAnchor};
 pub use certificate::{
-    CertificateError, DeviceCertificate, DeviceIndex, PrimaryHeartbeat, SignedDeviceList,
+    CertificateError, DeviceCertificate, DeviceIndex, DeviceListDraft, DeviceListEntry,
+    PrimaryHeartbeat, RemovedDevice, SignedDeviceList,
 };
 pub use handshake::{
-    Companion, CompanionState, ConfirmedLink, DeviceLabel, HandshakeError, LinkRequest,
-    PrimaryHandshake, RefusalReason,
+    Companion, CompanionState, ConfirmedLink, HandshakeError, LinkRequest, PrimaryHandshake,
+    RefusalReason,
 };
 pub use keys::{AccountId, AccountKey, DeviceIdentity, DeviceKey};
+pub use label::{DeviceLabel, DeviceLabelError, ObservedContext};
 pub use offer::{OfferDisplay, OfferError, PairingOffer, TokenId};
 pub use persist::PersistError;
 pub use policy::{Policy, PolicyError};
 pub use registry::{Account, DeviceState, RegistryError};
 pub use relay::{ClientId, Directory, DirectoryError, Ledger, LedgerConfig, LedgerError, Routed};
-pub use session::{LinkedSession, LogoutReason, SessionError, SessionStatus};
+pub use session::{
+    DeviceLeft, DeviceListChange, LinkedSession, LogoutReason, SessionError, SessionStatus,
+};
 pub use time::Timestamp;

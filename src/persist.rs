@@ -68,7 +68,11 @@ fn digest_b64(bytes: &[u8]) -> String {
 
 pub(crate) fn save<T: Serialize>(kind: &'static str, state: &T) -> Result<Vec<u8>, PersistError> {
     let malformed = |e: serde_json::Error| PersistError::Malformed(e.to_string());
-    let body = serde_json::to_vec(state).map_err(malformed)?;
+    // The state may hold secrets: the intermediate copy is zeroized, and it is
+    // reserved large enough that typical states never reallocate (a
+    // reallocation would free an unzeroized copy).
+    let mut body = zeroize::Zeroizing::new(Vec::with_capacity(16 * 1024));
+    serde_json::to_writer(&mut *body, state).map_err(malformed)?;
     let mut out = serde_json::to_vec(&HeaderOut {
         format: FORMAT,
         kind,

@@ -706,3 +706,154 @@ fn reserved_refusal_codes_are_not_sent_and_unknown_ones_still_refuse() {
     );
     assert!(err.is_terminal());
 }
+
+/// Review finding 7: every endpoint checks a message's size against its kind
+/// before copying or decrypting it. A 64 MiB "Grant" (or any other
+/// oversized or undersized message) is refused with `WrongSize` and changes
+/// nothing; every genuine message lies within its kind's range.
+#[test]
+fn sizes_are_checked_before_copy_or_decrypt_at_every_endpoint() {
+    use devicelink::handshake::{MessageHeader, MessageKind};
+    let mut s = setup(40);
+    let (_, tr) = link(&mut setup(40));
+    for (kind, msg) in [
+        (MessageKind::Hello, &tr.hello),
+        (MessageKind::Request, &tr.request),
+        (MessageKind::Grant, &tr.grant),
+        (MessageKind::Confirm, &tr.confirm),
+    ] {
+        let (min, max) = kind.size_range();
+        assert!((min..=max).contains(&msg.len()), "{kind:?}: {}", msg.len());
+        assert_eq!(MessageHeader::parse(msg).unwrap().kind, kind);
+    }
+    let huge = |genuine: &[u8]| {
+        let mut m = genuine[..devicelink::handshake::HEADER_LEN].to_vec();
+        m.resize(64 << 20, 0);
+        m
+    };
+    // The companion, waiting for the Hello, then for the Grant.
+    let before = s.companion.save().unwrap();
+    for bad in [huge(&tr.hello), tr.hello[..tr.hello.len() - 1].to_vec()] {
+        assert!(matches!(
+            s.companion.receive_hello(&bad, &mut s.rng, t(1_100)),
+            Err(HandshakeError::WrongSize {
+                kind: MessageKind::Hello,
+                ..
+            })
+        ));
+    }
+    assert_eq!(s.companion.save().unwrap(), before);
+    s.account.open_link_intent(t(1_000));
+    let offer = offer_text(&s.companion);
+    let (mut primary, hello) = s.account.scan(&offer, &mut s.rng, t(1_000)).unwrap();
+    let request = s
+        .companion
+        .receive_hello(&hello, &mut s.rng, t(1_100))
+        .unwrap();
+    let grant_huge = {
+        let mut m = request[..devicelink::handshake::HEADER_LEN].to_vec();
+        m[1] = 3; // kind: Grant, for this session's token
+        m.resize(64 << 20, 0);
+        m
+    };
+    let before = s.companion.save().unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(
+        s.companion.receive_grant(&grant_huge, t(1_200)),
+        Err(HandshakeError::WrongSize {
+            kind: MessageKind::Grant,
+            len: 64 << 20
+        })
+    );
+    // Refused without touching the 64 MiB (generous bound on a shared machine:
+    // copying and authenticating it takes far longer).
+    assert!(started.elapsed() < std::time::Duration::from_millis(200));
+    assert_eq!(s.companion.save().unwrap(), before);
+    // The primary, waiting for the Request, then for the Confirm.
+    let before = primary.save().unwrap();
+    let mut req_huge = request.clone();
+    req_huge.resize(64 << 20, 0);
+    assert!(matches!(
+        primary.receive_request(&req_huge, t(1_200)),
+        Err(HandshakeError::WrongSize {
+            kind: MessageKind::Request,
+            ..
+        })
+    ));
+    assert!(matches!(
+        primary.receive_request(&request[..request.len() - 20], t(1_200)),
+        Err(HandshakeError::WrongSize {
+            kind: MessageKind::Request,
+            ..
+        })
+    ));
+    assert_eq!(primary.save().unwrap(), before);
+    s.account
+        .receive_request(&mut primary, &request, &mut s.rng, t(1_200))
+        .unwrap();
+    let grant = s.account.grant(&mut primary, &mut s.rng, t(1_300)).unwrap();
+    let confirm = s.companion.receive_grant(&grant, t(1_400)).unwrap();
+    let mut confirm_long = confirm.clone();
+    confirm_long.push(0);
+    let before = primary.save().unwrap();
+    assert!(matches!(
+        s.account.confirm(&mut primary, &confirm_long, t(1_500)),
+        Err(RegistryError::Handshake(HandshakeError::WrongSize {
+            kind: MessageKind::Confirm,
+            ..
+        }))
+    ));
+    assert_eq!(primary.save().unwrap(), before);
+    s.account.confirm(&mut primary, &confirm, t(1_500)).unwrap();
+}
+
+/// Review finding 11: the Request is sealed under a fresh random nonce (a
+/// restored companion answering the same Hello twice never reuses one), and
+/// a finished handshake drops its session keys.
+#[test]
+fn request_nonces_are_random_and_finished_handshakes_drop_their_keys() {
+    let mut s = setup(41);
+    s.account.open_link_intent(t(1_000));
+    let offer = offer_text(&s.companion);
+    let (mut primary, hello) = s.account.scan(&offer, &mut s.rng, t(1_000)).unwrap();
+    let saved = s.companion.save().unwrap();
+    let mut again = Companion::restore(&saved).unwrap();
+    let request = s
+        .companion
+        .receive_hello(&hello, &mut s.rng, t(1_100))
+        .unwrap();
+    let request2 = again
+        .receive_hello(&hello, &mut ChaCha20Rng::seed_from_u64(99), t(1_100))
+        .unwrap();
+    let h = devicelink::handshake::HEADER_LEN;
+    assert_eq!(request.len(), request2.len());
+    assert_ne!(request[h..h + 12], request2[h..h + 12], "nonce reused");
+    assert_ne!(request[h + 12..], request2[h + 12..]);
+    // Both are genuine: either one opens at the primary.
+    let mut p2 = PrimaryHandshake::restore(&primary.save().unwrap()).unwrap();
+    p2.receive_request(&request2, t(1_200)).unwrap();
+    s.account
+        .receive_request(&mut primary, &request, &mut s.rng, t(1_200))
+        .unwrap();
+    let holds_keys = |p: &PrimaryHandshake| {
+        let saved = String::from_utf8(p.save().unwrap()).unwrap();
+        !saved.contains("\"keys\":null")
+    };
+    assert!(holds_keys(&primary));
+    let grant = s.account.grant(&mut primary, &mut s.rng, t(1_300)).unwrap();
+    assert!(holds_keys(&primary));
+    let confirm = s.companion.receive_grant(&grant, t(1_400)).unwrap();
+    s.account.confirm(&mut primary, &confirm, t(1_500)).unwrap();
+    assert!(!holds_keys(&primary), "confirmed handshake kept its keys");
+    // A refused one too.
+    let mut r = setup(42);
+    let mut p = until_request(&mut r);
+    assert!(holds_keys(&p));
+    r.account
+        .refuse(&mut p, RefusalReason::Declined, &mut r.rng, t(1_300))
+        .unwrap();
+    assert!(!holds_keys(&p), "refused handshake kept its keys");
+    // A finished handshake restores, and still answers a duplicate Confirm.
+    let restored = PrimaryHandshake::restore(&primary.save().unwrap()).unwrap();
+    assert_eq!(restored.state(), primary.state());
+}
