@@ -20,12 +20,13 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Bencher, BenchmarkId, Criterion};
 use devicelink::certificate::DeviceListEntry;
+use devicelink::audit::{Actor, AuditEvent, AuditLog};
 use devicelink::qr::{ImageStyle, OfferQr, TerminalStyle};
 use devicelink::relay::{ClientId, Directory, Ledger, Quota, TokenStore};
 use devicelink::time::days;
 use devicelink::{
     AccountId, Companion, DeviceIdentity, DeviceIndex, DeviceKey, DeviceLabel, PairingOffer,
-    Policy, PrimaryHandshake, Timestamp, TokenId,
+    Policy, Timestamp, TokenId,
 };
 use ed25519_dalek::Signer;
 use rand_chacha::rand_core::SeedableRng;
@@ -298,8 +299,10 @@ fn ledger(c: &mut Criterion) {
     );
     let text = comp.offer().unwrap().to_text();
     let token = comp.offer().unwrap().token_id();
-    let (_p, hello) = PrimaryHandshake::scan(&text, &mut rng, now()).unwrap();
-    let request = comp.receive_hello(&hello, now()).unwrap();
+    let mut account = f.account.clone();
+    account.open_link_intent(now());
+    let (_p, hello) = account.scan(&text, &mut rng, now()).unwrap();
+    let request = comp.receive_hello(&hello, &mut rng, now()).unwrap();
     // Register, Hello (reserve), Request (redeem) for one token, then a
     // sweep of it: the whole life of a token at the relay.
     g.bench_function("register_reserve_redeem_sweep", |b| {
@@ -372,6 +375,44 @@ fn ledger(c: &mut Criterion) {
     g.finish();
 }
 
+// ---------------------------------------------------------------- audit
+
+/// The cost of the audit choice: entries are hash-chained and anchored in
+/// the lists and heartbeats the account signs anyway (`append`, one SHA-256
+/// over the entry's JSON), against a signed checkpoint per entry
+/// (`append_with_checkpoint`, one Ed25519 signature more).
+fn audit(c: &mut Criterion) {
+    let mut g = c.benchmark_group("audit");
+    let f = link_fixture();
+    let event = || AuditEvent::Linked {
+        index: DeviceIndex(1),
+    };
+    g.bench_function("append", |b| {
+        b.iter_batched(
+            || AuditLog::new(f.account.account_id()),
+            |mut log| {
+                log.append(Actor::Companion(DeviceIndex(1)), event(), now())
+                    .unwrap();
+                log
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("append_with_checkpoint", |b| {
+        b.iter_batched(
+            || AuditLog::new(f.account.account_id()),
+            |mut log| {
+                log.append(Actor::Companion(DeviceIndex(1)), event(), now())
+                    .unwrap();
+                log.checkpoint(f.account.key(), now()).unwrap();
+                log
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
 // ---------------------------------------------------------------- qr
 
 fn qr(c: &mut Criterion) {
@@ -405,6 +446,6 @@ fn qr(c: &mut Criterion) {
 #[allow(missing_docs)]
 mod groups {
     use super::*;
-    criterion_group!(benches, primitives, link, registry, ledger, qr);
+    criterion_group!(benches, primitives, link, registry, ledger, audit, qr);
 }
 criterion_main!(groups::benches);

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Prints the medians of criterion benchmarks and the protocol's overhead ratio.
 
-Run after `cargo bench --bench pairing -- 'primitives/floor|link/full_link'`
+Run after `cargo bench --bench pairing -- 'primitives/(peer_)?floor|link/full_link'`
 (or a full `cargo bench`): reads target/criterion/*/new/estimates.json.
 """
 import json
@@ -32,6 +32,12 @@ if "--all" in sys.argv:
         print(f"{name:50s} {fmt(ns):>12s}")
 floor = median_ns("primitives", "floor")
 full = median_ns("link", "full_link")
-print(f"primitives/floor median {fmt(floor)}")
-print(f"link/full_link   median {fmt(full)}")
-print(f"full_link / floor = {full / floor:.3f}")
+print(f"primitives/floor      median {fmt(floor)}")
+print(f"link/full_link        median {fmt(full)}")
+print(f"full_link / floor      = {full / floor:.3f}   (target <= 1.10)")
+try:
+    peer = median_ns("primitives", "peer_floor")
+    print(f"primitives/peer_floor median {fmt(peer)}")
+    print(f"full_link / peer_floor = {full / peer:.3f}   (target <= 1.35)")
+except FileNotFoundError:
+    pass
