@@ -2,6 +2,10 @@
 //! the four-companion limit, revocation, the 14-day primary-offline expiry and
 //! heartbeats, the expiry warning, pending-slot timeouts, the idle rule, a
 //! clock that goes backwards, and save/restore of every host-held state.
+//! Protocol v2 findings each have their own test below: the link intent,
+//! the authenticated refusal of a full account and re-pairing into one's own
+//! slot, handshakes of another account, backdated heartbeats, heartbeats
+//! bound to the device list, and forks from a restored old phone.
 //!
 //! Deterministic: seeded RNGs and a virtual clock; no timing assertions.
 
@@ -10,11 +14,13 @@ use std::time::Duration;
 use devicelink::handshake::{CompanionEvent, FailureReason, PrimaryState};
 use devicelink::offer::OfferState;
 use devicelink::persist::PersistError;
+use devicelink::registry::RegistryEvent;
 use devicelink::session::SessionError;
 use devicelink::{
-    Account, Companion, CompanionState, DeviceIdentity, DeviceIndex, DeviceLabel, DeviceState,
-    HandshakeError, LinkedSession, LogoutReason, OfferDisplay, Policy, PrimaryHandshake,
-    PrimaryHeartbeat, RefusalReason, RegistryError, SessionStatus, Timestamp,
+    Account, CertificateError, Companion, CompanionState, DeviceIdentity, DeviceIndex, DeviceLabel,
+    DeviceState, Directory, DirectoryError, HandshakeError, LinkedSession, LogoutReason,
+    OfferDisplay, Policy, PrimaryHandshake, PrimaryHeartbeat, RefusalReason, RegistryError,
+    SessionStatus, SignedDeviceList, Timestamp,
 };
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
@@ -62,7 +68,9 @@ fn new_companion(
     Companion::new(identity, label(name), policy, rng, now)
 }
 
-/// Scan, Hello, Request: everything up to the user's approval.
+/// Link intent, scan, Hello, Request: everything up to the user's approval.
+/// A refusal by the registry ([`RegistryError::Refused`]) is delivered to the
+/// companion, which must see the same reason, authenticated.
 fn start_with(
     account: &mut Account,
     mut companion: Companion,
@@ -70,11 +78,36 @@ fn start_with(
     now: Timestamp,
 ) -> Result<Pairing, RegistryError> {
     let text = companion.offer().expect("offer on screen").to_text();
+    account.open_link_intent(now);
     let (mut primary, hello) = account.scan(&text, rng, now)?;
-    let request = companion.receive_hello(&hello, now).unwrap();
-    let asking = primary.receive_request(&request, now).unwrap();
-    assert_eq!(Some(asking.check_code), companion.check_code());
-    Ok(Pairing { companion, primary })
+    let request = companion.receive_hello(&hello, rng, now).unwrap();
+    match account.receive_request(&mut primary, &request, rng, now) {
+        Ok(asking) => {
+            assert_eq!(Some(asking.check_code), companion.check_code());
+            Ok(Pairing { companion, primary })
+        }
+        Err(RegistryError::Refused { reason, refusal }) => {
+            assert_eq!(primary.state(), PrimaryState::Refused { reason });
+            assert_eq!(
+                companion.receive_grant(&refusal, now),
+                Err(HandshakeError::Refused(reason))
+            );
+            assert!(companion.session().is_none());
+            Err(RegistryError::Refused { reason, refusal })
+        }
+        Err(e) => panic!("request refused: {e:?}"),
+    }
+}
+
+/// Whether `e` is the registry's authenticated refusal of a full account.
+fn is_full_refusal(e: &RegistryError, limit: u32) -> bool {
+    matches!(
+        e,
+        RegistryError::Refused {
+            reason: RefusalReason::DeviceLimitReached { limit: l },
+            refusal,
+        } if *l == limit && !refusal.is_empty()
+    )
 }
 
 fn start(
@@ -158,14 +191,27 @@ fn fifth_companion_is_refused_until_one_is_revoked() {
     assert_eq!(account.companion_count(now), 4);
     broadcast_list(&account, &mut sessions, now);
 
-    // The fifth is refused at the scan, with exactly the limit, and nothing changes.
+    // v2: the scan no longer refuses (the device's key is not known yet).
+    // The fifth is refused at its Request, with exactly the limit, by an
+    // authenticated Refusal the companion shows (checked in `start_with`);
+    // nothing changes but the recorded refusal.
     let fifth_id = DeviceIdentity::generate(&mut rng);
-    let fifth = new_companion(fifth_id, "fifth", &policy, &mut rng, now);
-    let text = fifth.offer().unwrap().to_text();
+    let fifth = new_companion(fifth_id.clone(), "fifth", &policy, &mut rng, now);
+    account.poll(now);
+    account.take_events();
     let before = account.save().unwrap();
-    let err = account.scan(&text, &mut rng, now).unwrap_err();
-    assert_eq!(err, RegistryError::DeviceLimitReached { limit: 4 });
-    assert!(!err.is_terminal());
+    let err = start_with(&mut account, fifth, &mut rng, now)
+        .err()
+        .expect("refused");
+    assert!(is_full_refusal(&err, 4), "{err:?}");
+    assert!(err.is_terminal());
+    assert_eq!(
+        account.take_events(),
+        vec![RegistryEvent::Refused {
+            reason: RefusalReason::DeviceLimitReached { limit: 4 },
+            at: now
+        }]
+    );
     assert_eq!(account.save().unwrap(), before);
     assert_eq!(account.next_index(), DeviceIndex(5));
 
@@ -191,7 +237,7 @@ fn fifth_companion_is_refused_until_one_is_revoked() {
     // Every session accepts the new list: the revoked one is logged out.
     let list = account.device_list().to_bytes();
     for s in &mut sessions {
-        let status = s.accept_device_list(&list, now).unwrap();
+        let status = s.accept_device_list(&list, now).unwrap().status;
         if s.index() == DeviceIndex(2) {
             assert_eq!(
                 status,
@@ -219,7 +265,9 @@ fn fifth_companion_is_refused_until_one_is_revoked() {
         Err(RegistryError::UnknownDevice(DeviceIndex(9)))
     );
 
-    // Now the same fifth companion links, with index 5: #2 is never reused.
+    // Now the same fifth device links (a new offer: its refused handshake is
+    // over), with index 5: #2 is never reused.
+    let fifth = new_companion(fifth_id, "fifth", &policy, &mut rng, now);
     let p = start_with(&mut account, fifth, &mut rng, now).unwrap();
     let fifth_session = finish(&mut account, p, &mut rng, now);
     assert_eq!(fifth_session.index(), DeviceIndex(5));
@@ -233,7 +281,7 @@ fn fifth_companion_is_refused_until_one_is_revoked() {
     let list = account.device_list().to_bytes();
     for s in sessions.iter_mut().filter(|s| s.index() != DeviceIndex(2)) {
         assert!(matches!(
-            s.accept_device_list(&list, now),
+            s.accept_device_list(&list, now).map(|c| c.status),
             Ok(SessionStatus::Linked { .. })
         ));
         assert!(s
@@ -241,10 +289,10 @@ fn fifth_companion_is_refused_until_one_is_revoked() {
             .contains(DeviceIndex(5), &fifth_session.device_key()));
     }
     // And a sixth is refused again.
-    assert_eq!(
-        start(&mut account, "sixth", &mut rng, now).err(),
-        Some(RegistryError::DeviceLimitReached { limit: 4 })
-    );
+    let err = start(&mut account, "sixth", &mut rng, now)
+        .err()
+        .expect("refused");
+    assert!(is_full_refusal(&err, 4), "{err:?}");
 }
 
 #[test]
@@ -401,8 +449,29 @@ fn primary_silent_for_14_days_logs_every_companion_out() {
                 at: deadline
             }
         );
+        // v2: the heartbeat names the list that dropped everyone, which a
+        // logged-out session never applies; one naming the session's own
+        // list meets the logout.
         assert_eq!(
             s.accept_heartbeat(&hb.to_bytes(), later),
+            Err(SessionError::Certificate(
+                CertificateError::NeedDeviceList {
+                    version: account.device_list().version()
+                }
+            ))
+        );
+        assert_eq!(
+            s.accept_device_list(&account.device_list().to_bytes(), later),
+            Err(SessionError::LoggedOut(LogoutReason::PrimaryOffline))
+        );
+        let own = PrimaryHeartbeat::sign(
+            account.key(),
+            s.device_list(),
+            account.audit_anchor(),
+            later,
+        );
+        assert_eq!(
+            s.accept_heartbeat(&own.to_bytes(), later),
             Err(SessionError::LoggedOut(LogoutReason::PrimaryOffline))
         );
         assert!(!s.is_linked(later));
@@ -488,7 +557,13 @@ fn heartbeat_at_day_10_extends_the_lease_to_day_24() {
     // A forged or foreign heartbeat changes nothing.
     let mut other_rng = self::rng(40);
     let other = Account::generate(Policy::default(), &mut other_rng, at(0));
-    let foreign = PrimaryHeartbeat::sign(other.key(), at(20 * DAY)).to_bytes();
+    let foreign = PrimaryHeartbeat::sign(
+        other.key(),
+        other.device_list(),
+        other.audit_anchor(),
+        at(20 * DAY),
+    )
+    .to_bytes();
     let mut tampered = bytes.clone();
     tampered[40] ^= 1;
     for s in &mut sessions {
@@ -624,10 +699,10 @@ fn unconfirmed_pending_slot_times_out_and_frees_its_slot() {
         })
     );
     assert_eq!(account.companion_count(minus(deadline, 1)), 4);
-    assert_eq!(
-        start(&mut account, "fifth", &mut rng, minus(deadline, 1)).err(),
-        Some(RegistryError::DeviceLimitReached { limit: 4 })
-    );
+    let err = start(&mut account, "fifth", &mut rng, minus(deadline, 1))
+        .err()
+        .expect("refused");
+    assert!(is_full_refusal(&err, 4), "{err:?}");
 
     assert_eq!(
         account.device_state(idx, deadline),
@@ -689,9 +764,12 @@ fn idle_companion_is_logged_out_under_the_idle_policy() {
     let a = link(&mut account, "A", &mut rng, at(0)).index();
     let b = link(&mut account, "B", &mut rng, at(0)).index();
 
-    // The primary is active; that does not keep an idle companion.
-    account.heartbeat(at(6 * DAY));
+    // The primary is active; that does not keep an idle companion. (In
+    // time order: v2's registry clock never runs backwards, so a sighting
+    // reported at day 5 after a day-6 heartbeat would count at day 6.)
     account.companion_seen(a, at(5 * DAY)).unwrap();
+    account.heartbeat(at(6 * DAY));
+    assert_eq!(account.device(a).unwrap().last_seen, at(5 * DAY));
     assert_eq!(account.next_deadline(), Some(at(idle)));
 
     assert!(matches!(
@@ -786,7 +864,13 @@ fn clock_going_backwards_never_revives_and_never_panics() {
     );
     let session_status: Vec<SessionStatus> = sessions.iter().map(|s| s.status(deadline)).collect();
 
-    let old_hb = PrimaryHeartbeat::sign(account.key(), at(2 * DAY)).to_bytes();
+    let old_hb = PrimaryHeartbeat::sign(
+        account.key(),
+        account.device_list(),
+        account.audit_anchor(),
+        at(2 * DAY),
+    )
+    .to_bytes();
     let times = [
         Timestamp::EPOCH,
         at(0),
@@ -873,10 +957,10 @@ fn assert_corruptions_refused<T>(
         corruptions.push(b);
     }
     // Envelope: kind, format and version.
-    corruptions.push(
-        text.replacen("\"version\":1", "\"version\":2", 1)
-            .into_bytes(),
-    );
+    // The format is version 2: a v1 save and a future v3 are refused.
+    for other in ["\"version\":1", "\"version\":3"] {
+        corruptions.push(text.replacen("\"version\":2", other, 1).into_bytes());
+    }
     corruptions.push(
         text.replacen("\"format\":\"devicelink\"", "\"format\":\"devicelinK\"", 1)
             .into_bytes(),
@@ -948,11 +1032,15 @@ fn drive_account(
     // A full link with the given companion.
     let mut c = companion;
     let text = c.offer().unwrap().to_text();
+    out.push(Out::Deadline(Some(account.open_link_intent(t))));
     let (mut primary, hello) = account.scan(&text, rng, t).unwrap();
     out.push(Out::Bytes(hello.clone()));
-    let request = c.receive_hello(&hello, t).unwrap();
+    let request = c.receive_hello(&hello, rng, t).unwrap();
     out.push(Out::Bytes(request.clone()));
-    primary.receive_request(&request, t).unwrap();
+    let asked = account
+        .receive_request(&mut primary, &request, rng, t)
+        .unwrap();
+    out.push(Out::Answer(format!("{asked:?}")));
     let grant = account.grant(&mut primary, rng, plus(t, 1)).unwrap();
     out.push(Out::Bytes(grant.clone()));
     let confirm = c.receive_grant(&grant, plus(t, 2)).unwrap();
@@ -1073,7 +1161,13 @@ fn account_restore_refuses_a_corrupted_account_key() {
         Ok(restored) => {
             // What goes wrong if it is accepted: another account, whose
             // heartbeats the linked companion refuses.
-            let hb = PrimaryHeartbeat::sign(restored.key(), at(DAY)).to_bytes();
+            let hb = PrimaryHeartbeat::sign(
+                restored.key(),
+                restored.device_list(),
+                restored.audit_anchor(),
+                at(DAY),
+            )
+            .to_bytes();
             panic!(
                 "corrupted key restored: account {:?} became {:?}; companion answers {:?}",
                 account.account_id(),
@@ -1148,12 +1242,17 @@ fn companion_save_restore_mid_handshake_continues_identically() {
     assert_corruptions_refused("companion (showing)", &showing, Companion::restore);
 
     let text = companion.offer().unwrap().to_text();
+    account.open_link_intent(at(SECOND));
     let (mut primary, hello) = account.scan(&text, &mut rng, at(SECOND)).unwrap();
+    // The Request's nonce is random (v2): the same RNG gives the same bytes.
+    let mut r1 = rng.clone();
     let c_show_request = Companion::restore(&showing)
         .unwrap()
-        .receive_hello(&hello, at(2 * SECOND))
+        .receive_hello(&hello, &mut r1, at(2 * SECOND))
         .unwrap();
-    let request = companion.receive_hello(&hello, at(2 * SECOND)).unwrap();
+    let request = companion
+        .receive_hello(&hello, &mut rng, at(2 * SECOND))
+        .unwrap();
     assert_eq!(request, c_show_request);
 
     // Saved between receive_hello and receive_grant.
@@ -1168,11 +1267,18 @@ fn companion_save_restore_mid_handshake_continues_identically() {
     ));
     // A replayed Hello is refused by both, identically.
     assert_eq!(
-        restored.receive_hello(&hello, at(3 * SECOND)),
-        companion.clone().receive_hello(&hello, at(3 * SECOND))
+        restored.receive_hello(&hello, &mut rng.clone(), at(3 * SECOND)),
+        companion
+            .clone()
+            .receive_hello(&hello, &mut rng.clone(), at(3 * SECOND))
     );
+    assert!(restored
+        .receive_hello(&hello, &mut rng.clone(), at(3 * SECOND))
+        .is_err());
 
-    primary.receive_request(&request, at(3 * SECOND)).unwrap();
+    account
+        .receive_request(&mut primary, &request, &mut rng, at(3 * SECOND))
+        .unwrap();
     let grant = account
         .grant(&mut primary, &mut rng, at(4 * SECOND))
         .unwrap();
@@ -1235,7 +1341,13 @@ fn linked_session_save_restore_continues_identically() {
     account.revoke(s1.index(), at(6 * DAY)).unwrap();
     let list = account.device_list().to_bytes();
     let other = Account::generate(Policy::default(), &mut rng, at(0));
-    let foreign = PrimaryHeartbeat::sign(other.key(), at(7 * DAY)).to_bytes();
+    let foreign = PrimaryHeartbeat::sign(
+        other.key(),
+        other.device_list(),
+        other.audit_anchor(),
+        at(7 * DAY),
+    )
+    .to_bytes();
     let run = |s: &mut LinkedSession| -> Vec<String> {
         let mut out = Vec::new();
         out.push(format!("{:?}", s.status(at(13 * DAY))));
@@ -1322,4 +1434,703 @@ fn offer_display_save_restore_rotates_identically() {
     assert_eq!(d.cancel(at(5)), d2.cancel(at(5)));
     assert_eq!(d.cancel(at(6)), d2.cancel(at(6)));
     assert_eq!(d.state(), d2.state());
+}
+
+// ---------------------------------------------------------------------------
+// Protocol v2 findings
+// ---------------------------------------------------------------------------
+
+/// Finding (a), phishing by QR: a real offer shown on a web page as "scan to
+/// join the group" must not link. Scanning needs the host's own link intent
+/// ("Link a device" screen), which expires and is used up by one scan.
+#[test]
+fn scanning_needs_a_fresh_single_use_link_intent() {
+    let mut rng = rng(30);
+    let policy = Policy::default();
+    let window = u64::try_from(policy.link_intent_window().as_millis()).unwrap();
+    assert_eq!(window, 60 * SECOND);
+    let mut account = Account::generate(policy.clone(), &mut rng, at(0));
+    let early = new_companion(
+        DeviceIdentity::generate(&mut rng),
+        "early",
+        &policy,
+        &mut rng,
+        at(0),
+    );
+    let text = early.offer().unwrap().to_text();
+
+    // Without an intent: refused, retryable, nothing changes.
+    let before = account.save().unwrap();
+    let err = account.scan(&text, &mut rng, at(0)).unwrap_err();
+    assert_eq!(err, RegistryError::NoLinkIntent);
+    assert!(!err.is_terminal());
+    assert_eq!(account.save().unwrap(), before);
+
+    // The window ends at open + 60 s; the end instant is already expired.
+    assert_eq!(account.open_link_intent(at(0)), at(window));
+    for t in [at(window), at(window + 1), at(window + DAY)] {
+        let err = account.scan(&text, &mut rng, t).unwrap_err();
+        assert_eq!(err, RegistryError::LinkIntentExpired, "at {t}");
+        assert!(!err.is_terminal());
+    }
+
+    // Closing the screen closes the intent.
+    let t1 = at(2 * window + DAY);
+    account.open_link_intent(t1);
+    account.close_link_intent();
+    assert_eq!(
+        account.scan(&text, &mut rng, t1).unwrap_err(),
+        RegistryError::NoLinkIntent
+    );
+
+    // Opened again: a scan 1 ms before the end works, and uses the intent up.
+    let t2 = plus(t1, SECOND);
+    let mut c = new_companion(
+        DeviceIdentity::generate(&mut rng),
+        "c",
+        &policy,
+        &mut rng,
+        plus(t2, 30 * SECOND),
+    );
+    let text = c.offer().unwrap().to_text();
+    let until = account.open_link_intent(t2);
+    assert_eq!(until, plus(t2, window));
+    let last_ms = minus(until, 1);
+    let (mut primary, hello) = account.scan(&text, &mut rng, last_ms).unwrap();
+    assert_eq!(
+        account.scan(&text, &mut rng, last_ms).unwrap_err(),
+        RegistryError::NoLinkIntent
+    );
+    let other = new_companion(
+        DeviceIdentity::generate(&mut rng),
+        "other",
+        &policy,
+        &mut rng,
+        last_ms,
+    );
+    assert_eq!(
+        account
+            .scan(&other.offer().unwrap().to_text(), &mut rng, last_ms)
+            .unwrap_err(),
+        RegistryError::NoLinkIntent
+    );
+    // The one scan that had an intent links normally.
+    let request = c.receive_hello(&hello, &mut rng, last_ms).unwrap();
+    account
+        .receive_request(&mut primary, &request, &mut rng, last_ms)
+        .unwrap();
+    let grant = account.grant(&mut primary, &mut rng, last_ms).unwrap();
+    let confirm = c.receive_grant(&grant, last_ms).unwrap();
+    let link = account.confirm(&mut primary, &confirm, last_ms).unwrap();
+    assert_eq!(link.certificate.index(), DeviceIndex(1));
+    assert_eq!(account.companion_count(last_ms), 1);
+}
+
+/// Finding (b), full account: v1 refused at the scan with no word to the
+/// companion, and a device re-pairing with its own key had to be revoked
+/// first (anyone naming its public key could evict it). v2 refuses a new
+/// device at its Request with an authenticated Refusal the companion shows;
+/// a listed device re-pairing with its own key is granted beside its old
+/// index, which is replaced only when the Confirm proves the key.
+#[test]
+fn full_account_refuses_new_devices_but_lets_a_listed_device_re_pair() {
+    use devicelink::certificate::RemovedDevice;
+    use devicelink::session::DeviceLeft;
+
+    let mut rng = rng(31);
+    let policy = Policy::default();
+    let mut account = Account::generate(policy.clone(), &mut rng, at(0));
+    let mut sessions: Vec<LinkedSession> = (0..4u64)
+        .map(|i| link(&mut account, &format!("c{i}"), &mut rng, at(i * SECOND)))
+        .collect();
+    let now = at(10 * SECOND);
+    broadcast_list(&account, &mut sessions, now);
+    assert_eq!(account.companion_count(now), 4);
+
+    // A new device: the scan works, the Request is refused.
+    let mut newcomer = new_companion(
+        DeviceIdentity::generate(&mut rng),
+        "newcomer",
+        &policy,
+        &mut rng,
+        now,
+    );
+    account.open_link_intent(now);
+    let text = newcomer.offer().unwrap().to_text();
+    let (mut primary, hello) = account.scan(&text, &mut rng, now).unwrap();
+    let request = newcomer.receive_hello(&hello, &mut rng, now).unwrap();
+    let err = account
+        .receive_request(&mut primary, &request, &mut rng, now)
+        .unwrap_err();
+    let RegistryError::Refused { reason, refusal } = err else {
+        panic!("not refused: {err:?}");
+    };
+    assert_eq!(reason, RefusalReason::DeviceLimitReached { limit: 4 });
+    // A forged Refusal is not believed; the genuine one is.
+    let mut forged = refusal.clone();
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    assert_eq!(
+        newcomer.receive_grant(&forged, now),
+        Err(HandshakeError::AuthenticationFailed)
+    );
+    assert!(matches!(
+        newcomer.state(),
+        CompanionState::AwaitingGrant { .. }
+    ));
+    assert_eq!(
+        newcomer.receive_grant(&refusal, now),
+        Err(HandshakeError::Refused(RefusalReason::DeviceLimitReached {
+            limit: 4
+        }))
+    );
+    assert_eq!(
+        newcomer.state(),
+        CompanionState::Failed {
+            reason: FailureReason::Refused(RefusalReason::DeviceLimitReached { limit: 4 }),
+            at: now,
+        }
+    );
+    assert!(account.grant(&mut primary, &mut rng, now).is_err());
+    assert_eq!(account.next_index(), DeviceIndex(5));
+
+    // Device #2 re-pairs with its own key (say its browser storage lost the
+    // session but kept the key): not refused, no revocation first.
+    let key2 = sessions[1].device_key();
+    let again = new_companion(
+        sessions[1].identity().clone(),
+        "c1 again",
+        &policy,
+        &mut rng,
+        now,
+    );
+    let mut p = start_with(&mut account, again, &mut rng, now).unwrap();
+    let version = account.device_list_version();
+    let grant = account.grant(&mut p.primary, &mut rng, now).unwrap();
+    // Granted beside the old index: the list names the key twice, the key
+    // holds one slot, and the old index is still active.
+    let list = account.device_list().clone();
+    assert_eq!(list.version(), version + 1);
+    assert!(list.contains(DeviceIndex(2), &key2));
+    assert!(list.contains(DeviceIndex(5), &key2));
+    assert_eq!(list.devices().len(), 5);
+    assert_eq!(list.distinct_devices(), 4);
+    assert_eq!(account.companion_count(now), 4);
+    assert_eq!(
+        account.device_state(DeviceIndex(2), now),
+        Some(DeviceState::Active { since: at(SECOND) })
+    );
+    assert!(matches!(
+        account.device_state(DeviceIndex(5), now),
+        Some(DeviceState::Pending { .. })
+    ));
+    // The account is still full for anyone else.
+    let err = start(&mut account, "newcomer 2", &mut rng, now)
+        .err()
+        .expect("refused");
+    assert!(is_full_refusal(&err, 4), "{err:?}");
+    // The old session sees the pending re-pair and stays linked.
+    let change = sessions[1]
+        .accept_device_list(&list.to_bytes(), now)
+        .unwrap();
+    assert!(matches!(change.status, SessionStatus::Linked { .. }));
+    assert_eq!(
+        change.added,
+        vec![list.entry(DeviceIndex(5)).unwrap().clone()]
+    );
+    assert!(change.removed.is_empty());
+
+    // The Confirm proves the key: now, and only now, #2 is replaced.
+    let t_confirm = plus(now, 1);
+    let confirm = p.companion.receive_grant(&grant, t_confirm).unwrap();
+    account
+        .confirm(&mut p.primary, &confirm, t_confirm)
+        .unwrap();
+    assert_eq!(
+        account.device_state(DeviceIndex(2), t_confirm),
+        logged_out(LogoutReason::Replaced, t_confirm)
+    );
+    assert_eq!(
+        account.device_state(DeviceIndex(5), t_confirm),
+        Some(DeviceState::Active { since: t_confirm })
+    );
+    assert_eq!(account.companion_count(t_confirm), 4);
+    let replaced = account.device_list().clone();
+    assert_eq!(replaced.version(), version + 2);
+    assert!(!replaced.contains(DeviceIndex(2), &key2));
+    assert!(replaced.contains(DeviceIndex(5), &key2));
+    assert_eq!(
+        replaced.removed(),
+        &[RemovedDevice {
+            index: DeviceIndex(2),
+            reason: LogoutReason::Replaced
+        }]
+    );
+    let old_entry = list.entry(DeviceIndex(2)).unwrap().clone();
+    let new_entry = replaced.entry(DeviceIndex(5)).unwrap().clone();
+    for s in &mut sessions {
+        let change = s
+            .accept_device_list(&replaced.to_bytes(), t_confirm)
+            .unwrap();
+        if s.index() == DeviceIndex(2) {
+            assert_eq!(
+                change.status,
+                SessionStatus::LoggedOut {
+                    reason: LogoutReason::Replaced
+                }
+            );
+        } else {
+            assert!(matches!(change.status, SessionStatus::Linked { .. }));
+            assert_eq!(change.added, vec![new_entry.clone()]);
+        }
+        assert_eq!(
+            change.removed,
+            vec![DeviceLeft {
+                entry: old_entry.clone(),
+                reason: Some(LogoutReason::Replaced)
+            }]
+        );
+    }
+    let mut new_session = p.companion.into_session().expect("linked");
+    assert_eq!(new_session.index(), DeviceIndex(5));
+    assert!(new_session
+        .accept_device_list(&replaced.to_bytes(), t_confirm)
+        .is_ok());
+    assert!(new_session.is_linked(t_confirm));
+
+    // Device #3 re-pairs too, but its Confirm never arrives: #3 stays
+    // active, and the pending index times out.
+    let key3 = sessions[2].device_key();
+    let t2 = plus(now, 2 * SECOND);
+    let again = new_companion(
+        sessions[2].identity().clone(),
+        "c2 again",
+        &policy,
+        &mut rng,
+        t2,
+    );
+    let mut p = start_with(&mut account, again, &mut rng, t2).unwrap();
+    let grant = account.grant(&mut p.primary, &mut rng, t2).unwrap();
+    let lost_confirm = p.companion.receive_grant(&grant, t2).unwrap();
+    let pending_list = account.device_list().clone();
+    assert!(pending_list.contains(DeviceIndex(3), &key3));
+    assert!(pending_list.contains(DeviceIndex(6), &key3));
+    sessions[2]
+        .accept_device_list(&pending_list.to_bytes(), t2)
+        .unwrap();
+    let deadline = plus(t2, 60 * SECOND);
+    account.poll(deadline);
+    assert_eq!(
+        account.device_state(DeviceIndex(6), deadline),
+        logged_out(LogoutReason::ConfirmationTimedOut, deadline)
+    );
+    assert_eq!(
+        account.device_state(DeviceIndex(3), deadline),
+        Some(DeviceState::Active {
+            since: at(2 * SECOND)
+        })
+    );
+    assert_eq!(
+        account.confirm(&mut p.primary, &lost_confirm, deadline),
+        Err(RegistryError::ConfirmationTimedOut)
+    );
+    assert_eq!(
+        account.device_state(DeviceIndex(3), deadline),
+        Some(DeviceState::Active {
+            since: at(2 * SECOND)
+        })
+    );
+    assert_eq!(account.companion_count(deadline), 4);
+    let after = account.device_list().clone();
+    assert!(after.contains(DeviceIndex(3), &key3));
+    assert!(!after.contains(DeviceIndex(6), &key3));
+    let change = sessions[2]
+        .accept_device_list(&after.to_bytes(), deadline)
+        .unwrap();
+    assert!(matches!(change.status, SessionStatus::Linked { .. }));
+    assert_eq!(
+        change.removed,
+        vec![DeviceLeft {
+            entry: pending_list.entry(DeviceIndex(6)).unwrap().clone(),
+            reason: Some(LogoutReason::ConfirmationTimedOut)
+        }]
+    );
+    // The companion believed it linked at #6; the list tells it why not.
+    let mut orphan = p.companion.into_session().expect("linked on its side");
+    assert_eq!(orphan.index(), DeviceIndex(6));
+    assert_eq!(
+        orphan
+            .accept_device_list(&after.to_bytes(), deadline)
+            .unwrap()
+            .status,
+        SessionStatus::LoggedOut {
+            reason: LogoutReason::ConfirmationTimedOut
+        }
+    );
+}
+
+/// Finding (c): a handshake started by account A must not be granted,
+/// confirmed or refused by account B (a host juggling two accounts, or a
+/// handshake restored into the wrong one): `OtherAccount`, nothing changes.
+#[test]
+fn a_handshake_of_account_a_cannot_be_finished_by_account_b() {
+    let mut rng = rng(32);
+    let policy = Policy::default();
+    let mut a = Account::generate(policy.clone(), &mut rng, at(0));
+    let mut b = Account::generate(policy.clone(), &mut rng, at(0));
+    b.open_link_intent(at(0));
+    let b_before = b.save().unwrap();
+    let mut c = new_companion(
+        DeviceIdentity::generate(&mut rng),
+        "c",
+        &policy,
+        &mut rng,
+        at(0),
+    );
+    a.open_link_intent(at(0));
+    let (mut primary, hello) = a
+        .scan(&c.offer().unwrap().to_text(), &mut rng, at(0))
+        .unwrap();
+    assert_eq!(primary.account(), a.account_id());
+    let request = c.receive_hello(&hello, &mut rng, at(0)).unwrap();
+
+    assert_eq!(
+        b.receive_request(&mut primary, &request, &mut rng, at(0)),
+        Err(RegistryError::OtherAccount)
+    );
+    assert_eq!(primary.state(), PrimaryState::OfferScanned);
+    a.receive_request(&mut primary, &request, &mut rng, at(0))
+        .unwrap();
+    let handshake_before = primary.save().unwrap();
+    assert_eq!(
+        b.grant(&mut primary, &mut rng, at(0)),
+        Err(RegistryError::OtherAccount)
+    );
+    assert_eq!(
+        b.refuse(&mut primary, RefusalReason::Declined, &mut rng, at(0)),
+        Err(RegistryError::OtherAccount)
+    );
+    assert_eq!(primary.save().unwrap(), handshake_before);
+    assert_eq!(primary.state(), PrimaryState::RequestReceived);
+
+    let grant = a.grant(&mut primary, &mut rng, at(0)).unwrap();
+    let confirm = c.receive_grant(&grant, at(0)).unwrap();
+    assert_eq!(
+        b.confirm(&mut primary, &confirm, at(0)),
+        Err(RegistryError::OtherAccount)
+    );
+    assert_eq!(
+        primary.state(),
+        PrimaryState::GrantSent {
+            index: DeviceIndex(1)
+        }
+    );
+    // B is untouched; A completes the link.
+    assert_eq!(b.save().unwrap(), b_before);
+    assert_eq!(b.companion_count(at(0)), 0);
+    assert_eq!(b.next_index(), DeviceIndex(1));
+    let link = a.confirm(&mut primary, &confirm, at(0)).unwrap();
+    assert_eq!(link.certificate.account(), a.account_id());
+    assert_eq!(a.companion_count(at(0)), 1);
+}
+
+/// Finding (d), backdated heartbeat: with a clock stepped back, v1 signed a
+/// heartbeat at the given (earlier) time, which revived companions the
+/// registry had already logged out. v2 signs at the registry's clock.
+#[test]
+fn a_backdated_heartbeat_is_signed_at_the_registry_clock_and_revives_nobody() {
+    let mut rng = rng(33);
+    let mut account = Account::generate(Policy::default(), &mut rng, at(0));
+    let mut s1 = link(&mut account, "one", &mut rng, at(0));
+    let mut s2 = link(&mut account, "two", &mut rng, at(0));
+    broadcast_list(&account, std::slice::from_mut(&mut s1), at(0));
+    let held = s1.device_list().version();
+
+    account.poll(at(15 * DAY));
+    assert_eq!(account.clock(), at(15 * DAY));
+    for i in [1, 2] {
+        assert_eq!(
+            account.device_state(DeviceIndex(i), at(15 * DAY)),
+            logged_out(LogoutReason::PrimaryOffline, at(OFFLINE))
+        );
+    }
+    // The clock steps back to day 5.
+    let hb = account.heartbeat(at(5 * DAY));
+    assert!(hb.at() >= at(15 * DAY));
+    assert_eq!(hb.at(), account.clock());
+    assert_eq!(account.clock(), at(15 * DAY));
+    // The registry's answers do not move, even asked at day 5.
+    for i in [1, 2] {
+        assert_eq!(
+            account.device_state(DeviceIndex(i), at(5 * DAY)),
+            logged_out(LogoutReason::PrimaryOffline, at(OFFLINE))
+        );
+    }
+    assert_eq!(account.companion_count(at(5 * DAY)), 0);
+
+    // A session that has not polled, on a companion whose clock also says
+    // day 5: the heartbeat extends nothing (it names the list that dropped
+    // everyone)...
+    let bytes = hb.to_bytes();
+    assert_eq!(
+        s1.accept_heartbeat(&bytes, at(5 * DAY)),
+        Err(SessionError::Certificate(
+            CertificateError::NeedDeviceList {
+                version: account.device_list_version()
+            }
+        ))
+    );
+    assert!(account.device_list_version() > held);
+    assert_eq!(s1.expires_at(), at(OFFLINE));
+    // ...and that list logs it out, with its reason.
+    let change = s1
+        .accept_device_list(&account.device_list().to_bytes(), at(5 * DAY))
+        .unwrap();
+    assert_eq!(
+        change.status,
+        SessionStatus::LoggedOut {
+            reason: LogoutReason::PrimaryOffline
+        }
+    );
+    assert_eq!(
+        s1.accept_heartbeat(&bytes, at(5 * DAY)),
+        Err(SessionError::LoggedOut(LogoutReason::PrimaryOffline))
+    );
+    assert!(!s1.is_linked(at(5 * DAY)));
+
+    // Even a heartbeat of that instant naming the session's own list (so
+    // that the list binding does not apply) logs it out rather than extend:
+    // day 15 is past its lease.
+    let same_time = PrimaryHeartbeat::sign(
+        account.key(),
+        s2.device_list(),
+        account.audit_anchor(),
+        hb.at(),
+    );
+    assert!(s2.is_linked(at(5 * DAY)));
+    assert_eq!(
+        s2.accept_heartbeat(&same_time.to_bytes(), at(5 * DAY)),
+        Err(SessionError::LoggedOut(LogoutReason::PrimaryOffline))
+    );
+    assert_eq!(
+        s2.status(at(5 * DAY)),
+        SessionStatus::LoggedOut {
+            reason: LogoutReason::PrimaryOffline
+        }
+    );
+    assert_eq!(s2.expires_at(), at(OFFLINE));
+}
+
+/// Finding (e): in v1 a relay could hide a revocation by dropping the new
+/// device list and forwarding heartbeats, keeping the revoked device linked
+/// in the sessions' and the directory's view. v2 heartbeats name the list:
+/// without it they extend nothing.
+#[test]
+fn heartbeats_bind_the_device_list() {
+    use devicelink::session::DeviceLeft;
+
+    let mut rng = rng(34);
+    let policy = Policy::default();
+    let mut account = Account::generate(policy.clone(), &mut rng, at(0));
+    let mut sessions: Vec<LinkedSession> = (0..3)
+        .map(|i| link(&mut account, &format!("c{i}"), &mut rng, at(0)))
+        .collect();
+    broadcast_list(&account, &mut sessions, at(0));
+    let id = account.account_id();
+    let mut dir = Directory::new(&policy);
+    assert_eq!(
+        dir.apply_device_list(account.device_list(), at(0)),
+        Ok(true)
+    );
+
+    let before = account.device_list().clone();
+    account.revoke(DeviceIndex(1), at(DAY)).unwrap();
+    let revoked_list = account.device_list().clone();
+    let hb = account.heartbeat(at(2 * DAY));
+    assert_eq!(hb.list_version(), revoked_list.version());
+    assert_eq!(hb.list_hash(), revoked_list.hash());
+
+    // The relay forwards the heartbeat but not the list: nothing extends.
+    let need = revoked_list.version();
+    for s in &mut sessions {
+        let saved = s.save().unwrap();
+        assert_eq!(
+            s.accept_heartbeat(&hb.to_bytes(), at(2 * DAY)),
+            Err(SessionError::Certificate(
+                CertificateError::NeedDeviceList { version: need }
+            ))
+        );
+        assert_eq!(s.save().unwrap(), saved);
+        assert_eq!(s.expires_at(), at(OFFLINE));
+    }
+    assert_eq!(
+        dir.apply_heartbeat(&hb, at(2 * DAY)),
+        Err(DirectoryError::NeedDeviceList { version: need })
+    );
+    assert_eq!(dir.deadline(&id), Some(at(OFFLINE)));
+    assert!(dir.is_linked(&id, DeviceIndex(1), &sessions[0].device_key(), at(2 * DAY)));
+
+    // Then the list arrives: the revoked one is logged out, the others see
+    // the removal with its reason, and the heartbeat extends them.
+    let revoked_entry = before.entry(DeviceIndex(1)).unwrap().clone();
+    for s in &mut sessions {
+        let change = s
+            .accept_device_list(&revoked_list.to_bytes(), at(2 * DAY))
+            .unwrap();
+        assert!(change.added.is_empty());
+        assert_eq!(
+            change.removed,
+            vec![DeviceLeft {
+                entry: revoked_entry.clone(),
+                reason: Some(LogoutReason::Revoked)
+            }]
+        );
+        if s.index() == DeviceIndex(1) {
+            assert_eq!(
+                change.status,
+                SessionStatus::LoggedOut {
+                    reason: LogoutReason::Revoked
+                }
+            );
+            assert_eq!(
+                s.accept_heartbeat(&hb.to_bytes(), at(2 * DAY)),
+                Err(SessionError::LoggedOut(LogoutReason::Revoked))
+            );
+        } else {
+            assert_eq!(
+                change.status,
+                SessionStatus::Linked {
+                    expires_at: at(DAY + OFFLINE)
+                }
+            );
+            assert_eq!(
+                s.accept_heartbeat(&hb.to_bytes(), at(2 * DAY)),
+                Ok(SessionStatus::Linked {
+                    expires_at: at(2 * DAY + OFFLINE)
+                })
+            );
+        }
+    }
+    assert_eq!(dir.apply_device_list(&revoked_list, at(2 * DAY)), Ok(true));
+    assert!(!dir.is_linked(&id, DeviceIndex(1), &sessions[0].device_key(), at(2 * DAY)));
+    assert_eq!(dir.apply_heartbeat(&hb, at(2 * DAY)), Ok(()));
+    assert_eq!(dir.deadline(&id), Some(at(2 * DAY + OFFLINE)));
+    assert!(dir.is_linked(
+        &id,
+        DeviceIndex(2),
+        &sessions[1].device_key(),
+        at(2 * DAY + OFFLINE - 1)
+    ));
+
+    // A new link: the existing companions are told a device was added.
+    let t = at(3 * DAY);
+    let newcomer = link(&mut account, "newcomer", &mut rng, t);
+    let list = account.device_list().clone();
+    let entry = list.entry(newcomer.index()).unwrap().clone();
+    assert_eq!(entry.index, DeviceIndex(4));
+    assert_eq!(entry.device, newcomer.device_key());
+    assert_eq!(entry.label.as_str(), "newcomer");
+    assert_eq!(entry.linked_at, t);
+    for s in sessions.iter_mut().skip(1) {
+        let change = s.accept_device_list(&list.to_bytes(), t).unwrap();
+        assert_eq!(change.added, vec![entry.clone()]);
+        assert!(change.removed.is_empty());
+        assert!(matches!(change.status, SessionStatus::Linked { .. }));
+    }
+}
+
+/// Finding (f), restored old phone: a primary restored from a save older
+/// than a list it published signs other content under published versions.
+/// v1 holders took the higher version and re-listed a revoked device; v2
+/// lists chain, and holders refuse the restored history as a fork.
+#[test]
+fn a_restored_old_phone_produces_lists_the_sessions_refuse_as_a_fork() {
+    let mut rng = rng(35);
+    let policy = Policy::default();
+    let mut account = Account::generate(policy.clone(), &mut rng, at(0));
+    let mut sessions: Vec<LinkedSession> = (0..3)
+        .map(|i| link(&mut account, &format!("c{i}"), &mut rng, at(0)))
+        .collect();
+    broadcast_list(&account, &mut sessions, at(0));
+    let id = account.account_id();
+    let mut dir = Directory::new(&policy);
+    dir.apply_device_list(account.device_list(), at(0)).unwrap();
+    let saved = account.save().unwrap();
+    let v = account.device_list_version();
+
+    // The genuine history: #1 revoked (version v + 1).
+    account.revoke(DeviceIndex(1), at(DAY)).unwrap();
+    let genuine = account.device_list().clone();
+    assert_eq!(genuine.version(), v + 1);
+    broadcast_list(&account, &mut sessions[1..], at(DAY));
+    dir.apply_device_list(&genuine, at(DAY)).unwrap();
+
+    // The old save is restored and makes another change: #3 revoked, also
+    // version v + 1, with other content.
+    let mut old = Account::restore(&saved).unwrap();
+    old.revoke(DeviceIndex(3), at(2 * DAY)).unwrap();
+    let forked = old.device_list().clone();
+    assert_eq!(forked.version(), v + 1);
+    assert_ne!(forked.hash(), genuine.hash());
+    // ...and more: its next version chains to the forked one, not ours.
+    let old_hb = old.heartbeat(at(2 * DAY));
+    old.revoke(DeviceIndex(2), at(3 * DAY)).unwrap();
+    let forked_next = old.device_list().clone();
+    assert_eq!(forked_next.version(), v + 2);
+    assert_eq!(forked_next.previous(), forked.hash());
+
+    for s in sessions.iter_mut().skip(1) {
+        let saved_session = s.save().unwrap();
+        assert_eq!(
+            s.accept_device_list(&forked.to_bytes(), at(2 * DAY)),
+            Err(SessionError::Certificate(CertificateError::Fork {
+                version: v + 1
+            }))
+        );
+        assert_eq!(
+            s.accept_heartbeat(&old_hb.to_bytes(), at(2 * DAY)),
+            Err(SessionError::Certificate(CertificateError::Fork {
+                version: v + 1
+            }))
+        );
+        assert_eq!(
+            s.accept_device_list(&forked_next.to_bytes(), at(3 * DAY)),
+            Err(SessionError::Certificate(CertificateError::Fork {
+                version: v + 1
+            }))
+        );
+        assert_eq!(s.save().unwrap(), saved_session);
+        assert_eq!(s.device_list(), &genuine);
+        assert!(s.is_linked(at(3 * DAY)));
+    }
+    assert_eq!(
+        dir.apply_device_list(&forked, at(2 * DAY)),
+        Err(DirectoryError::Fork { version: v + 1 })
+    );
+    assert_eq!(
+        dir.apply_device_list(&forked_next, at(3 * DAY)),
+        Err(DirectoryError::Fork { version: v + 1 })
+    );
+    assert_eq!(
+        dir.apply_heartbeat(&old_hb, at(2 * DAY)),
+        Err(DirectoryError::Fork { version: v + 1 })
+    );
+    assert!(dir.is_linked(&id, DeviceIndex(3), &sessions[2].device_key(), at(3 * DAY)));
+
+    // The genuine phone's next list chains and is accepted everywhere.
+    account.revoke(DeviceIndex(2), at(4 * DAY)).unwrap();
+    let next = account.device_list().clone();
+    assert_eq!(next.previous(), genuine.hash());
+    assert_eq!(dir.apply_device_list(&next, at(4 * DAY)), Ok(true));
+    let change = sessions[2]
+        .accept_device_list(&next.to_bytes(), at(4 * DAY))
+        .unwrap();
+    assert!(matches!(change.status, SessionStatus::Linked { .. }));
+    // Serialised lists keep the chain (what a relay stores and forwards).
+    assert_eq!(
+        SignedDeviceList::from_bytes(&next.to_bytes())
+            .unwrap()
+            .previous(),
+        genuine.hash()
+    );
 }

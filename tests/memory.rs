@@ -4,7 +4,7 @@
 
 use devicelink::certificate::DeviceListEntry;
 use devicelink::relay::Directory;
-use devicelink::{AccountId, DeviceIndex, DeviceKey, Policy, Timestamp};
+use devicelink::{AccountId, DeviceIndex, DeviceKey, DeviceLabel, Policy, Timestamp};
 
 #[global_allocator]
 static ALLOC: dhat::Alloc = dhat::Alloc;
@@ -19,20 +19,23 @@ fn id(i: u64, tag: u8) -> [u8; 32] {
 fn bytes_per_device(accounts: u64, per_account: u32) -> f64 {
     let before = dhat::HeapStats::get().curr_bytes;
     let mut d = Directory::new(&Policy::default());
+    let label = DeviceLabel::new("Firefox on Linux").unwrap();
     for i in 0..accounts {
+        let at = Timestamp::from_unix_millis(1_700_000_000_000 + i);
         let devices: Vec<DeviceListEntry> = (1..=per_account)
-            .map(|k| DeviceListEntry {
-                index: DeviceIndex(k),
-                device: DeviceKey::from_bytes(id(i * 8 + u64::from(k), 2)),
+            .map(|k| {
+                DeviceListEntry::new(
+                    DeviceIndex(k),
+                    DeviceKey::from_bytes(id(i * 8 + u64::from(k), 2)),
+                    label.clone(),
+                    at,
+                )
             })
             .collect();
-        d.load_account(
-            AccountId::from_bytes(id(i, 1)),
-            1,
-            Timestamp::from_unix_millis(1_700_000_000_000 + i),
-            &devices,
-        )
-        .unwrap();
+        // The list's version and hash are stored beside the devices (the
+        // hash is opaque here: load_account checks no signature).
+        d.load_account(AccountId::from_bytes(id(i, 1)), (1, id(i, 3)), at, &devices)
+            .unwrap();
     }
     let after = dhat::HeapStats::get().curr_bytes;
     let total = std::mem::size_of::<Directory>() + (after - before);

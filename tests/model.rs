@@ -1,12 +1,21 @@
 //! Model-based property test of the account registry.
 //!
-//! Random sequences of operations (start a link, approve, confirm, revoke,
-//! advance or rewind the clock, heartbeat, save/restore, companion activity)
-//! run against a real [`Account`], with real handshakes, and against a small
-//! reference model written here from the rules in the crate docs. After every
-//! step the invariants are checked: the slot limit, index allocation,
-//! terminal states, the exact primary-offline boundary, refused operations
-//! changing nothing, and agreement with the model.
+//! Random sequences of operations (start a link, re-pair a device with the
+//! key it already has, approve, confirm, revoke, advance or rewind the clock,
+//! heartbeat, save/restore, companion activity) run against a real
+//! [`Account`], with real handshakes, and against a small reference model
+//! written here from the rules in the crate docs. After every step the
+//! invariants are checked: the slot limit (distinct device keys), index
+//! allocation, terminal states, the exact primary-offline boundary, refused
+//! operations changing nothing, the signed device list naming exactly the
+//! devices holding a slot, the registry's clock never running backwards, and
+//! agreement with the model.
+//!
+//! Protocol v2 rules modelled here: every scan runs under a link intent; the
+//! limit is checked at the Request (an authenticated Refusal) and again at
+//! the grant; a device re-pairing with its own key does not count twice, is
+//! granted beside its old index (the list names the key twice), and the old
+//! index is logged out as `Replaced` only when the new one is confirmed.
 //!
 //! `PROPTEST_CASES` sets the number of cases (default 1000) and
 //! `PROPTEST_RNG_SEED` the generator seed (default fixed, so runs repeat).
@@ -16,8 +25,9 @@ use std::time::Duration;
 
 use devicelink::handshake::{MessageHeader, MessageKind, PrimaryState, HEADER_LEN};
 use devicelink::{
-    Account, Companion, DeviceIdentity, DeviceIndex, DeviceLabel, DeviceState, HandshakeError,
-    LogoutReason, Policy, PrimaryHandshake, RegistryError, Timestamp,
+    Account, Companion, DeviceIdentity, DeviceIndex, DeviceKey, DeviceLabel, DeviceState,
+    HandshakeError, LogoutReason, Policy, PrimaryHandshake, RefusalReason, RegistryError,
+    Timestamp,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed};
@@ -51,10 +61,16 @@ fn sub(t: Timestamp, ms: u64) -> Timestamp {
 
 #[derive(Debug, Clone)]
 enum Op {
-    /// A new companion shows an offer; the primary scans it (Hello, Request).
+    /// A new companion shows an offer; the primary opens a link intent and
+    /// scans it (Hello, Request).
     StartLink,
     /// StartLink, Approve and Confirm of that pairing at the same instant.
     LinkNow,
+    /// Like StartLink, but the companion is a device the account already
+    /// had (picked like `Approve` picks), re-pairing with its own key.
+    RePair(usize),
+    /// RePair, Approve and Confirm at the same instant.
+    RePairNow(usize),
     /// The user approves one of the scanned pairings: `Account::grant`.
     Approve(usize),
     /// One of the granted pairings confirms: companion `receive_grant`, then
@@ -94,6 +110,8 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => Just(Op::StartLink),
         3 => Just(Op::LinkNow),
+        2 => any::<usize>().prop_map(Op::RePair),
+        2 => any::<usize>().prop_map(Op::RePairNow),
         4 => any::<usize>().prop_map(Op::Approve),
         6 => any::<usize>().prop_map(Op::Confirm),
         2 => (0u32..12).prop_map(Op::Revoke),
@@ -110,8 +128,12 @@ fn cap_links(ops: Vec<Op>) -> Vec<Op> {
     let mut links = 0;
     ops.into_iter()
         .map(|op| match op {
-            Op::StartLink | Op::LinkNow if links >= MAX_LINKS => Op::Heartbeat,
-            op @ (Op::StartLink | Op::LinkNow) => {
+            Op::StartLink | Op::LinkNow | Op::RePair(_) | Op::RePairNow(_)
+                if links >= MAX_LINKS =>
+            {
+                Op::Heartbeat
+            }
+            op @ (Op::StartLink | Op::LinkNow | Op::RePair(_) | Op::RePairNow(_)) => {
                 links += 1;
                 op
             }
@@ -158,18 +180,22 @@ fn pick(k: usize, len: usize) -> usize {
 
 #[derive(Debug, Clone)]
 struct MDevice {
+    /// Which device key (an identity number of the harness).
+    key: usize,
     state: DeviceState,
     last_seen: Timestamp,
 }
 
-/// The registry's rules, written out: map index → (stored state, last seen),
-/// the newest primary activity, the next index.
+/// The registry's rules, written out: map index → (key, stored state, last
+/// seen), the newest primary activity, the next index, and the clock (the
+/// largest `now` any mutating call has seen: every mutating call acts at it).
 #[derive(Debug, Clone)]
 struct Model {
     max: u32,
     idle: Option<u64>,
     last_activity: Timestamp,
     next_index: u32,
+    clock: Timestamp,
     devices: BTreeMap<u32, MDevice>,
 }
 
@@ -210,13 +236,35 @@ impl Model {
         })
     }
 
+    /// Distinct device keys holding a slot at `now`.
     fn taken(&self, now: Timestamp) -> u32 {
-        let n = self
+        self.taken_except(now, None)
+    }
+
+    /// Distinct device keys holding a slot at `now`, other than `except`.
+    fn taken_except(&self, now: Timestamp, except: Option<usize>) -> u32 {
+        let keys: BTreeSet<usize> = self
             .devices
-            .keys()
-            .filter(|i| self.state_at(**i, now).is_some_and(|s| s.holds_slot()))
-            .count();
-        u32::try_from(n).unwrap()
+            .iter()
+            .filter(|(i, d)| {
+                Some(d.key) != except && self.state_at(**i, now).is_some_and(|s| s.holds_slot())
+            })
+            .map(|(_, d)| d.key)
+            .collect();
+        u32::try_from(keys.len()).unwrap()
+    }
+
+    /// Advances the clock to `now` (never backwards) and returns it.
+    fn tick(&mut self, now: Timestamp) -> Timestamp {
+        self.clock = self.clock.max(now);
+        self.clock
+    }
+
+    /// `Account::poll`: tick, then settle.
+    fn poll(&mut self, now: Timestamp) -> Timestamp {
+        let now = self.tick(now);
+        self.settle(now);
+        now
     }
 
     fn next_deadline(&self) -> Option<Timestamp> {
@@ -244,18 +292,29 @@ impl Model {
         self.last_activity = self.last_activity.max(now);
     }
 
-    fn scan(&mut self, now: Timestamp) -> Result<(), RegistryError> {
-        self.settle(now);
-        if self.taken(now) >= self.max {
-            return Err(RegistryError::DeviceLimitReached { limit: self.max });
+    /// Opening the link intent and scanning always work here (the intent is
+    /// fresh) and only move the clock: a scan signs nothing, so it is not
+    /// primary activity, and the limit waits for the device's key.
+    fn scan(&mut self, now: Timestamp) {
+        self.tick(now);
+    }
+
+    /// `Account::receive_request` from the device with `key`: refused (with
+    /// a Refusal for the companion) when every slot is taken by other keys.
+    fn request(&mut self, now: Timestamp, key: usize) -> Result<(), RegistryError> {
+        let now = self.poll(now);
+        if self.taken_except(now, Some(key)) >= self.max {
+            return Err(RegistryError::Refused {
+                reason: RefusalReason::DeviceLimitReached { limit: self.max },
+                refusal: Vec::new(),
+            });
         }
-        // A scan signs nothing, so it is not primary activity.
         Ok(())
     }
 
-    fn grant(&mut self, now: Timestamp) -> Result<u32, RegistryError> {
-        self.settle(now);
-        if self.taken(now) >= self.max {
+    fn grant(&mut self, now: Timestamp, key: usize) -> Result<u32, RegistryError> {
+        let now = self.poll(now);
+        if self.taken_except(now, Some(key)) >= self.max {
             return Err(RegistryError::DeviceLimitReached { limit: self.max });
         }
         let index = self.next_index;
@@ -263,6 +322,7 @@ impl Model {
         self.devices.insert(
             index,
             MDevice {
+                key,
                 state: DeviceState::Pending {
                     since: now,
                     deadline: add(now, CONFIRM_TIMEOUT),
@@ -274,14 +334,24 @@ impl Model {
         Ok(index)
     }
 
-    /// A genuine confirmation of `index`'s pending slot.
+    /// A genuine confirmation of `index`'s pending slot. It proves the key:
+    /// every other record of the same key still holding a slot is replaced.
     fn confirm(&mut self, index: u32, now: Timestamp) -> Result<(), RegistryError> {
-        self.settle(now);
+        let now = self.poll(now);
         let d = self.devices.get_mut(&index).unwrap();
         match d.state {
             DeviceState::Pending { .. } => {
                 d.state = DeviceState::Active { since: now };
                 d.last_seen = d.last_seen.max(now);
+                let key = d.key;
+                for (i, other) in self.devices.iter_mut() {
+                    if *i != index && other.key == key && other.state.holds_slot() {
+                        other.state = DeviceState::LoggedOut {
+                            reason: LogoutReason::Replaced,
+                            at: now,
+                        };
+                    }
+                }
                 Ok(())
             }
             DeviceState::LoggedOut {
@@ -309,7 +379,7 @@ impl Model {
     }
 
     fn stored_or_unknown(&mut self, index: u32, now: Timestamp) -> Result<(), RegistryError> {
-        self.settle(now);
+        self.poll(now);
         match self.devices.get(&index).map(|d| d.state) {
             None => Err(RegistryError::UnknownDevice(DeviceIndex(index))),
             Some(DeviceState::LoggedOut { reason, .. }) => Err(RegistryError::AlreadyLoggedOut {
@@ -322,6 +392,7 @@ impl Model {
 
     fn revoke(&mut self, index: u32, now: Timestamp) -> Result<(), RegistryError> {
         self.stored_or_unknown(index, now)?;
+        let now = self.clock;
         self.devices.get_mut(&index).unwrap().state = DeviceState::LoggedOut {
             reason: LogoutReason::Revoked,
             at: now,
@@ -332,13 +403,15 @@ impl Model {
 
     fn companion_seen(&mut self, index: u32, now: Timestamp) -> Result<(), RegistryError> {
         self.stored_or_unknown(index, now)?;
+        let now = self.clock;
         let d = self.devices.get_mut(&index).unwrap();
         d.last_seen = d.last_seen.max(now);
         Ok(())
     }
 
+    /// A heartbeat is signed at the last activity, which is the clock.
     fn heartbeat(&mut self, now: Timestamp) -> Timestamp {
-        self.settle(now);
+        let now = self.poll(now);
         self.activity(now);
         self.last_activity
     }
@@ -352,6 +425,8 @@ impl Model {
 struct Scanned {
     companion: Companion,
     primary: PrimaryHandshake,
+    /// The companion's identity (an index into `Harness::identities`).
+    key: usize,
 }
 
 /// Granted: the Grant and, if the companion was still waiting, the Confirm it
@@ -382,6 +457,22 @@ struct Harness {
     /// they stay while the clock does not go back.
     observed: BTreeMap<u32, DeviceState>,
     labels: u32,
+    /// Every device identity a companion used, by key number.
+    identities: Vec<DeviceIdentity>,
+    /// The newest device list version seen (versions never go back).
+    list_version: u64,
+}
+
+/// A registry error with the Refusal's random bytes left out, to compare
+/// with the model's.
+fn norm<T>(r: Result<T, RegistryError>) -> Result<T, RegistryError> {
+    r.map_err(|e| match e {
+        RegistryError::Refused { reason, .. } => RegistryError::Refused {
+            reason,
+            refusal: Vec::new(),
+        },
+        e => e,
+    })
 }
 
 impl Harness {
@@ -403,6 +494,7 @@ impl Harness {
                 idle: s.idle.then_some(IDLE),
                 last_activity: now,
                 next_index: 1,
+                clock: now,
                 devices: BTreeMap::new(),
             },
             now,
@@ -412,6 +504,8 @@ impl Harness {
             settled: BTreeMap::new(),
             observed: BTreeMap::new(),
             labels: 0,
+            identities: Vec::new(),
+            list_version: 0,
         }
     }
 
@@ -452,38 +546,78 @@ impl Harness {
         }
     }
 
+    /// A companion with identity `key` shows an offer; the primary opens a
+    /// link intent, scans it, and handles the Request.
+    fn start_link(&mut self, key: usize) {
+        self.labels += 1;
+        let identity = self.identities[key].clone();
+        let label = DeviceLabel::new(format!("companion {}", self.labels)).unwrap();
+        let mut companion = Companion::new(identity, label, &self.policy, &mut self.rng, self.now);
+        let text = companion.offer().unwrap().to_text();
+        let before = self.observable();
+        self.account.open_link_intent(self.now);
+        let (mut primary, hello) = self.account.scan(&text, &mut self.rng, self.now).unwrap();
+        self.model.scan(self.now);
+        assert_eq!(self.observable(), before, "a scan changed an answer");
+        let request = companion
+            .receive_hello(&hello, &mut self.rng, self.now)
+            .unwrap();
+        let actual = self
+            .account
+            .receive_request(&mut primary, &request, &mut self.rng, self.now);
+        let expected = self.model.request(self.now, key);
+        if let Err(RegistryError::Refused { reason, refusal }) = &actual {
+            // The companion is told why, authenticated.
+            assert_eq!(
+                companion.receive_grant(refusal, self.now),
+                Err(HandshakeError::Refused(*reason))
+            );
+            assert_eq!(primary.state(), PrimaryState::Refused { reason: *reason });
+        }
+        let actual = norm(actual);
+        self.check_outcome("request", before, &actual, &expected);
+        if let Ok(asking) = actual {
+            assert_eq!(Some(asking.check_code), companion.check_code());
+            assert_eq!(asking.device, self.identities[key].device_key());
+            self.scanned.push(Scanned {
+                companion,
+                primary,
+                key,
+            });
+        }
+    }
+
+    /// `start`, then Approve and Confirm of that pairing at the same instant.
+    fn link_now(&mut self, start: &Op) {
+        let scanned = self.scanned.len();
+        self.step(start);
+        if self.scanned.len() > scanned {
+            self.check_invariants();
+            let granted = self.granted.len();
+            self.step(&Op::Approve(1));
+            if self.granted.len() > granted {
+                self.check_invariants();
+                self.step(&Op::Confirm(1));
+            }
+        }
+    }
+
     fn step(&mut self, op: &Op) {
         match *op {
-            Op::LinkNow => {
-                let scanned = self.scanned.len();
-                self.step(&Op::StartLink);
-                if self.scanned.len() > scanned {
-                    self.check_invariants();
-                    let granted = self.granted.len();
-                    self.step(&Op::Approve(1));
-                    if self.granted.len() > granted {
-                        self.check_invariants();
-                        self.step(&Op::Confirm(1));
-                    }
+            Op::RePair(k) => {
+                if self.model.devices.is_empty() {
+                    return;
                 }
+                let n = pick(k, self.model.devices.len());
+                let key = self.model.devices.values().nth(n).unwrap().key;
+                self.start_link(key);
             }
+            Op::RePairNow(k) => self.link_now(&Op::RePair(k)),
+            Op::LinkNow => self.link_now(&Op::StartLink),
             Op::StartLink => {
-                self.labels += 1;
-                let identity = DeviceIdentity::generate(&mut self.rng);
-                let label = DeviceLabel::new(format!("companion {}", self.labels)).unwrap();
-                let mut companion =
-                    Companion::new(identity, label, &self.policy, &mut self.rng, self.now);
-                let text = companion.offer().unwrap().to_text();
-                let before = self.observable();
-                let actual = self.account.scan(&text, &mut self.rng, self.now);
-                let expected = self.model.scan(self.now);
-                self.check_outcome("scan", before, &actual, &expected);
-                if let Ok((mut primary, hello)) = actual {
-                    let request = companion.receive_hello(&hello, self.now).unwrap();
-                    let asking = primary.receive_request(&request, self.now).unwrap();
-                    assert_eq!(Some(asking.check_code), companion.check_code());
-                    self.scanned.push(Scanned { companion, primary });
-                }
+                self.identities
+                    .push(DeviceIdentity::generate(&mut self.rng));
+                self.start_link(self.identities.len() - 1);
             }
             Op::Approve(k) => {
                 if self.scanned.is_empty() {
@@ -494,7 +628,7 @@ impl Harness {
                 let actual =
                     self.account
                         .grant(&mut self.scanned[k].primary, &mut self.rng, self.now);
-                let expected = self.model.grant(self.now);
+                let expected = self.model.grant(self.now, self.scanned[k].key);
                 self.check_outcome("grant", before, &actual, &expected);
                 let (Ok(grant), Ok(index)) = (actual, expected) else {
                     assert_eq!(
@@ -515,7 +649,9 @@ impl Harness {
                     self.issued
                 );
                 assert!(self.issued.insert(index));
-                let Scanned { companion, primary } = self.scanned.swap_remove(k);
+                let Scanned {
+                    companion, primary, ..
+                } = self.scanned.swap_remove(k);
                 // The companion answers at once if it is still waiting.
                 let confirm = companion.clone().receive_grant(&grant, self.now).ok();
                 self.granted.push(Granted {
@@ -559,11 +695,11 @@ impl Harness {
                 let actual = self.account.confirm(&mut g.primary, &confirm, now);
                 let expected: Result<(), RegistryError> = if g.confirmed {
                     // A replay to a completed handshake.
-                    self.model.settle(now);
+                    self.model.poll(now);
                     Err(HandshakeError::AlreadyLinked.into())
                 } else if forged {
                     let e = self.model.confirm_forged(index, now);
-                    self.model.settle(now);
+                    self.model.poll(now);
                     Err(e)
                 } else {
                     self.model.confirm(index, now)
@@ -593,7 +729,7 @@ impl Harness {
                 if poll {
                     let before = self.observable();
                     self.account.poll(self.now);
-                    self.model.settle(self.now);
+                    self.model.poll(self.now);
                     assert_eq!(self.observable(), before, "poll changed an answer");
                 }
             }
@@ -652,22 +788,61 @@ impl Harness {
         let a = &self.account;
         let m = &self.model;
 
-        // The slot limit, counted two ways.
+        // The slot limit, counted two ways: distinct device keys (a device
+        // re-pairing with its own key holds one slot under two indices).
         let count = a.companion_count(now);
         assert!(
             count <= m.max,
             "{count} companions hold a slot, limit {}",
             m.max
         );
-        let holding = self
+        let holding: BTreeSet<DeviceKey> = self
             .indices()
             .filter(|i| {
                 a.device_state(DeviceIndex(*i), now)
                     .is_some_and(|s| s.holds_slot())
             })
-            .count();
-        assert_eq!(u32::try_from(holding).unwrap(), count);
+            .map(|i| a.device(DeviceIndex(i)).unwrap().device)
+            .collect();
+        assert_eq!(u32::try_from(holding.len()).unwrap(), count);
         assert_eq!(count, m.taken(now));
+
+        // Every record carries the key the model gave it.
+        for r in a.devices() {
+            let key = m.devices[&r.index.0].key;
+            assert_eq!(
+                r.device,
+                self.identities[key].device_key(),
+                "key of {}",
+                r.index
+            );
+        }
+
+        // The signed device list names exactly the records holding a slot
+        // (stored states), so a pending re-pair names its key twice; its
+        // version never goes back; distinct keys stay within the limit.
+        let list = a.device_list();
+        let listed: Vec<(u32, DeviceKey)> = list
+            .devices()
+            .iter()
+            .map(|e| (e.index.0, e.device))
+            .collect();
+        let live: Vec<(u32, DeviceKey)> = a
+            .devices()
+            .filter(|r| r.state.holds_slot())
+            .map(|r| (r.index.0, r.device))
+            .collect();
+        assert_eq!(listed, live, "device list v{}", list.version());
+        let live_keys: BTreeSet<DeviceKey> = live.iter().map(|(_, k)| *k).collect();
+        assert_eq!(list.distinct_devices(), live_keys.len());
+        assert!(list.distinct_devices() <= m.max as usize);
+        assert_eq!(list.account(), a.account_id());
+        assert!(list.version() >= self.list_version);
+        self.list_version = list.version();
+
+        // The clock: the largest `now` a mutating call saw.
+        assert_eq!(a.clock(), m.clock);
+        assert!(a.last_primary_activity() <= a.clock());
 
         // Indices: 1, 2, 3, … in order, none skipped or reused.
         assert_eq!(a.next_index(), DeviceIndex(m.next_index));
@@ -751,7 +926,7 @@ impl Harness {
     }
 }
 
-fn run(s: &Scenario) {
+fn run(s: &Scenario) -> Model {
     let mut h = Harness::new(s);
     h.check_invariants();
     for (n, op) in s.ops.iter().enumerate() {
@@ -783,17 +958,23 @@ fn run(s: &Scenario) {
                 reason: LogoutReason::CompanionIdle,
                 ..
             } => st[6] += 1,
+            DeviceState::LoggedOut {
+                reason: LogoutReason::Replaced,
+                ..
+            } => st[8] += 1,
             DeviceState::LoggedOut { .. } => st[7] += 1,
         }
     }
     if st[0] % 500 == 0 {
         eprintln!(
-            "cases {} ops {} active {} pending {} offline {} cto {} idle {} revoked {}",
-            st[0], st[1], st[2], st[3], st[4], st[5], st[6], st[7]
+            "cases {} ops {} active {} pending {} offline {} cto {} idle {} revoked {} replaced {}",
+            st[0], st[1], st[2], st[3], st[4], st[5], st[6], st[7], st[8]
         );
     }
+    drop(st);
+    h.model
 }
-static STATS: std::sync::Mutex<[u64; 8]> = std::sync::Mutex::new([0; 8]);
+static STATS: std::sync::Mutex<[u64; 9]> = std::sync::Mutex::new([0; 9]);
 
 fn config() -> Config {
     let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
@@ -816,7 +997,9 @@ proptest! {
 
 /// The operations the generator leans on, spelled out once: link to the
 /// limit, let the primary go silent to exactly 14 days minus 1 ms and then
-/// 14 days, rewind, heartbeat, and link again.
+/// 14 days, rewind, heartbeat, and link again; then fill the account and
+/// re-pair a listed device twice (once confirmed: its old index is
+/// replaced; once never confirmed: its old index stays).
 #[test]
 fn scripted_sequence_matches_the_model() {
     use Op::*;
@@ -854,13 +1037,72 @@ fn scripted_sequence_matches_the_model() {
         StartLink,
         Approve(0),
         Confirm(0),
+        // Catch up with the registry's clock (rewound above), so that the
+        // confirmation timeout below really passes.
+        Advance {
+            ms: OFFLINE + 1,
+            poll: true,
+        },
+        LinkNow,
+        LinkNow,
+        LinkNow,
+        LinkNow,
+        RePair(1),
+        Approve(1),
+        Confirm(1),
+        RePair(1),
+        Approve(1),
+        Advance {
+            ms: CONFIRM_TIMEOUT,
+            poll: true,
+        },
+        Confirm(1),
+        RePairNow(1),
+        StartLink,
     ]);
     for (max_companions, idle) in [(4, false), (2, true)] {
-        run(&Scenario {
+        let model = run(&Scenario {
             seed: 7,
             max_companions,
             idle,
             ops: ops.clone(),
         });
+        let reasons: Vec<LogoutReason> = model
+            .devices
+            .values()
+            .filter_map(|d| match d.state {
+                DeviceState::LoggedOut { reason, .. } => Some(reason),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            reasons
+                .iter()
+                .filter(|r| **r == LogoutReason::Replaced)
+                .count(),
+            2,
+            "limit {max_companions}: {reasons:?}"
+        );
+        assert!(reasons.contains(&LogoutReason::ConfirmationTimedOut));
+        // The last re-pair is active; every older index of its key is out.
+        let (newest, last) = model.devices.iter().next_back().unwrap();
+        assert!(matches!(last.state, DeviceState::Active { .. }));
+        let older: Vec<LogoutReason> = model
+            .devices
+            .iter()
+            .filter(|(i, d)| *i != newest && d.key == last.key)
+            .map(|(_, d)| match d.state {
+                DeviceState::LoggedOut { reason, .. } => reason,
+                other => panic!("older index of the re-paired key is {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            older,
+            vec![
+                LogoutReason::Replaced,
+                LogoutReason::Replaced,
+                LogoutReason::ConfirmationTimedOut
+            ]
+        );
     }
 }

@@ -2,7 +2,7 @@
 //! coverage of every event kind, and lifecycle invariants checked on the
 //! event log alone.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::OnceLock;
 
 use devicelink::sim::{run, EventKind, Refusal, SimConfig, SimEvent, SimMode, SimReport, What};
@@ -142,9 +142,10 @@ fn lifecycle_only_writes_the_same_log_as_full_crypto() -> Result<()> {
 #[test]
 fn lifecycle_invariants_hold_in_the_log() {
     for (report, events) in [full_crypto_run(), lifecycle_run()] {
-        let races = check_invariants(events);
-        assert!(races > 0);
-        assert_eq!(races, report.counts.get(EventKind::RaceLost));
+        let checked = check_invariants(events);
+        assert!(checked.races > 0);
+        assert_eq!(checked.races, report.counts.get(EventKind::RaceLost));
+        assert!(checked.full_repairs > 0, "{checked:?}");
     }
 }
 
@@ -153,7 +154,9 @@ const DAY: u64 = 86_400_000;
 /// Per-account facts the checker follows.
 #[derive(Default)]
 struct AccountState {
-    /// Index → (companion, granted at): the devices holding a slot.
+    /// Index → (companion, granted at): the indices holding a slot. A
+    /// companion re-pairing with its own key holds two (its old one and the
+    /// pending new one) but one slot: the limit counts companions.
     holders: BTreeMap<DeviceIndex, (u32, u64)>,
     last_activity: Option<u64>,
     quiet_since: Option<u64>,
@@ -163,8 +166,39 @@ struct AccountState {
     offline_at: Option<u64>,
 }
 
-/// Checks the lifecycle rules on the log alone; returns the number of races.
-fn check_invariants(events: &[SimEvent]) -> u64 {
+impl AccountState {
+    /// Distinct companions holding a slot, other than `except`.
+    fn slots(&self, except: Option<u32>) -> usize {
+        let companions: BTreeSet<u32> = self
+            .holders
+            .values()
+            .map(|(c, _)| *c)
+            .filter(|c| Some(*c) != except)
+            .collect();
+        companions.len()
+    }
+
+    /// The indices `companion` holds, oldest first.
+    fn indices_of(&self, companion: u32) -> Vec<DeviceIndex> {
+        self.holders
+            .iter()
+            .filter(|(_, (c, _))| *c == companion)
+            .map(|(i, _)| *i)
+            .collect()
+    }
+}
+
+/// What the checker counted.
+#[derive(Debug, Default)]
+struct Checked {
+    /// Races for the last slot.
+    races: u64,
+    /// Re-pairs granted while every slot was taken (v2: not refused).
+    full_repairs: u64,
+}
+
+/// Checks the lifecycle rules on the log alone.
+fn check_invariants(events: &[SimEvent]) -> Checked {
     let policy = SimConfig::default().policy;
     let limit = policy.max_companions() as usize;
     let offline = policy.primary_offline_limit().as_millis() as u64;
@@ -178,7 +212,7 @@ fn check_invariants(events: &[SimEvent]) -> u64 {
     let rotated = policy.rotated_offer_lifetime().as_millis() as u64;
     let rotations = u64::from(policy.max_rotations());
 
-    let mut races = 0;
+    let mut checked = Checked::default();
     let mut st = AccountState::default();
     for (i, e) in events.iter().enumerate() {
         let t = e.at.as_unix_millis();
@@ -227,14 +261,21 @@ fn check_invariants(events: &[SimEvent]) -> u64 {
                 );
             }
             What::Refused {
+                companion,
                 reason: Refusal::DeviceLimitReached,
-                ..
-            } => assert!(st.holders.len() >= limit, "refused with a free slot: {e}"),
+            } => {
+                // A companion re-pairing with its own key is never refused.
+                assert!(
+                    st.slots(Some(companion)) >= limit,
+                    "refused with a free slot: {e}"
+                );
+                assert!(st.indices_of(companion).is_empty(), "{e}");
+            }
             What::Refused { .. } => {}
             What::RaceStarted { companion, rival } => {
-                races += 1;
+                checked.races += 1;
                 assert_eq!(
-                    st.holders.len(),
+                    st.slots(None),
                     limit - 1,
                     "a race needs exactly one free slot: {e}"
                 );
@@ -260,11 +301,26 @@ fn check_invariants(events: &[SimEvent]) -> u64 {
                     );
                 }
             }
-            What::RaceLost { .. } => {
-                assert_eq!(st.holders.len(), limit, "a race lost with a free slot: {e}");
+            What::RaceLost { companion } => {
+                assert_eq!(
+                    st.slots(Some(companion)),
+                    limit,
+                    "a race lost with a free slot: {e}"
+                );
             }
             What::Granted { companion, index } => {
-                assert!(st.holders.len() < limit, "a grant beyond the limit: {e}");
+                assert!(
+                    st.slots(Some(companion)) < limit,
+                    "a grant beyond the limit: {e}"
+                );
+                // A re-pair is granted beside the old index (replaced only
+                // at the confirm): at most one old index, older than this.
+                let old = st.indices_of(companion);
+                assert!(old.len() <= 1, "a third index for one companion: {e}");
+                assert!(old.iter().all(|o| *o < index), "{e}");
+                if !old.is_empty() && st.slots(None) == limit {
+                    checked.full_repairs += 1;
+                }
                 assert!(
                     st.quiet_since.is_none(),
                     "granted while the phone is quiet: {e}"
@@ -317,19 +373,46 @@ fn check_invariants(events: &[SimEvent]) -> u64 {
                         st.last_activity = Some(t);
                     }
                     LogoutReason::Replaced => {
-                        let n = events[i + 1];
+                        // v2: replaced when the re-pair's new index is
+                        // confirmed: right after that Linked, same instant.
+                        let linked = events[..i]
+                            .iter()
+                            .rev()
+                            .find(|p| {
+                                !matches!(
+                                    p.what,
+                                    What::LoggedOut {
+                                        reason: LogoutReason::Replaced,
+                                        companion: c2,
+                                        ..
+                                    } if c2 == companion
+                                )
+                            })
+                            .unwrap_or_else(|| panic!("a replacement without a link: {e}"));
+                        let What::Linked {
+                            companion: c2,
+                            index: new,
+                        } = linked.what
+                        else {
+                            panic!(
+                                "a replacement not at the new index's confirm: {e} after {linked}"
+                            );
+                        };
                         assert!(
-                            matches!(n.what, What::Granted { companion: c2, .. } if c2 == companion)
-                                && n.at == e.at,
-                            "a replacement without the new grant: {n}"
+                            c2 == companion
+                                && linked.account == e.account
+                                && linked.at == e.at
+                                && new > index,
+                            "a replacement by another link: {e} after {linked}"
                         );
+                        assert_eq!(st.indices_of(companion), vec![new], "{e}");
                     }
                 }
             }
         }
-        assert!(st.holders.len() <= limit);
+        assert!(st.slots(None) <= limit, "over the limit after {e}");
     }
-    races
+    checked
 }
 
 #[test]
@@ -362,6 +445,35 @@ fn the_invariant_checker_catches_tampered_logs() {
     let mut t = events.clone();
     let i = find(&|w| matches!(w, What::RaceLost { .. }));
     t.remove(i);
+    assert!(caught(t));
+
+    // A replacement at grant time (v1's rule): the old index logged out as
+    // `Replaced` just before the re-pair's grant rather than at its confirm.
+    let mut t = events.clone();
+    let i = find(&|w| {
+        matches!(
+            w,
+            What::LoggedOut {
+                reason: LogoutReason::Replaced,
+                ..
+            }
+        )
+    });
+    let replaced = t.remove(i);
+    let What::Linked { index: new, .. } = t[i - 1].what else {
+        panic!("a replacement right after its link");
+    };
+    let g = t[..i]
+        .iter()
+        .rposition(|p| matches!(p.what, What::Granted { index, .. } if index == new))
+        .expect("the re-pair's grant");
+    t.insert(
+        g,
+        SimEvent {
+            at: t[g].at,
+            ..replaced
+        },
+    );
     assert!(caught(t));
 
     // A fifth companion granted while four hold a slot.
