@@ -19,8 +19,8 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Bencher, BenchmarkId, Criterion};
-use devicelink::certificate::DeviceListEntry;
 use devicelink::audit::{Actor, AuditEvent, AuditLog};
+use devicelink::certificate::DeviceListEntry;
 use devicelink::qr::{ImageStyle, OfferQr, TerminalStyle};
 use devicelink::relay::{ClientId, Directory, Ledger, Quota, TokenStore};
 use devicelink::time::days;

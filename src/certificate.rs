@@ -372,10 +372,14 @@ impl SignedDeviceList {
     /// Checks that this list may follow `held` (the newest list the caller
     /// holds of the same account): newer, and chained to it when it is the
     /// very next version. Equal content is [`CertificateError::StaleDeviceList`].
+    ///
+    /// `held_hash` is the held list's [`SignedDeviceList::hash`] or a prefix
+    /// of it of at least 16 bytes (a server keeping many accounts may store
+    /// a 128-bit prefix; a fork then needs a second preimage of it).
     pub fn check_successor_of(
         &self,
         held_version: u64,
-        held_hash: &[u8; 32],
+        held_hash: &[u8],
     ) -> Result<(), CertificateError> {
         if self.version < held_version {
             return Err(CertificateError::StaleDeviceList {
@@ -384,7 +388,7 @@ impl SignedDeviceList {
             });
         }
         if self.version == held_version {
-            return Err(if self.hash() == *held_hash {
+            return Err(if hash_matches(&self.hash(), held_hash) {
                 CertificateError::StaleDeviceList {
                     have: held_version,
                     got: self.version,
@@ -395,7 +399,9 @@ impl SignedDeviceList {
                 }
             });
         }
-        if self.version == held_version.saturating_add(1) && self.previous != *held_hash {
+        if self.version == held_version.saturating_add(1)
+            && !hash_matches(&self.previous, held_hash)
+        {
             return Err(CertificateError::Fork {
                 version: held_version,
             });
@@ -629,18 +635,15 @@ impl PrimaryHeartbeat {
     }
 
     /// Checks the heartbeat against the list the caller holds: it may extend
-    /// a lease only if it names that list (or an older one).
-    pub fn check_list(
-        &self,
-        held_version: u64,
-        held_hash: &[u8; 32],
-    ) -> Result<(), CertificateError> {
+    /// a lease only if it names that list (or an older one). `held_hash` as
+    /// in [`SignedDeviceList::check_successor_of`].
+    pub fn check_list(&self, held_version: u64, held_hash: &[u8]) -> Result<(), CertificateError> {
         if self.list_version > held_version {
             return Err(CertificateError::NeedDeviceList {
                 version: self.list_version,
             });
         }
-        if self.list_version == held_version && self.list_hash != *held_hash {
+        if self.list_version == held_version && !hash_matches(&self.list_hash, held_hash) {
             return Err(CertificateError::Fork {
                 version: held_version,
             });
@@ -680,6 +683,11 @@ impl PrimaryHeartbeat {
         }
         Ok(hb)
     }
+}
+
+/// Whether `held` (a hash or a prefix of at least 16 bytes) names `full`.
+fn hash_matches(full: &[u8; 32], held: &[u8]) -> bool {
+    held.len() >= 16 && full.get(..held.len()) == Some(held)
 }
 
 macro_rules! bytes_serde {

@@ -128,9 +128,10 @@ impl RegistryError {
             | RegistryError::NotPending
             | RegistryError::IndicesExhausted
             | RegistryError::Refused { .. }
-            | RegistryError::OtherAccount
             | RegistryError::AlreadyLoggedOut { .. } => true,
-            RegistryError::DeviceLimitReached { .. }
+            // The handshake is untouched: its own account can still finish it.
+            RegistryError::OtherAccount
+            | RegistryError::DeviceLimitReached { .. }
             | RegistryError::NoLinkIntent
             | RegistryError::LinkIntentExpired
             | RegistryError::UnknownDevice(_) => false,
@@ -518,10 +519,19 @@ impl Account {
 
     /// Settles what `now` implies: logs out every device whose deadline has
     /// passed (with the deadline as the time) and bumps the device list if
-    /// it changed. Observationally neutral: [`Account::device_state`] gives
-    /// the same answers before and after.
+    /// it changed, and records `now` on the registry's clock.
+    /// Observationally neutral: [`Account::device_state`] gives the same
+    /// answers before and after.
     pub fn poll(&mut self, now: Timestamp) {
         let now = self.effective(now);
+        self.settle(now);
+        self.touch(now);
+    }
+
+    /// [`Account::poll`] without recording `now` on the clock unless
+    /// something expired: what every other call does first, so a refused
+    /// call changes nothing.
+    fn settle(&mut self, now: Timestamp) {
         let mut removed = Vec::new();
         let mut still_live = Vec::with_capacity(self.live.len());
         for index in std::mem::take(&mut self.live) {
@@ -657,7 +667,7 @@ impl Account {
     ) -> Result<LinkRequest, RegistryError> {
         self.check_handshake(handshake)?;
         let now = self.effective(now);
-        self.poll(now);
+        self.settle(now);
         let asked = handshake.receive_request(request, now)?;
         if let Err(RegistryError::DeviceLimitReached { limit }) =
             self.check_slot(now, Some(&asked.device))
@@ -687,7 +697,7 @@ impl Account {
     ) -> Result<Vec<u8>, RegistryError> {
         self.check_handshake(handshake)?;
         let now = self.effective(now);
-        self.poll(now);
+        self.settle(now);
         let request = handshake
             .request()
             .filter(|_| handshake.state() == PrimaryState::RequestReceived)
@@ -768,7 +778,7 @@ impl Account {
         now: Timestamp,
     ) -> Result<DeviceIndex, RegistryError> {
         let now = self.effective(now);
-        self.poll(now);
+        self.settle(now);
         self.check_slot(now, Some(&device))?;
         Ok(self.admit(device, label, token_id, now))
     }
@@ -777,7 +787,7 @@ impl Account {
     /// signature.
     pub(crate) fn record_primary_activity(&mut self, now: Timestamp) {
         let now = self.effective(now);
-        self.poll(now);
+        self.settle(now);
         self.record_activity(now);
     }
 
@@ -788,7 +798,7 @@ impl Account {
         now: Timestamp,
     ) -> Result<(), RegistryError> {
         let now = self.effective(now);
-        self.poll(now);
+        self.settle(now);
         self.check_pending(index, None)?;
         self.activate(index, now);
         Ok(())
@@ -877,7 +887,7 @@ impl Account {
     ) -> Result<ConfirmedLink, RegistryError> {
         self.check_handshake(handshake)?;
         let now = self.effective(now);
-        self.poll(now);
+        self.settle(now);
         let PrimaryState::GrantSent { index } = handshake.state() else {
             // Outside GrantSent the handshake refuses without changing state;
             // let it say why.
@@ -910,7 +920,7 @@ impl Account {
     /// Persist the account before publishing that list.
     pub fn revoke(&mut self, index: DeviceIndex, now: Timestamp) -> Result<(), RegistryError> {
         let now = self.effective(now);
-        self.poll(now);
+        self.settle(now);
         match self.devices.get(&index).map(|r| r.state) {
             None => Err(RegistryError::UnknownDevice(index)),
             Some(DeviceState::LoggedOut { reason, .. }) => {
@@ -955,7 +965,7 @@ impl Account {
         now: Timestamp,
     ) -> Result<(), RegistryError> {
         let now = self.effective(now);
-        self.poll(now);
+        self.settle(now);
         match self.devices.get_mut(&index) {
             None => Err(RegistryError::UnknownDevice(index)),
             Some(rec) => match rec.state {

@@ -291,8 +291,8 @@ impl LinkedSession {
         if hb.account() != self.account() {
             return Err(CertificateError::WrongAccount.into());
         }
-        hb.check_list(self.device_list.version(), &self.device_list.hash())?;
         self.check_live(now)?;
+        hb.check_list(self.device_list.version(), &self.device_list.hash())?;
         self.extend(hb.at())?;
         Ok(self.status(now))
     }
@@ -311,8 +311,8 @@ impl LinkedSession {
         if list.account() != self.account() {
             return Err(CertificateError::WrongAccount.into());
         }
-        list.check_successor_of(self.device_list.version(), &self.device_list.hash())?;
         self.check_live(now)?;
+        list.check_successor_of(self.device_list.version(), &self.device_list.hash())?;
         self.extend(list.issued_at())?;
         let reason_of = |index: DeviceIndex| {
             list.removed()

@@ -449,16 +449,12 @@ fn primary_silent_for_14_days_logs_every_companion_out() {
                 at: deadline
             }
         );
-        // v2: the heartbeat names the list that dropped everyone, which a
-        // logged-out session never applies; one naming the session's own
-        // list meets the logout.
+        // v2: a logged-out session says so first, whatever list the
+        // heartbeat names; one naming the session's own list meets the
+        // logout too.
         assert_eq!(
             s.accept_heartbeat(&hb.to_bytes(), later),
-            Err(SessionError::Certificate(
-                CertificateError::NeedDeviceList {
-                    version: account.device_list().version()
-                }
-            ))
+            Err(SessionError::LoggedOut(LogoutReason::PrimaryOffline))
         );
         assert_eq!(
             s.accept_device_list(&account.device_list().to_bytes(), later),

@@ -254,17 +254,31 @@ impl Model {
         u32::try_from(keys.len()).unwrap()
     }
 
-    /// Advances the clock to `now` (never backwards) and returns it.
+    /// Records a change at `now`: the clock only moves forward.
     fn tick(&mut self, now: Timestamp) -> Timestamp {
         self.clock = self.clock.max(now);
         self.clock
     }
 
-    /// `Account::poll`: tick, then settle.
-    fn poll(&mut self, now: Timestamp) -> Timestamp {
-        let now = self.tick(now);
-        self.settle(now);
+    /// The time a call at `now` acts at: never before the clock.
+    fn effective(&self, now: Timestamp) -> Timestamp {
+        self.clock.max(now)
+    }
+
+    /// What every call does first: settle at its effective time, recording
+    /// that time only if something expired (a refused call changes nothing).
+    fn settle_at(&mut self, now: Timestamp) -> Timestamp {
+        let now = self.effective(now);
+        if self.settle(now) {
+            self.tick(now);
+        }
         now
+    }
+
+    /// `Account::poll`: settle, and record the time.
+    fn poll(&mut self, now: Timestamp) -> Timestamp {
+        let now = self.settle_at(now);
+        self.tick(now)
     }
 
     fn next_deadline(&self) -> Option<Timestamp> {
@@ -274,18 +288,22 @@ impl Model {
             .min()
     }
 
-    fn settle(&mut self, now: Timestamp) {
+    /// Settles every expiry at `now`; whether anything expired.
+    fn settle(&mut self, now: Timestamp) -> bool {
         let updates: Vec<(u32, DeviceState)> = self
             .devices
-            .keys()
-            .filter_map(|i| match self.state_at(*i, now) {
+            .iter()
+            .filter(|(_, d)| d.state.holds_slot())
+            .filter_map(|(i, _)| match self.state_at(*i, now) {
                 Some(s @ DeviceState::LoggedOut { .. }) => Some((*i, s)),
                 _ => None,
             })
             .collect();
+        let changed = !updates.is_empty();
         for (i, s) in updates {
             self.devices.get_mut(&i).unwrap().state = s;
         }
+        changed
     }
 
     fn activity(&mut self, now: Timestamp) {
@@ -302,8 +320,10 @@ impl Model {
     /// `Account::receive_request` from the device with `key`: refused (with
     /// a Refusal for the companion) when every slot is taken by other keys.
     fn request(&mut self, now: Timestamp, key: usize) -> Result<(), RegistryError> {
-        let now = self.poll(now);
+        let now = self.settle_at(now);
         if self.taken_except(now, Some(key)) >= self.max {
+            // The refusal is recorded.
+            self.tick(now);
             return Err(RegistryError::Refused {
                 reason: RefusalReason::DeviceLimitReached { limit: self.max },
                 refusal: Vec::new(),
@@ -313,7 +333,7 @@ impl Model {
     }
 
     fn grant(&mut self, now: Timestamp, key: usize) -> Result<u32, RegistryError> {
-        let now = self.poll(now);
+        let now = self.settle_at(now);
         if self.taken_except(now, Some(key)) >= self.max {
             return Err(RegistryError::DeviceLimitReached { limit: self.max });
         }
@@ -331,16 +351,19 @@ impl Model {
             },
         );
         self.activity(now);
+        self.tick(now);
         Ok(index)
     }
 
     /// A genuine confirmation of `index`'s pending slot. It proves the key:
     /// every other record of the same key still holding a slot is replaced.
     fn confirm(&mut self, index: u32, now: Timestamp) -> Result<(), RegistryError> {
-        let now = self.poll(now);
+        let now = self.settle_at(now);
         let d = self.devices.get_mut(&index).unwrap();
         match d.state {
             DeviceState::Pending { .. } => {
+                self.clock = self.clock.max(now);
+                let d = self.devices.get_mut(&index).unwrap();
                 d.state = DeviceState::Active { since: now };
                 d.last_seen = d.last_seen.max(now);
                 let key = d.key;
@@ -379,7 +402,7 @@ impl Model {
     }
 
     fn stored_or_unknown(&mut self, index: u32, now: Timestamp) -> Result<(), RegistryError> {
-        self.poll(now);
+        self.settle_at(now);
         match self.devices.get(&index).map(|d| d.state) {
             None => Err(RegistryError::UnknownDevice(DeviceIndex(index))),
             Some(DeviceState::LoggedOut { reason, .. }) => Err(RegistryError::AlreadyLoggedOut {
@@ -392,7 +415,7 @@ impl Model {
 
     fn revoke(&mut self, index: u32, now: Timestamp) -> Result<(), RegistryError> {
         self.stored_or_unknown(index, now)?;
-        let now = self.clock;
+        let now = self.tick(now);
         self.devices.get_mut(&index).unwrap().state = DeviceState::LoggedOut {
             reason: LogoutReason::Revoked,
             at: now,
@@ -403,7 +426,7 @@ impl Model {
 
     fn companion_seen(&mut self, index: u32, now: Timestamp) -> Result<(), RegistryError> {
         self.stored_or_unknown(index, now)?;
-        let now = self.clock;
+        let now = self.tick(now);
         let d = self.devices.get_mut(&index).unwrap();
         d.last_seen = d.last_seen.max(now);
         Ok(())
@@ -695,11 +718,11 @@ impl Harness {
                 let actual = self.account.confirm(&mut g.primary, &confirm, now);
                 let expected: Result<(), RegistryError> = if g.confirmed {
                     // A replay to a completed handshake.
-                    self.model.poll(now);
+                    self.model.settle_at(now);
                     Err(HandshakeError::AlreadyLinked.into())
                 } else if forged {
                     let e = self.model.confirm_forged(index, now);
-                    self.model.poll(now);
+                    self.model.settle_at(now);
                     Err(e)
                 } else {
                     self.model.confirm(index, now)
@@ -840,7 +863,7 @@ impl Harness {
         assert!(list.version() >= self.list_version);
         self.list_version = list.version();
 
-        // The clock: the largest `now` a mutating call saw.
+        // The clock: the latest time a call recorded a change at.
         assert_eq!(a.clock(), m.clock);
         assert!(a.last_primary_activity() <= a.clock());
 

@@ -97,8 +97,9 @@ struct Slot {
     account: AccountId,
     last_activity: Timestamp,
     list_version: u64,
-    /// The applied list's hash: its successor must name it.
-    list_hash: [u8; 32],
+    /// The first 16 bytes of the applied list's hash: its successor must
+    /// name it (128 bits: a fork needs a second preimage).
+    list_hash: [u8; 16],
     /// A fork was seen: accept only the chained successor.
     #[serde(default)]
     forked: bool,
@@ -181,7 +182,7 @@ impl Directory {
                 account,
                 last_activity,
                 list_version: 0,
-                list_hash: [0; 32],
+                list_hash: [0; 16],
                 forked: false,
                 devices: Box::new([]),
                 expired: false,
@@ -200,7 +201,9 @@ impl Directory {
         list: (u64, [u8; 32]),
         devices: Box<[(u32, DeviceKey)]>,
     ) {
-        let (list_version, list_hash) = list;
+        let (list_version, hash) = list;
+        let mut list_hash = [0u8; 16];
+        list_hash.copy_from_slice(&hash[..16]);
         let limit = self.offline_limit_ms;
         let Some(slot) = self.slot_mut(n) else {
             return;
@@ -329,7 +332,8 @@ impl Directory {
             return Err(DirectoryError::AccountExpired);
         }
         if heartbeat.at() > slot.last_activity {
-            let (list, devices) = ((slot.list_version, slot.list_hash), slot.devices.clone());
+            let list = (slot.list_version, heartbeat.list_hash());
+            let devices = slot.devices.clone();
             self.set(n, heartbeat.at(), list, devices);
         }
         Ok(())
