@@ -3,7 +3,7 @@
 //! and directory).
 //!
 //! The format is two lines of JSON: a header
-//! `{"format":"devicelink","kind":K,"version":1,"sha256":H}` and the state,
+//! `{"format":"devicelink","kind":K,"version":2,"sha256":H}` and the state,
 //! where `H` is the base64 SHA-256 of the state line's bytes. Restoring checks
 //! the header, the kind, the version and the digest, decodes the state (signed
 //! parts are re-verified) and checks its internal consistency; corrupted or

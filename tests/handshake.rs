@@ -476,7 +476,7 @@ fn certificate_from_another_account_is_refused() {
 /// An offer text with a chosen X25519 key and a valid check (computed as
 /// `docs/PROTOCOL.md` specifies), to play a malicious companion.
 fn offer_with_key(key: [u8; 32]) -> String {
-    let mut body = vec![1u8];
+    let mut body = vec![devicelink::offer::OFFER_VERSION];
     body.extend_from_slice(&key);
     body.extend_from_slice(&[7u8; 16]);
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);

@@ -138,7 +138,7 @@ mod spec {
     }
 
     pub fn offer(e_c: &[u8; 32], s: &[u8]) -> Offer {
-        let mut body = vec![1u8];
+        let mut body = vec![2u8];
         body.extend_from_slice(e_c);
         body.extend_from_slice(s);
         let d = sha256(&[OFFER, &body]);

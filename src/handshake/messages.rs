@@ -43,9 +43,9 @@ pub enum MessageKind {
     /// Primary → companion: the redemption proof, the primary's ephemeral key
     /// and a MAC.
     Hello,
-    /// Companion → primary: its identity key, proof of possession, label (encrypted).
+    /// Companion → primary: its identity key and label (encrypted).
     Request,
-    /// Primary → companion: certificate and device list (encrypted).
+    /// Primary → companion: its certificate, the signed device list naming it (encrypted).
     Grant,
     /// Primary → companion: an authenticated refusal (encrypted).
     Refusal,

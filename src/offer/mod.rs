@@ -27,8 +27,10 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 
 pub use display::{OfferDisplay, OfferEvent, OfferState, TokenError};
 
-/// Version byte of the offer layout described in `docs/PROTOCOL.md`.
-pub const OFFER_VERSION: u8 = 1;
+/// Version byte of the offer: the protocol version the companion speaks
+/// (2; the layout is unchanged since 1, so a v2 scanner refuses a v1 offer
+/// up front with [`OfferError::UnsupportedVersion`]).
+pub const OFFER_VERSION: u8 = 2;
 /// Prefix of the offer text. Upper case, so the whole text stays in the QR
 /// alphanumeric set.
 pub const OFFER_PREFIX: &str = "DL:";

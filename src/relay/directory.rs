@@ -30,7 +30,9 @@ use crate::time::{duration_millis, Timestamp};
 /// Accounts per slot chunk.
 const CHUNK: usize = 1024;
 
-/// Why the directory refused an update. Nothing changed.
+/// Why the directory refused an update. Nothing changed, except that a
+/// [`DirectoryError::Fork`] marks the account so that only the chained
+/// successor of its applied list is accepted from then on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DirectoryError {
     /// The account's companions were logged out for primary inactivity and

@@ -28,8 +28,9 @@ pub struct SimEvent {
 /// Why the primary refused a link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Refusal {
-    /// No free slot: the scan was refused with
-    /// [`RegistryError::DeviceLimitReached`](crate::RegistryError::DeviceLimitReached).
+    /// No free slot for this device's key: its Request was answered with an
+    /// authenticated `DeviceLimitReached` refusal
+    /// ([`RegistryError::Refused`](crate::RegistryError::Refused)).
     DeviceLimitReached,
     /// The user declined on the phone.
     Declined,
