@@ -13,12 +13,15 @@ count() {
     sed -n 's/.*Collected : \([0-9]*\).*/\1/p'
 }
 floor=$(( $(count floor "$N") - $(count floor 0) ))
+peer=$(( $(count peer "$N") - $(count peer 0) ))
 link=$(( $(count link "$N") - $(count link 0) ))
 setup=$(( $(count setup "$N") - $(count setup 0) ))
-python3 - "$N" "$floor" "$link" "$setup" <<'PY'
+python3 - "$N" "$floor" "$link" "$setup" "$peer" <<'PY'
 import sys
-n, floor, link, setup = map(int, sys.argv[1:])
+n, floor, link, setup, peer = map(int, sys.argv[1:])
 print(f"per link: floor {floor / n:,.0f} instructions, full_link {(link - setup) / n:,.0f} "
       f"(+ setup {setup / n:,.0f} not counted)")
 print(f"full_link / floor (instructions) = {(link - setup) / floor:.4f}")
+print(f"peer floor {peer / n:,.0f} instructions; full_link / peer_floor = {(link - setup) / peer:.4f}, "
+      f"floor / peer_floor = {floor / peer:.4f}")
 PY

@@ -721,7 +721,9 @@ impl Account {
         let grant = handshake.grant(&self.key, index, &list, rng, now)?;
 
         self.admit(request.device, request.label, handshake.token_id(), now);
-        if self.list.hash == list.hash() {
+        // `admit` made this very version from the same state (`next_draft`),
+        // so the list signed above is its list.
+        if self.list.version == draft.version && self.list.at == list_at {
             let _ = self.signed_list.set(list);
         }
         Ok(grant)
