@@ -2,9 +2,11 @@
 # Fills fuzz/corpus/<target>/ with seed inputs:
 #   1. the committed seeds in fuzz/seeds/<target>/ (a handful each), and
 #   2. the full generated set: the known-answer vectors of
-#      tests/vectors/devicelink-v1.json plus saved states, signed structures
-#      and an exported audit log from the seeded fixture run
-#      (examples/seed_corpus.rs).
+#      tests/vectors/devicelink-v2.json plus saved states, signed structures
+#      (chained, forked and stale device lists, heartbeats naming them) and an
+#      exported audit log with its prefixes from the seeded fixture run
+#      (examples/seed_corpus.rs; it fails if the fixture no longer reproduces
+#      vector 0).
 # Pass --seeds-only to skip step 2 (no build).
 # Regenerate the committed seeds (after a protocol or format change) with
 #   cargo run --manifest-path fuzz/Cargo.toml --example seed_corpus -- --small fuzz/seeds

@@ -1,7 +1,9 @@
 //! Writes seed inputs for every fuzz target: the known-answer vectors of
-//! `tests/vectors/devicelink-v1.json` (offer texts, each message, certificate,
-//! device list, heartbeat) and, from the seeded fixture run, saved states of
-//! every kind, more signed structures, a Refusal and an exported audit log.
+//! `tests/vectors/devicelink-v2.json` (offer texts, each message, certificate,
+//! device list, heartbeat; read by key) and, from the seeded fixture run
+//! (which asserts that it reproduces vector 0), saved states of every kind,
+//! more signed structures (chained, forked, stale lists; heartbeats naming
+//! them), a Refusal and an exported audit log with prefixes.
 //!
 //! ```text
 //! cargo run --manifest-path fuzz/Cargo.toml --example seed_corpus -- OUT_DIR
@@ -17,14 +19,9 @@ use std::path::{Path, PathBuf};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use devicelink_fuzz::{audit_log, build, saved_states, signed_extras};
+use devicelink_fuzz::{audit_log, build, saved_states, signed_extras, VECTORS_JSON};
 
 type Seeds = BTreeMap<&'static str, Vec<(String, Vec<u8>)>>;
-
-const VECTORS: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../tests/vectors/devicelink-v1.json"
-);
 
 fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
@@ -54,8 +51,7 @@ fn write(path: &Path, bytes: &[u8]) {
 /// `small`: the handful kept in `fuzz/seeds/`.
 fn collect(small: bool) -> Seeds {
     let mut s: Seeds = BTreeMap::new();
-    let text = std::fs::read_to_string(VECTORS).expect("read the known-answer vectors");
-    let json: serde_json::Value = serde_json::from_str(&text).expect("vectors are JSON");
+    let json: serde_json::Value = serde_json::from_str(VECTORS_JSON).expect("vectors are JSON");
     let vectors = json["vectors"].as_array().expect("vectors array");
     for (i, v) in vectors.iter().enumerate() {
         if small && i > 0 {
@@ -89,24 +85,9 @@ fn collect(small: bool) -> Seeds {
         .or_default()
         .push(("prefix_only".into(), b"DL:".to_vec()));
 
+    // `build` asserts that the fixture's genuine messages are vector 0's,
+    // or the seeds would no longer reach past authentication.
     let f = build();
-    // The fixture replays vector 0: its genuine messages must be the vector's,
-    // or the seeds no longer reach past authentication.
-    let v0 = &vectors[0];
-    for (k, genuine) in [
-        ("hello", &f.hello),
-        ("request", &f.request),
-        ("grant", &f.grant),
-        ("confirm", &f.confirm),
-        ("heartbeat", &f.heartbeat),
-    ] {
-        let want = B64
-            .decode(v0[k].as_str().unwrap_or_default())
-            .unwrap_or_default();
-        if &want != genuine {
-            eprintln!("warning: the fixture's {k} differs from known-answer vector 0");
-        }
-    }
     s.entry("handshake_messages")
         .or_default()
         .push(("fixture_refusal".into(), f.refusal.clone()));
@@ -116,7 +97,14 @@ fn collect(small: bool) -> Seeds {
             .push(("fixture_heartbeat".into(), f.heartbeat.clone()));
     }
 
-    let keep_signed = ["list_v3_listed", "list_v4_revoked", "heartbeat_15d"];
+    let keep_signed = [
+        "list_v3_listed",
+        "list_v3_revoked",
+        "list_v4_revoked",
+        "list_v3_unchained",
+        "heartbeat_15d",
+        "heartbeat_needs_v3",
+    ];
     for (name, bytes) in signed_extras(&f) {
         if !small || keep_signed.contains(&name.as_str()) {
             s.entry("signed_structures")
@@ -131,6 +119,7 @@ fn collect(small: bool) -> Seeds {
         "companion_linked",
         "primary_awaiting_confirm",
         "session",
+        "session_list_v3",
         "display_rotated",
         "directory_one",
         "ledger_redeemed",
@@ -141,7 +130,8 @@ fn collect(small: bool) -> Seeds {
         }
     }
 
-    let log = audit_log(&f).to_json_lines().expect("export audit log");
+    let (log, anchor) = audit_log(&f);
+    let log = log.to_json_lines().expect("export audit log");
     let lines: Vec<&str> = log.lines().collect();
     let e = s.entry("audit_log").or_default();
     e.push(("full".into(), log.clone().into_bytes()));
@@ -149,6 +139,11 @@ fn collect(small: bool) -> Seeds {
     if let Some(cut) = lines.iter().position(|l| l.contains("\"checkpoint\"")) {
         let head = lines[..=cut].join("\n") + "\n";
         e.push(("to_first_checkpoint".into(), head.into_bytes()));
+    }
+    // Header and exactly the entries the signed anchor covers.
+    let anchored = usize::try_from(anchor.anchor().entries).expect("entries");
+    if let Some(head) = lines.get(..=anchored) {
+        e.push(("to_anchor".into(), (head.join("\n") + "\n").into_bytes()));
     }
     if !small {
         for n in 2..lines.len() {

@@ -1,11 +1,15 @@
 //! Arbitrary bytes as a handshake message, fed to every receiver of the
-//! seeded fixture at the step that expects a message, to the header parser
-//! and to the relay's router.
+//! seeded fixture at the step that expects a message (the primary's Request
+//! step both bare and through its account), to the header parser and to the
+//! relay's router.
 //!
 //! Properties:
 //! - every receiver is total (no panic);
 //! - a refusal that is not terminal leaves the receiver's `save()` unchanged
-//!   (a forged or corrupted message cannot disturb the genuine pairing);
+//!   (a forged or corrupted message cannot disturb the genuine pairing), and
+//!   the account's too;
+//! - the fixture's account has room, so its request step never refuses the
+//!   link on its own (`RegistryError::Refused`);
 //! - a receiver accepts only the genuine message of the fixture (every
 //!   message is authenticated: MAC, AEAD or strict Ed25519), so any other
 //!   accepted input is a forgery;
@@ -19,8 +23,8 @@
 use devicelink::handshake::PrimaryState;
 use devicelink::handshake::{MessageHeader, MessageKind, HEADER_LEN, MESSAGE_VERSION};
 use devicelink::relay::LedgerError;
-use devicelink::CompanionState;
-use devicelink_fuzz::{fixture, ledger_redeemed, ledger_registered, now, COMPANION, PRIMARY};
+use devicelink::{CompanionState, RegistryError};
+use devicelink_fuzz::{fixture, ledger_redeemed, ledger_registered, now, rng, COMPANION, PRIMARY};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -36,7 +40,7 @@ fuzz_target!(|data: &[u8]| {
 
     // Companion showing the offer: expects the Hello.
     let mut c = f.companion_awaiting_hello.clone();
-    match c.receive_hello(data, now) {
+    match c.receive_hello(data, &mut rng(1), now) {
         Ok(_) => {
             assert_eq!(data, &f.hello[..], "companion accepted a forged Hello");
             assert!(matches!(c.state(), CompanionState::AwaitingGrant { .. }));
@@ -97,6 +101,34 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 
+    // The same step through the account (the registry's request step).
+    let mut p = f.primary_awaiting_request.clone();
+    let mut a = f.account_awaiting_request.clone();
+    match a.receive_request(&mut p, data, &mut rng(2), now) {
+        Ok(req) => {
+            assert_eq!(data, &f.request[..], "account accepted a forged Request");
+            assert_eq!(req.device, f.session.device_key());
+            assert_eq!(p.state(), PrimaryState::RequestReceived);
+        }
+        Err(RegistryError::Refused { reason, .. }) => {
+            panic!("an account with free slots refused the link itself ({reason})")
+        }
+        Err(e) => {
+            if !e.is_terminal() {
+                assert_eq!(
+                    p.save().expect("save"),
+                    f.saved.primary_awaiting_request,
+                    "refused Request ({e}) changed the primary"
+                );
+                assert_eq!(
+                    a.save().expect("save"),
+                    f.saved.account_awaiting_request,
+                    "refused Request ({e}) changed the account"
+                );
+            }
+        }
+    }
+
     // Primary that sent the Grant, with its account: expects the Confirm.
     let mut p = f.primary_awaiting_confirm.clone();
     let mut a = f.account_awaiting_confirm.clone();
@@ -125,7 +157,7 @@ fuzz_target!(|data: &[u8]| {
     // Already-finished state machines refuse everything.
     let mut c = f.companion_linked.clone();
     assert!(c.receive_grant(data, now).is_err());
-    assert!(c.receive_hello(data, now).is_err());
+    assert!(c.receive_hello(data, &mut rng(3), now).is_err());
     let mut p = f.primary_confirmed.clone();
     assert!(p.receive_request(data, now).is_err());
 

@@ -127,6 +127,21 @@ fn account(data: &[u8]) {
                 false,
             );
         }
+        // The link steps: an intent, the fixture's offer, its Request.
+        let f = fixture();
+        a.open_link_intent(now());
+        if let Ok((mut p, _)) = a.scan(&f.offer_text, &mut rng(4), now()) {
+            let _ = a.receive_request(&mut p, &f.request, &mut rng(5), now());
+            let _ = a.grant(&mut p, &mut rng(6), now());
+            let _ = a.confirm(&mut p, &f.confirm, now());
+        }
+        fixed_point(
+            "account after link steps",
+            &a,
+            Account::save,
+            Account::restore,
+            false,
+        );
         if let Some(i) = devices.first() {
             let _ = a.revoke(*i, Timestamp::MAX);
         }
@@ -162,7 +177,7 @@ fn companion(data: &[u8]) {
             );
         }
         let _ = c.cancel(Timestamp::MAX);
-        let _ = c.receive_hello(&f.hello, now());
+        let _ = c.receive_hello(&f.hello, &mut r, now());
         let _ = c.receive_grant(&f.grant, now());
         fixed_point(
             "companion after messages",
@@ -241,6 +256,19 @@ fn session(data: &[u8]) {
                 false,
             );
         }
+        let _ = s.accept_device_list(&f.device_list, now());
+        let _ = s.accept_heartbeat(&f.heartbeat, now());
+        let _ = (
+            s.recently_linked(now()),
+            s.certificate().device_list().version(),
+        );
+        fixed_point(
+            "session after list and heartbeat",
+            &s,
+            LinkedSession::save,
+            LinkedSession::restore,
+            false,
+        );
         let _ = s.accept_heartbeat(&f.heartbeat, Timestamp::MAX);
         fixed_point(
             "session after heartbeat",
@@ -301,6 +329,27 @@ fn directory(data: &[u8]) {
         if let Ok(hb) = PrimaryHeartbeat::from_bytes(&f.heartbeat) {
             let _ = dir.apply_heartbeat(&hb, now());
         }
+        fixed_point(
+            "directory after list and heartbeat",
+            &dir,
+            Directory::save,
+            Directory::restore,
+            true,
+        );
+        // The server's own store reloads an account (here another one's
+        // facts under a fresh id, and the fixture's again).
+        let _ = dir.load_account(
+            devicelink::AccountId::from_bytes([0x42; 32]),
+            (list.version(), list.hash()),
+            now(),
+            list.devices(),
+        );
+        let _ = dir.load_account(
+            list.account(),
+            (list.version(), list.hash()),
+            list.issued_at(),
+            list.devices(),
+        );
         fixed_point(
             "directory after updates",
             &dir,
