@@ -19,7 +19,9 @@ use std::path::{Path, PathBuf};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use devicelink_fuzz::{audit_log, build, saved_states, signed_extras, VECTORS_JSON};
+use devicelink_fuzz::{
+    audit_log, build, flatten_vector, saved_states, signed_extras, VECTORS_JSON,
+};
 
 type Seeds = BTreeMap<&'static str, Vec<(String, Vec<u8>)>>;
 
@@ -57,6 +59,7 @@ fn collect(small: bool) -> Seeds {
         if small && i > 0 {
             break;
         }
+        let v = &flatten_vector(v);
         let b64 = |k: &str| {
             B64.decode(v[k].as_str().unwrap_or_else(|| panic!("vector field {k}")))
                 .expect("base64")

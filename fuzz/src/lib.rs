@@ -57,11 +57,24 @@ pub fn rng(seed: u64) -> ChaCha20Rng {
 /// directory). Read by key: the file may gain fields.
 pub const VECTORS_JSON: &str = include_str!("../../tests/vectors/devicelink-v2.json");
 
-/// Known-answer vector `i`, as JSON.
+/// Known-answer vector `i`, as JSON: its top-level fields (seed, now,
+/// label, …) with the fields of its `link` object (offer, messages, keys)
+/// brought up beside them.
 pub fn vector(i: usize) -> serde_json::Value {
     let json: serde_json::Value =
         serde_json::from_str(VECTORS_JSON).expect("the known-answer vectors are JSON");
-    json["vectors"][i].clone()
+    flatten_vector(&json["vectors"][i])
+}
+
+/// A vector's `link` fields merged into its top level.
+pub fn flatten_vector(v: &serde_json::Value) -> serde_json::Value {
+    let mut out = v.clone();
+    if let (Some(obj), Some(link)) = (out.as_object_mut(), v["link"].as_object()) {
+        for (k, val) in link {
+            obj.entry(k.clone()).or_insert_with(|| val.clone());
+        }
+    }
+    out
 }
 
 /// The base64 field `key` of a vector, decoded (panics if missing).
