@@ -2130,3 +2130,44 @@ fn a_restored_old_phone_produces_lists_the_sessions_refuse_as_a_fork() {
         genuine.hash()
     );
 }
+
+/// Every companion hears about a new device, and the optional quarantine
+/// window marks it as recently linked: the first companion gets the second
+/// one's entry (label, link time) as `added`, sees it in `recently_linked`
+/// until the window ends, and never sees itself there.
+#[test]
+fn a_new_device_is_announced_and_quarantined_for_the_policy_window() {
+    let mut rng = rng(77);
+    let t0 = at(0);
+    let policy = Policy::builder()
+        .new_device_quarantine(Some(Duration::from_millis(DAY)))
+        .build()
+        .unwrap();
+    let mut account = Account::generate(policy, &mut rng, t0);
+    let mut first = link(&mut account, "Laptop", &mut rng, t0);
+    assert!(
+        first.recently_linked(t0).is_empty(),
+        "a device is never quarantined for itself"
+    );
+    let t1 = at(3_600_000);
+    let second = link(&mut account, "Unknown tablet", &mut rng, t1);
+    let change = first
+        .accept_device_list(&account.device_list().to_bytes(), t1)
+        .unwrap();
+    assert_eq!(change.added.len(), 1);
+    assert_eq!(change.added[0].index, second.index());
+    assert_eq!(change.added[0].label.as_str(), "Unknown tablet");
+    assert_eq!(change.added[0].linked_at, t1);
+    assert!(change.removed.is_empty());
+    let recent: Vec<DeviceIndex> = first.recently_linked(t1).iter().map(|e| e.index).collect();
+    assert_eq!(recent, vec![second.index()]);
+    assert_eq!(first.recently_linked(plus(t1, DAY - 1)).len(), 1);
+    assert!(first.recently_linked(plus(t1, DAY)).is_empty());
+    // Without the policy knob, nobody is quarantined.
+    let mut plain = Account::generate(Policy::default(), &mut rng, t0);
+    let mut a = link(&mut plain, "A", &mut rng, t0);
+    link(&mut plain, "B", &mut rng, t1);
+    a.accept_device_list(&plain.device_list().to_bytes(), t1)
+        .unwrap();
+    assert!(a.recently_linked(t1).is_empty());
+}
