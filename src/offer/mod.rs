@@ -245,7 +245,7 @@ fn offer_digest(body: &[u8; OFFER_BODY_LEN]) -> ([u8; CHECK_LEN], RedemptionProo
 /// Proof that a party saw the QR code: the relay redeems a token only for the
 /// proof that hashes to it. Revealed in the Hello, so it proves nothing after
 /// the first redemption (which the ledger allows only once anyway).
-#[derive(Clone, Copy, Hash)]
+#[derive(Clone, Copy)]
 pub struct RedemptionProof(pub(crate) [u8; 16]);
 
 /// Constant time: the proof is secret until a Hello carries it.
