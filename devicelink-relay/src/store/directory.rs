@@ -3,7 +3,8 @@
 
 use devicelink::relay::{Directory, DirectoryError, SweptDevice};
 use devicelink::{
-    AccountId, CertificateError, Policy, PrimaryHeartbeat, SignedDeviceList, Timestamp,
+    AccountId, CertificateError, DeviceIndex, DeviceKey, DeviceLabel, DeviceListEntry, Policy,
+    PrimaryHeartbeat, SignedDeviceList, Timestamp,
 };
 
 use super::{AccountRecord, Store, StoreError};
@@ -40,10 +41,48 @@ pub struct AccountDirectory<S: Store> {
 
 impl<S: Store> AccountDirectory<S> {
     /// Rebuilds the directory from every account in `store` (each stored
-    /// list is decoded and its signature verified again; devices at or below
-    /// the stored floor are left out).
+    /// list is decoded and its signature verified again).
+    ///
+    /// The core's [`Directory::load_account`] does not take the logged-out
+    /// index floor (`swept_up_to`), so it is restored through the directory's
+    /// documented sweep: a first pass loads, for each account with a floor,
+    /// one placeholder device at the floor index with a deadline in 1970 and
+    /// sweeps it (which sets the floor); the second pass loads the real facts
+    /// (which keeps the floor), leaving out devices at or below it.
     pub fn open(store: S, policy: &Policy) -> Result<Self, StoreError> {
         let mut directory = Directory::new(policy);
+        let offline_limit = policy.primary_offline_limit();
+        let mut floors = 0usize;
+        store.for_each_account(&mut |rec| {
+            if rec.swept_up_to > 0 {
+                let placeholder = DeviceListEntry::new(
+                    DeviceIndex(rec.swept_up_to),
+                    DeviceKey::from_bytes([0; 32]),
+                    DeviceLabel::new("logged out")
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    Timestamp::EPOCH,
+                );
+                directory
+                    .load_account(
+                        rec.account,
+                        (rec.list_version, rec.list_hash),
+                        Timestamp::EPOCH,
+                        &[placeholder],
+                    )
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                floors += 1;
+            }
+            Ok(())
+        })?;
+        if floors > 0 {
+            let swept = directory.sweep(Timestamp::EPOCH.saturating_add(offline_limit));
+            if swept.len() != floors {
+                return Err(StoreError::Corrupt(format!(
+                    "restoring {floors} logged-out floors swept {} devices",
+                    swept.len()
+                )));
+            }
+        }
         store.for_each_account(&mut |rec| {
             let list = SignedDeviceList::from_bytes(&rec.list)
                 .map_err(|e: CertificateError| StoreError::Corrupt(e.to_string()))?;
@@ -74,7 +113,7 @@ impl<S: Store> AccountDirectory<S> {
         Ok(AccountDirectory {
             directory,
             store,
-            offline_limit: policy.primary_offline_limit(),
+            offline_limit,
             logouts: Vec::new(),
         })
     }
