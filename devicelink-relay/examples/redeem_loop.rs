@@ -2,7 +2,9 @@
 //! given as the first argument, `THREADS` threads register, reserve and
 //! redeem fresh tokens, and print each redeemed token's number (one line,
 //! flushed) only after the store acknowledged the redemption. Runs until
-//! killed or until `COUNT` (second argument) tokens are redeemed.
+//! killed or until `COUNT` (second argument) tokens are redeemed. Token
+//! numbers start at `REDEEM_LOOP_OFFSET` (environment, default 0), so a
+//! restarted run uses fresh tokens.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,7 +32,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .transpose()?
         .unwrap_or(u64::MAX);
     let store = SqliteStore::open(path)?;
-    let next = Arc::new(AtomicU64::new(0));
+    let offset: u64 = std::env::var("REDEEM_LOOP_OFFSET")
+        .ok()
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(0);
+    let count = count.saturating_add(offset);
+    let next = Arc::new(AtomicU64::new(offset));
     let quota = Quota {
         per_client: 8,
         total: u64::from(u32::MAX),
