@@ -1,7 +1,9 @@
 //! Child process of the crash test (`tests/crash.rs`): on the SQLite file
 //! given as the first argument, `THREADS` threads register, reserve and
 //! redeem fresh tokens, and print each redeemed token's number (one line,
-//! flushed) only after the store acknowledged the redemption. Runs until
+//! flushed) only after the store acknowledged the redemption; one more
+//! thread stores ever newer list versions of one account (named by the
+//! offset) and prints `L <version>` after each acknowledged `put_list`. Runs until
 //! killed or until `COUNT` (second argument) tokens are redeemed. Token
 //! numbers start at `REDEEM_LOOP_OFFSET` (environment, default 0), so a
 //! restarted run uses fresh tokens.
@@ -11,8 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use devicelink::relay::{ClientId, Quota, TokenStore};
-use devicelink::{Timestamp, TokenId};
-use devicelink_relay::SqliteStore;
+use devicelink::{AccountId, Timestamp, TokenId};
+use devicelink_relay::{AccountRecord, SqliteStore, Store};
 
 const THREADS: u64 = 4;
 
@@ -45,6 +47,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let now = Timestamp::from_unix_millis(1_000);
     let far = Timestamp::from_unix_millis(1_000_000_000);
+    let lists = {
+        let store = store.clone();
+        let account = AccountId::from_bytes([(offset % 251) as u8 + 1; 32]);
+        std::thread::spawn(move || -> Result<(), String> {
+            for version in 1..=count.min(1_000_000) {
+                let record = AccountRecord {
+                    account,
+                    list_version: version,
+                    list_hash: [version as u8; 32],
+                    list: version.to_be_bytes().repeat(64),
+                    last_activity: Timestamp::from_unix_millis(version),
+                    swept_up_to: 0,
+                };
+                if !store.put_list(&record).map_err(|e| e.to_string())? {
+                    return Err(format!("list version {version} not stored"));
+                }
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "L {version}").map_err(|e| e.to_string())?;
+                out.flush().map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        })
+    };
     let workers: Vec<_> = (0..THREADS)
         .map(|w| {
             let (store, next) = (store.clone(), Arc::clone(&next));
@@ -76,5 +101,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for w in workers {
         w.join().map_err(|_| "worker panicked")??;
     }
+    lists.join().map_err(|_| "list writer panicked")??;
     Ok(())
 }

@@ -1,7 +1,8 @@
-//! Crash safety: a child process redeems tokens on a SQLite file and prints
-//! each acknowledged redemption; it is killed with SIGKILL in the middle of
-//! the run, and the file, reopened, must hold every acknowledged redemption
-//! and must refuse every one of them a second time.
+//! Crash safety: a child process redeems tokens and stores newer device
+//! lists on a SQLite file and prints each acknowledged write; it is killed
+//! with SIGKILL in the middle of the run, and the file, reopened, must hold
+//! every acknowledged redemption (and refuse each a second time) and at
+//! least the newest acknowledged list version.
 
 #![cfg(unix)]
 
@@ -12,8 +13,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use devicelink::relay::{ClientId, LedgerError, TokenState, TokenStore};
-use devicelink::{Timestamp, TokenId};
-use devicelink_relay::SqliteStore;
+use devicelink::{AccountId, Timestamp, TokenId};
+use devicelink_relay::{SqliteStore, Store};
 
 fn token(n: u64) -> TokenId {
     let mut b = [0u8; 16];
@@ -48,6 +49,7 @@ fn sigkill_mid_run_loses_no_acknowledged_redemption_and_redeems_nothing_twice() 
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("relay.db");
     let mut acknowledged = BTreeSet::new();
+    let mut newest_lists = Vec::new();
     // Two runs on the same file: killed, restarted (new tokens), killed.
     for run in 0..2u64 {
         let mut child = Command::new(child_binary())
@@ -59,11 +61,14 @@ fn sigkill_mid_run_loses_no_acknowledged_redemption_and_redeems_nothing_twice() 
             .unwrap();
         let stdout = child.stdout.take().unwrap();
         let reader = std::thread::spawn(move || {
-            BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-                .map(|l| l.trim().parse::<u64>().unwrap())
-                .collect::<Vec<u64>>()
+            let (mut tokens, mut list) = (Vec::new(), 0u64);
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                match line.trim().strip_prefix("L ") {
+                    Some(v) => list = list.max(v.parse().unwrap()),
+                    None => tokens.push(line.trim().parse::<u64>().unwrap()),
+                }
+            }
+            (tokens, list)
         });
         // Let it run until it has acknowledged work, at most a few seconds,
         // then kill it in the middle of its writes.
@@ -80,8 +85,11 @@ fn sigkill_mid_run_loses_no_acknowledged_redemption_and_redeems_nothing_twice() 
         }
         child.kill().unwrap(); // SIGKILL on Unix
         child.wait().unwrap();
-        let printed = reader.join().unwrap();
+        let (printed, list) = reader.join().unwrap();
         assert!(!printed.is_empty(), "run {run}: nothing acknowledged");
+        assert!(list > 0, "run {run}: no list acknowledged");
+        let offset = run * 1_000_000;
+        newest_lists.push((AccountId::from_bytes([(offset % 251) as u8 + 1; 32]), list));
         for n in printed {
             assert!(acknowledged.insert(n), "token {n} acknowledged twice");
         }
@@ -106,8 +114,18 @@ fn sigkill_mid_run_loses_no_acknowledged_redemption_and_redeems_nothing_twice() 
             Err(LedgerError::TokenAlreadyRedeemed)
         );
     }
+    for (account, version) in &newest_lists {
+        let held = store.account(account).unwrap().unwrap();
+        assert!(
+            held.list_version >= *version,
+            "acknowledged list {version} lost: {}",
+            held.list_version
+        );
+        assert_eq!(held.list, held.list_version.to_be_bytes().repeat(64));
+    }
     println!(
-        "{} acknowledged redemptions over 2 killed runs, all durable",
-        acknowledged.len()
+        "{} acknowledged redemptions and list versions {:?} over 2 killed runs, all durable",
+        acknowledged.len(),
+        newest_lists.iter().map(|l| l.1).collect::<Vec<_>>()
     );
 }
