@@ -1,0 +1,106 @@
+//! Child process of the crash test (`tests/crash.rs`): on the SQLite file
+//! given as the first argument, `THREADS` threads register, reserve and
+//! redeem fresh tokens, and print each redeemed token's number (one line,
+//! flushed) only after the store acknowledged the redemption; one more
+//! thread stores ever newer list versions of one account (named by the
+//! offset) and prints `L <version>` after each acknowledged `put_list`. Runs until
+//! killed or until `COUNT` (second argument) tokens are redeemed. Token
+//! numbers start at `REDEEM_LOOP_OFFSET` (environment, default 0), so a
+//! restarted run uses fresh tokens.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use devicelink::relay::{ClientId, Quota, TokenStore};
+use devicelink::{AccountId, Timestamp, TokenId};
+use devicelink_relay::{AccountRecord, SqliteStore, Store};
+
+const THREADS: u64 = 4;
+
+/// The token of number `n` (also used by the test).
+fn token(n: u64) -> TokenId {
+    let mut b = [0u8; 16];
+    b[8..].copy_from_slice(&n.to_be_bytes());
+    TokenId::from_bytes(b)
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let path = args.next().ok_or("usage: redeem_loop DB [COUNT]")?;
+    let count: u64 = args
+        .next()
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(u64::MAX);
+    let store = SqliteStore::open(path)?;
+    let offset: u64 = std::env::var("REDEEM_LOOP_OFFSET")
+        .ok()
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(0);
+    let count = count.saturating_add(offset);
+    let next = Arc::new(AtomicU64::new(offset));
+    let quota = Quota {
+        per_client: 8,
+        total: u64::from(u32::MAX),
+    };
+    let now = Timestamp::from_unix_millis(1_000);
+    let far = Timestamp::from_unix_millis(1_000_000_000);
+    let lists = {
+        let store = store.clone();
+        let account = AccountId::from_bytes([(offset % 251) as u8 + 1; 32]);
+        std::thread::spawn(move || -> Result<(), String> {
+            for version in 1..=count.min(1_000_000) {
+                let record = AccountRecord {
+                    account,
+                    list_version: version,
+                    list_hash: [version as u8; 32],
+                    list: version.to_be_bytes().repeat(64),
+                    last_activity: Timestamp::from_unix_millis(version),
+                    swept_up_to: 0,
+                };
+                if !store.put_list(&record).map_err(|e| e.to_string())? {
+                    return Err(format!("list version {version} not stored"));
+                }
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "L {version}").map_err(|e| e.to_string())?;
+                out.flush().map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        })
+    };
+    let workers: Vec<_> = (0..THREADS)
+        .map(|w| {
+            let (store, next) = (store.clone(), Arc::clone(&next));
+            std::thread::spawn(move || -> Result<(), String> {
+                let companion = ClientId::from(1_000 + w);
+                let primary = ClientId::from(2_000 + w);
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= count {
+                        return Ok(());
+                    }
+                    let t = token(n);
+                    store
+                        .register(t, companion, far, quota)
+                        .map_err(|e| e.to_string())?;
+                    store
+                        .reserve(&t, primary, now, far)
+                        .map_err(|e| e.to_string())?;
+                    store
+                        .redeem(&t, companion, now, far)
+                        .map_err(|e| e.to_string())?;
+                    let mut out = std::io::stdout().lock();
+                    writeln!(out, "{n}").map_err(|e| e.to_string())?;
+                    out.flush().map_err(|e| e.to_string())?;
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().map_err(|_| "worker panicked")??;
+    }
+    lists.join().map_err(|_| "list writer panicked")??;
+    Ok(())
+}

@@ -1,0 +1,46 @@
+//! The devicelink relay: the I/O shell around the sans-IO `devicelink` core,
+//! the way `quinn` wraps `quinn-proto`.
+//!
+//! The core decides every rule (exactly-once redemption in
+//! [`devicelink::relay::Ledger`], leases, limits and forks in
+//! [`devicelink::relay::Directory`]); this crate carries bytes and makes the
+//! core's decisions durable:
+//!
+//! - [`frame`]: the small binary envelope the WebSocket transport carries
+//!   (`docs/RELAY.md`), decoded totally with every size checked before
+//!   anything is copied.
+//! - [`store`]: the [`Store`] trait (the core's
+//!   [`TokenStore`](devicelink::relay::TokenStore) plus the accounts' signed
+//!   facts) with an in-memory and a SQLite implementation, and
+//!   [`AccountDirectory`], which applies signed facts through the core's
+//!   [`Directory`](devicelink::relay::Directory) and persists what it decided.
+//!
+//! The store is synchronous, like the core's `TokenStore`: an async server
+//! calls it from `tokio::task::spawn_blocking`. The network transport
+//! (tokio, axum WebSocket) comes in a later step.
+//!
+//! ```
+//! use devicelink::relay::{ClientId, Ledger, LedgerConfig};
+//! use devicelink::Timestamp;
+//! use devicelink_relay::store::MemoryStore;
+//!
+//! let ledger = Ledger::new(MemoryStore::new(), LedgerConfig::default());
+//! let token = devicelink::TokenId::from_bytes([7; 16]);
+//! let now = Timestamp::from_unix_millis(1_700_000_000_000);
+//! ledger.register(ClientId::from(1), token, now.saturating_add_millis(60_000), now)?;
+//! # Ok::<(), devicelink::LedgerError>(())
+//! ```
+#![forbid(unsafe_code)]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+pub mod frame;
+pub mod store;
+
+pub use frame::{Frame, FrameError, FrameType, MAX_FRAME_LEN};
+pub use store::{AccountDirectory, AccountRecord, MemoryStore, Store, StoreError};
+
+#[cfg(feature = "sqlite")]
+pub use store::SqliteStore;

@@ -1,0 +1,868 @@
+//! The embedded SQLite [`Store`] (rusqlite with its bundled SQLite).
+//!
+//! # Design
+//!
+//! - **One writer thread** owns the only write connection. Callers send it
+//!   their write (a closure) over a channel and block on a one-shot reply.
+//!   The writer takes every write already queued (at most [`MAX_BATCH`]),
+//!   runs them in one `BEGIN IMMEDIATE` transaction, each inside its own
+//!   `SAVEPOINT` (a refused decision rolls back to it and leaves the others
+//!   in), commits, and only then answers each caller. A commit that fails
+//!   answers every write of the batch with "unavailable" (refusals too, as
+//!   they may have read an uncommitted write of the batch): nothing is
+//!   acknowledged that is not on disk. The writer never waits to fill a
+//!   batch: while one commit syncs, new writes queue, and the next batch
+//!   takes them all (group commit), so one `fsync` serves many callers under
+//!   load and a lone caller pays one commit.
+//! - **Durability.** `journal_mode = WAL` and `synchronous = FULL`: each
+//!   commit syncs the WAL before it returns, so an acknowledged write
+//!   survives a process kill *and* a power loss (`NORMAL` would survive the
+//!   kill but may lose the last commits on power loss, and the store
+//!   contract says "durable before it returns").
+//! - **Readers are never blocked.** `get`, `account` and `for_each_account`
+//!   use reader connections (a small pool, `query_only`) that read the last
+//!   committed snapshot while the writer writes (WAL).
+//! - **No `SQLITE_BUSY` reaches a caller.** Within the process only the
+//!   writer writes, so writers never contend; every connection has a
+//!   `busy_timeout`, and the writer retries `BEGIN IMMEDIATE` while another
+//!   process holds the write lock, up to [`LOCK_WAIT`]; then the batch
+//!   fails as "unavailable" (`LedgerError::Store`), never as a raw
+//!   `SQLITE_BUSY`.
+//! - **Migrations** are the versioned files `migrations/NNNN_*.sql`,
+//!   compiled in and applied at open, each in its own transaction that also
+//!   sets `PRAGMA user_version`. A file of a newer schema is refused.
+//!
+//! Times and versions are stored as SQL integers (signed 64-bit): a value
+//! above `i64::MAX` (a time past the year 292 million) is refused as
+//! [`StoreError::OutOfRange`] / `LedgerError::Store`, never wrapped.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use devicelink::relay::{
+    ClientId, LedgerError, Quota, QuotaScope, TokenRecord, TokenState, TokenStore,
+};
+use devicelink::{AccountId, Timestamp, TokenId};
+use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
+
+use super::{AccountRecord, Store, StoreError};
+
+/// Most writes committed in one transaction.
+pub const MAX_BATCH: usize = 512;
+/// How long every connection waits for a lock held by another process.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the writer keeps retrying `BEGIN IMMEDIATE` while another
+/// process holds the write lock.
+pub const LOCK_WAIT: Duration = Duration::from_secs(30);
+/// Reader connections kept open.
+const MAX_IDLE_READERS: usize = 8;
+
+/// The schema migrations, in order: (version, file, SQL).
+const MIGRATIONS: &[(u32, &str, &str)] = &[
+    (
+        1,
+        "0001_tokens.sql",
+        include_str!("../../migrations/0001_tokens.sql"),
+    ),
+    (
+        2,
+        "0002_accounts.sql",
+        include_str!("../../migrations/0002_accounts.sql"),
+    ),
+];
+
+/// The schema version this build writes (the last migration's).
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// Why a write did not happen.
+enum Fail<E> {
+    /// The decision said no (the savepoint was rolled back).
+    Refused(E),
+    /// The storage failed.
+    Unavailable(String),
+}
+
+impl<E> From<rusqlite::Error> for Fail<E> {
+    fn from(e: rusqlite::Error) -> Self {
+        Fail::Unavailable(e.to_string())
+    }
+}
+
+fn ledger(f: Fail<LedgerError>) -> LedgerError {
+    match f {
+        Fail::Refused(e) => e,
+        Fail::Unavailable(s) => LedgerError::Store(s),
+    }
+}
+
+fn store(f: Fail<StoreError>) -> StoreError {
+    match f {
+        Fail::Refused(e) => e,
+        Fail::Unavailable(s) => StoreError::Unavailable(s),
+    }
+}
+
+/// What the writer calls once the batch's commit succeeded (`true`) or failed.
+type Reply = Box<dyn FnOnce(bool) + Send>;
+/// A write: runs on the writer's connection (`None`: the batch could not
+/// start); returns its reply and whether the transaction is still sound.
+type Job = Box<dyn FnOnce(Option<&Connection>) -> (Reply, bool) + Send>;
+
+/// Counters of the writer thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WriterStats {
+    /// Transactions committed.
+    pub commits: u64,
+    /// Writes acknowledged in them.
+    pub writes: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    commits: AtomicU64,
+    writes: AtomicU64,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: Option<Sender<Job>>,
+    thread: Option<JoinHandle<()>>,
+    readers: Mutex<Vec<Connection>>,
+    counters: Arc<Counters>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the channel ends the writer after the writes it holds.
+        self.writer.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The SQLite store. Clones share one writer thread and one reader pool;
+/// the writer stops when the last clone is dropped.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(())
+}
+
+/// Applies the migrations the file lacks. Each runs in an immediate
+/// transaction that re-reads the version, so two processes opening one new
+/// file apply each migration once.
+fn migrate(conn: &mut Connection) -> Result<u32, StoreError> {
+    for &(version, file, sql) in MIGRATIONS {
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(unavailable)?;
+        let current: u32 = tx
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(unavailable)?;
+        if current > SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooNew {
+                found: current,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        if current >= version {
+            continue;
+        }
+        tx.execute_batch(sql)
+            .map_err(|e| StoreError::Unavailable(format!("migration {file}: {e}")))?;
+        tx.pragma_update(None, "user_version", version)
+            .map_err(unavailable)?;
+        tx.commit().map_err(unavailable)?;
+        tracing::info!(version, file, "applied migration");
+    }
+    conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(unavailable)
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the database at `path`: WAL, `synchronous = FULL`,
+    /// migrations applied, and the writer thread started.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let mut conn = Connection::open(&path).map_err(unavailable)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(unavailable)?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(unavailable)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Unavailable(format!(
+                "journal mode {mode}, not WAL"
+            )));
+        }
+        configure(&conn).map_err(unavailable)?;
+        migrate(&mut conn)?;
+        let (tx, rx) = mpsc::channel();
+        let counters = Arc::new(Counters::default());
+        let c = Arc::clone(&counters);
+        let thread = std::thread::Builder::new()
+            .name("devicelink-sqlite-writer".into())
+            .spawn(move || run_writer(conn, rx, &c))
+            .map_err(unavailable)?;
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                path,
+                writer: Some(tx),
+                thread: Some(thread),
+                readers: Mutex::new(Vec::new()),
+                counters,
+            }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The file's schema version (after migrations: [`SCHEMA_VERSION`]).
+    pub fn schema_version(&self) -> Result<u32, StoreError> {
+        self.read(|c| c.query_row("PRAGMA user_version", [], |r| r.get(0)))
+    }
+
+    /// Commits and writes acknowledged so far (writes per commit is the
+    /// batching factor).
+    pub fn writer_stats(&self) -> WriterStats {
+        WriterStats {
+            commits: self.inner.counters.commits.load(Ordering::Relaxed),
+            writes: self.inner.counters.writes.load(Ordering::Relaxed),
+        }
+    }
+
+    fn reader(&self) -> rusqlite::Result<Connection> {
+        let idle = self
+            .inner
+            .readers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop();
+        if let Some(c) = idle {
+            return Ok(c);
+        }
+        let c = Connection::open_with_flags(
+            &self.inner.path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        c.busy_timeout(BUSY_TIMEOUT)?;
+        c.pragma_update(None, "query_only", true)?;
+        Ok(c)
+    }
+
+    /// Runs a read on a pooled reader connection (the last committed state).
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        let conn = self.reader().map_err(unavailable)?;
+        let out = f(&conn).map_err(unavailable);
+        let mut idle = self.inner.readers.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE_READERS {
+            idle.push(conn);
+        }
+        out
+    }
+
+    /// Sends `op` to the writer and waits until its batch is committed.
+    fn write<T, E>(
+        &self,
+        op: impl FnOnce(&Connection) -> Result<T, Fail<E>> + Send + 'static,
+    ) -> Result<T, Fail<E>>
+    where
+        T: Send + 'static,
+        E: Send + 'static,
+    {
+        let (tx, rx): (SyncSender<Result<T, Fail<E>>>, _) = mpsc::sync_channel(1);
+        let job: Job = Box::new(move |conn| {
+            let (result, sound) = match conn {
+                None => (
+                    Err(Fail::Unavailable("writer could not begin".into())),
+                    true,
+                ),
+                Some(c) => in_savepoint(c, op),
+            };
+            let reply: Reply = Box::new(move |committed| {
+                let r = if committed {
+                    result
+                } else {
+                    Err(Fail::Unavailable("commit failed; nothing written".into()))
+                };
+                let _ = tx.send(r);
+            });
+            (reply, sound)
+        });
+        let sender = self
+            .inner
+            .writer
+            .as_ref()
+            .ok_or_else(|| Fail::Unavailable("writer stopped".into()))?;
+        sender
+            .send(job)
+            .map_err(|_| Fail::Unavailable("writer stopped".into()))?;
+        rx.recv()
+            .map_err(|_| Fail::Unavailable("writer stopped".into()))?
+    }
+}
+
+/// Runs `op` inside a savepoint: kept on `Ok`, rolled back on `Err`.
+/// Returns whether the enclosing transaction is still sound.
+fn in_savepoint<T, E>(
+    conn: &Connection,
+    op: impl FnOnce(&Connection) -> Result<T, Fail<E>>,
+) -> (Result<T, Fail<E>>, bool) {
+    if let Err(e) = conn.execute_batch("SAVEPOINT op") {
+        return (Err(e.into()), false);
+    }
+    match op(conn) {
+        Ok(v) => match conn.execute_batch("RELEASE op") {
+            Ok(()) => (Ok(v), true),
+            Err(e) => (Err(e.into()), false),
+        },
+        Err(e) => {
+            let sound = conn.execute_batch("ROLLBACK TO op; RELEASE op").is_ok();
+            (Err(e), sound)
+        }
+    }
+}
+
+/// `BEGIN IMMEDIATE`, retried while another process holds the write lock.
+fn begin(conn: &Connection) -> rusqlite::Result<()> {
+    let start = Instant::now();
+    loop {
+        match conn.execute_batch("BEGIN IMMEDIATE") {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(e.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+                    && start.elapsed() < LOCK_WAIT =>
+            {
+                tracing::warn!("database write-locked by another connection; retrying");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn run_writer(conn: Connection, rx: Receiver<Job>, counters: &Counters) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let n = jobs.len();
+        if let Err(e) = begin(&conn) {
+            tracing::error!(error = %e, writes = n, "cannot begin a write transaction");
+            for job in jobs {
+                let (reply, _) = job(None);
+                reply(false);
+            }
+            continue;
+        }
+        let mut sound = true;
+        let mut replies = Vec::with_capacity(n);
+        for job in jobs {
+            let (reply, ok) = job(Some(&conn));
+            sound &= ok;
+            replies.push(reply);
+        }
+        let committed = sound && conn.execute_batch("COMMIT").is_ok();
+        if !committed {
+            tracing::error!(writes = n, "write batch not committed; rolled back");
+            let _ = conn.execute_batch("ROLLBACK");
+        } else {
+            counters.commits.fetch_add(1, Ordering::Relaxed);
+            counters
+                .writes
+                .fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
+        }
+        for reply in replies {
+            reply(committed);
+        }
+    }
+}
+
+// ---- value conversions -----------------------------------------------------
+
+fn int<E>(v: u64, what: &'static str) -> Result<i64, Fail<E>> {
+    i64::try_from(v).map_err(|_| Fail::Unavailable(format!("{what} out of range")))
+}
+
+fn ms<E>(t: Timestamp, what: &'static str) -> Result<i64, Fail<E>> {
+    int(t.as_unix_millis(), what)
+}
+
+fn ts(v: i64) -> Timestamp {
+    Timestamp::from_unix_millis(u64::try_from(v).unwrap_or(0))
+}
+
+fn client_of(bytes: &[u8]) -> Option<ClientId> {
+    <[u8; 16]>::try_from(bytes).ok().map(ClientId::from_bytes)
+}
+
+fn corrupt(what: &str) -> rusqlite::Error {
+    rusqlite::Error::InvalidColumnType(0, what.into(), rusqlite::types::Type::Blob)
+}
+
+const TOKEN_COLUMNS: &str = "client, expires_at, keep_until, state, peer, state_at";
+
+fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
+    let client = client_of(&r.get::<_, Vec<u8>>(0)?).ok_or_else(|| corrupt("client"))?;
+    let expires_at = ts(r.get(1)?);
+    let keep_until = ts(r.get(2)?);
+    let peer: Option<Vec<u8>> = r.get(4)?;
+    let peer = peer.as_deref().and_then(client_of);
+    let at: Option<i64> = r.get(5)?;
+    let state = match (r.get::<_, i64>(3)?, peer, at) {
+        (0, _, _) => TokenState::Open,
+        (1, Some(by), Some(until)) => TokenState::Reserved {
+            by,
+            until: ts(until),
+        },
+        (2, Some(primary), Some(at)) => TokenState::Redeemed {
+            primary,
+            at: ts(at),
+        },
+        _ => return Err(corrupt("state")),
+    };
+    Ok(TokenRecord {
+        client,
+        expires_at,
+        keep_until,
+        state,
+    })
+}
+
+fn load_token(c: &Connection, token: &TokenId) -> rusqlite::Result<Option<TokenRecord>> {
+    c.query_row(
+        &format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE id = ?1"),
+        [token.to_bytes()],
+        token_row,
+    )
+    .optional()
+}
+
+/// Deletes the client's counter row once it reaches zero.
+fn unlive(c: &Connection, client: &[u8]) -> rusqlite::Result<()> {
+    c.execute(
+        "UPDATE clients SET live = live - 1 WHERE id = ?1 AND live > 0",
+        [client],
+    )?;
+    c.execute("DELETE FROM clients WHERE id = ?1 AND live = 0", [client])?;
+    Ok(())
+}
+
+impl TokenStore for SqliteStore {
+    fn register(
+        &self,
+        token: TokenId,
+        client: ClientId,
+        expires_at: Timestamp,
+        quota: Quota,
+    ) -> Result<(), LedgerError> {
+        self.write(move |c| {
+            let exp = ms(expires_at, "expiry")?;
+            let total = int(quota.total, "quota")?;
+            let (id, cl) = (token.to_bytes(), client.to_bytes());
+            // decision
+            let inserted = c.execute(
+                "INSERT INTO tokens (id, client, expires_at, keep_until, state)
+                 VALUES (?1, ?2, ?3, ?3, 0) ON CONFLICT (id) DO NOTHING",
+                params![id, cl, exp],
+            )?;
+            if inserted == 0 {
+                return Err(Fail::Refused(LedgerError::DuplicateToken));
+            }
+            c.execute(
+                "INSERT INTO clients (id, live) VALUES (?1, 0) ON CONFLICT (id) DO NOTHING",
+                [cl],
+            )?;
+            let counted = c.execute(
+                "UPDATE clients SET live = live + 1 WHERE id = ?1 AND live < ?2",
+                params![cl, quota.per_client],
+            )?;
+            if counted == 0 {
+                return Err(Fail::Refused(LedgerError::QuotaExceeded {
+                    scope: QuotaScope::Client,
+                    limit: u64::from(quota.per_client),
+                }));
+            }
+            if c.execute("UPDATE totals SET n = n + 1 WHERE n < ?1", [total])? == 0 {
+                return Err(Fail::Refused(LedgerError::QuotaExceeded {
+                    scope: QuotaScope::Store,
+                    limit: quota.total,
+                }));
+            }
+            Ok(())
+        })
+        .map_err(ledger)
+    }
+
+    fn reserve(
+        &self,
+        token: &TokenId,
+        by: ClientId,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<ClientId, LedgerError> {
+        let token = *token;
+        self.write(move |c| {
+            let (now_ms, until_ms) = (ms(now, "now")?, ms(until, "reservation")?);
+            // decision
+            let client: Option<Vec<u8>> = c
+                .query_row(
+                    "UPDATE tokens SET state = 1, peer = ?2, state_at = ?4,
+                            keep_until = max(expires_at, ?4)
+                      WHERE id = ?1 AND expires_at > ?3
+                        AND (state = 0 OR (state = 1 AND state_at <= ?3))
+                     RETURNING client",
+                    params![token.to_bytes(), by.to_bytes(), now_ms, until_ms],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(client) = client {
+                return client_of(&client).ok_or_else(|| corrupt("client").into());
+            }
+            let r = load_token(c, &token)?.ok_or(Fail::Refused(LedgerError::UnknownToken))?;
+            Err(Fail::Refused(match r.state {
+                TokenState::Redeemed { .. } => LedgerError::TokenAlreadyRedeemed,
+                _ if now >= r.expires_at => LedgerError::TokenExpired,
+                TokenState::Reserved { until, .. } => LedgerError::TokenReserved { until },
+                TokenState::Open => LedgerError::Store("reserve: inconsistent row".into()),
+            }))
+        })
+        .map_err(ledger)
+    }
+
+    fn release(
+        &self,
+        token: &TokenId,
+        client: ClientId,
+        now: Timestamp,
+    ) -> Result<(), LedgerError> {
+        let token = *token;
+        self.write(move |c| {
+            // decision
+            let changed = c.execute(
+                "UPDATE tokens SET state = 0, peer = NULL, state_at = NULL, keep_until = expires_at
+                  WHERE id = ?1 AND client = ?2 AND state = 1 AND keep_until > ?3",
+                params![token.to_bytes(), client.to_bytes(), ms(now, "now")?],
+            )?;
+            if changed == 1 {
+                return Ok(());
+            }
+            let r = load_token(c, &token)?.ok_or(Fail::Refused(LedgerError::UnknownToken))?;
+            let redeemed = matches!(r.state, TokenState::Redeemed { .. });
+            Err(Fail::Refused(if !redeemed && now >= r.keep_until {
+                LedgerError::UnknownToken
+            } else if r.client != client {
+                LedgerError::WrongClient
+            } else if redeemed {
+                LedgerError::TokenAlreadyRedeemed
+            } else {
+                LedgerError::NotReserved
+            }))
+        })
+        .map_err(ledger)
+    }
+
+    fn redeem(
+        &self,
+        token: &TokenId,
+        client: ClientId,
+        now: Timestamp,
+        keep: Timestamp,
+    ) -> Result<ClientId, LedgerError> {
+        let token = *token;
+        self.write(move |c| {
+            let (now_ms, keep_ms) = (ms(now, "now")?, ms(keep, "keep")?);
+            // decision
+            let peer: Option<Option<Vec<u8>>> = c
+                .query_row(
+                    "UPDATE tokens SET state = 2, state_at = ?3, keep_until = max(keep_until, ?4)
+                      WHERE id = ?1 AND client = ?2 AND state = 1 AND keep_until > ?3
+                     RETURNING peer",
+                    params![token.to_bytes(), client.to_bytes(), now_ms, keep_ms],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(peer) = peer {
+                let primary = peer
+                    .as_deref()
+                    .and_then(client_of)
+                    .ok_or_else(|| corrupt("peer"))?;
+                unlive(c, &client.to_bytes())?;
+                return Ok(primary);
+            }
+            let r = load_token(c, &token)?.ok_or(Fail::Refused(LedgerError::UnknownToken))?;
+            Err(Fail::Refused(if r.client != client {
+                LedgerError::WrongClient
+            } else {
+                match r.state {
+                    TokenState::Redeemed { .. } => LedgerError::TokenAlreadyRedeemed,
+                    _ if now >= r.keep_until => LedgerError::TokenExpired,
+                    _ => LedgerError::NotReserved,
+                }
+            }))
+        })
+        .map_err(ledger)
+    }
+
+    fn get(&self, token: &TokenId) -> Result<Option<TokenRecord>, LedgerError> {
+        self.read(|c| load_token(c, token))
+            .map_err(|e| LedgerError::Store(e.to_string()))
+    }
+
+    fn sweep(&self, now: Timestamp, limit: usize) -> Result<usize, LedgerError> {
+        if limit == 0 {
+            return Ok(0);
+        }
+        self.write(move |c| {
+            let now_ms = ms(now, "now")?;
+            let limit = int(u64::try_from(limit).unwrap_or(u64::MAX), "limit")?;
+            let deleted: Vec<(Vec<u8>, i64)> = {
+                let mut st = c.prepare(
+                    "DELETE FROM tokens WHERE id IN
+                       (SELECT id FROM tokens WHERE keep_until <= ?1
+                         ORDER BY keep_until, id LIMIT ?2)
+                     RETURNING client, state",
+                )?;
+                let rows = st.query_map(params![now_ms, limit], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                rows.collect::<rusqlite::Result<_>>()?
+            };
+            for (client, state) in &deleted {
+                if *state < 2 {
+                    unlive(c, client)?;
+                }
+            }
+            let n = deleted.len();
+            c.execute(
+                "UPDATE totals SET n = n - ?1",
+                [int(u64::try_from(n).unwrap_or(u64::MAX), "count")?],
+            )?;
+            Ok(n)
+        })
+        .map_err(ledger)
+    }
+}
+
+fn account_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AccountRecord> {
+    let account =
+        <[u8; 32]>::try_from(r.get::<_, Vec<u8>>(0)?.as_slice()).map_err(|_| corrupt("account"))?;
+    let list_hash = <[u8; 32]>::try_from(r.get::<_, Vec<u8>>(2)?.as_slice())
+        .map_err(|_| corrupt("list_hash"))?;
+    Ok(AccountRecord {
+        account: AccountId::from_bytes(account),
+        list_version: u64::try_from(r.get::<_, i64>(1)?).map_err(|_| corrupt("list_version"))?,
+        list_hash,
+        list: r.get(3)?,
+        last_activity: ts(r.get(4)?),
+        swept_up_to: r.get(5)?,
+    })
+}
+
+const ACCOUNT_COLUMNS: &str = "account, list_version, list_hash, list, last_activity, swept_up_to";
+
+fn out_of_range(what: &'static str) -> impl Fn(Fail<StoreError>) -> Fail<StoreError> {
+    move |_| Fail::Refused(StoreError::OutOfRange(what))
+}
+
+impl Store for SqliteStore {
+    fn put_list(&self, record: &AccountRecord) -> Result<bool, StoreError> {
+        let record = record.clone();
+        self.write(move |c| {
+            let version = int(record.list_version, "list version")
+                .map_err(out_of_range("list version"))?;
+            let activity = ms(record.last_activity, "last activity")
+                .map_err(out_of_range("last activity"))?;
+            // decision
+            let n = c.execute(
+                "INSERT INTO accounts (account, list_version, list_hash, list, last_activity, swept_up_to)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (account) DO UPDATE SET list_version = excluded.list_version,
+                   list_hash = excluded.list_hash, list = excluded.list,
+                   last_activity = excluded.last_activity,
+                   swept_up_to = max(accounts.swept_up_to, excluded.swept_up_to)
+                 WHERE accounts.list_version < excluded.list_version",
+                params![
+                    record.account.to_bytes(),
+                    version,
+                    record.list_hash,
+                    record.list,
+                    activity,
+                    record.swept_up_to
+                ],
+            )?;
+            Ok(n == 1)
+        })
+        .map_err(store)
+    }
+
+    fn put_activity(&self, account: &AccountId, at: Timestamp) -> Result<bool, StoreError> {
+        let account = *account;
+        self.write(move |c| {
+            let at = ms(at, "activity").map_err(out_of_range("activity"))?;
+            let n = c.execute(
+                "UPDATE accounts SET last_activity = ?2 WHERE account = ?1 AND last_activity < ?2",
+                params![account.to_bytes(), at],
+            )?;
+            Ok(n == 1)
+        })
+        .map_err(store)
+    }
+
+    fn put_swept(&self, account: &AccountId, swept_up_to: u32) -> Result<bool, StoreError> {
+        let account = *account;
+        self.write(move |c| {
+            let n = c.execute(
+                "UPDATE accounts SET swept_up_to = ?2 WHERE account = ?1 AND swept_up_to < ?2",
+                params![account.to_bytes(), swept_up_to],
+            )?;
+            Ok(n == 1)
+        })
+        .map_err(store)
+    }
+
+    fn account(&self, account: &AccountId) -> Result<Option<AccountRecord>, StoreError> {
+        self.read(|c| {
+            c.query_row(
+                &format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE account = ?1"),
+                [account.to_bytes()],
+                account_row,
+            )
+            .optional()
+        })
+    }
+
+    fn for_each_account(
+        &self,
+        visit: &mut dyn FnMut(AccountRecord) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let conn = self.reader().map_err(unavailable)?;
+        let mut st = conn
+            .prepare(&format!("SELECT {ACCOUNT_COLUMNS} FROM accounts"))
+            .map_err(unavailable)?;
+        let mut rows = st.query([]).map_err(unavailable)?;
+        while let Some(row) = rows.next().map_err(unavailable)? {
+            visit(account_row(row).map_err(|e| StoreError::Corrupt(e.to_string()))?)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_migration_file_is_compiled_in_in_order() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|f| f.ends_with(".sql"))
+            .collect();
+        files.sort();
+        let compiled: Vec<String> = MIGRATIONS.iter().map(|m| m.1.to_string()).collect();
+        assert_eq!(files, compiled);
+        for (i, (version, file, _)) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(*version as usize, i + 1);
+            assert!(file.starts_with(&format!("{version:04}_")), "{file}");
+        }
+        assert_eq!(MIGRATIONS.last().map(|m| m.0), Some(SCHEMA_VERSION));
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.db");
+        drop(SqliteStore::open(&path).unwrap());
+        let c = Connection::open(&path).unwrap();
+        c.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        drop(c);
+        assert_eq!(
+            SqliteStore::open(&path).err(),
+            Some(StoreError::SchemaTooNew {
+                found: SCHEMA_VERSION + 1,
+                supported: SCHEMA_VERSION
+            })
+        );
+    }
+
+    #[test]
+    fn an_old_schema_is_migrated_forward_keeping_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.db");
+        {
+            // A file at schema 1, as the first release left it.
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(MIGRATIONS[0].2).unwrap();
+            c.pragma_update(None, "user_version", 1).unwrap();
+            c.execute(
+                "INSERT INTO tokens (id, client, expires_at, keep_until, state) VALUES (?1, ?2, 100, 100, 0)",
+                params![[1u8; 16], [2u8; 16]],
+            )
+            .unwrap();
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.schema_version(), Ok(SCHEMA_VERSION));
+        let r = s.get(&TokenId::from_bytes([1; 16])).unwrap().unwrap();
+        assert_eq!(r.state, TokenState::Open);
+        assert_eq!(s.account(&AccountId::from_bytes([0; 32])), Ok(None));
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused_not_wrapped() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path().join("relay.db")).unwrap();
+        let q = Quota {
+            per_client: 8,
+            total: 100,
+        };
+        let t = TokenId::from_bytes([1; 16]);
+        assert!(matches!(
+            s.register(t, ClientId::from(1), Timestamp::MAX, q),
+            Err(LedgerError::Store(_))
+        ));
+        assert_eq!(s.get(&t), Ok(None));
+        let rec = AccountRecord {
+            account: AccountId::from_bytes([1; 32]),
+            list_version: u64::MAX,
+            list_hash: [0; 32],
+            list: vec![],
+            last_activity: Timestamp::EPOCH,
+            swept_up_to: 0,
+        };
+        assert_eq!(
+            s.put_list(&rec),
+            Err(StoreError::OutOfRange("list version"))
+        );
+        // The refused write did not spoil its batch or the writer.
+        s.register(t, ClientId::from(1), Timestamp::from_unix_millis(5), q)
+            .unwrap();
+    }
+}

@@ -1,0 +1,567 @@
+//! One contract, every store: the same test body runs against
+//! [`MemoryStore`] and [`SqliteStore`] (a real file in a temporary
+//! directory). The token rules are the core's `TokenStore` contract
+//! (`src/relay/ledger.rs`); the account rules are [`Store`]'s.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+
+use devicelink::certificate::{DeviceListDraft, DeviceListEntry};
+use devicelink::relay::{
+    ClientId, LedgerError, Quota, QuotaScope, TokenRecord, TokenState, TokenStore,
+};
+use devicelink::time::days;
+use devicelink::{
+    AccountKey, DeviceIdentity, DeviceIndex, DeviceKey, DeviceLabel, DirectoryError, Policy,
+    PrimaryHeartbeat, SignedDeviceList, Timestamp, TokenId,
+};
+use devicelink_relay::store::AccountDirectoryError;
+use devicelink_relay::{AccountDirectory, AccountRecord, MemoryStore, SqliteStore, Store};
+use proptest::prelude::*;
+use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+
+fn t(ms: u64) -> Timestamp {
+    Timestamp::from_unix_millis(ms)
+}
+
+fn tok(n: u64) -> TokenId {
+    let mut b = [0u8; 16];
+    b[8..].copy_from_slice(&n.to_be_bytes());
+    TokenId::from_bytes(b)
+}
+
+const C: ClientId = ClientId::from_bytes([0xc; 16]);
+const P: ClientId = ClientId::from_bytes([0xa; 16]);
+const Q: Quota = Quota {
+    per_client: 8,
+    total: 100,
+};
+
+fn state<S: Store>(s: &S, n: u64) -> TokenState {
+    s.get(&tok(n)).unwrap().unwrap().state
+}
+
+/// The whole contract, run on fresh stores from `make`.
+fn contract<S: Store + 'static>(make: impl Fn() -> S) {
+    open_reserved_redeemed(&make());
+    release_and_lapse_reopen(&make());
+    expiry_and_sweep(&make());
+    quotas(&make());
+    racing_threads(make());
+    account_writes_are_conditional(&make());
+    directory_decides_store_remembers(&make());
+}
+
+fn open_reserved_redeemed<S: Store>(s: &S) {
+    s.register(tok(1), C, t(100), Q).unwrap();
+    assert_eq!(
+        s.register(tok(1), C, t(100), Q),
+        Err(LedgerError::DuplicateToken)
+    );
+    assert_eq!(
+        s.get(&tok(1)).unwrap(),
+        Some(TokenRecord {
+            client: C,
+            expires_at: t(100),
+            keep_until: t(100),
+            state: TokenState::Open
+        })
+    );
+    assert_eq!(
+        s.redeem(&tok(1), C, t(1), t(500)),
+        Err(LedgerError::NotReserved)
+    );
+    assert_eq!(s.reserve(&tok(1), P, t(10), t(40)), Ok(C));
+    assert_eq!(
+        state(s, 1),
+        TokenState::Reserved {
+            by: P,
+            until: t(40)
+        }
+    );
+    assert_eq!(
+        s.reserve(&tok(1), C, t(11), t(41)),
+        Err(LedgerError::TokenReserved { until: t(40) })
+    );
+    assert_eq!(
+        s.redeem(&tok(1), P, t(12), t(500)),
+        Err(LedgerError::WrongClient)
+    );
+    assert_eq!(s.redeem(&tok(1), C, t(12), t(500)), Ok(P));
+    assert_eq!(
+        s.get(&tok(1)).unwrap(),
+        Some(TokenRecord {
+            client: C,
+            expires_at: t(100),
+            keep_until: t(500),
+            state: TokenState::Redeemed {
+                primary: P,
+                at: t(12)
+            }
+        })
+    );
+    assert_eq!(
+        s.redeem(&tok(1), C, t(13), t(500)),
+        Err(LedgerError::TokenAlreadyRedeemed)
+    );
+    assert_eq!(
+        s.reserve(&tok(1), P, t(13), t(43)),
+        Err(LedgerError::TokenAlreadyRedeemed)
+    );
+    assert_eq!(
+        s.release(&tok(1), C, t(13)),
+        Err(LedgerError::TokenAlreadyRedeemed)
+    );
+    assert_eq!(
+        s.register(tok(1), C, t(100), Q),
+        Err(LedgerError::DuplicateToken)
+    );
+    assert_eq!(
+        s.reserve(&tok(2), P, t(1), t(2)),
+        Err(LedgerError::UnknownToken)
+    );
+    assert_eq!(
+        s.redeem(&tok(2), C, t(1), t(2)),
+        Err(LedgerError::UnknownToken)
+    );
+    assert_eq!(s.release(&tok(2), C, t(1)), Err(LedgerError::UnknownToken));
+    assert_eq!(s.get(&tok(2)), Ok(None));
+}
+
+fn release_and_lapse_reopen<S: Store>(s: &S) {
+    s.register(tok(1), C, t(100), Q).unwrap();
+    assert_eq!(s.release(&tok(1), C, t(1)), Err(LedgerError::NotReserved));
+    s.reserve(&tok(1), P, t(10), t(40)).unwrap();
+    assert_eq!(s.release(&tok(1), P, t(11)), Err(LedgerError::WrongClient));
+    assert_eq!(s.release(&tok(1), C, t(11)), Ok(()));
+    assert_eq!(state(s, 1), TokenState::Open);
+    assert_eq!(s.get(&tok(1)).unwrap().unwrap().keep_until, t(100));
+    s.reserve(&tok(1), P, t(20), t(50)).unwrap();
+    let other = ClientId::from(7);
+    assert_eq!(
+        s.reserve(&tok(1), other, t(49), t(79)),
+        Err(LedgerError::TokenReserved { until: t(50) })
+    );
+    assert_eq!(s.reserve(&tok(1), other, t(50), t(80)), Ok(C));
+    assert_eq!(s.redeem(&tok(1), C, t(60), t(60)), Ok(other));
+}
+
+fn expiry_and_sweep<S: Store>(s: &S) {
+    for n in 1..=3 {
+        s.register(tok(n), C, t(100), Q).unwrap();
+    }
+    assert_eq!(
+        s.reserve(&tok(1), P, t(100), t(130)),
+        Err(LedgerError::TokenExpired)
+    );
+    s.reserve(&tok(2), P, t(99), t(129)).unwrap();
+    assert_eq!(s.get(&tok(2)).unwrap().unwrap().keep_until, t(129));
+    assert_eq!(s.redeem(&tok(2), C, t(120), t(400)), Ok(P));
+    s.reserve(&tok(3), P, t(99), t(129)).unwrap();
+    assert_eq!(
+        s.redeem(&tok(3), C, t(129), t(400)),
+        Err(LedgerError::TokenExpired)
+    );
+    assert_eq!(
+        s.release(&tok(3), C, t(129)),
+        Err(LedgerError::UnknownToken)
+    );
+    assert_eq!(s.sweep(t(100), 10), Ok(1));
+    assert_eq!(s.sweep(t(200), 0), Ok(0));
+    assert_eq!(s.sweep(t(200), 10), Ok(1));
+    assert_eq!(s.get(&tok(3)), Ok(None));
+    assert_eq!(s.sweep(t(399), 10), Ok(0));
+    assert_eq!(s.sweep(t(400), 10), Ok(1));
+    assert_eq!(s.get(&tok(2)), Ok(None));
+    // Sweeping freed the client's quota: 8 fresh tokens fit again.
+    for n in 10..18 {
+        s.register(tok(n), C, t(1_000), Q).unwrap();
+    }
+    // Earliest first, at most `limit`.
+    for n in 20..25 {
+        s.register(tok(n), P, t(500 + n), Q).unwrap();
+    }
+    assert_eq!(s.sweep(t(10_000), 3), Ok(3));
+    assert_eq!(s.get(&tok(20)), Ok(None));
+    assert_eq!(s.get(&tok(22)), Ok(None));
+    assert!(s.get(&tok(23)).unwrap().is_some());
+}
+
+fn quotas<S: Store>(s: &S) {
+    let q = Quota {
+        per_client: 2,
+        total: 3,
+    };
+    s.register(tok(1), C, t(100), q).unwrap();
+    s.register(tok(2), C, t(100), q).unwrap();
+    assert_eq!(
+        s.register(tok(3), C, t(100), q),
+        Err(LedgerError::QuotaExceeded {
+            scope: QuotaScope::Client,
+            limit: 2
+        })
+    );
+    // The refused registration left nothing behind.
+    assert_eq!(s.get(&tok(3)), Ok(None));
+    s.register(tok(3), P, t(100), q).unwrap();
+    assert_eq!(
+        s.register(tok(4), ClientId::from(9), t(100), q),
+        Err(LedgerError::QuotaExceeded {
+            scope: QuotaScope::Store,
+            limit: 3
+        })
+    );
+    assert_eq!(s.get(&tok(4)), Ok(None));
+    // A redeemed token counts for the store, not for its client.
+    s.reserve(&tok(1), P, t(1), t(2)).unwrap();
+    s.redeem(&tok(1), C, t(1), t(200)).unwrap();
+    assert_eq!(
+        s.register(tok(4), C, t(100), q),
+        Err(LedgerError::QuotaExceeded {
+            scope: QuotaScope::Store,
+            limit: 3
+        })
+    );
+    assert_eq!(s.sweep(t(100), 10), Ok(2));
+    s.register(tok(4), C, t(300), q).unwrap();
+    s.register(tok(5), C, t(300), q).unwrap();
+}
+
+/// 8 threads × 200 rounds: in every round all threads try to reserve the
+/// same fresh token (as 8 primaries), then to redeem it (as its companion):
+/// exactly one reserve and one redeem succeed.
+fn racing_threads<S: Store + 'static>(s: S) {
+    const THREADS: usize = 8;
+    const ROUNDS: u64 = 200;
+    let quota = Quota {
+        per_client: 8,
+        total: 10_000,
+    };
+    let barrier = Arc::new(Barrier::new(THREADS));
+    let reserved = Arc::new(AtomicUsize::new(0));
+    let redeemed = Arc::new(AtomicUsize::new(0));
+    let handles: Vec<_> = (0..THREADS)
+        .map(|i| {
+            let (s, barrier) = (s.clone(), Arc::clone(&barrier));
+            let (reserved, redeemed) = (Arc::clone(&reserved), Arc::clone(&redeemed));
+            std::thread::spawn(move || {
+                let me = ClientId::from(100 + i as u64);
+                for round in 0..ROUNDS {
+                    let token = tok(1_000 + round);
+                    if i == 0 {
+                        s.register(token, C, t(1_000_000), quota).unwrap();
+                    }
+                    barrier.wait();
+                    match s.reserve(&token, me, t(round), t(round + 500_000)) {
+                        Ok(c) => {
+                            assert_eq!(c, C);
+                            reserved.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(e) => assert!(matches!(e, LedgerError::TokenReserved { .. }), "{e:?}"),
+                    }
+                    barrier.wait();
+                    match s.redeem(&token, C, t(round), t(round + 600_000)) {
+                        Ok(_) => {
+                            redeemed.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(e) => assert_eq!(e, LedgerError::TokenAlreadyRedeemed),
+                    }
+                    barrier.wait();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert_eq!(reserved.load(Ordering::SeqCst), ROUNDS as usize);
+    assert_eq!(redeemed.load(Ordering::SeqCst), ROUNDS as usize);
+    for round in 0..ROUNDS {
+        let TokenState::Redeemed { primary, .. } = state(&s, 1_000 + round) else {
+            panic!("round {round} not redeemed")
+        };
+        assert!((100..100 + THREADS as u64).any(|i| ClientId::from(i) == primary));
+    }
+}
+
+fn record(n: u8, version: u64, activity: u64) -> AccountRecord {
+    AccountRecord {
+        account: devicelink::AccountId::from_bytes([n; 32]),
+        list_version: version,
+        list_hash: [version as u8; 32],
+        list: vec![n; 10 + version as usize],
+        last_activity: t(activity),
+        swept_up_to: 0,
+    }
+}
+
+fn account_writes_are_conditional<S: Store>(s: &S) {
+    let a = record(1, 2, 50);
+    assert_eq!(s.account(&a.account), Ok(None));
+    assert_eq!(s.put_activity(&a.account, t(60)), Ok(false));
+    assert_eq!(s.put_swept(&a.account, 3), Ok(false));
+    assert_eq!(s.put_list(&a), Ok(true));
+    assert_eq!(s.account(&a.account), Ok(Some(a.clone())));
+    // The same or an older version changes nothing.
+    assert_eq!(s.put_list(&record(1, 2, 99)), Ok(false));
+    assert_eq!(s.put_list(&record(1, 1, 99)), Ok(false));
+    assert_eq!(s.account(&a.account), Ok(Some(a.clone())));
+    // Activity only forward, the floor only upward.
+    assert_eq!(s.put_activity(&a.account, t(49)), Ok(false));
+    assert_eq!(s.put_activity(&a.account, t(70)), Ok(true));
+    assert_eq!(s.put_swept(&a.account, 3), Ok(true));
+    assert_eq!(s.put_swept(&a.account, 2), Ok(false));
+    let held = s.account(&a.account).unwrap().unwrap();
+    assert_eq!((held.last_activity, held.swept_up_to), (t(70), 3));
+    // A newer list replaces the list and activity but keeps the floor.
+    assert_eq!(s.put_list(&record(1, 5, 80)), Ok(true));
+    let held = s.account(&a.account).unwrap().unwrap();
+    assert_eq!(
+        held,
+        AccountRecord {
+            swept_up_to: 3,
+            ..record(1, 5, 80)
+        }
+    );
+    s.put_list(&record(2, 1, 10)).unwrap();
+    let mut seen = Vec::new();
+    s.for_each_account(&mut |r| {
+        seen.push(r.account);
+        Ok(())
+    })
+    .unwrap();
+    seen.sort();
+    assert_eq!(seen, vec![record(1, 0, 0).account, record(2, 0, 0).account]);
+}
+
+fn entry(index: u32, device: DeviceKey) -> DeviceListEntry {
+    DeviceListEntry::new(
+        DeviceIndex(index),
+        device,
+        DeviceLabel::new("laptop").unwrap(),
+        t(0),
+    )
+}
+
+/// The core's directory decides; the store remembers enough to rebuild the
+/// same answers after a restart, including logged-out indices.
+fn directory_decides_store_remembers<S: Store>(s: &S) {
+    let policy = Policy::default();
+    let mut rng = ChaCha20Rng::seed_from_u64(7);
+    let key = AccountKey::generate(&mut rng);
+    let account = key.account_id();
+    let a = DeviceIdentity::generate(&mut rng).device_key();
+    let b = DeviceIdentity::generate(&mut rng).device_key();
+    let c = DeviceIdentity::generate(&mut rng).device_key();
+    let day = |n: u64| t(days(n).as_millis() as u64);
+
+    let mut d = AccountDirectory::open(s.clone(), &policy).unwrap();
+    let v1 = SignedDeviceList::sign(
+        &key,
+        &DeviceListDraft::new(1, vec![entry(1, a), entry(2, b)]),
+        day(0),
+    );
+    assert_eq!(d.apply_device_list(&v1, day(0)), Ok(true));
+    assert_eq!(d.apply_device_list(&v1, day(0)), Ok(false));
+    let hb = PrimaryHeartbeat::sign(&key, &v1, Default::default(), day(5));
+    d.apply_heartbeat(&hb, day(5)).unwrap();
+    assert_eq!(s.account(&account).unwrap().unwrap().last_activity, day(5));
+    let v2 = SignedDeviceList::sign(
+        &key,
+        &DeviceListDraft::after(&v1, vec![entry(1, a)]),
+        day(6),
+    );
+    assert_eq!(d.apply_device_list(&v2, day(6)), Ok(true));
+    // A fork is refused by the core and not stored.
+    let fork = SignedDeviceList::sign(
+        &key,
+        &DeviceListDraft::after(&v1, vec![entry(1, a), entry(2, b)]),
+        day(7),
+    );
+    assert!(matches!(
+        d.apply_device_list(&fork, day(7)),
+        Err(AccountDirectoryError::Refused(DirectoryError::Fork { .. }))
+    ));
+    let held = s.account(&account).unwrap().unwrap();
+    assert_eq!((held.list_version, held.list_hash), (2, v2.hash()));
+    assert_eq!(held.list, v2.to_bytes());
+
+    // A restart rebuilds the same answers.
+    let r = AccountDirectory::open(s.clone(), &policy).unwrap();
+    for dir in [d.directory(), r.directory()] {
+        assert!(dir.is_linked(&account, DeviceIndex(1), &a, day(7)));
+        assert!(!dir.is_linked(&account, DeviceIndex(2), &b, day(7)));
+        assert_eq!(dir.deadline(&account), Some(day(20)));
+    }
+
+    // Primary offline 14 days: index 1 is logged out and stays out after a
+    // re-pair list that still names it, across restarts.
+    let swept = d.sweep(day(20)).unwrap();
+    assert_eq!(swept.len(), 1);
+    assert_eq!(s.account(&account).unwrap().unwrap().swept_up_to, 1);
+    let v3 = SignedDeviceList::sign(
+        &key,
+        &DeviceListDraft::after(&v2, vec![entry(1, a), entry(3, c)]),
+        day(21),
+    );
+    let mut r = AccountDirectory::open(s.clone(), &policy).unwrap();
+    assert!(!r
+        .directory()
+        .is_linked(&account, DeviceIndex(1), &a, day(20)));
+    assert_eq!(r.apply_device_list(&v3, day(21)), Ok(true));
+    let r2 = AccountDirectory::open(s.clone(), &policy).unwrap();
+    for dir in [r.directory(), r2.directory()] {
+        assert!(!dir.is_linked(&account, DeviceIndex(1), &a, day(21)));
+        assert!(dir.is_linked(&account, DeviceIndex(3), &c, day(21)));
+        assert_eq!(dir.deadline(&account), Some(day(35)));
+    }
+    // After the restart, before any new expiry, a list that names the
+    // logged-out index again (a primary that missed the logout) still does
+    // not re-link it: the floor was restored, not only the device set.
+    let mut r2 = r2;
+    let v4 = SignedDeviceList::sign(
+        &key,
+        &DeviceListDraft::after(&v3, vec![entry(1, a), entry(3, c)]),
+        day(22),
+    );
+    assert_eq!(r2.apply_device_list(&v4, day(22)), Ok(true));
+    assert!(!r2
+        .directory()
+        .is_linked(&account, DeviceIndex(1), &a, day(22)));
+    assert!(r2
+        .directory()
+        .is_linked(&account, DeviceIndex(3), &c, day(22)));
+}
+
+#[test]
+fn memory_store_keeps_the_contract() {
+    contract(MemoryStore::new);
+}
+
+#[test]
+fn sqlite_store_keeps_the_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = AtomicUsize::new(0);
+    contract(|| {
+        let i = n.fetch_add(1, Ordering::Relaxed);
+        SqliteStore::open(dir.path().join(format!("relay-{i}.db"))).unwrap()
+    });
+}
+
+#[test]
+fn sqlite_acknowledged_writes_survive_a_reopen_and_reopening_is_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.db");
+    let quota = Quota {
+        per_client: 1_000,
+        total: 10_000,
+    };
+    {
+        let s = SqliteStore::open(&path).unwrap();
+        for n in 0..300 {
+            s.register(tok(n), C, t(1_000), quota).unwrap();
+            if n % 3 != 0 {
+                s.reserve(&tok(n), P, t(1), t(500)).unwrap();
+            }
+            if n % 3 == 2 {
+                s.redeem(&tok(n), C, t(2), t(5_000)).unwrap();
+            }
+        }
+        s.put_list(&record(1, 4, 40)).unwrap();
+        s.put_swept(&record(1, 0, 0).account, 2).unwrap();
+    }
+    for _ in 0..2 {
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(
+            s.schema_version(),
+            Ok(devicelink_relay::store::SCHEMA_VERSION)
+        );
+        for n in 0..300 {
+            let want = match n % 3 {
+                0 => TokenState::Open,
+                1 => TokenState::Reserved {
+                    by: P,
+                    until: t(500),
+                },
+                _ => TokenState::Redeemed {
+                    primary: P,
+                    at: t(2),
+                },
+            };
+            assert_eq!(state(&s, n), want, "token {n}");
+            if n % 3 == 2 {
+                assert_eq!(
+                    s.redeem(&tok(n), C, t(3), t(5_000)),
+                    Err(LedgerError::TokenAlreadyRedeemed)
+                );
+            }
+        }
+        assert_eq!(
+            s.account(&record(1, 0, 0).account).unwrap(),
+            Some(AccountRecord {
+                swept_up_to: 2,
+                ..record(1, 4, 40)
+            })
+        );
+    }
+}
+
+/// A random operation on the token store.
+#[derive(Debug, Clone)]
+enum Op {
+    Register(u8, u8, u16),
+    Reserve(u8, u8, u16, u16),
+    Release(u8, u8, u16),
+    Redeem(u8, u8, u16, u16),
+    Sweep(u16, u8),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0u8..6, 0u8..3, 0u16..400).prop_map(|(k, c, e)| Op::Register(k, c, e)),
+        (0u8..6, 0u8..3, 0u16..400, 0u16..100).prop_map(|(k, c, n, w)| Op::Reserve(k, c, n, w)),
+        (0u8..6, 0u8..3, 0u16..400).prop_map(|(k, c, n)| Op::Release(k, c, n)),
+        (0u8..6, 0u8..3, 0u16..400, 0u16..300).prop_map(|(k, c, n, w)| Op::Redeem(k, c, n, w)),
+        (0u16..500, 0u8..4).prop_map(|(n, l)| Op::Sweep(n, l)),
+    ]
+}
+
+fn apply<S: TokenStore>(s: &S, op: &Op) -> String {
+    let q = Quota {
+        per_client: 3,
+        total: 5,
+    };
+    let cl = |c: u8| ClientId::from(u64::from(c));
+    let tm = |n: u16| t(u64::from(n));
+    match *op {
+        Op::Register(k, c, e) => format!("{:?}", s.register(tok(k.into()), cl(c), tm(e), q)),
+        Op::Reserve(k, c, n, w) => {
+            format!("{:?}", s.reserve(&tok(k.into()), cl(c), tm(n), tm(n + w)))
+        }
+        Op::Release(k, c, n) => format!("{:?}", s.release(&tok(k.into()), cl(c), tm(n))),
+        Op::Redeem(k, c, n, w) => {
+            format!("{:?}", s.redeem(&tok(k.into()), cl(c), tm(n), tm(n + w)))
+        }
+        Op::Sweep(n, l) => format!("{:?}", s.sweep(tm(n), l.into())),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// SQLite answers every operation exactly as the in-memory store (the
+    /// core's reference) and ends in the same state.
+    #[test]
+    fn sqlite_matches_memory(ops in proptest::collection::vec(op(), 1..40)) {
+        let dir = tempfile::tempdir().unwrap();
+        let sql = SqliteStore::open(dir.path().join("relay.db")).unwrap();
+        let mem = MemoryStore::new();
+        for op in &ops {
+            prop_assert_eq!(apply(&sql, op), apply(&mem, op), "{:?}", op);
+        }
+        for k in 0..6 {
+            prop_assert_eq!(sql.get(&tok(k)).unwrap(), mem.get(&tok(k)).unwrap());
+        }
+    }
+}
