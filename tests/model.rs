@@ -167,7 +167,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
 
 /// Mostly the newest of `len` items, sometimes any of them.
 fn pick(k: usize, len: usize) -> usize {
-    if k % 4 == 0 {
+    if k.is_multiple_of(4) {
         (k / 4) % len
     } else {
         len - 1
@@ -988,7 +988,7 @@ fn run(s: &Scenario) -> Model {
             DeviceState::LoggedOut { .. } => st[7] += 1,
         }
     }
-    if st[0] % 500 == 0 {
+    if st[0].is_multiple_of(500) {
         eprintln!(
             "cases {} ops {} active {} pending {} offline {} cto {} idle {} revoked {} replaced {}",
             st[0], st[1], st[2], st[3], st[4], st[5], st[6], st[7], st[8]
