@@ -42,9 +42,9 @@ const REMOVED_LEN: usize = 4 + 1;
 /// version, account, list version, issued_at, previous, audit anchor, count.
 const LIST_HEADER_LEN: usize = 1 + PUBLIC_KEY_LEN + 8 + 8 + 32 + 8 + 32 + 1;
 /// Bytes of an encoded list naming no device and no removal.
-pub(crate) const MIN_LIST_LEN: usize = LIST_HEADER_LEN + 1 + SIGNATURE_LEN;
+pub const MIN_LIST_LEN: usize = LIST_HEADER_LEN + 1 + SIGNATURE_LEN;
 /// Bytes of the largest encoded list.
-pub(crate) const MAX_LIST_LEN: usize =
+pub const MAX_LIST_LEN: usize =
     MIN_LIST_LEN + MAX_LIST_DEVICES * ENTRY_MAX_LEN + MAX_LIST_REMOVED * REMOVED_LEN;
 /// Bytes of the smallest and largest encoded [`DeviceCertificate`].
 pub(crate) const MIN_CERTIFICATE_LEN: usize = 4 + MIN_LIST_LEN + ENTRY_MIN_LEN;
@@ -143,6 +143,18 @@ pub struct RemovedDevice {
     pub index: DeviceIndex,
     /// Why it left the list.
     pub reason: LogoutReason,
+}
+
+impl LogoutReason {
+    /// The reason's byte in a device list's removals (`docs/PROTOCOL.md` §5.1).
+    pub fn code(self) -> u8 {
+        reason_code(self)
+    }
+
+    /// The reason a removal byte names, if any.
+    pub fn from_code(code: u8) -> Option<Self> {
+        reason_from_code(code)
+    }
 }
 
 fn reason_code(r: LogoutReason) -> u8 {

@@ -54,7 +54,8 @@ pub enum MessageKind {
 }
 
 impl MessageKind {
-    fn code(self) -> u8 {
+    /// The kind's byte in the header (`docs/PROTOCOL.md` §3.1).
+    pub fn code(self) -> u8 {
         match self {
             MessageKind::Hello => 1,
             MessageKind::Request => 2,
@@ -64,7 +65,8 @@ impl MessageKind {
         }
     }
 
-    fn from_code(code: u8) -> Option<Self> {
+    /// The kind a header byte names, if any.
+    pub fn from_code(code: u8) -> Option<Self> {
         Some(match code {
             1 => MessageKind::Hello,
             2 => MessageKind::Request,
@@ -147,6 +149,15 @@ impl MessageHeader {
             });
         }
         Ok(())
+    }
+
+    /// The 18-byte encoding: version, kind, token id.
+    pub fn to_bytes(&self) -> [u8; HEADER_LEN] {
+        let mut out = [0u8; HEADER_LEN];
+        out[0] = MESSAGE_VERSION;
+        out[1] = self.kind.code();
+        out[2..].copy_from_slice(&self.token_id.0);
+        out
     }
 
     pub(crate) fn write(&self, out: &mut Vec<u8>) {
@@ -287,6 +298,7 @@ mod tests {
         }
         .write(&mut m);
         let h = MessageHeader::parse(&m).unwrap();
+        assert_eq!(h.to_bytes().to_vec(), m);
         assert_eq!(h.kind, MessageKind::Grant);
         assert_eq!(h.token_id, TokenId([4; 16]));
         assert_eq!(
