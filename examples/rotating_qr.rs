@@ -168,7 +168,7 @@ fn main() -> Result<()> {
         }
 
         clock.advance_to(companion.next_deadline().ok_or("no deadline")?);
-        match companion.poll(clock.now, &mut rng) {
+        match companion.poll(&mut rng, clock.now) {
             Some(CompanionEvent::OfferRotated { .. }) => {}
             Some(CompanionEvent::Failed(FailureReason::OfferEnded(state))) => {
                 let how = match state {

@@ -96,6 +96,7 @@
 pub mod audit;
 pub mod certificate;
 mod encoding;
+pub mod error;
 pub mod handshake;
 pub mod keys;
 pub mod label;
@@ -115,6 +116,7 @@ pub use certificate::{
     CertificateError, DeviceCertificate, DeviceIndex, DeviceListDraft, DeviceListEntry,
     PrimaryHeartbeat, RemovedDevice, SignedDeviceList,
 };
+pub use error::ErrorKind;
 pub use handshake::{
     Companion, CompanionState, ConfirmedLink, HandshakeError, LinkRequest, PrimaryHandshake,
     RefusalReason,

@@ -125,6 +125,9 @@ pub struct LinkedSession {
     warn_before_ms: u64,
     quarantine_ms: Option<u64>,
     logged_out: Option<LogoutReason>,
+    /// The latest instant a mutating call settled (for `next_deadline`).
+    #[serde(default)]
+    settled_at: Timestamp,
 }
 
 impl LinkedSession {
@@ -148,6 +151,7 @@ impl LinkedSession {
             warn_before_ms: duration_millis(policy.warn_before()),
             quarantine_ms: policy.new_device_quarantine().map(duration_millis),
             logged_out: None,
+            settled_at: now,
         }
     }
 
@@ -247,21 +251,32 @@ impl LinkedSession {
         if let SessionStatus::LoggedOut { reason } = status {
             self.logged_out = Some(reason);
         }
+        self.settled_at = self.settled_at.max(now);
         status
     }
 
-    /// The next instant at which the status changes (warning, then logout).
-    pub fn next_deadline(&self, now: Timestamp) -> Option<Timestamp> {
-        match self.status(now) {
+    /// When the host must call [`LinkedSession::poll`] next: the warning
+    /// instant, then the logout, as of the last instant a mutating call
+    /// settled (an instant already past means "now"). `None` once logged out.
+    pub fn next_deadline(&self) -> Option<Timestamp> {
+        if self.logged_out.is_some() {
+            return None;
+        }
+        match self.status(self.settled_at) {
             SessionStatus::Linked { .. } => Some(self.warn_at()),
             SessionStatus::ExpiringSoon { expires_at } => Some(expires_at),
-            SessionStatus::LoggedOut { .. } => None,
+            SessionStatus::LoggedOut { .. } => Some(self.settled_at),
         }
     }
 
+    /// Refuses when logged out at `now` (recording the logout, which is
+    /// permanent); otherwise changes nothing.
     fn check_live(&mut self, now: Timestamp) -> Result<(), SessionError> {
-        match self.poll(now) {
-            SessionStatus::LoggedOut { reason } => Err(SessionError::LoggedOut(reason)),
+        match self.status(now) {
+            SessionStatus::LoggedOut { reason } => {
+                self.logged_out = Some(reason);
+                Err(SessionError::LoggedOut(reason))
+            }
             _ => Ok(()),
         }
     }
@@ -294,7 +309,7 @@ impl LinkedSession {
         self.check_live(now)?;
         hb.check_list(self.device_list.version(), &self.device_list.hash())?;
         self.extend(hb.at())?;
-        Ok(self.status(now))
+        Ok(self.poll(now))
     }
 
     /// Accepts a newer signed device list and returns what changed. If it no
@@ -344,7 +359,7 @@ impl LinkedSession {
         Ok(DeviceListChange {
             added,
             removed,
-            status: self.status(now),
+            status: self.poll(now),
         })
     }
 

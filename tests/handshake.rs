@@ -382,7 +382,7 @@ fn stale_and_rotated_offers_are_refused() {
     assert_eq!(err, HandshakeError::Token(TokenError::RotatedOut));
     // Rotated: the old token is refused, the new one works.
     let mut rng = ChaCha20Rng::seed_from_u64(99);
-    s.companion.poll(t(60_000), &mut rng).unwrap();
+    s.companion.poll(&mut rng, t(60_000)).unwrap();
     assert_eq!(
         s.companion.receive_hello(&hello, &mut s.rng, t(60_001)),
         Err(HandshakeError::Token(TokenError::RotatedOut))
@@ -404,7 +404,7 @@ fn stale_and_rotated_offers_are_refused() {
     while let Some(deadline) = s.companion.next_deadline() {
         now = deadline;
         if let Some(devicelink::handshake::CompanionEvent::OfferRotated { .. }) =
-            s.companion.poll(now, &mut rng)
+            s.companion.poll(&mut rng, now)
         {
             rotations += 1;
         }

@@ -625,10 +625,15 @@ fn expiry_warning_starts_exactly_warn_before_the_logout() {
                 reason: LogoutReason::PrimaryOffline
             }
         );
-        assert_eq!(s.next_deadline(at(1_234)), Some(warn));
-        assert_eq!(s.next_deadline(minus(warn, 1)), Some(warn));
-        assert_eq!(s.next_deadline(warn), Some(expires));
-        assert_eq!(s.next_deadline(expires), None);
+        // `next_deadline` as of the last poll: the warning, then the logout.
+        let mut probe = s.clone();
+        assert_eq!(probe.next_deadline(), Some(warn));
+        probe.poll(minus(warn, 1));
+        assert_eq!(probe.next_deadline(), Some(warn));
+        probe.poll(warn);
+        assert_eq!(probe.next_deadline(), Some(expires));
+        probe.poll(expires);
+        assert_eq!(probe.next_deadline(), None);
         // While expiring soon, still linked.
         assert!(s.is_linked(minus(expires, 1)));
 
@@ -900,7 +905,7 @@ fn clock_going_backwards_never_revives_and_never_panics() {
             assert_eq!(s.poll(t), *status);
             assert_eq!(s.status(t), *status);
             assert!(s.accept_heartbeat(&old_hb, t).is_err());
-            let _ = s.next_deadline(t);
+            let _ = s.next_deadline();
             let _ = s.warn_at();
         }
         // The late Confirm is refused whatever the clock says.
@@ -916,12 +921,12 @@ fn clock_going_backwards_never_revives_and_never_panics() {
         at(0),
     );
     assert!(matches!(
-        c.poll(at(100 * DAY), &mut rng),
+        c.poll(&mut rng, at(100 * DAY)),
         Some(CompanionEvent::Failed(_))
     ));
     let failed = c.state();
-    assert_eq!(c.poll(at(0), &mut rng), None);
-    assert_eq!(c.poll(Timestamp::EPOCH, &mut rng), None);
+    assert_eq!(c.poll(&mut rng, at(0)), None);
+    assert_eq!(c.poll(&mut rng, Timestamp::EPOCH), None);
     assert_eq!(c.state(), failed);
 }
 
@@ -1228,8 +1233,8 @@ fn companion_save_restore_mid_handshake_continues_identically() {
     let mut r2 = rng.clone();
     let mut shadow = companion.clone();
     assert_eq!(
-        shadow.poll(at(60 * SECOND), &mut r1),
-        c_show.poll(at(60 * SECOND), &mut r2)
+        shadow.poll(&mut r1, at(60 * SECOND)),
+        c_show.poll(&mut r2, at(60 * SECOND))
     );
     assert_eq!(
         shadow.offer().map(|o| o.to_text()),
@@ -1310,7 +1315,7 @@ fn companion_save_restore_mid_handshake_continues_identically() {
         })
     );
     assert_eq!(
-        late2.poll(deadline, &mut rng),
+        late2.poll(&mut rng, deadline),
         Some(CompanionEvent::Failed(FailureReason::GrantTimedOut))
     );
 }
@@ -1353,7 +1358,7 @@ fn linked_session_save_restore_continues_identically() {
         out.push(format!("{:?}", s.accept_device_list(&list, at(6 * DAY))));
         for d in [13, 18, 19, 20, 21] {
             out.push(format!("{:?}", s.status(at(d * DAY))));
-            out.push(format!("{:?}", s.next_deadline(at(d * DAY))));
+            out.push(format!("{:?}", s.next_deadline()));
         }
         out.push(format!("{:?}", s.poll(at(20 * DAY))));
         out.push(format!("{:?}", s.status(at(DAY))));
@@ -1384,7 +1389,7 @@ fn offer_display_save_restore_rotates_identically() {
     let policy = Policy::default();
     let mut rng = rng(16);
     let mut display = OfferDisplay::new(&policy, &mut rng, at(0));
-    assert!(display.poll(at(61 * SECOND), &mut rng).is_some());
+    assert!(display.poll(&mut rng, at(61 * SECOND)).is_some());
 
     let saved = display.save().unwrap();
     let mut restored = OfferDisplay::restore(&saved).unwrap();
@@ -1408,8 +1413,8 @@ fn offer_display_save_restore_rotates_identically() {
         at(500 * SECOND),
     ];
     for t in times {
-        let e1 = display.poll(t, &mut r1);
-        let e2 = restored.poll(t, &mut r2);
+        let e1 = display.poll(&mut r1, t);
+        let e2 = restored.poll(&mut r2, t);
         assert_eq!(e1, e2, "at {t}");
         assert_eq!(display.state(), restored.state());
         assert_eq!(display.next_deadline(), restored.next_deadline());
@@ -2129,4 +2134,45 @@ fn a_restored_old_phone_produces_lists_the_sessions_refuse_as_a_fork() {
             .previous(),
         genuine.hash()
     );
+}
+
+/// Every companion hears about a new device, and the optional quarantine
+/// window marks it as recently linked: the first companion gets the second
+/// one's entry (label, link time) as `added`, sees it in `recently_linked`
+/// until the window ends, and never sees itself there.
+#[test]
+fn a_new_device_is_announced_and_quarantined_for_the_policy_window() {
+    let mut rng = rng(77);
+    let t0 = at(0);
+    let policy = Policy::builder()
+        .new_device_quarantine(Some(Duration::from_millis(DAY)))
+        .build()
+        .unwrap();
+    let mut account = Account::generate(policy, &mut rng, t0);
+    let mut first = link(&mut account, "Laptop", &mut rng, t0);
+    assert!(
+        first.recently_linked(t0).is_empty(),
+        "a device is never quarantined for itself"
+    );
+    let t1 = at(3_600_000);
+    let second = link(&mut account, "Unknown tablet", &mut rng, t1);
+    let change = first
+        .accept_device_list(&account.device_list().to_bytes(), t1)
+        .unwrap();
+    assert_eq!(change.added.len(), 1);
+    assert_eq!(change.added[0].index, second.index());
+    assert_eq!(change.added[0].label.as_str(), "Unknown tablet");
+    assert_eq!(change.added[0].linked_at, t1);
+    assert!(change.removed.is_empty());
+    let recent: Vec<DeviceIndex> = first.recently_linked(t1).iter().map(|e| e.index).collect();
+    assert_eq!(recent, vec![second.index()]);
+    assert_eq!(first.recently_linked(plus(t1, DAY - 1)).len(), 1);
+    assert!(first.recently_linked(plus(t1, DAY)).is_empty());
+    // Without the policy knob, nobody is quarantined.
+    let mut plain = Account::generate(Policy::default(), &mut rng, t0);
+    let mut a = link(&mut plain, "A", &mut rng, t0);
+    link(&mut plain, "B", &mut rng, t1);
+    a.accept_device_list(&plain.device_list().to_bytes(), t1)
+        .unwrap();
+    assert!(a.recently_linked(t1).is_empty());
 }

@@ -166,7 +166,7 @@ fn companion(data: &[u8]) {
         let _ = c.confirm_message();
         let mut r = rng(1);
         for t in instants(c.next_deadline()) {
-            let _ = c.poll(t, &mut r);
+            let _ = c.poll(&mut r, t);
             let _ = c.state();
             fixed_point(
                 "companion after poll",
@@ -244,8 +244,8 @@ fn session(data: &[u8]) {
             s.expires_at(),
             s.warn_at(),
         );
-        for t in instants(s.next_deadline(now())) {
-            let _ = s.next_deadline(t);
+        for t in instants(s.next_deadline()) {
+            let _ = s.next_deadline();
             let before = s.status(t);
             assert_eq!(s.poll(t), before, "poll disagrees with status");
             fixed_point(
@@ -292,7 +292,7 @@ fn display(data: &[u8]) {
         let _ = d.offer().map(|o| o.to_text());
         let mut r = rng(3);
         for t in instants(d.next_deadline()) {
-            let _ = d.poll(t, &mut r);
+            let _ = d.poll(&mut r, t);
             let _ = d.state();
             fixed_point(
                 "offer display after poll",

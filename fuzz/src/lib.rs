@@ -513,9 +513,9 @@ pub fn saved_states(f: &Fixture) -> Vec<(String, Vec<u8>)> {
     let _ = c.receive_grant(&f.refusal, now());
     push("companion_refused", c.save());
     let mut c = f.companion_awaiting_hello.clone();
-    c.poll(at(70_000), &mut rng(5));
+    c.poll(&mut rng(5), at(70_000));
     push("companion_rotated", c.save());
-    c.poll(at(1_000_000), &mut rng(5));
+    c.poll(&mut rng(5), at(1_000_000));
     push("companion_timed_out", c.save());
     // Primary handshakes at every stage.
     push(
@@ -557,9 +557,9 @@ pub fn saved_states(f: &Fixture) -> Vec<(String, Vec<u8>)> {
     // Offer displays: fresh, rotated, cancelled, timed out, single-offer.
     let mut d = OfferDisplay::new(&f.policy, &mut rng(8), now());
     push("display_fresh", d.save());
-    d.poll(at(61_000), &mut rng(9));
+    d.poll(&mut rng(9), at(61_000));
     push("display_rotated", d.save());
-    d.poll(at(10_000_000), &mut rng(9));
+    d.poll(&mut rng(9), at(10_000_000));
     push("display_timed_out", d.save());
     let mut d = OfferDisplay::new(&f.policy, &mut rng(10), now());
     d.cancel(at(1)).expect("cancel");

@@ -243,11 +243,11 @@ impl Companion {
     /// ends or the grant does not come in time.
     pub fn poll<R: RngCore + CryptoRng>(
         &mut self,
-        now: Timestamp,
         rng: &mut R,
+        now: Timestamp,
     ) -> Option<CompanionEvent> {
         match &mut self.stage {
-            Stage::AwaitingScan { display } => match display.poll(now, rng)? {
+            Stage::AwaitingScan { display } => match display.poll(rng, now)? {
                 OfferEvent::Rotated { rotation, new, .. } => Some(CompanionEvent::OfferRotated {
                     token_id: new,
                     rotation,

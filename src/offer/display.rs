@@ -179,8 +179,8 @@ impl OfferDisplay {
     /// changed, if anything.
     pub fn poll<R: RngCore + CryptoRng>(
         &mut self,
-        now: Timestamp,
         rng: &mut R,
+        now: Timestamp,
     ) -> Option<OfferEvent> {
         let OfferState::Showing { expires_at, .. } = self.state else {
             return None;
@@ -348,7 +348,7 @@ mod tests {
         let mut d = OfferDisplay::new(&Policy::default(), &mut rng, t(1_000));
         let first = d.offer().unwrap().token_id();
         assert_eq!(d.next_deadline(), Some(t(61_000)));
-        assert_eq!(d.poll(t(60_999), &mut rng), None);
+        assert_eq!(d.poll(&mut rng, t(60_999)), None);
         assert!(d.check(&first, t(60_999)).is_ok());
         assert_eq!(
             d.check(&first, t(61_000)).err(),
@@ -358,7 +358,7 @@ mod tests {
             rotation: 1,
             old,
             new,
-        }) = d.poll(t(61_000), &mut rng)
+        }) = d.poll(&mut rng, t(61_000))
         else {
             panic!("expected a rotation");
         };
@@ -371,21 +371,21 @@ mod tests {
         assert_eq!(d.next_deadline(), Some(t(81_000)));
         // Sleeping through rotations 2..4 lands on rotation 5.
         assert!(matches!(
-            d.poll(t(141_000), &mut rng),
+            d.poll(&mut rng, t(141_000)),
             Some(OfferEvent::Rotated { rotation: 5, .. })
         ));
         assert_eq!(d.next_deadline(), Some(t(161_000)));
         let last = d.offer().unwrap().token_id();
         assert_eq!(d.check(&last, t(161_000)).err(), Some(TokenError::TimedOut));
         assert_eq!(
-            d.poll(t(161_000), &mut rng),
+            d.poll(&mut rng, t(161_000)),
             Some(OfferEvent::Ended(OfferState::TimedOut { at: t(161_000) }))
         );
         assert!(d.offer().is_none());
         assert_eq!(d.next_deadline(), None);
         assert_eq!(d.check(&last, t(1)).err(), Some(TokenError::TimedOut));
         // Going back in time revives nothing.
-        assert_eq!(d.poll(t(0), &mut rng), None);
+        assert_eq!(d.poll(&mut rng, t(0)), None);
         assert!(d.state().is_terminal());
     }
 
@@ -395,12 +395,12 @@ mod tests {
         let policy = Policy::builder().max_rotations(0).build().unwrap();
         let mut d = OfferDisplay::new(&policy, &mut rng, t(0));
         assert_eq!(
-            d.poll(t(60_000), &mut rng),
+            d.poll(&mut rng, t(60_000)),
             Some(OfferEvent::Ended(OfferState::Expired { at: t(60_000) }))
         );
         let mut d = OfferDisplay::new(&Policy::default(), &mut rng, t(0));
         assert_eq!(
-            d.poll(t(10_000_000), &mut rng),
+            d.poll(&mut rng, t(10_000_000)),
             Some(OfferEvent::Ended(OfferState::TimedOut { at: t(160_000) }))
         );
     }
@@ -413,14 +413,14 @@ mod tests {
         let policy = Policy::builder().max_rotations(u32::MAX).build().unwrap();
         let mut d = OfferDisplay::new(&policy, &mut rng, t(0));
         assert!(matches!(
-            d.poll(t(1_000_000_000), &mut rng),
+            d.poll(&mut rng, t(1_000_000_000)),
             Some(OfferEvent::Rotated {
                 rotation: 49_998,
                 ..
             })
         ));
         assert_eq!(d.next_deadline(), Some(t(1_000_020_000)));
-        let end = d.poll(Timestamp::MAX, &mut rng);
+        let end = d.poll(&mut rng, Timestamp::MAX);
         assert!(matches!(
             end,
             Some(OfferEvent::Ended(OfferState::TimedOut { .. }))
@@ -429,7 +429,7 @@ mod tests {
             "../../fuzz/regressions/persisted_state/timeout-offer-display-max-rotations.json"
         );
         let mut d = OfferDisplay::restore(regression).unwrap();
-        d.poll(Timestamp::MAX, &mut rng);
+        d.poll(&mut rng, Timestamp::MAX);
         assert!(d.state().is_terminal());
     }
 
@@ -444,7 +444,7 @@ mod tests {
         let mut d = OfferDisplay::new(&Policy::default(), &mut rng, t(0));
         d.cancel(t(1)).unwrap();
         assert_eq!(d.cancel(t(2)), Err(TokenError::Cancelled));
-        assert_eq!(d.poll(t(1_000_000), &mut rng), None);
+        assert_eq!(d.poll(&mut rng, t(1_000_000)), None);
         assert_eq!(d.state(), OfferState::Cancelled { at: t(1) });
     }
 

@@ -784,7 +784,7 @@ impl<'a> AccountSim<'a> {
             .get_mut(f)
             .ok_or_else(|| diverged(number, t, "unknown flow"))?;
         if let Some(companion) = flow.companion.as_mut() {
-            let real = match companion.poll(t, keys) {
+            let real = match companion.poll(keys, t) {
                 None => None,
                 Some(CompanionEvent::OfferRotated { rotation, .. }) => {
                     Some(DisplayEvent::Rotated(rotation))
