@@ -42,6 +42,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod client;
 pub mod frame;
 pub mod server;
 pub mod store;

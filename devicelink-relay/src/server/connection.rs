@@ -199,11 +199,11 @@ impl<S: Store + 'static> Connection<S> {
                     );
                 }
                 _ = close.closed() => {
-                    // Another task found our queue full: we are too slow to
-                    // be sent a close frame in time; just drop the socket.
+                    // Another task found our queue full: close with its
+                    // code (one write, bounded by the write timeout).
                     let code = close.code();
                     tracing::info!(client = %self.client, code, "closed by the relay");
-                    return if code == codes::CLOSE_SLOW_READER { End::Gone } else { End::Close(code, None) };
+                    return End::Close(code, None);
                 }
                 queued = rx.recv() => {
                     let Some(bytes) = queued else { return End::Gone };
