@@ -123,6 +123,9 @@ impl Bucket {
     }
 }
 
+/// Longest wait for the client's half of the closing handshake.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
 static FALLBACK_ID: AtomicU64 = AtomicU64::new(1);
 
 /// A fresh random id (never sent to anyone; only the relay routes by it).
@@ -301,7 +304,21 @@ impl<S: Store + 'static> Connection<S> {
             code,
             reason: "".into(),
         };
-        let _ = self.write(Message::Close(Some(frame))).await;
+        if !self.write(Message::Close(Some(frame))).await {
+            return;
+        }
+        // The closing handshake: wait (briefly) for the client's Close, so
+        // what it still sends (a pong) does not meet a reset before it has
+        // read our error and close frames.
+        let wait = self.hub.limits.write_timeout.min(CLOSE_WAIT);
+        let _ = tokio::time::timeout(wait, async {
+            while let Some(Ok(m)) = self.socket.recv().await {
+                if matches!(m, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
     }
 
     /// Handles one binary message; `Some` ends the connection.
