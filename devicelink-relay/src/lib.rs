@@ -42,8 +42,10 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+#[cfg(feature = "client")]
 pub mod client;
 pub mod frame;
+#[cfg(feature = "server")]
 pub mod server;
 pub mod store;
 
