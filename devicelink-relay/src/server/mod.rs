@@ -1,11 +1,11 @@
 //! The network transport: an axum router serving the relay's WebSocket
 //! endpoints around the sans-IO core.
 //!
-//! The shell parses [`Frame`]s, calls the core ([`Ledger`] for tokens and
+//! The shell parses [`Frame`](crate::Frame)s, calls the core ([`Ledger`] for tokens and
 //! routing, [`AccountDirectory`] for the accounts' signed facts) with `now`
 //! from its [`Clock`], and carries out what the core returns: forward a
 //! message, fan a list or heartbeat out to the account's subscribed
-//! companions, push a logout, or answer with an [`Frame::Error`] whose code
+//! companions, push a logout, or answer with an [`Frame::Error`](crate::Frame::Error) whose code
 //! is derived from the core's [`ErrorKind`](devicelink::ErrorKind)
 //! ([`codes`]). No rule is decided here.
 //!
