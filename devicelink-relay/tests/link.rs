@@ -312,3 +312,48 @@ async fn primaries_racing_one_qr_through_the_relay_link_exactly_once() {
     );
     relay.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_sqlite_a_link_survives_a_restart_of_the_relay() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("relay.db");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let store = devicelink_relay::SqliteStore::open(&db).unwrap();
+    let relay = start_with(store, listener, test_limits(), T0).await;
+    let mut account = account(&relay, 8);
+    let mut primary = bounded(PrimaryClient::connect(&relay.base, relay.clock.clone()))
+        .await
+        .unwrap();
+    let mut c = companion(&relay, 800, "Kept").await;
+    let qr = c.offer_text().unwrap();
+    let (cr, pr) = link(&relay, &mut primary, &mut account, &mut c, 801).await;
+    cr.unwrap();
+    assert!(matches!(pr.unwrap(), LinkOutcome::Linked(_)));
+    let later = relay.now();
+    primary.close().await;
+    c.close().await;
+    let drained = relay.stop().await;
+    assert!(drained.all_closed, "{drained:?}");
+
+    // A new relay on the same file: the account's list is there, and the
+    // QR code redeemed before the restart stays redeemed.
+    let store = devicelink_relay::SqliteStore::open(&db).unwrap();
+    let record = devicelink_relay::Store::account(&store, &account.account_id())
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.list_version, account.device_list_version());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay = start_with(store, listener, test_limits(), later).await;
+    let mut primary = bounded(PrimaryClient::connect(&relay.base, relay.clock.clone()))
+        .await
+        .unwrap();
+    let mut other = common::account(&relay, 9);
+    other.open_link_intent(relay.now());
+    let (_, hello) = other.scan(&qr, &mut rng(802), relay.now()).unwrap();
+    let err = bounded(primary.send_raw_message(&hello)).await.unwrap_err();
+    assert_eq!(err.kind(), Some(ErrorKind::Conflict), "{err}");
+    // The directory was rebuilt: a heartbeat for the account applies.
+    let hb = account.heartbeat(relay.now());
+    bounded(primary.publish_heartbeat(&hb)).await.unwrap();
+    relay.stop().await;
+}

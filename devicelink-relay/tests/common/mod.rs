@@ -9,7 +9,7 @@ use std::time::Duration;
 use devicelink::{Account, Companion, DeviceIdentity, DeviceLabel, Policy, Timestamp};
 use devicelink_relay::client::{ClientError, CompanionClient, LinkOutcome, PrimaryClient};
 use devicelink_relay::server::{Drained, Limits, ManualClock, Metrics, Relay};
-use devicelink_relay::MemoryStore;
+use devicelink_relay::{MemoryStore, Store};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use tokio::net::TcpListener;
@@ -47,14 +47,17 @@ pub async fn start(limits: Limits) -> TestRelay {
 }
 
 pub async fn start_on(listener: TcpListener, limits: Limits) -> TestRelay {
-    let clock = Arc::new(ManualClock::new(T0));
-    let relay = Relay::new(
-        MemoryStore::new(),
-        &Policy::default(),
-        limits,
-        clock.clone(),
-    )
-    .unwrap();
+    start_with(MemoryStore::new(), listener, limits, T0).await
+}
+
+pub async fn start_with<S: Store + 'static>(
+    store: S,
+    listener: TcpListener,
+    limits: Limits,
+    at: Timestamp,
+) -> TestRelay {
+    let clock = Arc::new(ManualClock::new(at));
+    let relay = Relay::new(store, &Policy::default(), limits, clock.clone()).unwrap();
     let addr = listener.local_addr().unwrap();
     let metrics = relay.metrics();
     let (stop, stopped) = oneshot::channel::<()>();
