@@ -13,8 +13,14 @@
 //!
 //! The relay answers every frame a client sends with exactly one
 //! [`Frame::Ack`], [`Frame::Routed`] or [`Frame::Error`], in order, so a
-//! client knows which of its frames an error is about. Reconnection (with
-//! capped, jittered backoff) is left to the caller for now.
+//! client knows which of its frames an error is about.
+//!
+//! Reconnection: [`CompanionClient::reconnect`] and
+//! [`PrimaryClient::reconnect`] connect again with capped, jittered
+//! exponential [`Backoff`]; a linked companion subscribes again (and the
+//! relay sends it the newest list). A pairing cannot move to a new
+//! connection: the relay binds a token to the connection that registered it,
+//! so a companion that lost its connection while pairing shows a new offer.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -77,6 +83,60 @@ pub enum ClientError {
     /// The pairing ended without a link (display ended, grant timed out).
     #[error("pairing failed: {0:?}")]
     PairingFailed(devicelink::handshake::FailureReason),
+    /// A pairing cannot resume on a new connection (the relay binds the
+    /// token to the connection that registered it): show a new offer.
+    #[error("a pairing cannot resume on a new connection; show a new offer")]
+    CannotResume,
+}
+
+/// Capped, jittered exponential backoff between connection attempts: the
+/// n-th wait is a random duration in `[d/2, d]` with
+/// `d = min(cap, first × 2ⁿ)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backoff {
+    /// The first wait's upper bound.
+    pub first: Duration,
+    /// The longest wait.
+    pub cap: Duration,
+    /// Attempts before giving up.
+    pub attempts: u32,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            first: Duration::from_millis(100),
+            cap: Duration::from_secs(10),
+            attempts: 10,
+        }
+    }
+}
+
+impl Backoff {
+    /// The wait after failed attempt `n` (0-based).
+    pub fn delay(&self, n: u32) -> Duration {
+        let d = self
+            .first
+            .saturating_mul(1u32.checked_shl(n.min(31)).unwrap_or(u32::MAX))
+            .min(self.cap);
+        let jitter = f64::from(rand_core::OsRng.next_u32()) / f64::from(u32::MAX);
+        d.mul_f64(0.5 + jitter / 2.0)
+    }
+
+    async fn connect(&self, url: &str) -> Result<FrameLink, ClientError> {
+        let mut n = 0;
+        loop {
+            match FrameLink::connect(url).await {
+                Ok(link) => return Ok(link),
+                Err(e) if n + 1 >= self.attempts.max(1) => return Err(e),
+                Err(e) => {
+                    tracing::info!(error = %e, attempt = n + 1, "connect failed; retrying");
+                    tokio::time::sleep(self.delay(n)).await;
+                    n += 1;
+                }
+            }
+        }
+    }
 }
 
 impl ClientError {
@@ -395,6 +455,25 @@ impl CompanionClient {
         }
     }
 
+    /// Connects again to `base` (after the relay closed or restarted), with
+    /// `backoff`, and subscribes again; the relay then sends the newest
+    /// list it holds, which [`CompanionClient::next_update`] applies. While
+    /// pairing: [`ClientError::CannotResume`].
+    pub async fn reconnect(&mut self, base: &str, backoff: &Backoff) -> Result<(), ClientError> {
+        let Side::Linked(session) = &self.side else {
+            return Err(ClientError::CannotResume);
+        };
+        let frame = Frame::Subscribe {
+            account: session.account(),
+            index: session.index(),
+        };
+        let link = backoff.connect(&format!("{base}/v1/companion")).await?;
+        let old = std::mem::replace(&mut self.link, link);
+        old.close().await;
+        self.link.send(&frame).await?;
+        self.link.settle().await
+    }
+
     /// The next update pushed for the linked session (waits for it).
     pub async fn next_update(&mut self) -> Result<CompanionUpdate, ClientError> {
         loop {
@@ -457,6 +536,15 @@ impl PrimaryClient {
     pub async fn connect(base: &str, clock: Arc<dyn Clock>) -> Result<Self, ClientError> {
         let link = FrameLink::connect(&format!("{base}/v1/primary")).await?;
         Ok(PrimaryClient { link, clock })
+    }
+
+    /// Connects again to `base` with `backoff` (nothing to resume: a link
+    /// in progress on the old connection is lost).
+    pub async fn reconnect(&mut self, base: &str, backoff: &Backoff) -> Result<(), ClientError> {
+        let link = backoff.connect(&format!("{base}/v1/primary")).await?;
+        let old = std::mem::replace(&mut self.link, link);
+        old.close().await;
+        Ok(())
     }
 
     /// Links the companion showing `offer_text`: scans it (the account must
@@ -554,5 +642,26 @@ impl PrimaryClient {
     /// Closes the connection.
     pub async fn close(self) {
         self.link.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_capped_and_jittered_within_half() {
+        let b = Backoff {
+            first: Duration::from_millis(100),
+            cap: Duration::from_secs(2),
+            attempts: 5,
+        };
+        for n in 0..40 {
+            let d = b.delay(n);
+            let top = Duration::from_millis(100)
+                .saturating_mul(1u32.checked_shl(n.min(31)).unwrap_or(u32::MAX))
+                .min(b.cap);
+            assert!(d >= top / 2 && d <= top, "{n}: {d:?} vs {top:?}");
+        }
     }
 }

@@ -357,3 +357,63 @@ async fn on_sqlite_a_link_survives_a_restart_of_the_relay() {
     bounded(primary.publish_heartbeat(&hb)).await.unwrap();
     relay.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_linked_companion_reconnects_after_a_restart_and_still_hears_its_revocation() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("relay.db");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let store = devicelink_relay::SqliteStore::open(&db).unwrap();
+    let relay = start_with(store, listener, test_limits(), T0).await;
+    let mut account = account(&relay, 11);
+    let mut primary = bounded(PrimaryClient::connect(&relay.base, relay.clock.clone()))
+        .await
+        .unwrap();
+    let mut c = companion(&relay, 1100, "Roaming").await;
+    let (cr, pr) = link(&relay, &mut primary, &mut account, &mut c, 1101).await;
+    cr.unwrap();
+    assert!(matches!(pr.unwrap(), LinkOutcome::Linked(_)));
+    let later = relay.now();
+    relay.stop().await;
+    // The companion hears the shutdown (702, then close 1001).
+    loop {
+        match bounded(c.next_update()).await {
+            Ok(_) => {}
+            Err(ClientError::Relay { code, .. }) => {
+                assert_eq!(code, devicelink_relay::server::codes::SHUTTING_DOWN)
+            }
+            Err(ClientError::Closed { code }) => {
+                assert_eq!(
+                    code,
+                    Some(devicelink_relay::server::codes::CLOSE_GOING_AWAY)
+                );
+                break;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    // The relay comes back on the same address; both ends reconnect.
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let store = devicelink_relay::SqliteStore::open(&db).unwrap();
+    let relay = start_with(store, listener, test_limits(), later).await;
+    let backoff = devicelink_relay::client::Backoff::default();
+    bounded(c.reconnect(&relay.base, &backoff)).await.unwrap();
+    bounded(primary.reconnect(&relay.base, &backoff))
+        .await
+        .unwrap();
+    let index = c.session().unwrap().index();
+    account.revoke(index, relay.now()).unwrap();
+    bounded(primary.publish_list(account.device_list()))
+        .await
+        .unwrap();
+    let (logout, _) = until_logout(&mut c).await;
+    assert!(matches!(
+        logout,
+        CompanionUpdate::Logout {
+            reason: LogoutReason::Revoked,
+            ..
+        }
+    ));
+    relay.stop().await;
+}

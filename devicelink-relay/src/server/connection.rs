@@ -233,14 +233,17 @@ impl<S: Store + 'static> Connection<S> {
                         Some(Err(e)) => return too_big_or_gone(e),
                     };
                     idle_at = Instant::now() + limits.idle_timeout;
+                    // Pings count against the rate too (each costs a pong);
+                    // pongs answer our own pings.
+                    let counted = !matches!(message, Message::Pong(_));
+                    if counted && !bucket.take() {
+                        return End::Close(
+                            codes::CLOSE_RATE_LIMITED,
+                            Some(Refusal::transport(codes::RATE_LIMITED, "frame rate exceeded")),
+                        );
+                    }
                     match message {
                         Message::Binary(bytes) => {
-                            if !bucket.take() {
-                                return End::Close(
-                                    codes::CLOSE_RATE_LIMITED,
-                                    Some(Refusal::transport(codes::RATE_LIMITED, "frame rate exceeded")),
-                                );
-                            }
                             if let Some(end) = self.handle(bytes).await {
                                 return end;
                             }
