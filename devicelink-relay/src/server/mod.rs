@@ -45,6 +45,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use axum::Router;
 use devicelink::relay::{Ledger, LedgerConfig};
 use devicelink::Policy;
@@ -178,6 +179,13 @@ impl<S: Store + 'static> Relay<S> {
         let router = self.router();
         let sweeper = tokio::spawn(hub::sweep_loop(self.hub.clone()));
         let signal = self.shutdown.clone();
+        // Small frames in both directions: Nagle's algorithm with delayed
+        // ACKs would add ~40 ms to each handshake step.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
         let served = axum::serve(listener, router)
             .with_graceful_shutdown(async move {
                 shutdown.await;
