@@ -350,3 +350,38 @@ async fn shutdown_closes_every_connection_and_drains() {
     expect_close(&mut a, codes::CLOSE_GOING_AWAY).await;
     bounded(reader).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_limit_get_503_until_one_closes() {
+    let relay = start(devicelink_relay::server::Limits {
+        max_connections: 2,
+        ..test_limits()
+    })
+    .await;
+    let a = raw(&relay, "/v1/companion").await;
+    let _b = raw(&relay, "/v1/primary").await;
+    let third = bounded(tokio_tungstenite::connect_async(format!(
+        "{}/v1/companion",
+        relay.base
+    )))
+    .await;
+    match third {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 503)
+        }
+        other => panic!("expected 503, got {other:?}"),
+    }
+    drop(a);
+    bounded(async {
+        while relay.metrics.connections_open() != 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let _c = raw(&relay, "/v1/companion").await;
+    assert!(relay
+        .metrics
+        .render()
+        .contains("devicelink_connections_refused_total 1"));
+    relay.stop().await;
+}
