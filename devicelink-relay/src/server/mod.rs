@@ -156,7 +156,10 @@ impl<S: Store + 'static> Relay<S> {
     }
 
     /// The router: `GET /healthz`, `GET /metrics`, and the WebSocket
-    /// endpoints `GET /v1/companion` and `GET /v1/primary`.
+    /// endpoints `GET /v1/companion` and `GET /v1/primary`. To serve it
+    /// yourself, keep this `Relay` alive: dropping it is the shutdown
+    /// signal for every connection (and no sweeper runs outside
+    /// [`Relay::serve`]).
     pub fn router(&self) -> Router {
         Router::new()
             .route("/healthz", get(healthz))
