@@ -572,6 +572,19 @@ impl AuditLog {
                 line: i + 2,
                 reason: e.to_string(),
             })?;
+            // Only the canonical form is accepted: a line carrying members
+            // the hash does not cover (a "note" added by whoever keeps the
+            // file), other spacing or another order is refused, so what a
+            // person reads is exactly what the chain vouches for.
+            let canonical =
+                serde_json::to_string(&e).map_err(|e| AuditError::Record(e.to_string()))?;
+            if canonical != line {
+                return Err(AuditError::Malformed {
+                    line: i + 2,
+                    reason: "not the canonical form of an entry (extra members, order or spacing)"
+                        .into(),
+                });
+            }
             entries.push(e);
         }
         if header.account != *expected {

@@ -66,12 +66,30 @@ fn digest_b64(bytes: &[u8]) -> String {
     crate::encoding::b64(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
 }
 
+/// A writer that only counts the bytes written to it.
+struct ByteCounter(usize);
+
+impl std::io::Write for ByteCounter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 = self.0.saturating_add(buf.len());
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 pub(crate) fn save<T: Serialize>(kind: &'static str, state: &T) -> Result<Vec<u8>, PersistError> {
     let malformed = |e: serde_json::Error| PersistError::Malformed(e.to_string());
     // The state may hold secrets: the intermediate copy is zeroized, and it is
-    // reserved large enough that typical states never reallocate (a
-    // reallocation would free an unzeroized copy).
-    let mut body = zeroize::Zeroizing::new(Vec::with_capacity(16 * 1024));
+    // allocated at its exact size first (a reallocation while writing would
+    // free an unzeroized copy), measured by a writer that keeps nothing.
+    let len = {
+        let mut counter = ByteCounter(0);
+        serde_json::to_writer(&mut counter, state).map_err(malformed)?;
+        counter.0
+    };
+    let mut body = zeroize::Zeroizing::new(Vec::with_capacity(len));
     serde_json::to_writer(&mut *body, state).map_err(malformed)?;
     let mut out = serde_json::to_vec(&HeaderOut {
         format: FORMAT,

@@ -235,6 +235,14 @@ pub enum RegistryEvent {
     },
 }
 
+/// What one mutating call changed in the device list: the devices it
+/// removed (settled expiries, a revocation, replacements) and whether it
+/// added one.
+struct Batch {
+    removed: Vec<RemovedDevice>,
+    bump: bool,
+}
+
 /// What the current device-list version says besides its devices, fixed when
 /// the version was made.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -524,14 +532,36 @@ impl Account {
     /// answers before and after.
     pub fn poll(&mut self, now: Timestamp) {
         let now = self.effective(now);
-        self.settle(now);
+        let _ = self.change(now, |_, _| Ok(()));
         self.touch(now);
     }
 
-    /// [`Account::poll`] without recording `now` on the clock unless
-    /// something expired: what every other call does first, so a refused
-    /// call changes nothing.
-    fn settle(&mut self, now: Timestamp) {
+    /// Runs one mutating call at `now`: settles what `now` implies, runs
+    /// `f`, then makes **at most one** new device-list version for all of it
+    /// (the settled expiries and `f`'s own change), whether `f` succeeds or
+    /// not. One call, one version: a holder that sees every list the host
+    /// publishes after each call sees every version, and each version's
+    /// removals carry their reasons.
+    fn change<T>(
+        &mut self,
+        now: Timestamp,
+        f: impl FnOnce(&mut Self, &mut Batch) -> Result<T, RegistryError>,
+    ) -> Result<T, RegistryError> {
+        let mut batch = Batch {
+            removed: self.settle(now),
+            bump: false,
+        };
+        let out = f(self, &mut batch);
+        if batch.bump || !batch.removed.is_empty() {
+            self.resign_list(batch.removed, now);
+        }
+        out
+    }
+
+    /// Logs out every device whose deadline has passed at `now` (with the
+    /// deadline as the time) and returns them, for the call's list version.
+    /// Changes nothing (not even the clock) when nothing expired.
+    fn settle(&mut self, now: Timestamp) -> Vec<RemovedDevice> {
         let mut removed = Vec::new();
         let mut still_live = Vec::with_capacity(self.live.len());
         for index in std::mem::take(&mut self.live) {
@@ -550,9 +580,7 @@ impl Account {
             }
         }
         self.live = still_live;
-        if !removed.is_empty() {
-            self.resign_list(removed, now);
-        }
+        removed
     }
 
     /// Makes the next list version from the current state.
@@ -667,18 +695,19 @@ impl Account {
     ) -> Result<LinkRequest, RegistryError> {
         self.check_handshake(handshake)?;
         let now = self.effective(now);
-        self.settle(now);
-        let asked = handshake.receive_request(request, now)?;
-        if let Err(RegistryError::DeviceLimitReached { limit }) =
-            self.check_slot(now, Some(&asked.device))
-        {
-            let reason = RefusalReason::DeviceLimitReached { limit };
-            let refusal = handshake.refuse(reason, rng)?;
-            self.events.push(RegistryEvent::Refused { reason, at: now });
-            self.touch(now);
-            return Err(RegistryError::Refused { reason, refusal });
-        }
-        Ok(asked)
+        self.change(now, |this, _| {
+            let asked = handshake.receive_request(request, now)?;
+            if let Err(RegistryError::DeviceLimitReached { limit }) =
+                this.check_slot(now, Some(&asked.device))
+            {
+                let reason = RefusalReason::DeviceLimitReached { limit };
+                let refusal = handshake.refuse(reason, rng)?;
+                this.events.push(RegistryEvent::Refused { reason, at: now });
+                this.touch(now);
+                return Err(RegistryError::Refused { reason, refusal });
+            }
+            Ok(asked)
+        })
     }
 
     /// Grants the link the user approved: assigns the next index, takes a
@@ -697,42 +726,52 @@ impl Account {
     ) -> Result<Vec<u8>, RegistryError> {
         self.check_handshake(handshake)?;
         let now = self.effective(now);
-        self.settle(now);
-        let request = handshake
-            .request()
-            .filter(|_| handshake.state() == PrimaryState::RequestReceived)
-            .ok_or(HandshakeError::WrongState {
-                state: "no request to grant",
-            })?;
-        self.check_slot(now, Some(&request.device))?;
+        let (grant, list) = self.change(now, |this, batch| {
+            let request = handshake
+                .request()
+                .filter(|_| handshake.state() == PrimaryState::RequestReceived)
+                .ok_or(HandshakeError::WrongState {
+                    state: "no request to grant",
+                })?;
+            this.check_slot(now, Some(&request.device))?;
 
-        // Sign the would-be list and build the grant before touching our
-        // state, so a failure changes nothing.
-        let index = DeviceIndex(self.next_index);
-        let entry = DeviceListEntry {
-            index,
-            device: request.device,
-            label: request.label.clone(),
-            linked_at: now,
-        };
-        let activity = self.last_primary_activity.max(now);
-        let (draft, list_at) = self.next_draft(Some(entry), Vec::new(), activity);
-        let list = SignedDeviceList::sign(&self.key, &draft, list_at);
-        let grant = handshake.grant(&self.key, index, &list, rng, now)?;
-
-        self.admit(request.device, request.label, handshake.token_id(), now);
-        // `admit` made this very version from the same state (`next_draft`),
-        // so the list signed above is its list.
-        if self.list.version == draft.version && self.list.at == list_at {
+            // Sign the would-be list (this call's version: the settled
+            // expiries and the new device) and build the grant before
+            // touching our state, so a failure changes nothing more.
+            let index = DeviceIndex(this.next_index);
+            let entry = DeviceListEntry {
+                index,
+                device: request.device,
+                label: request.label.clone(),
+                linked_at: now,
+            };
+            let activity = this.last_primary_activity.max(now);
+            let (draft, list_at) = this.next_draft(Some(entry), batch.removed.clone(), activity);
+            let list = SignedDeviceList::sign(&this.key, &draft, list_at);
+            let grant = handshake.grant(&this.key, index, &list, rng, now)?;
+            this.admit(
+                batch,
+                request.device,
+                request.label,
+                handshake.token_id(),
+                now,
+            );
+            Ok((grant, list))
+        })?;
+        // `change` made this very version from the same state, so the list
+        // signed above is its list (checked, not assumed).
+        if self.list.hash == list.hash() {
             let _ = self.signed_list.set(list);
         }
         Ok(grant)
     }
 
     /// The registry's half of a grant, after every check: takes the next
-    /// index and a pending slot, bumps the device list. Infallible.
+    /// index and a pending slot; the call's list version will name it.
+    /// Infallible.
     fn admit(
         &mut self,
+        batch: &mut Batch,
         device: DeviceKey,
         label: DeviceLabel,
         token_id: TokenId,
@@ -765,7 +804,7 @@ impl Account {
             label,
             at: now,
         });
-        self.resign_list(Vec::new(), now);
+        batch.bump = true;
         index
     }
 
@@ -780,17 +819,20 @@ impl Account {
         now: Timestamp,
     ) -> Result<DeviceIndex, RegistryError> {
         let now = self.effective(now);
-        self.settle(now);
-        self.check_slot(now, Some(&device))?;
-        Ok(self.admit(device, label, token_id, now))
+        self.change(now, |this, batch| {
+            this.check_slot(now, Some(&device))?;
+            Ok(this.admit(batch, device, label, token_id, now))
+        })
     }
 
     /// Lifecycle-only primary activity: [`Account::heartbeat`] without the
     /// signature.
     pub(crate) fn record_primary_activity(&mut self, now: Timestamp) {
         let now = self.effective(now);
-        self.settle(now);
-        self.record_activity(now);
+        let _ = self.change(now, |this, _| {
+            this.record_activity(now);
+            Ok(())
+        });
     }
 
     /// Lifecycle-only confirmation: the registry half of [`Account::confirm`].
@@ -800,10 +842,11 @@ impl Account {
         now: Timestamp,
     ) -> Result<(), RegistryError> {
         let now = self.effective(now);
-        self.settle(now);
-        self.check_pending(index, None)?;
-        self.activate(index, now);
-        Ok(())
+        self.change(now, |this, batch| {
+            this.check_pending(index, None)?;
+            this.activate(batch, index, now);
+            Ok(())
+        })
     }
 
     fn check_pending(
@@ -829,7 +872,7 @@ impl Account {
 
     /// Activates a confirmed device; its possession of the key is proven, so
     /// older records of the same key are now replaced.
-    fn activate(&mut self, index: DeviceIndex, now: Timestamp) {
+    fn activate(&mut self, batch: &mut Batch, index: DeviceIndex, now: Timestamp) {
         let mut device = None;
         if let Some(rec) = self.devices.get_mut(&index) {
             rec.state = DeviceState::Active { since: now };
@@ -849,16 +892,12 @@ impl Account {
                     .is_some_and(|r| Some(r.device) == device)
             })
             .collect();
-        if !replaced.is_empty() {
-            let mut removed = Vec::new();
-            for i in replaced {
-                self.log_out(i, LogoutReason::Replaced, now);
-                removed.push(RemovedDevice {
-                    index: i,
-                    reason: LogoutReason::Replaced,
-                });
-            }
-            self.resign_list(removed, now);
+        for i in replaced {
+            self.log_out(i, LogoutReason::Replaced, now);
+            batch.removed.push(RemovedDevice {
+                index: i,
+                reason: LogoutReason::Replaced,
+            });
         }
     }
 
@@ -889,19 +928,20 @@ impl Account {
     ) -> Result<ConfirmedLink, RegistryError> {
         self.check_handshake(handshake)?;
         let now = self.effective(now);
-        self.settle(now);
-        let PrimaryState::GrantSent { index } = handshake.state() else {
-            // Outside GrantSent the handshake refuses without changing state;
-            // let it say why.
-            return Err(handshake
-                .receive_confirm(confirm, now)
-                .err()
-                .map_or(RegistryError::NotPending, RegistryError::from));
-        };
-        self.check_pending(index, Some(handshake.token_id()))?;
-        let link = handshake.receive_confirm(confirm, now)?;
-        self.activate(index, now);
-        Ok(link)
+        self.change(now, |this, batch| {
+            let PrimaryState::GrantSent { index } = handshake.state() else {
+                // Outside GrantSent the handshake refuses without changing
+                // state; let it say why.
+                return Err(handshake
+                    .receive_confirm(confirm, now)
+                    .err()
+                    .map_or(RegistryError::NotPending, RegistryError::from));
+            };
+            this.check_pending(index, Some(handshake.token_id()))?;
+            let link = handshake.receive_confirm(confirm, now)?;
+            this.activate(batch, index, now);
+            Ok(link)
+        })
     }
 
     fn log_out(&mut self, index: DeviceIndex, reason: LogoutReason, now: Timestamp) {
@@ -922,25 +962,23 @@ impl Account {
     /// Persist the account before publishing that list.
     pub fn revoke(&mut self, index: DeviceIndex, now: Timestamp) -> Result<(), RegistryError> {
         let now = self.effective(now);
-        self.settle(now);
-        match self.devices.get(&index).map(|r| r.state) {
-            None => Err(RegistryError::UnknownDevice(index)),
-            Some(DeviceState::LoggedOut { reason, .. }) => {
-                Err(RegistryError::AlreadyLoggedOut { index, reason })
-            }
-            Some(_) => {
-                self.log_out(index, LogoutReason::Revoked, now);
-                self.record_activity(now);
-                self.resign_list(
-                    vec![RemovedDevice {
+        self.change(now, |this, batch| {
+            match this.devices.get(&index).map(|r| r.state) {
+                None => Err(RegistryError::UnknownDevice(index)),
+                Some(DeviceState::LoggedOut { reason, .. }) => {
+                    Err(RegistryError::AlreadyLoggedOut { index, reason })
+                }
+                Some(_) => {
+                    this.log_out(index, LogoutReason::Revoked, now);
+                    this.record_activity(now);
+                    batch.removed.push(RemovedDevice {
                         index,
                         reason: LogoutReason::Revoked,
-                    }],
-                    now,
-                );
-                Ok(())
+                    });
+                    Ok(())
+                }
             }
-        }
+        })
     }
 
     /// Records primary activity at `now` and returns a signed heartbeat for
@@ -967,8 +1005,7 @@ impl Account {
         now: Timestamp,
     ) -> Result<(), RegistryError> {
         let now = self.effective(now);
-        self.settle(now);
-        match self.devices.get_mut(&index) {
+        self.change(now, |this, _| match this.devices.get_mut(&index) {
             None => Err(RegistryError::UnknownDevice(index)),
             Some(rec) => match rec.state {
                 DeviceState::LoggedOut { reason, .. } => {
@@ -976,11 +1013,11 @@ impl Account {
                 }
                 _ => {
                     rec.last_seen = rec.last_seen.max(now);
-                    self.touch(now);
+                    this.touch(now);
                     Ok(())
                 }
             },
-        }
+        })
     }
 
     /// Saves the registry (versioned JSON). Holds the account's secret key.

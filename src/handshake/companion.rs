@@ -18,9 +18,10 @@ use serde::{Deserialize, Serialize};
 use x25519_dalek::PublicKey;
 
 use super::messages::{
-    parse_refusal, MessageHeader, MessageKind, RequestBody, HEADER_LEN, HELLO_KEY_AT, HELLO_LEN,
+    parse_refusal, split_sealed, MessageHeader, MessageKind, RequestBody, HEADER_LEN, HELLO_KEY_AT,
+    HELLO_LEN,
 };
-use super::schedule::{confirm_transcript, transcript, SessionKeys, NONCE_LEN};
+use super::schedule::{confirm_transcript, transcript, SessionKeys};
 use super::{random_nonce, HandshakeError, RefusalReason, CONFIRM_LABEL};
 use crate::certificate::{CertificateError, DeviceCertificate};
 use crate::keys::{AccountId, DeviceIdentity};
@@ -447,11 +448,8 @@ impl Companion {
             });
         }
         header.check_size(grant)?;
-        let (aad, rest) = grant.split_at(HEADER_LEN);
-        let (nonce, sealed) = rest.split_at(NONCE_LEN);
-        let mut nonce_bytes = [0u8; NONCE_LEN];
-        nonce_bytes.copy_from_slice(nonce);
-        let mut buf = zeroize::Zeroizing::new(sealed.to_vec());
+        let (aad, nonce_bytes, mut buf) =
+            split_sealed(grant).ok_or(HandshakeError::Malformed { what: "grant" })?;
         let plain = keys
             .open_grant(nonce_bytes, aad, &mut buf)
             .ok_or(HandshakeError::AuthenticationFailed)?;

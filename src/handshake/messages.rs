@@ -177,6 +177,21 @@ impl MessageHeader {
     }
 }
 
+/// A zeroizing copy of an encrypted body, opened in place.
+pub(crate) type SealedBody = zeroize::Zeroizing<Vec<u8>>;
+
+/// An encrypted message (Request, Grant, Refusal) split into its header (the
+/// AEAD's associated data), its nonce, and a zeroizing copy of the sealed
+/// body to open in place. Call after the size check: the message holds at
+/// least a header and a nonce.
+pub(crate) fn split_sealed(message: &[u8]) -> Option<(&[u8], [u8; NONCE_LEN], SealedBody)> {
+    let (aad, rest) = message.split_at_checked(HEADER_LEN)?;
+    let (nonce, sealed) = rest.split_at_checked(NONCE_LEN)?;
+    let mut nonce_bytes = [0u8; NONCE_LEN];
+    nonce_bytes.copy_from_slice(nonce);
+    Some((aad, nonce_bytes, zeroize::Zeroizing::new(sealed.to_vec())))
+}
+
 /// Plaintext of a Request: identity key and label. Possession of the key is
 /// proven by the Confirm's signature (protocol v2), not here.
 pub(crate) struct RequestBody {

@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 use x25519_dalek::{PublicKey, StaticSecret};
 
 use super::messages::{
-    write_refusal, MessageHeader, MessageKind, RequestBody, CONFIRM_LEN, HEADER_LEN, HELLO_LEN,
+    split_sealed, write_refusal, MessageHeader, MessageKind, RequestBody, CONFIRM_LEN, HEADER_LEN,
+    HELLO_LEN,
 };
 use super::schedule::{confirm_transcript, transcript, SessionKeys, NONCE_LEN};
 use super::{random_nonce, HandshakeError, RefusalReason, CONFIRM_LABEL};
@@ -330,11 +331,8 @@ impl PrimaryHandshake {
             });
         }
         header.check_size(request)?;
-        let (aad, rest) = request.split_at(HEADER_LEN);
-        let (nonce, sealed) = rest.split_at(NONCE_LEN);
-        let mut nonce_bytes = [0u8; NONCE_LEN];
-        nonce_bytes.copy_from_slice(nonce);
-        let mut buf = zeroize::Zeroizing::new(sealed.to_vec());
+        let (aad, nonce_bytes, mut buf) =
+            split_sealed(request).ok_or(HandshakeError::Malformed { what: "request" })?;
         let plain = self
             .live_keys()?
             .open_request(nonce_bytes, aad, &mut buf)

@@ -245,8 +245,17 @@ fn offer_digest(body: &[u8; OFFER_BODY_LEN]) -> ([u8; CHECK_LEN], RedemptionProo
 /// Proof that a party saw the QR code: the relay redeems a token only for the
 /// proof that hashes to it. Revealed in the Hello, so it proves nothing after
 /// the first redemption (which the ledger allows only once anyway).
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy)]
 pub struct RedemptionProof(pub(crate) [u8; 16]);
+
+/// Constant time: the proof is secret until a Hello carries it.
+impl PartialEq for RedemptionProof {
+    fn eq(&self, other: &Self) -> bool {
+        bool::from(subtle::ConstantTimeEq::ct_eq(&self.0[..], &other.0[..]))
+    }
+}
+
+impl Eq for RedemptionProof {}
 
 impl RedemptionProof {
     /// The token id this proof redeems: `SHA-256("devicelink/v1 token id" || proof)[0..16]`.

@@ -200,21 +200,24 @@ impl Directory {
         &mut self,
         n: u32,
         last_activity: Timestamp,
-        list: (u64, [u8; 32]),
+        list: Option<(u64, [u8; 32])>,
         devices: Box<[(u32, DeviceKey)]>,
     ) {
-        let (list_version, hash) = list;
-        let mut list_hash = [0u8; 16];
-        list_hash.copy_from_slice(&hash[..16]);
         let limit = self.offline_limit_ms;
         let Some(slot) = self.slot_mut(n) else {
             return;
         };
+        // A heartbeat (`list: None`) moves the activity only: the list the
+        // directory holds is changed by lists alone.
+        if let Some((list_version, hash)) = list {
+            let mut list_hash = [0u8; 16];
+            list_hash.copy_from_slice(&hash[..16]);
+            slot.list_version = list_version;
+            slot.list_hash = list_hash;
+        }
         let old =
             (!slot.devices.is_empty()).then(|| slot.last_activity.saturating_add_millis(limit));
         slot.last_activity = last_activity;
-        slot.list_version = list_version;
-        slot.list_hash = list_hash;
         slot.devices = devices;
         slot.expired = false;
         let indexed = !slot.devices.is_empty();
@@ -246,9 +249,12 @@ impl Directory {
     /// again, is ignored and returns `Ok(false)`). Counts as primary activity
     /// at the list's signing time. A list that forks the applied one (same
     /// version, other content; or the next version not chained to it) is
-    /// [`DirectoryError::Fork`]; after a fork only the chained successor is
-    /// accepted, so a restored old primary cannot re-list a revoked device by
-    /// publishing more versions.
+    /// [`DirectoryError::Fork`]; from the first fork on, the account stays
+    /// strict: only the chained successor of the applied list is accepted
+    /// (never a list a version or more ahead), so a restored old primary
+    /// cannot re-list a revoked device by publishing more versions. The
+    /// genuine primary publishes every version it makes, so its lists always
+    /// chain.
     pub fn apply_device_list(
         &mut self,
         list: &SignedDeviceList,
@@ -306,10 +312,14 @@ impl Directory {
             .filter(|e| e.index.0 > swept_up_to)
             .map(|e| (e.index.0, e.device))
             .collect();
-        self.set(n, last_activity, (list.version(), list.hash()), devices);
+        self.set(
+            n,
+            last_activity,
+            Some((list.version(), list.hash())),
+            devices,
+        );
         if let Some(slot) = self.slot_mut(n) {
             slot.swept_up_to = swept_up_to;
-            slot.forked = false;
         }
         Ok(true)
     }
@@ -334,9 +344,8 @@ impl Directory {
             return Err(DirectoryError::AccountExpired);
         }
         if heartbeat.at() > slot.last_activity {
-            let list = (slot.list_version, heartbeat.list_hash());
             let devices = slot.devices.clone();
-            self.set(n, heartbeat.at(), list, devices);
+            self.set(n, heartbeat.at(), None, devices);
         }
         Ok(())
     }
@@ -355,7 +364,7 @@ impl Directory {
     ) -> Result<(), DirectoryError> {
         let n = self.slot_for(account, last_activity)?;
         let devices = devices.iter().map(|e| (e.index.0, e.device)).collect();
-        self.set(n, last_activity, list, devices);
+        self.set(n, last_activity, Some(list), devices);
         Ok(())
     }
 

@@ -93,7 +93,8 @@ pub enum QuotaScope {
     Store,
 }
 
-/// Why the ledger refused. Every refusal leaves the ledger unchanged.
+/// Why the ledger refused. Every refusal leaves the ledger's tokens
+/// unchanged (its time high-water mark still moves forward to `now`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LedgerError {
     /// The token was already redeemed: every attempt after the first gets this.
