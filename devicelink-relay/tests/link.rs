@@ -106,7 +106,7 @@ async fn four_link_the_fifth_is_refused_and_a_revocation_reaches_only_its_device
         if i == 2 {
             continue;
         }
-        let got = updates_within(c, Duration::from_millis(300)).await;
+        let got = updates_within(c, Duration::from_millis(1_000)).await;
         assert!(
             got.iter()
                 .any(|u| matches!(u, CompanionUpdate::DeviceList(_))),
