@@ -201,7 +201,7 @@ async fn bad_frames_get_typed_errors_and_the_relay_stays_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_over_its_rate_is_closed() {
     let relay = start(devicelink_relay::server::Limits {
-        rate_per_second: 1,
+        rate_per_second: 0, // no refill: exactly the burst
         rate_burst: 3,
         ..test_limits()
     })
