@@ -12,6 +12,7 @@ use devicelink::handshake::MessageKind;
 use devicelink::relay::{ClientId, Transition};
 use devicelink::{AccountId, ErrorKind, PrimaryHeartbeat, SignedDeviceList};
 use rand_core::{OsRng, RngCore};
+use std::future::Future;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
@@ -20,6 +21,29 @@ use super::hub::{stopped, CloseSignal, Hub, Peer, Subscriber};
 use super::metrics::Metrics;
 use crate::frame::{Frame, FrameType};
 use crate::store::{AccountDirectoryError, Store};
+
+/// What a connection task reads frames from and writes them to: a
+/// WebSocket, or a long-poll session's pair of queues ([`super::poll`]).
+pub(crate) trait Wire: Send + 'static {
+    /// The next message; `None` when the peer is gone.
+    fn recv(&mut self) -> impl Future<Output = Option<Result<Message, axum::Error>>> + Send;
+    /// Sends one message.
+    fn send(&mut self, message: Message) -> impl Future<Output = Result<(), axum::Error>> + Send;
+    /// Whether to wait for the peer's Close after sending ours.
+    fn closing_handshake(&self) -> bool {
+        true
+    }
+}
+
+impl Wire for WebSocket {
+    fn recv(&mut self) -> impl Future<Output = Option<Result<Message, axum::Error>>> + Send {
+        WebSocket::recv(self)
+    }
+
+    fn send(&mut self, message: Message) -> impl Future<Output = Result<(), axum::Error>> + Send {
+        WebSocket::send(self, message)
+    }
+}
 
 /// Which endpoint the connection came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,9 +162,9 @@ fn fresh_client_id() -> ClientId {
     ClientId::from_bytes(bytes)
 }
 
-struct Connection<S: Store> {
+struct Connection<S: Store, W: Wire> {
     hub: Arc<Hub<S>>,
-    socket: WebSocket,
+    socket: W,
     client: ClientId,
     role: Role,
     subscribed: Option<AccountId>,
@@ -148,9 +172,9 @@ struct Connection<S: Store> {
 
 /// Runs one connection until it ends, then forgets it and returns its
 /// permit.
-pub(crate) async fn run<S: Store + 'static>(
+pub(crate) async fn run<S: Store + 'static, W: Wire>(
     hub: Arc<Hub<S>>,
-    socket: WebSocket,
+    socket: W,
     role: Role,
     permit: OwnedSemaphorePermit,
 ) {
@@ -184,7 +208,7 @@ pub(crate) async fn run<S: Store + 'static>(
     drop(permit);
 }
 
-impl<S: Store + 'static> Connection<S> {
+impl<S: Store + 'static, W: Wire> Connection<S, W> {
     async fn serve(&mut self, mut rx: mpsc::Receiver<Bytes>, close: &CloseSignal) -> End {
         let limits = self.hub.limits.clone();
         let mut shutdown = self.hub.shutdown.clone();
@@ -307,7 +331,7 @@ impl<S: Store + 'static> Connection<S> {
             code,
             reason: "".into(),
         };
-        if !self.write(Message::Close(Some(frame))).await {
+        if !self.write(Message::Close(Some(frame))).await || !self.socket.closing_handshake() {
             return;
         }
         // The closing handshake: wait (briefly) for the client's Close, so

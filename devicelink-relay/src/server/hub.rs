@@ -64,6 +64,7 @@ pub(crate) struct Hub<S: Store> {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) connections: Arc<Semaphore>,
     pub(crate) shutdown: watch::Receiver<bool>,
+    pub(crate) polls: super::poll::PollSessions,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -90,6 +91,7 @@ impl<S: Store + 'static> Hub<S> {
             limits,
             metrics: Arc::new(Metrics::default()),
             shutdown,
+            polls: Default::default(),
         }
     }
 
@@ -266,6 +268,7 @@ pub(crate) async fn sweep_loop<S: Store + 'static>(hub: Arc<Hub<S>>) {
             () = stopped(&mut shutdown) => break,
             _ = tick.tick() => {}
         }
+        hub.polls.sweep(hub.limits.poll_wait.saturating_mul(2));
         let now = hub.clock.now();
         let limit = hub.limits.sweep_limit;
         let swept = hub

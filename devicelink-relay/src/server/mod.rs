@@ -9,6 +9,10 @@
 //! is derived from the core's [`ErrorKind`](devicelink::ErrorKind)
 //! ([`codes`]). No rule is decided here.
 //!
+//! The same connection task serves the HTTP long-poll fallback
+//! (`/v1/poll/…`), whose wire is a pair of bounded queues fed by HTTP
+//! requests instead of a socket.
+//!
 //! Like tokio's mini-redis: one task per connection owning its socket, a
 //! bounded outbound queue per connection (a client that does not read is
 //! closed, not buffered for), a semaphore for the connection limit (which
@@ -35,16 +39,18 @@ pub mod codes;
 mod connection;
 mod hub;
 mod metrics;
+mod poll;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use axum::Router;
 use devicelink::relay::{Ledger, LedgerConfig};
@@ -87,6 +93,8 @@ pub struct Limits {
     pub sweep_limit: usize,
     /// How long shutdown waits for connection tasks to end.
     pub shutdown_grace: Duration,
+    /// Longest a long-poll `GET` waits for frames before `204`.
+    pub poll_wait: Duration,
 }
 
 impl Default for Limits {
@@ -102,6 +110,7 @@ impl Default for Limits {
             sweep_interval: Duration::from_secs(1),
             sweep_limit: 4096,
             shutdown_grace: Duration::from_secs(5),
+            poll_wait: Duration::from_secs(25),
         }
     }
 }
@@ -155,8 +164,9 @@ impl<S: Store + 'static> Relay<S> {
         self.hub.metrics.clone()
     }
 
-    /// The router: `GET /healthz`, `GET /metrics`, and the WebSocket
-    /// endpoints `GET /v1/companion` and `GET /v1/primary`. To serve it
+    /// The router: `GET /healthz`, `GET /metrics`, the WebSocket
+    /// endpoints `GET /v1/companion` and `GET /v1/primary`, and the HTTP
+    /// long-poll fallback under `/v1/poll/` (`docs/RELAY.md`). To serve it
     /// yourself, keep this `Relay` alive: dropping it is the shutdown
     /// signal for every connection (and no sweeper runs outside
     /// [`Relay::serve`]).
@@ -166,6 +176,15 @@ impl<S: Store + 'static> Relay<S> {
             .route("/metrics", get(metrics::<S>))
             .route("/v1/companion", get(companion::<S>))
             .route("/v1/primary", get(primary::<S>))
+            .route("/v1/poll/companion", post(poll::open_companion::<S>))
+            .route("/v1/poll/primary", post(poll::open_primary::<S>))
+            .route(
+                "/v1/poll/session/{id}",
+                get(poll::poll::<S>)
+                    .post(poll::send::<S>)
+                    .delete(poll::close::<S>)
+                    .layer(DefaultBodyLimit::max(self.hub.limits.max_frame_len)),
+            )
             .with_state(self.hub.clone())
     }
 
