@@ -48,6 +48,9 @@ struct Args {
     /// Frames queued for a connection before it is closed as a slow reader.
     #[arg(long, default_value_t = Limits::default().outbound_queue)]
     outbound_queue: usize,
+    /// Seconds a long-poll request waits for frames.
+    #[arg(long, default_value_t = Limits::default().poll_wait.as_secs())]
+    poll_wait_secs: u64,
     /// Seconds shutdown waits for connections to close.
     #[arg(long, default_value_t = Limits::default().shutdown_grace.as_secs())]
     shutdown_grace_secs: u64,
@@ -63,6 +66,7 @@ impl Args {
             rate_burst: self.burst.max(1),
             outbound_queue: self.outbound_queue.max(1),
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+            poll_wait: Duration::from_secs(self.poll_wait_secs.max(1)),
             ..Limits::default()
         }
     }
