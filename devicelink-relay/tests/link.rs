@@ -417,3 +417,44 @@ async fn a_linked_companion_reconnects_after_a_restart_and_still_hears_its_revoc
     ));
     relay.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_offer_is_registered_again() {
+    let relay = start(test_limits()).await;
+    let mut c = companion(&relay, 1300, "Slow scanner").await;
+    let first = c.offer_text().unwrap();
+    let waiting = tokio::spawn(async move {
+        let r = c.link(&mut rng(1301)).await.map(|_| ());
+        (c, r)
+    });
+    // Past the first offer's 60 s: the companion rotates and registers the
+    // new token; the old QR code no longer reaches it.
+    relay
+        .clock
+        .advance(Policy::default().first_offer_lifetime() + Duration::from_secs(1));
+    bounded(async {
+        while !relay
+            .metrics
+            .render()
+            .lines()
+            .any(|l| l == "devicelink_tokens_registered_total 2")
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let mut primary = bounded(PrimaryClient::connect(&relay.base, relay.clock.clone()))
+        .await
+        .unwrap();
+    let mut stale = account(&relay, 1302);
+    stale.open_link_intent(relay.now());
+    let (_, hello) = stale.scan(&first, &mut rng(1303), relay.now()).unwrap();
+    let err = bounded(primary.send_raw_message(&hello)).await.unwrap_err();
+    // Expired, or already swept (unknown).
+    assert!(
+        matches!(err.kind(), Some(ErrorKind::Expired | ErrorKind::Unexpected)),
+        "{err}"
+    );
+    waiting.abort();
+    relay.stop().await;
+}
