@@ -17,7 +17,7 @@
 use devicelink::certificate::{DeviceIndex, HEARTBEAT_LEN, MAX_LIST_DEVICES, MAX_LIST_REMOVED};
 use devicelink::handshake::{MessageHeader, MessageKind, HEADER_LEN, MESSAGE_VERSION};
 use devicelink::label::MAX_LABEL_LEN;
-use devicelink::{HandshakeError, LogoutReason, Timestamp, TokenId};
+use devicelink::{AccountId, HandshakeError, LogoutReason, Timestamp, TokenId};
 
 /// Bytes of an encoded [`devicelink::SignedDeviceList`] naming no device and
 /// no removal: version, account, list version, issued at, previous hash,
@@ -59,12 +59,17 @@ pub enum FrameType {
     PublishList = 0x04,
     /// Primary → relay: a signed heartbeat.
     PublishHeartbeat = 0x05,
+    /// Companion → relay: push this account's facts and this device's logout.
+    Subscribe = 0x06,
     /// Relay → client: a message was forwarded.
     Routed = 0x81,
     /// Relay → client: a refusal.
     Error = 0x82,
     /// Relay → companion: the device was logged out.
     Logout = 0x83,
+    /// Relay → client: a Register, Release, Subscribe or publication was
+    /// carried out.
+    Ack = 0x84,
 }
 
 impl FrameType {
@@ -76,9 +81,11 @@ impl FrameType {
             0x03 => FrameType::Message,
             0x04 => FrameType::PublishList,
             0x05 => FrameType::PublishHeartbeat,
+            0x06 => FrameType::Subscribe,
             0x81 => FrameType::Routed,
             0x82 => FrameType::Error,
             0x83 => FrameType::Logout,
+            0x84 => FrameType::Ack,
             _ => return None,
         })
     }
@@ -93,9 +100,11 @@ impl FrameType {
             FrameType::Message => (HEADER_LEN, MessageKind::MAX_LEN),
             FrameType::PublishList => (MIN_LIST_LEN, MAX_LIST_LEN),
             FrameType::PublishHeartbeat => (HEARTBEAT_LEN, HEARTBEAT_LEN),
+            FrameType::Subscribe => (32 + 4, 32 + 4),
             FrameType::Routed => (HEADER_LEN, HEADER_LEN),
             FrameType::Error => (2, 2 + MAX_ERROR_TEXT),
             FrameType::Logout => (4 + 1, 4 + 1),
+            FrameType::Ack => (2, 2),
         };
         (1 + min, 1 + max)
     }
@@ -137,6 +146,9 @@ pub enum FrameError {
     /// A logout reason code no version defines.
     #[error("unknown logout reason {0}")]
     UnknownReason(u8),
+    /// An acknowledgement of no frame type, or a flag other than 0 or 1.
+    #[error("bad acknowledgement")]
+    BadAck,
 }
 
 /// One frame. Variable-size bodies borrow from the decoded bytes.
@@ -173,6 +185,15 @@ pub enum Frame<'a> {
         /// The heartbeat's wire bytes.
         bytes: &'a [u8],
     },
+    /// Companion → relay: send me every list and heartbeat the relay applies
+    /// for `account`, and a [`Frame::Logout`] when device `index` is logged
+    /// out (by a list that drops it, or by the primary-offline sweep).
+    Subscribe {
+        /// The account the companion is linked to.
+        account: AccountId,
+        /// The companion's device index in it.
+        index: DeviceIndex,
+    },
     /// Relay → sender: the message with this header was forwarded.
     Routed {
         /// The forwarded message's header.
@@ -184,6 +205,15 @@ pub enum Frame<'a> {
         code: u16,
         /// For people; at most [`MAX_ERROR_TEXT`] bytes.
         text: &'a str,
+    },
+    /// Relay → client: the frame of type `of` was carried out; `changed`
+    /// says whether it changed anything (a publication of an old or repeated
+    /// list is acknowledged with `changed: false`).
+    Ack {
+        /// The acknowledged frame's type.
+        of: FrameType,
+        /// Whether it changed the relay's state.
+        changed: bool,
     },
     /// Relay → companion: the device at `index` was logged out.
     Logout {
@@ -243,9 +273,11 @@ impl<'a> Frame<'a> {
             Frame::Message { .. } => FrameType::Message,
             Frame::PublishList { .. } => FrameType::PublishList,
             Frame::PublishHeartbeat { .. } => FrameType::PublishHeartbeat,
+            Frame::Subscribe { .. } => FrameType::Subscribe,
             Frame::Routed { .. } => FrameType::Routed,
             Frame::Error { .. } => FrameType::Error,
             Frame::Logout { .. } => FrameType::Logout,
+            Frame::Ack { .. } => FrameType::Ack,
         }
     }
 
@@ -281,6 +313,10 @@ impl<'a> Frame<'a> {
             }
             FrameType::PublishList => Frame::PublishList { bytes: body },
             FrameType::PublishHeartbeat => Frame::PublishHeartbeat { bytes: body },
+            FrameType::Subscribe => Frame::Subscribe {
+                account: AccountId::from_bytes(array(body, 0)),
+                index: DeviceIndex(u32::from_be_bytes(array(body, 32))),
+            },
             FrameType::Routed => Frame::Routed {
                 header: MessageHeader::parse(body)?,
             },
@@ -298,6 +334,18 @@ impl<'a> Frame<'a> {
                 Frame::Logout {
                     index,
                     reason: reason_from_code(code).ok_or(FrameError::UnknownReason(code))?,
+                }
+            }
+            FrameType::Ack => {
+                let of = body.first().copied().and_then(FrameType::from_byte);
+                let changed = match body.get(1) {
+                    Some(0) => false,
+                    Some(1) => true,
+                    _ => return Err(FrameError::BadAck),
+                };
+                Frame::Ack {
+                    of: of.ok_or(FrameError::BadAck)?,
+                    changed,
                 }
             }
         })
@@ -320,6 +368,10 @@ impl<'a> Frame<'a> {
             Frame::Message { bytes, .. }
             | Frame::PublishList { bytes }
             | Frame::PublishHeartbeat { bytes } => out.extend_from_slice(bytes),
+            Frame::Subscribe { account, index } => {
+                out.extend_from_slice(&account.to_bytes());
+                out.extend_from_slice(&index.0.to_be_bytes());
+            }
             Frame::Routed { header } => {
                 out.push(MESSAGE_VERSION);
                 out.push(kind_code(header.kind));
@@ -336,6 +388,10 @@ impl<'a> Frame<'a> {
             Frame::Logout { index, reason } => {
                 out.extend_from_slice(&index.0.to_be_bytes());
                 out.push(reason_code(*reason));
+            }
+            Frame::Ack { of, changed } => {
+                out.push(*of as u8);
+                out.push(u8::from(*changed));
             }
         }
     }
@@ -473,7 +529,7 @@ mod tests {
 
     fn owned_frame() -> impl Strategy<Value = (u8, Vec<u8>, u64, u16, String, u32, LogoutReason)> {
         (
-            0u8..8,
+            0u8..10,
             proptest::collection::vec(any::<u8>(), 0..300),
             any::<u64>(),
             any::<u16>(),
@@ -506,6 +562,8 @@ mod tests {
                 4 => Frame::PublishHeartbeat { bytes: &hb },
                 5 => Frame::Routed { header },
                 6 => Frame::Error { code, text: &text },
+                8 => Frame::Ack { of: FrameType::from_byte(raw.first().copied().unwrap_or(1) % 6 + 1).unwrap(), changed: n % 2 == 0 },
+                7 => Frame::Subscribe { account: AccountId::from_bytes(array(&raw, 0)), index: DeviceIndex(index) },
                 _ => Frame::Logout { index: DeviceIndex(index), reason },
             };
             let bytes = frame.encode();

@@ -15,9 +15,15 @@
 //!   [`AccountDirectory`], which applies signed facts through the core's
 //!   [`Directory`](devicelink::relay::Directory) and persists what it decided.
 //!
-//! The store is synchronous, like the core's `TokenStore`: an async server
-//! calls it from `tokio::task::spawn_blocking`. The network transport
-//! (tokio, axum WebSocket) comes in a later step.
+//! - [`server`]: the network transport, an axum router with the WebSocket
+//!   endpoints (`docs/RELAY.md`), one task per connection, bounded queues,
+//!   a connection limit, rate limits, a sweeper and a graceful shutdown.
+//! - [`client`]: thin async clients (companion, primary) over
+//!   `tokio-tungstenite` that move bytes between the relay and the core's
+//!   state machines.
+//!
+//! The store is synchronous, like the core's `TokenStore`: the server calls
+//! it from `tokio::task::spawn_blocking`.
 //!
 //! ```
 //! use devicelink::relay::{ClientId, Ledger, LedgerConfig};
@@ -36,7 +42,11 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+#[cfg(feature = "client")]
+pub mod client;
 pub mod frame;
+#[cfg(feature = "server")]
+pub mod server;
 pub mod store;
 
 pub use frame::{Frame, FrameError, FrameType, MAX_FRAME_LEN};

@@ -1,28 +1,138 @@
-//! The `devicelink-relay` binary. This step opens (and migrates) the store
-//! and reports what it holds; the network transport comes next.
+//! The `devicelink-relay` binary: the relay on a SQLite file (or in
+//! memory), serving `/v1/companion`, `/v1/primary`, `/healthz` and
+//! `/metrics` until Ctrl-C or SIGTERM.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
 use devicelink::Policy;
-use devicelink_relay::{AccountDirectory, SqliteStore};
+use devicelink_relay::server::{Limits, Relay, SystemClock};
+use devicelink_relay::{MemoryStore, SqliteStore, Store, MAX_FRAME_LEN};
 
-/// The devicelink relay.
-///
-/// This build opens the SQLite store (creating and migrating it), rebuilds
-/// the account directory from it and exits: the WebSocket transport that
-/// will listen on `--listen` is not built yet.
+/// The devicelink relay: routes pairing messages between companions and
+/// primaries, redeems each QR token exactly once, and pushes the accounts'
+/// signed device lists, heartbeats and logouts to linked companions.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 struct Args {
-    /// Address to listen on (used once the network transport lands).
+    /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// SQLite database file (created if missing).
+    /// SQLite database file (created if missing); `:memory:` for the
+    /// in-memory store.
     #[arg(long, default_value = "devicelink.db")]
     db: PathBuf,
+    /// Use the in-memory store (nothing survives a restart).
+    #[arg(long)]
+    memory: bool,
+    /// Most WebSocket connections open at once.
+    #[arg(long, default_value_t = Limits::default().max_connections)]
+    max_connections: usize,
+    /// Largest WebSocket message accepted, in bytes (at most the largest
+    /// frame).
+    #[arg(long, default_value_t = MAX_FRAME_LEN)]
+    max_frame_len: usize,
+    /// Seconds without any message (or pong) before a connection is closed.
+    #[arg(long, default_value_t = Limits::default().idle_timeout.as_secs())]
+    idle_timeout_secs: u64,
+    /// Frames per second a connection may send on average.
+    #[arg(long, default_value_t = Limits::default().rate_per_second)]
+    rate: u32,
+    /// Frames a connection may send in a burst.
+    #[arg(long, default_value_t = Limits::default().rate_burst)]
+    burst: u32,
+    /// Frames queued for a connection before it is closed as a slow reader.
+    #[arg(long, default_value_t = Limits::default().outbound_queue)]
+    outbound_queue: usize,
+    /// Seconds a long-poll request waits for frames.
+    #[arg(long, default_value_t = Limits::default().poll_wait.as_secs())]
+    poll_wait_secs: u64,
+    /// Seconds shutdown waits for connections to close.
+    #[arg(long, default_value_t = Limits::default().shutdown_grace.as_secs())]
+    shutdown_grace_secs: u64,
+}
+
+impl Args {
+    fn limits(&self) -> Limits {
+        Limits {
+            max_connections: self.max_connections.max(1),
+            max_frame_len: self.max_frame_len.clamp(1, MAX_FRAME_LEN),
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs.max(1)),
+            rate_per_second: self.rate,
+            rate_burst: self.burst.max(1),
+            outbound_queue: self.outbound_queue.max(1),
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+            poll_wait: Duration::from_secs(self.poll_wait_secs.max(1)),
+            ..Limits::default()
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::info!("shutting down");
+}
+
+async fn run<S: Store + 'static>(store: S, args: &Args, what: String) -> ExitCode {
+    let relay = match Relay::new(
+        store,
+        &Policy::default(),
+        args.limits(),
+        Arc::new(SystemClock),
+    ) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(store = %what, error = %e, "cannot load the accounts");
+            return ExitCode::FAILURE;
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(args.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(listen = %args.listen, error = %e, "cannot listen");
+            return ExitCode::FAILURE;
+        }
+    };
+    let addr = listener.local_addr().unwrap_or(args.listen);
+    println!("devicelink-relay listening on ws://{addr} (store: {what})");
+    match relay.serve(listener, shutdown_signal()).await {
+        Ok(drained) if drained.all_closed => ExitCode::SUCCESS,
+        Ok(drained) => {
+            tracing::warn!(open = drained.still_open, "connections still open at exit");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "server failed");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -30,6 +140,19 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    if args.memory || args.db.as_os_str() == ":memory:" {
+        return runtime.block_on(run(MemoryStore::new(), &args, "memory".into()));
+    }
     let store = match SqliteStore::open(&args.db) {
         Ok(s) => s,
         Err(e) => {
@@ -37,19 +160,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let directory = match AccountDirectory::open(store.clone(), &Policy::default()) {
-        Ok(d) => d,
-        Err(e) => {
-            tracing::error!(db = %args.db.display(), error = %e, "cannot load the accounts");
-            return ExitCode::FAILURE;
-        }
-    };
-    tracing::info!(
-        db = %args.db.display(),
-        schema = store.schema_version().unwrap_or(0),
-        accounts = directory.directory().len(),
-        "store open"
-    );
-    tracing::warn!(listen = %args.listen, "the network transport is not built yet; exiting");
-    ExitCode::SUCCESS
+    let what = format!("sqlite {}", args.db.display());
+    let code = runtime.block_on(run(store, &args, what));
+    // The store's last handle dropped inside `run`: the SQLite writer has
+    // flushed and stopped.
+    drop(runtime);
+    code
 }

@@ -1,0 +1,667 @@
+//! Thin async clients of the relay over `tokio-tungstenite`: they move
+//! bytes between the relay and the core's state machines, and the core
+//! decides everything.
+//!
+//! - [`CompanionClient`]: registers the offer's token (and each rotated
+//!   one), answers the Hello with the core [`Companion`]'s Request, releases
+//!   the token when the core refuses a Hello (so a forged Hello never blocks
+//!   the genuine one), confirms the Grant, then subscribes to its account and
+//!   applies every pushed list and heartbeat to its [`LinkedSession`].
+//! - [`PrimaryClient`]: sends the Hello from [`Account::scan`], grants or
+//!   refuses the Request, verifies the Confirm, publishes lists and
+//!   heartbeats.
+//!
+//! The relay answers every frame a client sends with exactly one
+//! [`Frame::Ack`], [`Frame::Routed`] or [`Frame::Error`], in order, so a
+//! client knows which of its frames an error is about.
+//!
+//! Reconnection: [`CompanionClient::reconnect`] and
+//! [`PrimaryClient::reconnect`] connect again with capped, jittered
+//! exponential [`Backoff`]; a linked companion subscribes again (and the
+//! relay sends it the newest list). A pairing cannot move to a new
+//! connection: the relay binds a token to the connection that registered it,
+//! so a companion that lost its connection while pairing shows a new offer.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use devicelink::handshake::{MessageHeader, MessageKind};
+use devicelink::{
+    Account, Companion, CompanionState, ConfirmedLink, DeviceIndex, DeviceListChange, ErrorKind,
+    HandshakeError, LinkRequest, LinkedSession, LogoutReason, PrimaryHeartbeat, RefusalReason,
+    RegistryError, SessionError, SessionStatus, SignedDeviceList, Timestamp,
+};
+use futures_util::{SinkExt, StreamExt};
+use rand_core::{CryptoRng, RngCore};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::frame::{Frame, FrameError, FrameType};
+use crate::server::{codes, Clock};
+use crate::MAX_FRAME_LEN;
+
+/// Why a client call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The WebSocket failed.
+    #[error("websocket: {0}")]
+    Socket(#[from] tokio_tungstenite::tungstenite::Error),
+    /// The relay closed the connection (with this close code, if it gave one).
+    #[error("the relay closed the connection (code {code:?})")]
+    Closed {
+        /// The WebSocket close code.
+        code: Option<u16>,
+    },
+    /// The relay refused a frame this client sent.
+    #[error("the relay refused a {of:?} frame ({code}): {text}")]
+    Relay {
+        /// The refused frame's type.
+        of: Option<FrameType>,
+        /// The error code (`docs/RELAY.md`; [`codes`]).
+        code: u16,
+        /// The relay's text.
+        text: String,
+    },
+    /// The relay sent bytes that are not a frame.
+    #[error("bad frame from the relay: {0}")]
+    Frame(#[from] FrameError),
+    /// The relay sent a frame this client did not expect now.
+    #[error("unexpected {0:?} frame from the relay")]
+    Unexpected(FrameType),
+    /// The core refused (companion handshake).
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
+    /// The core refused (primary's registry).
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The core refused (linked session).
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    /// The pairing ended without a link (display ended, grant timed out).
+    #[error("pairing failed: {0:?}")]
+    PairingFailed(devicelink::handshake::FailureReason),
+    /// A pairing cannot resume on a new connection (the relay binds the
+    /// token to the connection that registered it): show a new offer.
+    #[error("a pairing cannot resume on a new connection; show a new offer")]
+    CannotResume,
+}
+
+/// Capped, jittered exponential backoff between connection attempts: the
+/// n-th wait is a random duration in `[d/2, d]` with
+/// `d = min(cap, first × 2ⁿ)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backoff {
+    /// The first wait's upper bound.
+    pub first: Duration,
+    /// The longest wait.
+    pub cap: Duration,
+    /// Attempts before giving up.
+    pub attempts: u32,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            first: Duration::from_millis(100),
+            cap: Duration::from_secs(10),
+            attempts: 10,
+        }
+    }
+}
+
+impl Backoff {
+    /// The wait after failed attempt `n` (0-based).
+    pub fn delay(&self, n: u32) -> Duration {
+        let d = self
+            .first
+            .saturating_mul(1u32.checked_shl(n.min(31)).unwrap_or(u32::MAX))
+            .min(self.cap);
+        let jitter = f64::from(rand_core::OsRng.next_u32()) / f64::from(u32::MAX);
+        d.mul_f64(0.5 + jitter / 2.0)
+    }
+
+    async fn connect(&self, url: &str) -> Result<FrameLink, ClientError> {
+        let mut n = 0;
+        loop {
+            match FrameLink::connect(url).await {
+                Ok(link) => return Ok(link),
+                Err(e) if n + 1 >= self.attempts.max(1) => return Err(e),
+                Err(e) => {
+                    tracing::info!(error = %e, attempt = n + 1, "connect failed; retrying");
+                    tokio::time::sleep(self.delay(n)).await;
+                    n += 1;
+                }
+            }
+        }
+    }
+}
+
+impl ClientError {
+    /// The core's kind of this error (for a relay refusal, the kind its
+    /// code names).
+    pub fn kind(&self) -> Option<ErrorKind> {
+        match self {
+            ClientError::Relay { code, .. } => codes::code_kind(*code),
+            ClientError::Handshake(e) => Some(e.kind()),
+            ClientError::Registry(e) => Some(e.kind()),
+            ClientError::Session(e) => Some(e.kind()),
+            ClientError::Frame(_) => Some(ErrorKind::Malformed),
+            _ => None,
+        }
+    }
+}
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Longest wait between two polls of the core's deadlines (so a hand-moved
+/// test clock is noticed).
+const MAX_WAIT: Duration = Duration::from_millis(100);
+
+/// What the relay sent.
+enum Inbound {
+    /// An Ack or Routed: one of our frames was carried out.
+    Answer,
+    /// A forwarded handshake message (a whole frame; the message is `[1..]`).
+    Message(MessageHeader, Vec<u8>),
+    /// A push: list, heartbeat or logout (a whole frame).
+    Push(Vec<u8>),
+}
+
+/// One WebSocket connection carrying frames, with the queue of our frames
+/// the relay has not answered yet.
+struct FrameLink {
+    socket: Socket,
+    awaiting: VecDeque<FrameType>,
+}
+
+impl FrameLink {
+    async fn connect(url: &str) -> Result<Self, ClientError> {
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(MAX_FRAME_LEN))
+            .max_frame_size(Some(MAX_FRAME_LEN));
+        let (socket, _) =
+            tokio_tungstenite::connect_async_with_config(url, Some(config), true).await?;
+        Ok(FrameLink {
+            socket,
+            awaiting: VecDeque::new(),
+        })
+    }
+
+    async fn send(&mut self, frame: &Frame<'_>) -> Result<(), ClientError> {
+        self.awaiting.push_back(frame.frame_type());
+        self.socket.send(Message::binary(frame.encode())).await?;
+        Ok(())
+    }
+
+    /// The next frame. A relay error about one of our frames is returned
+    /// as [`ClientError::Relay`].
+    async fn next(&mut self) -> Result<Inbound, ClientError> {
+        loop {
+            let message = match self.socket.next().await {
+                None => return Err(ClientError::Closed { code: None }),
+                Some(m) => m?,
+            };
+            let bytes = match message {
+                Message::Binary(b) => b.to_vec(),
+                Message::Close(frame) => {
+                    return Err(ClientError::Closed {
+                        code: frame.map(|f| u16::from(f.code)),
+                    })
+                }
+                Message::Text(_) => return Err(ClientError::Unexpected(FrameType::Error)),
+                _ => continue,
+            };
+            match Frame::decode(&bytes)? {
+                Frame::Ack { .. } | Frame::Routed { .. } => {
+                    self.awaiting.pop_front();
+                    return Ok(Inbound::Answer);
+                }
+                Frame::Error { code, text } => {
+                    return Err(ClientError::Relay {
+                        of: self.awaiting.pop_front(),
+                        code,
+                        text: text.to_string(),
+                    })
+                }
+                Frame::Message { header, .. } => return Ok(Inbound::Message(header, bytes)),
+                Frame::PublishList { .. }
+                | Frame::PublishHeartbeat { .. }
+                | Frame::Logout { .. } => return Ok(Inbound::Push(bytes)),
+                other => return Err(ClientError::Unexpected(other.frame_type())),
+            }
+        }
+    }
+
+    /// Waits until the relay answered every frame sent so far.
+    async fn settle(&mut self) -> Result<(), ClientError> {
+        while !self.awaiting.is_empty() {
+            if let Inbound::Message(..) = self.next().await? {
+                return Err(ClientError::Unexpected(FrameType::Message));
+            }
+        }
+        Ok(())
+    }
+
+    async fn close(mut self) {
+        let _ = self.socket.close(None).await;
+    }
+}
+
+fn until(deadline: Option<Timestamp>, now: Timestamp) -> Duration {
+    deadline
+        .map(|d| Duration::from_millis(d.as_unix_millis().saturating_sub(now.as_unix_millis())))
+        .unwrap_or(MAX_WAIT)
+        .min(MAX_WAIT)
+}
+
+/// What a linked companion learned from the relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CompanionUpdate {
+    /// A newer device list was applied to the session.
+    DeviceList(DeviceListChange),
+    /// A heartbeat extended (or confirmed) the session's lease.
+    Heartbeat(SessionStatus),
+    /// A pushed list or heartbeat the session refused (stale, forged,
+    /// fork): the session is unchanged.
+    Ignored(SessionError),
+    /// The relay says this device was logged out. The session's own status
+    /// (from signed facts and `now`) is given beside it: the relay's word
+    /// alone logs nobody out.
+    Logout {
+        /// The device index the relay named.
+        index: DeviceIndex,
+        /// The relay's reason.
+        reason: LogoutReason,
+        /// The session's own status now.
+        status: SessionStatus,
+    },
+}
+
+enum Side {
+    Pairing(Box<Companion>),
+    Linked(Box<LinkedSession>),
+    /// Only while the companion is moved into its session.
+    Moving,
+}
+
+/// A companion talking to the relay (`/v1/companion`).
+pub struct CompanionClient {
+    link: FrameLink,
+    clock: Arc<dyn Clock>,
+    side: Side,
+}
+
+impl std::fmt::Debug for CompanionClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompanionClient").finish_non_exhaustive()
+    }
+}
+
+impl CompanionClient {
+    /// Connects to `base` (`ws://host:port`) and registers the token of the
+    /// offer `companion` shows; returns once the relay acknowledged it, so
+    /// the QR code can be shown.
+    pub async fn connect(
+        base: &str,
+        companion: Companion,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, ClientError> {
+        let link = FrameLink::connect(&format!("{base}/v1/companion")).await?;
+        let mut client = CompanionClient {
+            link,
+            clock,
+            side: Side::Pairing(Box::new(companion)),
+        };
+        client.register_offer().await?;
+        client.link.settle().await?;
+        Ok(client)
+    }
+
+    async fn register_offer(&mut self) -> Result<(), ClientError> {
+        let Side::Pairing(companion) = &self.side else {
+            return Ok(());
+        };
+        let (Some(offer), Some(expires_at)) = (companion.offer(), companion.next_deadline()) else {
+            return Ok(());
+        };
+        let frame = Frame::Register {
+            token_id: offer.token_id(),
+            expires_at,
+        };
+        self.link.send(&frame).await
+    }
+
+    /// The QR text of the offer on screen, while pairing.
+    pub fn offer_text(&self) -> Option<String> {
+        match &self.side {
+            Side::Pairing(c) => c.offer().map(|o| o.to_text()),
+            Side::Linked(_) | Side::Moving => None,
+        }
+    }
+
+    /// The session, once linked.
+    pub fn session(&self) -> Option<&LinkedSession> {
+        match &self.side {
+            Side::Linked(s) => Some(s),
+            Side::Pairing(_) | Side::Moving => None,
+        }
+    }
+
+    /// Runs the pairing to its end: rotates (and registers) the offer on
+    /// time, answers the Hello, confirms the Grant, then subscribes to the
+    /// account. A Hello the core refuses is released at the relay and the
+    /// wait goes on. Ends with the session, or the core's refusal
+    /// ([`ClientError::Handshake`] with [`HandshakeError::Refused`]).
+    pub async fn link<R: RngCore + CryptoRng>(
+        &mut self,
+        rng: &mut R,
+    ) -> Result<&LinkedSession, ClientError> {
+        while let Side::Pairing(companion) = &mut self.side {
+            let now = self.clock.now();
+            if let Some(event) = companion.poll(rng, now) {
+                match event {
+                    devicelink::handshake::CompanionEvent::OfferRotated { .. } => {
+                        self.register_offer().await?;
+                        continue;
+                    }
+                    devicelink::handshake::CompanionEvent::Failed(reason) => {
+                        return Err(ClientError::PairingFailed(reason))
+                    }
+                }
+            }
+            let wait = until(companion.next_deadline(), now);
+            let inbound = match tokio::time::timeout(wait, self.link.next()).await {
+                Err(_) => continue,
+                Ok(Err(ClientError::Relay { of, code, text })) => {
+                    if of == Some(FrameType::Release) {
+                        // The reservation had already lapsed or moved on.
+                        continue;
+                    }
+                    return Err(ClientError::Relay { of, code, text });
+                }
+                Ok(other) => other?,
+            };
+            let Inbound::Message(header, frame) = inbound else {
+                // Answers, and pushes before the link (none are expected).
+                continue;
+            };
+            let message = frame.get(1..).unwrap_or_default();
+            let now = self.clock.now();
+            match header.kind {
+                MessageKind::Hello => match companion.receive_hello(message, rng, now) {
+                    Ok(request) => self.send_message(&request).await?,
+                    Err(e) => {
+                        tracing::info!(error = %e, "Hello refused");
+                        if matches!(companion.state(), CompanionState::AwaitingScan { .. }) {
+                            self.link
+                                .send(&Frame::Release {
+                                    token_id: header.token_id,
+                                })
+                                .await?;
+                        }
+                    }
+                },
+                MessageKind::Grant | MessageKind::Refusal => {
+                    match companion.receive_grant(message, now) {
+                        Ok(confirm) => {
+                            self.send_message(&confirm).await?;
+                            self.become_linked().await?;
+                        }
+                        Err(e @ HandshakeError::Refused(_)) => return Err(e.into()),
+                        Err(e) if e.is_terminal() => return Err(e.into()),
+                        Err(e) => tracing::info!(error = %e, "Grant refused"),
+                    }
+                }
+                _ => tracing::info!(kind = ?header.kind, "unexpected message kind"),
+            }
+        }
+        self.session()
+            .ok_or(ClientError::Unexpected(FrameType::Message))
+    }
+
+    async fn send_message(&mut self, message: &[u8]) -> Result<(), ClientError> {
+        let header = MessageHeader::parse(message)?;
+        self.link
+            .send(&Frame::Message {
+                header,
+                bytes: message,
+            })
+            .await
+    }
+
+    async fn become_linked(&mut self) -> Result<(), ClientError> {
+        let side = std::mem::replace(&mut self.side, Side::Moving);
+        let Side::Pairing(companion) = side else {
+            self.side = side;
+            return Ok(());
+        };
+        match companion.into_session() {
+            Ok(session) => {
+                let frame = Frame::Subscribe {
+                    account: session.account(),
+                    index: session.index(),
+                };
+                self.side = Side::Linked(Box::new(session));
+                self.link.send(&frame).await?;
+                self.link.settle().await
+            }
+            Err(companion) => {
+                self.side = Side::Pairing(companion);
+                Ok(())
+            }
+        }
+    }
+
+    /// Connects again to `base` (after the relay closed or restarted), with
+    /// `backoff`, and subscribes again; the relay then sends the newest
+    /// list it holds, which [`CompanionClient::next_update`] applies. While
+    /// pairing: [`ClientError::CannotResume`].
+    pub async fn reconnect(&mut self, base: &str, backoff: &Backoff) -> Result<(), ClientError> {
+        let Side::Linked(session) = &self.side else {
+            return Err(ClientError::CannotResume);
+        };
+        let frame = Frame::Subscribe {
+            account: session.account(),
+            index: session.index(),
+        };
+        let link = backoff.connect(&format!("{base}/v1/companion")).await?;
+        let old = std::mem::replace(&mut self.link, link);
+        old.close().await;
+        self.link.send(&frame).await?;
+        self.link.settle().await
+    }
+
+    /// The next update pushed for the linked session (waits for it).
+    pub async fn next_update(&mut self) -> Result<CompanionUpdate, ClientError> {
+        loop {
+            let Inbound::Push(frame) = self.link.next().await? else {
+                continue;
+            };
+            let Side::Linked(session) = &mut self.side else {
+                continue;
+            };
+            let now = self.clock.now();
+            return Ok(match Frame::decode(&frame)? {
+                Frame::PublishList { bytes } => match session.accept_device_list(bytes, now) {
+                    Ok(change) => CompanionUpdate::DeviceList(change),
+                    Err(e) => CompanionUpdate::Ignored(e),
+                },
+                Frame::PublishHeartbeat { bytes } => match session.accept_heartbeat(bytes, now) {
+                    Ok(status) => CompanionUpdate::Heartbeat(status),
+                    Err(e) => CompanionUpdate::Ignored(e),
+                },
+                Frame::Logout { index, reason } => CompanionUpdate::Logout {
+                    index,
+                    reason,
+                    status: session.poll(now),
+                },
+                other => return Err(ClientError::Unexpected(other.frame_type())),
+            });
+        }
+    }
+
+    /// Closes the connection.
+    pub async fn close(self) {
+        self.link.close().await;
+    }
+}
+
+/// How a primary's link attempt ended.
+#[derive(Debug)]
+pub enum LinkOutcome {
+    /// The companion confirmed; the list naming it was published.
+    Linked(Box<ConfirmedLink>),
+    /// The link was refused (the core's device limit, or the user); the
+    /// authenticated Refusal was sent to the companion.
+    Refused(RefusalReason),
+}
+
+/// A primary talking to the relay (`/v1/primary`).
+pub struct PrimaryClient {
+    link: FrameLink,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for PrimaryClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrimaryClient").finish_non_exhaustive()
+    }
+}
+
+impl PrimaryClient {
+    /// Connects to `base` (`ws://host:port`).
+    pub async fn connect(base: &str, clock: Arc<dyn Clock>) -> Result<Self, ClientError> {
+        let link = FrameLink::connect(&format!("{base}/v1/primary")).await?;
+        Ok(PrimaryClient { link, clock })
+    }
+
+    /// Connects again to `base` with `backoff` (nothing to resume: a link
+    /// in progress on the old connection is lost).
+    pub async fn reconnect(&mut self, base: &str, backoff: &Backoff) -> Result<(), ClientError> {
+        let link = backoff.connect(&format!("{base}/v1/primary")).await?;
+        let old = std::mem::replace(&mut self.link, link);
+        old.close().await;
+        Ok(())
+    }
+
+    /// Links the companion showing `offer_text`: scans it (the account must
+    /// have an open link intent), sends the Hello, and when the Request
+    /// comes asks `approve` (what the user sees: label, check code); grants
+    /// or refuses, verifies the Confirm and publishes the new list.
+    pub async fn link<R: RngCore + CryptoRng>(
+        &mut self,
+        account: &mut Account,
+        offer_text: &str,
+        rng: &mut R,
+        approve: impl FnOnce(&LinkRequest) -> bool,
+    ) -> Result<LinkOutcome, ClientError> {
+        let (mut handshake, hello) = account.scan(offer_text, rng, self.clock.now())?;
+        self.send_message(&hello).await?;
+        let request = self.next_message(MessageKind::Request).await?;
+        let now = self.clock.now();
+        let asking = match account.receive_request(&mut handshake, &request, rng, now) {
+            Ok(asking) => asking,
+            Err(RegistryError::Refused { reason, refusal }) => {
+                self.send_message(&refusal).await?;
+                self.link.settle().await?;
+                return Ok(LinkOutcome::Refused(reason));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if !approve(&asking) {
+            let reason = RefusalReason::Declined;
+            let refusal = account.refuse(&mut handshake, reason, rng, self.clock.now())?;
+            self.send_message(&refusal).await?;
+            self.link.settle().await?;
+            return Ok(LinkOutcome::Refused(reason));
+        }
+        let grant = account.grant(&mut handshake, rng, self.clock.now())?;
+        self.send_message(&grant).await?;
+        let confirm = self.next_message(MessageKind::Confirm).await?;
+        let linked = account.confirm(&mut handshake, &confirm, self.clock.now())?;
+        self.publish_list(account.device_list()).await?;
+        Ok(LinkOutcome::Linked(Box::new(linked)))
+    }
+
+    async fn send_message(&mut self, message: &[u8]) -> Result<(), ClientError> {
+        let header = MessageHeader::parse(message)?;
+        self.link
+            .send(&Frame::Message {
+                header,
+                bytes: message,
+            })
+            .await
+    }
+
+    /// Sends a raw handshake message (tests: a forged or corrupted one) and
+    /// waits for the relay's answer.
+    pub async fn send_raw_message(&mut self, message: &[u8]) -> Result<(), ClientError> {
+        self.send_message(message).await?;
+        self.link.settle().await
+    }
+
+    async fn next_message(&mut self, kind: MessageKind) -> Result<Vec<u8>, ClientError> {
+        loop {
+            match self.link.next().await? {
+                Inbound::Message(header, frame) if header.kind == kind => {
+                    return Ok(frame.get(1..).unwrap_or_default().to_vec())
+                }
+                Inbound::Message(header, _) => {
+                    tracing::info!(kind = ?header.kind, "unexpected message kind")
+                }
+                Inbound::Push(_) | Inbound::Answer => {}
+            }
+        }
+    }
+
+    /// Publishes a device list; returns whether the relay applied it (an
+    /// old or repeated list is acknowledged as unchanged).
+    pub async fn publish_list(&mut self, list: &SignedDeviceList) -> Result<(), ClientError> {
+        let bytes = list.to_bytes();
+        self.link
+            .send(&Frame::PublishList { bytes: &bytes })
+            .await?;
+        self.link.settle().await
+    }
+
+    /// Publishes a heartbeat.
+    pub async fn publish_heartbeat(
+        &mut self,
+        heartbeat: &PrimaryHeartbeat,
+    ) -> Result<(), ClientError> {
+        let bytes = heartbeat.to_bytes();
+        self.link
+            .send(&Frame::PublishHeartbeat { bytes: &bytes })
+            .await?;
+        self.link.settle().await
+    }
+
+    /// Closes the connection.
+    pub async fn close(self) {
+        self.link.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_capped_and_jittered_within_half() {
+        let b = Backoff {
+            first: Duration::from_millis(100),
+            cap: Duration::from_secs(2),
+            attempts: 5,
+        };
+        for n in 0..40 {
+            let d = b.delay(n);
+            let top = Duration::from_millis(100)
+                .saturating_mul(1u32.checked_shl(n.min(31)).unwrap_or(u32::MAX))
+                .min(b.cap);
+            assert!(d >= top / 2 && d <= top, "{n}: {d:?} vs {top:?}");
+        }
+    }
+}

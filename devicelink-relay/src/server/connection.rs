@@ -1,0 +1,553 @@
+//! One task per connection: it owns the socket, reads frames, calls the
+//! core through the [`Hub`], writes its own answers, and drains its bounded
+//! outbound queue (messages and pushes from other connections).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use devicelink::handshake::MessageKind;
+use devicelink::relay::{ClientId, Transition};
+use devicelink::{AccountId, ErrorKind, PrimaryHeartbeat, SignedDeviceList};
+use rand_core::{OsRng, RngCore};
+use std::future::Future;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::time::Instant;
+
+use super::codes;
+use super::hub::{stopped, CloseSignal, Hub, Peer, Subscriber};
+use super::metrics::Metrics;
+use crate::frame::{Frame, FrameType};
+use crate::store::{AccountDirectoryError, Store};
+
+/// What a connection task reads frames from and writes them to: a
+/// WebSocket, or a long-poll session's pair of queues ([`super::poll`]).
+pub(crate) trait Wire: Send + 'static {
+    /// The next message; `None` when the peer is gone.
+    fn recv(&mut self) -> impl Future<Output = Option<Result<Message, axum::Error>>> + Send;
+    /// Sends one message.
+    fn send(&mut self, message: Message) -> impl Future<Output = Result<(), axum::Error>> + Send;
+    /// Whether to wait for the peer's Close after sending ours.
+    fn closing_handshake(&self) -> bool {
+        true
+    }
+}
+
+impl Wire for WebSocket {
+    fn recv(&mut self) -> impl Future<Output = Option<Result<Message, axum::Error>>> + Send {
+        WebSocket::recv(self)
+    }
+
+    fn send(&mut self, message: Message) -> impl Future<Output = Result<(), axum::Error>> + Send {
+        WebSocket::send(self, message)
+    }
+}
+
+/// Which endpoint the connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    Companion,
+    Primary,
+}
+
+impl Role {
+    fn accepts(self, frame: FrameType) -> bool {
+        match self {
+            Role::Companion => matches!(
+                frame,
+                FrameType::Register
+                    | FrameType::Release
+                    | FrameType::Message
+                    | FrameType::Subscribe
+            ),
+            Role::Primary => matches!(
+                frame,
+                FrameType::Message | FrameType::PublishList | FrameType::PublishHeartbeat
+            ),
+        }
+    }
+
+    fn sends(self, kind: MessageKind) -> bool {
+        match self {
+            Role::Companion => matches!(kind, MessageKind::Request | MessageKind::Confirm),
+            Role::Primary => matches!(
+                kind,
+                MessageKind::Hello | MessageKind::Grant | MessageKind::Refusal
+            ),
+        }
+    }
+}
+
+/// A refusal to send as an error frame.
+struct Refusal {
+    code: u16,
+    kind: ErrorKind,
+    text: String,
+}
+
+impl Refusal {
+    fn core(kind: ErrorKind, text: impl ToString) -> Self {
+        Refusal {
+            code: codes::core_code(kind),
+            kind,
+            text: text.to_string(),
+        }
+    }
+
+    fn transport(code: u16, text: impl ToString) -> Self {
+        Refusal {
+            code,
+            kind: codes::code_kind(code).unwrap_or(ErrorKind::Misuse),
+            text: text.to_string(),
+        }
+    }
+}
+
+/// Why the connection ends.
+enum End {
+    /// The peer closed or the socket failed: nothing more to send.
+    Gone,
+    /// Close with this code, after this error frame if any.
+    Close(u16, Option<Refusal>),
+}
+
+/// A per-connection token bucket (real time: a transport matter, not the
+/// core's clock).
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+    rate: f64,
+    burst: f64,
+}
+
+impl Bucket {
+    fn new(rate: u32, burst: u32) -> Self {
+        let burst = f64::from(burst.max(1));
+        Bucket {
+            tokens: burst,
+            last: Instant::now(),
+            rate: f64::from(rate),
+            burst,
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Longest wait for the client's half of the closing handshake.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+static FALLBACK_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A fresh random id (never sent to anyone; only the relay routes by it).
+/// If the system RNG fails, a process-wide counter keeps ids unique.
+fn fresh_client_id() -> ClientId {
+    let mut bytes = [0u8; 16];
+    if OsRng.try_fill_bytes(&mut bytes).is_err() {
+        return ClientId::from(FALLBACK_ID.fetch_add(1, Ordering::Relaxed));
+    }
+    ClientId::from_bytes(bytes)
+}
+
+struct Connection<S: Store, W: Wire> {
+    hub: Arc<Hub<S>>,
+    socket: W,
+    client: ClientId,
+    role: Role,
+    subscribed: Option<AccountId>,
+}
+
+/// Runs one connection until it ends, then forgets it and returns its
+/// permit.
+pub(crate) async fn run<S: Store + 'static, W: Wire>(
+    hub: Arc<Hub<S>>,
+    socket: W,
+    role: Role,
+    permit: OwnedSemaphorePermit,
+) {
+    let client = fresh_client_id();
+    let (tx, rx) = mpsc::channel(hub.limits.outbound_queue.max(1));
+    let close = Arc::new(CloseSignal::default());
+    hub.connect(
+        client,
+        Peer {
+            tx,
+            close: close.clone(),
+        },
+    );
+    Metrics::inc(&hub.metrics.connections_total);
+    Metrics::inc(&hub.metrics.connections_open);
+    tracing::debug!(%client, ?role, "connected");
+    let mut conn = Connection {
+        hub: hub.clone(),
+        socket,
+        client,
+        role,
+        subscribed: None,
+    };
+    let end = conn.serve(rx, &close).await;
+    hub.disconnect(client, conn.subscribed);
+    if let End::Close(code, refusal) = end {
+        conn.close(code, refusal).await;
+    }
+    hub.metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
+    tracing::debug!(%client, "disconnected");
+    drop(permit);
+}
+
+impl<S: Store + 'static, W: Wire> Connection<S, W> {
+    async fn serve(&mut self, mut rx: mpsc::Receiver<Bytes>, close: &CloseSignal) -> End {
+        let limits = self.hub.limits.clone();
+        let mut shutdown = self.hub.shutdown.clone();
+        let mut bucket = Bucket::new(limits.rate_per_second, limits.rate_burst);
+        let mut idle_at = Instant::now() + limits.idle_timeout;
+        let ping_every = (limits.idle_timeout / 3).max(Duration::from_millis(10));
+        let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+        loop {
+            tokio::select! {
+                biased;
+                () = stopped(&mut shutdown) => {
+                    return End::Close(
+                        codes::CLOSE_GOING_AWAY,
+                        Some(Refusal::transport(codes::SHUTTING_DOWN, "the relay is shutting down")),
+                    );
+                }
+                _ = close.closed() => {
+                    // Another task found our queue full: close with its
+                    // code (one write, bounded by the write timeout).
+                    let code = close.code();
+                    tracing::info!(client = %self.client, code, "closed by the relay");
+                    return End::Close(code, None);
+                }
+                queued = rx.recv() => {
+                    let Some(bytes) = queued else { return End::Gone };
+                    if !self.write(Message::Binary(bytes)).await {
+                        Metrics::inc(&self.hub.metrics.slow_readers);
+                        return End::Gone;
+                    }
+                }
+                () = tokio::time::sleep_until(idle_at) => {
+                    return End::Close(
+                        codes::CLOSE_IDLE,
+                        Some(Refusal::transport(codes::IDLE, "idle timeout")),
+                    );
+                }
+                _ = ping.tick() => {
+                    if !self.write(Message::Ping(Bytes::new())).await {
+                        return End::Gone;
+                    }
+                }
+                inbound = self.socket.recv() => {
+                    let message = match inbound {
+                        None => return End::Gone,
+                        Some(Ok(m)) => m,
+                        Some(Err(e)) => return too_big_or_gone(e),
+                    };
+                    idle_at = Instant::now() + limits.idle_timeout;
+                    // Pings count against the rate too (each costs a pong);
+                    // pongs answer our own pings.
+                    let counted = !matches!(message, Message::Pong(_));
+                    if counted && !bucket.take() {
+                        return End::Close(
+                            codes::CLOSE_RATE_LIMITED,
+                            Some(Refusal::transport(codes::RATE_LIMITED, "frame rate exceeded")),
+                        );
+                    }
+                    match message {
+                        Message::Binary(bytes) => {
+                            if let Some(end) = self.handle(bytes).await {
+                                return end;
+                            }
+                        }
+                        Message::Text(_) => {
+                            return End::Close(
+                                codes::CLOSE_UNSUPPORTED,
+                                Some(Refusal::transport(codes::TEXT_MESSAGE, "frames are binary messages")),
+                            );
+                        }
+                        Message::Ping(_) | Message::Pong(_) => {}
+                        Message::Close(_) => return End::Gone,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes one message, bounded by the write timeout.
+    async fn write(&mut self, message: Message) -> bool {
+        matches!(
+            tokio::time::timeout(self.hub.limits.write_timeout, self.socket.send(message)).await,
+            Ok(Ok(()))
+        )
+    }
+
+    async fn send_frame(&mut self, frame: &Frame<'_>) -> Option<End> {
+        if self
+            .write(Message::Binary(Bytes::from(frame.encode())))
+            .await
+        {
+            None
+        } else {
+            Metrics::inc(&self.hub.metrics.slow_readers);
+            Some(End::Gone)
+        }
+    }
+
+    async fn refuse(&mut self, refusal: Refusal) -> Option<End> {
+        self.hub.metrics.refused(refusal.kind);
+        tracing::debug!(client = %self.client, code = refusal.code, text = %refusal.text, "refused");
+        self.send_frame(&Frame::Error {
+            code: refusal.code,
+            text: &refusal.text,
+        })
+        .await
+    }
+
+    async fn ack(&mut self, of: FrameType, changed: bool) -> Option<End> {
+        self.send_frame(&Frame::Ack { of, changed }).await
+    }
+
+    /// Sends the error frame (if any) and a close frame, bounded in time.
+    async fn close(&mut self, code: u16, refusal: Option<Refusal>) {
+        if let Some(refusal) = refusal {
+            if self.refuse(refusal).await.is_some() {
+                return;
+            }
+        }
+        let frame = CloseFrame {
+            code,
+            reason: "".into(),
+        };
+        if !self.write(Message::Close(Some(frame))).await || !self.socket.closing_handshake() {
+            return;
+        }
+        // The closing handshake: wait (briefly) for the client's Close, so
+        // what it still sends (a pong) does not meet a reset before it has
+        // read our error and close frames.
+        let wait = self.hub.limits.write_timeout.min(CLOSE_WAIT);
+        let _ = tokio::time::timeout(wait, async {
+            while let Some(Ok(m)) = self.socket.recv().await {
+                if matches!(m, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Handles one binary message; `Some` ends the connection.
+    async fn handle(&mut self, bytes: Bytes) -> Option<End> {
+        let frame = match Frame::decode(&bytes) {
+            Ok(frame) => frame,
+            Err(e) => {
+                return Some(End::Close(
+                    codes::CLOSE_MALFORMED,
+                    Some(Refusal::transport(codes::MALFORMED_FRAME, e)),
+                ))
+            }
+        };
+        let ty = frame.frame_type();
+        if !self.role.accepts(ty) {
+            let text = format!("{ty:?} frames are not accepted from a {:?}", self.role);
+            return self
+                .refuse(Refusal::transport(codes::WRONG_FRAME, text))
+                .await;
+        }
+        let now = self.hub.clock.now();
+        let client = self.client;
+        match frame {
+            Frame::Register {
+                token_id,
+                expires_at,
+            } => {
+                let r = self
+                    .hub
+                    .blocking(move |h| h.ledger.register(client, token_id, expires_at, now))
+                    .await;
+                match r {
+                    Some(Ok(_)) => {
+                        Metrics::inc(&self.hub.metrics.tokens_registered);
+                        self.ack(ty, true).await
+                    }
+                    Some(Err(e)) => self.refuse(Refusal::core(e.kind(), e)).await,
+                    None => Some(internal()),
+                }
+            }
+            Frame::Release { token_id } => {
+                let r = self
+                    .hub
+                    .blocking(move |h| h.ledger.release(&token_id, client, now))
+                    .await;
+                match r {
+                    Some(Ok(())) => {
+                        Metrics::inc(&self.hub.metrics.tokens_released);
+                        self.ack(ty, true).await
+                    }
+                    Some(Err(e)) => self.refuse(Refusal::core(e.kind(), e)).await,
+                    None => Some(internal()),
+                }
+            }
+            Frame::Message { header, bytes: msg } => {
+                if !self.role.sends(header.kind) {
+                    let text =
+                        format!("a {:?} does not send {:?} messages", self.role, header.kind);
+                    return self
+                        .refuse(Refusal::transport(codes::WRONG_KIND, text))
+                        .await;
+                }
+                let owned = bytes.clone();
+                let r = self
+                    .hub
+                    .blocking(move |h| h.ledger.route(&owned[1..], client, now))
+                    .await;
+                let routed = match r {
+                    Some(Ok(routed)) => routed,
+                    Some(Err(e)) => return self.refuse(Refusal::core(e.kind(), e)).await,
+                    None => return Some(internal()),
+                };
+                match routed.transition {
+                    Transition::Reserved { .. } => Metrics::inc(&self.hub.metrics.tokens_reserved),
+                    Transition::Redeemed { .. } => Metrics::inc(&self.hub.metrics.tokens_redeemed),
+                    Transition::None => {}
+                }
+                let _ = msg;
+                // The frame as received is the frame to forward.
+                if !self.hub.push(routed.forward_to, bytes.clone()) {
+                    return self
+                        .refuse(Refusal::transport(
+                            codes::PEER_GONE,
+                            "the recipient is not connected",
+                        ))
+                        .await;
+                }
+                self.hub.metrics.routed(routed.kind);
+                self.send_frame(&Frame::Routed { header }).await
+            }
+            Frame::Subscribe { account, index } => {
+                if let Some(old) = self.subscribed.take() {
+                    self.hub.unsubscribe(client, old);
+                }
+                self.hub.subscribe(account, Subscriber { client, index });
+                self.subscribed = Some(account);
+                if let Some(end) = self.ack(ty, true).await {
+                    return Some(end);
+                }
+                // Catch the companion up with the newest list the relay
+                // holds (it may have missed a revocation while away).
+                let held = self
+                    .hub
+                    .blocking(move |h| h.directory().store().account(&account))
+                    .await;
+                if let Some(Ok(Some(record))) = held {
+                    return self
+                        .send_frame(&Frame::PublishList {
+                            bytes: &record.list,
+                        })
+                        .await;
+                }
+                None
+            }
+            Frame::PublishList { bytes: list } => {
+                let owned = Bytes::copy_from_slice(list);
+                let r = self
+                    .hub
+                    .blocking(move |h| {
+                        let list = SignedDeviceList::from_bytes(&owned)
+                            .map_err(|e| Refusal::core(e.kind(), e))?;
+                        let changed = h
+                            .directory()
+                            .apply_device_list(&list, now)
+                            .map_err(directory_refusal)?;
+                        Ok((list, owned, changed))
+                    })
+                    .await;
+                match r {
+                    Some(Ok((list, owned, changed))) => {
+                        if changed {
+                            Metrics::inc(&self.hub.metrics.lists_applied);
+                            self.hub.fan_out_list(&list, owned);
+                        }
+                        self.ack(ty, changed).await
+                    }
+                    Some(Err(refusal)) => self.refuse(refusal).await,
+                    None => Some(internal()),
+                }
+            }
+            Frame::PublishHeartbeat { bytes: hb } => {
+                let owned = Bytes::copy_from_slice(hb);
+                let r = self
+                    .hub
+                    .blocking(move |h| {
+                        let heartbeat = PrimaryHeartbeat::from_bytes(&owned)
+                            .map_err(|e| Refusal::core(e.kind(), e))?;
+                        h.directory()
+                            .apply_heartbeat(&heartbeat, now)
+                            .map_err(directory_refusal)?;
+                        Ok((heartbeat.account(), owned))
+                    })
+                    .await;
+                match r {
+                    Some(Ok((account, owned))) => {
+                        Metrics::inc(&self.hub.metrics.heartbeats_applied);
+                        self.hub.fan_out_heartbeat(account, &owned);
+                        self.ack(ty, true).await
+                    }
+                    Some(Err(refusal)) => self.refuse(refusal).await,
+                    None => Some(internal()),
+                }
+            }
+            // Relay-only types never pass `accepts`.
+            Frame::Routed { .. }
+            | Frame::Error { .. }
+            | Frame::Logout { .. }
+            | Frame::Ack { .. } => {
+                self.refuse(Refusal::transport(codes::WRONG_FRAME, "relay-only frame"))
+                    .await
+            }
+        }
+    }
+}
+
+fn directory_refusal(e: AccountDirectoryError) -> Refusal {
+    match e {
+        AccountDirectoryError::Refused(e) => Refusal::core(e.kind(), e),
+        AccountDirectoryError::Store(e) => Refusal::core(ErrorKind::Unavailable, e),
+    }
+}
+
+fn internal() -> End {
+    End::Close(
+        codes::CLOSE_INTERNAL,
+        Some(Refusal::core(ErrorKind::Unavailable, "internal error")),
+    )
+}
+
+/// A read error: a message over the size limit gets its typed error and
+/// close; anything else means the socket is gone.
+fn too_big_or_gone(e: axum::Error) -> End {
+    // axum wraps tungstenite's `Error::Capacity` ("Space limit exceeded:
+    // Message too long: …") without exposing its type.
+    let text = e.to_string();
+    if text.contains("Space limit exceeded") || text.contains("too long") {
+        End::Close(
+            codes::CLOSE_TOO_BIG,
+            Some(Refusal::transport(codes::TOO_BIG, text)),
+        )
+    } else {
+        tracing::debug!(error = %text, "socket error");
+        End::Gone
+    }
+}

@@ -1,0 +1,266 @@
+//! The network transport: an axum router serving the relay's WebSocket
+//! endpoints around the sans-IO core.
+//!
+//! The shell parses [`Frame`](crate::Frame)s, calls the core ([`Ledger`] for tokens and
+//! routing, [`AccountDirectory`] for the accounts' signed facts) with `now`
+//! from its [`Clock`], and carries out what the core returns: forward a
+//! message, fan a list or heartbeat out to the account's subscribed
+//! companions, push a logout, or answer with an [`Frame::Error`](crate::Frame::Error) whose code
+//! is derived from the core's [`ErrorKind`](devicelink::ErrorKind)
+//! ([`codes`]). No rule is decided here.
+//!
+//! The same connection task serves the HTTP long-poll fallback
+//! (`/v1/poll/…`), whose wire is a pair of bounded queues fed by HTTP
+//! requests instead of a socket.
+//!
+//! Like tokio's mini-redis: one task per connection owning its socket, a
+//! bounded outbound queue per connection (a client that does not read is
+//! closed, not buffered for), a semaphore for the connection limit (which
+//! also tells when every connection task has ended), a shutdown signal every
+//! task watches, and a drain with a deadline on exit. Store calls run in
+//! `spawn_blocking`.
+//!
+//! ```no_run
+//! # async fn run() -> std::io::Result<()> {
+//! use std::sync::Arc;
+//! use devicelink::Policy;
+//! use devicelink_relay::server::{Limits, Relay, SystemClock};
+//! use devicelink_relay::MemoryStore;
+//!
+//! let relay = Relay::new(MemoryStore::new(), &Policy::default(), Limits::default(), Arc::new(SystemClock))
+//!     .map_err(std::io::Error::other)?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! relay.serve(listener, async { let _ = tokio::signal::ctrl_c().await; }).await?;
+//! # Ok(()) }
+//! ```
+
+mod clock;
+pub mod codes;
+mod connection;
+mod hub;
+mod metrics;
+mod poll;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::DefaultBodyLimit;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::serve::ListenerExt;
+use axum::Router;
+use devicelink::relay::{Ledger, LedgerConfig};
+use devicelink::Policy;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use metrics::Metrics;
+
+use crate::store::{AccountDirectory, Store, StoreError};
+use crate::MAX_FRAME_LEN;
+use connection::Role;
+use hub::Hub;
+
+/// The transport's limits. Every field has a safe default; the binary sets
+/// them from flags (`--help`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// Most WebSocket connections open at once; more get HTTP 503.
+    pub max_connections: usize,
+    /// Largest WebSocket message accepted (at most [`MAX_FRAME_LEN`], the
+    /// largest valid frame).
+    pub max_frame_len: usize,
+    /// A connection that sends nothing (not even a pong to the relay's
+    /// pings) for this long is closed.
+    pub idle_timeout: Duration,
+    /// Frames per second a connection may send, on average.
+    pub rate_per_second: u32,
+    /// Frames a connection may send in a burst.
+    pub rate_burst: u32,
+    /// Frames queued for a connection before it is closed as a slow reader.
+    pub outbound_queue: usize,
+    /// Longest wait for one write to a socket before the connection is
+    /// closed as a slow reader.
+    pub write_timeout: Duration,
+    /// How often the ledger and the directory are swept.
+    pub sweep_interval: Duration,
+    /// Most ledger entries removed per sweep.
+    pub sweep_limit: usize,
+    /// How long shutdown waits for connection tasks to end.
+    pub shutdown_grace: Duration,
+    /// Longest a long-poll `GET` waits for frames before `204`.
+    pub poll_wait: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 10_000,
+            max_frame_len: MAX_FRAME_LEN,
+            idle_timeout: Duration::from_secs(60),
+            rate_per_second: 20,
+            rate_burst: 40,
+            outbound_queue: 64,
+            write_timeout: Duration::from_secs(10),
+            sweep_interval: Duration::from_secs(1),
+            sweep_limit: 4096,
+            shutdown_grace: Duration::from_secs(5),
+            poll_wait: Duration::from_secs(25),
+        }
+    }
+}
+
+/// How a shutdown ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drained {
+    /// Whether every connection task ended within the grace period.
+    pub all_closed: bool,
+    /// Connections still open when [`Relay::serve`] returned.
+    pub still_open: u64,
+}
+
+/// The relay: shared state (ledger, directory, connections, subscriptions)
+/// and the router that serves it.
+pub struct Relay<S: Store> {
+    hub: Arc<Hub<S>>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl<S: Store> std::fmt::Debug for Relay<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("limits", &self.hub.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Store + 'static> Relay<S> {
+    /// A relay over `store` (its directory rebuilt from what the store
+    /// holds), with the ledger's limits from `policy`.
+    pub fn new(
+        store: S,
+        policy: &Policy,
+        limits: Limits,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, StoreError> {
+        let directory = AccountDirectory::open(store.clone(), policy)?;
+        let ledger = Ledger::new(store, LedgerConfig::from_policy(policy));
+        let (shutdown, watching) = watch::channel(false);
+        let mut limits = limits;
+        limits.max_frame_len = limits.max_frame_len.min(MAX_FRAME_LEN);
+        Ok(Relay {
+            hub: Arc::new(Hub::new(ledger, directory, clock, limits, watching)),
+            shutdown,
+        })
+    }
+
+    /// The relay's counters.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.hub.metrics.clone()
+    }
+
+    /// The router: `GET /healthz`, `GET /metrics`, the WebSocket
+    /// endpoints `GET /v1/companion` and `GET /v1/primary`, and the HTTP
+    /// long-poll fallback under `/v1/poll/` (`docs/RELAY.md`). To serve it
+    /// yourself, keep this `Relay` alive: dropping it is the shutdown
+    /// signal for every connection (and no sweeper runs outside
+    /// [`Relay::serve`]).
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/healthz", get(healthz))
+            .route("/metrics", get(metrics::<S>))
+            .route("/v1/companion", get(companion::<S>))
+            .route("/v1/primary", get(primary::<S>))
+            .route("/v1/poll/companion", post(poll::open_companion::<S>))
+            .route("/v1/poll/primary", post(poll::open_primary::<S>))
+            .route(
+                "/v1/poll/session/{id}",
+                get(poll::poll::<S>)
+                    .post(poll::send::<S>)
+                    .delete(poll::close::<S>)
+                    .layer(DefaultBodyLimit::max(self.hub.limits.max_frame_len)),
+            )
+            .with_state(self.hub.clone())
+    }
+
+    /// Serves on `listener` until `shutdown` completes; then stops
+    /// accepting, tells every connection task (each closes its socket with
+    /// 1001), waits for them up to [`Limits::shutdown_grace`], stops the
+    /// sweeper and drops its hold on the store (the SQLite store flushes when
+    /// its last handle drops).
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<Drained> {
+        let router = self.router();
+        let sweeper = tokio::spawn(hub::sweep_loop(self.hub.clone()));
+        let signal = self.shutdown.clone();
+        // Small frames in both directions: Nagle's algorithm with delayed
+        // ACKs would add ~40 ms to each handshake step.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                signal.send_replace(true);
+            })
+            .await;
+        // Stopped accepting (or failed): tell every task either way.
+        self.shutdown.send_replace(true);
+        let drained = self.hub.drain().await;
+        if sweeper.await.is_err() {
+            tracing::error!("the sweeper task failed");
+        }
+        tracing::info!(?drained, "relay stopped");
+        served.map(|()| drained)
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn metrics<S: Store + 'static>(State(hub): State<Arc<Hub<S>>>) -> Response {
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        hub.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn companion<S: Store + 'static>(
+    State(hub): State<Arc<Hub<S>>>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    upgrade(hub, ws, Role::Companion)
+}
+
+async fn primary<S: Store + 'static>(
+    State(hub): State<Arc<Hub<S>>>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    upgrade(hub, ws, Role::Primary)
+}
+
+fn upgrade<S: Store + 'static>(hub: Arc<Hub<S>>, ws: WebSocketUpgrade, role: Role) -> Response {
+    if *hub.shutdown.borrow() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    }
+    let Ok(permit) = hub.connections.clone().try_acquire_owned() else {
+        metrics::Metrics::inc(&hub.metrics.connections_refused);
+        return (StatusCode::SERVICE_UNAVAILABLE, "too many connections\n").into_response();
+    };
+    let max = hub.limits.max_frame_len;
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| connection::run(hub, socket, role, permit))
+}
