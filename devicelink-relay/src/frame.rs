@@ -14,23 +14,13 @@
 //! [`SignedDeviceList::from_bytes`]: devicelink::SignedDeviceList::from_bytes
 //! [`PrimaryHeartbeat::from_bytes`]: devicelink::PrimaryHeartbeat::from_bytes
 
-use devicelink::certificate::{DeviceIndex, HEARTBEAT_LEN, MAX_LIST_DEVICES, MAX_LIST_REMOVED};
+use devicelink::certificate::{DeviceIndex, HEARTBEAT_LEN};
 use devicelink::handshake::{MessageHeader, MessageKind, HEADER_LEN, MESSAGE_VERSION};
-use devicelink::label::MAX_LABEL_LEN;
 use devicelink::{AccountId, HandshakeError, LogoutReason, Timestamp, TokenId};
 
-/// Bytes of an encoded [`devicelink::SignedDeviceList`] naming no device and
-/// no removal: version, account, list version, issued at, previous hash,
-/// audit anchor (sequence, head), device count, removal count, signature.
-pub const MIN_LIST_LEN: usize = 1 + 32 + 8 + 8 + 32 + 8 + 32 + 1 + 1 + 64;
-/// Bytes of one list entry with the longest label: index, key, linked at,
-/// label length, label.
-const LIST_ENTRY_MAX_LEN: usize = 4 + 32 + 8 + 1 + MAX_LABEL_LEN;
-/// Bytes of the largest encoded [`devicelink::SignedDeviceList`]
-/// ([`MAX_LIST_DEVICES`] entries with the longest labels and
-/// [`MAX_LIST_REMOVED`] removals); a test builds one.
-pub const MAX_LIST_LEN: usize =
-    MIN_LIST_LEN + MAX_LIST_DEVICES * LIST_ENTRY_MAX_LEN + MAX_LIST_REMOVED * (4 + 1);
+/// Bytes of the smallest and largest encoded [`devicelink::SignedDeviceList`]
+/// (the core's bounds, re-exported for the frame table).
+pub use devicelink::certificate::{MAX_LIST_LEN, MIN_LIST_LEN};
 /// Most bytes of an [`Frame::Error`]'s text.
 pub const MAX_ERROR_TEXT: usize = 256;
 /// The largest frame: the type byte and the largest body (a Grant, which
@@ -224,38 +214,6 @@ pub enum Frame<'a> {
     },
 }
 
-fn kind_code(kind: MessageKind) -> u8 {
-    match kind {
-        MessageKind::Hello => 1,
-        MessageKind::Request => 2,
-        MessageKind::Grant => 3,
-        MessageKind::Refusal => 4,
-        MessageKind::Confirm => 5,
-    }
-}
-
-/// The codes of the signed list's removal reasons (`docs/PROTOCOL.md`).
-fn reason_code(reason: LogoutReason) -> u8 {
-    match reason {
-        LogoutReason::Revoked => 1,
-        LogoutReason::PrimaryOffline => 2,
-        LogoutReason::CompanionIdle => 3,
-        LogoutReason::ConfirmationTimedOut => 4,
-        LogoutReason::Replaced => 5,
-    }
-}
-
-fn reason_from_code(code: u8) -> Option<LogoutReason> {
-    Some(match code {
-        1 => LogoutReason::Revoked,
-        2 => LogoutReason::PrimaryOffline,
-        3 => LogoutReason::CompanionIdle,
-        4 => LogoutReason::ConfirmationTimedOut,
-        5 => LogoutReason::Replaced,
-        _ => return None,
-    })
-}
-
 fn array<const N: usize>(body: &[u8], at: usize) -> [u8; N] {
     let mut out = [0u8; N];
     if let Some(src) = body.get(at..at + N) {
@@ -333,7 +291,7 @@ impl<'a> Frame<'a> {
                 let code = body.get(4).copied().unwrap_or(0);
                 Frame::Logout {
                     index,
-                    reason: reason_from_code(code).ok_or(FrameError::UnknownReason(code))?,
+                    reason: LogoutReason::from_code(code).ok_or(FrameError::UnknownReason(code))?,
                 }
             }
             FrameType::Ack => {
@@ -374,7 +332,7 @@ impl<'a> Frame<'a> {
             }
             Frame::Routed { header } => {
                 out.push(MESSAGE_VERSION);
-                out.push(kind_code(header.kind));
+                out.push(header.kind.code());
                 out.extend_from_slice(&header.token_id.to_bytes());
             }
             Frame::Error { code, text } => {
@@ -387,7 +345,7 @@ impl<'a> Frame<'a> {
             }
             Frame::Logout { index, reason } => {
                 out.extend_from_slice(&index.0.to_be_bytes());
-                out.push(reason_code(*reason));
+                out.push(reason.code());
             }
             Frame::Ack { of, changed } => {
                 out.push(*of as u8);
@@ -407,7 +365,10 @@ impl<'a> Frame<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use devicelink::certificate::{DeviceListDraft, DeviceListEntry, RemovedDevice};
+    use devicelink::certificate::{
+        DeviceListDraft, DeviceListEntry, RemovedDevice, MAX_LIST_DEVICES, MAX_LIST_REMOVED,
+    };
+    use devicelink::label::MAX_LABEL_LEN;
     use devicelink::{AccountKey, DeviceIdentity, DeviceLabel, SignedDeviceList};
     use proptest::prelude::*;
     use rand_chacha::rand_core::SeedableRng;
@@ -524,7 +485,7 @@ mod tests {
     }
 
     fn reason() -> impl Strategy<Value = LogoutReason> {
-        (1u8..=5).prop_map(|c| reason_from_code(c).unwrap())
+        (1u8..=5).prop_map(|c| LogoutReason::from_code(c).unwrap())
     }
 
     fn owned_frame() -> impl Strategy<Value = (u8, Vec<u8>, u64, u16, String, u32, LogoutReason)> {
@@ -547,7 +508,7 @@ mod tests {
             let kind = kinds[(n % 5) as usize];
             let (min, max) = kind.size_range();
             let len = min + (n as usize) % (max - min + 1);
-            let mut msg = message(kind_code(kind), len);
+            let mut msg = message(kind.code(), len);
             msg[2..18].copy_from_slice(&token_id.to_bytes());
             let header = MessageHeader::parse(&msg).unwrap();
             let mut list = raw.clone();
