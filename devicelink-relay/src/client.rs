@@ -196,6 +196,16 @@ impl FrameLink {
         Ok(())
     }
 
+    /// Sends a core handshake message in a `Message` frame.
+    async fn send_message(&mut self, message: &[u8]) -> Result<(), ClientError> {
+        let header = MessageHeader::parse(message)?;
+        self.send(&Frame::Message {
+            header,
+            bytes: message,
+        })
+        .await
+    }
+
     /// The next frame. A relay error about one of our frames is returned
     /// as [`ClientError::Relay`].
     async fn next(&mut self) -> Result<Inbound, ClientError> {
@@ -392,7 +402,7 @@ impl CompanionClient {
             let now = self.clock.now();
             match header.kind {
                 MessageKind::Hello => match companion.receive_hello(message, rng, now) {
-                    Ok(request) => self.send_message(&request).await?,
+                    Ok(request) => self.link.send_message(&request).await?,
                     Err(e) => {
                         tracing::info!(error = %e, "Hello refused");
                         if matches!(companion.state(), CompanionState::AwaitingScan { .. }) {
@@ -407,7 +417,7 @@ impl CompanionClient {
                 MessageKind::Grant | MessageKind::Refusal => {
                     match companion.receive_grant(message, now) {
                         Ok(confirm) => {
-                            self.send_message(&confirm).await?;
+                            self.link.send_message(&confirm).await?;
                             self.become_linked().await?;
                         }
                         Err(e @ HandshakeError::Refused(_)) => return Err(e.into()),
@@ -420,16 +430,6 @@ impl CompanionClient {
         }
         self.session()
             .ok_or(ClientError::Unexpected(FrameType::Message))
-    }
-
-    async fn send_message(&mut self, message: &[u8]) -> Result<(), ClientError> {
-        let header = MessageHeader::parse(message)?;
-        self.link
-            .send(&Frame::Message {
-                header,
-                bytes: message,
-            })
-            .await
     }
 
     async fn become_linked(&mut self) -> Result<(), ClientError> {
@@ -559,13 +559,13 @@ impl PrimaryClient {
         approve: impl FnOnce(&LinkRequest) -> bool,
     ) -> Result<LinkOutcome, ClientError> {
         let (mut handshake, hello) = account.scan(offer_text, rng, self.clock.now())?;
-        self.send_message(&hello).await?;
+        self.link.send_message(&hello).await?;
         let request = self.next_message(MessageKind::Request).await?;
         let now = self.clock.now();
         let asking = match account.receive_request(&mut handshake, &request, rng, now) {
             Ok(asking) => asking,
             Err(RegistryError::Refused { reason, refusal }) => {
-                self.send_message(&refusal).await?;
+                self.link.send_message(&refusal).await?;
                 self.link.settle().await?;
                 return Ok(LinkOutcome::Refused(reason));
             }
@@ -574,32 +574,22 @@ impl PrimaryClient {
         if !approve(&asking) {
             let reason = RefusalReason::Declined;
             let refusal = account.refuse(&mut handshake, reason, rng, self.clock.now())?;
-            self.send_message(&refusal).await?;
+            self.link.send_message(&refusal).await?;
             self.link.settle().await?;
             return Ok(LinkOutcome::Refused(reason));
         }
         let grant = account.grant(&mut handshake, rng, self.clock.now())?;
-        self.send_message(&grant).await?;
+        self.link.send_message(&grant).await?;
         let confirm = self.next_message(MessageKind::Confirm).await?;
         let linked = account.confirm(&mut handshake, &confirm, self.clock.now())?;
         self.publish_list(account.device_list()).await?;
         Ok(LinkOutcome::Linked(Box::new(linked)))
     }
 
-    async fn send_message(&mut self, message: &[u8]) -> Result<(), ClientError> {
-        let header = MessageHeader::parse(message)?;
-        self.link
-            .send(&Frame::Message {
-                header,
-                bytes: message,
-            })
-            .await
-    }
-
     /// Sends a raw handshake message (tests: a forged or corrupted one) and
     /// waits for the relay's answer.
     pub async fn send_raw_message(&mut self, message: &[u8]) -> Result<(), ClientError> {
-        self.send_message(message).await?;
+        self.link.send_message(message).await?;
         self.link.settle().await
     }
 
