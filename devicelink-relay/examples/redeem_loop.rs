@@ -12,7 +12,7 @@ use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use devicelink::relay::{ClientId, Quota, TokenStore};
+use devicelink::relay::{ClientId, HelloDigest, Quota, TokenStore};
 use devicelink::{AccountId, Timestamp, TokenId};
 use devicelink_relay::{AccountRecord, SqliteStore, Store};
 
@@ -86,7 +86,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         .register(t, companion, far, quota)
                         .map_err(|e| e.to_string())?;
                     store
-                        .reserve(&t, primary, now, far)
+                        .reserve(&t, primary, &HelloDigest::of(&t.to_bytes()), now, far)
                         .map_err(|e| e.to_string())?;
                     store
                         .redeem(&t, companion, now, far)

@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use devicelink::handshake::{MessageHeader, MessageKind};
+use devicelink::relay::HelloDigest;
 use devicelink::{
     Account, Companion, CompanionState, ConfirmedLink, DeviceIndex, DeviceListChange, ErrorKind,
     HandshakeError, LinkRequest, LinkedSession, LogoutReason, PrimaryHeartbeat, RefusalReason,
@@ -409,6 +410,7 @@ impl CompanionClient {
                             self.link
                                 .send(&Frame::Release {
                                     token_id: header.token_id,
+                                    hello: HelloDigest::of(message),
                                 })
                                 .await?;
                         }

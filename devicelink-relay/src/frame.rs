@@ -16,6 +16,7 @@
 
 use devicelink::certificate::{DeviceIndex, HEARTBEAT_LEN};
 use devicelink::handshake::{MessageHeader, MessageKind, HEADER_LEN, MESSAGE_VERSION};
+use devicelink::relay::HelloDigest;
 use devicelink::{AccountId, HandshakeError, LogoutReason, Timestamp, TokenId};
 
 /// Bytes of the smallest and largest encoded [`devicelink::SignedDeviceList`]
@@ -86,7 +87,7 @@ impl FrameType {
     pub fn size_range(self) -> (usize, usize) {
         let (min, max) = match self {
             FrameType::Register => (16 + 8, 16 + 8),
-            FrameType::Release => (16, 16),
+            FrameType::Release => (16 + 32, 16 + 32),
             FrameType::Message => (HEADER_LEN, MessageKind::MAX_LEN),
             FrameType::PublishList => (MIN_LIST_LEN, MAX_LIST_LEN),
             FrameType::PublishHeartbeat => (HEARTBEAT_LEN, HEARTBEAT_LEN),
@@ -152,10 +153,14 @@ pub enum Frame<'a> {
         /// The offer's end.
         expires_at: Timestamp,
     },
-    /// Companion → relay: it refused the Hello that reserved `token_id`.
+    /// Companion → relay: it refused the Hello whose digest is `hello`,
+    /// which reserved `token_id`.
     Release {
         /// The token.
         token_id: TokenId,
+        /// The refused Hello's digest ([`HelloDigest::of`] its bytes): only
+        /// that Hello's reservation is released.
+        hello: HelloDigest,
     },
     /// Either side: a core handshake message, its header parsed and its size
     /// checked for its kind.
@@ -260,6 +265,7 @@ impl<'a> Frame<'a> {
             },
             FrameType::Release => Frame::Release {
                 token_id: TokenId::from_bytes(array(body, 0)),
+                hello: HelloDigest::from_bytes(array(body, 16)),
             },
             FrameType::Message => {
                 let header = MessageHeader::parse(body)?;
@@ -322,7 +328,10 @@ impl<'a> Frame<'a> {
                 out.extend_from_slice(&token_id.to_bytes());
                 out.extend_from_slice(&expires_at.as_unix_millis().to_be_bytes());
             }
-            Frame::Release { token_id } => out.extend_from_slice(&token_id.to_bytes()),
+            Frame::Release { token_id, hello } => {
+                out.extend_from_slice(&token_id.to_bytes());
+                out.extend_from_slice(&hello.to_bytes());
+            }
             Frame::Message { bytes, .. }
             | Frame::PublishList { bytes }
             | Frame::PublishHeartbeat { bytes } => out.extend_from_slice(bytes),
@@ -517,7 +526,7 @@ mod tests {
             hb.resize(HEARTBEAT_LEN, 1);
             let frame = match which {
                 0 => Frame::Register { token_id, expires_at: Timestamp::from_unix_millis(n) },
-                1 => Frame::Release { token_id },
+                1 => Frame::Release { token_id, hello: HelloDigest::from_bytes(array(&raw, 16)) },
                 2 => Frame::Message { header, bytes: &msg },
                 3 => Frame::PublishList { bytes: &list },
                 4 => Frame::PublishHeartbeat { bytes: &hb },

@@ -8,7 +8,7 @@ use std::sync::{Arc, Barrier};
 
 use devicelink::certificate::{DeviceListDraft, DeviceListEntry};
 use devicelink::relay::{
-    ClientId, LedgerError, Quota, QuotaScope, TokenRecord, TokenState, TokenStore,
+    ClientId, HelloDigest, LedgerError, Quota, QuotaScope, TokenRecord, TokenState, TokenStore,
 };
 use devicelink::time::days;
 use devicelink::{
@@ -33,6 +33,7 @@ fn tok(n: u64) -> TokenId {
 
 const C: ClientId = ClientId::from_bytes([0xc; 16]);
 const P: ClientId = ClientId::from_bytes([0xa; 16]);
+const H: HelloDigest = HelloDigest::from_bytes([0x4e; 32]);
 const Q: Quota = Quota {
     per_client: 8,
     total: 100,
@@ -72,16 +73,17 @@ fn open_reserved_redeemed<S: Store>(s: &S) {
         s.redeem(&tok(1), C, t(1), t(500)),
         Err(LedgerError::NotReserved)
     );
-    assert_eq!(s.reserve(&tok(1), P, t(10), t(40)), Ok(C));
+    assert_eq!(s.reserve(&tok(1), P, &H, t(10), t(40)), Ok(C));
     assert_eq!(
         state(s, 1),
         TokenState::Reserved {
             by: P,
-            until: t(40)
+            until: t(40),
+            hello: H,
         }
     );
     assert_eq!(
-        s.reserve(&tok(1), C, t(11), t(41)),
+        s.reserve(&tok(1), C, &H, t(11), t(41)),
         Err(LedgerError::TokenReserved { until: t(40) })
     );
     assert_eq!(
@@ -106,11 +108,11 @@ fn open_reserved_redeemed<S: Store>(s: &S) {
         Err(LedgerError::TokenAlreadyRedeemed)
     );
     assert_eq!(
-        s.reserve(&tok(1), P, t(13), t(43)),
+        s.reserve(&tok(1), P, &H, t(13), t(43)),
         Err(LedgerError::TokenAlreadyRedeemed)
     );
     assert_eq!(
-        s.release(&tok(1), C, t(13)),
+        s.release(&tok(1), C, &H, t(13)),
         Err(LedgerError::TokenAlreadyRedeemed)
     );
     assert_eq!(
@@ -118,33 +120,57 @@ fn open_reserved_redeemed<S: Store>(s: &S) {
         Err(LedgerError::DuplicateToken)
     );
     assert_eq!(
-        s.reserve(&tok(2), P, t(1), t(2)),
+        s.reserve(&tok(2), P, &H, t(1), t(2)),
         Err(LedgerError::UnknownToken)
     );
     assert_eq!(
         s.redeem(&tok(2), C, t(1), t(2)),
         Err(LedgerError::UnknownToken)
     );
-    assert_eq!(s.release(&tok(2), C, t(1)), Err(LedgerError::UnknownToken));
+    assert_eq!(
+        s.release(&tok(2), C, &H, t(1)),
+        Err(LedgerError::UnknownToken)
+    );
     assert_eq!(s.get(&tok(2)), Ok(None));
 }
 
 fn release_and_lapse_reopen<S: Store>(s: &S) {
     s.register(tok(1), C, t(100), Q).unwrap();
-    assert_eq!(s.release(&tok(1), C, t(1)), Err(LedgerError::NotReserved));
-    s.reserve(&tok(1), P, t(10), t(40)).unwrap();
-    assert_eq!(s.release(&tok(1), P, t(11)), Err(LedgerError::WrongClient));
-    assert_eq!(s.release(&tok(1), C, t(11)), Ok(()));
+    assert_eq!(
+        s.release(&tok(1), C, &H, t(1)),
+        Err(LedgerError::NotReserved)
+    );
+    s.reserve(&tok(1), P, &H, t(10), t(40)).unwrap();
+    assert_eq!(
+        s.release(&tok(1), P, &H, t(11)),
+        Err(LedgerError::WrongClient)
+    );
+    assert_eq!(s.release(&tok(1), C, &H, t(11)), Ok(()));
     assert_eq!(state(s, 1), TokenState::Open);
     assert_eq!(s.get(&tok(1)).unwrap().unwrap().keep_until, t(100));
-    s.reserve(&tok(1), P, t(20), t(50)).unwrap();
+    s.reserve(&tok(1), P, &H, t(20), t(50)).unwrap();
     let other = ClientId::from(7);
     assert_eq!(
-        s.reserve(&tok(1), other, t(49), t(79)),
+        s.reserve(&tok(1), other, &H, t(49), t(79)),
         Err(LedgerError::TokenReserved { until: t(50) })
     );
-    assert_eq!(s.reserve(&tok(1), other, t(50), t(80)), Ok(C));
+    assert_eq!(s.reserve(&tok(1), other, &H, t(50), t(80)), Ok(C));
     assert_eq!(s.redeem(&tok(1), C, t(60), t(60)), Ok(other));
+
+    // A late release names the lapsed reservation's Hello: the newer one
+    // stands, unchanged.
+    let (old, new) = (HelloDigest::of(b"refused"), HelloDigest::of(b"genuine"));
+    s.register(tok(2), C, t(100), Q).unwrap();
+    s.reserve(&tok(2), P, &old, t(10), t(40)).unwrap();
+    s.reserve(&tok(2), other, &new, t(40), t(70)).unwrap();
+    let before = s.get(&tok(2)).unwrap();
+    assert_eq!(
+        s.release(&tok(2), C, &old, t(41)),
+        Err(LedgerError::ReservedForOtherHello)
+    );
+    assert_eq!(s.get(&tok(2)).unwrap(), before);
+    assert_eq!(s.release(&tok(2), C, &new, t(41)), Ok(()));
+    assert_eq!(state(s, 2), TokenState::Open);
 }
 
 fn expiry_and_sweep<S: Store>(s: &S) {
@@ -152,19 +178,19 @@ fn expiry_and_sweep<S: Store>(s: &S) {
         s.register(tok(n), C, t(100), Q).unwrap();
     }
     assert_eq!(
-        s.reserve(&tok(1), P, t(100), t(130)),
+        s.reserve(&tok(1), P, &H, t(100), t(130)),
         Err(LedgerError::TokenExpired)
     );
-    s.reserve(&tok(2), P, t(99), t(129)).unwrap();
+    s.reserve(&tok(2), P, &H, t(99), t(129)).unwrap();
     assert_eq!(s.get(&tok(2)).unwrap().unwrap().keep_until, t(129));
     assert_eq!(s.redeem(&tok(2), C, t(120), t(400)), Ok(P));
-    s.reserve(&tok(3), P, t(99), t(129)).unwrap();
+    s.reserve(&tok(3), P, &H, t(99), t(129)).unwrap();
     assert_eq!(
         s.redeem(&tok(3), C, t(129), t(400)),
         Err(LedgerError::TokenExpired)
     );
     assert_eq!(
-        s.release(&tok(3), C, t(129)),
+        s.release(&tok(3), C, &H, t(129)),
         Err(LedgerError::UnknownToken)
     );
     assert_eq!(s.sweep(t(100), 10), Ok(1));
@@ -214,7 +240,7 @@ fn quotas<S: Store>(s: &S) {
     );
     assert_eq!(s.get(&tok(4)), Ok(None));
     // A redeemed token counts for the store, not for its client.
-    s.reserve(&tok(1), P, t(1), t(2)).unwrap();
+    s.reserve(&tok(1), P, &H, t(1), t(2)).unwrap();
     s.redeem(&tok(1), C, t(1), t(200)).unwrap();
     assert_eq!(
         s.register(tok(4), C, t(100), q),
@@ -253,7 +279,7 @@ fn racing_threads<S: Store + 'static>(s: S) {
                         s.register(token, C, t(1_000_000), quota).unwrap();
                     }
                     barrier.wait();
-                    match s.reserve(&token, me, t(round), t(round + 500_000)) {
+                    match s.reserve(&token, me, &H, t(round), t(round + 500_000)) {
                         Ok(c) => {
                             assert_eq!(c, C);
                             reserved.fetch_add(1, Ordering::SeqCst);
@@ -462,7 +488,7 @@ fn sqlite_acknowledged_writes_survive_a_reopen_and_reopening_is_idempotent() {
         for n in 0..300 {
             s.register(tok(n), C, t(1_000), quota).unwrap();
             if n % 3 != 0 {
-                s.reserve(&tok(n), P, t(1), t(500)).unwrap();
+                s.reserve(&tok(n), P, &H, t(1), t(500)).unwrap();
             }
             if n % 3 == 2 {
                 s.redeem(&tok(n), C, t(2), t(5_000)).unwrap();
@@ -483,6 +509,7 @@ fn sqlite_acknowledged_writes_survive_a_reopen_and_reopening_is_idempotent() {
                 1 => TokenState::Reserved {
                     by: P,
                     until: t(500),
+                    hello: H,
                 },
                 _ => TokenState::Redeemed {
                     primary: P,
@@ -511,8 +538,8 @@ fn sqlite_acknowledged_writes_survive_a_reopen_and_reopening_is_idempotent() {
 #[derive(Debug, Clone)]
 enum Op {
     Register(u8, u8, u16),
-    Reserve(u8, u8, u16, u16),
-    Release(u8, u8, u16),
+    Reserve(u8, u8, u8, u16, u16),
+    Release(u8, u8, u8, u16),
     Redeem(u8, u8, u16, u16),
     Sweep(u16, u8),
 }
@@ -520,8 +547,9 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         (0u8..6, 0u8..3, 0u16..400).prop_map(|(k, c, e)| Op::Register(k, c, e)),
-        (0u8..6, 0u8..3, 0u16..400, 0u16..100).prop_map(|(k, c, n, w)| Op::Reserve(k, c, n, w)),
-        (0u8..6, 0u8..3, 0u16..400).prop_map(|(k, c, n)| Op::Release(k, c, n)),
+        (0u8..6, 0u8..3, 0u8..2, 0u16..400, 0u16..100)
+            .prop_map(|(k, c, h, n, w)| Op::Reserve(k, c, h, n, w)),
+        (0u8..6, 0u8..3, 0u8..2, 0u16..400).prop_map(|(k, c, h, n)| Op::Release(k, c, h, n)),
         (0u8..6, 0u8..3, 0u16..400, 0u16..300).prop_map(|(k, c, n, w)| Op::Redeem(k, c, n, w)),
         (0u16..500, 0u8..4).prop_map(|(n, l)| Op::Sweep(n, l)),
     ]
@@ -534,12 +562,16 @@ fn apply<S: TokenStore>(s: &S, op: &Op) -> String {
     };
     let cl = |c: u8| ClientId::from(u64::from(c));
     let tm = |n: u16| t(u64::from(n));
+    let hd = |h: u8| HelloDigest::from_bytes([h; 32]);
     match *op {
         Op::Register(k, c, e) => format!("{:?}", s.register(tok(k.into()), cl(c), tm(e), q)),
-        Op::Reserve(k, c, n, w) => {
-            format!("{:?}", s.reserve(&tok(k.into()), cl(c), tm(n), tm(n + w)))
+        Op::Reserve(k, c, h, n, w) => format!(
+            "{:?}",
+            s.reserve(&tok(k.into()), cl(c), &hd(h), tm(n), tm(n + w))
+        ),
+        Op::Release(k, c, h, n) => {
+            format!("{:?}", s.release(&tok(k.into()), cl(c), &hd(h), tm(n)))
         }
-        Op::Release(k, c, n) => format!("{:?}", s.release(&tok(k.into()), cl(c), tm(n))),
         Op::Redeem(k, c, n, w) => {
             format!("{:?}", s.redeem(&tok(k.into()), cl(c), tm(n), tm(n + w)))
         }

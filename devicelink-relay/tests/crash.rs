@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use devicelink::relay::{ClientId, LedgerError, TokenState, TokenStore};
+use devicelink::relay::{ClientId, HelloDigest, LedgerError, TokenState, TokenStore};
 use devicelink::{AccountId, Timestamp, TokenId};
 use devicelink_relay::{SqliteStore, Store};
 
@@ -110,7 +110,13 @@ fn sigkill_mid_run_loses_no_acknowledged_redemption_and_redeems_nothing_twice() 
             Err(LedgerError::TokenAlreadyRedeemed)
         );
         assert_eq!(
-            store.reserve(&token(n), ClientId::from(9), now, far),
+            store.reserve(
+                &token(n),
+                ClientId::from(9),
+                &HelloDigest::of(b"hello"),
+                now,
+                far
+            ),
             Err(LedgerError::TokenAlreadyRedeemed)
         );
     }

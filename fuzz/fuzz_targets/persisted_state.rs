@@ -20,7 +20,9 @@
 #![no_main]
 
 use devicelink::persist::PersistError;
-use devicelink::relay::{Directory, Ledger, LedgerConfig, MemoryTokenStore, TokenStore};
+use devicelink::relay::{
+    Directory, HelloDigest, Ledger, LedgerConfig, MemoryTokenStore, TokenStore,
+};
 use devicelink::{
     Account, Companion, LinkedSession, OfferDisplay, PrimaryHandshake, PrimaryHeartbeat, Timestamp,
 };
@@ -427,7 +429,7 @@ fn drive_ledger(ledger: &Ledger) {
     let f = fixture();
     let _ = ledger.store().get(&f.token);
     let _ = ledger.route(&f.hello, PRIMARY, now());
-    let _ = ledger.release(&f.token, COMPANION, now());
+    let _ = ledger.release(COMPANION, &f.token, &HelloDigest::of(&f.hello), now());
     let _ = ledger.route(&f.hello, PRIMARY, now());
     let _ = ledger.route(&f.request, COMPANION, now());
     let _ = ledger.route(&f.grant, PRIMARY, now());

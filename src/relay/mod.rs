@@ -14,7 +14,7 @@ mod ledger;
 
 pub use directory::{Directory, DirectoryError, SweptDevice};
 pub use ledger::{
-    ClientId, Ledger, LedgerConfig, LedgerError, MemoryTokenStore, Quota, QuotaScope, Routed,
-    TokenRecord, TokenState, TokenStore, Transition, DEFAULT_MAX_TOKENS,
+    ClientId, HelloDigest, Ledger, LedgerConfig, LedgerError, MemoryTokenStore, Quota, QuotaScope,
+    Routed, TokenRecord, TokenState, TokenStore, Transition, DEFAULT_MAX_TOKENS,
     DEFAULT_MAX_TOKENS_PER_CLIENT, DEFAULT_RESERVE_WINDOW, DEFAULT_SESSION_WINDOW,
 };

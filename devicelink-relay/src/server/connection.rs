@@ -386,10 +386,10 @@ impl<S: Store + 'static, W: Wire> Connection<S, W> {
                     None => Some(internal()),
                 }
             }
-            Frame::Release { token_id } => {
+            Frame::Release { token_id, hello } => {
                 let r = self
                     .hub
-                    .blocking(move |h| h.ledger.release(&token_id, client, now))
+                    .blocking(move |h| h.ledger.release(client, &token_id, &hello, now))
                     .await;
                 match r {
                     Some(Ok(())) => {

@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use devicelink::relay::{ClientId, LedgerError, MemoryTokenStore, Quota, TokenRecord, TokenStore};
+use devicelink::relay::{
+    ClientId, HelloDigest, LedgerError, MemoryTokenStore, Quota, TokenRecord, TokenStore,
+};
 use devicelink::{AccountId, Timestamp, TokenId};
 
 use super::{AccountRecord, Store, StoreError};
@@ -49,19 +51,21 @@ impl TokenStore for MemoryStore {
         &self,
         token: &TokenId,
         by: ClientId,
+        hello: &HelloDigest,
         now: Timestamp,
         until: Timestamp,
     ) -> Result<ClientId, LedgerError> {
-        self.tokens.reserve(token, by, now, until)
+        self.tokens.reserve(token, by, hello, now, until)
     }
 
     fn release(
         &self,
         token: &TokenId,
         client: ClientId,
+        hello: &HelloDigest,
         now: Timestamp,
     ) -> Result<(), LedgerError> {
-        self.tokens.release(token, client, now)
+        self.tokens.release(token, client, hello, now)
     }
 
     fn redeem(

@@ -44,7 +44,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use devicelink::relay::{
-    ClientId, LedgerError, Quota, QuotaScope, TokenRecord, TokenState, TokenStore,
+    ClientId, HelloDigest, LedgerError, Quota, QuotaScope, TokenRecord, TokenState, TokenStore,
 };
 use devicelink::{AccountId, Timestamp, TokenId};
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
@@ -73,10 +73,15 @@ const MIGRATIONS: &[(u32, &str, &str)] = &[
         "0002_accounts.sql",
         include_str!("../../migrations/0002_accounts.sql"),
     ),
+    (
+        3,
+        "0003_reservation_hello.sql",
+        include_str!("../../migrations/0003_reservation_hello.sql"),
+    ),
 ];
 
 /// The schema version this build writes (the last migration's).
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Why a write did not happen.
 enum Fail<E> {
@@ -427,7 +432,7 @@ fn corrupt(what: &str) -> rusqlite::Error {
     rusqlite::Error::InvalidColumnType(0, what.into(), rusqlite::types::Type::Blob)
 }
 
-const TOKEN_COLUMNS: &str = "client, expires_at, keep_until, state, peer, state_at";
+const TOKEN_COLUMNS: &str = "client, expires_at, keep_until, state, peer, state_at, hello";
 
 fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
     let client = client_of(&r.get::<_, Vec<u8>>(0)?).ok_or_else(|| corrupt("client"))?;
@@ -436,11 +441,21 @@ fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
     let peer: Option<Vec<u8>> = r.get(4)?;
     let peer = peer.as_deref().and_then(client_of);
     let at: Option<i64> = r.get(5)?;
+    let hello: Option<Vec<u8>> = r.get(6)?;
     let state = match (r.get::<_, i64>(3)?, peer, at) {
         (0, _, _) => TokenState::Open,
         (1, Some(by), Some(until)) => TokenState::Reserved {
             by,
             until: ts(until),
+            // A reservation from before migration 3 matches no release.
+            hello: HelloDigest::from_bytes(
+                hello
+                    .as_deref()
+                    .map(<[u8; 32]>::try_from)
+                    .transpose()
+                    .map_err(|_| corrupt("hello"))?
+                    .unwrap_or([0; 32]),
+            ),
         },
         (2, Some(primary), Some(at)) => TokenState::Redeemed {
             primary,
@@ -525,21 +540,28 @@ impl TokenStore for SqliteStore {
         &self,
         token: &TokenId,
         by: ClientId,
+        hello: &HelloDigest,
         now: Timestamp,
         until: Timestamp,
     ) -> Result<ClientId, LedgerError> {
-        let token = *token;
+        let (token, hello) = (*token, *hello);
         self.write(move |c| {
             let (now_ms, until_ms) = (ms(now, "now")?, ms(until, "reservation")?);
             // decision
             let client: Option<Vec<u8>> = c
                 .query_row(
-                    "UPDATE tokens SET state = 1, peer = ?2, state_at = ?4,
+                    "UPDATE tokens SET state = 1, peer = ?2, state_at = ?4, hello = ?5,
                             keep_until = max(expires_at, ?4)
                       WHERE id = ?1 AND expires_at > ?3
                         AND (state = 0 OR (state = 1 AND state_at <= ?3))
                      RETURNING client",
-                    params![token.to_bytes(), by.to_bytes(), now_ms, until_ms],
+                    params![
+                        token.to_bytes(),
+                        by.to_bytes(),
+                        now_ms,
+                        until_ms,
+                        hello.to_bytes()
+                    ],
                     |r| r.get(0),
                 )
                 .optional()?;
@@ -561,15 +583,23 @@ impl TokenStore for SqliteStore {
         &self,
         token: &TokenId,
         client: ClientId,
+        hello: &HelloDigest,
         now: Timestamp,
     ) -> Result<(), LedgerError> {
-        let token = *token;
+        let (token, hello) = (*token, *hello);
         self.write(move |c| {
             // decision
             let changed = c.execute(
-                "UPDATE tokens SET state = 0, peer = NULL, state_at = NULL, keep_until = expires_at
-                  WHERE id = ?1 AND client = ?2 AND state = 1 AND keep_until > ?3",
-                params![token.to_bytes(), client.to_bytes(), ms(now, "now")?],
+                "UPDATE tokens SET state = 0, peer = NULL, state_at = NULL, hello = NULL,
+                        keep_until = expires_at
+                  WHERE id = ?1 AND client = ?2 AND state = 1 AND hello = ?4
+                    AND keep_until > ?3",
+                params![
+                    token.to_bytes(),
+                    client.to_bytes(),
+                    ms(now, "now")?,
+                    hello.to_bytes()
+                ],
             )?;
             if changed == 1 {
                 return Ok(());
@@ -582,8 +612,10 @@ impl TokenStore for SqliteStore {
                 LedgerError::WrongClient
             } else if redeemed {
                 LedgerError::TokenAlreadyRedeemed
-            } else {
+            } else if matches!(r.state, TokenState::Open) {
                 LedgerError::NotReserved
+            } else {
+                LedgerError::ReservedForOtherHello
             }))
         })
         .map_err(ledger)
