@@ -1940,7 +1940,8 @@ fn heartbeats_bind_the_device_list() {
     let id = account.account_id();
     let mut dir = Directory::new(&policy);
     assert_eq!(
-        dir.apply_device_list(account.device_list(), at(0)),
+        dir.apply_device_list(account.device_list(), at(0))
+            .map(|a| a.changed()),
         Ok(true)
     );
 
@@ -2012,7 +2013,11 @@ fn heartbeats_bind_the_device_list() {
             );
         }
     }
-    assert_eq!(dir.apply_device_list(&revoked_list, at(2 * DAY)), Ok(true));
+    assert_eq!(
+        dir.apply_device_list(&revoked_list, at(2 * DAY))
+            .map(|a| a.changed()),
+        Ok(true)
+    );
     assert!(!dir.is_linked(&id, DeviceIndex(1), &sessions[0].device_key(), at(2 * DAY)));
     assert_eq!(dir.apply_heartbeat(&hb, at(2 * DAY)), Ok(()));
     assert_eq!(dir.deadline(&id), Some(at(2 * DAY + OFFLINE)));
@@ -2122,7 +2127,11 @@ fn a_restored_old_phone_produces_lists_the_sessions_refuse_as_a_fork() {
     account.revoke(DeviceIndex(2), at(4 * DAY)).unwrap();
     let next = account.device_list().clone();
     assert_eq!(next.previous(), genuine.hash());
-    assert_eq!(dir.apply_device_list(&next, at(4 * DAY)), Ok(true));
+    assert_eq!(
+        dir.apply_device_list(&next, at(4 * DAY))
+            .map(|a| a.changed()),
+        Ok(true)
+    );
     let change = sessions[2]
         .accept_device_list(&next.to_bytes(), at(4 * DAY))
         .unwrap();

@@ -978,7 +978,11 @@ fn compute(seed: u64, now_ms: u64, label: &str) -> Value {
 
     let v5_list = SignedDeviceList::from_bytes(&v5.signed(&account_seed)).unwrap();
     let mut dir = Directory::new(&policy);
-    assert_eq!(dir.apply_device_list(&v5_list, t(hb_at)), Ok(true));
+    assert_eq!(
+        dir.apply_device_list(&v5_list, t(hb_at))
+            .map(|a| a.changed()),
+        Ok(true)
+    );
     let hb2 = PrimaryHeartbeat::from_bytes(&heartbeat2).unwrap();
     let e = dir.apply_heartbeat(&hb2, t(hb_at)).unwrap_err();
     assert_eq!(format!("{e:?}"), "NeedDeviceList { version: 6 }");
@@ -989,7 +993,11 @@ fn compute(seed: u64, now_ms: u64, label: &str) -> Value {
         format!("{e:?}"),
     ));
     let v6_list = SignedDeviceList::from_bytes(&v6_bytes).unwrap();
-    assert_eq!(dir.apply_device_list(&v6_list, t(hb_at)), Ok(true));
+    assert_eq!(
+        dir.apply_device_list(&v6_list, t(hb_at))
+            .map(|a| a.changed()),
+        Ok(true)
+    );
     let e = dir
         .apply_device_list(&SignedDeviceList::from_bytes(&forked).unwrap(), t(hb_at))
         .unwrap_err();

@@ -341,7 +341,7 @@ async fn on_sqlite_a_link_survives_a_restart_of_the_relay() {
     let record = devicelink_relay::Store::account(&store, &account.account_id())
         .unwrap()
         .unwrap();
-    assert_eq!(record.list_version, account.device_list_version());
+    assert_eq!(record.facts.list_version(), account.device_list_version());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let relay = start_with(store, listener, test_limits(), later).await;
     let mut primary = bounded(PrimaryClient::connect(&relay.base, relay.clock.clone()))

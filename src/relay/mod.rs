@@ -12,7 +12,9 @@
 mod directory;
 mod ledger;
 
-pub use directory::{Directory, DirectoryError, SweptDevice};
+pub use directory::{
+    AccountFacts, DeviceLogout, Directory, DirectoryError, FactsError, ListApplied,
+};
 pub use ledger::{
     ClientId, HelloDigest, Ledger, LedgerConfig, LedgerError, MemoryTokenStore, Quota, QuotaScope,
     Routed, TokenRecord, TokenState, TokenStore, Transition, DEFAULT_MAX_TOKENS,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use devicelink::handshake::MessageKind;
-use devicelink::relay::{ClientId, Transition};
+use devicelink::relay::{ClientId, ListApplied, Transition};
 use devicelink::{AccountId, ErrorKind, PrimaryHeartbeat, SignedDeviceList};
 use rand_core::{OsRng, RngCore};
 use std::future::Future;
@@ -449,7 +449,7 @@ impl<S: Store + 'static, W: Wire> Connection<S, W> {
                 // holds (it may have missed a revocation while away).
                 let held = self
                     .hub
-                    .blocking(move |h| h.directory().store().account(&account))
+                    .blocking(move |h| h.directory.account(&account))
                     .await;
                 if let Some(Ok(Some(record))) = held {
                     return self
@@ -467,18 +467,19 @@ impl<S: Store + 'static, W: Wire> Connection<S, W> {
                     .blocking(move |h| {
                         let list = SignedDeviceList::from_bytes(&owned)
                             .map_err(|e| Refusal::core(e.kind(), e))?;
-                        let changed = h
-                            .directory()
+                        let applied = h
+                            .directory
                             .apply_device_list(&list, now)
                             .map_err(directory_refusal)?;
-                        Ok((list, owned, changed))
+                        Ok((list, owned, applied))
                     })
                     .await;
                 match r {
-                    Some(Ok((list, owned, changed))) => {
-                        if changed {
+                    Some(Ok((list, owned, applied))) => {
+                        let changed = applied.changed();
+                        if let ListApplied::Changed { logged_out } = applied {
                             Metrics::inc(&self.hub.metrics.lists_applied);
-                            self.hub.fan_out_list(&list, owned);
+                            self.hub.fan_out_list(&list, owned, &logged_out);
                         }
                         self.ack(ty, changed).await
                     }
@@ -493,7 +494,7 @@ impl<S: Store + 'static, W: Wire> Connection<S, W> {
                     .blocking(move |h| {
                         let heartbeat = PrimaryHeartbeat::from_bytes(&owned)
                             .map_err(|e| Refusal::core(e.kind(), e))?;
-                        h.directory()
+                        h.directory
                             .apply_heartbeat(&heartbeat, now)
                             .map_err(directory_refusal)?;
                         Ok((heartbeat.account(), owned))
@@ -525,6 +526,9 @@ fn directory_refusal(e: AccountDirectoryError) -> Refusal {
     match e {
         AccountDirectoryError::Refused(e) => Refusal::core(e.kind(), e),
         AccountDirectoryError::Store(e) => Refusal::core(ErrorKind::Unavailable, e),
+        e @ (AccountDirectoryError::Contended(_) | AccountDirectoryError::Corrupt(_)) => {
+            Refusal::core(ErrorKind::Unavailable, e)
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use axum::body::Bytes;
-use devicelink::relay::{ClientId, Ledger, SweptDevice};
+use devicelink::relay::{ClientId, DeviceLogout, Ledger};
 use devicelink::{AccountId, DeviceIndex, LogoutReason, SignedDeviceList};
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 
@@ -56,7 +56,7 @@ pub(crate) struct Subscriber {
 
 pub(crate) struct Hub<S: Store> {
     pub(crate) ledger: Ledger<S>,
-    pub(crate) directory: Mutex<AccountDirectory<S>>,
+    pub(crate) directory: AccountDirectory<S>,
     clients: Mutex<HashMap<ClientId, Peer>>,
     subscribers: Mutex<HashMap<AccountId, Vec<Subscriber>>>,
     pub(crate) clock: Arc<dyn Clock>,
@@ -83,7 +83,7 @@ impl<S: Store + 'static> Hub<S> {
     ) -> Self {
         Hub {
             ledger,
-            directory: Mutex::new(directory),
+            directory,
             clients: Mutex::new(HashMap::new()),
             subscribers: Mutex::new(HashMap::new()),
             clock,
@@ -116,11 +116,6 @@ impl<S: Store + 'static> Hub<S> {
                 None
             }
         }
-    }
-
-    /// Whether the directory lock is usable from the blocking pool.
-    pub(crate) fn directory(&self) -> MutexGuard<'_, AccountDirectory<S>> {
-        lock(&self.directory)
     }
 
     pub(crate) fn connect(&self, client: ClientId, peer: Peer) {
@@ -182,30 +177,24 @@ impl<S: Store + 'static> Hub<S> {
     }
 
     /// Sends an applied list to the account's subscribers, then a logout to
-    /// each subscriber the list no longer names (with the list's reason).
-    pub(crate) fn fan_out_list(&self, list: &SignedDeviceList, bytes: Bytes) {
+    /// each subscribed device the directory logged out with it (the core's
+    /// decision and reason).
+    pub(crate) fn fan_out_list(
+        &self,
+        list: &SignedDeviceList,
+        bytes: Bytes,
+        logged_out: &[DeviceLogout],
+    ) {
         let account = list.account();
         let subs = lock(&self.subscribers)
             .get(&account)
             .cloned()
             .unwrap_or_default();
         let framed = Bytes::from(Frame::PublishList { bytes: &bytes }.encode());
-        let mut gone = Vec::new();
         for sub in subs {
             self.push(sub.client, framed.clone());
-            if list.devices().iter().all(|e| e.index != sub.index) {
-                let reason = list
-                    .removed()
-                    .iter()
-                    .find(|r| r.index == sub.index)
-                    .map_or(LogoutReason::Revoked, |r| r.reason);
-                self.push_logout(sub, reason);
-                gone.push(sub.client);
-            }
         }
-        for client in gone {
-            self.unsubscribe(client, account);
-        }
+        self.push_logouts(logged_out);
     }
 
     /// Sends an applied heartbeat to the account's subscribers.
@@ -220,9 +209,10 @@ impl<S: Store + 'static> Hub<S> {
         }
     }
 
-    /// Pushes the directory's sweep results to the subscribed devices.
-    pub(crate) fn push_swept(&self, swept: &[SweptDevice]) {
-        for d in swept {
+    /// Pushes the directory's logouts (a sweep's, or a list's) to the
+    /// subscribed devices, and ends their subscriptions.
+    pub(crate) fn push_logouts(&self, logouts: &[DeviceLogout]) {
+        for d in logouts {
             let matching: Vec<Subscriber> = lock(&self.subscribers)
                 .get(&d.account)
                 .map(|l| l.iter().copied().filter(|s| s.index == d.index).collect())
@@ -276,11 +266,11 @@ pub(crate) async fn sweep_loop<S: Store + 'static>(hub: Arc<Hub<S>>) {
                 if let Err(e) = h.ledger.sweep(now, limit) {
                     tracing::warn!(error = %e, "ledger sweep failed");
                 }
-                h.directory().sweep(now)
+                h.directory.sweep(now, limit)
             })
             .await;
         match swept {
-            Some(Ok(swept)) => hub.push_swept(&swept),
+            Some(Ok(swept)) => hub.push_logouts(&swept),
             Some(Err(e)) => tracing::warn!(error = %e, "directory sweep failed"),
             None => {}
         }

@@ -140,15 +140,16 @@ impl<S: Store> std::fmt::Debug for Relay<S> {
 }
 
 impl<S: Store + 'static> Relay<S> {
-    /// A relay over `store` (its directory rebuilt from what the store
-    /// holds), with the ledger's limits from `policy`.
+    /// A relay over `store` (the directory decides from the accounts' facts
+    /// the store holds), with the ledger's and directory's limits from
+    /// `policy`.
     pub fn new(
         store: S,
         policy: &Policy,
         limits: Limits,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, StoreError> {
-        let directory = AccountDirectory::open(store.clone(), policy)?;
+        let directory = AccountDirectory::new(store.clone(), policy);
         let ledger = Ledger::new(store, LedgerConfig::from_policy(policy));
         let (shutdown, watching) = watch::channel(false);
         let mut limits = limits;
