@@ -11,6 +11,7 @@
 
 mod directory;
 mod ledger;
+mod subscription;
 
 pub use directory::{
     AccountFacts, DeviceLogout, Directory, DirectoryError, FactsError, ListApplied,
@@ -20,3 +21,4 @@ pub use ledger::{
     Routed, TokenRecord, TokenState, TokenStore, Transition, DEFAULT_MAX_TOKENS,
     DEFAULT_MAX_TOKENS_PER_CLIENT, DEFAULT_RESERVE_WINDOW, DEFAULT_SESSION_WINDOW,
 };
+pub use subscription::{BadSubscriptionProof, SubscriptionProof, SUBSCRIPTION_PROOF_LEN};
