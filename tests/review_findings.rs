@@ -143,7 +143,7 @@ fn review_a_device_removed_in_a_settled_version_learns_the_right_reason() {
     account.revoke(laptop.index(), at(2 * 60 * SECOND)).unwrap();
     let next = account.device_list().clone();
     let change = tablet
-        .accept_device_list(&next.to_bytes(), at(2 * 60 * SECOND))
+        .accept_device_list(&next, at(2 * 60 * SECOND))
         .unwrap();
     assert_eq!(
         change.status,

@@ -617,11 +617,17 @@ impl CompanionClient {
             };
             let now = self.clock.now();
             return Ok(match Frame::decode(&frame)? {
-                Frame::PublishList { bytes } => match session.accept_device_list(bytes, now) {
+                Frame::PublishList { bytes } => match SignedDeviceList::from_bytes(bytes)
+                    .map_err(SessionError::from)
+                    .and_then(|list| session.accept_device_list(&list, now))
+                {
                     Ok(change) => CompanionUpdate::DeviceList(change),
                     Err(e) => CompanionUpdate::Ignored(e),
                 },
-                Frame::PublishHeartbeat { bytes } => match session.accept_heartbeat(bytes, now) {
+                Frame::PublishHeartbeat { bytes } => match PrimaryHeartbeat::from_bytes(bytes)
+                    .map_err(SessionError::from)
+                    .and_then(|hb| session.accept_heartbeat(&hb, now))
+                {
                     Ok(status) => CompanionUpdate::Heartbeat(status),
                     Err(e) => CompanionUpdate::Ignored(e),
                 },
