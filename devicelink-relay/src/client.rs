@@ -501,26 +501,22 @@ impl FrameLink {
 
     /// The next frame from the transport.
     async fn receive(&mut self) -> Result<Inbound, ClientError> {
-        loop {
-            let bytes = self.next_bytes().await?;
-            match Frame::decode(&bytes)? {
-                Frame::Ack { .. } | Frame::Routed { .. } => {
-                    self.awaiting.pop_front();
-                    return Ok(Inbound::Answer);
-                }
-                Frame::Error { code, text } => {
-                    return Err(ClientError::Relay {
-                        of: self.awaiting.pop_front(),
-                        code,
-                        text: text.to_string(),
-                    })
-                }
-                Frame::Message { header, .. } => return Ok(Inbound::Message(header, bytes)),
-                Frame::PublishList { .. }
-                | Frame::PublishHeartbeat { .. }
-                | Frame::Logout { .. } => return Ok(Inbound::Push(bytes)),
-                other => return Err(ClientError::Unexpected(other.frame_type())),
+        let bytes = self.next_bytes().await?;
+        match Frame::decode(&bytes)? {
+            Frame::Ack { .. } | Frame::Routed { .. } => {
+                self.awaiting.pop_front();
+                Ok(Inbound::Answer)
             }
+            Frame::Error { code, text } => Err(ClientError::Relay {
+                of: self.awaiting.pop_front(),
+                code,
+                text: text.to_string(),
+            }),
+            Frame::Message { header, .. } => Ok(Inbound::Message(header, bytes)),
+            Frame::PublishList { .. } | Frame::PublishHeartbeat { .. } | Frame::Logout { .. } => {
+                Ok(Inbound::Push(bytes))
+            }
+            other => Err(ClientError::Unexpected(other.frame_type())),
         }
     }
 

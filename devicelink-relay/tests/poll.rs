@@ -322,9 +322,8 @@ async fn the_clients_link_subscribe_and_hear_a_revocation_over_long_poll() {
         .unwrap();
     let logout = bounded(async {
         loop {
-            match c.next_update().await.unwrap() {
-                u @ CompanionUpdate::Logout { .. } => return u,
-                _ => {}
+            if let u @ CompanionUpdate::Logout { .. } = c.next_update().await.unwrap() {
+                return u;
             }
         }
     })
