@@ -414,6 +414,8 @@ struct FrameLink {
     /// mailbox delivered on Identify, a push during a publication), in
     /// order, for the next [`FrameLink::next`].
     pending: VecDeque<Inbound>,
+    /// The `changed` flag of the last Ack.
+    last_changed: bool,
 }
 
 impl FrameLink {
@@ -439,6 +441,7 @@ impl FrameLink {
             transport,
             awaiting: VecDeque::new(),
             pending: VecDeque::new(),
+            last_changed: false,
         };
         link.send(&Frame::Identify {
             secret: secret.clone(),
@@ -503,7 +506,12 @@ impl FrameLink {
     async fn receive(&mut self) -> Result<Inbound, ClientError> {
         let bytes = self.next_bytes().await?;
         match Frame::decode(&bytes)? {
-            Frame::Ack { .. } | Frame::Routed { .. } => {
+            Frame::Ack { changed, .. } => {
+                self.awaiting.pop_front();
+                self.last_changed = changed;
+                Ok(Inbound::Answer)
+            }
+            Frame::Routed { .. } => {
                 self.awaiting.pop_front();
                 Ok(Inbound::Answer)
             }
@@ -998,13 +1006,14 @@ impl PrimaryClient {
     }
 
     /// Publishes a device list; returns whether the relay applied it (an
-    /// old or repeated list is acknowledged as unchanged).
-    pub async fn publish_list(&mut self, list: &SignedDeviceList) -> Result<(), ClientError> {
+    /// old or repeated list is acknowledged as unchanged: `false`).
+    pub async fn publish_list(&mut self, list: &SignedDeviceList) -> Result<bool, ClientError> {
         let bytes = list.to_bytes();
         self.link
             .send(&Frame::PublishList { bytes: &bytes })
             .await?;
-        self.link.settle().await
+        self.link.settle().await?;
+        Ok(self.link.last_changed)
     }
 
     /// Publishes a heartbeat.
