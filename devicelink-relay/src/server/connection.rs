@@ -13,11 +13,10 @@ use devicelink::relay::{ClientId, ListApplied, Transition};
 use devicelink::{AccountId, ErrorKind, PrimaryHeartbeat, SignedDeviceList};
 use rand_core::{OsRng, RngCore};
 use std::future::Future;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::codes;
-use super::hub::{stopped, CloseSignal, Hub, Peer, Subscriber};
+use super::hub::{stopped, CloseSignal, Hub, Outbound, Peer, Subscriber};
 use super::metrics::Metrics;
 use crate::frame::{Frame, FrameType};
 use crate::store::{AccountDirectoryError, Store};
@@ -188,18 +187,22 @@ struct Connection<S: Store, W: Wire> {
 
 /// Runs one connection until it ends, then forgets it and returns its
 /// permit.
-pub(crate) async fn run<S: Store + 'static, W: Wire>(
+///
+/// The connection is set up before the future is made: an `async fn` would
+/// keep its arguments (the socket among them) in its state beside the
+/// [`Connection`] they move into, in every open connection's task.
+pub(crate) fn run<S: Store + 'static, W: Wire>(
     hub: Arc<Hub<S>>,
     socket: W,
     role: Role,
     permit: super::admission::Admission,
-) {
+) -> impl Future<Output = ()> + Send {
     let client = fresh_client_id();
-    let (tx, rx) = mpsc::channel(hub.limits.outbound_queue.max(1));
+    let outbound = Arc::new(Outbound::new(hub.limits.outbound_queue));
     let close = Arc::new(CloseSignal::default());
     let peer = Peer {
         conn: CONNECTIONS.fetch_add(1, Ordering::Relaxed),
-        tx,
+        tx: outbound.clone(),
         close: close.clone(),
     };
     hub.connect(client, peer.clone());
@@ -207,7 +210,7 @@ pub(crate) async fn run<S: Store + 'static, W: Wire>(
     Metrics::inc(&hub.metrics.connections_open);
     tracing::debug!(%client, ?role, "connected");
     let mut conn = Connection {
-        hub: hub.clone(),
+        hub,
         socket,
         peer,
         client,
@@ -216,24 +219,32 @@ pub(crate) async fn run<S: Store + 'static, W: Wire>(
         role,
         subscribed: None,
     };
-    let end = conn.serve(rx, &close).await;
-    let client = conn.client;
-    hub.disconnect(client, conn.peer.conn, conn.identified, conn.subscribed);
-    if let End::Close(code, refusal) = end {
-        conn.close(code, refusal).await;
+    async move {
+        let end = conn.serve(&outbound, &close).await;
+        outbound.close();
+        let client = conn.client;
+        conn.hub
+            .disconnect(client, conn.peer.conn, conn.identified, conn.subscribed);
+        if let End::Close(code, refusal) = end {
+            Box::pin(conn.close(code, refusal)).await;
+        }
+        conn.hub
+            .metrics
+            .connections_open
+            .fetch_sub(1, Ordering::Relaxed);
+        tracing::debug!(%client, "disconnected");
+        drop(permit);
     }
-    hub.metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
-    tracing::debug!(%client, "disconnected");
-    drop(permit);
 }
 
 impl<S: Store + 'static, W: Wire> Connection<S, W> {
-    async fn serve(&mut self, mut rx: mpsc::Receiver<Bytes>, close: &CloseSignal) -> End {
-        let limits = self.hub.limits.clone();
+    async fn serve(&mut self, outbound: &Outbound, close: &CloseSignal) -> End {
+        // Only what the loop needs, not a copy of every limit in each task.
+        let idle_timeout = self.hub.limits.idle_timeout;
         let mut shutdown = self.hub.shutdown.clone();
-        let mut bucket = Bucket::new(limits.rate_per_second, limits.rate_burst);
-        let mut idle_at = Instant::now() + limits.idle_timeout;
-        let ping_every = (limits.idle_timeout / 3).max(Duration::from_millis(10));
+        let mut bucket = Bucket::new(self.hub.limits.rate_per_second, self.hub.limits.rate_burst);
+        let mut idle_at = Instant::now() + idle_timeout;
+        let ping_every = (idle_timeout / 3).max(Duration::from_millis(10));
         let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
         loop {
             tokio::select! {
@@ -251,8 +262,7 @@ impl<S: Store + 'static, W: Wire> Connection<S, W> {
                     tracing::info!(client = %self.client, code, "closed by the relay");
                     return End::Close(code, None);
                 }
-                queued = rx.recv() => {
-                    let Some(bytes) = queued else { return End::Gone };
+                bytes = outbound.pop() => {
                     if !self.write(Message::Binary(bytes)).await {
                         Metrics::inc(&self.hub.metrics.slow_readers);
                         return End::Gone;
@@ -275,7 +285,7 @@ impl<S: Store + 'static, W: Wire> Connection<S, W> {
                         Some(Ok(m)) => m,
                         Some(Err(e)) => return too_big_or_gone(e),
                     };
-                    idle_at = Instant::now() + limits.idle_timeout;
+                    idle_at = Instant::now() + idle_timeout;
                     // Pings count against the rate too (each costs a pong);
                     // pongs answer our own pings.
                     let counted = !matches!(message, Message::Pong(_));
@@ -287,7 +297,10 @@ impl<S: Store + 'static, W: Wire> Connection<S, W> {
                     }
                     match message {
                         Message::Binary(bytes) => {
-                            if let Some(end) = self.handle(bytes).await {
+                            // Boxed: the frame handler's state (store calls,
+                            // writes) lives on the heap only while a frame is
+                            // handled, not in every idle connection's task.
+                            if let Some(end) = Box::pin(self.handle(bytes)).await {
                                 return end;
                             }
                         }

@@ -1,7 +1,7 @@
 //! The state every connection shares: the core's ledger and directory, who
 //! is connected, and who subscribed to which account.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -9,7 +9,7 @@ use std::time::Instant;
 use axum::body::Bytes;
 use devicelink::relay::{ClientId, DeviceLogout, Ledger};
 use devicelink::{AccountId, DeviceIndex, LogoutReason, SignedDeviceList};
-use tokio::sync::{mpsc, watch, Notify, Semaphore};
+use tokio::sync::{watch, Notify, Semaphore};
 
 use super::metrics::Metrics;
 use super::{Clock, Drained, Limits};
@@ -40,13 +40,100 @@ impl CloseSignal {
     }
 }
 
+/// Why a frame was not queued for a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PushError {
+    /// The queue holds its bound: the connection does not read.
+    Full,
+    /// The connection has ended.
+    Closed,
+}
+
+/// A connection's bounded outbound queue: the frames other tasks send it
+/// (forwarded messages, pushes), taken by its own task. Unlike a tokio
+/// channel, whose first block of slots (about 1.5 KiB with its state) every
+/// idle connection would hold, it allocates nothing until a frame is
+/// queued and gives back what a burst took once it is empty again.
+#[derive(Debug)]
+pub(crate) struct Outbound {
+    state: Mutex<OutboundState>,
+    ready: Notify,
+}
+
+#[derive(Debug)]
+struct OutboundState {
+    frames: VecDeque<Bytes>,
+    capacity: usize,
+    closed: bool,
+}
+
+/// Slots an emptied queue keeps (more are given back).
+const OUTBOUND_KEPT: usize = 8;
+
+impl Outbound {
+    /// An empty queue of at most `capacity` frames.
+    pub(crate) fn new(capacity: usize) -> Self {
+        Outbound {
+            state: Mutex::new(OutboundState {
+                frames: VecDeque::new(),
+                capacity: capacity.max(1),
+                closed: false,
+            }),
+            ready: Notify::new(),
+        }
+    }
+
+    /// Queues `frame` without waiting.
+    pub(crate) fn try_push(&self, frame: Bytes) -> Result<(), PushError> {
+        {
+            let mut s = lock(&self.state);
+            if s.closed {
+                return Err(PushError::Closed);
+            }
+            if s.frames.len() >= s.capacity {
+                return Err(PushError::Full);
+            }
+            s.frames.push_back(frame);
+        }
+        // Wakes the waiting task, or leaves it a permit if it is not
+        // waiting yet: no frame is missed between its check and its wait.
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// The next frame, waiting for one. Cancel-safe: a frame is taken only
+    /// when it is returned.
+    pub(crate) async fn pop(&self) -> Bytes {
+        loop {
+            {
+                let mut s = lock(&self.state);
+                if let Some(frame) = s.frames.pop_front() {
+                    if s.frames.is_empty() && s.frames.capacity() > OUTBOUND_KEPT {
+                        s.frames.shrink_to(OUTBOUND_KEPT);
+                    }
+                    return frame;
+                }
+            }
+            self.ready.notified().await;
+        }
+    }
+
+    /// The connection ended: later pushes are refused and what waits is
+    /// dropped.
+    pub(crate) fn close(&self) {
+        let mut s = lock(&self.state);
+        s.closed = true;
+        s.frames = VecDeque::new();
+    }
+}
+
 /// A connected client as the others reach it.
 #[derive(Debug, Clone)]
 pub(crate) struct Peer {
     /// The connection's number (unique in this process): a replaced
     /// connection's exit must not forget its successor.
     pub(crate) conn: u64,
-    pub(crate) tx: mpsc::Sender<Bytes>,
+    pub(crate) tx: Arc<Outbound>,
     pub(crate) close: Arc<CloseSignal>,
 }
 
@@ -266,15 +353,15 @@ impl<S: Store + 'static> Hub<S> {
         let Some(peer) = lock(&self.clients).get(&to).cloned() else {
             return self.post(to, frame);
         };
-        match peer.tx.try_send(frame) {
+        match peer.tx.try_push(frame) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(PushError::Full) => {
                 tracing::warn!(client = %to, "outbound queue full; closing a slow reader");
                 Metrics::inc(&self.metrics.slow_readers);
                 peer.close.close(super::codes::CLOSE_SLOW_READER);
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(PushError::Closed) => false,
         }
     }
 
