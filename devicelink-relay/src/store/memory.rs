@@ -135,4 +135,9 @@ impl Store for MemoryStore {
             .map(|(_, a)| *a)
             .collect())
     }
+
+    /// A lock and a map: never waits.
+    fn may_block(&self) -> bool {
+        false
+    }
 }

@@ -115,4 +115,13 @@ pub trait Store: TokenStore + Clone {
     /// [`AccountRecord::active_since`] is at or before `before`, earliest
     /// first, in time proportional to their number (an index). Read only.
     fn due_accounts(&self, before: Timestamp, limit: usize) -> Result<Vec<AccountId>, StoreError>;
+
+    /// Whether a call may wait for I/O (a disk, a commit, a network). The
+    /// server makes such a store's calls on tokio's blocking pool; a store
+    /// whose calls never wait ([`MemoryStore`]: a lock and a map) is called
+    /// on the connection's own task, which spares each call two thread
+    /// switches. `true` unless a store says otherwise.
+    fn may_block(&self) -> bool {
+        true
+    }
 }
