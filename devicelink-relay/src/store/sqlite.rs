@@ -54,6 +54,9 @@ use super::{AccountRecord, Store, StoreError};
 
 /// Most writes committed in one transaction.
 pub const MAX_BATCH: usize = 512;
+
+/// Prepared statements kept per connection (more than the store uses).
+const STATEMENT_CACHE: usize = 64;
 /// How long every connection waits for a lock held by another process.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the writer keeps retrying `BEGIN IMMEDIATE` while another
@@ -257,6 +260,9 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
+    // Every statement is prepared once per connection (parsing is most of
+    // a small write's CPU on the one writer thread).
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     conn.pragma_update(None, "synchronous", "FULL")?;
     Ok(())
 }
@@ -420,17 +426,22 @@ impl SqliteStore {
     }
 }
 
+/// Runs one statement without parameters, prepared once per connection.
+fn cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
 /// Runs `op` inside a savepoint: kept on `Ok`, rolled back on `Err`.
 /// Returns whether the enclosing transaction is still sound.
 fn in_savepoint<T, E>(
     conn: &Connection,
     op: impl FnOnce(&Connection) -> Result<T, Fail<E>>,
 ) -> (Result<T, Fail<E>>, bool) {
-    if let Err(e) = conn.execute_batch("SAVEPOINT op") {
+    if let Err(e) = cached(conn, "SAVEPOINT op") {
         return (Err(e.into()), false);
     }
     match op(conn) {
-        Ok(v) => match conn.execute_batch("RELEASE op") {
+        Ok(v) => match cached(conn, "RELEASE op") {
             Ok(()) => (Ok(v), true),
             Err(e) => (Err(e.into()), false),
         },
@@ -445,7 +456,7 @@ fn in_savepoint<T, E>(
 fn begin(conn: &Connection) -> rusqlite::Result<()> {
     let start = Instant::now();
     loop {
-        match conn.execute_batch("BEGIN IMMEDIATE") {
+        match cached(conn, "BEGIN IMMEDIATE") {
             Err(rusqlite::Error::SqliteFailure(e, _))
                 if matches!(e.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
                     && start.elapsed() < LOCK_WAIT =>
@@ -483,7 +494,7 @@ fn run_writer(conn: Connection, rx: Receiver<Job>, counters: &Counters) {
             sound &= ok;
             replies.push(reply);
         }
-        let committed = sound && conn.execute_batch("COMMIT").is_ok();
+        let committed = sound && cached(&conn, "COMMIT").is_ok();
         if !committed {
             tracing::error!(writes = n, "write batch not committed; rolled back");
             let _ = conn.execute_batch("ROLLBACK");
@@ -521,7 +532,9 @@ fn corrupt(what: &str) -> rusqlite::Error {
     rusqlite::Error::InvalidColumnType(0, what.into(), rusqlite::types::Type::Blob)
 }
 
-const TOKEN_COLUMNS: &str = "client, expires_at, keep_until, state, peer, state_at, hello";
+/// One token's row (the columns [`token_row`] reads).
+const LOAD_TOKEN: &str = "SELECT client, expires_at, keep_until, state, peer, state_at, hello
+                            FROM tokens WHERE id = ?1";
 
 fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
     let client = client_of(&r.get::<_, Vec<u8>>(0)?).ok_or_else(|| corrupt("client"))?;
@@ -561,21 +574,17 @@ fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
 }
 
 fn load_token(c: &Connection, token: &TokenId) -> rusqlite::Result<Option<TokenRecord>> {
-    c.query_row(
-        &format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE id = ?1"),
-        [token.to_bytes()],
-        token_row,
-    )
-    .optional()
+    c.prepare_cached(LOAD_TOKEN)?
+        .query_row([token.to_bytes()], token_row)
+        .optional()
 }
 
 /// Deletes the client's counter row once it reaches zero.
 fn unlive(c: &Connection, client: &[u8]) -> rusqlite::Result<()> {
-    c.execute(
-        "UPDATE clients SET live = live - 1 WHERE id = ?1 AND live > 0",
-        [client],
-    )?;
-    c.execute("DELETE FROM clients WHERE id = ?1 AND live = 0", [client])?;
+    c.prepare_cached("UPDATE clients SET live = live - 1 WHERE id = ?1 AND live > 0")?
+        .execute([client])?;
+    c.prepare_cached("DELETE FROM clients WHERE id = ?1 AND live = 0")?
+        .execute([client])?;
     Ok(())
 }
 
@@ -592,29 +601,32 @@ impl TokenStore for SqliteStore {
             let total = int(quota.total, "quota")?;
             let (id, cl) = (token.to_bytes(), client.to_bytes());
             // decision
-            let inserted = c.execute(
-                "INSERT INTO tokens (id, client, expires_at, keep_until, state)
+            let inserted = c
+                .prepare_cached(
+                    "INSERT INTO tokens (id, client, expires_at, keep_until, state)
                  VALUES (?1, ?2, ?3, ?3, 0) ON CONFLICT (id) DO NOTHING",
-                params![id, cl, exp],
-            )?;
+                )?
+                .execute(params![id, cl, exp])?;
             if inserted == 0 {
                 return Err(Fail::Refused(LedgerError::DuplicateToken));
             }
-            c.execute(
+            c.prepare_cached(
                 "INSERT INTO clients (id, live) VALUES (?1, 0) ON CONFLICT (id) DO NOTHING",
-                [cl],
-            )?;
-            let counted = c.execute(
-                "UPDATE clients SET live = live + 1 WHERE id = ?1 AND live < ?2",
-                params![cl, quota.per_client],
-            )?;
+            )?
+            .execute([cl])?;
+            let counted = c
+                .prepare_cached("UPDATE clients SET live = live + 1 WHERE id = ?1 AND live < ?2")?
+                .execute(params![cl, quota.per_client])?;
             if counted == 0 {
                 return Err(Fail::Refused(LedgerError::QuotaExceeded {
                     scope: QuotaScope::Client,
                     limit: u64::from(quota.per_client),
                 }));
             }
-            if c.execute("UPDATE totals SET n = n + 1 WHERE n < ?1", [total])? == 0 {
+            if c.prepare_cached("UPDATE totals SET n = n + 1 WHERE n < ?1")?
+                .execute([total])?
+                == 0
+            {
                 return Err(Fail::Refused(LedgerError::QuotaExceeded {
                     scope: QuotaScope::Store,
                     limit: quota.total,
@@ -638,12 +650,14 @@ impl TokenStore for SqliteStore {
             let (now_ms, until_ms) = (ms(now, "now")?, ms(until, "reservation")?);
             // decision
             let client: Option<Vec<u8>> = c
-                .query_row(
+                .prepare_cached(
                     "UPDATE tokens SET state = 1, peer = ?2, state_at = ?4, hello = ?5,
                             keep_until = max(expires_at, ?4)
                       WHERE id = ?1 AND expires_at > ?3
                         AND (state = 0 OR (state = 1 AND state_at <= ?3))
                      RETURNING client",
+                )?
+                .query_row(
                     params![
                         token.to_bytes(),
                         by.to_bytes(),
@@ -678,18 +692,19 @@ impl TokenStore for SqliteStore {
         let (token, hello) = (*token, *hello);
         self.write(move |c| {
             // decision
-            let changed = c.execute(
-                "UPDATE tokens SET state = 0, peer = NULL, state_at = NULL, hello = NULL,
+            let changed = c
+                .prepare_cached(
+                    "UPDATE tokens SET state = 0, peer = NULL, state_at = NULL, hello = NULL,
                         keep_until = expires_at
                   WHERE id = ?1 AND client = ?2 AND state = 1 AND hello = ?4
                     AND keep_until > ?3",
-                params![
+                )?
+                .execute(params![
                     token.to_bytes(),
                     client.to_bytes(),
                     ms(now, "now")?,
                     hello.to_bytes()
-                ],
-            )?;
+                ])?;
             if changed == 1 {
                 return Ok(());
             }
@@ -722,10 +737,12 @@ impl TokenStore for SqliteStore {
             let (now_ms, keep_ms) = (ms(now, "now")?, ms(keep, "keep")?);
             // decision
             let peer: Option<Option<Vec<u8>>> = c
-                .query_row(
+                .prepare_cached(
                     "UPDATE tokens SET state = 2, state_at = ?3, keep_until = max(keep_until, ?4)
                       WHERE id = ?1 AND client = ?2 AND state = 1 AND keep_until > ?3
                      RETURNING peer",
+                )?
+                .query_row(
                     params![token.to_bytes(), client.to_bytes(), now_ms, keep_ms],
                     |r| r.get(0),
                 )
@@ -765,7 +782,7 @@ impl TokenStore for SqliteStore {
             let now_ms = ms(now, "now")?;
             let limit = int(u64::try_from(limit).unwrap_or(u64::MAX), "limit")?;
             let deleted: Vec<(Vec<u8>, i64)> = {
-                let mut st = c.prepare(
+                let mut st = c.prepare_cached(
                     "DELETE FROM tokens WHERE id IN
                        (SELECT id FROM tokens WHERE keep_until <= ?1
                          ORDER BY keep_until, id LIMIT ?2)
@@ -780,10 +797,8 @@ impl TokenStore for SqliteStore {
                 }
             }
             let n = deleted.len();
-            c.execute(
-                "UPDATE totals SET n = n - ?1",
-                [int(u64::try_from(n).unwrap_or(u64::MAX), "count")?],
-            )?;
+            c.prepare_cached("UPDATE totals SET n = n - ?1")?
+                .execute([int(u64::try_from(n).unwrap_or(u64::MAX), "count")?])?;
             Ok(n)
         })
         .map_err(ledger)
@@ -814,12 +829,9 @@ fn out_of_range(what: &'static str) -> impl Fn(Fail<StoreError>) -> Fail<StoreEr
 impl Store for SqliteStore {
     fn account(&self, account: &AccountId) -> Result<Option<AccountRecord>, StoreError> {
         let found = self.read(|c| {
-            c.query_row(
-                "SELECT revision, facts, list FROM accounts WHERE account = ?1",
-                [account.to_bytes()],
-                account_row,
-            )
-            .optional()
+            c.prepare_cached("SELECT revision, facts, list FROM accounts WHERE account = ?1")?
+                .query_row([account.to_bytes()], account_row)
+                .optional()
         })?;
         match found {
             Some(r) if r.account() != *account => Err(StoreError::Corrupt(
@@ -838,17 +850,23 @@ impl Store for SqliteStore {
             let facts = record.facts.to_bytes();
             // decision
             let n = if record.revision == 1 {
-                c.execute(
+                c.prepare_cached(
                     "INSERT INTO accounts (account, revision, active_since, facts, list)
                      VALUES (?1, 1, ?2, ?3, ?4) ON CONFLICT (account) DO NOTHING",
-                    params![account, active, facts, record.list],
                 )?
+                .execute(params![account, active, facts, record.list])?
             } else {
-                c.execute(
+                c.prepare_cached(
                     "UPDATE accounts SET revision = ?2, active_since = ?3, facts = ?4, list = ?5
                       WHERE account = ?1 AND revision = ?2 - 1",
-                    params![account, revision, active, facts, record.list],
                 )?
+                .execute(params![
+                    account,
+                    revision,
+                    active,
+                    facts,
+                    record.list
+                ])?
             };
             Ok(n == 1)
         })
