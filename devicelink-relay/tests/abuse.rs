@@ -539,3 +539,80 @@ async fn one_address_is_held_to_its_connection_cap_and_connect_rate() {
         .contains("devicelink_connections_refused_by_address_total 1"));
     relay.stop().await;
 }
+
+/// 20,000 registrations from one identified client on one connection,
+/// pipelined (the relay's frame rate raised so that the quota, not the
+/// rate, is what they meet): the per-client quota's worth are acknowledged,
+/// every other one gets its typed refusal (400: the core's
+/// `QuotaExceeded`), in order, and the relay stays up. The full 100,000
+/// with the relay's peak RSS: `examples/relay_memory.rs`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_thousand_registrations_from_one_client_each_get_their_answer() {
+    const N: u32 = 20_000;
+    let relay = start(devicelink_relay::server::Limits {
+        rate_per_second: 1_000_000,
+        rate_burst: 1_000_000,
+        ..test_limits()
+    })
+    .await;
+    let (mut sink, mut stream) = raw(&relay, "/v1/companion").await.split();
+    let expires_at = relay.now().saturating_add(Duration::from_secs(30));
+    let writer = tokio::spawn(async move {
+        let identify = Frame::Identify {
+            secret: devicelink_relay::ClientSecret::from_bytes([0x5a; 32]),
+        };
+        sink.feed(Message::binary(identify.encode())).await.unwrap();
+        for i in 0..N {
+            let mut id = [0xab; 16];
+            id[..4].copy_from_slice(&i.to_be_bytes());
+            let register = Frame::Register {
+                token_id: TokenId::from_bytes(id),
+                expires_at,
+            };
+            sink.feed(Message::binary(register.encode())).await.unwrap();
+        }
+        sink.flush().await.unwrap();
+        sink
+    });
+    let (mut acks, mut refused) = (0u32, 0u32);
+    // Identify's Ack, then one answer per Register, in order.
+    for n in 0..=N {
+        let bytes = loop {
+            match bounded(stream.next()).await {
+                Some(Ok(Message::Binary(b))) => break b,
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                other => panic!("answer {n}: expected a frame, got {other:?}"),
+            }
+        };
+        match Frame::decode(&bytes).unwrap() {
+            Frame::Ack {
+                of: FrameType::Identify,
+                ..
+            } if n == 0 => {}
+            Frame::Ack {
+                of: FrameType::Register,
+                changed: true,
+            } if refused == 0 => acks += 1,
+            Frame::Error { code, text } => {
+                assert_eq!(code, 400, "answer {n}: {text}");
+                refused += 1;
+            }
+            other => panic!("answer {n}: {other:?}"),
+        }
+    }
+    let _sink = bounded(writer).await.unwrap();
+    let quota = devicelink::LedgerConfig::default().max_tokens_per_client;
+    assert_eq!(acks, quota);
+    assert_eq!(refused, N - quota);
+    assert_eq!(
+        relay.metrics.refusals(devicelink::ErrorKind::Refused),
+        u64::from(N - quota)
+    );
+
+    // Still up: /healthz, and another client registers.
+    assert!(http_get(&relay, "/healthz").await.ends_with("ok\n"));
+    let mut other = raw(&relay, "/v1/companion").await;
+    send(&mut other, register(1, &relay)).await;
+    expect_ack(&mut other, FrameType::Register).await;
+    relay.stop().await;
+}
