@@ -1,0 +1,815 @@
+//! What the load examples (`relay_load`, `relay_replay`, `relay_memory`)
+//! share: arguments, hosting a relay (in this process, or as a child
+//! process of the same example, optionally pinned to a core with
+//! `taskset`), pre-built pairings made with the core before any clock
+//! starts, thin clients that carry pre-encoded frames over a WebSocket or
+//! the HTTP long-poll fallback, and the figures read from `/proc`.
+//!
+//! Everything listens on 127.0.0.1 and every run is bounded in count and
+//! time.
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use devicelink::handshake::{MessageHeader, MessageKind};
+use devicelink::relay::SubscriptionProof;
+use devicelink::{Account, Companion, DeviceIdentity, DeviceLabel, Policy, Timestamp};
+use devicelink_relay::server::{Clock, Limits, Metrics, Relay, SystemClock};
+use devicelink_relay::{ClientSecret, Frame, FrameType, MemoryStore, SqliteStore, MAX_FRAME_LEN};
+use futures_util::{SinkExt, StreamExt};
+use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Any error, for examples.
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// Every single wait of a load client is bounded by this.
+pub const STEP: Duration = Duration::from_secs(30);
+
+// ---- arguments ---------------------------------------------------------------
+
+/// The command line, read by name (`--name value`, `--flag`).
+#[derive(Debug, Clone)]
+pub struct Args(Vec<String>);
+
+impl Args {
+    /// This process's arguments.
+    pub fn from_env() -> Self {
+        Args(std::env::args().skip(1).collect())
+    }
+
+    /// `--name`'s value, parsed, or `default`.
+    pub fn get<T: FromStr>(&self, name: &str, default: T) -> T {
+        self.string(name)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    }
+
+    /// `--name`'s value as text.
+    pub fn string(&self, name: &str) -> Option<String> {
+        let i = self.0.iter().position(|a| a == name)?;
+        self.0.get(i + 1).cloned()
+    }
+
+    /// `--name a,b,c` as numbers, or `default`.
+    pub fn list(&self, name: &str, default: &[usize]) -> Vec<usize> {
+        match self.string(name) {
+            Some(v) => v.split(',').filter_map(|x| x.trim().parse().ok()).collect(),
+            None => default.to_vec(),
+        }
+    }
+
+    /// Whether `--name` is given.
+    pub fn flag(&self, name: &str) -> bool {
+        self.0.iter().any(|a| a == name)
+    }
+}
+
+// ---- figures from /proc --------------------------------------------------------
+
+/// A process's resident set and its peak, in KiB (`/proc/PID/status`).
+pub fn memory_kib(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))?
+            .split_whitespace()
+            .nth(1)?
+            .parse::<u64>()
+            .ok()
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// User + system CPU seconds a process has used (`/proc/PID/stat`; 100
+/// ticks a second, Linux's `USER_HZ`).
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name: state is field 3,
+    // utime 14, stime 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// Nanoseconds the calling thread has run on a CPU
+/// (`/proc/thread-self/schedstat`).
+pub fn thread_cpu_ns() -> Option<u64> {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The 1, 5 and 15 minute load averages.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// The kernel's TCP memory in use, in pages (`/proc/net/sockstat`).
+pub fn tcp_mem_pages() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/net/sockstat").ok()?;
+    let line = s.lines().find(|l| l.starts_with("TCP:"))?;
+    let mut it = line.split_whitespace();
+    while let Some(w) = it.next() {
+        if w == "mem" {
+            return it.next()?.parse().ok();
+        }
+    }
+    None
+}
+
+/// The `p`-quantile (0..=1) of sorted durations, in milliseconds.
+pub fn pct_ms(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)].as_secs_f64() * 1e3
+}
+
+// ---- hosting a relay -------------------------------------------------------------
+
+/// Which store the relay runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    /// `MemoryStore`.
+    Memory,
+    /// `SqliteStore` on a fresh file in a temporary directory
+    /// (`synchronous = FULL`, WAL).
+    Sqlite,
+}
+
+impl StoreKind {
+    /// `--store memory|sqlite` (or `--sqlite`).
+    pub fn from_args(args: &Args) -> Self {
+        if args.flag("--sqlite") || args.string("--store").as_deref() == Some("sqlite") {
+            StoreKind::Sqlite
+        } else {
+            StoreKind::Memory
+        }
+    }
+
+    /// Its name in the tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            StoreKind::Memory => "memory",
+            StoreKind::Sqlite => "sqlite",
+        }
+    }
+}
+
+/// Limits for load on loopback: every client comes from 127.0.0.1, so the
+/// per-address limits are off, and the per-connection rate is far above
+/// what a load client sends; everything else is the default.
+pub fn load_limits(args: &Args) -> Limits {
+    let defaults = Limits::default();
+    Limits {
+        max_connections: args.get("--max-connections", 60_000),
+        rate_per_second: args.get("--rate", 1_000_000),
+        rate_burst: args.get("--burst", 1_000_000),
+        connect_rate_per_address: 0,
+        max_connections_per_address: u32::MAX,
+        idle_timeout: Duration::from_secs(args.get("--idle-timeout-secs", 60)),
+        websocket_read_buffer: args.get("--ws-read-buffer", defaults.websocket_read_buffer),
+        ..defaults
+    }
+}
+
+/// A relay serving on 127.0.0.1 for one run.
+pub struct Hosted {
+    /// `ws://127.0.0.1:PORT`.
+    pub base: String,
+    /// `http://127.0.0.1:PORT`.
+    pub http: String,
+    inner: HostedInner,
+}
+
+enum HostedInner {
+    InProcess {
+        metrics: Arc<Metrics>,
+        sqlite: Option<(SqliteStore, tempfile::TempDir)>,
+        stop: tokio::sync::oneshot::Sender<()>,
+        task: tokio::task::JoinHandle<std::io::Result<devicelink_relay::server::Drained>>,
+    },
+    Child {
+        child: Child,
+        stdin: Option<ChildStdin>,
+        stdout: BufReader<ChildStdout>,
+    },
+}
+
+/// What a relay reports after a run.
+#[derive(Debug, Default, Clone)]
+pub struct RelayReport {
+    /// SQLite commits and writes (batching factor = writes / commits).
+    pub commits: u64,
+    /// SQLite writes acknowledged.
+    pub writes: u64,
+    /// Selected `/metrics` lines.
+    pub metrics: Vec<String>,
+}
+
+fn pick_metrics(rendered: &str) -> Vec<String> {
+    rendered
+        .lines()
+        .filter(|l| {
+            !l.starts_with('#')
+                && (l.starts_with("devicelink_tokens_")
+                    || l.starts_with("devicelink_messages_routed_total")
+                    || l.starts_with("devicelink_store_call_seconds_count")
+                    || l.starts_with("devicelink_store_call_seconds_sum")
+                    || l.starts_with("devicelink_refusals_total")
+                    || l.starts_with("devicelink_connections_total")
+                    || l.starts_with("devicelink_slow_reader"))
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+impl Hosted {
+    /// A relay in this process, on the current tokio runtime.
+    pub async fn in_process(store: StoreKind, limits: Limits) -> Result<Self, Error> {
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        let (metrics, sqlite, task) = match store {
+            StoreKind::Memory => {
+                let relay = Relay::new(MemoryStore::new(), &Policy::default(), limits, clock)?;
+                (
+                    relay.metrics(),
+                    None,
+                    tokio::spawn(relay.serve(listener, shutdown)),
+                )
+            }
+            StoreKind::Sqlite => {
+                let dir = tempfile::tempdir()?;
+                let db = SqliteStore::open(dir.path().join("relay.db"))?;
+                let relay = Relay::new(db.clone(), &Policy::default(), limits, clock)?;
+                (
+                    relay.metrics(),
+                    Some((db, dir)),
+                    tokio::spawn(relay.serve(listener, shutdown)),
+                )
+            }
+        };
+        Ok(Hosted {
+            base: format!("ws://{addr}"),
+            http: format!("http://{addr}"),
+            inner: HostedInner::InProcess {
+                metrics,
+                sqlite,
+                stop,
+                task,
+            },
+        })
+    }
+
+    /// A relay in a child process: this example again with `--serve`,
+    /// under `taskset -c CPU` if `cpu` is given. `extra` is passed on
+    /// (limits such as `--ws-read-buffer`).
+    pub fn child(store: StoreKind, cpu: Option<&str>, extra: &[String]) -> Result<Self, Error> {
+        let exe = std::env::current_exe()?;
+        // `LOAD_RELAY_WRAP=heaptrack` (say) runs the child under a tool.
+        let mut words: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(cpu) = cpu {
+            words.extend(["taskset".into(), "-c".into(), cpu.into()]);
+        }
+        if let Ok(wrap) = std::env::var("LOAD_RELAY_WRAP") {
+            words.extend(wrap.split_whitespace().map(Into::into));
+        }
+        words.push(exe.into());
+        let mut cmd = Command::new(&words[0]);
+        cmd.args(&words[1..]);
+        cmd.arg("--serve")
+            .arg("--store")
+            .arg(store.name())
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn()?;
+        let stdin = child.stdin.take();
+        let mut stdout = BufReader::new(child.stdout.take().ok_or("no stdout")?);
+        let mut addr = None;
+        for _ in 0..16 {
+            let mut line = String::new();
+            if stdout.read_line(&mut line)? == 0 {
+                break;
+            }
+            if let Some(a) = line.trim().strip_prefix("listening ") {
+                addr = Some(a.to_string());
+                break;
+            }
+        }
+        let addr = addr.ok_or("the child relay did not say where it listens")?;
+        Ok(Hosted {
+            base: format!("ws://{addr}"),
+            http: format!("http://{addr}"),
+            inner: HostedInner::Child {
+                child,
+                stdin,
+                stdout,
+            },
+        })
+    }
+
+    /// The child's process id (`None` in process).
+    pub fn pid(&self) -> Option<u32> {
+        match &self.inner {
+            HostedInner::Child { child, .. } => Some(child.id()),
+            HostedInner::InProcess { .. } => None,
+        }
+    }
+
+    /// CPU seconds the relay's process has used (this process's own when
+    /// the relay runs in it).
+    pub fn cpu_seconds(&self) -> f64 {
+        cpu_seconds(self.pid().unwrap_or_else(std::process::id)).unwrap_or(f64::NAN)
+    }
+
+    /// SQLite commits and writes so far (in process only).
+    pub fn writer_stats(&self) -> Option<(u64, u64)> {
+        match &self.inner {
+            HostedInner::InProcess {
+                sqlite: Some((db, _)),
+                ..
+            } => {
+                let s = db.writer_stats();
+                Some((s.commits, s.writes))
+            }
+            _ => None,
+        }
+    }
+
+    /// Stops the relay and returns its figures.
+    pub async fn stop(self) -> Result<RelayReport, Error> {
+        match self.inner {
+            HostedInner::InProcess {
+                metrics,
+                sqlite,
+                stop,
+                task,
+            } => {
+                let mut report = RelayReport {
+                    metrics: pick_metrics(&metrics.render()),
+                    ..RelayReport::default()
+                };
+                if let Some((db, _)) = &sqlite {
+                    let s = db.writer_stats();
+                    (report.commits, report.writes) = (s.commits, s.writes);
+                }
+                let _ = stop.send(());
+                task.await??;
+                drop(sqlite);
+                Ok(report)
+            }
+            HostedInner::Child {
+                mut child,
+                stdin,
+                mut stdout,
+            } => {
+                drop(stdin); // end of stdin: the child shuts down and reports
+                let mut out = String::new();
+                tokio::task::block_in_place(|| stdout.read_to_string(&mut out))?;
+                child.wait()?;
+                let mut report = RelayReport::default();
+                for line in out.lines() {
+                    if let Some(rest) = line.strip_prefix("writer ") {
+                        let mut it = rest.split_whitespace().filter_map(|x| x.parse().ok());
+                        report.commits = it.next().unwrap_or(0);
+                        report.writes = it.next().unwrap_or(0);
+                    } else if let Some(m) = line.strip_prefix("metric ") {
+                        report.metrics.push(m.to_string());
+                    }
+                }
+                Ok(report)
+            }
+        }
+    }
+}
+
+/// The child's side of [`Hosted::child`]: serves until stdin ends, then
+/// prints its figures. Call it first thing in `main` when `--serve` is
+/// given.
+pub fn serve_child(args: &Args) -> Result<(), Error> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let store = StoreKind::from_args(args);
+    runtime.block_on(async {
+        let hosted = Hosted::in_process(store, load_limits(args)).await?;
+        let addr = hosted.base.trim_start_matches("ws://").to_string();
+        println!("listening {addr}");
+        std::io::stdout().flush()?;
+        // Serve until the parent closes our stdin.
+        tokio::task::spawn_blocking(|| {
+            let mut sink = Vec::new();
+            let _ = std::io::stdin().read_to_end(&mut sink);
+        })
+        .await?;
+        let report = hosted.stop().await?;
+        println!("writer {} {}", report.commits, report.writes);
+        for m in report.metrics {
+            println!("metric {m}");
+        }
+        Ok::<(), Error>(())
+    })
+}
+
+// ---- pre-built pairings ------------------------------------------------------------
+
+/// One complete, valid pairing made with the core (real crypto) before the
+/// clock starts, as the frames each side sends, pre-encoded.
+#[derive(Debug, Clone)]
+pub struct Prebuilt {
+    /// Companion: Identify (its client secret).
+    pub c_identify: Bytes,
+    /// Companion: Register (the offer's token, its expiry).
+    pub register: Bytes,
+    /// Companion: Message(Request).
+    pub request: Bytes,
+    /// Companion: Message(Confirm).
+    pub confirm: Bytes,
+    /// Companion: PublishList (the list its certificate holds).
+    pub c_list: Bytes,
+    /// Companion: Subscribe (account, index, proof for its client id).
+    pub subscribe: Bytes,
+    /// Primary: Identify.
+    pub p_identify: Bytes,
+    /// Primary: Message(Hello).
+    pub hello: Bytes,
+    /// Primary: Message(Grant).
+    pub grant: Bytes,
+    /// Primary: PublishList (the account's list naming the companion).
+    pub p_list: Bytes,
+}
+
+/// A client secret for load client `n` of `side` (0 companion, 1 primary):
+/// distinct per `(side, n, run)`.
+pub fn secret(side: u8, n: u64, run: u64) -> ClientSecret {
+    let mut b = [0u8; 32];
+    b[0] = side;
+    b[8..16].copy_from_slice(&n.to_be_bytes());
+    b[16..24].copy_from_slice(&run.to_be_bytes());
+    ClientSecret::from_bytes(b)
+}
+
+fn message_frame(message: &[u8]) -> Result<Bytes, Error> {
+    let header = MessageHeader::parse(message)?;
+    Ok(Bytes::from(
+        Frame::Message {
+            header,
+            bytes: message,
+        }
+        .encode(),
+    ))
+}
+
+/// Makes one pairing with the core: both ends' real handshake, the
+/// account's list, the companion's subscription proof for `companion`'s
+/// client id.
+pub fn prebuild_one(
+    rng: &mut ChaCha20Rng,
+    now: Timestamp,
+    companion: &ClientSecret,
+    primary: &ClientSecret,
+) -> Result<Prebuilt, Error> {
+    // A long first offer: the relay clamps the registration to its own
+    // limit from the moment of the replay, so pairings made a while
+    // before the replay still register.
+    let policy = Policy::builder()
+        .first_offer_lifetime(Duration::from_secs(3_600))
+        .build()?;
+    let mut c = Companion::new(
+        DeviceIdentity::generate(rng),
+        DeviceLabel::new("replay")?,
+        &policy,
+        rng,
+        now,
+    );
+    let offer = c.offer().ok_or("no offer")?;
+    let (token_id, text) = (offer.token_id(), offer.to_text());
+    let expires_at = c.next_deadline().ok_or("no deadline")?;
+    let mut account = Account::generate(Policy::default(), rng, now);
+    account.open_link_intent(now);
+    let (mut hs, hello) = account.scan(&text, rng, now)?;
+    let request = c.receive_hello(&hello, rng, now)?;
+    account.receive_request(&mut hs, &request, rng, now)?;
+    let grant = account.grant(&mut hs, rng, now)?;
+    let confirm = c.receive_grant(&grant, now)?;
+    account.confirm(&mut hs, &confirm, now)?;
+    let session = c.into_session().map_err(|_| "not linked")?;
+    let proof = SubscriptionProof::sign(&session, companion.client_id());
+    let p_list = account.device_list().to_bytes();
+    let c_list = session.device_list().to_bytes();
+    let enc = |f: Frame<'_>| Bytes::from(f.encode());
+    Ok(Prebuilt {
+        c_identify: enc(Frame::Identify {
+            secret: companion.clone(),
+        }),
+        register: enc(Frame::Register {
+            token_id,
+            expires_at,
+        }),
+        request: message_frame(&request)?,
+        confirm: message_frame(&confirm)?,
+        c_list: enc(Frame::PublishList { bytes: &c_list }),
+        subscribe: enc(Frame::Subscribe {
+            account: session.account(),
+            index: session.index(),
+            proof,
+        }),
+        p_identify: enc(Frame::Identify {
+            secret: primary.clone(),
+        }),
+        hello: message_frame(&hello)?,
+        grant: message_frame(&grant)?,
+        p_list: enc(Frame::PublishList { bytes: &p_list }),
+    })
+}
+
+/// Makes `n` pairings on `threads` threads; pairing `i` identifies as
+/// clients `owner(i)` (companion and primary secrets).
+pub fn prebuild(
+    n: usize,
+    threads: usize,
+    run: u64,
+    owner: impl Fn(usize) -> u64 + Sync,
+) -> Result<Vec<Prebuilt>, Error> {
+    let now = SystemClock.now();
+    let threads = threads.max(1);
+    let mut parts: Vec<Result<Vec<(usize, Prebuilt)>, String>> = Vec::new();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let owner = &owner;
+                s.spawn(move || {
+                    let mut rng = ChaCha20Rng::seed_from_u64(run ^ (t as u64) << 32);
+                    let mut out = Vec::new();
+                    for i in (t..n).step_by(threads) {
+                        let o = owner(i);
+                        let p = prebuild_one(&mut rng, now, &secret(0, o, run), &secret(1, o, run))
+                            .map_err(|e| e.to_string())?;
+                        out.push((i, p));
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        for h in handles {
+            parts.push(h.join().unwrap_or_else(|_| Err("a thread panicked".into())));
+        }
+    });
+    let mut all = Vec::with_capacity(n);
+    for part in parts {
+        all.extend(part?);
+    }
+    all.sort_by_key(|(i, _)| *i);
+    Ok(all.into_iter().map(|(_, p)| p).collect())
+}
+
+// ---- thin clients ---------------------------------------------------------------------
+
+/// What a thin load client sends frames over and reads frames from.
+pub trait Wire: Send {
+    /// Sends one pre-encoded frame.
+    fn send(&mut self, frame: Bytes)
+        -> impl std::future::Future<Output = Result<(), Error>> + Send;
+    /// The next frame from the relay.
+    fn recv(&mut self) -> impl std::future::Future<Output = Result<Bytes, Error>> + Send;
+    /// Ends the connection (without waiting for the relay).
+    fn close(self) -> impl std::future::Future<Output = ()> + Send;
+}
+
+/// A WebSocket client connection.
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// The load clients' WebSocket settings: a 4 KiB read buffer (the default
+/// 128 KiB would be zero-filled on the first read of every connection).
+pub fn client_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_message_size(Some(MAX_FRAME_LEN))
+        .max_frame_size(Some(MAX_FRAME_LEN))
+}
+
+/// Opens `base` + `path` (`/v1/companion` or `/v1/primary`), without
+/// Nagle's algorithm.
+pub async fn ws_connect(base: &str, path: &str) -> Result<Ws, Error> {
+    let url = format!("{base}{path}");
+    let (ws, _) = tokio::time::timeout(
+        STEP,
+        tokio_tungstenite::connect_async_with_config(url, Some(client_config()), true),
+    )
+    .await??;
+    Ok(ws)
+}
+
+/// A WebSocket [`Wire`].
+pub struct WsWire(pub Ws);
+
+impl Wire for WsWire {
+    async fn send(&mut self, frame: Bytes) -> Result<(), Error> {
+        self.0.send(Message::Binary(frame)).await?;
+        Ok(())
+    }
+
+    async fn recv(&mut self) -> Result<Bytes, Error> {
+        loop {
+            match tokio::time::timeout(STEP, self.0.next()).await? {
+                None => return Err("closed".into()),
+                Some(m) => match m? {
+                    Message::Binary(b) => return Ok(b),
+                    Message::Close(f) => {
+                        return Err(format!("closed with {:?}", f.map(|f| u16::from(f.code))).into())
+                    }
+                    _ => {}
+                },
+            }
+        }
+    }
+
+    async fn close(mut self) {
+        let _ = self.0.close(None).await;
+    }
+}
+
+/// An HTTP long-poll session [`Wire`] (`docs/RELAY.md` §3.6): frames
+/// POSTed numbered (`If-Match`), records polled and acknowledged
+/// (`If-None-Match`).
+pub struct PollWire {
+    http: reqwest::Client,
+    url: String,
+    sent: u64,
+    acked: u64,
+    ready: VecDeque<Bytes>,
+}
+
+impl PollWire {
+    /// Opens a session as `role` (`companion` or `primary`).
+    pub async fn open(http: &reqwest::Client, base: &str, role: &str) -> Result<Self, Error> {
+        let r = http.post(format!("{base}/v1/poll/{role}")).send().await?;
+        if r.status() != reqwest::StatusCode::CREATED {
+            return Err(format!("open: HTTP {}", r.status()).into());
+        }
+        let id = r.text().await?;
+        Ok(PollWire {
+            http: http.clone(),
+            url: format!("{base}/v1/poll/session/{id}"),
+            sent: 0,
+            acked: 0,
+            ready: VecDeque::new(),
+        })
+    }
+}
+
+impl Wire for PollWire {
+    async fn send(&mut self, frame: Bytes) -> Result<(), Error> {
+        let k = self.sent + 1;
+        for _ in 0..100 {
+            let r = self
+                .http
+                .post(&self.url)
+                .header("If-Match", format!("\"{k}\""))
+                .body(frame.clone())
+                .send()
+                .await?;
+            match r.status() {
+                reqwest::StatusCode::ACCEPTED => {
+                    self.sent = k;
+                    return Ok(());
+                }
+                reqwest::StatusCode::TOO_MANY_REQUESTS => {
+                    tokio::time::sleep(Duration::from_millis(1)).await
+                }
+                s => return Err(format!("send: HTTP {s}").into()),
+            }
+        }
+        Err("send: the session stayed full".into())
+    }
+
+    async fn recv(&mut self) -> Result<Bytes, Error> {
+        loop {
+            if let Some(f) = self.ready.pop_front() {
+                return Ok(f);
+            }
+            let r = self
+                .http
+                .get(&self.url)
+                .header("If-None-Match", format!("\"{}\"", self.acked))
+                .send()
+                .await?;
+            match r.status() {
+                reqwest::StatusCode::NO_CONTENT => continue,
+                reqwest::StatusCode::OK => {}
+                s => return Err(format!("poll: HTTP {s}").into()),
+            }
+            let last: u64 = r
+                .headers()
+                .get("etag")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|t| t.trim_matches('"').parse().ok())
+                .ok_or("poll: no ETag")?;
+            let body = r.bytes().await?;
+            let mut records = Vec::new();
+            let mut rest = &body[..];
+            while rest.len() >= 2 {
+                let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+                rest = &rest[2..];
+                if len == 0 {
+                    let code = rest.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]]));
+                    return Err(format!("session closed with {code:?}").into());
+                }
+                let frame = rest.get(..len).ok_or("poll: truncated record")?;
+                records.push(body.slice_ref(frame));
+                rest = &rest[len..];
+            }
+            let first = last + 1 - records.len() as u64;
+            for (n, f) in (first..).zip(records) {
+                if n > self.acked {
+                    self.ready.push_back(f);
+                }
+            }
+            self.acked = last;
+        }
+    }
+
+    async fn close(self) {
+        let _ = self.http.delete(&self.url).send().await;
+    }
+}
+
+/// The next frame that is not a pushed list or heartbeat (a list
+/// published after a companion subscribed reaches it too, whenever it
+/// comes).
+async fn next_non_push<W: Wire>(w: &mut W) -> Result<Bytes, Error> {
+    loop {
+        let bytes = w.recv().await?;
+        if !matches!(
+            bytes.first().copied().and_then(FrameType::from_byte),
+            Some(FrameType::PublishList | FrameType::PublishHeartbeat)
+        ) {
+            return Ok(bytes);
+        }
+    }
+}
+
+/// Reads the next frame and checks it is the answer to a frame of type
+/// `of` (an Ack, or Routed for a Message); an Error frame fails with its
+/// code.
+pub async fn expect_answer<W: Wire>(w: &mut W, of: FrameType) -> Result<(), Error> {
+    let bytes = next_non_push(w).await?;
+    match Frame::decode(&bytes)? {
+        Frame::Ack { of: got, .. } if got == of => Ok(()),
+        Frame::Routed { .. } if of == FrameType::Message => Ok(()),
+        Frame::Error { code, text } => Err(format!("{of:?} refused: {code} {text}").into()),
+        other => Err(format!(
+            "expected the answer to {of:?}, got {:?}",
+            other.frame_type()
+        )
+        .into()),
+    }
+}
+
+/// Reads the next frame and checks it is a forwarded message of `kind`.
+pub async fn expect_message<W: Wire>(w: &mut W, kind: MessageKind) -> Result<(), Error> {
+    let bytes = next_non_push(w).await?;
+    match Frame::decode(&bytes)? {
+        Frame::Message { header, .. } if header.kind == kind => Ok(()),
+        Frame::Error { code, text } => Err(format!("waiting for {kind:?}: {code} {text}").into()),
+        other => Err(format!("expected {kind:?}, got {:?}", other.frame_type()).into()),
+    }
+}
+
+/// Reads the next frame and checks it is a pushed list.
+pub async fn expect_list<W: Wire>(w: &mut W) -> Result<(), Error> {
+    let bytes = w.recv().await?;
+    match Frame::decode(&bytes)? {
+        Frame::PublishList { .. } => Ok(()),
+        other => Err(format!("expected a list, got {:?}", other.frame_type()).into()),
+    }
+}
