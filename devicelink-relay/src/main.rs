@@ -131,7 +131,7 @@ async fn run<S: Store + 'static>(store: S, args: &Args, what: String) -> ExitCod
             return ExitCode::FAILURE;
         }
     };
-    let listener = match tokio::net::TcpListener::bind(args.listen).await {
+    let listener = match devicelink_relay::server::listen(args.listen) {
         Ok(l) => l,
         Err(e) => {
             tracing::error!(listen = %args.listen, error = %e, "cannot listen");

@@ -29,7 +29,7 @@
 //!
 //! let relay = Relay::new(MemoryStore::new(), &Policy::default(), Limits::default(), Arc::new(SystemClock))
 //!     .map_err(std::io::Error::other)?;
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let listener = devicelink_relay::server::listen("127.0.0.1:0".parse().map_err(std::io::Error::other)?)?;
 //! relay.serve(listener, async { let _ = tokio::signal::ctrl_c().await; }).await?;
 //! # Ok(()) }
 //! ```
@@ -148,6 +148,26 @@ impl Default for Limits {
 /// cost 128 KiB of resident memory. Frames here are 3 to 14,830 bytes,
 /// most under 600.
 pub const DEFAULT_WEBSOCKET_READ_BUFFER: usize = 4096;
+
+/// The accept queue [`listen`] asks for (the kernel caps it at
+/// `net.core.somaxconn`).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// A listener on `addr` for [`Relay::serve`], with an accept queue of
+/// [`LISTEN_BACKLOG`] connections. `TcpListener::bind` asks for 128 (mio's
+/// and the standard library's value): a burst of new connections beyond it
+/// (a reconnect storm after a restart) loses SYNs, which the clients send
+/// again only after a second (then three, then seven).
+pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 /// How a shutdown ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
