@@ -28,8 +28,9 @@
 //! `--lists` the relay also verifies two list signatures and a
 //! subscription proof (three Ed25519 verifications) and writes the
 //! account. A client sends a frame's successor before reading the answer
-//! only where the relay's order makes that safe (Identify then Register;
-//! PublishList then Subscribe).
+//! only where the relay's order makes that safe (Identify, then Register
+//! or the Hello; PublishList, then Subscribe): the relay answers a
+//! connection's frames in order.
 //!
 //! Each pairing opens its two connections and closes them at the end, like
 //! a real link; `--reuse` keeps two connections per concurrent slot and runs
@@ -38,7 +39,9 @@
 //! `--serve`); `--pin` pins the child to CPU 1 and this load generator to
 //! CPU 0 (`taskset`), so each gets one core and their CPU times are apart.
 //! `--transport poll` speaks the HTTP long-poll fallback instead
-//! (`docs/RELAY.md` §3.6).
+//! (`docs/RELAY.md` §3.6), each session on a keep-alive HTTP/1.1 connection
+//! of its own with hand-written requests; `--transport poll-reqwest` makes
+//! the same requests with `reqwest` (a heavier client, so a lower figure).
 
 mod load;
 
@@ -56,13 +59,18 @@ use load::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Transport {
     Ws,
+    /// Long-poll with hand-written HTTP/1.1 ([`load::RawPollWire`]).
     Poll,
+    /// Long-poll with `reqwest` ([`PollWire`]).
+    PollReqwest,
 }
 
 #[derive(Clone)]
 struct Setup {
     base: String,
     http: String,
+    /// `127.0.0.1:PORT`.
+    addr: String,
     transport: Transport,
     lists: bool,
     client: reqwest::Client,
@@ -73,7 +81,10 @@ async fn open(setup: &Setup, role: &str) -> Result<Conn, Error> {
         Transport::Ws => Conn::Ws(WsWire(
             load::ws_connect(&setup.base, &format!("/v1/{role}")).await?,
         )),
-        Transport::Poll => Conn::Poll(PollWire::open(&setup.client, &setup.http, role).await?),
+        Transport::Poll => Conn::Raw(load::RawPollWire::open(&setup.addr, role).await?),
+        Transport::PollReqwest => {
+            Conn::Poll(PollWire::open(&setup.client, &setup.http, role).await?)
+        }
     })
 }
 
@@ -82,6 +93,7 @@ async fn open(setup: &Setup, role: &str) -> Result<Conn, Error> {
 enum Conn {
     Ws(WsWire),
     Poll(PollWire),
+    Raw(load::RawPollWire),
 }
 
 impl Wire for Conn {
@@ -89,6 +101,7 @@ impl Wire for Conn {
         match self {
             Conn::Ws(w) => w.send(frame).await,
             Conn::Poll(w) => w.send(frame).await,
+            Conn::Raw(w) => w.send(frame).await,
         }
     }
 
@@ -96,6 +109,7 @@ impl Wire for Conn {
         match self {
             Conn::Ws(w) => w.recv().await,
             Conn::Poll(w) => w.recv().await,
+            Conn::Raw(w) => w.recv().await,
         }
     }
 
@@ -103,6 +117,7 @@ impl Wire for Conn {
         match self {
             Conn::Ws(w) => w.close().await,
             Conn::Poll(w) => w.close().await,
+            Conn::Raw(w) => w.close().await,
         }
     }
 }
@@ -118,8 +133,15 @@ async fn companion<W: Wire>(
     p: &Prebuilt,
     lists: bool,
     registered: tokio::sync::oneshot::Sender<()>,
+    identify: bool,
 ) -> Result<(), Error> {
+    if identify {
+        w.send(p.c_identify.clone()).await?;
+    }
     w.send(p.register.clone()).await?;
+    if identify {
+        expect_answer(w, FrameType::Identify).await?;
+    }
     expect_answer(w, FrameType::Register).await?;
     let _ = registered.send(());
     expect_message(w, MessageKind::Hello).await?;
@@ -144,9 +166,16 @@ async fn primary<W: Wire>(
     p: &Prebuilt,
     lists: bool,
     registered: tokio::sync::oneshot::Receiver<()>,
+    identify: bool,
 ) -> Result<(), Error> {
+    if identify {
+        w.send(p.p_identify.clone()).await?;
+    }
     registered.await?;
     w.send(p.hello.clone()).await?;
+    if identify {
+        expect_answer(w, FrameType::Identify).await?;
+    }
     expect_answer(w, FrameType::Message).await?;
     expect_message(w, MessageKind::Request).await?;
     w.send(p.grant.clone()).await?;
@@ -164,16 +193,13 @@ async fn fresh_pairing(setup: &Setup, p: &Prebuilt) -> Result<(), Error> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let c = async {
         let mut w = open(setup, "companion").await?;
-        w.send(p.c_identify.clone()).await?;
-        expect_answer(&mut w, FrameType::Identify).await?;
-        companion(&mut w, p, setup.lists, tx).await?;
+        companion(&mut w, p, setup.lists, tx, true).await?;
         w.close().await;
         Ok::<(), Error>(())
     };
     let q = async {
         let mut w = open(setup, "primary").await?;
-        identify(&mut w, &p.p_identify).await?;
-        primary(&mut w, p, setup.lists, rx).await?;
+        primary(&mut w, p, setup.lists, rx, true).await?;
         w.close().await;
         Ok::<(), Error>(())
     };
@@ -185,6 +211,8 @@ struct Outcome {
     latencies: Vec<Duration>,
     failures: Vec<String>,
     elapsed: Duration,
+    /// CPU seconds (relay, generator) when the clock started.
+    cpu_at_start: (f64, f64),
 }
 
 async fn replay(
@@ -193,19 +221,23 @@ async fn replay(
     concurrency: usize,
     reuse: bool,
     limit: Duration,
+    cpu: impl Fn() -> (f64, f64),
 ) -> Outcome {
     let next = Arc::new(AtomicUsize::new(0));
     let failures = Arc::new(Mutex::new(Vec::new()));
-    let started = Instant::now();
+    // With --reuse the clock starts once every slot has its connections.
+    let ready = Arc::new(tokio::sync::Barrier::new(concurrency + 1));
     let mut workers = Vec::new();
     for slot in 0..concurrency {
-        let (setup, pairings, next, failures) = (
+        let (setup, pairings, next, failures, ready) = (
             setup.clone(),
             pairings.clone(),
             next.clone(),
             failures.clone(),
+            ready.clone(),
         );
         workers.push(tokio::spawn(async move {
+            let mut started = Instant::now();
             let mut latencies = Vec::new();
             let fail = |e: Error| failures.lock().unwrap().push(e.to_string());
             if reuse {
@@ -220,7 +252,10 @@ async fn replay(
                     identify(&mut q, &first.p_identify).await?;
                     Ok::<_, Error>((c, q))
                 };
-                let (mut c, mut q) = match setup_conns.await {
+                let conns = setup_conns.await;
+                ready.wait().await;
+                started = Instant::now();
+                let (mut c, mut q) = match conns {
                     Ok(x) => x,
                     Err(e) => return (fail(e), latencies).1,
                 };
@@ -233,8 +268,8 @@ async fn replay(
                     let (tx, rx) = tokio::sync::oneshot::channel();
                     let both = async {
                         let (a, b) = tokio::join!(
-                            companion(&mut c, p, setup.lists, tx),
-                            primary(&mut q, p, setup.lists, rx)
+                            companion(&mut c, p, setup.lists, tx, false),
+                            primary(&mut q, p, setup.lists, rx, false)
                         );
                         a.and(b)
                     };
@@ -271,6 +306,11 @@ async fn replay(
             latencies
         }));
     }
+    if reuse {
+        ready.wait().await;
+    }
+    let started = Instant::now();
+    let cpu_at_start = cpu();
     let mut latencies = Vec::new();
     for w in workers {
         match w.await {
@@ -285,6 +325,7 @@ async fn replay(
         latencies,
         failures,
         elapsed,
+        cpu_at_start,
     }
 }
 
@@ -394,6 +435,7 @@ async fn run(args: Args, pin: bool) -> Result<(), Error> {
     let limit = Duration::from_secs(args.get("--seconds", 60));
     let transport = match args.string("--transport").as_deref() {
         Some("poll") => Transport::Poll,
+        Some("poll-reqwest") => Transport::PollReqwest,
         _ => Transport::Ws,
     };
     let child = args.flag("--child") || pin;
@@ -449,6 +491,7 @@ async fn run(args: Args, pin: bool) -> Result<(), Error> {
         let setup = Setup {
             base: hosted.base.clone(),
             http: hosted.http.clone(),
+            addr: hosted.http.trim_start_matches("http://").to_string(),
             transport,
             lists,
             client: reqwest::Client::builder()
@@ -456,11 +499,17 @@ async fn run(args: Args, pin: bool) -> Result<(), Error> {
                 .build()?,
         };
         let load_before = load::loadavg();
-        let relay_cpu0 = hosted.cpu_seconds();
-        let own_cpu0 = load::cpu_seconds(std::process::id()).unwrap_or(f64::NAN);
-        let out = replay(setup, pairings, concurrency, reuse, limit).await;
+        let cpu = || {
+            (
+                hosted.cpu_seconds(),
+                load::cpu_seconds(std::process::id()).unwrap_or(f64::NAN),
+            )
+        };
+        let out = replay(setup, pairings, concurrency, reuse, limit, cpu).await;
+        let (relay_cpu0, own_cpu0) = out.cpu_at_start;
         let relay_cpu = hosted.cpu_seconds() - relay_cpu0;
         let own_cpu = load::cpu_seconds(std::process::id()).unwrap_or(f64::NAN) - own_cpu0;
+        let relay_memory = hosted.pid().and_then(load::memory_kib);
         let report = hosted.stop().await?;
 
         let done = out.latencies.len();
@@ -485,6 +534,9 @@ async fn run(args: Args, pin: bool) -> Result<(), Error> {
             load::pct_ms(&out.latencies, 1.0),
             out.failures.len(),
         );
+        if let Some((rss, hwm)) = relay_memory {
+            println!("  relay memory at the end: VmRSS {rss} KiB, VmHWM {hwm} KiB");
+        }
         if child {
             println!(
                 "  CPU: relay {relay_cpu:.2} s ({:.0} µs a pairing), generator {own_cpu:.2} s ({:.0} µs a pairing)",
@@ -495,6 +547,14 @@ async fn run(args: Args, pin: bool) -> Result<(), Error> {
             println!(
                 "  CPU: relay and generator together {own_cpu:.2} s ({:.0} µs a pairing)",
                 per(own_cpu)
+            );
+        }
+        let http = load::HTTP_REQUESTS.swap(0, Ordering::Relaxed);
+        if http > 0 {
+            println!(
+                "  HTTP requests: {http} ({:.1} a pairing, {:.0}/s)",
+                http as f64 / done.max(1) as f64,
+                http as f64 / secs
             );
         }
         if report.commits > 0 {

@@ -249,7 +249,19 @@ impl Hosted {
     /// A relay in this process, on the current tokio runtime.
     pub async fn in_process(store: StoreKind, limits: Limits) -> Result<Self, Error> {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        // The relay's accept queue (`server::listen`); LOAD_BACKLOG=128
+        // shows what `TcpListener::bind`'s would do.
+        let listener = match std::env::var("LOAD_BACKLOG")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            Some(backlog) => {
+                let socket = tokio::net::TcpSocket::new_v4()?;
+                socket.bind("127.0.0.1:0".parse()?)?;
+                socket.listen(backlog)?
+            }
+            None => devicelink_relay::server::listen("127.0.0.1:0".parse()?)?,
+        };
         let addr = listener.local_addr()?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let shutdown = async {
@@ -658,6 +670,13 @@ impl Wire for WsWire {
     }
 }
 
+/// HTTP requests the long-poll clients made (all of them, this process).
+pub static HTTP_REQUESTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn counted() {
+    HTTP_REQUESTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// An HTTP long-poll session [`Wire`] (`docs/RELAY.md` §3.6): frames
 /// POSTed numbered (`If-Match`), records polled and acknowledged
 /// (`If-None-Match`).
@@ -672,6 +691,7 @@ pub struct PollWire {
 impl PollWire {
     /// Opens a session as `role` (`companion` or `primary`).
     pub async fn open(http: &reqwest::Client, base: &str, role: &str) -> Result<Self, Error> {
+        counted();
         let r = http.post(format!("{base}/v1/poll/{role}")).send().await?;
         if r.status() != reqwest::StatusCode::CREATED {
             return Err(format!("open: HTTP {}", r.status()).into());
@@ -691,6 +711,7 @@ impl Wire for PollWire {
     async fn send(&mut self, frame: Bytes) -> Result<(), Error> {
         let k = self.sent + 1;
         for _ in 0..100 {
+            counted();
             let r = self
                 .http
                 .post(&self.url)
@@ -717,6 +738,7 @@ impl Wire for PollWire {
             if let Some(f) = self.ready.pop_front() {
                 return Ok(f);
             }
+            counted();
             let r = self
                 .http
                 .get(&self.url)
@@ -759,6 +781,7 @@ impl Wire for PollWire {
     }
 
     async fn close(self) {
+        counted();
         let _ = self.http.delete(&self.url).send().await;
     }
 }
@@ -775,6 +798,162 @@ async fn next_non_push<W: Wire>(w: &mut W) -> Result<Bytes, Error> {
         ) {
             return Ok(bytes);
         }
+    }
+}
+
+/// An HTTP long-poll session [`Wire`] over one keep-alive HTTP/1.1
+/// connection of its own, with requests written and answers parsed by hand
+/// (what a load generator such as `wrk` does), so that the client's HTTP
+/// stack costs little beside the relay's. The same requests as
+/// [`PollWire`]; a session's requests never overlap (its flow is
+/// sequential), so one connection carries them all.
+pub struct RawPollWire {
+    tcp: tokio::io::BufReader<TcpStream>,
+    path: String,
+    sent: u64,
+    acked: u64,
+    ready: VecDeque<Bytes>,
+}
+
+/// One HTTP answer: status, `ETag` (a number), body.
+struct Answer {
+    status: u16,
+    etag: Option<u64>,
+    body: Bytes,
+}
+
+impl RawPollWire {
+    /// Opens a session as `role` on a new connection to `addr`.
+    pub async fn open(addr: &str, role: &str) -> Result<Self, Error> {
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let mut w = RawPollWire {
+            tcp: tokio::io::BufReader::new(tcp),
+            path: String::new(),
+            sent: 0,
+            acked: 0,
+            ready: VecDeque::new(),
+        };
+        let a = w
+            .request("POST", &format!("/v1/poll/{role}"), "", &[])
+            .await?;
+        if a.status != 201 {
+            return Err(format!("open: HTTP {}", a.status).into());
+        }
+        w.path = format!("/v1/poll/session/{}", String::from_utf8_lossy(&a.body));
+        Ok(w)
+    }
+
+    async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        header: &str,
+        body: &[u8],
+    ) -> Result<Answer, Error> {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+        counted();
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nhost: relay\r\ncontent-length: {}\r\n{header}\r\n",
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(body);
+        self.tcp.get_mut().write_all(&req).await?;
+        let mut status = None;
+        let (mut length, mut etag) = (0usize, None);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if self.tcp.read_line(&mut line).await? == 0 {
+                return Err("the relay closed the connection".into());
+            }
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if status.is_none() {
+                status = l.split_whitespace().nth(1).and_then(|c| c.parse().ok());
+            } else if let Some((k, v)) = l.split_once(':') {
+                let v = v.trim();
+                if k.eq_ignore_ascii_case("content-length") {
+                    length = v.parse()?;
+                } else if k.eq_ignore_ascii_case("etag") {
+                    etag = v.trim_matches('"').parse().ok();
+                }
+            }
+        }
+        let mut body = vec![0u8; length];
+        self.tcp.read_exact(&mut body).await?;
+        Ok(Answer {
+            status: status.ok_or("no status line")?,
+            etag,
+            body: Bytes::from(body),
+        })
+    }
+}
+
+impl Wire for RawPollWire {
+    async fn send(&mut self, frame: Bytes) -> Result<(), Error> {
+        let k = self.sent + 1;
+        let path = self.path.clone();
+        for _ in 0..100 {
+            let a = self
+                .request("POST", &path, &format!("if-match: \"{k}\"\r\n"), &frame)
+                .await?;
+            match a.status {
+                202 => {
+                    self.sent = k;
+                    return Ok(());
+                }
+                429 => tokio::time::sleep(Duration::from_millis(1)).await,
+                s => return Err(format!("send: HTTP {s}").into()),
+            }
+        }
+        Err("send: the session stayed full".into())
+    }
+
+    async fn recv(&mut self) -> Result<Bytes, Error> {
+        loop {
+            if let Some(f) = self.ready.pop_front() {
+                return Ok(f);
+            }
+            let path = self.path.clone();
+            let header = format!("if-none-match: \"{}\"\r\n", self.acked);
+            let a = self.request("GET", &path, &header, &[]).await?;
+            match a.status {
+                204 => continue,
+                200 => {}
+                s => return Err(format!("poll: HTTP {s}").into()),
+            }
+            let last = a.etag.ok_or("poll: no ETag")?;
+            let body = a.body;
+            let mut records = Vec::new();
+            let mut rest = &body[..];
+            while rest.len() >= 2 {
+                let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+                rest = &rest[2..];
+                if len == 0 {
+                    let code = rest.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]]));
+                    return Err(format!("session closed with {code:?}").into());
+                }
+                let frame = rest.get(..len).ok_or("poll: truncated record")?;
+                records.push(body.slice_ref(frame));
+                rest = &rest[len..];
+            }
+            let first = last + 1 - records.len() as u64;
+            for (n, f) in (first..).zip(records) {
+                if n > self.acked {
+                    self.ready.push_back(f);
+                }
+            }
+            self.acked = last;
+        }
+    }
+
+    async fn close(mut self) {
+        let path = self.path.clone();
+        let _ = self.request("DELETE", &path, "", &[]).await;
     }
 }
 
