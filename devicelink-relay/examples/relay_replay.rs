@@ -484,7 +484,11 @@ async fn run(args: Args, pin: bool) -> Result<(), Error> {
         let built = t.elapsed();
 
         let hosted = if child {
-            Hosted::child(store, pin.then_some("1"), &[])?
+            let extra: Vec<String> = args
+                .string("--ws-read-buffer")
+                .map(|b| vec!["--ws-read-buffer".to_string(), b])
+                .unwrap_or_default();
+            Hosted::child(store, pin.then_some("1"), &extra)?
         } else {
             Hosted::in_process(store, load::load_limits(&args)).await?
         };
