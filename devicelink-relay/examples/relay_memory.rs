@@ -3,7 +3,7 @@
 //!
 //! ```sh
 //! cargo run --release -p devicelink-relay --example relay_memory -- \
-//!     --offers 10000 --ws-read-buffer 131072,4096 --registrations 100000 [--sqlite]
+//!     --offers 10000 [--ws-read-buffer 131072,4096,512] --registrations 100000 [--sqlite]
 //! ```
 //!
 //! The relay runs in a child process (this example with `--serve`), so its
@@ -253,7 +253,8 @@ fn main() -> Result<(), Error> {
         let registrations: u64 = args.get("--registrations", 100_000);
         println!("load average {}", load::loadavg());
         if offers > 0 {
-            for buffer in args.list("--ws-read-buffer", &[4096]) {
+            let default = devicelink_relay::server::DEFAULT_WEBSOCKET_READ_BUFFER;
+            for buffer in args.list("--ws-read-buffer", &[default]) {
                 offers_run(store, offers, buffer).await?;
             }
         }
