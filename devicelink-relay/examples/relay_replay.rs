@@ -503,13 +503,21 @@ async fn run(args: Args, pin: bool) -> Result<(), Error> {
                 .build()?,
         };
         let load_before = load::loadavg();
+        let relay_pid = hosted.pid();
+        let kernel = || {
+            relay_pid
+                .and_then(load::cpu_user_system)
+                .map_or(f64::NAN, |(_, s)| s)
+        };
         let cpu = || {
             (
                 hosted.cpu_seconds(),
                 load::cpu_seconds(std::process::id()).unwrap_or(f64::NAN),
             )
         };
+        let kernel0 = kernel();
         let out = replay(setup, pairings, concurrency, reuse, limit, cpu).await;
+        let relay_kernel = kernel() - kernel0;
         let (relay_cpu0, own_cpu0) = out.cpu_at_start;
         let relay_cpu = hosted.cpu_seconds() - relay_cpu0;
         let own_cpu = load::cpu_seconds(std::process::id()).unwrap_or(f64::NAN) - own_cpu0;
@@ -543,8 +551,9 @@ async fn run(args: Args, pin: bool) -> Result<(), Error> {
         }
         if child {
             println!(
-                "  CPU: relay {relay_cpu:.2} s ({:.0} µs a pairing), generator {own_cpu:.2} s ({:.0} µs a pairing)",
+                "  CPU: relay {relay_cpu:.2} s ({:.0} µs a pairing, {:.0} % of it in the kernel), generator {own_cpu:.2} s ({:.0} µs a pairing)",
                 per(relay_cpu),
+                100.0 * relay_kernel / relay_cpu,
                 per(own_cpu)
             );
         } else {

@@ -95,6 +95,11 @@ pub fn memory_kib(pid: u32) -> Option<(u64, u64)> {
 /// User + system CPU seconds a process has used (`/proc/PID/stat`; 100
 /// ticks a second, Linux's `USER_HZ`).
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    cpu_user_system(pid).map(|(u, s)| u + s)
+}
+
+/// User and system CPU seconds a process has used, apart.
+pub fn cpu_user_system(pid: u32) -> Option<(f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the parenthesised command name: state is field 3,
     // utime 14, stime 15.
@@ -102,7 +107,7 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     let f: Vec<&str> = rest.split_whitespace().collect();
     let utime: f64 = f.get(11)?.parse().ok()?;
     let stime: f64 = f.get(12)?.parse().ok()?;
-    Some((utime + stime) / 100.0)
+    Some((utime / 100.0, stime / 100.0))
 }
 
 /// Nanoseconds the calling thread has run on a CPU
