@@ -95,6 +95,7 @@
 
 pub mod audit;
 pub mod certificate;
+pub mod code;
 mod encoding;
 pub mod error;
 pub mod handshake;
@@ -116,6 +117,7 @@ pub use certificate::{
     CertificateError, DeviceCertificate, DeviceIndex, DeviceListDraft, DeviceListEntry,
     PrimaryHeartbeat, RemovedDevice, SignedDeviceList,
 };
+pub use code::{CodeCompanion, CodeEntry, CodeHandle, LinkCode, TypedCode};
 pub use error::ErrorKind;
 pub use handshake::{
     Companion, CompanionState, ConfirmedLink, HandshakeError, LinkRequest, PrimaryHandshake,
