@@ -55,7 +55,7 @@ impl CodeMessageKind {
     }
 
     /// The exact length of a message of this kind, in bytes.
-    pub fn len(self) -> usize {
+    pub fn message_len(self) -> usize {
         match self {
             CodeMessageKind::CodeOffer => CODE_OFFER_LEN,
             CodeMessageKind::CodeHello => CODE_HELLO_LEN,
@@ -93,7 +93,7 @@ impl CodeHeader {
             },
         )?;
         let token_id = TokenId(r.array().map_err(malformed)?);
-        if bytes.len() != kind.len() {
+        if bytes.len() != kind.message_len() {
             return Err(HandshakeError::Malformed {
                 what: "code message size",
             });
