@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::messages::{
     CodeHeader, CodeMessageKind, CODE_CONFIRM_LEN, CODE_HELLO_LEN, CODE_OFFER_LEN, PAKE_MESSAGE_LEN,
 };
-use super::schedule::{self, PakeSeed};
+use super::schedule::{self, PakeCache, PakeSeed};
 use super::text::{CodeHandle, LinkCode};
 use crate::handshake::{Companion, HandshakeError, HEADER_LEN};
 use crate::keys::{AccountId, DeviceIdentity};
@@ -111,6 +111,8 @@ pub struct CodeCompanion {
     handle: CodeHandle,
     token: TokenId,
     stage: Stage,
+    #[serde(skip)]
+    cache: PakeCache,
 }
 
 impl CodeCompanion {
@@ -128,7 +130,8 @@ impl CodeCompanion {
     ) -> Self {
         let code = LinkCode::generate(rng);
         let seed = PakeSeed::generate(rng);
-        let m_c = schedule::companion_message(&code, handle, &seed);
+        let mut cache = PakeCache::default();
+        let m_c = schedule::companion_start(&code, handle, &seed, &mut cache);
         let token = schedule::token_id(handle, &m_c);
         let mut offer = Vec::with_capacity(CODE_OFFER_LEN);
         CodeHeader {
@@ -151,6 +154,7 @@ impl CodeCompanion {
                 offer,
                 expires_at: now.saturating_add(policy.code_lifetime()),
             },
+            cache,
         }
     }
 
@@ -284,8 +288,8 @@ impl CodeCompanion {
         let Stage::Showing {
             code,
             seed,
+            offer,
             expires_at,
-            ..
         } = &self.stage
         else {
             return Err(self.ended());
@@ -299,12 +303,12 @@ impl CodeCompanion {
         }
         let mut m_p = [0u8; PAKE_MESSAGE_LEN];
         m_p.copy_from_slice(&hello[HEADER_LEN..HEADER_LEN + PAKE_MESSAGE_LEN]);
-        let key = schedule::companion_finish(code, self.handle, seed, &m_p).ok_or(
-            HandshakeError::Malformed {
+        let key = schedule::companion_finish(code, self.handle, seed, &mut self.cache, &m_p)
+            .ok_or(HandshakeError::Malformed {
                 what: "code hello key share",
-            },
-        )?;
-        let m_c = schedule::companion_message(code, self.handle, seed);
+            })?;
+        let mut m_c = [0u8; PAKE_MESSAGE_LEN];
+        m_c.copy_from_slice(&offer[CODE_OFFER_LEN - PAKE_MESSAGE_LEN..]);
         let th = schedule::transcript(&self.token, self.handle, &m_c, &m_p);
         let (keys, confirm_key) = schedule::derive(&key, th);
         let (signed, tag) = hello.split_at(CODE_HELLO_LEN - 32);

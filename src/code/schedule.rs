@@ -63,6 +63,25 @@ fn to_array<const N: usize>(v: &[u8]) -> Option<[u8; N]> {
     <[u8; N]>::try_from(v).ok()
 }
 
+/// The companion's live SPAKE2 state between showing the code and the
+/// CodeHello, kept in memory only (`spake2`'s state cannot be saved or
+/// cloned): a clone or a restored companion has none and rebuilds it from
+/// the seed, with the same result.
+#[derive(Default)]
+pub(crate) struct PakeCache(Option<Spake2<Ed25519Group>>);
+
+impl Clone for PakeCache {
+    fn clone(&self) -> Self {
+        PakeCache(None)
+    }
+}
+
+impl std::fmt::Debug for PakeCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PakeCache(..)")
+    }
+}
+
 /// The companion's SPAKE2 state and message, rebuilt from `seed`.
 fn companion_state(
     code: &LinkCode,
@@ -83,6 +102,18 @@ pub(crate) fn companion_message(
     seed: &PakeSeed,
 ) -> [u8; PAKE_MESSAGE_LEN] {
     companion_state(code, handle, seed).1
+}
+
+/// The companion's SPAKE2 message, keeping the state in `cache`.
+pub(crate) fn companion_start(
+    code: &LinkCode,
+    handle: CodeHandle,
+    seed: &PakeSeed,
+    cache: &mut PakeCache,
+) -> [u8; PAKE_MESSAGE_LEN] {
+    let (state, msg) = companion_state(code, handle, seed);
+    cache.0 = Some(state);
+    msg
 }
 
 /// A SPAKE2 message's point is a valid Edwards point in the prime-order
@@ -109,12 +140,16 @@ pub(crate) fn companion_finish(
     code: &LinkCode,
     handle: CodeHandle,
     seed: &PakeSeed,
+    cache: &mut PakeCache,
     primary_msg: &[u8; PAKE_MESSAGE_LEN],
 ) -> Option<Zeroizing<[u8; 32]>> {
     if !point_ok(primary_msg, SIDE_PRIMARY) {
         return None;
     }
-    let (state, _) = companion_state(code, handle, seed);
+    let state = match cache.0.take() {
+        Some(state) => state,
+        None => companion_state(code, handle, seed).0,
+    };
     let key = Zeroizing::new(state.finish(primary_msg).ok()?);
     to_array(&key).map(Zeroizing::new)
 }
@@ -229,19 +264,19 @@ mod tests {
         let m_c = companion_message(&code, handle, &seed);
         assert!(point_ok(&m_c, SIDE_COMPANION));
         let (m_p, k_p) = primary_exchange(&code, handle, &m_c, &mut rng).unwrap();
-        let k_c = companion_finish(&code, handle, &seed, &m_p).unwrap();
+        let k_c = companion_finish(&code, handle, &seed, &mut PakeCache::default(), &m_p).unwrap();
         assert_eq!(*k_p, *k_c);
         let wrong = LinkCode::generate(&mut rng);
         let (m_p2, k_p2) = primary_exchange(&wrong, handle, &m_c, &mut rng).unwrap();
         assert_ne!(
             *k_p2,
-            *companion_finish(&code, handle, &seed, &m_p2).unwrap()
+            *companion_finish(&code, handle, &seed, &mut PakeCache::default(), &m_p2).unwrap()
         );
         let other = CodeHandle::new(handle.value() ^ 1).unwrap();
         let (m_p3, k_p3) = primary_exchange(&code, other, &m_c, &mut rng).unwrap();
         assert_ne!(
             *k_p3,
-            *companion_finish(&code, handle, &seed, &m_p3).unwrap()
+            *companion_finish(&code, handle, &seed, &mut PakeCache::default(), &m_p3).unwrap()
         );
         // Rebuilding from the seed gives the same message.
         assert_eq!(companion_message(&code, handle, &seed), m_c);
@@ -256,7 +291,9 @@ mod tests {
         let mut identity = [0u8; 33];
         identity[0] = SIDE_PRIMARY;
         identity[1] = 1; // (0, 1): the identity point
-        assert!(companion_finish(&code, handle, &seed, &identity).is_none());
+        assert!(
+            companion_finish(&code, handle, &seed, &mut PakeCache::default(), &identity).is_none()
+        );
         let m_c = companion_message(&code, handle, &seed);
         // The honest message plus a point of order 2 is not torsion-free.
         let p = CompressedEdwardsY(m_c[1..].try_into().unwrap())
