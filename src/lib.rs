@@ -15,6 +15,11 @@
 //!   short-lived link intent opened from the host's own "Link a device"
 //!   screen ([`Account::open_link_intent`]), and the phone's prompt
 //!   ([`LinkRequest::prompt`]) says what approving does;
+//! - **linking by typed code** when the camera cannot scan ([`code`]): the
+//!   companion shows `HHHH-CCCC-CCCC` (a relay-issued handle and a 40-bit
+//!   code), the phone types it, SPAKE2 with key confirmation both ways
+//!   feeds the same Request → Grant → Confirm; one guess per attempt, none
+//!   offline, and the relay locks guessers out ([`relay::CodeAttempts`]);
 //! - the **four-companion limit** and the **14-day primary-offline expiry**
 //!   ([`Account`], [`Policy`]), revocation, and a signed device list that
 //!   chains from version to version and that heartbeats name, so a relay

@@ -2,8 +2,9 @@
 //! code: the typed-text parsers, `CodeHeader::parse`, the companion showing
 //! a code (`receive_hello`), the phone waiting for the confirmation
 //! (`receive_confirm`), the phone entering a code (`Account::enter_code`,
-//! the bytes as the CodeOffer), the relay's rendezvous (`publish`, `route`)
-//! and the three saved states (`restore`).
+//! the bytes as the CodeOffer), the relay's rendezvous (`publish`, `route`),
+//! the relay crate's `CodeFrame::decode` and the three saved states
+//! (`restore`).
 //!
 //! Properties:
 //! - everything is total (no panic);
@@ -96,6 +97,11 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = devicelink::code::CodeHandle::parse(&text);
     let _ = devicelink::code::LinkCode::parse(&text);
+
+    // The relay's code frames: total; an accepted frame re-encodes to the input.
+    if let Ok(frame) = devicelink_relay::code_frame::CodeFrame::decode(data) {
+        assert_eq!(frame.encode(), data);
+    }
 
     // Header.
     let header = CodeHeader::parse(data);
