@@ -134,7 +134,9 @@ pub use offer::{OfferDisplay, OfferError, PairingOffer, TokenId};
 pub use persist::PersistError;
 pub use policy::{Policy, PolicyError};
 pub use registry::{Account, DeviceState, RegistryError};
-pub use relay::{ClientId, Directory, DirectoryError, Ledger, LedgerConfig, LedgerError, Routed};
+pub use relay::{
+    ClientId, CodeRendezvous, Directory, DirectoryError, Ledger, LedgerConfig, LedgerError, Routed,
+};
 pub use session::{
     DeviceLeft, DeviceListChange, LinkedSession, LogoutReason, SessionError, SessionStatus,
 };

@@ -702,3 +702,44 @@ fn saved_states_restore_mid_exchange_and_keep_secrets_quiet() {
         assert!(!dbg.contains(&shown.text), "{dbg}");
     }
 }
+
+mod total {
+    use super::*;
+    use devicelink::code::{CodeHandle, CodeHeader};
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Any text: a typed code or a typed error, and an accepted code
+        /// round-trips through its canonical text.
+        #[test]
+        fn typed_text_is_total(text in "\\PC{0,70}") {
+            if let Ok(t) = TypedCode::parse(&text) {
+                prop_assert_eq!(TypedCode::parse(&t.to_text()).unwrap(), t);
+            }
+            let _ = CodeHandle::parse(&text);
+            let _ = LinkCode::parse(&text);
+        }
+
+        /// Near-miss texts (the alphabet, look-alikes, separators).
+        #[test]
+        fn near_misses_are_total(text in "[0-9A-Za-z \\-]{0,20}") {
+            match TypedCode::parse(&text) {
+                Ok(t) => prop_assert_eq!(t.to_text().len(), 14),
+                Err(e) => prop_assert!(!e.to_string().is_empty()),
+            }
+        }
+
+        /// Any bytes as a code message or a saved code state.
+        #[test]
+        fn bytes_are_total(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            if let Ok(h) = CodeHeader::parse(&bytes) {
+                prop_assert_eq!(bytes.len(), h.kind.message_len());
+            }
+            prop_assert!(CodeCompanion::restore(&bytes).is_err());
+            prop_assert!(CodeEntry::restore(&bytes).is_err());
+            prop_assert!(CodeRendezvous::restore(&bytes).is_err());
+        }
+    }
+}
