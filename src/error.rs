@@ -184,9 +184,10 @@ impl LedgerError {
             LedgerError::TokenAlreadyRedeemed
             | LedgerError::TokenReserved { .. }
             | LedgerError::DuplicateToken => ErrorKind::Conflict,
-            LedgerError::NotReserved | LedgerError::NotRedeemed | LedgerError::UnknownToken => {
-                ErrorKind::Unexpected
-            }
+            LedgerError::NotReserved
+            | LedgerError::NotRedeemed
+            | LedgerError::UnknownToken
+            | LedgerError::ReservedForOtherHello => ErrorKind::Unexpected,
             LedgerError::TokenExpired => ErrorKind::Expired,
             LedgerError::WrongClient | LedgerError::BadRedemptionProof => {
                 ErrorKind::Unauthenticated

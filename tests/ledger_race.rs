@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use devicelink::handshake::{MessageKind, HEADER_LEN};
 use devicelink::offer::OfferState;
-use devicelink::relay::{QuotaScope, TokenState, TokenStore, Transition, DEFAULT_SESSION_WINDOW};
+use devicelink::relay::{
+    HelloDigest, QuotaScope, TokenState, TokenStore, Transition, DEFAULT_SESSION_WINDOW,
+};
 use devicelink::{
     Account, ClientId, Companion, CompanionState, DeviceIdentity, DeviceLabel, Ledger,
     LedgerConfig, LedgerError, Policy, PrimaryHandshake, Routed, Timestamp, TokenId,
@@ -340,13 +342,19 @@ fn a_corrupted_hello_is_released_and_the_genuine_hello_then_links() {
             .receive_hello(&corrupted, &mut rng, at(1))
             .is_err());
         assert_eq!(companion.save().unwrap(), saved);
+        let refused = HelloDigest::of(&corrupted);
         assert_eq!(
-            ledger.release(&token, PRIMARY, at(1)),
+            ledger.release(PRIMARY, &token, &refused, at(1)),
             Err(LedgerError::WrongClient)
         );
-        assert_eq!(ledger.release(&token, COMPANION, at(1)), Ok(()));
+        // A release naming another Hello than the reserving one changes nothing.
         assert_eq!(
-            ledger.release(&token, COMPANION, at(1)),
+            ledger.release(COMPANION, &token, &HelloDigest::of(&hello), at(1)),
+            Err(LedgerError::ReservedForOtherHello)
+        );
+        assert_eq!(ledger.release(COMPANION, &token, &refused, at(1)), Ok(()));
+        assert_eq!(
+            ledger.release(COMPANION, &token, &refused, at(1)),
             Err(LedgerError::NotReserved)
         );
 
@@ -431,7 +439,7 @@ fn a_request_or_release_from_another_client_is_refused() {
             Err(LedgerError::WrongClient)
         );
         assert_eq!(
-            ledger.release(&token, intruder, now),
+            ledger.release(intruder, &token, &HelloDigest::of(&hello), now),
             Err(LedgerError::WrongClient)
         );
     }
@@ -451,6 +459,66 @@ fn a_request_or_release_from_another_client_is_refused() {
     assert_eq!(ledger.save().unwrap(), before);
     assert_eq!(
         ledger.route(&request, COMPANION, now).map(|r| r.forward_to),
+        Ok(PRIMARY)
+    );
+    // After the redemption, Grant and Refusal only from the redeeming
+    // primary, the Confirm only from the companion.
+    let after = ledger.save().unwrap();
+    for (kind, sender, wrong) in [
+        (MessageKind::Grant, PRIMARY, [COMPANION, ClientId::from(77)]),
+        (
+            MessageKind::Refusal,
+            PRIMARY,
+            [COMPANION, ClientId::from(77)],
+        ),
+        (
+            MessageKind::Confirm,
+            COMPANION,
+            [PRIMARY, ClientId::from(77)],
+        ),
+    ] {
+        let m = message(kind, token, kind.size_range().0);
+        for intruder in wrong {
+            assert_eq!(
+                ledger.route(&m, intruder, now),
+                Err(LedgerError::WrongClient),
+                "{kind:?} from {intruder:?}"
+            );
+        }
+        assert!(ledger.route(&m, sender, now).is_ok(), "{kind:?}");
+    }
+    assert_eq!(ledger.save().unwrap(), after);
+}
+
+#[test]
+fn a_late_release_never_cancels_a_newer_reservation() {
+    // PROTOCOL.md §12 item 29: a corrupted Hello reserves, its reservation
+    // lapses, the genuine Hello reserves; the companion's refusal of the
+    // corrupted one arrives only then.
+    let mut rng = ChaCha20Rng::seed_from_u64(116);
+    let ledger = Ledger::default();
+    let now = at(0);
+    let (mut companion, text, token, _) = registered_companion(&ledger, &mut rng, now);
+    let (_p, hello) = scan(&text, &mut rng, now);
+    let mut corrupted = hello.clone();
+    corrupted[HEADER_LEN + 20] ^= 1;
+    ledger.route(&corrupted, ClientId::from(5), now).unwrap();
+    let lapsed = reserve_until(&ledger, now);
+    assert_eq!(
+        ledger.route(&hello, PRIMARY, lapsed).map(|r| r.forward_to),
+        Ok(COMPANION)
+    );
+    let before = ledger.save().unwrap();
+    assert_eq!(
+        ledger.release(COMPANION, &token, &HelloDigest::of(&corrupted), lapsed),
+        Err(LedgerError::ReservedForOtherHello)
+    );
+    assert_eq!(ledger.save().unwrap(), before);
+    let request = companion.receive_hello(&hello, &mut rng, lapsed).unwrap();
+    assert_eq!(
+        ledger
+            .route(&request, COMPANION, lapsed)
+            .map(|r| r.forward_to),
         Ok(PRIMARY)
     );
 }

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use devicelink::relay::{ClientId, Quota, TokenStore};
+use devicelink::relay::{ClientId, HelloDigest, Quota, TokenStore};
 use devicelink::{Timestamp, TokenId};
 use devicelink_relay::SqliteStore;
 
@@ -55,7 +55,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 while n < tokens {
                     let t = token(n);
                     let _ = store.register(t, companion, far, quota);
-                    let _ = store.reserve(&t, primary, now, far);
+                    let _ = store.reserve(&t, primary, &HelloDigest::of(&t.to_bytes()), now, far);
                     n += threads;
                 }
             });

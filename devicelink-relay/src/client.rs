@@ -15,18 +15,26 @@
 //! [`Frame::Ack`], [`Frame::Routed`] or [`Frame::Error`], in order, so a
 //! client knows which of its frames an error is about.
 //!
-//! Reconnection: [`CompanionClient::reconnect`] and
+//! Identity and reconnection: every client holds a [`ClientSecret`] and
+//! sends `Identify` as its first frame on every connection, so the relay
+//! knows it as the same client id each time (the ledger binds a pairing's
+//! token to that id, and frames routed to it while it is away wait in a
+//! mailbox for a while). [`CompanionClient::reconnect`] and
 //! [`PrimaryClient::reconnect`] connect again with capped, jittered
-//! exponential [`Backoff`]; a linked companion subscribes again (and the
-//! relay sends it the newest list). A pairing cannot move to a new
-//! connection: the relay binds a token to the connection that registered it,
-//! so a companion that lost its connection while pairing shows a new offer.
+//! exponential [`Backoff`]: a pairing companion goes on waiting for its
+//! Hello (its token still registered), a linked companion subscribes again
+//! (and the relay sends it the newest list), and a logged-out companion
+//! does not reconnect at all ([`ClientError::LoggedOut`]). A host that
+//! saves the client's state (the core's `Companion::save` or
+//! `LinkedSession::save`, and [`CompanionClient::secret`]) resumes with
+//! [`CompanionClient::resume`] after a restart.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use devicelink::handshake::{MessageHeader, MessageKind};
+use devicelink::relay::{HelloDigest, SubscriptionProof};
 use devicelink::{
     Account, Companion, CompanionState, ConfirmedLink, DeviceIndex, DeviceListChange, ErrorKind,
     HandshakeError, LinkRequest, LinkedSession, LogoutReason, PrimaryHeartbeat, RefusalReason,
@@ -40,6 +48,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::frame::{Frame, FrameError, FrameType};
+use crate::identity::ClientSecret;
 use crate::server::{codes, Clock};
 use crate::MAX_FRAME_LEN;
 
@@ -83,10 +92,13 @@ pub enum ClientError {
     /// The pairing ended without a link (display ended, grant timed out).
     #[error("pairing failed: {0:?}")]
     PairingFailed(devicelink::handshake::FailureReason),
-    /// A pairing cannot resume on a new connection (the relay binds the
-    /// token to the connection that registered it): show a new offer.
-    #[error("a pairing cannot resume on a new connection; show a new offer")]
-    CannotResume,
+    /// The companion's session is logged out (its own status, from signed
+    /// facts): it does not reconnect; re-pair to continue.
+    #[error("the session is logged out ({reason:?}); re-pair to continue")]
+    LoggedOut {
+        /// Why.
+        reason: LogoutReason,
+    },
 }
 
 /// Capped, jittered exponential backoff between connection attempts: the
@@ -123,10 +135,10 @@ impl Backoff {
         d.mul_f64(0.5 + jitter / 2.0)
     }
 
-    async fn connect(&self, url: &str) -> Result<FrameLink, ClientError> {
+    async fn connect(&self, url: &str, secret: &ClientSecret) -> Result<FrameLink, ClientError> {
         let mut n = 0;
         loop {
-            match FrameLink::connect(url).await {
+            match FrameLink::connect(url, secret).await {
                 Ok(link) => return Ok(link),
                 Err(e) if n + 1 >= self.attempts.max(1) => return Err(e),
                 Err(e) => {
@@ -160,6 +172,10 @@ type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// test clock is noticed).
 const MAX_WAIT: Duration = Duration::from_millis(100);
 
+/// Most frames kept while waiting for answers (the relay's default
+/// outbound queue).
+const MAX_PENDING: usize = 64;
+
 /// What the relay sent.
 enum Inbound {
     /// An Ack or Routed: one of our frames was carried out.
@@ -175,19 +191,30 @@ enum Inbound {
 struct FrameLink {
     socket: Socket,
     awaiting: VecDeque<FrameType>,
+    /// Messages and pushes that arrived while waiting for answers (a
+    /// mailbox delivered on Identify, a push during a publication), in
+    /// order, for the next [`FrameLink::next`].
+    pending: VecDeque<Inbound>,
 }
 
 impl FrameLink {
-    async fn connect(url: &str) -> Result<Self, ClientError> {
+    /// Connects and identifies as `secret`'s client id.
+    async fn connect(url: &str, secret: &ClientSecret) -> Result<Self, ClientError> {
         let config = WebSocketConfig::default()
             .max_message_size(Some(MAX_FRAME_LEN))
             .max_frame_size(Some(MAX_FRAME_LEN));
         let (socket, _) =
             tokio_tungstenite::connect_async_with_config(url, Some(config), true).await?;
-        Ok(FrameLink {
+        let mut link = FrameLink {
             socket,
             awaiting: VecDeque::new(),
+            pending: VecDeque::new(),
+        };
+        link.send(&Frame::Identify {
+            secret: secret.clone(),
         })
+        .await?;
+        Ok(link)
     }
 
     async fn send(&mut self, frame: &Frame<'_>) -> Result<(), ClientError> {
@@ -209,6 +236,14 @@ impl FrameLink {
     /// The next frame. A relay error about one of our frames is returned
     /// as [`ClientError::Relay`].
     async fn next(&mut self) -> Result<Inbound, ClientError> {
+        if let Some(held) = self.pending.pop_front() {
+            return Ok(held);
+        }
+        self.receive().await
+    }
+
+    /// The next frame from the socket.
+    async fn receive(&mut self) -> Result<Inbound, ClientError> {
         loop {
             let message = match self.socket.next().await {
                 None => return Err(ClientError::Closed { code: None }),
@@ -245,11 +280,19 @@ impl FrameLink {
         }
     }
 
-    /// Waits until the relay answered every frame sent so far.
+    /// Waits until the relay answered every frame sent so far; messages
+    /// and pushes that arrive meanwhile are kept for [`FrameLink::next`]
+    /// (at most one outbound queue's worth: the relay's bound).
     async fn settle(&mut self) -> Result<(), ClientError> {
         while !self.awaiting.is_empty() {
-            if let Inbound::Message(..) = self.next().await? {
-                return Err(ClientError::Unexpected(FrameType::Message));
+            match self.receive().await? {
+                Inbound::Answer => {}
+                held => {
+                    if self.pending.len() >= MAX_PENDING {
+                        return Err(ClientError::Unexpected(FrameType::Message));
+                    }
+                    self.pending.push_back(held);
+                }
             }
         }
         Ok(())
@@ -302,6 +345,7 @@ pub struct CompanionClient {
     link: FrameLink,
     clock: Arc<dyn Clock>,
     side: Side,
+    secret: ClientSecret,
 }
 
 impl std::fmt::Debug for CompanionClient {
@@ -319,15 +363,100 @@ impl CompanionClient {
         companion: Companion,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, ClientError> {
-        let link = FrameLink::connect(&format!("{base}/v1/companion")).await?;
+        let secret = ClientSecret::generate(&mut rand_core::OsRng);
+        Self::connect_as(base, companion, secret, clock).await
+    }
+
+    /// [`CompanionClient::connect`] as the client of `secret` (a pairing
+    /// restored from saved state goes on with the same client id, so its
+    /// registered token still reaches it; a token the relay already holds
+    /// for it is not an error).
+    pub async fn connect_as(
+        base: &str,
+        companion: Companion,
+        secret: ClientSecret,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, ClientError> {
+        let link = FrameLink::connect(&format!("{base}/v1/companion"), &secret).await?;
         let mut client = CompanionClient {
             link,
             clock,
             side: Side::Pairing(Box::new(companion)),
+            secret,
         };
-        client.register_offer().await?;
         client.link.settle().await?;
+        client.register_again().await?;
         Ok(client)
+    }
+
+    /// Connects a linked session restored from saved state as the client
+    /// of `secret`, and subscribes. A logged-out session does not connect
+    /// ([`ClientError::LoggedOut`]).
+    pub async fn resume(
+        base: &str,
+        session: LinkedSession,
+        secret: ClientSecret,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, ClientError> {
+        let mut session = session;
+        if let SessionStatus::LoggedOut { reason } = session.poll(clock.now()) {
+            return Err(ClientError::LoggedOut { reason });
+        }
+        let link = FrameLink::connect(&format!("{base}/v1/companion"), &secret).await?;
+        let mut client = CompanionClient {
+            link,
+            clock,
+            side: Side::Linked(Box::new(session)),
+            secret,
+        };
+        client.link.settle().await?;
+        client.subscribe().await?;
+        Ok(client)
+    }
+
+    /// The secret this client identifies with (save it with the core's
+    /// state to resume as the same client).
+    pub fn secret(&self) -> &ClientSecret {
+        &self.secret
+    }
+
+    /// Registers the offer on screen; a token the relay already holds (for
+    /// this client, registered before a reconnect) is fine.
+    async fn register_again(&mut self) -> Result<(), ClientError> {
+        self.register_offer().await?;
+        match self.link.settle().await {
+            Err(ClientError::Relay {
+                of: Some(FrameType::Register),
+                code,
+                ..
+            }) if codes::code_kind(code) == Some(ErrorKind::Conflict) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Carries the session's own signed list to the relay (so the relay
+    /// knows this device's key, whoever publishes first), then subscribes
+    /// with the device's proof for this client id.
+    async fn subscribe(&mut self) -> Result<(), ClientError> {
+        let Side::Linked(session) = &self.side else {
+            return Ok(());
+        };
+        let list = session.device_list().to_bytes();
+        let proof = SubscriptionProof::sign(session, self.secret.client_id());
+        let subscribe = Frame::Subscribe {
+            account: session.account(),
+            index: session.index(),
+            proof,
+        };
+        self.link.send(&Frame::PublishList { bytes: &list }).await?;
+        match self.link.settle().await {
+            // An older list than the relay's, or one it refuses: the
+            // subscription below says whether this device is linked.
+            Ok(()) | Err(ClientError::Relay { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        self.link.send(&subscribe).await?;
+        self.link.settle().await
     }
 
     async fn register_offer(&mut self) -> Result<(), ClientError> {
@@ -409,6 +538,7 @@ impl CompanionClient {
                             self.link
                                 .send(&Frame::Release {
                                     token_id: header.token_id,
+                                    hello: HelloDigest::of(message),
                                 })
                                 .await?;
                         }
@@ -440,13 +570,8 @@ impl CompanionClient {
         };
         match companion.into_session() {
             Ok(session) => {
-                let frame = Frame::Subscribe {
-                    account: session.account(),
-                    index: session.index(),
-                };
                 self.side = Side::Linked(Box::new(session));
-                self.link.send(&frame).await?;
-                self.link.settle().await
+                self.subscribe().await
             }
             Err(companion) => {
                 self.side = Side::Pairing(companion);
@@ -455,23 +580,30 @@ impl CompanionClient {
         }
     }
 
-    /// Connects again to `base` (after the relay closed or restarted), with
-    /// `backoff`, and subscribes again; the relay then sends the newest
-    /// list it holds, which [`CompanionClient::next_update`] applies. While
-    /// pairing: [`ClientError::CannotResume`].
+    /// Connects again to `base` (after the relay closed or restarted, or
+    /// on another relay node), with `backoff`, as the same client. While
+    /// pairing, the offer's token is registered again if the relay lost it
+    /// and the wait for the Hello goes on ([`CompanionClient::link`]); once
+    /// linked, it subscribes again and the relay sends the newest list it
+    /// holds, which [`CompanionClient::next_update`] applies. A logged-out
+    /// session does not reconnect ([`ClientError::LoggedOut`]).
     pub async fn reconnect(&mut self, base: &str, backoff: &Backoff) -> Result<(), ClientError> {
-        let Side::Linked(session) = &self.side else {
-            return Err(ClientError::CannotResume);
-        };
-        let frame = Frame::Subscribe {
-            account: session.account(),
-            index: session.index(),
-        };
-        let link = backoff.connect(&format!("{base}/v1/companion")).await?;
+        if let Side::Linked(session) = &mut self.side {
+            if let SessionStatus::LoggedOut { reason } = session.poll(self.clock.now()) {
+                return Err(ClientError::LoggedOut { reason });
+            }
+        }
+        let link = backoff
+            .connect(&format!("{base}/v1/companion"), &self.secret)
+            .await?;
         let old = std::mem::replace(&mut self.link, link);
         old.close().await;
-        self.link.send(&frame).await?;
-        self.link.settle().await
+        self.link.settle().await?;
+        match self.side {
+            Side::Pairing(_) => self.register_again().await,
+            Side::Linked(_) => self.subscribe().await,
+            Side::Moving => Ok(()),
+        }
     }
 
     /// The next update pushed for the linked session (waits for it).
@@ -485,11 +617,17 @@ impl CompanionClient {
             };
             let now = self.clock.now();
             return Ok(match Frame::decode(&frame)? {
-                Frame::PublishList { bytes } => match session.accept_device_list(bytes, now) {
+                Frame::PublishList { bytes } => match SignedDeviceList::from_bytes(bytes)
+                    .map_err(SessionError::from)
+                    .and_then(|list| session.accept_device_list(&list, now))
+                {
                     Ok(change) => CompanionUpdate::DeviceList(change),
                     Err(e) => CompanionUpdate::Ignored(e),
                 },
-                Frame::PublishHeartbeat { bytes } => match session.accept_heartbeat(bytes, now) {
+                Frame::PublishHeartbeat { bytes } => match PrimaryHeartbeat::from_bytes(bytes)
+                    .map_err(SessionError::from)
+                    .and_then(|hb| session.accept_heartbeat(&hb, now))
+                {
                     Ok(status) => CompanionUpdate::Heartbeat(status),
                     Err(e) => CompanionUpdate::Ignored(e),
                 },
@@ -523,6 +661,7 @@ pub enum LinkOutcome {
 pub struct PrimaryClient {
     link: FrameLink,
     clock: Arc<dyn Clock>,
+    secret: ClientSecret,
 }
 
 impl std::fmt::Debug for PrimaryClient {
@@ -534,17 +673,27 @@ impl std::fmt::Debug for PrimaryClient {
 impl PrimaryClient {
     /// Connects to `base` (`ws://host:port`).
     pub async fn connect(base: &str, clock: Arc<dyn Clock>) -> Result<Self, ClientError> {
-        let link = FrameLink::connect(&format!("{base}/v1/primary")).await?;
-        Ok(PrimaryClient { link, clock })
+        let secret = ClientSecret::generate(&mut rand_core::OsRng);
+        let mut link = FrameLink::connect(&format!("{base}/v1/primary"), &secret).await?;
+        link.settle().await?;
+        Ok(PrimaryClient {
+            link,
+            clock,
+            secret,
+        })
     }
 
-    /// Connects again to `base` with `backoff` (nothing to resume: a link
-    /// in progress on the old connection is lost).
+    /// Connects again to `base` with `backoff`, as the same client (a
+    /// Request or Confirm routed to it meanwhile waits in its mailbox for a
+    /// while; a link the old connection was in the middle of is not
+    /// resumed by this call).
     pub async fn reconnect(&mut self, base: &str, backoff: &Backoff) -> Result<(), ClientError> {
-        let link = backoff.connect(&format!("{base}/v1/primary")).await?;
+        let link = backoff
+            .connect(&format!("{base}/v1/primary"), &self.secret)
+            .await?;
         let old = std::mem::replace(&mut self.link, link);
         old.close().await;
-        Ok(())
+        self.link.settle().await
     }
 
     /// Links the companion showing `offer_text`: scans it (the account must

@@ -16,6 +16,9 @@
 
 use devicelink::certificate::{DeviceIndex, HEARTBEAT_LEN};
 use devicelink::handshake::{MessageHeader, MessageKind, HEADER_LEN, MESSAGE_VERSION};
+use devicelink::relay::{HelloDigest, SubscriptionProof, SUBSCRIPTION_PROOF_LEN};
+
+use crate::identity::ClientSecret;
 use devicelink::{AccountId, HandshakeError, LogoutReason, Timestamp, TokenId};
 
 /// Bytes of the smallest and largest encoded [`devicelink::SignedDeviceList`]
@@ -51,6 +54,10 @@ pub enum FrameType {
     PublishHeartbeat = 0x05,
     /// Companion → relay: push this account's facts and this device's logout.
     Subscribe = 0x06,
+    /// Client → relay, as a connection's first frame: the secret the
+    /// client's stable id derives from (a reconnecting client keeps its
+    /// tokens and its mailbox).
+    Identify = 0x07,
     /// Relay → client: a message was forwarded.
     Routed = 0x81,
     /// Relay → client: a refusal.
@@ -72,6 +79,7 @@ impl FrameType {
             0x04 => FrameType::PublishList,
             0x05 => FrameType::PublishHeartbeat,
             0x06 => FrameType::Subscribe,
+            0x07 => FrameType::Identify,
             0x81 => FrameType::Routed,
             0x82 => FrameType::Error,
             0x83 => FrameType::Logout,
@@ -86,11 +94,15 @@ impl FrameType {
     pub fn size_range(self) -> (usize, usize) {
         let (min, max) = match self {
             FrameType::Register => (16 + 8, 16 + 8),
-            FrameType::Release => (16, 16),
+            FrameType::Release => (16 + 32, 16 + 32),
             FrameType::Message => (HEADER_LEN, MessageKind::MAX_LEN),
             FrameType::PublishList => (MIN_LIST_LEN, MAX_LIST_LEN),
             FrameType::PublishHeartbeat => (HEARTBEAT_LEN, HEARTBEAT_LEN),
-            FrameType::Subscribe => (32 + 4, 32 + 4),
+            FrameType::Subscribe => (
+                32 + 4 + SUBSCRIPTION_PROOF_LEN,
+                32 + 4 + SUBSCRIPTION_PROOF_LEN,
+            ),
+            FrameType::Identify => (32, 32),
             FrameType::Routed => (HEADER_LEN, HEADER_LEN),
             FrameType::Error => (2, 2 + MAX_ERROR_TEXT),
             FrameType::Logout => (4 + 1, 4 + 1),
@@ -152,10 +164,14 @@ pub enum Frame<'a> {
         /// The offer's end.
         expires_at: Timestamp,
     },
-    /// Companion → relay: it refused the Hello that reserved `token_id`.
+    /// Companion → relay: it refused the Hello whose digest is `hello`,
+    /// which reserved `token_id`.
     Release {
         /// The token.
         token_id: TokenId,
+        /// The refused Hello's digest ([`HelloDigest::of`] its bytes): only
+        /// that Hello's reservation is released.
+        hello: HelloDigest,
     },
     /// Either side: a core handshake message, its header parsed and its size
     /// checked for its kind.
@@ -183,6 +199,15 @@ pub enum Frame<'a> {
         account: AccountId,
         /// The companion's device index in it.
         index: DeviceIndex,
+        /// The device's signature allowing this connection's client id to
+        /// subscribe ([`SubscriptionProof::sign`]).
+        proof: SubscriptionProof,
+    },
+    /// Client → relay, as the connection's first frame: the connection's
+    /// client id is [`ClientSecret::client_id`] of `secret`.
+    Identify {
+        /// The client's secret (never sent anywhere but to the relay).
+        secret: ClientSecret,
     },
     /// Relay → sender: the message with this header was forwarded.
     Routed {
@@ -232,6 +257,7 @@ impl<'a> Frame<'a> {
             Frame::PublishList { .. } => FrameType::PublishList,
             Frame::PublishHeartbeat { .. } => FrameType::PublishHeartbeat,
             Frame::Subscribe { .. } => FrameType::Subscribe,
+            Frame::Identify { .. } => FrameType::Identify,
             Frame::Routed { .. } => FrameType::Routed,
             Frame::Error { .. } => FrameType::Error,
             Frame::Logout { .. } => FrameType::Logout,
@@ -260,6 +286,7 @@ impl<'a> Frame<'a> {
             },
             FrameType::Release => Frame::Release {
                 token_id: TokenId::from_bytes(array(body, 0)),
+                hello: HelloDigest::from_bytes(array(body, 16)),
             },
             FrameType::Message => {
                 let header = MessageHeader::parse(body)?;
@@ -274,6 +301,10 @@ impl<'a> Frame<'a> {
             FrameType::Subscribe => Frame::Subscribe {
                 account: AccountId::from_bytes(array(body, 0)),
                 index: DeviceIndex(u32::from_be_bytes(array(body, 32))),
+                proof: SubscriptionProof::from_bytes(array(body, 36)),
+            },
+            FrameType::Identify => Frame::Identify {
+                secret: ClientSecret::from_bytes(array(body, 0)),
             },
             FrameType::Routed => Frame::Routed {
                 header: MessageHeader::parse(body)?,
@@ -322,14 +353,23 @@ impl<'a> Frame<'a> {
                 out.extend_from_slice(&token_id.to_bytes());
                 out.extend_from_slice(&expires_at.as_unix_millis().to_be_bytes());
             }
-            Frame::Release { token_id } => out.extend_from_slice(&token_id.to_bytes()),
+            Frame::Release { token_id, hello } => {
+                out.extend_from_slice(&token_id.to_bytes());
+                out.extend_from_slice(&hello.to_bytes());
+            }
             Frame::Message { bytes, .. }
             | Frame::PublishList { bytes }
             | Frame::PublishHeartbeat { bytes } => out.extend_from_slice(bytes),
-            Frame::Subscribe { account, index } => {
+            Frame::Subscribe {
+                account,
+                index,
+                proof,
+            } => {
                 out.extend_from_slice(&account.to_bytes());
                 out.extend_from_slice(&index.0.to_be_bytes());
+                out.extend_from_slice(&proof.to_bytes());
             }
+            Frame::Identify { secret } => out.extend_from_slice(secret.as_bytes()),
             Frame::Routed { header } => {
                 out.push(MESSAGE_VERSION);
                 out.push(header.kind.code());
@@ -490,7 +530,7 @@ mod tests {
 
     fn owned_frame() -> impl Strategy<Value = (u8, Vec<u8>, u64, u16, String, u32, LogoutReason)> {
         (
-            0u8..10,
+            0u8..11,
             proptest::collection::vec(any::<u8>(), 0..300),
             any::<u64>(),
             any::<u16>(),
@@ -517,14 +557,15 @@ mod tests {
             hb.resize(HEARTBEAT_LEN, 1);
             let frame = match which {
                 0 => Frame::Register { token_id, expires_at: Timestamp::from_unix_millis(n) },
-                1 => Frame::Release { token_id },
+                1 => Frame::Release { token_id, hello: HelloDigest::from_bytes(array(&raw, 16)) },
                 2 => Frame::Message { header, bytes: &msg },
                 3 => Frame::PublishList { bytes: &list },
                 4 => Frame::PublishHeartbeat { bytes: &hb },
                 5 => Frame::Routed { header },
                 6 => Frame::Error { code, text: &text },
-                8 => Frame::Ack { of: FrameType::from_byte(raw.first().copied().unwrap_or(1) % 6 + 1).unwrap(), changed: n % 2 == 0 },
-                7 => Frame::Subscribe { account: AccountId::from_bytes(array(&raw, 0)), index: DeviceIndex(index) },
+                8 => Frame::Ack { of: FrameType::from_byte(raw.first().copied().unwrap_or(1) % 7 + 1).unwrap(), changed: n % 2 == 0 },
+                7 => Frame::Subscribe { account: AccountId::from_bytes(array(&raw, 0)), index: DeviceIndex(index), proof: SubscriptionProof::from_bytes(array(&raw, 32)) },
+                10 => Frame::Identify { secret: ClientSecret::from_bytes(array(&raw, 8)) },
                 _ => Frame::Logout { index: DeviceIndex(index), reason },
             };
             let bytes = frame.encode();

@@ -48,11 +48,13 @@
 pub mod client;
 pub mod code_frame;
 pub mod frame;
+pub mod identity;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod store;
 
 pub use frame::{Frame, FrameError, FrameType, MAX_FRAME_LEN};
+pub use identity::ClientSecret;
 pub use store::{AccountDirectory, AccountRecord, MemoryStore, Store, StoreError};
 
 #[cfg(feature = "sqlite")]

@@ -20,9 +20,12 @@
 #![no_main]
 
 use devicelink::persist::PersistError;
-use devicelink::relay::{Directory, Ledger, LedgerConfig, MemoryTokenStore, TokenStore};
+use devicelink::relay::{
+    Directory, HelloDigest, Ledger, LedgerConfig, MemoryTokenStore, TokenStore,
+};
 use devicelink::{
-    Account, Companion, LinkedSession, OfferDisplay, PrimaryHandshake, PrimaryHeartbeat, Timestamp,
+    Account, Companion, LinkedSession, OfferDisplay, PrimaryHandshake, PrimaryHeartbeat,
+    SignedDeviceList, Timestamp,
 };
 use devicelink_fuzz::{at, body_of, fixture, now, rng, seal, COMPANION, KINDS, PRIMARY};
 use libfuzzer_sys::fuzz_target;
@@ -256,8 +259,10 @@ fn session(data: &[u8]) {
                 false,
             );
         }
-        let _ = s.accept_device_list(&f.device_list, now());
-        let _ = s.accept_heartbeat(&f.heartbeat, now());
+        let list = SignedDeviceList::from_bytes(&f.device_list).expect("fixture list");
+        let heartbeat = PrimaryHeartbeat::from_bytes(&f.heartbeat).expect("fixture heartbeat");
+        let _ = s.accept_device_list(&list, now());
+        let _ = s.accept_heartbeat(&heartbeat, now());
         let _ = (
             s.recently_linked(now()),
             s.certificate().device_list().version(),
@@ -269,7 +274,8 @@ fn session(data: &[u8]) {
             LinkedSession::restore,
             false,
         );
-        let _ = s.accept_heartbeat(&f.heartbeat, Timestamp::MAX);
+        let heartbeat = PrimaryHeartbeat::from_bytes(&f.heartbeat).expect("fixture heartbeat");
+        let _ = s.accept_heartbeat(&heartbeat, Timestamp::MAX);
         fixed_point(
             "session after heartbeat",
             &s,
@@ -427,7 +433,7 @@ fn drive_ledger(ledger: &Ledger) {
     let f = fixture();
     let _ = ledger.store().get(&f.token);
     let _ = ledger.route(&f.hello, PRIMARY, now());
-    let _ = ledger.release(&f.token, COMPANION, now());
+    let _ = ledger.release(COMPANION, &f.token, &HelloDigest::of(&f.hello), now());
     let _ = ledger.route(&f.hello, PRIMARY, now());
     let _ = ledger.route(&f.request, COMPANION, now());
     let _ = ledger.route(&f.grant, PRIMARY, now());

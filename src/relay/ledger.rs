@@ -12,7 +12,7 @@
 //!                               ▼
 //!   ┌──────────────────────►  open  ───── now ≥ expires_at ──► (expired; swept)
 //!   │                           │  ▲
-//!   │      Hello of exact size, │  │ release(token, C): C refused the Hello
+//!   │      Hello of exact size, │  │ release(C, token, H): C refused Hello H
 //!   │      proof hashes to id,  │  │
 //!   │      now < expires_at     ▼  │
 //!   │                        reserved { by: primary P, until }
@@ -111,6 +111,11 @@ pub enum LedgerError {
     /// A Request or release for a token that no Hello reserved.
     #[error("token not reserved")]
     NotReserved,
+    /// A release naming a Hello other than the one holding the reservation:
+    /// the refused Hello's reservation lapsed and another Hello reserved the
+    /// token since. The newer reservation stands.
+    #[error("the token is reserved for another Hello")]
+    ReservedForOtherHello,
     /// A Grant, Refusal or Confirm for a token that was not redeemed.
     #[error("token not redeemed")]
     NotRedeemed,
@@ -213,6 +218,41 @@ impl fmt::Display for ClientId {
     }
 }
 
+/// SHA-256 of a Hello's wire bytes: names the Hello a reservation was made
+/// for, so a companion's [`Ledger::release`] releases only the reservation of
+/// the Hello it refused, never a newer one (a late release after the first
+/// reservation lapsed and the genuine Hello reserved again).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct HelloDigest(#[serde(with = "crate::encoding::b64_array")] [u8; 32]);
+
+impl HelloDigest {
+    /// The digest of `hello`, a Hello's wire bytes as routed.
+    pub fn of(hello: &[u8]) -> Self {
+        let d = ring::digest::digest(&ring::digest::SHA256, hello);
+        let mut b = [0u8; 32];
+        b.copy_from_slice(d.as_ref());
+        HelloDigest(b)
+    }
+
+    /// A digest from its 32 bytes (as a Release frame carries it).
+    pub const fn from_bytes(bytes: [u8; 32]) -> Self {
+        HelloDigest(bytes)
+    }
+
+    /// The digest's 32 bytes.
+    pub const fn to_bytes(&self) -> [u8; 32] {
+        self.0
+    }
+}
+
+impl fmt::Debug for HelloDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "HelloDigest(")?;
+        self.0[..8].iter().try_for_each(|b| write!(f, "{b:02x}"))?;
+        write!(f, "…)")
+    }
+}
+
 /// The state of a token in the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TokenState {
@@ -224,6 +264,8 @@ pub enum TokenState {
         by: ClientId,
         /// When the reservation lapses.
         until: Timestamp,
+        /// Which Hello made the reservation.
+        hello: HelloDigest,
     },
     /// The companion's Request redeemed it (a tombstone until swept).
     Redeemed {
@@ -283,7 +325,8 @@ pub struct Quota {
 ///   keep_until BIGINT NOT NULL,
 ///   state SMALLINT NOT NULL,      -- 0 open, 1 reserved, 2 redeemed
 ///   peer BLOB,                    -- reserving / redeeming primary
-///   state_at BIGINT               -- reserved until / redeemed at
+///   state_at BIGINT,              -- reserved until / redeemed at
+///   hello BLOB                    -- the reserving Hello's digest (32 bytes)
 /// );
 /// CREATE INDEX tokens_keep ON tokens (keep_until);
 /// CREATE TABLE clients (id BLOB PRIMARY KEY, live INTEGER NOT NULL);
@@ -333,7 +376,7 @@ pub trait TokenStore: Send + Sync {
     ///
     /// ```sql
     /// -- decision
-    /// UPDATE tokens SET state = 1, peer = $by, state_at = $until,
+    /// UPDATE tokens SET state = 1, peer = $by, state_at = $until, hello = $hello,
     ///        keep_until = max(expires_at, $until)      -- greatest() in PostgreSQL
     ///  WHERE id = $id AND expires_at > $now
     ///    AND (state = 0 OR (state = 1 AND state_at <= $now))
@@ -343,23 +386,32 @@ pub trait TokenStore: Send + Sync {
         &self,
         token: &TokenId,
         by: ClientId,
+        hello: &HelloDigest,
         now: Timestamp,
         until: Timestamp,
     ) -> Result<ClientId, LedgerError>;
 
-    /// The companion `client` refused the Hello: a reserved token (lapsed
-    /// or not) goes back to open, with `keep_until = expires_at`. Errors, in
-    /// this order: [`LedgerError::UnknownToken`] (also for a dead entry),
+    /// The companion `client` refused the Hello whose digest is `hello`: a
+    /// token reserved (lapsed or not) for that Hello goes back to open, with
+    /// `keep_until = expires_at`. Errors, in this order:
+    /// [`LedgerError::UnknownToken`] (also for a dead entry),
     /// [`LedgerError::WrongClient`], [`LedgerError::TokenAlreadyRedeemed`],
-    /// [`LedgerError::NotReserved`].
+    /// [`LedgerError::NotReserved`], [`LedgerError::ReservedForOtherHello`].
     ///
     /// ```sql
     /// -- decision
-    /// UPDATE tokens SET state = 0, peer = NULL, state_at = NULL, keep_until = expires_at
-    ///  WHERE id = $id AND client = $client AND state = 1 AND keep_until > $now;
+    /// UPDATE tokens SET state = 0, peer = NULL, state_at = NULL, hello = NULL,
+    ///        keep_until = expires_at
+    ///  WHERE id = $id AND client = $client AND state = 1 AND hello = $hello
+    ///    AND keep_until > $now;
     /// ```
-    fn release(&self, token: &TokenId, client: ClientId, now: Timestamp)
-        -> Result<(), LedgerError>;
+    fn release(
+        &self,
+        token: &TokenId,
+        client: ClientId,
+        hello: &HelloDigest,
+        now: Timestamp,
+    ) -> Result<(), LedgerError>;
 
     /// The companion's Request: a reserved, live (`now < keep_until`) token
     /// registered by `client` becomes redeemed, with
@@ -580,6 +632,7 @@ impl TokenStore for MemoryTokenStore {
         &self,
         token: &TokenId,
         by: ClientId,
+        hello: &HelloDigest,
         now: Timestamp,
         until: Timestamp,
     ) -> Result<ClientId, LedgerError> {
@@ -594,7 +647,11 @@ impl TokenStore for MemoryTokenStore {
             TokenState::Open | TokenState::Reserved { .. } => {}
         }
         let old = r.keep_until;
-        r.state = TokenState::Reserved { by, until };
+        r.state = TokenState::Reserved {
+            by,
+            until,
+            hello: *hello,
+        };
         r.keep_until = r.expires_at.max(until);
         let (new, client) = (r.keep_until, r.client);
         g.set_keep(*token, old, new);
@@ -605,6 +662,7 @@ impl TokenStore for MemoryTokenStore {
         &self,
         token: &TokenId,
         client: ClientId,
+        hello: &HelloDigest,
         now: Timestamp,
     ) -> Result<(), LedgerError> {
         let mut g = self.lock();
@@ -619,6 +677,9 @@ impl TokenStore for MemoryTokenStore {
         match r.state {
             TokenState::Redeemed { .. } => return Err(LedgerError::TokenAlreadyRedeemed),
             TokenState::Open => return Err(LedgerError::NotReserved),
+            TokenState::Reserved { hello: held, .. } if held != *hello => {
+                return Err(LedgerError::ReservedForOtherHello)
+            }
             TokenState::Reserved { .. } => {}
         }
         let old = r.keep_until;
@@ -951,8 +1012,11 @@ impl<S: TokenStore> Ledger<S> {
     ///   `from` ([`TokenStore::reserve`]); forwarded to the companion.
     /// - Request: must come from the companion that registered the token;
     ///   redeems it ([`TokenStore::redeem`]); forwarded to the reserving primary.
-    /// - Grant, Refusal: for a redeemed token; forwarded to the companion.
-    /// - Confirm: for a redeemed token; forwarded to the primary.
+    /// - Grant, Refusal: for a redeemed token, from the primary whose Hello
+    ///   redeemed it ([`LedgerError::WrongClient`] from anyone else);
+    ///   forwarded to the companion.
+    /// - Confirm: for a redeemed token, from the companion that registered
+    ///   it; forwarded to the primary.
     ///
     /// A Grant, Refusal or Confirm is routed until the token's `keep_until`.
     pub fn route(
@@ -980,7 +1044,8 @@ impl<S: TokenStore> Ledger<S> {
                     return Err(LedgerError::BadRedemptionProof);
                 }
                 let until = now.saturating_add(self.config.reserve_window);
-                let companion = self.store.reserve(&token, from, now, until)?;
+                let hello = HelloDigest::of(message);
+                let companion = self.store.reserve(&token, from, &hello, now, until)?;
                 (companion, Transition::Reserved { until })
             }
             MessageKind::Request => {
@@ -996,11 +1061,17 @@ impl<S: TokenStore> Ledger<S> {
                 if now >= record.keep_until {
                     return Err(LedgerError::UnknownToken);
                 }
-                let to = if header.kind == MessageKind::Confirm {
-                    primary
+                // Grant and Refusal come from the primary whose Hello
+                // redeemed the token and go to the companion; the Confirm
+                // the other way round.
+                let (sender, to) = if header.kind == MessageKind::Confirm {
+                    (record.client, primary)
                 } else {
-                    record.client
+                    (primary, record.client)
                 };
+                if from != sender {
+                    return Err(LedgerError::WrongClient);
+                }
                 (to, Transition::None)
             }
         };
@@ -1013,17 +1084,21 @@ impl<S: TokenStore> Ledger<S> {
     }
 
     /// The companion (`client`, which registered the token) refused the Hello
-    /// that reserved `token` (an altered key or MAC, which the relay cannot
-    /// check): the token is open again for the genuine Hello. A companion
-    /// releases only when the refusal left it still showing the offer.
+    /// whose digest is `hello` (an altered key or MAC, which the relay cannot
+    /// check): if that Hello still holds the reservation, the token is open
+    /// again for the genuine Hello. A release naming an older Hello than the
+    /// one holding the reservation changes nothing
+    /// ([`LedgerError::ReservedForOtherHello`]). A companion releases only
+    /// when the refusal left it still showing the offer.
     pub fn release(
         &self,
-        token: &TokenId,
         client: ClientId,
+        token: &TokenId,
+        hello: &HelloDigest,
         now: Timestamp,
     ) -> Result<(), LedgerError> {
         let now = self.clock(now);
-        self.store.release(token, client, now)
+        self.store.release(token, client, hello, now)
     }
 
     /// Removes up to `limit` entries whose `keep_until` has passed, earliest
@@ -1045,6 +1120,7 @@ mod tests {
 
     const C: ClientId = ClientId::from_bytes([0xc; 16]);
     const P: ClientId = ClientId::from_bytes([0xa; 16]);
+    const H: HelloDigest = HelloDigest::from_bytes([0x4e; 32]);
     const Q: Quota = Quota {
         per_client: 8,
         total: 100,
@@ -1072,16 +1148,17 @@ mod tests {
             s.redeem(&tok(1), C, t(1), t(500)),
             Err(LedgerError::NotReserved)
         );
-        assert_eq!(s.reserve(&tok(1), P, t(10), t(40)), Ok(C));
+        assert_eq!(s.reserve(&tok(1), P, &H, t(10), t(40)), Ok(C));
         assert_eq!(
             state(&s, 1),
             TokenState::Reserved {
                 by: P,
-                until: t(40)
+                until: t(40),
+                hello: H,
             }
         );
         assert_eq!(
-            s.reserve(&tok(1), C, t(11), t(41)),
+            s.reserve(&tok(1), C, &H, t(11), t(41)),
             Err(LedgerError::TokenReserved { until: t(40) })
         );
         // Only the registering client redeems.
@@ -1101,8 +1178,8 @@ mod tests {
         assert_eq!(s.get(&tok(1)).unwrap().unwrap().keep_until, t(500));
         for r in [
             s.redeem(&tok(1), C, t(13), t(500)).map(|_| ()),
-            s.reserve(&tok(1), P, t(13), t(43)).map(|_| ()),
-            s.release(&tok(1), C, t(13)),
+            s.reserve(&tok(1), P, &H, t(13), t(43)).map(|_| ()),
+            s.release(&tok(1), C, &H, t(13)),
             s.register(tok(1), C, t(100), Q),
         ] {
             assert!(
@@ -1114,7 +1191,7 @@ mod tests {
             );
         }
         assert_eq!(
-            s.reserve(&tok(2), P, t(1), t(2)),
+            s.reserve(&tok(2), P, &H, t(1), t(2)),
             Err(LedgerError::UnknownToken)
         );
         s.lock().consistent().unwrap();
@@ -1124,17 +1201,44 @@ mod tests {
     fn release_and_lapse_reopen() {
         let s = MemoryTokenStore::new();
         s.register(tok(1), C, t(100), Q).unwrap();
-        assert_eq!(s.release(&tok(1), C, t(1)), Err(LedgerError::NotReserved));
-        s.reserve(&tok(1), P, t(10), t(40)).unwrap();
-        assert_eq!(s.release(&tok(1), P, t(11)), Err(LedgerError::WrongClient));
-        assert_eq!(s.release(&tok(1), C, t(11)), Ok(()));
+        assert_eq!(
+            s.release(&tok(1), C, &H, t(1)),
+            Err(LedgerError::NotReserved)
+        );
+        s.reserve(&tok(1), P, &H, t(10), t(40)).unwrap();
+        assert_eq!(
+            s.release(&tok(1), P, &H, t(11)),
+            Err(LedgerError::WrongClient)
+        );
+        assert_eq!(s.release(&tok(1), C, &H, t(11)), Ok(()));
         assert_eq!(state(&s, 1), TokenState::Open);
         // Reserved again; lapses at 50; another Hello takes it over.
-        s.reserve(&tok(1), P, t(20), t(50)).unwrap();
+        s.reserve(&tok(1), P, &H, t(20), t(50)).unwrap();
         let other = ClientId::from(7);
-        assert!(s.reserve(&tok(1), other, t(49), t(79)).is_err());
-        assert_eq!(s.reserve(&tok(1), other, t(50), t(80)), Ok(C));
+        assert!(s.reserve(&tok(1), other, &H, t(49), t(79)).is_err());
+        assert_eq!(s.reserve(&tok(1), other, &H, t(50), t(80)), Ok(C));
         assert_eq!(s.redeem(&tok(1), C, t(60), t(60)), Ok(other));
+        s.lock().consistent().unwrap();
+    }
+
+    #[test]
+    fn a_late_release_of_a_lapsed_reservation_leaves_the_newer_one() {
+        let s = MemoryTokenStore::new();
+        let (corrupt, genuine) = (HelloDigest::of(b"corrupted"), HelloDigest::of(b"genuine"));
+        let other = ClientId::from(7);
+        s.register(tok(1), C, t(100), Q).unwrap();
+        s.reserve(&tok(1), P, &corrupt, t(10), t(40)).unwrap();
+        // The corrupted Hello's reservation lapses; the genuine one reserves.
+        s.reserve(&tok(1), other, &genuine, t(40), t(70)).unwrap();
+        let before = s.get(&tok(1)).unwrap();
+        // The companion's refusal of the corrupted Hello arrives late.
+        assert_eq!(
+            s.release(&tok(1), C, &corrupt, t(41)),
+            Err(LedgerError::ReservedForOtherHello)
+        );
+        assert_eq!(s.get(&tok(1)).unwrap(), before);
+        // The genuine Hello's Request still redeems.
+        assert_eq!(s.redeem(&tok(1), C, t(42), t(400)), Ok(other));
         s.lock().consistent().unwrap();
     }
 
@@ -1145,21 +1249,21 @@ mod tests {
         s.register(tok(2), C, t(100), Q).unwrap();
         s.register(tok(3), C, t(100), Q).unwrap();
         assert_eq!(
-            s.reserve(&tok(1), P, t(100), t(130)),
+            s.reserve(&tok(1), P, &H, t(100), t(130)),
             Err(LedgerError::TokenExpired)
         );
         // Reserved just before expiry: the Request may come after it.
-        s.reserve(&tok(2), P, t(99), t(129)).unwrap();
+        s.reserve(&tok(2), P, &H, t(99), t(129)).unwrap();
         assert_eq!(s.get(&tok(2)).unwrap().unwrap().keep_until, t(129));
         assert_eq!(s.redeem(&tok(2), C, t(120), t(400)), Ok(P));
         // Reserved and never answered: dead at 129.
-        s.reserve(&tok(3), P, t(99), t(129)).unwrap();
+        s.reserve(&tok(3), P, &H, t(99), t(129)).unwrap();
         assert_eq!(
             s.redeem(&tok(3), C, t(129), t(400)),
             Err(LedgerError::TokenExpired)
         );
         assert_eq!(
-            s.release(&tok(3), C, t(129)),
+            s.release(&tok(3), C, &H, t(129)),
             Err(LedgerError::UnknownToken)
         );
         assert_eq!(s.live_tokens(&C), 2);
@@ -1198,7 +1302,7 @@ mod tests {
             })
         );
         // A redeemed token no longer counts for its client, only for the store.
-        s.reserve(&tok(1), P, t(1), t(2)).unwrap();
+        s.reserve(&tok(1), P, &H, t(1), t(2)).unwrap();
         s.redeem(&tok(1), C, t(1), t(200)).unwrap();
         assert_eq!(s.live_tokens(&C), 1);
         assert!(matches!(
@@ -1237,7 +1341,7 @@ mod tests {
         let s = MemoryTokenStore::new();
         s.register(tok(1), C, t(100), Q).unwrap();
         s.register(tok(2), C, t(100), Q).unwrap();
-        s.reserve(&tok(2), P, t(1), t(200)).unwrap();
+        s.reserve(&tok(2), P, &H, t(1), t(200)).unwrap();
         let r = MemoryTokenStore::restore(&s.save().unwrap()).unwrap();
         assert_eq!(r.get(&tok(2)), s.get(&tok(2)));
         assert_eq!(r.live_tokens(&C), 2);

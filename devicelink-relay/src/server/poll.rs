@@ -31,9 +31,9 @@ use axum::response::{IntoResponse, Response};
 use rand_core::{OsRng, RngCore};
 use tokio::sync::mpsc;
 
+use super::admission::PeerAddress;
 use super::connection::{self, Role, Wire};
 use super::hub::Hub;
-use super::metrics::Metrics;
 use crate::store::Store;
 
 /// Messages a session queues from HTTP requests before refusing with 429.
@@ -116,13 +116,10 @@ fn session_id() -> Option<String> {
     Some(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-fn open<S: Store + 'static>(hub: Arc<Hub<S>>, role: Role) -> Response {
-    if *hub.shutdown.borrow() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
-    }
-    let Ok(permit) = hub.connections.clone().try_acquire_owned() else {
-        Metrics::inc(&hub.metrics.connections_refused);
-        return (StatusCode::SERVICE_UNAVAILABLE, "too many connections\n").into_response();
+fn open<S: Store + 'static>(hub: Arc<Hub<S>>, peer: PeerAddress, role: Role) -> Response {
+    let permit = match hub.admit(peer.0) {
+        Ok(a) => a,
+        Err(refused) => return refused.into_response(),
     };
     let Some(id) = session_id() else {
         return (StatusCode::INTERNAL_SERVER_ERROR, "no randomness\n").into_response();
@@ -151,12 +148,18 @@ fn open<S: Store + 'static>(hub: Arc<Hub<S>>, role: Role) -> Response {
     (StatusCode::CREATED, id).into_response()
 }
 
-pub(crate) async fn open_companion<S: Store + 'static>(State(hub): State<Arc<Hub<S>>>) -> Response {
-    open(hub, Role::Companion)
+pub(crate) async fn open_companion<S: Store + 'static>(
+    State(hub): State<Arc<Hub<S>>>,
+    peer: PeerAddress,
+) -> Response {
+    open(hub, peer, Role::Companion)
 }
 
-pub(crate) async fn open_primary<S: Store + 'static>(State(hub): State<Arc<Hub<S>>>) -> Response {
-    open(hub, Role::Primary)
+pub(crate) async fn open_primary<S: Store + 'static>(
+    State(hub): State<Arc<Hub<S>>>,
+    peer: PeerAddress,
+) -> Response {
+    open(hub, peer, Role::Primary)
 }
 
 pub(crate) async fn send<S: Store + 'static>(
