@@ -77,6 +77,9 @@ pub enum ClientError {
     /// The relay sent bytes that are not a frame.
     #[error("bad frame from the relay: {0}")]
     Frame(#[from] FrameError),
+    /// The long-poll transport failed (an HTTP status or request error).
+    #[error("long-poll: {0}")]
+    Http(String),
     /// The relay sent a frame this client did not expect now.
     #[error("unexpected {0:?} frame from the relay")]
     Unexpected(FrameType),
@@ -135,10 +138,15 @@ impl Backoff {
         d.mul_f64(0.5 + jitter / 2.0)
     }
 
-    async fn connect(&self, url: &str, secret: &ClientSecret) -> Result<FrameLink, ClientError> {
+    async fn connect(
+        &self,
+        base: &str,
+        role: &str,
+        secret: &ClientSecret,
+    ) -> Result<FrameLink, ClientError> {
         let mut n = 0;
         loop {
-            match FrameLink::connect(url, secret).await {
+            match FrameLink::connect(base, role, secret).await {
                 Ok(link) => return Ok(link),
                 Err(e) if n + 1 >= self.attempts.max(1) => return Err(e),
                 Err(e) => {
@@ -186,29 +194,254 @@ enum Inbound {
     Push(Vec<u8>),
 }
 
-/// One WebSocket connection carrying frames, with the queue of our frames
-/// the relay has not answered yet.
+/// What carries frames: a WebSocket, or an HTTP long-poll session.
+enum Transport {
+    WebSocket(Box<Socket>),
+    Poll(PollSession),
+}
+
+/// The client side of an HTTP long-poll session (`docs/RELAY.md` §3.6):
+/// frames are posted numbered (`If-Match`), so a retried POST is taken
+/// once; a poller task polls and acknowledges what it received
+/// (`If-None-Match`), so a response lost on the way is sent again, and
+/// hands the frames over a bounded channel (reading is cancel-safe).
+struct PollSession {
+    http: reqwest::Client,
+    /// `{base}/v1/poll/session/{id}`.
+    url: String,
+    /// Frames posted and taken.
+    sent: u64,
+    frames: tokio::sync::mpsc::Receiver<Result<Vec<u8>, ClientError>>,
+    poller: tokio::task::JoinHandle<()>,
+}
+
+/// Attempts of one long-poll request before the session counts as lost.
+const POLL_ATTEMPTS: u32 = 20;
+
+impl Drop for PollSession {
+    fn drop(&mut self) {
+        self.poller.abort();
+    }
+}
+
+impl PollSession {
+    async fn open(base: &str, role: &str) -> Result<Self, ClientError> {
+        let http = reqwest::Client::builder()
+            .build()
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let response = http
+            .post(format!("{base}/v1/poll/{role}"))
+            .send()
+            .await
+            .map_err(http_error)?;
+        if response.status() != reqwest::StatusCode::CREATED {
+            return Err(ClientError::Http(format!(
+                "opening a session: HTTP {}",
+                response.status()
+            )));
+        }
+        let id = response.text().await.map_err(http_error)?;
+        if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ClientError::Http("the relay sent no session id".into()));
+        }
+        let url = format!("{base}/v1/poll/session/{id}");
+        let (tx, frames) = tokio::sync::mpsc::channel(MAX_PENDING);
+        let poller = tokio::spawn(poll_loop(http.clone(), url.clone(), tx));
+        Ok(PollSession {
+            http,
+            url,
+            sent: 0,
+            frames,
+            poller,
+        })
+    }
+
+    async fn send(&mut self, frame: Vec<u8>) -> Result<(), ClientError> {
+        let number = self.sent + 1;
+        let mut wait = Duration::from_millis(10);
+        for _ in 0..POLL_ATTEMPTS {
+            let sent = self
+                .http
+                .post(&self.url)
+                .header("If-Match", format!("\"{number}\""))
+                .body(frame.clone())
+                .send()
+                .await;
+            match sent.map(|r| r.status()) {
+                Ok(reqwest::StatusCode::ACCEPTED) => {
+                    self.sent = number;
+                    return Ok(());
+                }
+                Ok(reqwest::StatusCode::NOT_FOUND) => {
+                    return Err(ClientError::Closed { code: None })
+                }
+                // The session's inbound queue is full, or the request failed
+                // on the way: the same numbered frame again (taken once).
+                Ok(reqwest::StatusCode::TOO_MANY_REQUESTS) | Err(_) => {}
+                Ok(status) => {
+                    return Err(ClientError::Http(format!("sending a frame: HTTP {status}")))
+                }
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(1));
+        }
+        Err(ClientError::Http("the relay did not take a frame".into()))
+    }
+
+    async fn receive(&mut self) -> Result<Vec<u8>, ClientError> {
+        match self.frames.recv().await {
+            Some(r) => r,
+            None => Err(ClientError::Closed { code: None }),
+        }
+    }
+
+    async fn close(&self) {
+        self.poller.abort();
+        let _ = self.http.delete(&self.url).send().await;
+    }
+}
+
+/// Polls `url` until the session ends, acknowledging what it received,
+/// and hands each frame (then how it ended) to `tx`.
+async fn poll_loop(
+    http: reqwest::Client,
+    url: String,
+    tx: tokio::sync::mpsc::Sender<Result<Vec<u8>, ClientError>>,
+) {
+    let mut received = 0u64;
+    let mut failures = 0;
+    loop {
+        let response = http
+            .get(&url)
+            .header("If-None-Match", format!("\"{received}\""))
+            .send()
+            .await;
+        let response = match response {
+            Ok(r) => r,
+            Err(e) => {
+                failures += 1;
+                if failures >= POLL_ATTEMPTS {
+                    let _ = tx.send(Err(http_error(e))).await;
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        failures = 0;
+        match response.status() {
+            reqwest::StatusCode::NO_CONTENT => continue,
+            reqwest::StatusCode::OK => {}
+            reqwest::StatusCode::NOT_FOUND => {
+                let _ = tx.send(Err(ClientError::Closed { code: None })).await;
+                return;
+            }
+            status => {
+                let _ = tx
+                    .send(Err(ClientError::Http(format!("polling: HTTP {status}"))))
+                    .await;
+                return;
+            }
+        }
+        let last = response
+            .headers()
+            .get("etag")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|t| t.trim_matches('"').parse::<u64>().ok());
+        let body = match (last, response.bytes().await) {
+            (Some(_), Ok(body)) => body,
+            (None, _) => {
+                let _ = tx
+                    .send(Err(ClientError::Http(
+                        "a poll answer without its ETag".into(),
+                    )))
+                    .await;
+                return;
+            }
+            (_, Err(_)) => continue,
+        };
+        let Some(records) = poll_records(&body) else {
+            let _ = tx.send(Err(FrameError::Empty.into())).await;
+            return;
+        };
+        let count = u64::try_from(records.len()).unwrap_or(u64::MAX);
+        let first = last.unwrap_or(0).saturating_sub(count).saturating_add(1);
+        for (n, record) in (first..).zip(records) {
+            if n <= received {
+                continue; // a resend of what we already have
+            }
+            received = n;
+            let ended = record.is_err();
+            let item = record.map_err(|code| ClientError::Closed { code: Some(code) });
+            if tx.send(item).await.is_err() || ended {
+                return;
+            }
+        }
+    }
+}
+
+/// A poll answer's records: `len (u16) ‖ frame`, or `0 ‖ close code`.
+/// `None` if the body does not parse.
+fn poll_records(body: &[u8]) -> Option<Vec<Result<Vec<u8>, u16>>> {
+    let mut records = Vec::new();
+    let mut rest = body;
+    while !rest.is_empty() {
+        let (len, tail) = rest.split_at_checked(2)?;
+        let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+        if len == 0 {
+            let (code, tail) = tail.split_at_checked(2)?;
+            records.push(Err(u16::from_be_bytes([code[0], code[1]])));
+            rest = tail;
+        } else {
+            let (frame, tail) = tail.split_at_checked(len)?;
+            records.push(Ok(frame.to_vec()));
+            rest = tail;
+        }
+    }
+    Some(records)
+}
+
+fn http_error(e: reqwest::Error) -> ClientError {
+    ClientError::Http(e.to_string())
+}
+
+/// One connection carrying frames, with the queue of our frames the relay
+/// has not answered yet.
 struct FrameLink {
-    socket: Socket,
+    transport: Transport,
     awaiting: VecDeque<FrameType>,
     /// Messages and pushes that arrived while waiting for answers (a
     /// mailbox delivered on Identify, a push during a publication), in
     /// order, for the next [`FrameLink::next`].
     pending: VecDeque<Inbound>,
+    /// The `changed` flag of the last Ack.
+    last_changed: bool,
 }
 
 impl FrameLink {
-    /// Connects and identifies as `secret`'s client id.
-    async fn connect(url: &str, secret: &ClientSecret) -> Result<Self, ClientError> {
-        let config = WebSocketConfig::default()
-            .max_message_size(Some(MAX_FRAME_LEN))
-            .max_frame_size(Some(MAX_FRAME_LEN));
-        let (socket, _) =
-            tokio_tungstenite::connect_async_with_config(url, Some(config), true).await?;
+    /// Connects to `base` as `role` (`companion` or `primary`) and
+    /// identifies as `secret`'s client id: a WebSocket for `ws://` and
+    /// `wss://`, an HTTP long-poll session for `http://` and `https://`.
+    async fn connect(base: &str, role: &str, secret: &ClientSecret) -> Result<Self, ClientError> {
+        let transport = if base.starts_with("http://") || base.starts_with("https://") {
+            Transport::Poll(PollSession::open(base, role).await?)
+        } else {
+            let config = WebSocketConfig::default()
+                .max_message_size(Some(MAX_FRAME_LEN))
+                .max_frame_size(Some(MAX_FRAME_LEN));
+            let (socket, _) = tokio_tungstenite::connect_async_with_config(
+                format!("{base}/v1/{role}"),
+                Some(config),
+                true,
+            )
+            .await?;
+            Transport::WebSocket(Box::new(socket))
+        };
         let mut link = FrameLink {
-            socket,
+            transport,
             awaiting: VecDeque::new(),
             pending: VecDeque::new(),
+            last_changed: false,
         };
         link.send(&Frame::Identify {
             secret: secret.clone(),
@@ -219,8 +452,35 @@ impl FrameLink {
 
     async fn send(&mut self, frame: &Frame<'_>) -> Result<(), ClientError> {
         self.awaiting.push_back(frame.frame_type());
-        self.socket.send(Message::binary(frame.encode())).await?;
+        match &mut self.transport {
+            Transport::WebSocket(socket) => socket.send(Message::binary(frame.encode())).await?,
+            Transport::Poll(session) => session.send(frame.encode()).await?,
+        }
         Ok(())
+    }
+
+    /// The next frame's bytes from the transport.
+    async fn next_bytes(&mut self) -> Result<Vec<u8>, ClientError> {
+        let socket = match &mut self.transport {
+            Transport::Poll(session) => return session.receive().await,
+            Transport::WebSocket(socket) => socket,
+        };
+        loop {
+            let message = match socket.next().await {
+                None => return Err(ClientError::Closed { code: None }),
+                Some(m) => m?,
+            };
+            match message {
+                Message::Binary(b) => return Ok(b.to_vec()),
+                Message::Close(frame) => {
+                    return Err(ClientError::Closed {
+                        code: frame.map(|f| u16::from(f.code)),
+                    })
+                }
+                Message::Text(_) => return Err(ClientError::Unexpected(FrameType::Error)),
+                _ => {}
+            }
+        }
     }
 
     /// Sends a core handshake message in a `Message` frame.
@@ -242,41 +502,29 @@ impl FrameLink {
         self.receive().await
     }
 
-    /// The next frame from the socket.
+    /// The next frame from the transport.
     async fn receive(&mut self) -> Result<Inbound, ClientError> {
-        loop {
-            let message = match self.socket.next().await {
-                None => return Err(ClientError::Closed { code: None }),
-                Some(m) => m?,
-            };
-            let bytes = match message {
-                Message::Binary(b) => b.to_vec(),
-                Message::Close(frame) => {
-                    return Err(ClientError::Closed {
-                        code: frame.map(|f| u16::from(f.code)),
-                    })
-                }
-                Message::Text(_) => return Err(ClientError::Unexpected(FrameType::Error)),
-                _ => continue,
-            };
-            match Frame::decode(&bytes)? {
-                Frame::Ack { .. } | Frame::Routed { .. } => {
-                    self.awaiting.pop_front();
-                    return Ok(Inbound::Answer);
-                }
-                Frame::Error { code, text } => {
-                    return Err(ClientError::Relay {
-                        of: self.awaiting.pop_front(),
-                        code,
-                        text: text.to_string(),
-                    })
-                }
-                Frame::Message { header, .. } => return Ok(Inbound::Message(header, bytes)),
-                Frame::PublishList { .. }
-                | Frame::PublishHeartbeat { .. }
-                | Frame::Logout { .. } => return Ok(Inbound::Push(bytes)),
-                other => return Err(ClientError::Unexpected(other.frame_type())),
+        let bytes = self.next_bytes().await?;
+        match Frame::decode(&bytes)? {
+            Frame::Ack { changed, .. } => {
+                self.awaiting.pop_front();
+                self.last_changed = changed;
+                Ok(Inbound::Answer)
             }
+            Frame::Routed { .. } => {
+                self.awaiting.pop_front();
+                Ok(Inbound::Answer)
+            }
+            Frame::Error { code, text } => Err(ClientError::Relay {
+                of: self.awaiting.pop_front(),
+                code,
+                text: text.to_string(),
+            }),
+            Frame::Message { header, .. } => Ok(Inbound::Message(header, bytes)),
+            Frame::PublishList { .. } | Frame::PublishHeartbeat { .. } | Frame::Logout { .. } => {
+                Ok(Inbound::Push(bytes))
+            }
+            other => Err(ClientError::Unexpected(other.frame_type())),
         }
     }
 
@@ -298,8 +546,13 @@ impl FrameLink {
         Ok(())
     }
 
-    async fn close(mut self) {
-        let _ = self.socket.close(None).await;
+    async fn close(self) {
+        match self.transport {
+            Transport::WebSocket(mut socket) => {
+                let _ = WebSocketStream::close(&mut socket, None).await;
+            }
+            Transport::Poll(session) => session.close().await,
+        }
     }
 }
 
@@ -377,7 +630,7 @@ impl CompanionClient {
         secret: ClientSecret,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, ClientError> {
-        let link = FrameLink::connect(&format!("{base}/v1/companion"), &secret).await?;
+        let link = FrameLink::connect(base, "companion", &secret).await?;
         let mut client = CompanionClient {
             link,
             clock,
@@ -402,7 +655,7 @@ impl CompanionClient {
         if let SessionStatus::LoggedOut { reason } = session.poll(clock.now()) {
             return Err(ClientError::LoggedOut { reason });
         }
-        let link = FrameLink::connect(&format!("{base}/v1/companion"), &secret).await?;
+        let link = FrameLink::connect(base, "companion", &secret).await?;
         let mut client = CompanionClient {
             link,
             clock,
@@ -593,9 +846,7 @@ impl CompanionClient {
                 return Err(ClientError::LoggedOut { reason });
             }
         }
-        let link = backoff
-            .connect(&format!("{base}/v1/companion"), &self.secret)
-            .await?;
+        let link = backoff.connect(base, "companion", &self.secret).await?;
         let old = std::mem::replace(&mut self.link, link);
         old.close().await;
         self.link.settle().await?;
@@ -674,7 +925,7 @@ impl PrimaryClient {
     /// Connects to `base` (`ws://host:port`).
     pub async fn connect(base: &str, clock: Arc<dyn Clock>) -> Result<Self, ClientError> {
         let secret = ClientSecret::generate(&mut rand_core::OsRng);
-        let mut link = FrameLink::connect(&format!("{base}/v1/primary"), &secret).await?;
+        let mut link = FrameLink::connect(base, "primary", &secret).await?;
         link.settle().await?;
         Ok(PrimaryClient {
             link,
@@ -688,9 +939,7 @@ impl PrimaryClient {
     /// while; a link the old connection was in the middle of is not
     /// resumed by this call).
     pub async fn reconnect(&mut self, base: &str, backoff: &Backoff) -> Result<(), ClientError> {
-        let link = backoff
-            .connect(&format!("{base}/v1/primary"), &self.secret)
-            .await?;
+        let link = backoff.connect(base, "primary", &self.secret).await?;
         let old = std::mem::replace(&mut self.link, link);
         old.close().await;
         self.link.settle().await
@@ -757,13 +1006,14 @@ impl PrimaryClient {
     }
 
     /// Publishes a device list; returns whether the relay applied it (an
-    /// old or repeated list is acknowledged as unchanged).
-    pub async fn publish_list(&mut self, list: &SignedDeviceList) -> Result<(), ClientError> {
+    /// old or repeated list is acknowledged as unchanged: `false`).
+    pub async fn publish_list(&mut self, list: &SignedDeviceList) -> Result<bool, ClientError> {
         let bytes = list.to_bytes();
         self.link
             .send(&Frame::PublishList { bytes: &bytes })
             .await?;
-        self.link.settle().await
+        self.link.settle().await?;
+        Ok(self.link.last_changed)
     }
 
     /// Publishes a heartbeat.
@@ -787,6 +1037,33 @@ impl PrimaryClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn poll_bodies_parse_totally_and_round_trip(
+            frames in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..40), 0..6),
+            close in proptest::option::of(any::<u16>()),
+            noise in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let _ = poll_records(&noise);
+            let mut body = Vec::new();
+            for f in &frames {
+                body.extend_from_slice(&(f.len() as u16).to_be_bytes());
+                body.extend_from_slice(f);
+            }
+            if let Some(code) = close {
+                body.extend_from_slice(&[0, 0]);
+                body.extend_from_slice(&code.to_be_bytes());
+            }
+            let mut want: Vec<Result<Vec<u8>, u16>> = frames.into_iter().map(Ok).collect();
+            want.extend(close.map(Err));
+            prop_assert_eq!(poll_records(&body), Some(want));
+            if !body.is_empty() {
+                prop_assert_eq!(poll_records(&body[..body.len() - 1]), None);
+            }
+        }
+    }
 
     #[test]
     fn backoff_is_capped_and_jittered_within_half() {
