@@ -39,6 +39,7 @@ pub mod codes;
 mod connection;
 mod hub;
 mod metrics;
+mod page;
 mod poll;
 
 use std::future::Future;
@@ -164,7 +165,8 @@ impl<S: Store + 'static> Relay<S> {
         self.hub.metrics.clone()
     }
 
-    /// The router: `GET /healthz`, `GET /metrics`, the WebSocket
+    /// The router: the browser companion page at `GET /` (embedded),
+    /// `GET /healthz`, `GET /metrics`, the WebSocket
     /// endpoints `GET /v1/companion` and `GET /v1/primary`, and the HTTP
     /// long-poll fallback under `/v1/poll/` (`docs/RELAY.md`). To serve it
     /// yourself, keep this `Relay` alive: dropping it is the shutdown
@@ -185,6 +187,7 @@ impl<S: Store + 'static> Relay<S> {
                     .delete(poll::close::<S>)
                     .layer(DefaultBodyLimit::max(self.hub.limits.max_frame_len)),
             )
+            .merge(page::routes())
             .with_state(self.hub.clone())
     }
 
