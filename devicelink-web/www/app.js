@@ -45,6 +45,15 @@ function label() {
   return localStorage.getItem(LABEL_KEY) || defaultLabel();
 }
 
+// Milliseconds since navigation, kept on <html data-…-ms> for the
+// end-to-end test's figures (page load to first QR code).
+function mark(name) {
+  const key = `${name}Ms`;
+  const root = document.documentElement.dataset;
+  if (root[key] === undefined) root[key] = performance.now().toFixed(1);
+  return Number(root[key]);
+}
+
 function status(text) {
   $("status").textContent = text;
 }
@@ -133,6 +142,7 @@ function connect() {
   $("connection").textContent = "Connecting to the relay…";
   ws.onopen = () => {
     retry = 0;
+    mark("socketOpen");
     $("connection").textContent = "Connected to the relay.";
     try {
       companion.connected(Date.now());
@@ -205,11 +215,7 @@ function renderQr(now) {
     $("qr").src = "data:image/svg+xml;charset=utf-8," + encodeURIComponent(svg);
     $("qr-text").textContent = text;
     shownQr = text;
-    if (firstQrAt === null) {
-      firstQrAt = performance.now();
-      performance.mark("first-qr");
-      document.documentElement.dataset.firstQrMs = firstQrAt.toFixed(1);
-    }
+    if (firstQrAt === null) firstQrAt = mark("firstQr");
   }
   const seconds = Math.max(0, Math.ceil((companion.offerExpiresAt - now) / 1000));
   const last = companion.rotation >= companion.maxRotations;
@@ -295,6 +301,7 @@ function wire() {
 async function main() {
   try {
     await init();
+    mark("wasmReady");
   } catch (e) {
     status(`This browser cannot run the companion (${e.message}).`);
     return;
