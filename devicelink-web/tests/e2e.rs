@@ -290,7 +290,9 @@ async fn open_browser(port: u16, tmp: &Path) -> Result<Client, Error> {
 async fn link_revoke_and_reload_in_headless_chromium() -> Result<(), Error> {
     let tmp = std::env::temp_dir().join(format!("devicelink-e2e-{}", std::process::id()));
     std::fs::create_dir_all(&tmp)?;
-    let docs: Option<PathBuf> = std::env::var_os("DEVICELINK_SCREENSHOTS").map(|d| root().join(d));
+    let docs: Option<PathBuf> = std::env::var_os("DEVICELINK_SCREENSHOTS")
+        .filter(|d| !d.is_empty())
+        .map(|d| root().join(d));
     let (relay_bin, phone_bin) = build().await?;
 
     // The relay, on SQLite, on a free loopback port.
@@ -465,6 +467,13 @@ async fn link_revoke_and_reload_in_headless_chromium() -> Result<(), Error> {
         .await?;
     ensure(devices == json!(2), || format!("{devices} devices listed"))?;
     page.screenshot("3-linked", true).await?;
+
+    // The phone proves it is alive: the page stays linked.
+    let beat = phone.run(&["heartbeat"]).await?;
+    ensure(beat.contains("heartbeat 1 of 1 published"), || beat.clone())?;
+    ensure(page.phase().await? == "linked", || {
+        "after a heartbeat".into()
+    })?;
 
     // 5. The phone revokes #1: the page shows the logout within 2 s.
     phone.run(&["revoke", "1"]).await?;

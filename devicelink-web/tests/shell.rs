@@ -414,3 +414,69 @@ fn heartbeats_extend_the_lease_and_silence_ends_it() {
     // A clock set back does not revive it.
     assert_eq!(c.phase(T0), Phase::LoggedOut);
 }
+
+mod total {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A first byte of every frame type, and some that are none.
+    fn frame_bytes() -> impl Strategy<Value = Vec<u8>> {
+        (
+            prop::sample::select(vec![
+                0x00u8, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x81, 0x82, 0x83, 0x84, 0x85,
+                0xff,
+            ]),
+            prop::collection::vec(any::<u8>(), 0..400),
+        )
+            .prop_map(|(t, mut body)| {
+                body.insert(0, t);
+                body
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Whatever the relay sends, the shell answers with a frame error
+        /// or handles it; it never panics, and bytes that are not a frame
+        /// change nothing, while pairing or linked.
+        #[test]
+        fn receive_is_total(frames in prop::collection::vec(frame_bytes(), 1..8)) {
+            let mut w = World::new(9);
+            let mut pairing = w.showing("Chromium", T0);
+            let mut linked = w.showing("Firefox", T0);
+            w.link(&mut linked, T0);
+            for c in [&mut pairing, &mut linked] {
+                for f in &frames {
+                    let (phase, qr) = (c.phase(T0), c.qr_text());
+                    if c.receive(f, &mut w.rng, T0).is_err() {
+                        prop_assert!(Frame::decode(f).is_err());
+                        prop_assert_eq!(c.phase(T0), phase);
+                        prop_assert_eq!(c.qr_text(), qr);
+                    }
+                }
+                c.poll(&mut w.rng, T0);
+            }
+            // Random bytes never log the linked one out or link the other.
+            prop_assert_eq!(linked.phase(T0), Phase::Linked);
+            prop_assert!(matches!(pairing.phase(T0), Phase::Showing | Phase::Connecting));
+        }
+
+        /// Saved state from storage is untrusted too: restore refuses
+        /// garbage and a damaged save with an error.
+        #[test]
+        fn restore_is_total(cut in 0usize..4000, flip in any::<(usize, u8)>()) {
+            let mut w = World::new(10);
+            let mut c = w.showing("Chromium", T0);
+            w.link(&mut c, T0);
+            let saved = c.save().unwrap().unwrap();
+            let cut = cut.min(saved.len());
+            let _ = BrowserCompanion::restore(&saved[..cut], T0);
+            let mut damaged = saved.clone();
+            let at = flip.0 % damaged.len();
+            damaged[at] ^= flip.1.max(1);
+            prop_assert!(BrowserCompanion::restore(&damaged, T0).is_err());
+            prop_assert!(BrowserCompanion::restore(&saved, T0).is_ok());
+        }
+    }
+}
