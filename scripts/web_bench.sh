@@ -21,7 +21,7 @@ native() {
     --test bench -- --nocapture --test-threads 1 2>&1 | figures
 }
 wasm() {
-  (cd devicelink-web && cargo test -q --target wasm32-unknown-unknown --target-dir ../target/wasm \
+  (cd devicelink-web && cargo test --target wasm32-unknown-unknown --target-dir ../target/wasm \
     --profile web --features "$1" --test bench -- --nocapture 2>&1 | figures)
 }
 

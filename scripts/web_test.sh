@@ -69,10 +69,10 @@ cargo clippy -q -p devicelink-web --all-targets --features bench \
   --target wasm32-unknown-unknown --target-dir target/wasm -- -D warnings
 
 step "wasm-bindgen-test: a whole link inside headless Chromium"
-(cd devicelink-web && cargo test -q --target wasm32-unknown-unknown --target-dir ../target/wasm --test browser)
+(cd devicelink-web && cargo test --target wasm32-unknown-unknown --target-dir ../target/wasm --test browser)
 
 step "end to end: relay binary + page in headless Chromium + phone example"
 DEVICELINK_SCREENSHOTS="$screenshots" \
   timeout 600 cargo test -q -p devicelink-web --features e2e --test e2e -- --nocapture
 
-step "web: done"
+step "done"

@@ -415,6 +415,8 @@ fn heartbeats_extend_the_lease_and_silence_ends_it() {
     assert_eq!(c.phase(T0), Phase::LoggedOut);
 }
 
+// Natively only: proptest is a native dev-dependency.
+#[cfg(not(target_arch = "wasm32"))]
 mod total {
     use super::*;
     use proptest::prelude::*;
