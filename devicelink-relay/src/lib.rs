@@ -47,6 +47,7 @@
 #[cfg(feature = "client")]
 pub mod client;
 pub mod code_frame;
+pub mod codes;
 pub mod frame;
 pub mod identity;
 #[cfg(feature = "server")]

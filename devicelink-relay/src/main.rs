@@ -1,6 +1,6 @@
 //! The `devicelink-relay` binary: the relay on a SQLite file (or in
-//! memory), serving `/v1/companion`, `/v1/primary`, `/healthz` and
-//! `/metrics` until Ctrl-C or SIGTERM.
+//! memory), serving the browser companion page at `/`, `/v1/companion`,
+//! `/v1/primary`, `/healthz` and `/metrics` until Ctrl-C or SIGTERM.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -140,6 +140,7 @@ async fn run<S: Store + 'static>(store: S, args: &Args, what: String) -> ExitCod
     };
     let addr = listener.local_addr().unwrap_or(args.listen);
     println!("devicelink-relay listening on ws://{addr} (store: {what})");
+    println!("the browser companion: http://{addr}/");
     match relay.serve(listener, shutdown_signal()).await {
         Ok(drained) if drained.all_closed => ExitCode::SUCCESS,
         Ok(drained) => {

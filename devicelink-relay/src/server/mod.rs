@@ -37,10 +37,10 @@
 mod admission;
 mod clock;
 mod code;
-pub mod codes;
 mod connection;
 mod hub;
 mod metrics;
+mod page;
 mod poll;
 
 use std::future::Future;
@@ -59,6 +59,7 @@ use devicelink::Policy;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+pub use crate::codes;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use metrics::Metrics;
 
@@ -197,7 +198,8 @@ impl<S: Store + 'static> Relay<S> {
         self.hub.metrics.clone()
     }
 
-    /// The router: `GET /healthz`, `GET /metrics`, the WebSocket
+    /// The router: the browser companion page at `GET /` (embedded),
+    /// `GET /healthz`, `GET /metrics`, the WebSocket
     /// endpoints `GET /v1/companion` and `GET /v1/primary`, and the HTTP
     /// long-poll fallback under `/v1/poll/` (`docs/RELAY.md`). To serve it
     /// yourself, keep this `Relay` alive: dropping it is the shutdown
@@ -218,6 +220,7 @@ impl<S: Store + 'static> Relay<S> {
                     .delete(poll::close::<S>)
                     .layer(DefaultBodyLimit::max(self.hub.limits.max_frame_len)),
             )
+            .merge(page::routes())
             .with_state(self.hub.clone())
             .merge(
                 Router::new()
