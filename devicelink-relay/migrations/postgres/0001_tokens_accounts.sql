@@ -1,0 +1,38 @@
+-- The PostgreSQL schema of the relay's durable state: the same rows as the
+-- SQLite schema (migrations/0001..0003), in PostgreSQL types. Times are Unix
+-- milliseconds of the relay's clock (never PostgreSQL's).
+
+-- Pairing tokens: the core's TokenStore contract (src/relay/ledger.rs).
+CREATE TABLE tokens (
+  id bytea PRIMARY KEY,
+  client bytea NOT NULL,
+  expires_at bigint NOT NULL,
+  keep_until bigint NOT NULL,
+  state smallint NOT NULL,       -- 0 open, 1 reserved, 2 redeemed
+  peer bytea,                    -- reserving / redeeming primary
+  state_at bigint,               -- reserved until / redeemed at
+  hello bytea                    -- the reserving Hello's SHA-256 (state = 1)
+);
+-- Sweeps delete in keep_until order and touch only what expired.
+CREATE INDEX tokens_keep ON tokens (keep_until, id);
+
+-- Open and reserved tokens per client. Rows that reach zero are deleted by
+-- the sweep (through the partial index), not by the write that zeroed them.
+CREATE TABLE clients (id bytea PRIMARY KEY, live bigint NOT NULL);
+CREATE INDEX clients_idle ON clients (id) WHERE live = 0;
+
+-- All rows of tokens (the store-wide quota).
+CREATE TABLE totals (one smallint PRIMARY KEY CHECK (one = 1), n bigint NOT NULL);
+INSERT INTO totals (one, n) VALUES (1, 0);
+
+-- Each account's newest applied device list (wire bytes, signed), the
+-- primary's last activity and the highest device index logged out for
+-- primary inactivity.
+CREATE TABLE accounts (
+  account bytea PRIMARY KEY,
+  list_version bigint NOT NULL,
+  list_hash bytea NOT NULL,
+  list bytea NOT NULL,
+  last_activity bigint NOT NULL,
+  swept_up_to bigint NOT NULL DEFAULT 0
+);
