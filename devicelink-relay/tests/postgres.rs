@@ -122,7 +122,10 @@ fn nodes_starting_together_migrate_exactly_once() {
     }
     let db = url.rsplit('/').next().unwrap();
     let rows = server.psql(db, "SELECT count(*), max(version) FROM schema_migrations");
-    assert_eq!(rows.trim(), format!("{PG_SCHEMA_VERSION}|{PG_SCHEMA_VERSION}"));
+    assert_eq!(
+        rows.trim(),
+        format!("{PG_SCHEMA_VERSION}|{PG_SCHEMA_VERSION}")
+    );
 
     // A database of a newer build is refused, not written to.
     server.psql(
@@ -150,7 +153,10 @@ fn corrupt_rows_are_typed_errors_never_panics() {
     s.register(tok(2), C, t(100), Q).unwrap();
     s.register(tok(3), C, t(100), Q).unwrap();
     let id = |n: u64| format!("'\\x{}'", hex(&tok(n).to_bytes()));
-    server.psql(&db, &format!("UPDATE tokens SET state = 7 WHERE id = {}", id(1)));
+    server.psql(
+        &db,
+        &format!("UPDATE tokens SET state = 7 WHERE id = {}", id(1)),
+    );
     server.psql(
         &db,
         &format!("UPDATE tokens SET client = '\\x0102' WHERE id = {}", id(2)),
@@ -186,7 +192,10 @@ fn corrupt_rows_are_typed_errors_never_panics() {
         s.account(&rec.account),
         Err(StoreError::Corrupt(_))
     ));
-    server.psql(&db, "UPDATE accounts SET list_hash = list_hash || '\\x00'::bytea, last_activity = -1");
+    server.psql(
+        &db,
+        "UPDATE accounts SET list_hash = list_hash || '\\x00'::bytea, last_activity = -1",
+    );
     assert!(matches!(
         s.for_each_account(&mut |_| Ok(())),
         Err(StoreError::Corrupt(_))
@@ -271,7 +280,10 @@ fn a_restart_of_postgres_is_survived_by_the_same_store() {
     for n in 0..50 {
         let state = s.get(&tok(n)).unwrap().unwrap().state;
         if n % 2 == 0 {
-            assert!(matches!(state, TokenState::Redeemed { primary: P, .. }), "{n}");
+            assert!(
+                matches!(state, TokenState::Redeemed { primary: P, .. }),
+                "{n}"
+            );
             assert_eq!(
                 s.redeem(&tok(n), C, t(3), t(900_000)),
                 Err(LedgerError::TokenAlreadyRedeemed)

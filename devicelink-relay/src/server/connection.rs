@@ -188,6 +188,7 @@ pub(crate) async fn run<S: Store + 'static, W: Wire>(
             close: close.clone(),
         },
     );
+    hub.announce_connected(client).await;
     Metrics::inc(&hub.metrics.connections_total);
     Metrics::inc(&hub.metrics.connections_open);
     tracing::debug!(%client, ?role, "connected");
@@ -200,6 +201,7 @@ pub(crate) async fn run<S: Store + 'static, W: Wire>(
     };
     let end = conn.serve(rx, &close).await;
     hub.disconnect(client, conn.subscribed);
+    hub.announce_disconnected(client);
     if let End::Close(code, refusal) = end {
         conn.close(code, refusal).await;
     }
@@ -425,7 +427,12 @@ impl<S: Store + 'static, W: Wire> Connection<S, W> {
                 }
                 let _ = msg;
                 // The frame as received is the frame to forward.
-                if !self.hub.push(routed.forward_to, bytes.clone()) {
+                if !self.hub.push(routed.forward_to, bytes.clone())
+                    && !self
+                        .hub
+                        .deliver_elsewhere(routed.forward_to, bytes.clone())
+                        .await
+                {
                     return self
                         .refuse(Refusal::transport(
                             codes::PEER_GONE,
@@ -479,6 +486,7 @@ impl<S: Store + 'static, W: Wire> Connection<S, W> {
                         if changed {
                             Metrics::inc(&self.hub.metrics.lists_applied);
                             self.hub.fan_out_list(&list, owned);
+                            self.hub.announce_list(list.account()).await;
                         }
                         self.ack(ty, changed).await
                     }
@@ -503,6 +511,7 @@ impl<S: Store + 'static, W: Wire> Connection<S, W> {
                     Some(Ok((account, owned))) => {
                         Metrics::inc(&self.hub.metrics.heartbeats_applied);
                         self.hub.fan_out_heartbeat(account, &owned);
+                        self.hub.announce_heartbeat(&owned).await;
                         self.ack(ty, true).await
                     }
                     Some(Err(refusal)) => self.refuse(refusal).await,

@@ -65,6 +65,9 @@ pub(crate) struct Hub<S: Store> {
     pub(crate) connections: Arc<Semaphore>,
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) polls: super::poll::PollSessions,
+    /// Other relay nodes on the same database (PostgreSQL), if any.
+    #[cfg(feature = "postgres")]
+    pub(crate) cluster: Option<Arc<super::cluster::Cluster>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -92,7 +95,75 @@ impl<S: Store + 'static> Hub<S> {
             metrics: Arc::new(Metrics::default()),
             shutdown,
             polls: Default::default(),
+            #[cfg(feature = "postgres")]
+            cluster: None,
         }
+    }
+
+    /// The hub of a node that shares its database with other nodes.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn with_cluster(mut self, cluster: Arc<super::cluster::Cluster>) -> Self {
+        self.cluster = Some(cluster);
+        self
+    }
+
+    /// The accounts some connection of this node subscribed to.
+    pub(crate) fn subscribed_accounts(&self) -> Vec<AccountId> {
+        lock(&self.subscribers).keys().copied().collect()
+    }
+
+    /// The clients connected to this node.
+    pub(crate) fn client_ids(&self) -> Vec<ClientId> {
+        lock(&self.clients).keys().copied().collect()
+    }
+
+    /// Tells the other nodes (if any) that `client` is connected here;
+    /// returns once they can reach it (or, if the database does not answer
+    /// within a few tries, leaves it to the cluster's resynchronization).
+    pub(crate) async fn announce_connected(&self, client: ClientId) {
+        #[cfg(feature = "postgres")]
+        if let Some(c) = &self.cluster {
+            c.announce(client).await;
+        }
+        let _ = client;
+    }
+
+    /// Tells the other nodes (if any) that `client` left this node.
+    pub(crate) fn announce_disconnected(&self, client: ClientId) {
+        #[cfg(feature = "postgres")]
+        if let Some(c) = self.cluster.clone() {
+            tokio::spawn(async move { c.disconnected(client).await });
+        }
+        let _ = client;
+    }
+
+    /// Hands `frame` to the node holding `to`, when `to` is not connected
+    /// here; whether a node took it.
+    pub(crate) async fn deliver_elsewhere(&self, to: ClientId, frame: Bytes) -> bool {
+        #[cfg(feature = "postgres")]
+        if let Some(c) = &self.cluster {
+            return c.deliver(to, frame).await;
+        }
+        let _ = (to, frame);
+        false
+    }
+
+    /// Tells the other nodes (if any) that a list of `account` was applied.
+    pub(crate) async fn announce_list(&self, account: AccountId) {
+        #[cfg(feature = "postgres")]
+        if let Some(c) = &self.cluster {
+            c.list_applied(account).await;
+        }
+        let _ = account;
+    }
+
+    /// Tells the other nodes (if any) that a heartbeat was applied.
+    pub(crate) async fn announce_heartbeat(&self, heartbeat: &[u8]) {
+        #[cfg(feature = "postgres")]
+        if let Some(c) = &self.cluster {
+            c.heartbeat_applied(heartbeat).await;
+        }
+        let _ = heartbeat;
     }
 
     /// Runs `f` (which calls the store) on the blocking pool, timing it.

@@ -35,6 +35,8 @@
 //! ```
 
 mod clock;
+#[cfg(feature = "postgres")]
+pub mod cluster;
 pub mod codes;
 mod connection;
 mod hub;
@@ -59,6 +61,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+#[cfg(feature = "postgres")]
+pub use cluster::{Cluster, ClusterOptions};
 pub use metrics::Metrics;
 
 use crate::store::{AccountDirectory, Store, StoreError};
@@ -200,6 +204,12 @@ impl<S: Store + 'static> Relay<S> {
     ) -> std::io::Result<Drained> {
         let router = self.router();
         let sweeper = tokio::spawn(hub::sweep_loop(self.hub.clone()));
+        #[cfg(feature = "postgres")]
+        let cluster = self
+            .hub
+            .cluster
+            .clone()
+            .map(|c| tokio::spawn(cluster::run(self.hub.clone(), c)));
         let signal = self.shutdown.clone();
         // Small frames in both directions: Nagle's algorithm with delayed
         // ACKs would add ~40 ms to each handshake step.
@@ -220,8 +230,40 @@ impl<S: Store + 'static> Relay<S> {
         if sweeper.await.is_err() {
             tracing::error!("the sweeper task failed");
         }
+        #[cfg(feature = "postgres")]
+        if let Some(c) = cluster {
+            if c.await.is_err() {
+                tracing::error!("the cluster task failed");
+            }
+        }
         tracing::info!(?drained, "relay stopped");
         served.map(|()| drained)
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl Relay<crate::store::PgStore> {
+    /// A node of a cluster of relays on one PostgreSQL database: like
+    /// [`Relay::new`], with its directory shared with the other nodes
+    /// ([`AccountDirectory::shared`]) and delivery across nodes through
+    /// `cluster` ([`cluster`]).
+    pub fn clustered(
+        store: crate::store::PgStore,
+        policy: &Policy,
+        limits: Limits,
+        clock: Arc<dyn Clock>,
+        cluster: Arc<Cluster>,
+    ) -> Result<Self, StoreError> {
+        let directory = AccountDirectory::open(store.clone(), policy)?.shared();
+        let ledger = Ledger::new(store, LedgerConfig::from_policy(policy));
+        let (shutdown, watching) = watch::channel(false);
+        let mut limits = limits;
+        limits.max_frame_len = limits.max_frame_len.min(MAX_FRAME_LEN);
+        let hub = Hub::new(ledger, directory, clock, limits, watching).with_cluster(cluster);
+        Ok(Relay {
+            hub: Arc::new(hub),
+            shutdown,
+        })
     }
 }
 

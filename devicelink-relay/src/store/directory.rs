@@ -37,6 +37,9 @@ pub struct AccountDirectory<S: Store> {
     store: S,
     offline_limit: std::time::Duration,
     logouts: Vec<SweptDevice>,
+    /// Other relay nodes write the same store: reload an account from it
+    /// before deciding about it (see [`AccountDirectory::shared`]).
+    shared: bool,
 }
 
 impl<S: Store> AccountDirectory<S> {
@@ -115,7 +118,72 @@ impl<S: Store> AccountDirectory<S> {
             store,
             offline_limit,
             logouts: Vec::new(),
+            shared: false,
         })
+    }
+
+    /// Marks the store as shared with other relay nodes (PostgreSQL): each
+    /// fact is then decided from the account's facts as the store holds
+    /// them now (the account is reloaded first, [`AccountDirectory::refresh`]),
+    /// and a sweep logs out only accounts whose stored activity also says
+    /// they expired (another node may have applied a heartbeat since).
+    ///
+    /// Interim, until the core's directory decides from per-account facts
+    /// loaded from the store: a node that reloads an account keeps its own
+    /// logged-out floor for it (the stored floor filters the devices it
+    /// loads).
+    pub fn shared(mut self) -> Self {
+        self.shared = true;
+        self
+    }
+
+    /// Reloads `account` from the store into the core's directory (its list
+    /// decoded and verified again, devices at or below the stored floor left
+    /// out). Returns whether the store holds the account.
+    pub fn refresh(&mut self, account: &AccountId) -> Result<bool, StoreError> {
+        let Some(rec) = self.store.account(account)? else {
+            return Ok(false);
+        };
+        let list = SignedDeviceList::from_bytes(&rec.list)
+            .map_err(|e: CertificateError| StoreError::Corrupt(e.to_string()))?;
+        if list.account() != rec.account
+            || list.version() != rec.list_version
+            || list.hash() != rec.list_hash
+        {
+            return Err(StoreError::Corrupt(format!(
+                "account {}: stored list does not match its record",
+                rec.account.fingerprint()
+            )));
+        }
+        let devices: Vec<_> = list
+            .devices()
+            .iter()
+            .filter(|e| e.index.0 > rec.swept_up_to)
+            .cloned()
+            .collect();
+        self.directory
+            .load_account(
+                rec.account,
+                (rec.list_version, rec.list_hash),
+                rec.last_activity,
+                &devices,
+            )
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        Ok(true)
+    }
+
+    /// Reloads every account the store holds (after this node may have
+    /// missed other nodes' updates).
+    pub fn refresh_all(&mut self) -> Result<usize, StoreError> {
+        let mut accounts = Vec::new();
+        self.store.for_each_account(&mut |rec| {
+            accounts.push(rec.account);
+            Ok(())
+        })?;
+        for account in &accounts {
+            self.refresh(account)?;
+        }
+        Ok(accounts.len())
     }
 
     /// The core's directory (for `is_linked`, `deadline`, `next_deadline`).
@@ -138,7 +206,26 @@ impl<S: Store> AccountDirectory<S> {
     /// Sweeps the core's directory up to `now` and records each swept
     /// account's floor.
     fn sweep_into(&mut self, now: Timestamp) -> Result<(), StoreError> {
-        let swept = self.directory.sweep(now);
+        let mut swept = self.directory.sweep(now);
+        if self.shared && !swept.is_empty() {
+            // Another node may have applied a heartbeat or list this node
+            // has not heard of: keep only accounts the store agrees expired.
+            let mut alive: Vec<AccountId> = Vec::new();
+            for d in &swept {
+                if alive.contains(&d.account) {
+                    continue;
+                }
+                let stored = self.store.account(&d.account)?;
+                if stored.is_some_and(|r| r.last_activity.saturating_add(self.offline_limit) > now)
+                {
+                    alive.push(d.account);
+                }
+            }
+            for account in &alive {
+                self.refresh(account)?;
+            }
+            swept.retain(|d| !alive.contains(&d.account));
+        }
         let mut floors: Vec<(AccountId, u32)> = Vec::new();
         for d in &swept {
             match floors.iter_mut().find(|(a, _)| *a == d.account) {
@@ -160,6 +247,9 @@ impl<S: Store> AccountDirectory<S> {
         list: &SignedDeviceList,
         now: Timestamp,
     ) -> Result<bool, AccountDirectoryError> {
+        if self.shared {
+            self.refresh(&list.account())?;
+        }
         self.sweep_into(now)?;
         if !self.directory.apply_device_list(list, now)? {
             return Ok(false);
@@ -183,6 +273,9 @@ impl<S: Store> AccountDirectory<S> {
         heartbeat: &PrimaryHeartbeat,
         now: Timestamp,
     ) -> Result<(), AccountDirectoryError> {
+        if self.shared {
+            self.refresh(&heartbeat.account())?;
+        }
         self.sweep_into(now)?;
         self.directory.apply_heartbeat(heartbeat, now)?;
         let account = heartbeat.account();

@@ -252,6 +252,9 @@ pub(crate) struct Db {
     runtime: Option<Runtime>,
     pub(crate) handle: Handle,
     pub(crate) shared: Arc<Shared>,
+    /// The connection settings (for connections outside the pool: the
+    /// cluster's listener).
+    pub(crate) config: tokio_postgres::Config,
 }
 
 impl std::fmt::Debug for Db {
@@ -303,7 +306,7 @@ impl Db {
             .build()
             .map_err(|e| format!("cannot start the store's runtime: {e}"))?;
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -318,6 +321,7 @@ impl Db {
             .build()
             .map_err(|e| format!("cannot build the pool: {e}"))?;
         Ok(Db {
+            config,
             handle: runtime.handle().clone(),
             runtime: Some(runtime),
             shared: Arc::new(Shared {
