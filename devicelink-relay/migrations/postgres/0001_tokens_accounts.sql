@@ -21,9 +21,13 @@ CREATE INDEX tokens_keep ON tokens (keep_until, id);
 CREATE TABLE clients (id bytea PRIMARY KEY, live bigint NOT NULL);
 CREATE INDEX clients_idle ON clients (id) WHERE live = 0;
 
--- All rows of tokens (the store-wide quota).
-CREATE TABLE totals (one smallint PRIMARY KEY CHECK (one = 1), n bigint NOT NULL);
-INSERT INTO totals (one, n) VALUES (1, 0);
+-- All rows of tokens (the store-wide quota), as the sum of 64 shards: a
+-- registration adds to the shard of its token id, so registrations on
+-- many nodes do not queue on one row lock for the length of a commit
+-- (fsync). Shards may go negative (sweeps subtract from shard 0); only
+-- the sum counts.
+CREATE TABLE totals (shard smallint PRIMARY KEY CHECK (shard >= 0 AND shard < 64), n bigint NOT NULL);
+INSERT INTO totals (shard, n) SELECT s, 0 FROM generate_series(0, 63) AS s;
 
 -- Each account's newest applied device list (wire bytes, signed), the
 -- primary's last activity and the highest device index logged out for

@@ -221,6 +221,14 @@ impl PgServer {
             .args(["-d", db, "-c", sql])
             .output()
             .unwrap();
+        if !out.status.success() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            eprintln!("postgres log (last lines):");
+            for l in tail.iter().rev() {
+                eprintln!("  {l}");
+            }
+        }
         check(&format!("psql {sql}"), &out);
         String::from_utf8(out.stdout).unwrap()
     }
