@@ -22,7 +22,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Bencher, BenchmarkId
 use devicelink::audit::{Actor, AuditEvent, AuditLog};
 use devicelink::certificate::DeviceListEntry;
 use devicelink::qr::{ImageStyle, OfferQr, TerminalStyle};
-use devicelink::relay::{ClientId, Directory, Ledger, Quota, TokenStore};
+use devicelink::relay::{ClientId, Directory, HelloDigest, Ledger, Quota, TokenStore};
 use devicelink::time::days;
 use devicelink::{
     AccountId, Companion, DeviceIdentity, DeviceIndex, DeviceKey, DeviceLabel, PairingOffer,
@@ -359,7 +359,14 @@ fn ledger(c: &mut Criterion) {
                             .filter(|t| {
                                 // Whoever reserves, one redeem follows a
                                 // reservation: exactly one succeeds.
-                                let _ = l.store().reserve(t, ClientId::from(10 + i), now(), until);
+                                let hello = HelloDigest::from_bytes([i as u8; 32]);
+                                let _ = l.store().reserve(
+                                    t,
+                                    ClientId::from(10 + i),
+                                    &hello,
+                                    now(),
+                                    until,
+                                );
                                 l.store().redeem(t, companion, now(), keep).is_ok()
                             })
                             .count()

@@ -16,7 +16,7 @@ use devicelink::qr::{OfferQr, TerminalStyle};
 use devicelink::time::days;
 use devicelink::{
     Account, Companion, DeviceIdentity, DeviceIndex, DeviceLabel, HandshakeError, LinkedSession,
-    Policy, RefusalReason, RegistryError, SessionStatus, Timestamp,
+    Policy, RefusalReason, RegistryError, SessionStatus, SignedDeviceList, Timestamp,
 };
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
@@ -173,7 +173,8 @@ fn main() -> Result<()> {
     now = now.saturating_add(Duration::from_secs(3_600));
     account.revoke(DeviceIndex(2), now)?;
     audit.record_registry(&mut account, now)?;
-    let list = account.device_list().to_bytes();
+    // What the relay carries: bytes, decoded (signature checked) on arrival.
+    let list = SignedDeviceList::from_bytes(&account.device_list().to_bytes())?;
     for s in &mut sessions {
         // Each companion receives the new signed device list via the relay,
         // and learns who left and why.

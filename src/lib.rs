@@ -77,7 +77,10 @@
 //! // The phone proves it is alive; the heartbeat names the device list, so a
 //! // companion extends its lease only if it holds that list.
 //! let later = now.saturating_add(devicelink::time::days(3));
-//! let heartbeat = account.heartbeat(later).to_bytes();
+//! let wire = account.heartbeat(later).to_bytes();
+//! // The companion's host decodes what arrives (the signature is checked
+//! // here: every consumer takes verified values, never raw bytes).
+//! let heartbeat = devicelink::PrimaryHeartbeat::from_bytes(&wire)?;
 //! let mut session = companion.into_session().expect("linked");
 //! session.accept_heartbeat(&heartbeat, later)?;
 //! assert_eq!(session.expires_at(), later.saturating_add(policy.primary_offline_limit()));

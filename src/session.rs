@@ -299,10 +299,10 @@ impl LinkedSession {
     /// ([`CertificateError::Fork`]).
     pub fn accept_heartbeat(
         &mut self,
-        heartbeat: &[u8],
+        heartbeat: &PrimaryHeartbeat,
         now: Timestamp,
     ) -> Result<SessionStatus, SessionError> {
-        let hb = PrimaryHeartbeat::from_bytes(heartbeat)?;
+        let hb = heartbeat;
         if hb.account() != self.account() {
             return Err(CertificateError::WrongAccount.into());
         }
@@ -319,10 +319,9 @@ impl LinkedSession {
     /// fork of the held list.
     pub fn accept_device_list(
         &mut self,
-        list: &[u8],
+        list: &SignedDeviceList,
         now: Timestamp,
     ) -> Result<DeviceListChange, SessionError> {
-        let list = SignedDeviceList::from_bytes(list)?;
         if list.account() != self.account() {
             return Err(CertificateError::WrongAccount.into());
         }
@@ -355,7 +354,7 @@ impl LinkedSession {
         if !listed {
             self.logged_out = Some(reason_of(self.index()).unwrap_or(LogoutReason::Revoked));
         }
-        self.device_list = list;
+        self.device_list = list.clone();
         Ok(DeviceListChange {
             added,
             removed,

@@ -2,6 +2,9 @@
 //! random mutations of valid ones) give `Ok` or a typed `Err`, never a panic,
 //! and a refusal never changes the receiving state.
 
+mod wire;
+use wire::FromWire;
+
 use devicelink::handshake::MessageHeader;
 use devicelink::relay::{Directory, MemoryTokenStore};
 use devicelink::{
@@ -125,10 +128,10 @@ fn feed(f: &Fixture, bytes: &[u8]) {
     let mut a = f.account.clone();
     let _ = a.confirm(&mut p, bytes, t(6));
     let mut s = f.session.clone();
-    if s.accept_device_list(bytes, t(7)).is_err() {
+    if s.device_list_bytes(bytes, t(7)).is_err() {
         assert_eq!(s.save().unwrap(), f.session.save().unwrap());
     }
-    if s.accept_heartbeat(bytes, t(7)).is_err() {
+    if s.heartbeat_bytes(bytes, t(7)).is_err() {
         assert_eq!(s.save().unwrap(), f.session.save().unwrap());
     }
 }

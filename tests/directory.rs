@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use devicelink::audit::AuditAnchor;
 use devicelink::certificate::{DeviceListDraft, DeviceListEntry};
-use devicelink::relay::{DirectoryError, SweptDevice};
+use devicelink::relay::{DeviceLogout, DirectoryError};
 use devicelink::{
     AccountId, AccountKey, DeviceIndex, DeviceKey, DeviceLabel, Directory, LogoutReason, Policy,
     PrimaryHeartbeat, SignedDeviceList, Timestamp,
@@ -128,14 +128,19 @@ fn directory_sweep_returns_exactly_the_expired_accounts_devices() {
     let mut dir = Directory::new(&policy);
     for f in &facts {
         for list in &f.lists {
-            assert_eq!(dir.apply_device_list(list, list.issued_at()), Ok(true));
+            assert_eq!(
+                dir.apply_device_list(list, list.issued_at())
+                    .map(|a| a.changed()),
+                Ok(true)
+            );
         }
         for hb in &f.heartbeats {
             dir.apply_heartbeat(hb, hb.at()).unwrap();
         }
         // An old version is ignored.
         assert_eq!(
-            dir.apply_device_list(&f.lists[0], f.lists[0].issued_at()),
+            dir.apply_device_list(&f.lists[0], f.lists[0].issued_at())
+                .map(|a| a.changed()),
             Ok(false)
         );
     }
@@ -207,7 +212,7 @@ fn directory_sweep_returns_exactly_the_expired_accounts_devices() {
     let swept = dir.sweep(sweep_at);
     let got: BTreeSet<(AccountId, u32, u64)> = swept
         .iter()
-        .map(|d: &SweptDevice| {
+        .map(|d: &DeviceLogout| {
             assert_eq!(d.reason, LogoutReason::PrimaryOffline);
             (d.account, d.index.0, d.at.as_unix_millis())
         })
@@ -268,7 +273,11 @@ fn directory_sweep_returns_exactly_the_expired_accounts_devices() {
         &DeviceListDraft::after(latest, vec![e.clone()]),
         sweep_at,
     );
-    assert_eq!(dir.apply_device_list(&missed, sweep_at), Ok(true));
+    assert_eq!(
+        dir.apply_device_list(&missed, sweep_at)
+            .map(|a| a.changed()),
+        Ok(true)
+    );
     assert!(!dir.is_linked(&expired.id, e.index, &e.device, sweep_at));
     let e = DeviceListEntry::new(
         DeviceIndex(e.index.0 + 100),
@@ -281,7 +290,11 @@ fn directory_sweep_returns_exactly_the_expired_accounts_devices() {
         &DeviceListDraft::after(&missed, vec![e.clone()]),
         sweep_at,
     );
-    assert_eq!(dir.apply_device_list(&repair, sweep_at), Ok(true));
+    assert_eq!(
+        dir.apply_device_list(&repair, sweep_at)
+            .map(|a| a.changed()),
+        Ok(true)
+    );
     assert!(dir.is_linked(&expired.id, e.index, &e.device, sweep_at));
 
     // Far in the future, every remaining device is swept, once.
@@ -299,7 +312,10 @@ fn directory_swept_account_is_not_revived_by_a_clock_going_backwards() {
     let key = AccountKey::generate(&mut rng);
     let devices = entries(&mut rng, 1, 2);
     let v1 = SignedDeviceList::sign(&key, &DeviceListDraft::new(1, devices.clone()), at(0));
-    assert_eq!(dir.apply_device_list(&v1, at(0)), Ok(true));
+    assert_eq!(
+        dir.apply_device_list(&v1, at(0)).map(|a| a.changed()),
+        Ok(true)
+    );
     let swept = dir.sweep(at(OFFLINE + DAY));
     assert_eq!(swept.len(), 2);
     assert!(!dir.is_linked(
@@ -330,5 +346,191 @@ fn directory_swept_account_is_not_revived_by_a_clock_going_backwards() {
             "device {} revived",
             e.index
         );
+    }
+}
+
+/// Signs `draft` for `key` at `t`.
+fn signed(key: &AccountKey, draft: &DeviceListDraft, t: u64) -> SignedDeviceList {
+    SignedDeviceList::sign(key, draft, at(t))
+}
+
+#[test]
+fn a_list_that_drops_devices_returns_them_with_the_lists_reasons() {
+    use devicelink::certificate::RemovedDevice;
+    use devicelink::relay::ListApplied;
+    let mut rng = ChaCha20Rng::seed_from_u64(120);
+    let key = AccountKey::generate(&mut rng);
+    let id = key.account_id();
+    let four = entries(&mut rng, 1, 4);
+    let mut dir = Directory::new(&Policy::default());
+    let v1 = signed(&key, &DeviceListDraft::new(1, four.clone()), 0);
+    assert_eq!(
+        dir.apply_device_list(&v1, at(0)),
+        Ok(ListApplied::Changed { logged_out: vec![] })
+    );
+    // v2 drops #1 (revoked) and #2 (idle), keeps #3 and #4.
+    let v2 = signed(
+        &key,
+        &DeviceListDraft {
+            removed: vec![
+                RemovedDevice {
+                    index: DeviceIndex(1),
+                    reason: LogoutReason::Revoked,
+                },
+                RemovedDevice {
+                    index: DeviceIndex(2),
+                    reason: LogoutReason::CompanionIdle,
+                },
+            ],
+            ..DeviceListDraft::after(&v1, four[2..].to_vec())
+        },
+        DAY,
+    );
+    let logout = |i: u32, reason, t| DeviceLogout {
+        account: id,
+        index: DeviceIndex(i),
+        reason,
+        at: at(t),
+    };
+    assert_eq!(
+        dir.apply_device_list(&v2, at(DAY)),
+        Ok(ListApplied::Changed {
+            logged_out: vec![
+                logout(1, LogoutReason::Revoked, DAY),
+                logout(2, LogoutReason::CompanionIdle, DAY)
+            ]
+        })
+    );
+    // A holder that missed versions: v4 drops #3 without a reason in v4.
+    let v3 = signed(
+        &key,
+        &DeviceListDraft::after(&v2, four[2..].to_vec()),
+        2 * DAY,
+    );
+    let v4 = signed(
+        &key,
+        &DeviceListDraft::after(&v3, four[3..].to_vec()),
+        3 * DAY,
+    );
+    assert_eq!(
+        dir.apply_device_list(&v4, at(3 * DAY)),
+        Ok(ListApplied::Changed {
+            logged_out: vec![logout(3, LogoutReason::Revoked, 3 * DAY)]
+        })
+    );
+    assert_eq!(
+        dir.apply_device_list(&v4, at(3 * DAY)),
+        Ok(ListApplied::Unchanged)
+    );
+    // Past the deadline, unswept: a re-pair list logs #4 out for inactivity.
+    let deadline = 3 * DAY + OFFLINE;
+    let fresh = entries(&mut rng, 5, 1);
+    let v5 = signed(&key, &DeviceListDraft::after(&v4, fresh), deadline + 5);
+    assert_eq!(
+        dir.apply_device_list(&v5, at(deadline + 5)),
+        Ok(ListApplied::Changed {
+            logged_out: vec![logout(4, LogoutReason::PrimaryOffline, deadline)]
+        })
+    );
+}
+
+#[test]
+fn account_facts_round_trip_and_a_directory_loaded_from_them_decides_alike() {
+    use devicelink::relay::AccountFacts;
+    let mut rng = ChaCha20Rng::seed_from_u64(121);
+    let policy = Policy::default();
+    let t_sweep = 25 * DAY;
+    let facts = build_facts(&mut rng, 200, t_sweep);
+    let mut dir = Directory::new(&policy);
+    for f in &facts {
+        for list in &f.lists {
+            dir.apply_device_list(list, list.issued_at()).unwrap();
+        }
+        for hb in &f.heartbeats {
+            dir.apply_heartbeat(hb, hb.at()).unwrap();
+        }
+    }
+    // Sweep some, fork one.
+    dir.sweep(at(t_sweep));
+    let f0 = &facts[5];
+    let fork = signed(
+        &f0.key,
+        &DeviceListDraft::new(f0.lists.last().unwrap().version(), vec![]),
+        t_sweep,
+    );
+    let _ = dir.apply_device_list(&fork, at(t_sweep));
+    // Every account, through bytes, into a fresh directory per account.
+    for f in &facts {
+        let held = dir.facts(&f.id).unwrap();
+        let bytes = held.to_bytes();
+        let back = AccountFacts::from_bytes(&bytes).unwrap();
+        assert_eq!(back, held);
+        assert_eq!(back.to_bytes(), bytes);
+        let mut one = Directory::new(&policy);
+        one.load_facts(&back).unwrap();
+        assert_eq!(one.facts(&f.id), Some(held.clone()));
+        assert_eq!(one.deadline(&f.id), dir.deadline(&f.id));
+        // The same next facts get the same answers in both.
+        let next = signed(
+            &f.key,
+            &DeviceListDraft::after(f.lists.last().unwrap(), entries(&mut rng, 40, 1)),
+            t_sweep + DAY,
+        );
+        let mut whole = dir.clone();
+        assert_eq!(
+            one.apply_device_list(&next, at(t_sweep + DAY)),
+            whole.apply_device_list(&next, at(t_sweep + DAY)),
+            "account {}",
+            f.id.fingerprint()
+        );
+        assert_eq!(one.facts(&f.id), whole.facts(&f.id));
+        assert_eq!(
+            one.sweep(at(t_sweep + 20 * DAY)),
+            whole
+                .sweep(at(t_sweep + 20 * DAY))
+                .into_iter()
+                .filter(|d| d.account == f.id)
+                .collect::<Vec<_>>()
+        );
+    }
+    assert!(dir.facts(&f0.id).unwrap().forked());
+}
+
+#[test]
+fn account_facts_decoding_is_total() {
+    use devicelink::relay::AccountFacts;
+    let mut rng = ChaCha20Rng::seed_from_u64(122);
+    let key = AccountKey::generate(&mut rng);
+    let mut dir = Directory::new(&Policy::default());
+    let list = signed(&key, &DeviceListDraft::new(1, entries(&mut rng, 1, 3)), 0);
+    dir.apply_device_list(&list, at(0)).unwrap();
+    let good = dir.facts(&key.account_id()).unwrap().to_bytes();
+    assert_eq!(good.len(), 72 + 3 * 36);
+    // Every truncation and extension is refused; so are an unknown version,
+    // unknown flags, and an expired account that lists devices.
+    for n in 0..good.len() {
+        assert!(AccountFacts::from_bytes(&good[..n]).is_err(), "{n}");
+    }
+    let mut longer = good.clone();
+    longer.push(0);
+    assert!(AccountFacts::from_bytes(&longer).is_err());
+    for (at_byte, value) in [(0usize, 2u8), (69, 4), (69, 2)] {
+        let mut bad = good.clone();
+        bad[at_byte] = value;
+        assert!(AccountFacts::from_bytes(&bad).is_err(), "{at_byte}={value}");
+    }
+    let mut many = good.clone();
+    many[70..72].copy_from_slice(&u16::MAX.to_be_bytes());
+    assert!(AccountFacts::from_bytes(&many).is_err());
+    // Random bytes never panic.
+    for len in [0usize, 1, 71, 72, 108, 4_680, 5_000] {
+        let mut b = vec![0u8; len];
+        for _ in 0..200 {
+            rng.fill_bytes(&mut b);
+            if len > 0 {
+                b[0] = 1;
+            }
+            let _ = AccountFacts::from_bytes(&b);
+        }
     }
 }

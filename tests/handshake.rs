@@ -654,8 +654,16 @@ fn relay_routes_only_a_hello_from_someone_who_saw_the_qr_code() {
     );
     // The rest of the handshake is routed, even after the offer's lifetime
     // (the session window keeps the redeemed token).
-    for (m, to) in [(&tr.grant, companion), (&tr.confirm, primary)] {
-        let routed = ledger.route(m, primary, t(61_000)).unwrap();
+    // Each from its own sender only.
+    for (m, from, to) in [
+        (&tr.grant, primary, companion),
+        (&tr.confirm, companion, primary),
+    ] {
+        assert_eq!(
+            ledger.route(m, to, t(61_000)),
+            Err(LedgerError::WrongClient)
+        );
+        let routed = ledger.route(m, from, t(61_000)).unwrap();
         assert_eq!((routed.token_id, routed.forward_to), (token, to));
     }
     assert_eq!(ledger.sweep(t(61_000), usize::MAX), Ok(0));

@@ -9,6 +9,9 @@
 //!
 //! Deterministic: seeded RNGs and a virtual clock; no timing assertions.
 
+mod wire;
+use wire::FromWire;
+
 use std::time::Duration;
 
 use devicelink::handshake::{CompanionEvent, FailureReason, PrimaryState};
@@ -149,7 +152,7 @@ fn broadcast_list(account: &Account, sessions: &mut [LinkedSession], now: Timest
     let bytes = account.device_list().to_bytes();
     for s in sessions.iter_mut() {
         if s.device_list().version() < account.device_list().version() {
-            s.accept_device_list(&bytes, now).unwrap();
+            s.device_list_bytes(&bytes, now).unwrap();
         }
     }
 }
@@ -237,7 +240,7 @@ fn fifth_companion_is_refused_until_one_is_revoked() {
     // Every session accepts the new list: the revoked one is logged out.
     let list = account.device_list().to_bytes();
     for s in &mut sessions {
-        let status = s.accept_device_list(&list, now).unwrap().status;
+        let status = s.device_list_bytes(&list, now).unwrap().status;
         if s.index() == DeviceIndex(2) {
             assert_eq!(
                 status,
@@ -281,7 +284,7 @@ fn fifth_companion_is_refused_until_one_is_revoked() {
     let list = account.device_list().to_bytes();
     for s in sessions.iter_mut().filter(|s| s.index() != DeviceIndex(2)) {
         assert!(matches!(
-            s.accept_device_list(&list, now).map(|c| c.status),
+            s.device_list_bytes(&list, now).map(|c| c.status),
             Ok(SessionStatus::Linked { .. })
         ));
         assert!(s
@@ -453,11 +456,11 @@ fn primary_silent_for_14_days_logs_every_companion_out() {
         // heartbeat names; one naming the session's own list meets the
         // logout too.
         assert_eq!(
-            s.accept_heartbeat(&hb.to_bytes(), later),
+            s.accept_heartbeat(&hb, later),
             Err(SessionError::LoggedOut(LogoutReason::PrimaryOffline))
         );
         assert_eq!(
-            s.accept_device_list(&account.device_list().to_bytes(), later),
+            s.accept_device_list(account.device_list(), later),
             Err(SessionError::LoggedOut(LogoutReason::PrimaryOffline))
         );
         let own = PrimaryHeartbeat::sign(
@@ -467,7 +470,7 @@ fn primary_silent_for_14_days_logs_every_companion_out() {
             later,
         );
         assert_eq!(
-            s.accept_heartbeat(&own.to_bytes(), later),
+            s.accept_heartbeat(&own, later),
             Err(SessionError::LoggedOut(LogoutReason::PrimaryOffline))
         );
         assert!(!s.is_linked(later));
@@ -518,7 +521,7 @@ fn heartbeat_at_day_10_extends_the_lease_to_day_24() {
     assert_eq!(account.next_deadline(), Some(new_deadline));
     for s in &mut sessions {
         assert_eq!(
-            s.accept_heartbeat(&bytes, hb_time),
+            s.heartbeat_bytes(&bytes, hb_time),
             Ok(SessionStatus::Linked {
                 expires_at: new_deadline
             })
@@ -564,9 +567,9 @@ fn heartbeat_at_day_10_extends_the_lease_to_day_24() {
     tampered[40] ^= 1;
     for s in &mut sessions {
         let before = s.save().unwrap();
-        assert!(s.accept_heartbeat(&foreign, at(20 * DAY)).is_err());
-        assert!(s.accept_heartbeat(&tampered, at(20 * DAY)).is_err());
-        assert!(s.accept_heartbeat(&bytes[..50], at(20 * DAY)).is_err());
+        assert!(s.heartbeat_bytes(&foreign, at(20 * DAY)).is_err());
+        assert!(s.heartbeat_bytes(&tampered, at(20 * DAY)).is_err());
+        assert!(s.heartbeat_bytes(&bytes[..50], at(20 * DAY)).is_err());
         assert_eq!(s.save().unwrap(), before);
     }
 }
@@ -640,7 +643,7 @@ fn expiry_warning_starts_exactly_warn_before_the_logout() {
         // A heartbeat during the warning moves both instants.
         let hb_time = plus(warn, 10);
         let hb = account.heartbeat(hb_time).to_bytes();
-        let status = s.accept_heartbeat(&hb, hb_time).unwrap();
+        let status = s.heartbeat_bytes(&hb, hb_time).unwrap();
         let new_expires = plus(hb_time, OFFLINE);
         assert_eq!(
             status,
@@ -904,7 +907,7 @@ fn clock_going_backwards_never_revives_and_never_panics() {
         for (s, status) in sessions.iter_mut().zip(&session_status) {
             assert_eq!(s.poll(t), *status);
             assert_eq!(s.status(t), *status);
-            assert!(s.accept_heartbeat(&old_hb, t).is_err());
+            assert!(s.heartbeat_bytes(&old_hb, t).is_err());
             let _ = s.next_deadline();
             let _ = s.warn_at();
         }
@@ -1173,7 +1176,7 @@ fn account_restore_refuses_a_corrupted_account_key() {
                 "corrupted key restored: account {:?} became {:?}; companion answers {:?}",
                 account.account_id(),
                 restored.account_id(),
-                session.accept_heartbeat(&hb, at(DAY))
+                session.heartbeat_bytes(&hb, at(DAY))
             );
         }
     }
@@ -1196,7 +1199,7 @@ fn expiry_driven_list_update_does_not_extend_leases_beyond_the_registry() {
     );
     assert!(account.device_list().version() > version);
     session
-        .accept_device_list(&account.device_list().to_bytes(), at(DAY))
+        .accept_device_list(account.device_list(), at(DAY))
         .unwrap();
     assert_eq!(account.primary_deadline(), at(OFFLINE));
     assert_eq!(session.expires_at(), account.primary_deadline());
@@ -1352,17 +1355,17 @@ fn linked_session_save_restore_continues_identically() {
     let run = |s: &mut LinkedSession| -> Vec<String> {
         let mut out = Vec::new();
         out.push(format!("{:?}", s.status(at(13 * DAY))));
-        out.push(format!("{:?}", s.accept_heartbeat(&hb, at(5 * DAY))));
-        out.push(format!("{:?}", s.accept_heartbeat(&foreign, at(7 * DAY))));
-        out.push(format!("{:?}", s.accept_device_list(&list, at(6 * DAY))));
-        out.push(format!("{:?}", s.accept_device_list(&list, at(6 * DAY))));
+        out.push(format!("{:?}", s.heartbeat_bytes(&hb, at(5 * DAY))));
+        out.push(format!("{:?}", s.heartbeat_bytes(&foreign, at(7 * DAY))));
+        out.push(format!("{:?}", s.device_list_bytes(&list, at(6 * DAY))));
+        out.push(format!("{:?}", s.device_list_bytes(&list, at(6 * DAY))));
         for d in [13, 18, 19, 20, 21] {
             out.push(format!("{:?}", s.status(at(d * DAY))));
             out.push(format!("{:?}", s.next_deadline()));
         }
         out.push(format!("{:?}", s.poll(at(20 * DAY))));
         out.push(format!("{:?}", s.status(at(DAY))));
-        out.push(format!("{:?}", s.accept_heartbeat(&hb, at(5 * DAY))));
+        out.push(format!("{:?}", s.heartbeat_bytes(&hb, at(5 * DAY))));
         out.push(String::from_utf8(s.save().unwrap()).unwrap());
         out
     };
@@ -1631,9 +1634,7 @@ fn full_account_refuses_new_devices_but_lets_a_listed_device_re_pair() {
         .expect("refused");
     assert!(is_full_refusal(&err, 4), "{err:?}");
     // The old session sees the pending re-pair and stays linked.
-    let change = sessions[1]
-        .accept_device_list(&list.to_bytes(), now)
-        .unwrap();
+    let change = sessions[1].accept_device_list(&list, now).unwrap();
     assert!(matches!(change.status, SessionStatus::Linked { .. }));
     assert_eq!(
         change.added,
@@ -1670,9 +1671,7 @@ fn full_account_refuses_new_devices_but_lets_a_listed_device_re_pair() {
     let old_entry = list.entry(DeviceIndex(2)).unwrap().clone();
     let new_entry = replaced.entry(DeviceIndex(5)).unwrap().clone();
     for s in &mut sessions {
-        let change = s
-            .accept_device_list(&replaced.to_bytes(), t_confirm)
-            .unwrap();
+        let change = s.accept_device_list(&replaced, t_confirm).unwrap();
         if s.index() == DeviceIndex(2) {
             assert_eq!(
                 change.status,
@@ -1694,9 +1693,7 @@ fn full_account_refuses_new_devices_but_lets_a_listed_device_re_pair() {
     }
     let mut new_session = p.companion.into_session().expect("linked");
     assert_eq!(new_session.index(), DeviceIndex(5));
-    assert!(new_session
-        .accept_device_list(&replaced.to_bytes(), t_confirm)
-        .is_ok());
+    assert!(new_session.accept_device_list(&replaced, t_confirm).is_ok());
     assert!(new_session.is_linked(t_confirm));
 
     // Device #3 re-pairs too, but its Confirm never arrives: #3 stays
@@ -1716,9 +1713,7 @@ fn full_account_refuses_new_devices_but_lets_a_listed_device_re_pair() {
     let pending_list = account.device_list().clone();
     assert!(pending_list.contains(DeviceIndex(3), &key3));
     assert!(pending_list.contains(DeviceIndex(6), &key3));
-    sessions[2]
-        .accept_device_list(&pending_list.to_bytes(), t2)
-        .unwrap();
+    sessions[2].accept_device_list(&pending_list, t2).unwrap();
     let deadline = plus(t2, 60 * SECOND);
     account.poll(deadline);
     assert_eq!(
@@ -1745,9 +1740,7 @@ fn full_account_refuses_new_devices_but_lets_a_listed_device_re_pair() {
     let after = account.device_list().clone();
     assert!(after.contains(DeviceIndex(3), &key3));
     assert!(!after.contains(DeviceIndex(6), &key3));
-    let change = sessions[2]
-        .accept_device_list(&after.to_bytes(), deadline)
-        .unwrap();
+    let change = sessions[2].accept_device_list(&after, deadline).unwrap();
     assert!(matches!(change.status, SessionStatus::Linked { .. }));
     assert_eq!(
         change.removed,
@@ -1760,10 +1753,7 @@ fn full_account_refuses_new_devices_but_lets_a_listed_device_re_pair() {
     let mut orphan = p.companion.into_session().expect("linked on its side");
     assert_eq!(orphan.index(), DeviceIndex(6));
     assert_eq!(
-        orphan
-            .accept_device_list(&after.to_bytes(), deadline)
-            .unwrap()
-            .status,
+        orphan.accept_device_list(&after, deadline).unwrap().status,
         SessionStatus::LoggedOut {
             reason: LogoutReason::ConfirmationTimedOut
         }
@@ -1874,7 +1864,7 @@ fn a_backdated_heartbeat_is_signed_at_the_registry_clock_and_revives_nobody() {
     // everyone)...
     let bytes = hb.to_bytes();
     assert_eq!(
-        s1.accept_heartbeat(&bytes, at(5 * DAY)),
+        s1.heartbeat_bytes(&bytes, at(5 * DAY)),
         Err(SessionError::Certificate(
             CertificateError::NeedDeviceList {
                 version: account.device_list_version()
@@ -1885,7 +1875,7 @@ fn a_backdated_heartbeat_is_signed_at_the_registry_clock_and_revives_nobody() {
     assert_eq!(s1.expires_at(), at(OFFLINE));
     // ...and that list logs it out, with its reason.
     let change = s1
-        .accept_device_list(&account.device_list().to_bytes(), at(5 * DAY))
+        .accept_device_list(account.device_list(), at(5 * DAY))
         .unwrap();
     assert_eq!(
         change.status,
@@ -1894,7 +1884,7 @@ fn a_backdated_heartbeat_is_signed_at_the_registry_clock_and_revives_nobody() {
         }
     );
     assert_eq!(
-        s1.accept_heartbeat(&bytes, at(5 * DAY)),
+        s1.heartbeat_bytes(&bytes, at(5 * DAY)),
         Err(SessionError::LoggedOut(LogoutReason::PrimaryOffline))
     );
     assert!(!s1.is_linked(at(5 * DAY)));
@@ -1910,7 +1900,7 @@ fn a_backdated_heartbeat_is_signed_at_the_registry_clock_and_revives_nobody() {
     );
     assert!(s2.is_linked(at(5 * DAY)));
     assert_eq!(
-        s2.accept_heartbeat(&same_time.to_bytes(), at(5 * DAY)),
+        s2.accept_heartbeat(&same_time, at(5 * DAY)),
         Err(SessionError::LoggedOut(LogoutReason::PrimaryOffline))
     );
     assert_eq!(
@@ -1940,7 +1930,8 @@ fn heartbeats_bind_the_device_list() {
     let id = account.account_id();
     let mut dir = Directory::new(&policy);
     assert_eq!(
-        dir.apply_device_list(account.device_list(), at(0)),
+        dir.apply_device_list(account.device_list(), at(0))
+            .map(|a| a.changed()),
         Ok(true)
     );
 
@@ -1956,7 +1947,7 @@ fn heartbeats_bind_the_device_list() {
     for s in &mut sessions {
         let saved = s.save().unwrap();
         assert_eq!(
-            s.accept_heartbeat(&hb.to_bytes(), at(2 * DAY)),
+            s.accept_heartbeat(&hb, at(2 * DAY)),
             Err(SessionError::Certificate(
                 CertificateError::NeedDeviceList { version: need }
             ))
@@ -1975,9 +1966,7 @@ fn heartbeats_bind_the_device_list() {
     // the removal with its reason, and the heartbeat extends them.
     let revoked_entry = before.entry(DeviceIndex(1)).unwrap().clone();
     for s in &mut sessions {
-        let change = s
-            .accept_device_list(&revoked_list.to_bytes(), at(2 * DAY))
-            .unwrap();
+        let change = s.accept_device_list(&revoked_list, at(2 * DAY)).unwrap();
         assert!(change.added.is_empty());
         assert_eq!(
             change.removed,
@@ -1994,7 +1983,7 @@ fn heartbeats_bind_the_device_list() {
                 }
             );
             assert_eq!(
-                s.accept_heartbeat(&hb.to_bytes(), at(2 * DAY)),
+                s.accept_heartbeat(&hb, at(2 * DAY)),
                 Err(SessionError::LoggedOut(LogoutReason::Revoked))
             );
         } else {
@@ -2005,14 +1994,18 @@ fn heartbeats_bind_the_device_list() {
                 }
             );
             assert_eq!(
-                s.accept_heartbeat(&hb.to_bytes(), at(2 * DAY)),
+                s.accept_heartbeat(&hb, at(2 * DAY)),
                 Ok(SessionStatus::Linked {
                     expires_at: at(2 * DAY + OFFLINE)
                 })
             );
         }
     }
-    assert_eq!(dir.apply_device_list(&revoked_list, at(2 * DAY)), Ok(true));
+    assert_eq!(
+        dir.apply_device_list(&revoked_list, at(2 * DAY))
+            .map(|a| a.changed()),
+        Ok(true)
+    );
     assert!(!dir.is_linked(&id, DeviceIndex(1), &sessions[0].device_key(), at(2 * DAY)));
     assert_eq!(dir.apply_heartbeat(&hb, at(2 * DAY)), Ok(()));
     assert_eq!(dir.deadline(&id), Some(at(2 * DAY + OFFLINE)));
@@ -2033,7 +2026,7 @@ fn heartbeats_bind_the_device_list() {
     assert_eq!(entry.label.as_str(), "newcomer");
     assert_eq!(entry.linked_at, t);
     for s in sessions.iter_mut().skip(1) {
-        let change = s.accept_device_list(&list.to_bytes(), t).unwrap();
+        let change = s.accept_device_list(&list, t).unwrap();
         assert_eq!(change.added, vec![entry.clone()]);
         assert!(change.removed.is_empty());
         assert!(matches!(change.status, SessionStatus::Linked { .. }));
@@ -2083,19 +2076,19 @@ fn a_restored_old_phone_produces_lists_the_sessions_refuse_as_a_fork() {
     for s in sessions.iter_mut().skip(1) {
         let saved_session = s.save().unwrap();
         assert_eq!(
-            s.accept_device_list(&forked.to_bytes(), at(2 * DAY)),
+            s.accept_device_list(&forked, at(2 * DAY)),
             Err(SessionError::Certificate(CertificateError::Fork {
                 version: v + 1
             }))
         );
         assert_eq!(
-            s.accept_heartbeat(&old_hb.to_bytes(), at(2 * DAY)),
+            s.accept_heartbeat(&old_hb, at(2 * DAY)),
             Err(SessionError::Certificate(CertificateError::Fork {
                 version: v + 1
             }))
         );
         assert_eq!(
-            s.accept_device_list(&forked_next.to_bytes(), at(3 * DAY)),
+            s.accept_device_list(&forked_next, at(3 * DAY)),
             Err(SessionError::Certificate(CertificateError::Fork {
                 version: v + 1
             }))
@@ -2122,10 +2115,12 @@ fn a_restored_old_phone_produces_lists_the_sessions_refuse_as_a_fork() {
     account.revoke(DeviceIndex(2), at(4 * DAY)).unwrap();
     let next = account.device_list().clone();
     assert_eq!(next.previous(), genuine.hash());
-    assert_eq!(dir.apply_device_list(&next, at(4 * DAY)), Ok(true));
-    let change = sessions[2]
-        .accept_device_list(&next.to_bytes(), at(4 * DAY))
-        .unwrap();
+    assert_eq!(
+        dir.apply_device_list(&next, at(4 * DAY))
+            .map(|a| a.changed()),
+        Ok(true)
+    );
+    let change = sessions[2].accept_device_list(&next, at(4 * DAY)).unwrap();
     assert!(matches!(change.status, SessionStatus::Linked { .. }));
     // Serialised lists keep the chain (what a relay stores and forwards).
     assert_eq!(
@@ -2156,9 +2151,7 @@ fn a_new_device_is_announced_and_quarantined_for_the_policy_window() {
     );
     let t1 = at(3_600_000);
     let second = link(&mut account, "Unknown tablet", &mut rng, t1);
-    let change = first
-        .accept_device_list(&account.device_list().to_bytes(), t1)
-        .unwrap();
+    let change = first.accept_device_list(account.device_list(), t1).unwrap();
     assert_eq!(change.added.len(), 1);
     assert_eq!(change.added[0].index, second.index());
     assert_eq!(change.added[0].label.as_str(), "Unknown tablet");
@@ -2172,7 +2165,6 @@ fn a_new_device_is_announced_and_quarantined_for_the_policy_window() {
     let mut plain = Account::generate(Policy::default(), &mut rng, t0);
     let mut a = link(&mut plain, "A", &mut rng, t0);
     link(&mut plain, "B", &mut rng, t1);
-    a.accept_device_list(&plain.device_list().to_bytes(), t1)
-        .unwrap();
+    a.accept_device_list(plain.device_list(), t1).unwrap();
     assert!(a.recently_linked(t1).is_empty());
 }

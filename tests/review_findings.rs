@@ -68,7 +68,8 @@ fn review_directory_heartbeat_naming_an_older_list_must_not_replace_the_held_has
     let tablet = link(&mut account, "tablet", &mut rng, at(SECOND));
     let mut dir = Directory::new(account.policy());
     assert_eq!(
-        dir.apply_device_list(account.device_list(), at(SECOND)),
+        dir.apply_device_list(account.device_list(), at(SECOND))
+            .map(|a| a.changed()),
         Ok(true)
     );
     // An old backup of the phone, taken now (version N).
@@ -77,7 +78,8 @@ fn review_directory_heartbeat_naming_an_older_list_must_not_replace_the_held_has
     // The genuine phone revokes the tablet: version N+1, applied.
     account.revoke(tablet.index(), at(DAY)).unwrap();
     assert_eq!(
-        dir.apply_device_list(account.device_list(), at(DAY)),
+        dir.apply_device_list(account.device_list(), at(DAY))
+            .map(|a| a.changed()),
         Ok(true)
     );
     assert!(!dir.is_linked(
@@ -97,7 +99,8 @@ fn review_directory_heartbeat_naming_an_older_list_must_not_replace_the_held_has
     // N+1, which the directory holds. It must apply.
     account.revoke(laptop.index(), at(3 * DAY)).unwrap();
     assert_eq!(
-        dir.apply_device_list(account.device_list(), at(3 * DAY)),
+        dir.apply_device_list(account.device_list(), at(3 * DAY))
+            .map(|a| a.changed()),
         Ok(true),
         "the genuine successor of the held list was refused"
     );
@@ -140,7 +143,7 @@ fn review_a_device_removed_in_a_settled_version_learns_the_right_reason() {
     account.revoke(laptop.index(), at(2 * 60 * SECOND)).unwrap();
     let next = account.device_list().clone();
     let change = tablet
-        .accept_device_list(&next.to_bytes(), at(2 * 60 * SECOND))
+        .accept_device_list(&next, at(2 * 60 * SECOND))
         .unwrap();
     assert_eq!(
         change.status,

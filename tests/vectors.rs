@@ -12,6 +12,9 @@
 //! Regenerate (only when the protocol changes) with
 //! `DEVICELINK_WRITE_VECTORS=1 cargo test --test vectors`.
 
+mod wire;
+use wire::FromWire;
+
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use devicelink::audit::AuditLog;
@@ -948,10 +951,10 @@ fn compute(seed: u64, now_ms: u64, label: &str) -> Value {
 
     let session_before = session1.clone();
     session1
-        .accept_device_list(&v6_bytes, t(revoked_at))
+        .device_list_bytes(&v6_bytes, t(revoked_at))
         .unwrap();
     let e = session1
-        .accept_device_list(&forked, t(revoked_at))
+        .device_list_bytes(&forked, t(revoked_at))
         .unwrap_err();
     assert_eq!(format!("{e:?}"), "Certificate(Fork { version: 6 })");
     rejections.push(rejected(
@@ -962,7 +965,7 @@ fn compute(seed: u64, now_ms: u64, label: &str) -> Value {
     ));
     let e = session_before
         .clone()
-        .accept_heartbeat(&heartbeat2, t(hb_at))
+        .heartbeat_bytes(&heartbeat2, t(hb_at))
         .unwrap_err();
     assert_eq!(
         format!("{e:?}"),
@@ -974,11 +977,15 @@ fn compute(seed: u64, now_ms: u64, label: &str) -> Value {
         &heartbeat2,
         format!("{e:?}"),
     ));
-    session1.accept_heartbeat(&heartbeat2, t(hb_at)).unwrap();
+    session1.heartbeat_bytes(&heartbeat2, t(hb_at)).unwrap();
 
     let v5_list = SignedDeviceList::from_bytes(&v5.signed(&account_seed)).unwrap();
     let mut dir = Directory::new(&policy);
-    assert_eq!(dir.apply_device_list(&v5_list, t(hb_at)), Ok(true));
+    assert_eq!(
+        dir.apply_device_list(&v5_list, t(hb_at))
+            .map(|a| a.changed()),
+        Ok(true)
+    );
     let hb2 = PrimaryHeartbeat::from_bytes(&heartbeat2).unwrap();
     let e = dir.apply_heartbeat(&hb2, t(hb_at)).unwrap_err();
     assert_eq!(format!("{e:?}"), "NeedDeviceList { version: 6 }");
@@ -989,7 +996,11 @@ fn compute(seed: u64, now_ms: u64, label: &str) -> Value {
         format!("{e:?}"),
     ));
     let v6_list = SignedDeviceList::from_bytes(&v6_bytes).unwrap();
-    assert_eq!(dir.apply_device_list(&v6_list, t(hb_at)), Ok(true));
+    assert_eq!(
+        dir.apply_device_list(&v6_list, t(hb_at))
+            .map(|a| a.changed()),
+        Ok(true)
+    );
     let e = dir
         .apply_device_list(&SignedDeviceList::from_bytes(&forked).unwrap(), t(hb_at))
         .unwrap_err();

@@ -162,7 +162,13 @@ fn relay_binary() -> Result<PathBuf, Error> {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let release = dir.ends_with("release");
         let mut c = Command::new(cargo);
-        c.args(["build", "-p", "devicelink-relay", "--bin", "devicelink-relay"]);
+        c.args([
+            "build",
+            "-p",
+            "devicelink-relay",
+            "--bin",
+            "devicelink-relay",
+        ]);
         if release {
             c.arg("--release");
         }
@@ -176,7 +182,14 @@ fn relay_binary() -> Result<PathBuf, Error> {
 fn spawn(bin: &Path, db: &str) -> Result<Node, Error> {
     let mut child = Command::new(bin)
         .args(["--listen", "127.0.0.1:0", "--db", db])
-        .args(["--rate", "100000", "--burst", "100000", "--max-connections", "10000"])
+        .args([
+            "--rate",
+            "100000",
+            "--burst",
+            "100000",
+            "--max-connections",
+            "10000",
+        ])
         .env("RUST_LOG", "error")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -317,12 +330,23 @@ async fn main() -> Result<(), Error> {
             .collect::<Result<_, _>>()?;
         let before = pg_counters(&server, &db);
         let r = tokio::task::spawn_blocking(move || redeem(&opened, t, threads)).await?;
-        println!("  PostgreSQL, {stores} store(s):          {r:>8.0} /s ({:.2}× SQLite)", r / r_sqlite);
-        report_pg(&server, &db, before, tokens as f64 * 3.0, "per write (register, reserve, redeem)");
+        println!(
+            "  PostgreSQL, {stores} store(s):          {r:>8.0} /s ({:.2}× SQLite)",
+            r / r_sqlite
+        );
+        report_pg(
+            &server,
+            &db,
+            before,
+            tokens as f64 * 3.0,
+            "per write (register, reserve, redeem)",
+        );
         r_pg.push(r);
     }
 
-    println!("== full pairings/s ({links} links, {concurrency} at a time, both ends in this process)");
+    println!(
+        "== full pairings/s ({links} links, {concurrency} at a time, both ends in this process)"
+    );
     let bin = relay_binary()?;
     let sqlite_db = dir.path().join("relay.db");
     let node = spawn(&bin, &sqlite_db.to_string_lossy())?;
@@ -338,7 +362,9 @@ async fn main() -> Result<(), Error> {
     for n in [1usize, 3] {
         let url = server.create_database(&format!("pair{n}"));
         let db = url.rsplit('/').next().unwrap_or_default().to_string();
-        let nodes: Vec<Node> = (0..n).map(|_| spawn(&bin, &url)).collect::<Result<_, _>>()?;
+        let nodes: Vec<Node> = (0..n)
+            .map(|_| spawn(&bin, &url))
+            .collect::<Result<_, _>>()?;
         let before = pg_counters(&server, &db);
         let (rate, p50, p99) = pairings(&nodes, links, concurrency).await?;
         let (calls, secs) = nodes

@@ -2,8 +2,9 @@
 //! given as the first argument, `THREADS` threads register, reserve and
 //! redeem fresh tokens, and print each redeemed token's number (one line,
 //! flushed) only after the store acknowledged the redemption; one more
-//! thread stores ever newer list versions of one account (named by the
-//! offset) and prints `L <version>` after each acknowledged `put_list`. Runs until
+//! thread applies ever newer signed device lists of one account (its key
+//! seeded by the offset) through the `AccountDirectory` and prints
+//! `L <version>` after each acknowledged one. Runs until
 //! killed or until `COUNT` (second argument) tokens are redeemed. Token
 //! numbers start at `REDEEM_LOOP_OFFSET` (environment, default 0), so a
 //! restarted run uses fresh tokens.
@@ -12,9 +13,15 @@ use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use devicelink::certificate::{DeviceListDraft, DeviceListEntry};
 use devicelink::relay::{ClientId, HelloDigest, Quota, TokenStore};
-use devicelink::{AccountId, Timestamp, TokenId};
-use devicelink_relay::{AccountRecord, SqliteStore, Store};
+use devicelink::{
+    AccountKey, DeviceIdentity, DeviceIndex, DeviceLabel, Policy, SignedDeviceList, Timestamp,
+    TokenId,
+};
+use devicelink_relay::{AccountDirectory, SqliteStore};
+use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::ChaCha20Rng;
 
 const THREADS: u64 = 4;
 
@@ -48,21 +55,39 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let now = Timestamp::from_unix_millis(1_000);
     let far = Timestamp::from_unix_millis(1_000_000_000);
     let lists = {
-        let store = store.clone();
-        let account = AccountId::from_bytes([(offset % 251) as u8 + 1; 32]);
+        let directory = AccountDirectory::new(store.clone(), &Policy::default());
+        let mut rng = ChaCha20Rng::seed_from_u64(offset);
+        let key = AccountKey::generate(&mut rng);
+        let device = DeviceListEntry::new(
+            DeviceIndex(1),
+            DeviceIdentity::generate(&mut rng).device_key(),
+            DeviceLabel::new("laptop").map_err(|e| e.to_string())?,
+            now,
+        );
         std::thread::spawn(move || -> Result<(), String> {
-            for version in 1..=count.min(1_000_000) {
-                let record = AccountRecord {
-                    account,
-                    list_version: version,
-                    list_hash: [version as u8; 32],
-                    list: version.to_be_bytes().repeat(64),
-                    last_activity: Timestamp::from_unix_millis(version),
-                    swept_up_to: 0,
+            // Continue after what an earlier run of this offset stored.
+            let mut previous: Option<SignedDeviceList> = directory
+                .account(&key.account_id())
+                .map_err(|e| e.to_string())?
+                .map(|r| SignedDeviceList::from_bytes(&r.list))
+                .transpose()
+                .map_err(|e| e.to_string())?;
+            for _ in 0..count.min(1_000_000) {
+                let devices = vec![device.clone()];
+                let draft = match &previous {
+                    Some(p) => DeviceListDraft::after(p, devices),
+                    None => DeviceListDraft::new(1, devices),
                 };
-                if !store.put_list(&record).map_err(|e| e.to_string())? {
-                    return Err(format!("list version {version} not stored"));
+                let version = draft.version;
+                let list = SignedDeviceList::sign(&key, &draft, now);
+                if !directory
+                    .apply_device_list(&list, now)
+                    .map_err(|e| e.to_string())?
+                    .changed()
+                {
+                    return Err(format!("list version {version} not applied"));
                 }
+                previous = Some(list);
                 let mut out = std::io::stdout().lock();
                 writeln!(out, "L {version}").map_err(|e| e.to_string())?;
                 out.flush().map_err(|e| e.to_string())?;

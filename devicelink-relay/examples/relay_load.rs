@@ -61,6 +61,9 @@ async fn run<S: Store + 'static>(store: S, links: usize, concurrency: usize) -> 
     let limits = Limits {
         rate_per_second: 1_000,
         rate_burst: 1_000,
+        // Every load client comes from 127.0.0.1.
+        connect_rate_per_address: 0,
+        max_connections_per_address: u32::MAX,
         ..Limits::default()
     };
     let relay = Relay::new(store, &Policy::default(), limits, clock.clone())?;

@@ -15,19 +15,26 @@
 //! [`Frame::Ack`], [`Frame::Routed`] or [`Frame::Error`], in order, so a
 //! client knows which of its frames an error is about.
 //!
-//! Reconnection: [`CompanionClient::reconnect`] and
+//! Identity and reconnection: every client holds a [`ClientSecret`] and
+//! sends `Identify` as its first frame on every connection, so the relay
+//! knows it as the same client id each time (the ledger binds a pairing's
+//! token to that id, and frames routed to it while it is away wait in a
+//! mailbox for a while). [`CompanionClient::reconnect`] and
 //! [`PrimaryClient::reconnect`] connect again with capped, jittered
-//! exponential [`Backoff`]; a linked companion subscribes again (and the
-//! relay sends it the newest list). A pairing cannot move to a new
-//! connection: the relay binds a token to the connection that registered it,
-//! so a companion that lost its connection while pairing shows a new offer.
+//! exponential [`Backoff`]: a pairing companion goes on waiting for its
+//! Hello (its token still registered), a linked companion subscribes again
+//! (and the relay sends it the newest list), and a logged-out companion
+//! does not reconnect at all ([`ClientError::LoggedOut`]). A host that
+//! saves the client's state (the core's `Companion::save` or
+//! `LinkedSession::save`, and [`CompanionClient::secret`]) resumes with
+//! [`CompanionClient::resume`] after a restart.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use devicelink::handshake::{MessageHeader, MessageKind};
-use devicelink::relay::HelloDigest;
+use devicelink::relay::{HelloDigest, SubscriptionProof};
 use devicelink::{
     Account, Companion, CompanionState, ConfirmedLink, DeviceIndex, DeviceListChange, ErrorKind,
     HandshakeError, LinkRequest, LinkedSession, LogoutReason, PrimaryHeartbeat, RefusalReason,
@@ -41,6 +48,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::frame::{Frame, FrameError, FrameType};
+use crate::identity::ClientSecret;
 use crate::server::{codes, Clock};
 use crate::MAX_FRAME_LEN;
 
@@ -69,6 +77,9 @@ pub enum ClientError {
     /// The relay sent bytes that are not a frame.
     #[error("bad frame from the relay: {0}")]
     Frame(#[from] FrameError),
+    /// The long-poll transport failed (an HTTP status or request error).
+    #[error("long-poll: {0}")]
+    Http(String),
     /// The relay sent a frame this client did not expect now.
     #[error("unexpected {0:?} frame from the relay")]
     Unexpected(FrameType),
@@ -84,10 +95,13 @@ pub enum ClientError {
     /// The pairing ended without a link (display ended, grant timed out).
     #[error("pairing failed: {0:?}")]
     PairingFailed(devicelink::handshake::FailureReason),
-    /// A pairing cannot resume on a new connection (the relay binds the
-    /// token to the connection that registered it): show a new offer.
-    #[error("a pairing cannot resume on a new connection; show a new offer")]
-    CannotResume,
+    /// The companion's session is logged out (its own status, from signed
+    /// facts): it does not reconnect; re-pair to continue.
+    #[error("the session is logged out ({reason:?}); re-pair to continue")]
+    LoggedOut {
+        /// Why.
+        reason: LogoutReason,
+    },
 }
 
 /// Capped, jittered exponential backoff between connection attempts: the
@@ -124,10 +138,15 @@ impl Backoff {
         d.mul_f64(0.5 + jitter / 2.0)
     }
 
-    async fn connect(&self, url: &str) -> Result<FrameLink, ClientError> {
+    async fn connect(
+        &self,
+        base: &str,
+        role: &str,
+        secret: &ClientSecret,
+    ) -> Result<FrameLink, ClientError> {
         let mut n = 0;
         loop {
-            match FrameLink::connect(url).await {
+            match FrameLink::connect(base, role, secret).await {
                 Ok(link) => return Ok(link),
                 Err(e) if n + 1 >= self.attempts.max(1) => return Err(e),
                 Err(e) => {
@@ -161,6 +180,10 @@ type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// test clock is noticed).
 const MAX_WAIT: Duration = Duration::from_millis(100);
 
+/// Most frames kept while waiting for answers (the relay's default
+/// outbound queue).
+const MAX_PENDING: usize = 64;
+
 /// What the relay sent.
 enum Inbound {
     /// An Ack or Routed: one of our frames was carried out.
@@ -171,30 +194,293 @@ enum Inbound {
     Push(Vec<u8>),
 }
 
-/// One WebSocket connection carrying frames, with the queue of our frames
-/// the relay has not answered yet.
+/// What carries frames: a WebSocket, or an HTTP long-poll session.
+enum Transport {
+    WebSocket(Box<Socket>),
+    Poll(PollSession),
+}
+
+/// The client side of an HTTP long-poll session (`docs/RELAY.md` §3.6):
+/// frames are posted numbered (`If-Match`), so a retried POST is taken
+/// once; a poller task polls and acknowledges what it received
+/// (`If-None-Match`), so a response lost on the way is sent again, and
+/// hands the frames over a bounded channel (reading is cancel-safe).
+struct PollSession {
+    http: reqwest::Client,
+    /// `{base}/v1/poll/session/{id}`.
+    url: String,
+    /// Frames posted and taken.
+    sent: u64,
+    frames: tokio::sync::mpsc::Receiver<Result<Vec<u8>, ClientError>>,
+    poller: tokio::task::JoinHandle<()>,
+}
+
+/// Attempts of one long-poll request before the session counts as lost.
+const POLL_ATTEMPTS: u32 = 20;
+
+impl Drop for PollSession {
+    fn drop(&mut self) {
+        self.poller.abort();
+    }
+}
+
+impl PollSession {
+    async fn open(base: &str, role: &str) -> Result<Self, ClientError> {
+        let http = reqwest::Client::builder()
+            .build()
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let response = http
+            .post(format!("{base}/v1/poll/{role}"))
+            .send()
+            .await
+            .map_err(http_error)?;
+        if response.status() != reqwest::StatusCode::CREATED {
+            return Err(ClientError::Http(format!(
+                "opening a session: HTTP {}",
+                response.status()
+            )));
+        }
+        let id = response.text().await.map_err(http_error)?;
+        if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ClientError::Http("the relay sent no session id".into()));
+        }
+        let url = format!("{base}/v1/poll/session/{id}");
+        let (tx, frames) = tokio::sync::mpsc::channel(MAX_PENDING);
+        let poller = tokio::spawn(poll_loop(http.clone(), url.clone(), tx));
+        Ok(PollSession {
+            http,
+            url,
+            sent: 0,
+            frames,
+            poller,
+        })
+    }
+
+    async fn send(&mut self, frame: Vec<u8>) -> Result<(), ClientError> {
+        let number = self.sent + 1;
+        let mut wait = Duration::from_millis(10);
+        for _ in 0..POLL_ATTEMPTS {
+            let sent = self
+                .http
+                .post(&self.url)
+                .header("If-Match", format!("\"{number}\""))
+                .body(frame.clone())
+                .send()
+                .await;
+            match sent.map(|r| r.status()) {
+                Ok(reqwest::StatusCode::ACCEPTED) => {
+                    self.sent = number;
+                    return Ok(());
+                }
+                Ok(reqwest::StatusCode::NOT_FOUND) => {
+                    return Err(ClientError::Closed { code: None })
+                }
+                // The session's inbound queue is full, or the request failed
+                // on the way: the same numbered frame again (taken once).
+                Ok(reqwest::StatusCode::TOO_MANY_REQUESTS) | Err(_) => {}
+                Ok(status) => {
+                    return Err(ClientError::Http(format!("sending a frame: HTTP {status}")))
+                }
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(1));
+        }
+        Err(ClientError::Http("the relay did not take a frame".into()))
+    }
+
+    async fn receive(&mut self) -> Result<Vec<u8>, ClientError> {
+        match self.frames.recv().await {
+            Some(r) => r,
+            None => Err(ClientError::Closed { code: None }),
+        }
+    }
+
+    async fn close(&self) {
+        self.poller.abort();
+        let _ = self.http.delete(&self.url).send().await;
+    }
+}
+
+/// Polls `url` until the session ends, acknowledging what it received,
+/// and hands each frame (then how it ended) to `tx`.
+async fn poll_loop(
+    http: reqwest::Client,
+    url: String,
+    tx: tokio::sync::mpsc::Sender<Result<Vec<u8>, ClientError>>,
+) {
+    let mut received = 0u64;
+    let mut failures = 0;
+    loop {
+        let response = http
+            .get(&url)
+            .header("If-None-Match", format!("\"{received}\""))
+            .send()
+            .await;
+        let response = match response {
+            Ok(r) => r,
+            Err(e) => {
+                failures += 1;
+                if failures >= POLL_ATTEMPTS {
+                    let _ = tx.send(Err(http_error(e))).await;
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        failures = 0;
+        match response.status() {
+            reqwest::StatusCode::NO_CONTENT => continue,
+            reqwest::StatusCode::OK => {}
+            reqwest::StatusCode::NOT_FOUND => {
+                let _ = tx.send(Err(ClientError::Closed { code: None })).await;
+                return;
+            }
+            status => {
+                let _ = tx
+                    .send(Err(ClientError::Http(format!("polling: HTTP {status}"))))
+                    .await;
+                return;
+            }
+        }
+        let last = response
+            .headers()
+            .get("etag")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|t| t.trim_matches('"').parse::<u64>().ok());
+        let body = match (last, response.bytes().await) {
+            (Some(_), Ok(body)) => body,
+            (None, _) => {
+                let _ = tx
+                    .send(Err(ClientError::Http(
+                        "a poll answer without its ETag".into(),
+                    )))
+                    .await;
+                return;
+            }
+            (_, Err(_)) => continue,
+        };
+        let Some(records) = poll_records(&body) else {
+            let _ = tx.send(Err(FrameError::Empty.into())).await;
+            return;
+        };
+        let count = u64::try_from(records.len()).unwrap_or(u64::MAX);
+        let first = last.unwrap_or(0).saturating_sub(count).saturating_add(1);
+        for (n, record) in (first..).zip(records) {
+            if n <= received {
+                continue; // a resend of what we already have
+            }
+            received = n;
+            let ended = record.is_err();
+            let item = record.map_err(|code| ClientError::Closed { code: Some(code) });
+            if tx.send(item).await.is_err() || ended {
+                return;
+            }
+        }
+    }
+}
+
+/// A poll answer's records: `len (u16) ‖ frame`, or `0 ‖ close code`.
+/// `None` if the body does not parse.
+fn poll_records(body: &[u8]) -> Option<Vec<Result<Vec<u8>, u16>>> {
+    let mut records = Vec::new();
+    let mut rest = body;
+    while !rest.is_empty() {
+        let (len, tail) = rest.split_at_checked(2)?;
+        let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+        if len == 0 {
+            let (code, tail) = tail.split_at_checked(2)?;
+            records.push(Err(u16::from_be_bytes([code[0], code[1]])));
+            rest = tail;
+        } else {
+            let (frame, tail) = tail.split_at_checked(len)?;
+            records.push(Ok(frame.to_vec()));
+            rest = tail;
+        }
+    }
+    Some(records)
+}
+
+fn http_error(e: reqwest::Error) -> ClientError {
+    ClientError::Http(e.to_string())
+}
+
+/// One connection carrying frames, with the queue of our frames the relay
+/// has not answered yet.
 struct FrameLink {
-    socket: Socket,
+    transport: Transport,
     awaiting: VecDeque<FrameType>,
+    /// Messages and pushes that arrived while waiting for answers (a
+    /// mailbox delivered on Identify, a push during a publication), in
+    /// order, for the next [`FrameLink::next`].
+    pending: VecDeque<Inbound>,
+    /// The `changed` flag of the last Ack.
+    last_changed: bool,
 }
 
 impl FrameLink {
-    async fn connect(url: &str) -> Result<Self, ClientError> {
-        let config = WebSocketConfig::default()
-            .max_message_size(Some(MAX_FRAME_LEN))
-            .max_frame_size(Some(MAX_FRAME_LEN));
-        let (socket, _) =
-            tokio_tungstenite::connect_async_with_config(url, Some(config), true).await?;
-        Ok(FrameLink {
-            socket,
+    /// Connects to `base` as `role` (`companion` or `primary`) and
+    /// identifies as `secret`'s client id: a WebSocket for `ws://` and
+    /// `wss://`, an HTTP long-poll session for `http://` and `https://`.
+    async fn connect(base: &str, role: &str, secret: &ClientSecret) -> Result<Self, ClientError> {
+        let transport = if base.starts_with("http://") || base.starts_with("https://") {
+            Transport::Poll(PollSession::open(base, role).await?)
+        } else {
+            let config = WebSocketConfig::default()
+                .max_message_size(Some(MAX_FRAME_LEN))
+                .max_frame_size(Some(MAX_FRAME_LEN));
+            let (socket, _) = tokio_tungstenite::connect_async_with_config(
+                format!("{base}/v1/{role}"),
+                Some(config),
+                true,
+            )
+            .await?;
+            Transport::WebSocket(Box::new(socket))
+        };
+        let mut link = FrameLink {
+            transport,
             awaiting: VecDeque::new(),
+            pending: VecDeque::new(),
+            last_changed: false,
+        };
+        link.send(&Frame::Identify {
+            secret: secret.clone(),
         })
+        .await?;
+        Ok(link)
     }
 
     async fn send(&mut self, frame: &Frame<'_>) -> Result<(), ClientError> {
         self.awaiting.push_back(frame.frame_type());
-        self.socket.send(Message::binary(frame.encode())).await?;
+        match &mut self.transport {
+            Transport::WebSocket(socket) => socket.send(Message::binary(frame.encode())).await?,
+            Transport::Poll(session) => session.send(frame.encode()).await?,
+        }
         Ok(())
+    }
+
+    /// The next frame's bytes from the transport.
+    async fn next_bytes(&mut self) -> Result<Vec<u8>, ClientError> {
+        let socket = match &mut self.transport {
+            Transport::Poll(session) => return session.receive().await,
+            Transport::WebSocket(socket) => socket,
+        };
+        loop {
+            let message = match socket.next().await {
+                None => return Err(ClientError::Closed { code: None }),
+                Some(m) => m?,
+            };
+            match message {
+                Message::Binary(b) => return Ok(b.to_vec()),
+                Message::Close(frame) => {
+                    return Err(ClientError::Closed {
+                        code: frame.map(|f| u16::from(f.code)),
+                    })
+                }
+                Message::Text(_) => return Err(ClientError::Unexpected(FrameType::Error)),
+                _ => {}
+            }
+        }
     }
 
     /// Sends a core handshake message in a `Message` frame.
@@ -210,54 +496,63 @@ impl FrameLink {
     /// The next frame. A relay error about one of our frames is returned
     /// as [`ClientError::Relay`].
     async fn next(&mut self) -> Result<Inbound, ClientError> {
-        loop {
-            let message = match self.socket.next().await {
-                None => return Err(ClientError::Closed { code: None }),
-                Some(m) => m?,
-            };
-            let bytes = match message {
-                Message::Binary(b) => b.to_vec(),
-                Message::Close(frame) => {
-                    return Err(ClientError::Closed {
-                        code: frame.map(|f| u16::from(f.code)),
-                    })
-                }
-                Message::Text(_) => return Err(ClientError::Unexpected(FrameType::Error)),
-                _ => continue,
-            };
-            match Frame::decode(&bytes)? {
-                Frame::Ack { .. } | Frame::Routed { .. } => {
-                    self.awaiting.pop_front();
-                    return Ok(Inbound::Answer);
-                }
-                Frame::Error { code, text } => {
-                    return Err(ClientError::Relay {
-                        of: self.awaiting.pop_front(),
-                        code,
-                        text: text.to_string(),
-                    })
-                }
-                Frame::Message { header, .. } => return Ok(Inbound::Message(header, bytes)),
-                Frame::PublishList { .. }
-                | Frame::PublishHeartbeat { .. }
-                | Frame::Logout { .. } => return Ok(Inbound::Push(bytes)),
-                other => return Err(ClientError::Unexpected(other.frame_type())),
+        if let Some(held) = self.pending.pop_front() {
+            return Ok(held);
+        }
+        self.receive().await
+    }
+
+    /// The next frame from the transport.
+    async fn receive(&mut self) -> Result<Inbound, ClientError> {
+        let bytes = self.next_bytes().await?;
+        match Frame::decode(&bytes)? {
+            Frame::Ack { changed, .. } => {
+                self.awaiting.pop_front();
+                self.last_changed = changed;
+                Ok(Inbound::Answer)
             }
+            Frame::Routed { .. } => {
+                self.awaiting.pop_front();
+                Ok(Inbound::Answer)
+            }
+            Frame::Error { code, text } => Err(ClientError::Relay {
+                of: self.awaiting.pop_front(),
+                code,
+                text: text.to_string(),
+            }),
+            Frame::Message { header, .. } => Ok(Inbound::Message(header, bytes)),
+            Frame::PublishList { .. } | Frame::PublishHeartbeat { .. } | Frame::Logout { .. } => {
+                Ok(Inbound::Push(bytes))
+            }
+            other => Err(ClientError::Unexpected(other.frame_type())),
         }
     }
 
-    /// Waits until the relay answered every frame sent so far.
+    /// Waits until the relay answered every frame sent so far; messages
+    /// and pushes that arrive meanwhile are kept for [`FrameLink::next`]
+    /// (at most one outbound queue's worth: the relay's bound).
     async fn settle(&mut self) -> Result<(), ClientError> {
         while !self.awaiting.is_empty() {
-            if let Inbound::Message(..) = self.next().await? {
-                return Err(ClientError::Unexpected(FrameType::Message));
+            match self.receive().await? {
+                Inbound::Answer => {}
+                held => {
+                    if self.pending.len() >= MAX_PENDING {
+                        return Err(ClientError::Unexpected(FrameType::Message));
+                    }
+                    self.pending.push_back(held);
+                }
             }
         }
         Ok(())
     }
 
-    async fn close(mut self) {
-        let _ = self.socket.close(None).await;
+    async fn close(self) {
+        match self.transport {
+            Transport::WebSocket(mut socket) => {
+                let _ = WebSocketStream::close(&mut socket, None).await;
+            }
+            Transport::Poll(session) => session.close().await,
+        }
     }
 }
 
@@ -303,6 +598,7 @@ pub struct CompanionClient {
     link: FrameLink,
     clock: Arc<dyn Clock>,
     side: Side,
+    secret: ClientSecret,
 }
 
 impl std::fmt::Debug for CompanionClient {
@@ -320,15 +616,100 @@ impl CompanionClient {
         companion: Companion,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, ClientError> {
-        let link = FrameLink::connect(&format!("{base}/v1/companion")).await?;
+        let secret = ClientSecret::generate(&mut rand_core::OsRng);
+        Self::connect_as(base, companion, secret, clock).await
+    }
+
+    /// [`CompanionClient::connect`] as the client of `secret` (a pairing
+    /// restored from saved state goes on with the same client id, so its
+    /// registered token still reaches it; a token the relay already holds
+    /// for it is not an error).
+    pub async fn connect_as(
+        base: &str,
+        companion: Companion,
+        secret: ClientSecret,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, ClientError> {
+        let link = FrameLink::connect(base, "companion", &secret).await?;
         let mut client = CompanionClient {
             link,
             clock,
             side: Side::Pairing(Box::new(companion)),
+            secret,
         };
-        client.register_offer().await?;
         client.link.settle().await?;
+        client.register_again().await?;
         Ok(client)
+    }
+
+    /// Connects a linked session restored from saved state as the client
+    /// of `secret`, and subscribes. A logged-out session does not connect
+    /// ([`ClientError::LoggedOut`]).
+    pub async fn resume(
+        base: &str,
+        session: LinkedSession,
+        secret: ClientSecret,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, ClientError> {
+        let mut session = session;
+        if let SessionStatus::LoggedOut { reason } = session.poll(clock.now()) {
+            return Err(ClientError::LoggedOut { reason });
+        }
+        let link = FrameLink::connect(base, "companion", &secret).await?;
+        let mut client = CompanionClient {
+            link,
+            clock,
+            side: Side::Linked(Box::new(session)),
+            secret,
+        };
+        client.link.settle().await?;
+        client.subscribe().await?;
+        Ok(client)
+    }
+
+    /// The secret this client identifies with (save it with the core's
+    /// state to resume as the same client).
+    pub fn secret(&self) -> &ClientSecret {
+        &self.secret
+    }
+
+    /// Registers the offer on screen; a token the relay already holds (for
+    /// this client, registered before a reconnect) is fine.
+    async fn register_again(&mut self) -> Result<(), ClientError> {
+        self.register_offer().await?;
+        match self.link.settle().await {
+            Err(ClientError::Relay {
+                of: Some(FrameType::Register),
+                code,
+                ..
+            }) if codes::code_kind(code) == Some(ErrorKind::Conflict) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Carries the session's own signed list to the relay (so the relay
+    /// knows this device's key, whoever publishes first), then subscribes
+    /// with the device's proof for this client id.
+    async fn subscribe(&mut self) -> Result<(), ClientError> {
+        let Side::Linked(session) = &self.side else {
+            return Ok(());
+        };
+        let list = session.device_list().to_bytes();
+        let proof = SubscriptionProof::sign(session, self.secret.client_id());
+        let subscribe = Frame::Subscribe {
+            account: session.account(),
+            index: session.index(),
+            proof,
+        };
+        self.link.send(&Frame::PublishList { bytes: &list }).await?;
+        match self.link.settle().await {
+            // An older list than the relay's, or one it refuses: the
+            // subscription below says whether this device is linked.
+            Ok(()) | Err(ClientError::Relay { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        self.link.send(&subscribe).await?;
+        self.link.settle().await
     }
 
     async fn register_offer(&mut self) -> Result<(), ClientError> {
@@ -442,13 +823,8 @@ impl CompanionClient {
         };
         match companion.into_session() {
             Ok(session) => {
-                let frame = Frame::Subscribe {
-                    account: session.account(),
-                    index: session.index(),
-                };
                 self.side = Side::Linked(Box::new(session));
-                self.link.send(&frame).await?;
-                self.link.settle().await
+                self.subscribe().await
             }
             Err(companion) => {
                 self.side = Side::Pairing(companion);
@@ -457,23 +833,28 @@ impl CompanionClient {
         }
     }
 
-    /// Connects again to `base` (after the relay closed or restarted), with
-    /// `backoff`, and subscribes again; the relay then sends the newest
-    /// list it holds, which [`CompanionClient::next_update`] applies. While
-    /// pairing: [`ClientError::CannotResume`].
+    /// Connects again to `base` (after the relay closed or restarted, or
+    /// on another relay node), with `backoff`, as the same client. While
+    /// pairing, the offer's token is registered again if the relay lost it
+    /// and the wait for the Hello goes on ([`CompanionClient::link`]); once
+    /// linked, it subscribes again and the relay sends the newest list it
+    /// holds, which [`CompanionClient::next_update`] applies. A logged-out
+    /// session does not reconnect ([`ClientError::LoggedOut`]).
     pub async fn reconnect(&mut self, base: &str, backoff: &Backoff) -> Result<(), ClientError> {
-        let Side::Linked(session) = &self.side else {
-            return Err(ClientError::CannotResume);
-        };
-        let frame = Frame::Subscribe {
-            account: session.account(),
-            index: session.index(),
-        };
-        let link = backoff.connect(&format!("{base}/v1/companion")).await?;
+        if let Side::Linked(session) = &mut self.side {
+            if let SessionStatus::LoggedOut { reason } = session.poll(self.clock.now()) {
+                return Err(ClientError::LoggedOut { reason });
+            }
+        }
+        let link = backoff.connect(base, "companion", &self.secret).await?;
         let old = std::mem::replace(&mut self.link, link);
         old.close().await;
-        self.link.send(&frame).await?;
-        self.link.settle().await
+        self.link.settle().await?;
+        match self.side {
+            Side::Pairing(_) => self.register_again().await,
+            Side::Linked(_) => self.subscribe().await,
+            Side::Moving => Ok(()),
+        }
     }
 
     /// The next update pushed for the linked session (waits for it).
@@ -487,11 +868,17 @@ impl CompanionClient {
             };
             let now = self.clock.now();
             return Ok(match Frame::decode(&frame)? {
-                Frame::PublishList { bytes } => match session.accept_device_list(bytes, now) {
+                Frame::PublishList { bytes } => match SignedDeviceList::from_bytes(bytes)
+                    .map_err(SessionError::from)
+                    .and_then(|list| session.accept_device_list(&list, now))
+                {
                     Ok(change) => CompanionUpdate::DeviceList(change),
                     Err(e) => CompanionUpdate::Ignored(e),
                 },
-                Frame::PublishHeartbeat { bytes } => match session.accept_heartbeat(bytes, now) {
+                Frame::PublishHeartbeat { bytes } => match PrimaryHeartbeat::from_bytes(bytes)
+                    .map_err(SessionError::from)
+                    .and_then(|hb| session.accept_heartbeat(&hb, now))
+                {
                     Ok(status) => CompanionUpdate::Heartbeat(status),
                     Err(e) => CompanionUpdate::Ignored(e),
                 },
@@ -525,6 +912,7 @@ pub enum LinkOutcome {
 pub struct PrimaryClient {
     link: FrameLink,
     clock: Arc<dyn Clock>,
+    secret: ClientSecret,
 }
 
 impl std::fmt::Debug for PrimaryClient {
@@ -536,17 +924,25 @@ impl std::fmt::Debug for PrimaryClient {
 impl PrimaryClient {
     /// Connects to `base` (`ws://host:port`).
     pub async fn connect(base: &str, clock: Arc<dyn Clock>) -> Result<Self, ClientError> {
-        let link = FrameLink::connect(&format!("{base}/v1/primary")).await?;
-        Ok(PrimaryClient { link, clock })
+        let secret = ClientSecret::generate(&mut rand_core::OsRng);
+        let mut link = FrameLink::connect(base, "primary", &secret).await?;
+        link.settle().await?;
+        Ok(PrimaryClient {
+            link,
+            clock,
+            secret,
+        })
     }
 
-    /// Connects again to `base` with `backoff` (nothing to resume: a link
-    /// in progress on the old connection is lost).
+    /// Connects again to `base` with `backoff`, as the same client (a
+    /// Request or Confirm routed to it meanwhile waits in its mailbox for a
+    /// while; a link the old connection was in the middle of is not
+    /// resumed by this call).
     pub async fn reconnect(&mut self, base: &str, backoff: &Backoff) -> Result<(), ClientError> {
-        let link = backoff.connect(&format!("{base}/v1/primary")).await?;
+        let link = backoff.connect(base, "primary", &self.secret).await?;
         let old = std::mem::replace(&mut self.link, link);
         old.close().await;
-        Ok(())
+        self.link.settle().await
     }
 
     /// Links the companion showing `offer_text`: scans it (the account must
@@ -610,13 +1006,14 @@ impl PrimaryClient {
     }
 
     /// Publishes a device list; returns whether the relay applied it (an
-    /// old or repeated list is acknowledged as unchanged).
-    pub async fn publish_list(&mut self, list: &SignedDeviceList) -> Result<(), ClientError> {
+    /// old or repeated list is acknowledged as unchanged: `false`).
+    pub async fn publish_list(&mut self, list: &SignedDeviceList) -> Result<bool, ClientError> {
         let bytes = list.to_bytes();
         self.link
             .send(&Frame::PublishList { bytes: &bytes })
             .await?;
-        self.link.settle().await
+        self.link.settle().await?;
+        Ok(self.link.last_changed)
     }
 
     /// Publishes a heartbeat.
@@ -640,6 +1037,33 @@ impl PrimaryClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn poll_bodies_parse_totally_and_round_trip(
+            frames in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..40), 0..6),
+            close in proptest::option::of(any::<u16>()),
+            noise in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let _ = poll_records(&noise);
+            let mut body = Vec::new();
+            for f in &frames {
+                body.extend_from_slice(&(f.len() as u16).to_be_bytes());
+                body.extend_from_slice(f);
+            }
+            if let Some(code) = close {
+                body.extend_from_slice(&[0, 0]);
+                body.extend_from_slice(&code.to_be_bytes());
+            }
+            let mut want: Vec<Result<Vec<u8>, u16>> = frames.into_iter().map(Ok).collect();
+            want.extend(close.map(Err));
+            prop_assert_eq!(poll_records(&body), Some(want));
+            if !body.is_empty() {
+                prop_assert_eq!(poll_records(&body[..body.len() - 1]), None);
+            }
+        }
+    }
 
     #[test]
     fn backoff_is_capped_and_jittered_within_half() {

@@ -16,7 +16,9 @@
 
 use devicelink::certificate::{DeviceIndex, HEARTBEAT_LEN};
 use devicelink::handshake::{MessageHeader, MessageKind, HEADER_LEN, MESSAGE_VERSION};
-use devicelink::relay::HelloDigest;
+use devicelink::relay::{HelloDigest, SubscriptionProof, SUBSCRIPTION_PROOF_LEN};
+
+use crate::identity::ClientSecret;
 use devicelink::{AccountId, HandshakeError, LogoutReason, Timestamp, TokenId};
 
 /// Bytes of the smallest and largest encoded [`devicelink::SignedDeviceList`]
@@ -52,6 +54,10 @@ pub enum FrameType {
     PublishHeartbeat = 0x05,
     /// Companion → relay: push this account's facts and this device's logout.
     Subscribe = 0x06,
+    /// Client → relay, as a connection's first frame: the secret the
+    /// client's stable id derives from (a reconnecting client keeps its
+    /// tokens and its mailbox).
+    Identify = 0x07,
     /// Relay → client: a message was forwarded.
     Routed = 0x81,
     /// Relay → client: a refusal.
@@ -73,6 +79,7 @@ impl FrameType {
             0x04 => FrameType::PublishList,
             0x05 => FrameType::PublishHeartbeat,
             0x06 => FrameType::Subscribe,
+            0x07 => FrameType::Identify,
             0x81 => FrameType::Routed,
             0x82 => FrameType::Error,
             0x83 => FrameType::Logout,
@@ -91,7 +98,11 @@ impl FrameType {
             FrameType::Message => (HEADER_LEN, MessageKind::MAX_LEN),
             FrameType::PublishList => (MIN_LIST_LEN, MAX_LIST_LEN),
             FrameType::PublishHeartbeat => (HEARTBEAT_LEN, HEARTBEAT_LEN),
-            FrameType::Subscribe => (32 + 4, 32 + 4),
+            FrameType::Subscribe => (
+                32 + 4 + SUBSCRIPTION_PROOF_LEN,
+                32 + 4 + SUBSCRIPTION_PROOF_LEN,
+            ),
+            FrameType::Identify => (32, 32),
             FrameType::Routed => (HEADER_LEN, HEADER_LEN),
             FrameType::Error => (2, 2 + MAX_ERROR_TEXT),
             FrameType::Logout => (4 + 1, 4 + 1),
@@ -188,6 +199,15 @@ pub enum Frame<'a> {
         account: AccountId,
         /// The companion's device index in it.
         index: DeviceIndex,
+        /// The device's signature allowing this connection's client id to
+        /// subscribe ([`SubscriptionProof::sign`]).
+        proof: SubscriptionProof,
+    },
+    /// Client → relay, as the connection's first frame: the connection's
+    /// client id is [`ClientSecret::client_id`] of `secret`.
+    Identify {
+        /// The client's secret (never sent anywhere but to the relay).
+        secret: ClientSecret,
     },
     /// Relay → sender: the message with this header was forwarded.
     Routed {
@@ -237,6 +257,7 @@ impl<'a> Frame<'a> {
             Frame::PublishList { .. } => FrameType::PublishList,
             Frame::PublishHeartbeat { .. } => FrameType::PublishHeartbeat,
             Frame::Subscribe { .. } => FrameType::Subscribe,
+            Frame::Identify { .. } => FrameType::Identify,
             Frame::Routed { .. } => FrameType::Routed,
             Frame::Error { .. } => FrameType::Error,
             Frame::Logout { .. } => FrameType::Logout,
@@ -280,6 +301,10 @@ impl<'a> Frame<'a> {
             FrameType::Subscribe => Frame::Subscribe {
                 account: AccountId::from_bytes(array(body, 0)),
                 index: DeviceIndex(u32::from_be_bytes(array(body, 32))),
+                proof: SubscriptionProof::from_bytes(array(body, 36)),
+            },
+            FrameType::Identify => Frame::Identify {
+                secret: ClientSecret::from_bytes(array(body, 0)),
             },
             FrameType::Routed => Frame::Routed {
                 header: MessageHeader::parse(body)?,
@@ -335,10 +360,16 @@ impl<'a> Frame<'a> {
             Frame::Message { bytes, .. }
             | Frame::PublishList { bytes }
             | Frame::PublishHeartbeat { bytes } => out.extend_from_slice(bytes),
-            Frame::Subscribe { account, index } => {
+            Frame::Subscribe {
+                account,
+                index,
+                proof,
+            } => {
                 out.extend_from_slice(&account.to_bytes());
                 out.extend_from_slice(&index.0.to_be_bytes());
+                out.extend_from_slice(&proof.to_bytes());
             }
+            Frame::Identify { secret } => out.extend_from_slice(secret.as_bytes()),
             Frame::Routed { header } => {
                 out.push(MESSAGE_VERSION);
                 out.push(header.kind.code());
@@ -499,7 +530,7 @@ mod tests {
 
     fn owned_frame() -> impl Strategy<Value = (u8, Vec<u8>, u64, u16, String, u32, LogoutReason)> {
         (
-            0u8..10,
+            0u8..11,
             proptest::collection::vec(any::<u8>(), 0..300),
             any::<u64>(),
             any::<u16>(),
@@ -532,8 +563,9 @@ mod tests {
                 4 => Frame::PublishHeartbeat { bytes: &hb },
                 5 => Frame::Routed { header },
                 6 => Frame::Error { code, text: &text },
-                8 => Frame::Ack { of: FrameType::from_byte(raw.first().copied().unwrap_or(1) % 6 + 1).unwrap(), changed: n % 2 == 0 },
-                7 => Frame::Subscribe { account: AccountId::from_bytes(array(&raw, 0)), index: DeviceIndex(index) },
+                8 => Frame::Ack { of: FrameType::from_byte(raw.first().copied().unwrap_or(1) % 7 + 1).unwrap(), changed: n % 2 == 0 },
+                7 => Frame::Subscribe { account: AccountId::from_bytes(array(&raw, 0)), index: DeviceIndex(index), proof: SubscriptionProof::from_bytes(array(&raw, 32)) },
+                10 => Frame::Identify { secret: ClientSecret::from_bytes(array(&raw, 8)) },
                 _ => Frame::Logout { index: DeviceIndex(index), reason },
             };
             let bytes = frame.encode();

@@ -45,11 +45,13 @@
 #[cfg(feature = "client")]
 pub mod client;
 pub mod frame;
+pub mod identity;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod store;
 
 pub use frame::{Frame, FrameError, FrameType, MAX_FRAME_LEN};
+pub use identity::ClientSecret;
 pub use store::{AccountDirectory, AccountRecord, MemoryStore, Store, StoreError};
 
 #[cfg(feature = "sqlite")]

@@ -74,6 +74,20 @@ struct Args {
     /// Seconds shutdown waits for connections to close.
     #[arg(long, default_value_t = Limits::default().shutdown_grace.as_secs())]
     shutdown_grace_secs: u64,
+    /// Most connections open at once from one IP address (behind a proxy
+    /// every client shares its address: raise this).
+    #[arg(long, default_value_t = Limits::default().max_connections_per_address)]
+    max_connections_per_address: u32,
+    /// New connections per second from one IP address (0: no limit).
+    #[arg(long, default_value_t = Limits::default().connect_rate_per_address)]
+    connect_rate_per_address: u32,
+    /// New connections one IP address may open in a burst.
+    #[arg(long, default_value_t = Limits::default().connect_burst_per_address)]
+    connect_burst_per_address: u32,
+    /// Seconds frames wait for an identified client that lost its
+    /// connection (0: not at all).
+    #[arg(long, default_value_t = Limits::default().mailbox_ttl.as_secs())]
+    mailbox_ttl_secs: u64,
 }
 
 impl Args {
@@ -88,6 +102,10 @@ impl Args {
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             poll_wait: Duration::from_secs(self.poll_wait_secs.max(1)),
             sweep_interval: Duration::from_millis(self.sweep_interval_ms.max(1)),
+            max_connections_per_address: self.max_connections_per_address.max(1),
+            connect_rate_per_address: self.connect_rate_per_address,
+            connect_burst_per_address: self.connect_burst_per_address.max(1),
+            mailbox_ttl: Duration::from_secs(self.mailbox_ttl_secs),
             ..Limits::default()
         }
     }

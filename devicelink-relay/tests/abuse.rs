@@ -91,6 +91,17 @@ async fn http_get(relay: &TestRelay, path: &str) -> String {
     out
 }
 
+async fn http_post(relay: &TestRelay, path: &str) -> String {
+    let mut s = bounded(TcpStream::connect(relay.addr)).await.unwrap();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: relay\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    bounded(s.write_all(req.as_bytes())).await.unwrap();
+    let mut out = String::new();
+    bounded(s.read_to_string(&mut out)).await.unwrap();
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_frames_get_typed_errors_and_the_relay_stays_up() {
     let relay = start(test_limits()).await;
@@ -158,16 +169,41 @@ async fn bad_frames_get_typed_errors_and_the_relay_stays_up() {
         codes::core_code(devicelink::ErrorKind::Unauthenticated),
     )
     .await;
-    // Subscribing is a companion's frame.
+    // Subscribing is a companion's frame, and needs an identified
+    // connection, then a device's proof.
     let sub = Frame::Subscribe {
         account: devicelink::AccountId::from_bytes([3; 32]),
         index: DeviceIndex(1),
+        proof: devicelink::relay::SubscriptionProof::from_bytes([7; 64]),
     }
     .encode();
     send(&mut p, sub.clone()).await;
     expect_error(&mut p, codes::WRONG_FRAME).await;
-    send(&mut ws, sub).await;
-    expect_ack(&mut ws, FrameType::Subscribe).await;
+    send(&mut ws, sub.clone()).await;
+    expect_error(&mut ws, codes::NOT_IDENTIFIED).await;
+    // Identify only as the first frame.
+    let identify = Frame::Identify {
+        secret: devicelink_relay::ClientSecret::from_bytes([9; 32]),
+    }
+    .encode();
+    send(&mut ws, identify.clone()).await;
+    expect_error(&mut ws, codes::IDENTIFY_NOT_FIRST).await;
+    let mut idc = raw(&relay, "/v1/companion").await;
+    send(&mut idc, identify).await;
+    assert_eq!(
+        Frame::decode(&next_binary(&mut idc).await),
+        Ok(Frame::Ack {
+            of: FrameType::Identify,
+            changed: false
+        })
+    );
+    // An unknown account's device: refused by the directory's facts.
+    send(&mut idc, sub).await;
+    expect_error(
+        &mut idc,
+        codes::core_code(devicelink::ErrorKind::Unexpected),
+    )
+    .await;
 
     // Still up: health, metrics with the refusals by kind.
     assert!(http_get(&relay, "/healthz")
@@ -179,7 +215,7 @@ async fn bad_frames_get_typed_errors_and_the_relay_stays_up() {
         "{metrics}"
     );
     assert!(
-        metrics.contains("devicelink_refusals_total{kind=\"unexpected\"} 4"),
+        metrics.contains("devicelink_refusals_total{kind=\"unexpected\"} 6"),
         "{metrics}"
     );
     assert!(
@@ -288,6 +324,7 @@ async fn a_slow_reader_is_disconnected_instead_of_buffered_for() {
         },
     )
     .await;
+    // A linked companion, whose client the slow reader then becomes.
     let mut account = account(&relay, 7);
     let mut primary = bounded(devicelink_relay::client::PrimaryClient::connect(
         &relay.base,
@@ -295,11 +332,15 @@ async fn a_slow_reader_is_disconnected_instead_of_buffered_for() {
     ))
     .await
     .unwrap();
-    bounded(primary.publish_list(account.device_list()))
-        .await
-        .unwrap();
+    let mut linked = companion(&relay, 8, "laptop").await;
+    let (c, p) = link(&relay, &mut primary, &mut account, &mut linked, 9).await;
+    c.unwrap();
+    p.unwrap();
+    let secret = linked.secret().clone();
+    let session = linked.session().unwrap().clone();
 
-    // The slow reader: subscribes, then never reads again.
+    // The slow reader: identifies as that client (replacing its
+    // connection), subscribes with the device's proof, then never reads.
     let stream = {
         let s = TcpSocket::new_v4().unwrap();
         s.set_recv_buffer_size(4096).unwrap();
@@ -311,14 +352,45 @@ async fn a_slow_reader_is_disconnected_instead_of_buffered_for() {
     ))
     .await
     .unwrap();
-    let sub = Frame::Subscribe {
-        account: account.account_id(),
-        index: DeviceIndex(1),
+    let identify = Frame::Identify {
+        secret: secret.clone(),
     }
     .encode();
+    let sub = Frame::Subscribe {
+        account: account.account_id(),
+        index: session.index(),
+        proof: devicelink::relay::SubscriptionProof::sign(&session, secret.client_id()),
+    }
+    .encode();
+    bounded(slow.send(Message::binary(identify))).await.unwrap();
     bounded(slow.send(Message::binary(sub))).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(relay.metrics.connections_open(), 2);
+    // The companion client's own connection was replaced.
+    let replaced = bounded(async {
+        loop {
+            match linked.next_update().await {
+                Ok(_) => {}
+                Err(e) => return e,
+            }
+        }
+    })
+    .await;
+    assert!(
+        matches!(
+            replaced,
+            devicelink_relay::client::ClientError::Closed {
+                code: Some(codes::CLOSE_REPLACED)
+            }
+        ),
+        "{replaced:?}"
+    );
+    drop(linked);
+    // The primary and the slow reader remain.
+    bounded(async {
+        while relay.metrics.connections_open() != 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
 
     // The primary keeps publishing; the relay never blocks on the reader.
     let mut sent = 0;
@@ -406,5 +478,64 @@ async fn connections_over_the_limit_get_503_until_one_closes() {
         .metrics
         .render()
         .contains("devicelink_connections_refused_total 1"));
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_is_held_to_its_connection_cap_and_connect_rate() {
+    async fn status(relay: &TestRelay, path: &str) -> Option<u16> {
+        match bounded(tokio_tungstenite::connect_async(format!(
+            "{}{path}",
+            relay.base
+        )))
+        .await
+        {
+            Ok((ws, _)) => {
+                drop(ws);
+                None
+            }
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Some(r.status().as_u16()),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    // At most 2 open from 127.0.0.1.
+    let relay = start(devicelink_relay::server::Limits {
+        max_connections_per_address: 2,
+        ..test_limits()
+    })
+    .await;
+    let a = raw(&relay, "/v1/companion").await;
+    let _b = raw(&relay, "/v1/primary").await;
+    assert_eq!(status(&relay, "/v1/companion").await, Some(429));
+    // The long-poll fallback is held to the same cap.
+    let poll = http_post(&relay, "/v1/poll/companion").await;
+    assert!(poll.starts_with("HTTP/1.1 429"), "{poll}");
+    drop(a);
+    bounded(async {
+        while relay.metrics.connections_open() != 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let _c = raw(&relay, "/v1/companion").await;
+    assert_eq!(relay.metrics.connections_refused_by_address(), 2);
+    relay.stop().await;
+
+    // A burst of 3 new connections, then 1 per second: without refill
+    // (the test is far quicker than a second), the 4th is refused.
+    let relay = start(devicelink_relay::server::Limits {
+        connect_rate_per_address: 1,
+        connect_burst_per_address: 3,
+        ..test_limits()
+    })
+    .await;
+    for _ in 0..3 {
+        assert_eq!(status(&relay, "/v1/primary").await, None);
+    }
+    assert_eq!(status(&relay, "/v1/primary").await, Some(429));
+    assert!(relay
+        .metrics
+        .render()
+        .contains("devicelink_connections_refused_by_address_total 1"));
     relay.stop().await;
 }

@@ -1,6 +1,7 @@
 //! One contract, every store: the same test body runs against
 //! [`MemoryStore`], [`SqliteStore`] (a real file in a temporary
-//! directory) and [`PgStore`] (a throwaway PostgreSQL cluster, `pg/mod.rs`). The token rules are the core's `TokenStore` contract
+//! directory) and [`PgStore`] (a throwaway PostgreSQL cluster,
+//! `pg/mod.rs`). The token rules are the core's `TokenStore` contract
 //! (`src/relay/ledger.rs`); the account rules are [`Store`]'s.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -8,12 +9,13 @@ use std::sync::{Arc, Barrier};
 
 use devicelink::certificate::{DeviceListDraft, DeviceListEntry};
 use devicelink::relay::{
-    ClientId, HelloDigest, LedgerError, Quota, QuotaScope, TokenRecord, TokenState, TokenStore,
+    ClientId, Directory, HelloDigest, LedgerError, ListApplied, Quota, QuotaScope, TokenRecord,
+    TokenState, TokenStore,
 };
 use devicelink::time::days;
 use devicelink::{
-    AccountKey, DeviceIdentity, DeviceIndex, DeviceKey, DeviceLabel, DirectoryError, Policy,
-    PrimaryHeartbeat, SignedDeviceList, Timestamp, TokenId,
+    AccountKey, DeviceIdentity, DeviceIndex, DeviceKey, DeviceLabel, DirectoryError, LogoutReason,
+    Policy, PrimaryHeartbeat, SignedDeviceList, Timestamp, TokenId,
 };
 use devicelink_relay::store::AccountDirectoryError;
 use devicelink_relay::{AccountDirectory, AccountRecord, MemoryStore, PgStore, SqliteStore, Store};
@@ -52,7 +54,8 @@ fn contract<S: Store + 'static>(make: impl Fn() -> S) {
     expiry_and_sweep(&make());
     quotas(&make());
     racing_threads(make());
-    account_writes_are_conditional(&make());
+    account_writes_are_compare_and_set(&make());
+    due_accounts_follow_the_index(&make());
     directory_decides_store_remembers(&make());
 }
 
@@ -313,56 +316,6 @@ fn racing_threads<S: Store + 'static>(s: S) {
     }
 }
 
-fn record(n: u8, version: u64, activity: u64) -> AccountRecord {
-    AccountRecord {
-        account: devicelink::AccountId::from_bytes([n; 32]),
-        list_version: version,
-        list_hash: [version as u8; 32],
-        list: vec![n; 10 + version as usize],
-        last_activity: t(activity),
-        swept_up_to: 0,
-    }
-}
-
-fn account_writes_are_conditional<S: Store>(s: &S) {
-    let a = record(1, 2, 50);
-    assert_eq!(s.account(&a.account), Ok(None));
-    assert_eq!(s.put_activity(&a.account, t(60)), Ok(false));
-    assert_eq!(s.put_swept(&a.account, 3), Ok(false));
-    assert_eq!(s.put_list(&a), Ok(true));
-    assert_eq!(s.account(&a.account), Ok(Some(a.clone())));
-    // The same or an older version changes nothing.
-    assert_eq!(s.put_list(&record(1, 2, 99)), Ok(false));
-    assert_eq!(s.put_list(&record(1, 1, 99)), Ok(false));
-    assert_eq!(s.account(&a.account), Ok(Some(a.clone())));
-    // Activity only forward, the floor only upward.
-    assert_eq!(s.put_activity(&a.account, t(49)), Ok(false));
-    assert_eq!(s.put_activity(&a.account, t(70)), Ok(true));
-    assert_eq!(s.put_swept(&a.account, 3), Ok(true));
-    assert_eq!(s.put_swept(&a.account, 2), Ok(false));
-    let held = s.account(&a.account).unwrap().unwrap();
-    assert_eq!((held.last_activity, held.swept_up_to), (t(70), 3));
-    // A newer list replaces the list and activity but keeps the floor.
-    assert_eq!(s.put_list(&record(1, 5, 80)), Ok(true));
-    let held = s.account(&a.account).unwrap().unwrap();
-    assert_eq!(
-        held,
-        AccountRecord {
-            swept_up_to: 3,
-            ..record(1, 5, 80)
-        }
-    );
-    s.put_list(&record(2, 1, 10)).unwrap();
-    let mut seen = Vec::new();
-    s.for_each_account(&mut |r| {
-        seen.push(r.account);
-        Ok(())
-    })
-    .unwrap();
-    seen.sort();
-    assert_eq!(seen, vec![record(1, 0, 0).account, record(2, 0, 0).account]);
-}
-
 fn entry(index: u32, device: DeviceKey) -> DeviceListEntry {
     DeviceListEntry::new(
         DeviceIndex(index),
@@ -372,8 +325,105 @@ fn entry(index: u32, device: DeviceKey) -> DeviceListEntry {
     )
 }
 
-/// The core's directory decides; the store remembers enough to rebuild the
-/// same answers after a restart, including logged-out indices.
+/// A record of a fresh account (key seeded by `seed`) with `devices`
+/// companions, its list signed at `activity`.
+fn record(seed: u64, devices: u32, activity: u64, revision: u64) -> AccountRecord {
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let key = AccountKey::generate(&mut rng);
+    let entries = (1..=devices)
+        .map(|i| entry(i, DeviceIdentity::generate(&mut rng).device_key()))
+        .collect();
+    let list = SignedDeviceList::sign(&key, &DeviceListDraft::new(1, entries), t(activity));
+    let mut d = Directory::new(&Policy::default());
+    d.apply_device_list(&list, t(activity)).unwrap();
+    AccountRecord {
+        facts: d.facts(&key.account_id()).unwrap(),
+        list: list.to_bytes(),
+        revision,
+    }
+}
+
+fn account_writes_are_compare_and_set<S: Store + 'static>(s: &S) {
+    let a = record(1, 2, 50, 1);
+    let id = a.account();
+    assert_eq!(s.account(&id), Ok(None));
+    // Revision 2 needs revision 1 stored.
+    assert_eq!(
+        s.put_account(&AccountRecord {
+            revision: 2,
+            ..a.clone()
+        }),
+        Ok(false)
+    );
+    assert_eq!(s.put_account(&a), Ok(true));
+    assert_eq!(s.account(&id), Ok(Some(a.clone())));
+    // A second insert, a stale or a skipping revision change nothing.
+    let other = record(1, 1, 60, 1);
+    assert_eq!(s.put_account(&other), Ok(false));
+    assert_eq!(
+        s.put_account(&AccountRecord {
+            revision: 3,
+            ..other.clone()
+        }),
+        Ok(false)
+    );
+    assert_eq!(s.account(&id), Ok(Some(a.clone())));
+    let two = AccountRecord {
+        revision: 2,
+        ..other.clone()
+    };
+    assert_eq!(s.put_account(&two), Ok(true));
+    assert_eq!(s.put_account(&two), Ok(false));
+    assert_eq!(s.account(&id), Ok(Some(two.clone())));
+    // Two writers racing from revision 2: exactly one wins.
+    let racers: Vec<_> = (0..8)
+        .map(|i| {
+            let (s, r) = (
+                s.clone(),
+                AccountRecord {
+                    revision: 3,
+                    ..record(1, 1 + i % 2, 70 + u64::from(i), 1)
+                },
+            );
+            std::thread::spawn(move || s.put_account(&r).unwrap())
+        })
+        .collect();
+    let wins = racers
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .filter(|won| *won)
+        .count();
+    assert_eq!(wins, 1);
+    assert_eq!(s.account(&id).unwrap().unwrap().revision, 3);
+}
+
+fn due_accounts_follow_the_index<S: Store>(s: &S) {
+    let a = record(11, 1, 30, 1);
+    let b = record(12, 2, 10, 1);
+    let none = record(13, 0, 5, 1);
+    for r in [&a, &b, &none] {
+        assert_eq!(s.put_account(r), Ok(true));
+    }
+    assert_eq!(s.due_accounts(t(9), 10), Ok(vec![]));
+    assert_eq!(s.due_accounts(t(10), 10), Ok(vec![b.account()]));
+    assert_eq!(
+        s.due_accounts(t(30), 10),
+        Ok(vec![b.account(), a.account()])
+    );
+    assert_eq!(s.due_accounts(t(30), 1), Ok(vec![b.account()]));
+    assert_eq!(s.due_accounts(t(30), 0), Ok(vec![]));
+    // Once b has no linked companion it leaves the index.
+    let b_out = AccountRecord {
+        revision: 2,
+        ..record(12, 0, 40, 1)
+    };
+    assert_eq!(s.put_account(&b_out), Ok(true));
+    assert_eq!(s.due_accounts(Timestamp::MAX, 10), Ok(vec![a.account()]));
+}
+
+/// The core's directory decides; the store remembers: two directories
+/// over one store (two relay processes, or one restarted) give the same
+/// answers, including logged-out indices and the fork mark.
 fn directory_decides_store_remembers<S: Store>(s: &S) {
     let policy = Policy::default();
     let mut rng = ChaCha20Rng::seed_from_u64(7);
@@ -384,82 +434,120 @@ fn directory_decides_store_remembers<S: Store>(s: &S) {
     let c = DeviceIdentity::generate(&mut rng).device_key();
     let day = |n: u64| t(days(n).as_millis() as u64);
 
-    let mut d = AccountDirectory::open(s.clone(), &policy).unwrap();
+    let d = AccountDirectory::new(s.clone(), &policy);
+    let other = AccountDirectory::new(s.clone(), &policy);
     let v1 = SignedDeviceList::sign(
         &key,
         &DeviceListDraft::new(1, vec![entry(1, a), entry(2, b)]),
         day(0),
     );
-    assert_eq!(d.apply_device_list(&v1, day(0)), Ok(true));
-    assert_eq!(d.apply_device_list(&v1, day(0)), Ok(false));
+    assert_eq!(
+        d.apply_device_list(&v1, day(0)),
+        Ok(ListApplied::Changed { logged_out: vec![] })
+    );
+    assert_eq!(
+        other.apply_device_list(&v1, day(0)),
+        Ok(ListApplied::Unchanged)
+    );
     let hb = PrimaryHeartbeat::sign(&key, &v1, Default::default(), day(5));
-    d.apply_heartbeat(&hb, day(5)).unwrap();
-    assert_eq!(s.account(&account).unwrap().unwrap().last_activity, day(5));
+    other.apply_heartbeat(&hb, day(5)).unwrap();
+    assert_eq!(
+        s.account(&account).unwrap().unwrap().facts.last_activity(),
+        day(5)
+    );
     let v2 = SignedDeviceList::sign(
         &key,
         &DeviceListDraft::after(&v1, vec![entry(1, a)]),
         day(6),
     );
-    assert_eq!(d.apply_device_list(&v2, day(6)), Ok(true));
-    // A fork is refused by the core and not stored.
+    let ListApplied::Changed { logged_out } = d.apply_device_list(&v2, day(6)).unwrap() else {
+        panic!("v2 not applied")
+    };
+    assert_eq!(
+        logged_out
+            .iter()
+            .map(|l| (l.index, l.reason))
+            .collect::<Vec<_>>(),
+        vec![(DeviceIndex(2), LogoutReason::Revoked)]
+    );
+    // A fork is refused by the core; the store keeps the fork mark and the
+    // list it held.
     let fork = SignedDeviceList::sign(
         &key,
         &DeviceListDraft::after(&v1, vec![entry(1, a), entry(2, b)]),
         day(7),
     );
     assert!(matches!(
-        d.apply_device_list(&fork, day(7)),
+        other.apply_device_list(&fork, day(7)),
         Err(AccountDirectoryError::Refused(DirectoryError::Fork { .. }))
     ));
     let held = s.account(&account).unwrap().unwrap();
-    assert_eq!((held.list_version, held.list_hash), (2, v2.hash()));
+    assert_eq!(held.facts.list_version(), 2);
+    assert!(held.facts.forked());
     assert_eq!(held.list, v2.to_bytes());
-
-    // A restart rebuilds the same answers.
-    let r = AccountDirectory::open(s.clone(), &policy).unwrap();
-    for dir in [d.directory(), r.directory()] {
-        assert!(dir.is_linked(&account, DeviceIndex(1), &a, day(7)));
-        assert!(!dir.is_linked(&account, DeviceIndex(2), &b, day(7)));
-        assert_eq!(dir.deadline(&account), Some(day(20)));
+    // Forked: the other directory refuses a list two versions ahead too.
+    let v2b = SignedDeviceList::sign(
+        &key,
+        &DeviceListDraft::after(&v2, vec![entry(1, a)]),
+        day(7),
+    );
+    let v3b = SignedDeviceList::sign(
+        &key,
+        &DeviceListDraft::after(&v2b, vec![entry(1, a)]),
+        day(7),
+    );
+    assert!(matches!(
+        d.apply_device_list(&v3b, day(7)),
+        Err(AccountDirectoryError::Refused(DirectoryError::Fork { .. }))
+    ));
+    assert!(d.apply_device_list(&v2b, day(7)).unwrap().changed());
+    for dir in [&d, &other] {
+        assert_eq!(
+            dir.linked_device(&account, DeviceIndex(1), day(7)),
+            Ok(Some(a))
+        );
+        assert_eq!(
+            dir.linked_device(&account, DeviceIndex(2), day(7)),
+            Ok(None)
+        );
     }
 
-    // Primary offline 14 days: index 1 is logged out and stays out after a
-    // re-pair list that still names it, across restarts.
-    let swept = d.sweep(day(20)).unwrap();
+    // Primary offline 14 days after day 7: index 1 is logged out once
+    // (the other directory's sweep finds nothing left), and stays out after
+    // a re-pair list that still names it.
+    assert_eq!(d.sweep(day(20), 10), Ok(vec![]));
+    let swept = d.sweep(day(21), 10).unwrap();
     assert_eq!(swept.len(), 1);
-    assert_eq!(s.account(&account).unwrap().unwrap().swept_up_to, 1);
+    assert_eq!(
+        (swept[0].index, swept[0].reason),
+        (DeviceIndex(1), LogoutReason::PrimaryOffline)
+    );
+    assert_eq!(other.sweep(day(21), 10), Ok(vec![]));
+    assert_eq!(
+        s.account(&account)
+            .unwrap()
+            .unwrap()
+            .facts
+            .logged_out_floor(),
+        1
+    );
     let v3 = SignedDeviceList::sign(
         &key,
-        &DeviceListDraft::after(&v2, vec![entry(1, a), entry(3, c)]),
-        day(21),
-    );
-    let mut r = AccountDirectory::open(s.clone(), &policy).unwrap();
-    assert!(!r
-        .directory()
-        .is_linked(&account, DeviceIndex(1), &a, day(20)));
-    assert_eq!(r.apply_device_list(&v3, day(21)), Ok(true));
-    let r2 = AccountDirectory::open(s.clone(), &policy).unwrap();
-    for dir in [r.directory(), r2.directory()] {
-        assert!(!dir.is_linked(&account, DeviceIndex(1), &a, day(21)));
-        assert!(dir.is_linked(&account, DeviceIndex(3), &c, day(21)));
-        assert_eq!(dir.deadline(&account), Some(day(35)));
-    }
-    // After the restart, before any new expiry, a list that names the
-    // logged-out index again (a primary that missed the logout) still does
-    // not re-link it: the floor was restored, not only the device set.
-    let mut r2 = r2;
-    let v4 = SignedDeviceList::sign(
-        &key,
-        &DeviceListDraft::after(&v3, vec![entry(1, a), entry(3, c)]),
+        &DeviceListDraft::after(&v2b, vec![entry(1, a), entry(3, c)]),
         day(22),
     );
-    assert_eq!(r2.apply_device_list(&v4, day(22)), Ok(true));
-    assert!(!r2
-        .directory()
-        .is_linked(&account, DeviceIndex(1), &a, day(22)));
-    assert!(r2
-        .directory()
-        .is_linked(&account, DeviceIndex(3), &c, day(22)));
+    assert!(other.apply_device_list(&v3, day(22)).unwrap().changed());
+    for dir in [&d, &other] {
+        assert_eq!(
+            dir.linked_device(&account, DeviceIndex(1), day(22)),
+            Ok(None)
+        );
+        assert_eq!(
+            dir.linked_device(&account, DeviceIndex(3), day(22)),
+            Ok(Some(c))
+        );
+    }
+    assert_eq!(s.due_accounts(day(22), 10), Ok(vec![account]));
 }
 
 #[test]
@@ -504,8 +592,8 @@ fn sqlite_acknowledged_writes_survive_a_reopen_and_reopening_is_idempotent() {
                 s.redeem(&tok(n), C, t(2), t(5_000)).unwrap();
             }
         }
-        s.put_list(&record(1, 4, 40)).unwrap();
-        s.put_swept(&record(1, 0, 0).account, 2).unwrap();
+        s.put_account(&record(1, 4, 40, 1)).unwrap();
+        s.put_account(&record(1, 3, 45, 2)).unwrap();
     }
     for _ in 0..2 {
         let s = SqliteStore::open(&path).unwrap();
@@ -534,13 +622,8 @@ fn sqlite_acknowledged_writes_survive_a_reopen_and_reopening_is_idempotent() {
                 );
             }
         }
-        assert_eq!(
-            s.account(&record(1, 0, 0).account).unwrap(),
-            Some(AccountRecord {
-                swept_up_to: 2,
-                ..record(1, 4, 40)
-            })
-        );
+        let held = record(1, 3, 45, 2);
+        assert_eq!(s.account(&held.account()).unwrap(), Some(held));
     }
 }
 

@@ -10,7 +10,8 @@ use std::time::Duration;
 use common::*;
 use devicelink::handshake::{MessageKind, HEADER_LEN};
 use devicelink::{
-    DeviceIndex, ErrorKind, HandshakeError, LogoutReason, Policy, RefusalReason, SessionStatus,
+    Companion, DeviceIdentity, DeviceIndex, DeviceLabel, ErrorKind, HandshakeError, LogoutReason,
+    Policy, RefusalReason, SessionStatus,
 };
 use devicelink_relay::client::{
     ClientError, CompanionClient, CompanionUpdate, LinkOutcome, PrimaryClient,
@@ -341,7 +342,7 @@ async fn on_sqlite_a_link_survives_a_restart_of_the_relay() {
     let record = devicelink_relay::Store::account(&store, &account.account_id())
         .unwrap()
         .unwrap();
-    assert_eq!(record.list_version, account.device_list_version());
+    assert_eq!(record.facts.list_version(), account.device_list_version());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let relay = start_with(store, listener, test_limits(), later).await;
     let mut primary = bounded(PrimaryClient::connect(&relay.base, relay.clock.clone()))
@@ -456,5 +457,202 @@ async fn a_rotated_offer_is_registered_again() {
         "{err}"
     );
     waiting.abort();
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pairing_resumes_on_a_new_connection_and_gets_the_hello_sent_while_it_was_away() {
+    use devicelink::handshake::MessageKind;
+    use devicelink_relay::{ClientSecret, Frame};
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let relay = start(test_limits()).await;
+    // The companion's first connection: identifies, registers its token,
+    // and drops (a network change).
+    let mut r = rng(1400);
+    let identity = DeviceIdentity::generate(&mut r);
+    let companion = Companion::new(
+        identity,
+        DeviceLabel::new("Train wifi").unwrap(),
+        &Policy::default(),
+        &mut r,
+        relay.now(),
+    );
+    let text = companion.offer().unwrap().to_text();
+    let secret = ClientSecret::generate(&mut r);
+    {
+        let (mut ws, _) = bounded(tokio_tungstenite::connect_async(format!(
+            "{}/v1/companion",
+            relay.base
+        )))
+        .await
+        .unwrap();
+        for frame in [
+            Frame::Identify {
+                secret: secret.clone(),
+            },
+            Frame::Register {
+                token_id: companion.offer().unwrap().token_id(),
+                expires_at: companion.next_deadline().unwrap(),
+            },
+        ] {
+            bounded(ws.send(Message::binary(frame.encode())))
+                .await
+                .unwrap();
+            let answer = bounded(ws.next()).await.unwrap().unwrap().into_data();
+            assert!(matches!(Frame::decode(&answer), Ok(Frame::Ack { .. })));
+        }
+        bounded(ws.close(None)).await.unwrap();
+    }
+    bounded(async {
+        while relay.metrics.connections_open() != 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    // The phone scans now: its Hello is routed into the away companion's
+    // mailbox (the sender hears Routed, not "not connected").
+    let mut account = account(&relay, 1401);
+    let mut primary = bounded(PrimaryClient::connect(&relay.base, relay.clock.clone()))
+        .await
+        .unwrap();
+    account.open_link_intent(relay.now());
+    let mut rp = rng(1402);
+    let phone = tokio::spawn(async move {
+        let r = primary.link(&mut account, &text, &mut rp, |_| true).await;
+        (r, account)
+    });
+    bounded(async {
+        while relay.metrics.mailbox_posted() == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(relay.metrics.messages_routed(MessageKind::Hello), 1);
+    // The companion comes back as the same client: its token is still its
+    // own, the Hello is delivered, and the link completes.
+    let mut c = bounded(CompanionClient::connect_as(
+        &relay.base,
+        companion,
+        secret,
+        relay.clock.clone(),
+    ))
+    .await
+    .unwrap();
+    let session = bounded(c.link(&mut rng(1403))).await.unwrap().clone();
+    let (outcome, account) = bounded(phone).await.unwrap();
+    assert!(matches!(outcome.unwrap(), LinkOutcome::Linked(_)));
+    assert_eq!(session.account(), account.account_id());
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_need_the_devices_proof_for_this_client() {
+    use devicelink::relay::SubscriptionProof;
+    use devicelink_relay::server::codes;
+    use devicelink_relay::{ClientSecret, Frame, FrameType};
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let relay = start(test_limits()).await;
+    let mut account = account(&relay, 15);
+    let mut primary = bounded(PrimaryClient::connect(&relay.base, relay.clock.clone()))
+        .await
+        .unwrap();
+    let mut c = companion(&relay, 1500, "Laptop").await;
+    let (cr, pr) = link(&relay, &mut primary, &mut account, &mut c, 1501).await;
+    cr.unwrap();
+    pr.unwrap();
+    let session = c.session().unwrap().clone();
+    let other = {
+        let mut d = companion(&relay, 1502, "Tablet").await;
+        let (dr, pr) = link(&relay, &mut primary, &mut account, &mut d, 1503).await;
+        dr.unwrap();
+        pr.unwrap();
+        d.session().unwrap().clone()
+    };
+
+    // Someone who knows the account id and the index, from another client.
+    let stranger = ClientSecret::from_bytes([0x55; 32]);
+    let (mut ws, _) = bounded(tokio_tungstenite::connect_async(format!(
+        "{}/v1/companion",
+        relay.base
+    )))
+    .await
+    .unwrap();
+    let ask = async |ws: &mut tokio_tungstenite::WebSocketStream<_>, frame: Frame<'_>| -> Vec<u8> {
+        bounded(ws.send(Message::binary(frame.encode())))
+            .await
+            .unwrap();
+        loop {
+            let m = bounded(ws.next()).await.unwrap().unwrap();
+            if let Message::Binary(b) = m {
+                return b.to_vec();
+            }
+        }
+    };
+    let ack = ask(
+        &mut ws,
+        Frame::Identify {
+            secret: stranger.clone(),
+        },
+    )
+    .await;
+    assert!(matches!(
+        Frame::decode(&ack),
+        Ok(Frame::Ack {
+            of: FrameType::Identify,
+            ..
+        })
+    ));
+    let unauthenticated = codes::core_code(devicelink::ErrorKind::Unauthenticated);
+    for (why, proof) in [
+        // The device's genuine proof, captured, but for another client id.
+        (
+            "replayed",
+            SubscriptionProof::sign(&session, c.secret().client_id()),
+        ),
+        // Another device's proof for this client, at this index.
+        (
+            "other device",
+            SubscriptionProof::sign(&other, stranger.client_id()),
+        ),
+        ("garbage", SubscriptionProof::from_bytes([1; 64])),
+    ] {
+        let answer = ask(
+            &mut ws,
+            Frame::Subscribe {
+                account: session.account(),
+                index: session.index(),
+                proof,
+            },
+        )
+        .await;
+        match Frame::decode(&answer) {
+            Ok(Frame::Error { code, .. }) => assert_eq!(code, unauthenticated, "{why}"),
+            other => panic!("{why}: {other:?}"),
+        }
+    }
+    // Nothing reaches the stranger: a revocation goes to the device alone.
+    account.revoke(session.index(), relay.now()).unwrap();
+    bounded(primary.publish_list(account.device_list()))
+        .await
+        .unwrap();
+    let (logout, _) = until_logout(&mut c).await;
+    assert!(matches!(logout, CompanionUpdate::Logout { .. }));
+    let quiet = tokio::time::timeout(Duration::from_millis(300), ws.next()).await;
+    assert!(
+        !matches!(quiet, Ok(Some(Ok(Message::Binary(_))))),
+        "{quiet:?}"
+    );
+    // Logged out: the client does not reconnect.
+    let backoff = devicelink_relay::client::Backoff::default();
+    assert!(matches!(
+        c.reconnect(&relay.base, &backoff).await,
+        Err(ClientError::LoggedOut {
+            reason: LogoutReason::Revoked
+        })
+    ));
     relay.stop().await;
 }

@@ -16,9 +16,22 @@ use tokio::net::TcpStream;
 
 /// One HTTP/1.1 request (`Connection: close`); returns status and body.
 async fn http(relay: &TestRelay, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    let (status, _, body) = http_with(relay, method, path, "", body).await;
+    (status, body)
+}
+
+/// One HTTP/1.1 request with extra header lines; returns status, the
+/// response head and body.
+async fn http_with(
+    relay: &TestRelay,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &[u8],
+) -> (u16, String, Vec<u8>) {
     let mut s = bounded(TcpStream::connect(relay.addr)).await.unwrap();
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: relay\r\nConnection: close\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n{headers}Content-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
     bounded(s.write_all(head.as_bytes())).await.unwrap();
@@ -29,7 +42,7 @@ async fn http(relay: &TestRelay, method: &str, path: &str, body: &[u8]) -> (u16,
     let head = String::from_utf8_lossy(&out[..split]).to_string();
     let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
     assert!(!head.to_ascii_lowercase().contains("chunked"), "{head}");
-    (status, out[split + 4..].to_vec())
+    (status, head, out[split + 4..].to_vec())
 }
 
 /// Records of a poll body: frames, and the close code if the session ended.
@@ -186,6 +199,144 @@ async fn a_companion_links_over_long_poll() {
             .0,
         204
     );
+    let drained = relay.stop().await;
+    assert!(drained.all_closed, "{drained:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numbered_posts_are_taken_once_and_unacknowledged_records_come_again() {
+    let relay = start(devicelink_relay::server::Limits {
+        poll_wait: Duration::from_millis(300),
+        ..test_limits()
+    })
+    .await;
+    let (_, id) = http(&relay, "POST", "/v1/poll/companion", b"").await;
+    let id = String::from_utf8(id).unwrap();
+    let path = format!("/v1/poll/session/{id}");
+    let register = |n: u8| {
+        Frame::Register {
+            token_id: devicelink::TokenId::from_bytes([n; 16]),
+            expires_at: relay.now().saturating_add(Duration::from_secs(30)),
+        }
+        .encode()
+    };
+    // Frame 1, sent twice (a retry after a lost answer): taken once, so one
+    // Ack and no DuplicateToken error. Frame 3 before 2: 412.
+    for _ in 0..2 {
+        let (status, _, _) =
+            http_with(&relay, "POST", &path, "If-Match: \"1\"\r\n", &register(1)).await;
+        assert_eq!(status, 202);
+    }
+    let (status, _, _) =
+        http_with(&relay, "POST", &path, "If-Match: \"3\"\r\n", &register(3)).await;
+    assert_eq!(status, 412);
+    let (status, _, _) =
+        http_with(&relay, "POST", &path, "If-Match: \"2\"\r\n", &register(2)).await;
+    assert_eq!(status, 202);
+    // Both Acks, numbered 1 and 2; polled with "I have nothing".
+    let mut got = Vec::new();
+    let mut etag = String::new();
+    while got.len() < 2 {
+        let (status, head, body) =
+            http_with(&relay, "GET", &path, "If-None-Match: \"0\"\r\n", b"").await;
+        if status == 204 {
+            continue;
+        }
+        assert_eq!(status, 200);
+        etag = head
+            .lines()
+            .find_map(|l| l.strip_prefix("etag: "))
+            .unwrap()
+            .to_string();
+        got = records(&body).0;
+    }
+    assert_eq!(etag, "\"2\"");
+    for frame in &got {
+        assert!(matches!(
+            Frame::decode(frame),
+            Ok(Frame::Ack {
+                of: FrameType::Register,
+                changed: true
+            })
+        ));
+    }
+    // The answer was "lost": asking again from 1 gives record 2 again.
+    let (status, head, body) =
+        http_with(&relay, "GET", &path, "If-None-Match: \"1\"\r\n", b"").await;
+    assert_eq!(status, 200);
+    assert!(head.contains("etag: \"2\""), "{head}");
+    assert_eq!(records(&body).0, got[1..].to_vec());
+    // Acknowledged: nothing more comes.
+    let (status, _, _) = http_with(&relay, "GET", &path, "If-None-Match: \"2\"\r\n", b"").await;
+    assert_eq!(status, 204);
+    assert_eq!(relay.metrics.refusals(devicelink::ErrorKind::Conflict), 0);
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clients_link_subscribe_and_hear_a_revocation_over_long_poll() {
+    use devicelink::LogoutReason;
+    use devicelink_relay::client::{CompanionClient, CompanionUpdate};
+    let relay = start(devicelink_relay::server::Limits {
+        poll_wait: Duration::from_millis(500),
+        ..test_limits()
+    })
+    .await;
+    let http_base = format!("http://{}", relay.addr);
+    let mut r = rng(1600);
+    let companion = Companion::new(
+        DeviceIdentity::generate(&mut r),
+        DeviceLabel::new("Kiosk").unwrap(),
+        &Policy::default(),
+        &mut r,
+        relay.now(),
+    );
+    // Both ends over plain HTTP.
+    let mut c = bounded(CompanionClient::connect(
+        &http_base,
+        companion,
+        relay.clock.clone(),
+    ))
+    .await
+    .unwrap();
+    let mut primary = bounded(PrimaryClient::connect(&http_base, relay.clock.clone()))
+        .await
+        .unwrap();
+    let mut account = account(&relay, 1601);
+    account.open_link_intent(relay.now());
+    let text = c.offer_text().unwrap();
+    let mut rp = rng(1602);
+    let mut rc = rng(1603);
+    let (linked, outcome) = bounded(async {
+        tokio::join!(
+            c.link(&mut rc),
+            primary.link(&mut account, &text, &mut rp, |_| true)
+        )
+    })
+    .await;
+    let index = linked.unwrap().index();
+    assert!(matches!(outcome.unwrap(), LinkOutcome::Linked(_)));
+    account.revoke(index, relay.now()).unwrap();
+    bounded(primary.publish_list(account.device_list()))
+        .await
+        .unwrap();
+    let logout = bounded(async {
+        loop {
+            if let u @ CompanionUpdate::Logout { .. } = c.next_update().await.unwrap() {
+                return u;
+            }
+        }
+    })
+    .await;
+    assert!(matches!(
+        logout,
+        CompanionUpdate::Logout {
+            reason: LogoutReason::Revoked,
+            ..
+        }
+    ));
+    c.close().await;
+    primary.close().await;
     let drained = relay.stop().await;
     assert!(drained.all_closed, "{drained:?}");
 }

@@ -177,41 +177,64 @@ fn corrupt_rows_are_typed_errors_never_panics() {
         Err(LedgerError::Store(_))
     ));
 
-    let rec = AccountRecord {
-        account: AccountId::from_bytes([1; 32]),
-        list_version: 1,
-        list_hash: [2; 32],
-        list: vec![3; 20],
-        last_activity: t(5),
-        swept_up_to: 0,
-    };
-    assert_eq!(s.put_list(&rec), Ok(true));
-    assert_eq!(s.account(&rec.account), Ok(Some(rec.clone())));
-    server.psql(&db, "UPDATE accounts SET list_hash = '\\x00'");
+    let rec = record(5, 20);
+    assert_eq!(s.put_account(&rec), Ok(true));
+    assert_eq!(s.account(&rec.account()), Ok(Some(rec.clone())));
+    assert_eq!(s.due_accounts(t(20), 10), Ok(vec![rec.account()]));
+    server.psql(&db, "UPDATE accounts SET facts = '\\x00'");
     assert!(matches!(
-        s.account(&rec.account),
+        s.account(&rec.account()),
         Err(StoreError::Corrupt(_))
     ));
-    server.psql(
-        &db,
-        "UPDATE accounts SET list_hash = list_hash || '\\x00'::bytea, last_activity = -1",
-    );
+    server.psql(&db, "UPDATE accounts SET revision = -1");
     assert!(matches!(
-        s.for_each_account(&mut |_| Ok(())),
+        s.account(&rec.account()),
+        Err(StoreError::Corrupt(_))
+    ));
+    server.psql(&db, "UPDATE accounts SET account = '\\x0102'");
+    assert!(matches!(
+        s.due_accounts(t(20), 10),
         Err(StoreError::Corrupt(_))
     ));
     // Out-of-range values are refused before they reach the database.
     assert_eq!(
-        s.put_list(&AccountRecord {
-            list_version: u64::MAX,
+        s.put_account(&AccountRecord {
+            revision: u64::MAX,
             ..rec
         }),
-        Err(StoreError::OutOfRange("list version"))
+        Err(StoreError::OutOfRange("revision"))
     );
     assert!(matches!(
         s.register(tok(9), C, Timestamp::MAX, Q),
         Err(LedgerError::Store(_))
     ));
+}
+
+/// An account with one linked device whose primary was last active at
+/// `activity`.
+fn record(seed: u64, activity: u64) -> AccountRecord {
+    use devicelink::certificate::{DeviceListDraft, DeviceListEntry};
+    use devicelink::relay::Directory;
+    use devicelink::{
+        AccountKey, DeviceIdentity, DeviceIndex, DeviceLabel, Policy, SignedDeviceList,
+    };
+    use rand_chacha::rand_core::SeedableRng;
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
+    let key = AccountKey::generate(&mut rng);
+    let entry = DeviceListEntry::new(
+        DeviceIndex(1),
+        DeviceIdentity::generate(&mut rng).device_key(),
+        DeviceLabel::new("laptop").unwrap(),
+        t(activity),
+    );
+    let list = SignedDeviceList::sign(&key, &DeviceListDraft::new(1, vec![entry]), t(activity));
+    let mut d = Directory::new(&Policy::default());
+    d.apply_device_list(&list, t(activity)).unwrap();
+    AccountRecord {
+        facts: d.facts(&key.account_id()).unwrap(),
+        list: list.to_bytes(),
+        revision: 1,
+    }
 }
 
 fn hex(b: &[u8]) -> String {
@@ -266,6 +289,10 @@ fn a_restart_of_postgres_is_survived_by_the_same_store() {
         assert!(matches!(s.get(&tok(0)), Err(LedgerError::Store(_))));
         assert!(matches!(
             s.account(&AccountId::from_bytes([1; 32])),
+            Err(StoreError::Unavailable(_))
+        ));
+        assert!(matches!(
+            s.put_account(&record(9, 5)),
             Err(StoreError::Unavailable(_))
         ));
     }

@@ -24,7 +24,8 @@ use devicelink::relay::{
     Directory, HelloDigest, Ledger, LedgerConfig, MemoryTokenStore, TokenStore,
 };
 use devicelink::{
-    Account, Companion, LinkedSession, OfferDisplay, PrimaryHandshake, PrimaryHeartbeat, Timestamp,
+    Account, Companion, LinkedSession, OfferDisplay, PrimaryHandshake, PrimaryHeartbeat,
+    SignedDeviceList, Timestamp,
 };
 use devicelink_fuzz::{at, body_of, fixture, now, rng, seal, COMPANION, KINDS, PRIMARY};
 use libfuzzer_sys::fuzz_target;
@@ -258,8 +259,10 @@ fn session(data: &[u8]) {
                 false,
             );
         }
-        let _ = s.accept_device_list(&f.device_list, now());
-        let _ = s.accept_heartbeat(&f.heartbeat, now());
+        let list = SignedDeviceList::from_bytes(&f.device_list).expect("fixture list");
+        let heartbeat = PrimaryHeartbeat::from_bytes(&f.heartbeat).expect("fixture heartbeat");
+        let _ = s.accept_device_list(&list, now());
+        let _ = s.accept_heartbeat(&heartbeat, now());
         let _ = (
             s.recently_linked(now()),
             s.certificate().device_list().version(),
@@ -271,7 +274,8 @@ fn session(data: &[u8]) {
             LinkedSession::restore,
             false,
         );
-        let _ = s.accept_heartbeat(&f.heartbeat, Timestamp::MAX);
+        let heartbeat = PrimaryHeartbeat::from_bytes(&f.heartbeat).expect("fixture heartbeat");
+        let _ = s.accept_heartbeat(&heartbeat, Timestamp::MAX);
         fixed_point(
             "session after heartbeat",
             &s,

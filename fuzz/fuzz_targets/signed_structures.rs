@@ -98,7 +98,10 @@ fuzz_target!(|data: &[u8]| {
     let lease = f.session.expires_at();
 
     let mut s = f.session.clone();
-    match s.accept_device_list(data, now) {
+    match SignedDeviceList::from_bytes(data)
+        .map_err(SessionError::from)
+        .and_then(|l| s.accept_device_list(&l, now))
+    {
         Ok(change) => {
             let list = list.as_ref().expect("accepted list decodes");
             assert_eq!(list.account(), account, "accepted another account's list");
@@ -181,7 +184,10 @@ fuzz_target!(|data: &[u8]| {
     }
 
     let mut s = f.session.clone();
-    match s.accept_heartbeat(data, now) {
+    match PrimaryHeartbeat::from_bytes(data)
+        .map_err(SessionError::from)
+        .and_then(|h| s.accept_heartbeat(&h, now))
+    {
         Ok(status) => {
             let hb = heartbeat.as_ref().expect("accepted heartbeat decodes");
             assert_eq!(

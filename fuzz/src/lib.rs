@@ -545,11 +545,12 @@ pub fn saved_states(f: &Fixture) -> Vec<(String, Vec<u8>)> {
             .expect("signed extra")
     };
     let mut s = f.session.clone();
-    s.accept_device_list(&extra("list_v3_two"), at(2_500))
+    let list = |name: &str| SignedDeviceList::from_bytes(&extra(name)).expect("signed list");
+    s.accept_device_list(&list("list_v3_two"), at(2_500))
         .expect("chained list");
     push("session_list_v3", s.save());
     let mut s = f.session.clone();
-    let _ = s.accept_device_list(&extra("list_v3_revoked"), at(3_500));
+    let _ = s.accept_device_list(&list("list_v3_revoked"), at(3_500));
     push("session_revoked", s.save());
     let mut s = f.session.clone();
     s.poll(at(15 * 86_400_000));

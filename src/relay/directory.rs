@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::certificate::{
     CertificateError, DeviceIndex, DeviceListEntry, PrimaryHeartbeat, SignedDeviceList,
+    MAX_LIST_DEVICES,
 };
 use crate::keys::{AccountId, DeviceKey};
 use crate::persist::PersistError;
@@ -81,20 +82,192 @@ fn fact_error(e: CertificateError) -> DirectoryError {
     }
 }
 
-/// A device the sweep logged out.
+/// A device the directory logged out: by a sweep (its primary was offline
+/// too long) or by a device list that no longer names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SweptDevice {
+pub struct DeviceLogout {
     /// Its account.
     pub account: AccountId,
     /// Its index.
     pub index: DeviceIndex,
     /// Why.
     pub reason: LogoutReason,
-    /// The deadline that passed.
+    /// When: the deadline that passed, or the signing time of the list
+    /// that dropped it.
     pub at: Timestamp,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// What applying a device list did ([`Directory::apply_device_list`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListApplied {
+    /// An older list, or the applied one again: nothing changed.
+    Unchanged,
+    /// The list is now the account's. The devices it no longer names were
+    /// logged out: with the reason the list gives for each removal
+    /// ([`SignedDeviceList::removed`]), `Revoked` where it gives none (a
+    /// holder that missed versions), and `PrimaryOffline` for devices of an
+    /// account whose deadline had passed (a re-pair before any sweep).
+    Changed {
+        /// The devices logged out by this list.
+        logged_out: Vec<DeviceLogout>,
+    },
+}
+
+impl ListApplied {
+    /// Whether the list changed the directory.
+    pub fn changed(&self) -> bool {
+        matches!(self, ListApplied::Changed { .. })
+    }
+}
+
+/// Bytes of an [`AccountFacts`] encoding without devices.
+const FACTS_HEADER_LEN: usize = 1 + 32 + 8 + 16 + 8 + 4 + 1 + 2;
+/// Bytes per device in an [`AccountFacts`] encoding.
+const FACTS_DEVICE_LEN: usize = 4 + 32;
+/// The [`AccountFacts`] encoding's version byte.
+const FACTS_VERSION: u8 = 1;
+
+/// Everything the directory holds about one account, for a durable store
+/// that keeps the directory's state per account ([`Directory::facts`],
+/// [`Directory::load_facts`]). Built only by the directory or decoded from
+/// its own encoding ([`AccountFacts::from_bytes`]), so its invariants hold:
+/// at most [`MAX_LIST_DEVICES`] devices, none once expired.
+///
+/// Encoding (`to_bytes`, 72 + 36·n bytes, integers big-endian): version (1,
+/// `0x01`) ‖ account (32) ‖ list version (u64) ‖ list hash prefix (16) ‖
+/// last activity (u64, Unix ms) ‖ logged-out index floor (u32) ‖ flags (u8:
+/// bit 0 forked, bit 1 expired) ‖ n (u16) ‖ n × (index (u32) ‖ device key (32)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountFacts {
+    slot: Slot,
+}
+
+/// Why stored [`AccountFacts`] bytes were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed account facts: {0}")]
+pub struct FactsError(&'static str);
+
+impl AccountFacts {
+    /// The account.
+    pub fn account(&self) -> AccountId {
+        self.slot.account
+    }
+
+    /// The applied list's version.
+    pub fn list_version(&self) -> u64 {
+        self.slot.list_version
+    }
+
+    /// The primary's last activity the directory counts.
+    pub fn last_activity(&self) -> Timestamp {
+        self.slot.last_activity
+    }
+
+    /// The linked devices (index and identity key); empty once expired.
+    pub fn devices(&self) -> impl Iterator<Item = (DeviceIndex, DeviceKey)> + '_ {
+        self.slot.devices.iter().map(|(i, k)| (DeviceIndex(*i), *k))
+    }
+
+    /// The identity key of the linked device at `index`.
+    pub fn device(&self, index: DeviceIndex) -> Option<DeviceKey> {
+        self.devices().find(|(i, _)| *i == index).map(|(_, k)| k)
+    }
+
+    /// Whether a fork was seen (only the chained successor is accepted).
+    pub fn forked(&self) -> bool {
+        self.slot.forked
+    }
+
+    /// Whether the account's companions were logged out for primary
+    /// inactivity.
+    pub fn expired(&self) -> bool {
+        self.slot.expired
+    }
+
+    /// The highest index logged out for primary inactivity (0 if none).
+    pub fn logged_out_floor(&self) -> u32 {
+        self.slot.swept_up_to
+    }
+
+    /// The canonical encoding (see the type's documentation).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let s = &self.slot;
+        let mut out = Vec::with_capacity(FACTS_HEADER_LEN + FACTS_DEVICE_LEN * s.devices.len());
+        out.push(FACTS_VERSION);
+        out.extend_from_slice(&s.account.to_bytes());
+        out.extend_from_slice(&s.list_version.to_be_bytes());
+        out.extend_from_slice(&s.list_hash);
+        out.extend_from_slice(&s.last_activity.as_unix_millis().to_be_bytes());
+        out.extend_from_slice(&s.swept_up_to.to_be_bytes());
+        out.push(u8::from(s.forked) | (u8::from(s.expired) << 1));
+        // At most MAX_LIST_DEVICES (checked where slots are built).
+        let n = u16::try_from(s.devices.len()).unwrap_or(u16::MAX);
+        out.extend_from_slice(&n.to_be_bytes());
+        for (i, k) in s.devices.iter().take(usize::from(n)) {
+            out.extend_from_slice(&i.to_be_bytes());
+            out.extend_from_slice(k.as_bytes());
+        }
+        out
+    }
+
+    /// Decodes [`AccountFacts::to_bytes`]. Total: the length is checked
+    /// against the device count before any device is read.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, FactsError> {
+        let header = bytes
+            .get(..FACTS_HEADER_LEN)
+            .ok_or(FactsError("too short"))?;
+        let field = |at: usize, len: usize| header.get(at..at + len).unwrap_or_default();
+        if header[0] != FACTS_VERSION {
+            return Err(FactsError("unknown version"));
+        }
+        let n = usize::from(u16::from_be_bytes(be(field(70, 2))));
+        if n > MAX_LIST_DEVICES {
+            return Err(FactsError("too many devices"));
+        }
+        if bytes.len() != FACTS_HEADER_LEN + FACTS_DEVICE_LEN * n {
+            return Err(FactsError("wrong length"));
+        }
+        let flags = header[69];
+        if flags & !0b11 != 0 {
+            return Err(FactsError("unknown flags"));
+        }
+        let expired = flags & 0b10 != 0;
+        if expired && n > 0 {
+            return Err(FactsError("an expired account lists devices"));
+        }
+        let devices = bytes[FACTS_HEADER_LEN..]
+            .chunks_exact(FACTS_DEVICE_LEN)
+            .map(|d| {
+                (
+                    u32::from_be_bytes(be(&d[..4])),
+                    DeviceKey::from_bytes(be(&d[4..])),
+                )
+            })
+            .collect();
+        Ok(AccountFacts {
+            slot: Slot {
+                account: AccountId::from_bytes(be(field(1, 32))),
+                list_version: u64::from_be_bytes(be(field(33, 8))),
+                list_hash: be(field(41, 16)),
+                last_activity: Timestamp::from_unix_millis(u64::from_be_bytes(be(field(57, 8)))),
+                swept_up_to: u32::from_be_bytes(be(field(65, 4))),
+                forked: flags & 1 != 0,
+                expired,
+                devices,
+            },
+        })
+    }
+}
+
+/// The first `N` bytes of `b` (zeros past its end; callers check lengths).
+fn be<const N: usize>(b: &[u8]) -> [u8; N] {
+    let mut out = [0u8; N];
+    let n = b.len().min(N);
+    out[..n].copy_from_slice(&b[..n]);
+    out
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Slot {
     account: AccountId,
     last_activity: Timestamp,
@@ -246,7 +419,8 @@ impl Directory {
     }
 
     /// Applies a verified, newer device list (an older one, or the same one
-    /// again, is ignored and returns `Ok(false)`). Counts as primary activity
+    /// again, is ignored: [`ListApplied::Unchanged`]); the devices it drops
+    /// are returned ([`ListApplied::Changed`]). Counts as primary activity
     /// at the list's signing time. A list that forks the applied one (same
     /// version, other content; or the next version not chained to it) is
     /// [`DirectoryError::Fork`]; from the first fork on, the account stays
@@ -259,13 +433,13 @@ impl Directory {
         &mut self,
         list: &SignedDeviceList,
         now: Timestamp,
-    ) -> Result<bool, DirectoryError> {
+    ) -> Result<ListApplied, DirectoryError> {
         let account = list.account();
         let mut last_activity = list.issued_at();
         if let Some((n, slot)) = self.entry(&account) {
             match list.check_successor_of(slot.list_version, &slot.list_hash) {
                 Ok(()) => {}
-                Err(CertificateError::StaleDeviceList { .. }) => return Ok(false),
+                Err(CertificateError::StaleDeviceList { .. }) => return Ok(ListApplied::Unchanged),
                 Err(e) => {
                     if let Some(slot) = self.slot_mut(n) {
                         slot.forked = true;
@@ -290,6 +464,7 @@ impl Directory {
         // Indices logged out for primary inactivity, including those of an
         // expired account no sweep has reached yet.
         let mut swept_up_to = 0;
+        let mut logged_out = Vec::new();
         if let Some((_, slot)) = self.entry(&account) {
             swept_up_to = slot.swept_up_to;
             let deadline = self.deadline_of(slot.last_activity);
@@ -301,8 +476,31 @@ impl Directory {
                     return Err(DirectoryError::AccountExpired);
                 }
                 swept_up_to = slot.highest_index(swept_up_to);
+                // Due but not yet swept: logged out now, for inactivity.
+                logged_out.extend(slot.devices.iter().map(|(i, _)| DeviceLogout {
+                    account,
+                    index: DeviceIndex(*i),
+                    reason: LogoutReason::PrimaryOffline,
+                    at: deadline,
+                }));
             } else {
                 last_activity = slot.last_activity.max(list.issued_at());
+                // Devices the new list no longer names.
+                logged_out.extend(
+                    slot.devices
+                        .iter()
+                        .filter(|(i, k)| !list.contains(DeviceIndex(*i), k))
+                        .map(|(i, _)| DeviceLogout {
+                            account,
+                            index: DeviceIndex(*i),
+                            reason: list
+                                .removed()
+                                .iter()
+                                .find(|r| r.index.0 == *i)
+                                .map_or(LogoutReason::Revoked, |r| r.reason),
+                            at: list.issued_at(),
+                        }),
+                );
             }
         }
         let n = self.slot_for(account, last_activity)?;
@@ -321,7 +519,7 @@ impl Directory {
         if let Some(slot) = self.slot_mut(n) {
             slot.swept_up_to = swept_up_to;
         }
-        Ok(true)
+        Ok(ListApplied::Changed { logged_out })
     }
 
     /// Applies a verified heartbeat: extends the account's lease. A heartbeat
@@ -368,6 +566,34 @@ impl Directory {
         Ok(())
     }
 
+    /// Everything the directory holds about `account`, for a store that
+    /// keeps the directory per account (and decides each fact by loading
+    /// the account's facts into a directory, applying, and storing the new
+    /// facts).
+    pub fn facts(&self, account: &AccountId) -> Option<AccountFacts> {
+        self.entry(account)
+            .map(|(_, slot)| AccountFacts { slot: slot.clone() })
+    }
+
+    /// Loads an account's facts as [`Directory::facts`] gave them (the fork
+    /// mark, the logged-out floor and the expiry included), replacing the
+    /// account's entry: afterwards the directory decides for that account
+    /// exactly as the one the facts came from.
+    pub fn load_facts(&mut self, facts: &AccountFacts) -> Result<(), DirectoryError> {
+        let f = &facts.slot;
+        let n = self.slot_for(f.account, f.last_activity)?;
+        let list_hash = f.list_hash;
+        self.set(n, f.last_activity, None, f.devices.clone());
+        if let Some(slot) = self.slot_mut(n) {
+            slot.list_version = f.list_version;
+            slot.list_hash = list_hash;
+            slot.forked = f.forked;
+            slot.swept_up_to = f.swept_up_to;
+            slot.expired = f.expired;
+        }
+        Ok(())
+    }
+
     /// Whether `device` at `index` is linked to `account` at `now`. O(1) in the
     /// number of accounts; a pure function of stored facts and `now`.
     pub fn is_linked(
@@ -396,7 +622,7 @@ impl Directory {
 
     /// Logs out every companion of every account whose deadline is at or
     /// before `now`. Cost: O(k log n) for k expired accounts.
-    pub fn sweep(&mut self, now: Timestamp) -> Vec<SweptDevice> {
+    pub fn sweep(&mut self, now: Timestamp) -> Vec<DeviceLogout> {
         let mut out = Vec::new();
         while let Some(&(at, n)) = self.by_deadline.first() {
             if at > now {
@@ -410,7 +636,7 @@ impl Directory {
                 out.extend(
                     std::mem::take(&mut slot.devices)
                         .iter()
-                        .map(|(i, _)| SweptDevice {
+                        .map(|(i, _)| DeviceLogout {
                             account,
                             index: DeviceIndex(*i),
                             reason: LogoutReason::PrimaryOffline,
@@ -497,8 +723,14 @@ mod tests {
         let dev = crate::keys::DeviceIdentity::generate(&mut rng).device_key();
         let mut d = Directory::new(&Policy::default());
         let list = SignedDeviceList::sign(&key, &Draft::new(2, vec![entry(1, dev)]), t(0));
-        assert_eq!(d.apply_device_list(&list, t(0)), Ok(true));
-        assert_eq!(d.apply_device_list(&list, t(0)), Ok(false));
+        assert_eq!(
+            d.apply_device_list(&list, t(0)).map(|a| a.changed()),
+            Ok(true)
+        );
+        assert_eq!(
+            d.apply_device_list(&list, t(0)).map(|a| a.changed()),
+            Ok(false)
+        );
         let limit = days(14).as_millis() as u64;
         assert!(d.is_linked(&key.account_id(), DeviceIndex(1), &dev, t(limit - 1)));
         assert!(!d.is_linked(&key.account_id(), DeviceIndex(1), &dev, t(limit)));
@@ -524,15 +756,26 @@ mod tests {
         unswept.apply_device_list(&list, t(0)).unwrap();
         let late =
             SignedDeviceList::sign(&key, &Draft::after(&list, vec![entry(1, dev)]), t(limit));
-        assert_eq!(unswept.apply_device_list(&late, t(limit)), Ok(true));
+        assert_eq!(
+            unswept
+                .apply_device_list(&late, t(limit))
+                .map(|a| a.changed()),
+            Ok(true)
+        );
         assert!(!unswept.is_linked(&key.account_id(), DeviceIndex(1), &dev, t(limit)));
         // A list signed after the logout that still names the swept device
         // (its primary missed the logout) does not re-link it; a new index does.
         let fresh = SignedDeviceList::sign(&key, &Draft::after(&list, vec![entry(1, dev)]), at);
-        assert_eq!(d.apply_device_list(&fresh, at), Ok(true));
+        assert_eq!(
+            d.apply_device_list(&fresh, at).map(|a| a.changed()),
+            Ok(true)
+        );
         assert!(!d.is_linked(&key.account_id(), DeviceIndex(1), &dev, at));
         let repaired = SignedDeviceList::sign(&key, &Draft::after(&fresh, vec![entry(2, dev)]), at);
-        assert_eq!(d.apply_device_list(&repaired, at), Ok(true));
+        assert_eq!(
+            d.apply_device_list(&repaired, at).map(|a| a.changed()),
+            Ok(true)
+        );
         assert!(d.is_linked(&key.account_id(), DeviceIndex(2), &dev, at));
         // Save and restore keep everything; corruption is refused.
         let bytes = d.save().unwrap();
@@ -555,7 +798,10 @@ mod tests {
         // One key at two indices (a re-pair awaiting its confirmation) holds one slot.
         let twice = vec![entry(2, dev), entry(3, dev)];
         let repair = SignedDeviceList::sign(&key, &Draft::after(&repaired, twice), at);
-        assert_eq!(d.apply_device_list(&repair, at), Ok(true));
+        assert_eq!(
+            d.apply_device_list(&repair, at).map(|a| a.changed()),
+            Ok(true)
+        );
     }
 
     #[test]
@@ -602,7 +848,10 @@ mod tests {
         assert!(!d.is_linked(&key.account_id(), DeviceIndex(2), &b, t(40)));
         // The genuine primary's next list still applies.
         let v3 = SignedDeviceList::sign(&key, &Draft::after(&v2, vec![entry(1, a)]), t(50));
-        assert_eq!(d.apply_device_list(&v3, t(50)), Ok(true));
+        assert_eq!(
+            d.apply_device_list(&v3, t(50)).map(|a| a.changed()),
+            Ok(true)
+        );
         // A heartbeat naming a list the directory lacks extends nothing.
         let v4 = SignedDeviceList::sign(&key, &Draft::after(&v3, vec![]), t(60));
         let hb = PrimaryHeartbeat::sign(&key, &v4, Default::default(), t(70));

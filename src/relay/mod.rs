@@ -11,10 +11,14 @@
 
 mod directory;
 mod ledger;
+mod subscription;
 
-pub use directory::{Directory, DirectoryError, SweptDevice};
+pub use directory::{
+    AccountFacts, DeviceLogout, Directory, DirectoryError, FactsError, ListApplied,
+};
 pub use ledger::{
     ClientId, HelloDigest, Ledger, LedgerConfig, LedgerError, MemoryTokenStore, Quota, QuotaScope,
     Routed, TokenRecord, TokenState, TokenStore, Transition, DEFAULT_MAX_TOKENS,
     DEFAULT_MAX_TOKENS_PER_CLIENT, DEFAULT_RESERVE_WINDOW, DEFAULT_SESSION_WINDOW,
 };
+pub use subscription::{BadSubscriptionProof, SubscriptionProof, SUBSCRIPTION_PROOF_LEN};

@@ -23,7 +23,7 @@ use std::collections::BinaryHeap;
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 
-use crate::certificate::DeviceIndex;
+use crate::certificate::{DeviceIndex, PrimaryHeartbeat, SignedDeviceList};
 use crate::handshake::{
     Companion, CompanionEvent, DeviceLabel, FailureReason, HandshakeError, PrimaryHandshake,
     RefusalReason,
@@ -440,9 +440,12 @@ impl<'a> AccountSim<'a> {
         if !self.devices.iter().any(stale) {
             return Ok(());
         }
-        let list = self.account.device_list().to_bytes();
-        let deadline = self.account.primary_deadline();
+        // Over the wire: the bytes every companion receives, decoded (and
+        // the signature verified) as a receiving host does.
         let number = self.number;
+        let list = SignedDeviceList::from_bytes(&self.account.device_list().to_bytes())
+            .map_err(|e| step(number, now, "decode the device list", e))?;
+        let deadline = self.account.primary_deadline();
         for dev in &mut self.devices {
             let Some(s) = dev.session.as_mut() else {
                 continue;
@@ -494,9 +497,11 @@ impl<'a> AccountSim<'a> {
         let bytes = heartbeat.to_bytes();
         let deadline = self.account.primary_deadline();
         let number = self.number;
+        let received = PrimaryHeartbeat::from_bytes(&bytes)
+            .map_err(|e| step(number, t, "decode the heartbeat", e))?;
         for s in self.devices.iter_mut().filter_map(|d| d.session.as_mut()) {
             let status = s
-                .accept_heartbeat(&bytes, t)
+                .accept_heartbeat(&received, t)
                 .map_err(|e| step(number, t, "session accepts the heartbeat", e))?;
             if matches!(status, SessionStatus::LoggedOut { .. }) || s.expires_at() != deadline {
                 return Err(diverged(
@@ -1238,8 +1243,10 @@ impl<'a> AccountSim<'a> {
                 return Err(diverged(number, t, "session holds another index"));
             }
             // Activity signed while the grant was in flight reaches it too.
-            if let Some(heartbeat) = &self.last_heartbeat {
-                s.accept_heartbeat(heartbeat, t)
+            if let Some(bytes) = &self.last_heartbeat {
+                let heartbeat = PrimaryHeartbeat::from_bytes(bytes)
+                    .map_err(|e| step(number, t, "decode the heartbeat", e))?;
+                s.accept_heartbeat(&heartbeat, t)
                     .map_err(|e| step(number, t, "new session accepts the heartbeat", e))?;
             }
             let dev = self.device_mut(c, t)?;

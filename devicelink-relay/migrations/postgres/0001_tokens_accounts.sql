@@ -29,14 +29,16 @@ CREATE INDEX clients_idle ON clients (id) WHERE live = 0;
 CREATE TABLE totals (shard smallint PRIMARY KEY CHECK (shard >= 0 AND shard < 64), n bigint NOT NULL);
 INSERT INTO totals (shard, n) SELECT s, 0 FROM generate_series(0, 63) AS s;
 
--- Each account's newest applied device list (wire bytes, signed), the
--- primary's last activity and the highest device index logged out for
--- primary inactivity.
+-- Accounts as the core directory's facts (devicelink::relay::AccountFacts,
+-- its own canonical encoding) with the newest applied device list (wire
+-- bytes, signed), a revision for compare-and-set writes, and the primary's
+-- last activity while companions are linked (NULL when none is), indexed
+-- for the sweep (the same rows as SQLite's migration 0004).
 CREATE TABLE accounts (
   account bytea PRIMARY KEY,
-  list_version bigint NOT NULL,
-  list_hash bytea NOT NULL,
-  list bytea NOT NULL,
-  last_activity bigint NOT NULL,
-  swept_up_to bigint NOT NULL DEFAULT 0
+  revision bigint NOT NULL,
+  active_since bigint,
+  facts bytea NOT NULL,
+  list bytea NOT NULL
 );
+CREATE INDEX accounts_due ON accounts (active_since) WHERE active_since IS NOT NULL;

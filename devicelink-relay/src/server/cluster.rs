@@ -21,12 +21,18 @@
 //!   reconnecting) drains its mailbox when it listens again, so nothing is
 //!   lost to a reconnect. No live node holds the client: error 701, as on
 //!   one node.
-//! - **Accounts.** A node that applied a device list or a heartbeat tells
-//!   every node (`devicelink_accounts`); each reloads the account from the
-//!   store (the shared [`AccountDirectory`](crate::AccountDirectory)) and
-//!   pushes the list (and the logouts it implies) or the heartbeat to its
-//!   own subscribers. Each node sweeps the accounts it knows and pushes
-//!   the logouts to its own subscribers, after checking the stored activity.
+//! - **Accounts.** The [`AccountDirectory`](crate::AccountDirectory)
+//!   decides every fact from the account's stored facts with a
+//!   compare-and-set, so nodes need no shared memory to agree. A node that
+//!   applied a device list, a heartbeat, or a sweep tells every node
+//!   (`devicelink_accounts`) with the logouts it decided; each pushes the
+//!   newest stored list (and the logouts), the heartbeat, or the logouts to
+//!   its own subscribers.
+//! - **Identified clients.** A connection that identifies registers its
+//!   stable `ClientId` here; the node that held it before is told, closes
+//!   its older connection (4005) and forwards what waited in its mailbox.
+//!   A client that left keeps its registration (its frames wait in the
+//!   mailbox of the node it left) until it connects again somewhere.
 //! - **Reconnection.** The listening connection reconnects with backoff;
 //!   each time it (re)connects the node renews its lease, registers every
 //!   client it holds again, drains its mailbox and reloads every account
@@ -40,15 +46,17 @@
 //! Its clients reconnect to another node; linked companions subscribe
 //! again and get the newest list from the store.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
 use deadpool_postgres::tokio_postgres::{AsyncMessage, NoTls};
-use devicelink::relay::ClientId;
-use devicelink::{AccountId, PrimaryHeartbeat, SignedDeviceList};
+use devicelink::relay::{ClientId, DeviceLogout};
+use devicelink::{
+    AccountId, DeviceIndex, LogoutReason, PrimaryHeartbeat, SignedDeviceList, Timestamp,
+};
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -84,8 +92,14 @@ impl Default for ClusterOptions {
 pub(crate) enum Event {
     /// Frames for clients connected here wait in the mailbox.
     Mailbox,
-    /// Another node applied a device list of this account.
-    List(AccountId),
+    /// This client identified on another node: its connection and
+    /// mailbox here are replaced.
+    Moved(ClientId),
+    /// Another node applied a device list of this account, logging out
+    /// these devices.
+    List(AccountId, Vec<DeviceLogout>),
+    /// Another node's sweep logged out these devices.
+    Logouts(Vec<DeviceLogout>),
     /// Another node applied this heartbeat (its wire bytes).
     Heartbeat(Vec<u8>),
     /// The listener (re)connected: assert presence, reload accounts.
@@ -146,6 +160,47 @@ fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
+/// `index.reason.at` for each logout, comma-separated.
+fn encode_logouts(logouts: &[DeviceLogout]) -> String {
+    logouts
+        .iter()
+        .map(|d| {
+            format!(
+                "{}.{}.{}",
+                d.index.0,
+                d.reason.code(),
+                d.at.as_unix_millis()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn decode_logouts(account: AccountId, s: &str) -> Option<Vec<DeviceLogout>> {
+    if s.is_empty() {
+        return Some(Vec::new());
+    }
+    s.split(',')
+        .map(|d| {
+            let mut f = d.split('.');
+            let index = DeviceIndex(f.next()?.parse().ok()?);
+            let reason = LogoutReason::from_code(f.next()?.parse().ok()?)?;
+            let at = Timestamp::from_unix_millis(f.next()?.parse().ok()?);
+            f.next().is_none().then_some(DeviceLogout {
+                account,
+                index,
+                reason,
+                at,
+            })
+        })
+        .collect()
+}
+
+fn account_of(hex: &str) -> Option<AccountId> {
+    let bytes: [u8; 32] = unhex(hex)?.try_into().ok()?;
+    Some(AccountId::from_bytes(bytes))
+}
+
 /// Parses one notification into an event (`None`: not ours, or our own).
 fn parse(node: i64, channel: &str, payload: &str) -> Option<Event> {
     if channel == ACCOUNTS {
@@ -155,14 +210,29 @@ fn parse(node: i64, channel: &str, payload: &str) -> Option<Event> {
         }
         return match payload.as_bytes().first()? {
             b'L' => {
-                let bytes: [u8; 32] = unhex(rest)?.try_into().ok()?;
-                Some(Event::List(AccountId::from_bytes(bytes)))
+                let (account, logouts) = rest.split_once(':')?;
+                let account = account_of(account)?;
+                Some(Event::List(account, decode_logouts(account, logouts)?))
+            }
+            b'O' => {
+                let (account, logouts) = rest.split_once(':')?;
+                Some(Event::Logouts(decode_logouts(
+                    account_of(account)?,
+                    logouts,
+                )?))
             }
             b'H' => Some(Event::Heartbeat(unhex(rest)?)),
             _ => None,
         };
     }
-    (payload == "m").then_some(Event::Mailbox)
+    match payload.as_bytes().first()? {
+        b'm' if payload.len() == 1 => Some(Event::Mailbox),
+        b'x' => {
+            let id: [u8; 16] = unhex(payload.get(1..)?)?.try_into().ok()?;
+            Some(Event::Moved(ClientId::from_bytes(id)))
+        }
+        _ => None,
+    }
 }
 
 impl Cluster {
@@ -365,10 +435,68 @@ impl Cluster {
         }
     }
 
-    /// Tells the other nodes that a list of `account` was applied here.
-    pub(crate) async fn list_applied(&self, account: AccountId) {
-        self.notify_accounts(format!("L{}:{}", self.node, hex(&account.to_bytes())))
+    /// Tells the other nodes that a list of `account` was applied here,
+    /// logging out `logged_out`.
+    pub(crate) async fn list_applied(&self, account: AccountId, logged_out: &[DeviceLogout]) {
+        let account_hex = hex(&account.to_bytes());
+        self.notify_accounts(format!(
+            "L{}:{account_hex}:{}",
+            self.node,
+            encode_logouts(logged_out)
+        ))
+        .await;
+    }
+
+    /// Tells the other nodes about the devices a sweep here logged out (one
+    /// notification per account, at most 60 devices each).
+    pub(crate) async fn logged_out(&self, logouts: &[DeviceLogout]) {
+        let mut by_account: std::collections::BTreeMap<[u8; 32], Vec<DeviceLogout>> =
+            Default::default();
+        for d in logouts {
+            by_account.entry(d.account.to_bytes()).or_default().push(*d);
+        }
+        for (account, devices) in by_account {
+            for chunk in devices.chunks(60) {
+                self.notify_accounts(format!(
+                    "O{}:{}:{}",
+                    self.node,
+                    hex(&account),
+                    encode_logouts(chunk)
+                ))
+                .await;
+            }
+        }
+    }
+
+    /// The connection registered as `old` identified as `id` here: `id`
+    /// is registered on this node, and the node that held it before (if
+    /// another) is told, so it replaces its connection and hands over its
+    /// mailbox.
+    pub(crate) async fn identified(&self, old: ClientId, id: ClientId) {
+        let node = self.node;
+        let r = self
+            .with_db(move |c| async move {
+                let st = c
+                    .prepare_cached(
+                        "WITH prev AS (SELECT node FROM relay_presence WHERE client = $1),
+                         gone AS (DELETE FROM relay_presence WHERE client = $3 AND node = $2),
+                         up AS (
+                           INSERT INTO relay_presence (client, node) VALUES ($1, $2)
+                           ON CONFLICT (client) DO UPDATE SET node = excluded.node, since = now())
+                         SELECT p.node, pg_notify('devicelink_node_' || p.node, $4)::text
+                           FROM prev p WHERE p.node <> $2",
+                    )
+                    .await?;
+                let (idb, oldb) = (id.to_bytes(), old.to_bytes());
+                let moved = format!("x{}", hex(&idb));
+                c.execute(&st, &[&&idb[..], &node, &&oldb[..], &moved])
+                    .await
+            })
             .await;
+        if let Err(e) = r {
+            self.dirty.store(true, Ordering::Release);
+            tracing::warn!(error = %e.text, "cannot register an identified client; retrying");
+        }
     }
 
     /// Tells the other nodes that this heartbeat was applied here.
@@ -547,14 +675,18 @@ async fn listen(store: PgStore, node: i64, events: mpsc::Sender<Event>) {
     }
 }
 
-/// Reloads `account` and pushes its newest list to this node's
-/// subscribers; `false` if the database did not answer (try again).
-async fn push_list<S: Store + 'static>(hub: &Arc<Hub<S>>, account: AccountId) -> bool {
+/// Reads `account`'s newest list from the store and pushes it to this
+/// node's subscribers, with `logged_out` and a logout for every subscriber
+/// of a device the list no longer names (a revocation this node may have
+/// missed); `false` if the database did not answer (try again).
+async fn push_list<S: Store + 'static>(
+    hub: &Arc<Hub<S>>,
+    account: AccountId,
+    logged_out: Vec<DeviceLogout>,
+) -> bool {
     let r = hub
         .blocking(move |h| {
-            let mut dir = h.directory();
-            dir.refresh(&account)?;
-            let Some(rec) = dir.store().account(&account)? else {
+            let Some(rec) = h.directory.store().account(&account)? else {
                 return Ok(None);
             };
             let list = SignedDeviceList::from_bytes(&rec.list)
@@ -563,12 +695,33 @@ async fn push_list<S: Store + 'static>(hub: &Arc<Hub<S>>, account: AccountId) ->
         })
         .await;
     match r {
-        Some(Ok(Some((list, bytes)))) => hub.fan_out_list(&list, Bytes::from(bytes)),
+        Some(Ok(Some((list, bytes)))) => {
+            let mut logouts = logged_out;
+            for index in hub.subscribed_indices(&account) {
+                if list.devices().iter().any(|e| e.index == index)
+                    || logouts.iter().any(|d| d.index == index)
+                {
+                    continue;
+                }
+                let reason = list
+                    .removed()
+                    .iter()
+                    .find(|r| r.index == index)
+                    .map_or(LogoutReason::Revoked, |r| r.reason);
+                logouts.push(DeviceLogout {
+                    account,
+                    index,
+                    reason,
+                    at: list.issued_at(),
+                });
+            }
+            hub.fan_out_list(&list, Bytes::from(bytes), &logouts);
+        }
         Some(Err(StoreError::Unavailable(e))) => {
-            tracing::warn!(error = %e, "cannot reload an account yet; retrying");
+            tracing::warn!(error = %e, "cannot read an account yet; retrying");
             return false;
         }
-        Some(Err(e)) => tracing::warn!(error = %e, "cannot reload an account"),
+        Some(Err(e)) => tracing::warn!(error = %e, "cannot read an account"),
         Some(Ok(None)) | None => {}
     }
     true
@@ -585,8 +738,8 @@ pub(crate) async fn run<S: Store + 'static>(hub: Arc<Hub<S>>, cluster: Arc<Clust
     let mut shutdown = hub.shutdown.clone();
     let mut retry = tokio::time::interval(Duration::from_millis(200));
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Accounts whose update could not be read yet.
-    let mut pending: BTreeSet<AccountId> = BTreeSet::new();
+    // Accounts whose update could not be read yet, with its logouts.
+    let mut pending: BTreeMap<AccountId, Vec<DeviceLogout>> = BTreeMap::new();
     loop {
         let event = tokio::select! {
             () = stopped(&mut shutdown) => break,
@@ -597,9 +750,9 @@ pub(crate) async fn run<S: Store + 'static>(hub: Arc<Hub<S>>, cluster: Arc<Clust
                 } else if !pending.is_empty() {
                     // Up to 256 accounts a tick.
                     for _ in 0..256 {
-                        let Some(account) = pending.pop_first() else { break };
-                        if !push_list(&hub, account).await {
-                            pending.insert(account);
+                        let Some((account, logouts)) = pending.pop_first() else { break };
+                        if !push_list(&hub, account, logouts.clone()).await {
+                            pending.insert(account, logouts);
                             break;
                         }
                     }
@@ -621,29 +774,23 @@ pub(crate) async fn run<S: Store + 'static>(hub: Arc<Hub<S>>, cluster: Arc<Clust
                 }
                 None => cluster.dirty.store(true, Ordering::Release),
             },
-            Event::List(account) => {
-                if !push_list(&hub, account).await {
-                    pending.insert(account);
+            Event::Moved(id) => {
+                for frame in hub.moved_away(id) {
+                    cluster.deliver(id, frame).await;
                 }
             }
-            Event::Heartbeat(bytes) => {
-                // Verified and pushed first (each companion checks it
-                // itself); the account is reloaded after.
-                let Ok(heartbeat) = PrimaryHeartbeat::from_bytes(&bytes) else {
-                    tracing::warn!("a heartbeat from another node does not verify");
-                    continue;
-                };
-                let account = heartbeat.account();
-                hub.fan_out_heartbeat(account, &bytes);
-                match hub.blocking(move |h| h.directory().refresh(&account)).await {
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "cannot reload an account yet; retrying");
-                        pending.insert(account);
-                    }
-                    None => {}
+            Event::List(account, logouts) => {
+                if !push_list(&hub, account, logouts.clone()).await {
+                    pending.entry(account).or_default().extend(logouts);
                 }
             }
+            Event::Logouts(logouts) => hub.push_logouts(&logouts),
+            Event::Heartbeat(bytes) => match PrimaryHeartbeat::from_bytes(&bytes) {
+                Ok(heartbeat) => hub.fan_out_heartbeat(heartbeat.account(), &bytes),
+                Err(e) => {
+                    tracing::warn!(error = %e, "a heartbeat from another node does not verify")
+                }
+            },
             Event::Resync => {
                 let mut ok = cluster.renew_now().await;
                 ok &= cluster.connected(hub.client_ids()).await;
@@ -655,19 +802,11 @@ pub(crate) async fn run<S: Store + 'static>(hub: Arc<Hub<S>>, cluster: Arc<Clust
                     }
                     None => ok = false,
                 }
-                match hub.blocking(|h| h.directory().refresh_all()).await {
-                    Some(Ok(n)) => {
-                        tracing::debug!(accounts = n, "reloaded the accounts");
-                        // Updates may have been missed while not listening:
-                        // each subscribed account's newest list again (a
-                        // companion ignores one it holds).
-                        pending.extend(hub.subscribed_accounts());
-                    }
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "cannot reload the accounts yet; retrying");
-                        ok = false;
-                    }
-                    None => ok = false,
+                // Updates may have been missed while not listening: each
+                // subscribed account's newest list again (a companion
+                // ignores one it holds).
+                for account in hub.subscribed_accounts() {
+                    pending.entry(account).or_default();
                 }
                 if !ok {
                     cluster.dirty.store(true, Ordering::Release);
@@ -684,21 +823,63 @@ mod tests {
 
     #[test]
     fn notifications_parse_totally() {
-        let frame = vec![3u8, 1, 2, 255];
-        let client = ClientId::from_bytes([7; 16]);
-        let _ = (frame, client);
         assert!(matches!(
             parse(1, "devicelink_node_1", "m"),
             Some(Event::Mailbox)
         ));
+        let client = ClientId::from_bytes([7; 16]);
+        let x = format!("x{}", hex(&client.to_bytes()));
+        assert!(matches!(parse(1, "devicelink_node_1", &x), Some(Event::Moved(c)) if c == client));
         let account = AccountId::from_bytes([9; 32]);
-        let l = format!("L2:{}", hex(&account.to_bytes()));
-        assert!(matches!(parse(1, ACCOUNTS, &l), Some(Event::List(a)) if a == account));
+        let logouts = vec![
+            DeviceLogout {
+                account,
+                index: DeviceIndex(3),
+                reason: LogoutReason::Revoked,
+                at: Timestamp::from_unix_millis(5),
+            },
+            DeviceLogout {
+                account,
+                index: DeviceIndex(4),
+                reason: LogoutReason::PrimaryOffline,
+                at: Timestamp::from_unix_millis(6),
+            },
+        ];
+        let l = format!(
+            "L2:{}:{}",
+            hex(&account.to_bytes()),
+            encode_logouts(&logouts)
+        );
+        assert!(
+            matches!(parse(1, ACCOUNTS, &l), Some(Event::List(a, d)) if a == account && d == logouts)
+        );
+        let l0 = format!("L2:{}:", hex(&account.to_bytes()));
+        assert!(matches!(parse(1, ACCOUNTS, &l0), Some(Event::List(_, d)) if d.is_empty()));
+        let o = format!(
+            "O2:{}:{}",
+            hex(&account.to_bytes()),
+            encode_logouts(&logouts)
+        );
+        assert!(matches!(parse(1, ACCOUNTS, &o), Some(Event::Logouts(d)) if d == logouts));
         // Our own account notices are ignored.
         assert!(parse(2, ACCOUNTS, &l).is_none());
-        for bad in ["", "d", "mm", "L", "Lx:00", "H1:0", "q", "d0102"] {
+        for bad in [
+            "",
+            "d",
+            "mm",
+            "x",
+            "x00",
+            "L",
+            "Lx:00",
+            "L2:00:",
+            "H1:0",
+            "q",
+            "O2:00:1.9.1",
+        ] {
             assert!(parse(1, "devicelink_node_1", bad).is_none(), "{bad}");
             assert!(parse(5, ACCOUNTS, bad).is_none(), "{bad}");
         }
+        let bad_logout = format!("O2:{}:1.99.1", hex(&account.to_bytes()));
+        assert!(parse(1, ACCOUNTS, &bad_logout).is_none());
     }
 }

@@ -51,6 +51,12 @@ pub const MALFORMED_FRAME: u16 = 101;
 pub const TEXT_MESSAGE: u16 = 102;
 /// A message larger than the limit; closed with [`CLOSE_TOO_BIG`].
 pub const TOO_BIG: u16 = 103;
+/// A Subscribe on a connection that did not identify itself (a
+/// subscription is bound to a stable client id); the connection stays open.
+pub const NOT_IDENTIFIED: u16 = 201;
+/// An Identify that is not the connection's first frame; the connection
+/// stays open with the id it has.
+pub const IDENTIFY_NOT_FIRST: u16 = 303;
 /// A frame type this endpoint does not take (a relay-only type, or a
 /// publication on the companion endpoint); the connection stays open.
 pub const WRONG_FRAME: u16 = 301;
@@ -84,6 +90,9 @@ pub const CLOSE_SLOW_READER: u16 = 4002;
 pub const CLOSE_IDLE: u16 = 4003;
 /// Close: over the connection's frame rate.
 pub const CLOSE_RATE_LIMITED: u16 = 4004;
+/// Close: a newer connection identified as the same client (the client
+/// reconnected elsewhere): this one is replaced.
+pub const CLOSE_REPLACED: u16 = 4005;
 
 #[cfg(test)]
 mod tests {

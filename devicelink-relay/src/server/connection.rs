@@ -9,11 +9,11 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use devicelink::handshake::MessageKind;
-use devicelink::relay::{ClientId, Transition};
+use devicelink::relay::{ClientId, ListApplied, Transition};
 use devicelink::{AccountId, ErrorKind, PrimaryHeartbeat, SignedDeviceList};
 use rand_core::{OsRng, RngCore};
 use std::future::Future;
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::codes;
@@ -55,16 +55,24 @@ pub(crate) enum Role {
 impl Role {
     fn accepts(self, frame: FrameType) -> bool {
         match self {
+            // A companion may carry its account's signed list (the one its
+            // certificate holds) before it subscribes: the directory decides
+            // whatever carries a signed fact.
             Role::Companion => matches!(
                 frame,
-                FrameType::Register
+                FrameType::Identify
+                    | FrameType::Register
                     | FrameType::Release
                     | FrameType::Message
+                    | FrameType::PublishList
                     | FrameType::Subscribe
             ),
             Role::Primary => matches!(
                 frame,
-                FrameType::Message | FrameType::PublishList | FrameType::PublishHeartbeat
+                FrameType::Identify
+                    | FrameType::Message
+                    | FrameType::PublishList
+                    | FrameType::PublishHeartbeat
             ),
         }
     }
@@ -151,6 +159,8 @@ impl Bucket {
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 static FALLBACK_ID: AtomicU64 = AtomicU64::new(1);
+/// Connection numbers (unique in this process).
+static CONNECTIONS: AtomicU64 = AtomicU64::new(1);
 
 /// A fresh random id (never sent to anyone; only the relay routes by it).
 /// If the system RNG fails, a process-wide counter keeps ids unique.
@@ -165,7 +175,13 @@ fn fresh_client_id() -> ClientId {
 struct Connection<S: Store, W: Wire> {
     hub: Arc<Hub<S>>,
     socket: W,
+    /// How others reach this connection.
+    peer: Peer,
+    /// A fresh random id, or the one an Identify frame named.
     client: ClientId,
+    identified: bool,
+    /// Frames handled so far (an Identify must be the first).
+    frames: u64,
     role: Role,
     subscribed: Option<AccountId>,
 }
@@ -176,18 +192,17 @@ pub(crate) async fn run<S: Store + 'static, W: Wire>(
     hub: Arc<Hub<S>>,
     socket: W,
     role: Role,
-    permit: OwnedSemaphorePermit,
+    permit: super::admission::Admission,
 ) {
     let client = fresh_client_id();
     let (tx, rx) = mpsc::channel(hub.limits.outbound_queue.max(1));
     let close = Arc::new(CloseSignal::default());
-    hub.connect(
-        client,
-        Peer {
-            tx,
-            close: close.clone(),
-        },
-    );
+    let peer = Peer {
+        conn: CONNECTIONS.fetch_add(1, Ordering::Relaxed),
+        tx,
+        close: close.clone(),
+    };
+    hub.connect(client, peer.clone());
     hub.announce_connected(client).await;
     Metrics::inc(&hub.metrics.connections_total);
     Metrics::inc(&hub.metrics.connections_open);
@@ -195,13 +210,21 @@ pub(crate) async fn run<S: Store + 'static, W: Wire>(
     let mut conn = Connection {
         hub: hub.clone(),
         socket,
+        peer,
         client,
+        identified: false,
+        frames: 0,
         role,
         subscribed: None,
     };
     let end = conn.serve(rx, &close).await;
-    hub.disconnect(client, conn.subscribed);
-    hub.announce_disconnected(client);
+    let client = conn.client;
+    hub.disconnect(client, conn.peer.conn, conn.identified, conn.subscribed);
+    // An identified client's frames keep coming here (into its mailbox)
+    // until it connects again, here or on another node.
+    if !conn.identified {
+        hub.announce_disconnected(client);
+    }
     if let End::Close(code, refusal) = end {
         conn.close(code, refusal).await;
     }
@@ -368,6 +391,7 @@ impl<S: Store + 'static, W: Wire> Connection<S, W> {
                 .refuse(Refusal::transport(codes::WRONG_FRAME, text))
                 .await;
         }
+        self.frames += 1;
         let now = self.hub.clock.now();
         let client = self.client;
         match frame {
@@ -443,29 +467,91 @@ impl<S: Store + 'static, W: Wire> Connection<S, W> {
                 self.hub.metrics.routed(routed.kind);
                 self.send_frame(&Frame::Routed { header }).await
             }
-            Frame::Subscribe { account, index } => {
-                if let Some(old) = self.subscribed.take() {
-                    self.hub.unsubscribe(client, old);
+            Frame::Identify { secret } => {
+                if self.frames != 1 {
+                    return self
+                        .refuse(Refusal::transport(
+                            codes::IDENTIFY_NOT_FIRST,
+                            "Identify must be the connection's first frame",
+                        ))
+                        .await;
                 }
-                self.hub.subscribe(account, Subscriber { client, index });
+                let id = secret.client_id();
+                let replaced = self.hub.identify(self.client, id, &self.peer);
+                self.hub.announce_identified(self.client, id).await;
+                if replaced {
+                    Metrics::inc(&self.hub.metrics.connections_replaced);
+                }
+                self.client = id;
+                self.identified = true;
+                self.ack(ty, replaced).await
+            }
+            Frame::Subscribe {
+                account,
+                index,
+                proof,
+            } => {
+                if !self.identified {
+                    return self
+                        .refuse(Refusal::transport(
+                            codes::NOT_IDENTIFIED,
+                            "a subscription needs an identified connection",
+                        ))
+                        .await;
+                }
+                // The core's facts name the device's key; its proof binds
+                // this client id. Then the newest list the relay holds (a
+                // companion catches up on what it missed while away).
+                let r = self
+                    .hub
+                    .blocking(move |h| {
+                        let key = h
+                            .directory
+                            .linked_device(&account, index, now)
+                            .map_err(directory_refusal)?
+                            .ok_or_else(|| {
+                                Refusal::core(
+                                    ErrorKind::Unexpected,
+                                    "no device linked at that index (publish its list first)",
+                                )
+                            })?;
+                        proof
+                            .verify(&key, &account, index, client)
+                            .map_err(|e| Refusal::core(e.kind(), e))?;
+                        h.directory
+                            .account(&account)
+                            .map_err(|e| Refusal::core(ErrorKind::Unavailable, e))
+                    })
+                    .await;
+                let held = match r {
+                    Some(Ok(held)) => held,
+                    Some(Err(refusal)) => return self.refuse(refusal).await,
+                    None => return Some(internal()),
+                };
+                if let Some(old) = self.subscribed.take() {
+                    self.hub.unsubscribe(self.peer.conn, old);
+                }
+                self.hub.subscribe(
+                    account,
+                    Subscriber {
+                        client,
+                        conn: self.peer.conn,
+                        index,
+                    },
+                );
                 self.subscribed = Some(account);
                 if let Some(end) = self.ack(ty, true).await {
                     return Some(end);
                 }
-                // Catch the companion up with the newest list the relay
-                // holds (it may have missed a revocation while away).
-                let held = self
-                    .hub
-                    .blocking(move |h| h.directory().store().account(&account))
-                    .await;
-                if let Some(Ok(Some(record))) = held {
-                    return self
-                        .send_frame(&Frame::PublishList {
+                match held {
+                    Some(record) => {
+                        self.send_frame(&Frame::PublishList {
                             bytes: &record.list,
                         })
-                        .await;
+                        .await
+                    }
+                    None => None,
                 }
-                None
             }
             Frame::PublishList { bytes: list } => {
                 let owned = Bytes::copy_from_slice(list);
@@ -474,19 +560,20 @@ impl<S: Store + 'static, W: Wire> Connection<S, W> {
                     .blocking(move |h| {
                         let list = SignedDeviceList::from_bytes(&owned)
                             .map_err(|e| Refusal::core(e.kind(), e))?;
-                        let changed = h
-                            .directory()
+                        let applied = h
+                            .directory
                             .apply_device_list(&list, now)
                             .map_err(directory_refusal)?;
-                        Ok((list, owned, changed))
+                        Ok((list, owned, applied))
                     })
                     .await;
                 match r {
-                    Some(Ok((list, owned, changed))) => {
-                        if changed {
+                    Some(Ok((list, owned, applied))) => {
+                        let changed = applied.changed();
+                        if let ListApplied::Changed { logged_out } = applied {
                             Metrics::inc(&self.hub.metrics.lists_applied);
-                            self.hub.fan_out_list(&list, owned);
-                            self.hub.announce_list(list.account()).await;
+                            self.hub.fan_out_list(&list, owned, &logged_out);
+                            self.hub.announce_list(list.account(), &logged_out).await;
                         }
                         self.ack(ty, changed).await
                     }
@@ -501,7 +588,7 @@ impl<S: Store + 'static, W: Wire> Connection<S, W> {
                     .blocking(move |h| {
                         let heartbeat = PrimaryHeartbeat::from_bytes(&owned)
                             .map_err(|e| Refusal::core(e.kind(), e))?;
-                        h.directory()
+                        h.directory
                             .apply_heartbeat(&heartbeat, now)
                             .map_err(directory_refusal)?;
                         Ok((heartbeat.account(), owned))
@@ -534,6 +621,9 @@ fn directory_refusal(e: AccountDirectoryError) -> Refusal {
     match e {
         AccountDirectoryError::Refused(e) => Refusal::core(e.kind(), e),
         AccountDirectoryError::Store(e) => Refusal::core(ErrorKind::Unavailable, e),
+        e @ (AccountDirectoryError::Contended(_) | AccountDirectoryError::Corrupt(_)) => {
+            Refusal::core(ErrorKind::Unavailable, e)
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use axum::body::Bytes;
-use devicelink::relay::{ClientId, Ledger, SweptDevice};
+use devicelink::relay::{ClientId, DeviceLogout, Ledger};
 use devicelink::{AccountId, DeviceIndex, LogoutReason, SignedDeviceList};
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 
@@ -43,26 +43,47 @@ impl CloseSignal {
 /// A connected client as the others reach it.
 #[derive(Debug, Clone)]
 pub(crate) struct Peer {
+    /// The connection's number (unique in this process): a replaced
+    /// connection's exit must not forget its successor.
+    pub(crate) conn: u64,
     pub(crate) tx: mpsc::Sender<Bytes>,
     pub(crate) close: Arc<CloseSignal>,
 }
 
-/// One companion's subscription.
+/// One companion's subscription (its proof was verified).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Subscriber {
     pub(crate) client: ClientId,
+    pub(crate) conn: u64,
     pub(crate) index: DeviceIndex,
+}
+
+/// Frames for identified clients that are momentarily not connected, kept
+/// for `mailbox_ttl` after their connection ended (bounded per client and
+/// in all).
+#[derive(Debug, Default)]
+struct Mailboxes {
+    boxes: HashMap<ClientId, Mailbox>,
+    bytes: usize,
+}
+
+#[derive(Debug)]
+struct Mailbox {
+    until: Instant,
+    frames: Vec<Bytes>,
 }
 
 pub(crate) struct Hub<S: Store> {
     pub(crate) ledger: Ledger<S>,
-    pub(crate) directory: Mutex<AccountDirectory<S>>,
+    pub(crate) directory: AccountDirectory<S>,
     clients: Mutex<HashMap<ClientId, Peer>>,
+    mailboxes: Mutex<Mailboxes>,
     subscribers: Mutex<HashMap<AccountId, Vec<Subscriber>>>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) limits: Limits,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) connections: Arc<Semaphore>,
+    pub(crate) gate: super::admission::Gate,
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) polls: super::poll::PollSessions,
     /// Other relay nodes on the same database (PostgreSQL), if any.
@@ -84,13 +105,16 @@ impl<S: Store + 'static> Hub<S> {
         limits: Limits,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
+        let connections = Arc::new(Semaphore::new(limits.max_connections));
         Hub {
             ledger,
-            directory: Mutex::new(directory),
+            directory,
             clients: Mutex::new(HashMap::new()),
+            mailboxes: Mutex::new(Mailboxes::default()),
             subscribers: Mutex::new(HashMap::new()),
             clock,
-            connections: Arc::new(Semaphore::new(limits.max_connections)),
+            connections: connections.clone(),
+            gate: super::admission::Gate::new(&limits, connections),
             limits,
             metrics: Arc::new(Metrics::default()),
             shutdown,
@@ -105,6 +129,14 @@ impl<S: Store + 'static> Hub<S> {
     pub(crate) fn with_cluster(mut self, cluster: Arc<super::cluster::Cluster>) -> Self {
         self.cluster = Some(cluster);
         self
+    }
+
+    /// The device indices subscribed to `account` on this node.
+    pub(crate) fn subscribed_indices(&self, account: &AccountId) -> Vec<DeviceIndex> {
+        lock(&self.subscribers)
+            .get(account)
+            .map(|l| l.iter().map(|s| s.index).collect())
+            .unwrap_or_default()
     }
 
     /// The accounts some connection of this node subscribed to.
@@ -148,13 +180,47 @@ impl<S: Store + 'static> Hub<S> {
         false
     }
 
-    /// Tells the other nodes (if any) that a list of `account` was applied.
-    pub(crate) async fn announce_list(&self, account: AccountId) {
+    /// Tells the other nodes (if any) that a list of `account` was applied,
+    /// and which of its devices it logged out.
+    pub(crate) async fn announce_list(&self, account: AccountId, logged_out: &[DeviceLogout]) {
         #[cfg(feature = "postgres")]
         if let Some(c) = &self.cluster {
-            c.list_applied(account).await;
+            c.list_applied(account, logged_out).await;
         }
-        let _ = account;
+        let _ = (account, logged_out);
+    }
+
+    /// Tells the other nodes (if any) about devices a sweep logged out.
+    pub(crate) async fn announce_logouts(&self, logouts: &[DeviceLogout]) {
+        #[cfg(feature = "postgres")]
+        if let Some(c) = &self.cluster {
+            c.logged_out(logouts).await;
+        }
+        let _ = logouts;
+    }
+
+    /// Tells the other nodes (if any) that the connection known as `old`
+    /// identified as `id` here (a connection of `id` elsewhere is replaced).
+    pub(crate) async fn announce_identified(&self, old: ClientId, id: ClientId) {
+        #[cfg(feature = "postgres")]
+        if let Some(c) = &self.cluster {
+            c.identified(old, id).await;
+        }
+        let _ = (old, id);
+    }
+
+    /// `id` connected to another node: a connection of it here is replaced
+    /// (closed with 4005), and the frames waiting in its mailbox here are
+    /// returned (for the node that holds it now).
+    pub(crate) fn moved_away(&self, id: ClientId) -> Vec<Bytes> {
+        if let Some(peer) = lock(&self.clients).remove(&id) {
+            Metrics::inc(&self.metrics.connections_replaced);
+            peer.close.close(super::codes::CLOSE_REPLACED);
+        }
+        let mut m = lock(&self.mailboxes);
+        let frames = m.boxes.remove(&id).map(|b| b.frames).unwrap_or_default();
+        m.bytes -= frames.iter().map(Bytes::len).sum::<usize>().min(m.bytes);
+        frames
     }
 
     /// Tells the other nodes (if any) that a heartbeat was applied.
@@ -189,45 +255,129 @@ impl<S: Store + 'static> Hub<S> {
         }
     }
 
-    /// Whether the directory lock is usable from the blocking pool.
-    pub(crate) fn directory(&self) -> MutexGuard<'_, AccountDirectory<S>> {
-        lock(&self.directory)
-    }
-
     pub(crate) fn connect(&self, client: ClientId, peer: Peer) {
         lock(&self.clients).insert(client, peer);
     }
 
-    /// Forgets a connection and its subscription.
-    pub(crate) fn disconnect(&self, client: ClientId, subscribed: Option<AccountId>) {
-        lock(&self.clients).remove(&client);
+    /// The connection `peer`, known as `old` so far, identified as `id`:
+    /// it takes over `id` (a connection holding it is told to close as
+    /// replaced) and receives what waited in `id`'s mailbox. Returns whether
+    /// it replaced a connection.
+    pub(crate) fn identify(&self, old: ClientId, id: ClientId, peer: &Peer) -> bool {
+        let replaced = {
+            let mut clients = lock(&self.clients);
+            if clients.get(&old).is_some_and(|p| p.conn == peer.conn) {
+                clients.remove(&old);
+            }
+            clients.insert(id, peer.clone())
+        };
+        if let Some(prev) = &replaced {
+            if prev.conn != peer.conn {
+                prev.close.close(super::codes::CLOSE_REPLACED);
+            }
+        }
+        let waiting = {
+            let mut m = lock(&self.mailboxes);
+            let frames = m.boxes.remove(&id).map(|b| b.frames).unwrap_or_default();
+            m.bytes -= frames.iter().map(Bytes::len).sum::<usize>().min(m.bytes);
+            frames
+        };
+        for frame in waiting {
+            self.push(id, frame);
+        }
+        replaced.is_some_and(|p| p.conn != peer.conn)
+    }
+
+    /// Forgets connection `conn` (if it still holds `client`) and its
+    /// subscription. An identified client's frames wait in a mailbox for
+    /// `mailbox_ttl`.
+    pub(crate) fn disconnect(
+        &self,
+        client: ClientId,
+        conn: u64,
+        identified: bool,
+        subscribed: Option<AccountId>,
+    ) {
+        let held = {
+            let mut clients = lock(&self.clients);
+            let ours = clients.get(&client).is_some_and(|p| p.conn == conn);
+            if ours {
+                clients.remove(&client);
+            }
+            ours
+        };
+        if held && identified && !self.limits.mailbox_ttl.is_zero() {
+            lock(&self.mailboxes).boxes.insert(
+                client,
+                Mailbox {
+                    until: Instant::now() + self.limits.mailbox_ttl,
+                    frames: Vec::new(),
+                },
+            );
+        }
         if let Some(account) = subscribed {
-            self.unsubscribe(client, account);
+            self.unsubscribe(conn, account);
         }
     }
 
     pub(crate) fn subscribe(&self, account: AccountId, sub: Subscriber) {
         let mut subs = lock(&self.subscribers);
         let list = subs.entry(account).or_default();
-        list.retain(|s| s.client != sub.client);
+        list.retain(|s| s.conn != sub.conn);
         list.push(sub);
     }
 
-    pub(crate) fn unsubscribe(&self, client: ClientId, account: AccountId) {
+    pub(crate) fn unsubscribe(&self, conn: u64, account: AccountId) {
         let mut subs = lock(&self.subscribers);
         if let Some(list) = subs.get_mut(&account) {
-            list.retain(|s| s.client != client);
+            list.retain(|s| s.conn != conn);
             if list.is_empty() {
                 subs.remove(&account);
             }
         }
     }
 
+    /// Drops mailboxes whose time is up.
+    pub(crate) fn sweep_mailboxes(&self) {
+        let now = Instant::now();
+        let mut m = lock(&self.mailboxes);
+        let mut freed = 0;
+        m.boxes.retain(|_, b| {
+            let keep = b.until > now;
+            if !keep {
+                freed += b.frames.iter().map(Bytes::len).sum::<usize>();
+            }
+            keep
+        });
+        m.bytes -= freed.min(m.bytes);
+    }
+
+    /// Keeps `frame` for `to` if `to` is an identified client that left
+    /// less than `mailbox_ttl` ago, within the mailbox bounds.
+    fn post(&self, to: ClientId, frame: Bytes) -> bool {
+        let limits = &self.limits;
+        let mut m = lock(&self.mailboxes);
+        if m.bytes + frame.len() > limits.mailbox_bytes {
+            return false;
+        }
+        let Some(b) = m.boxes.get_mut(&to) else {
+            return false;
+        };
+        if b.until <= Instant::now() || b.frames.len() >= limits.mailbox_frames {
+            return false;
+        }
+        let len = frame.len();
+        b.frames.push(frame);
+        m.bytes += len;
+        Metrics::inc(&self.metrics.mailbox_posted);
+        true
+    }
+
     /// Queues `frame` for `to`. A full queue closes `to` as a slow reader.
     /// Returns whether the frame was queued.
     pub(crate) fn push(&self, to: ClientId, frame: Bytes) -> bool {
         let Some(peer) = lock(&self.clients).get(&to).cloned() else {
-            return false;
+            return self.post(to, frame);
         };
         match peer.tx.try_send(frame) {
             Ok(()) => true,
@@ -253,30 +403,24 @@ impl<S: Store + 'static> Hub<S> {
     }
 
     /// Sends an applied list to the account's subscribers, then a logout to
-    /// each subscriber the list no longer names (with the list's reason).
-    pub(crate) fn fan_out_list(&self, list: &SignedDeviceList, bytes: Bytes) {
+    /// each subscribed device the directory logged out with it (the core's
+    /// decision and reason).
+    pub(crate) fn fan_out_list(
+        &self,
+        list: &SignedDeviceList,
+        bytes: Bytes,
+        logged_out: &[DeviceLogout],
+    ) {
         let account = list.account();
         let subs = lock(&self.subscribers)
             .get(&account)
             .cloned()
             .unwrap_or_default();
         let framed = Bytes::from(Frame::PublishList { bytes: &bytes }.encode());
-        let mut gone = Vec::new();
         for sub in subs {
             self.push(sub.client, framed.clone());
-            if list.devices().iter().all(|e| e.index != sub.index) {
-                let reason = list
-                    .removed()
-                    .iter()
-                    .find(|r| r.index == sub.index)
-                    .map_or(LogoutReason::Revoked, |r| r.reason);
-                self.push_logout(sub, reason);
-                gone.push(sub.client);
-            }
         }
-        for client in gone {
-            self.unsubscribe(client, account);
-        }
+        self.push_logouts(logged_out);
     }
 
     /// Sends an applied heartbeat to the account's subscribers.
@@ -291,18 +435,30 @@ impl<S: Store + 'static> Hub<S> {
         }
     }
 
-    /// Pushes the directory's sweep results to the subscribed devices.
-    pub(crate) fn push_swept(&self, swept: &[SweptDevice]) {
-        for d in swept {
+    /// Pushes the directory's logouts (a sweep's, or a list's) to the
+    /// subscribed devices, and ends their subscriptions.
+    pub(crate) fn push_logouts(&self, logouts: &[DeviceLogout]) {
+        for d in logouts {
             let matching: Vec<Subscriber> = lock(&self.subscribers)
                 .get(&d.account)
                 .map(|l| l.iter().copied().filter(|s| s.index == d.index).collect())
                 .unwrap_or_default();
             for sub in matching {
                 self.push_logout(sub, d.reason);
-                self.unsubscribe(sub.client, d.account);
+                self.unsubscribe(sub.conn, d.account);
             }
         }
+    }
+
+    /// Admits a new connection from `ip` (not while shutting down).
+    pub(crate) fn admit(
+        &self,
+        ip: Option<std::net::IpAddr>,
+    ) -> Result<super::admission::Admission, super::admission::Refused> {
+        if *self.shutdown.borrow() {
+            return Err(super::admission::Refused::ShuttingDown);
+        }
+        self.gate.admit(ip, &self.metrics)
     }
 
     /// Waits until every connection task has returned its permit, up to the
@@ -340,6 +496,8 @@ pub(crate) async fn sweep_loop<S: Store + 'static>(hub: Arc<Hub<S>>) {
             _ = tick.tick() => {}
         }
         hub.polls.sweep(hub.limits.poll_wait.saturating_mul(2));
+        hub.sweep_mailboxes();
+        hub.gate.sweep();
         let now = hub.clock.now();
         let limit = hub.limits.sweep_limit;
         let swept = hub
@@ -347,11 +505,16 @@ pub(crate) async fn sweep_loop<S: Store + 'static>(hub: Arc<Hub<S>>) {
                 if let Err(e) = h.ledger.sweep(now, limit) {
                     tracing::warn!(error = %e, "ledger sweep failed");
                 }
-                h.directory().sweep(now)
+                h.directory.sweep(now, limit)
             })
             .await;
         match swept {
-            Some(Ok(swept)) => hub.push_swept(&swept),
+            Some(Ok(swept)) => {
+                hub.push_logouts(&swept);
+                if !swept.is_empty() {
+                    hub.announce_logouts(&swept).await;
+                }
+            }
             Some(Err(e)) => tracing::warn!(error = %e, "directory sweep failed"),
             None => {}
         }

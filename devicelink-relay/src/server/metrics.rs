@@ -50,6 +50,9 @@ pub struct Metrics {
     pub(crate) heartbeats_applied: AtomicU64,
     pub(crate) logouts_pushed: AtomicU64,
     pub(crate) slow_readers: AtomicU64,
+    pub(crate) connections_replaced: AtomicU64,
+    pub(crate) connections_refused_address: AtomicU64,
+    pub(crate) mailbox_posted: AtomicU64,
     store_latency: [AtomicU64; LATENCY_BUCKETS.len()],
     store_calls: AtomicU64,
     store_micros: AtomicU64,
@@ -102,6 +105,21 @@ impl Metrics {
     /// Connections closed because they did not read fast enough.
     pub fn slow_readers(&self) -> u64 {
         self.slow_readers.load(Ordering::Relaxed)
+    }
+
+    /// Connections closed because a newer one identified as the same client.
+    pub fn connections_replaced(&self) -> u64 {
+        self.connections_replaced.load(Ordering::Relaxed)
+    }
+
+    /// Connections refused by the per-address limits.
+    pub fn connections_refused_by_address(&self) -> u64 {
+        self.connections_refused_address.load(Ordering::Relaxed)
+    }
+
+    /// Frames kept in a mailbox for an identified client that was away.
+    pub fn mailbox_posted(&self) -> u64 {
+        self.mailbox_posted.load(Ordering::Relaxed)
     }
 
     /// Logout frames pushed so far.
@@ -184,6 +202,24 @@ impl Metrics {
             "counter",
             "Connections closed for not reading.",
             get(&self.slow_readers),
+        );
+        scalar(
+            "devicelink_connections_replaced_total",
+            "counter",
+            "Connections replaced by a newer one of the same client.",
+            get(&self.connections_replaced),
+        );
+        scalar(
+            "devicelink_connections_refused_by_address_total",
+            "counter",
+            "Connections refused by the per-address limits.",
+            get(&self.connections_refused_address),
+        );
+        scalar(
+            "devicelink_mailbox_posted_total",
+            "counter",
+            "Frames kept for an identified client while it was away.",
+            get(&self.mailbox_posted),
         );
         let _ = writeln!(out, "# HELP devicelink_messages_routed_total Handshake messages forwarded.\n# TYPE devicelink_messages_routed_total counter");
         for ((_, name), c) in KINDS.iter().zip(&self.routed) {

@@ -34,6 +34,7 @@
 //! # Ok(()) }
 //! ```
 
+mod admission;
 mod clock;
 #[cfg(feature = "postgres")]
 pub mod cluster;
@@ -50,7 +51,6 @@ use std::time::Duration;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::DefaultBodyLimit;
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
@@ -99,6 +99,21 @@ pub struct Limits {
     pub shutdown_grace: Duration,
     /// Longest a long-poll `GET` waits for frames before `204`.
     pub poll_wait: Duration,
+    /// How long frames for an identified client that lost its connection
+    /// are kept for it (0: not at all).
+    pub mailbox_ttl: Duration,
+    /// Most frames kept for one such client.
+    pub mailbox_frames: usize,
+    /// Most bytes kept in all mailboxes together.
+    pub mailbox_bytes: usize,
+    /// Most connections (WebSocket and long-poll) open at once from one IP
+    /// address; more get HTTP 429.
+    pub max_connections_per_address: u32,
+    /// New connections per second one IP address may open, on average
+    /// (more get HTTP 429).
+    pub connect_rate_per_address: u32,
+    /// New connections one IP address may open in a burst.
+    pub connect_burst_per_address: u32,
 }
 
 impl Default for Limits {
@@ -115,6 +130,12 @@ impl Default for Limits {
             sweep_limit: 4096,
             shutdown_grace: Duration::from_secs(5),
             poll_wait: Duration::from_secs(25),
+            mailbox_ttl: Duration::from_secs(30),
+            mailbox_frames: 16,
+            mailbox_bytes: 64 << 20,
+            max_connections_per_address: 256,
+            connect_rate_per_address: 20,
+            connect_burst_per_address: 100,
         }
     }
 }
@@ -144,15 +165,16 @@ impl<S: Store> std::fmt::Debug for Relay<S> {
 }
 
 impl<S: Store + 'static> Relay<S> {
-    /// A relay over `store` (its directory rebuilt from what the store
-    /// holds), with the ledger's limits from `policy`.
+    /// A relay over `store` (the directory decides from the accounts' facts
+    /// the store holds), with the ledger's and directory's limits from
+    /// `policy`.
     pub fn new(
         store: S,
         policy: &Policy,
         limits: Limits,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, StoreError> {
-        let directory = AccountDirectory::open(store.clone(), policy)?;
+        let directory = AccountDirectory::new(store.clone(), policy);
         let ledger = Ledger::new(store, LedgerConfig::from_policy(policy));
         let (shutdown, watching) = watch::channel(false);
         let mut limits = limits;
@@ -218,12 +240,15 @@ impl<S: Store + 'static> Relay<S> {
                 tracing::debug!(error = %e, "cannot set TCP_NODELAY");
             }
         });
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                signal.send_replace(true);
-            })
-            .await;
+        let served = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            signal.send_replace(true);
+        })
+        .await;
         // Stopped accepting (or failed): tell every task either way.
         self.shutdown.send_replace(true);
         let drained = self.hub.drain().await;
@@ -244,8 +269,8 @@ impl<S: Store + 'static> Relay<S> {
 #[cfg(feature = "postgres")]
 impl Relay<crate::store::PgStore> {
     /// A node of a cluster of relays on one PostgreSQL database: like
-    /// [`Relay::new`], with its directory shared with the other nodes
-    /// ([`AccountDirectory::shared`]) and delivery across nodes through
+    /// [`Relay::new`] (whose directory already decides every fact from the
+    /// stored facts, so nodes agree), with delivery across nodes through
     /// `cluster` ([`cluster`]).
     pub fn clustered(
         store: crate::store::PgStore,
@@ -254,7 +279,7 @@ impl Relay<crate::store::PgStore> {
         clock: Arc<dyn Clock>,
         cluster: Arc<Cluster>,
     ) -> Result<Self, StoreError> {
-        let directory = AccountDirectory::open(store.clone(), policy)?.shared();
+        let directory = AccountDirectory::new(store.clone(), policy);
         let ledger = Ledger::new(store, LedgerConfig::from_policy(policy));
         let (shutdown, watching) = watch::channel(false);
         let mut limits = limits;
@@ -281,28 +306,32 @@ async fn metrics<S: Store + 'static>(State(hub): State<Arc<Hub<S>>>) -> Response
 
 async fn companion<S: Store + 'static>(
     State(hub): State<Arc<Hub<S>>>,
+    peer: admission::PeerAddress,
     ws: WebSocketUpgrade,
 ) -> Response {
-    upgrade(hub, ws, Role::Companion)
+    upgrade(hub, peer, ws, Role::Companion)
 }
 
 async fn primary<S: Store + 'static>(
     State(hub): State<Arc<Hub<S>>>,
+    peer: admission::PeerAddress,
     ws: WebSocketUpgrade,
 ) -> Response {
-    upgrade(hub, ws, Role::Primary)
+    upgrade(hub, peer, ws, Role::Primary)
 }
 
-fn upgrade<S: Store + 'static>(hub: Arc<Hub<S>>, ws: WebSocketUpgrade, role: Role) -> Response {
-    if *hub.shutdown.borrow() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
-    }
-    let Ok(permit) = hub.connections.clone().try_acquire_owned() else {
-        metrics::Metrics::inc(&hub.metrics.connections_refused);
-        return (StatusCode::SERVICE_UNAVAILABLE, "too many connections\n").into_response();
+fn upgrade<S: Store + 'static>(
+    hub: Arc<Hub<S>>,
+    peer: admission::PeerAddress,
+    ws: WebSocketUpgrade,
+    role: Role,
+) -> Response {
+    let admission = match hub.admit(peer.0) {
+        Ok(a) => a,
+        Err(refused) => return refused.into_response(),
     };
     let max = hub.limits.max_frame_len;
     ws.max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| connection::run(hub, socket, role, permit))
+        .on_upgrade(move |socket| connection::run(hub, socket, role, admission))
 }

@@ -7,11 +7,19 @@
 //! - `POST /v1/poll/session/{id}`, body: one frame: `202 Accepted` (its
 //!   answer comes through the next poll); `404` for an unknown or ended
 //!   session, `413` over the frame limit, `429` while the session's inbound
-//!   queue is full.
+//!   queue is full. With `If-Match: "<k>"` the frame is the client's k-th
+//!   (from 1): a k already taken is a retry, answered `202` and dropped; a k
+//!   past the next one is `412`. So a client may resend a POST whose answer
+//!   it lost, and each frame is taken exactly once.
 //! - `GET /v1/poll/session/{id}`: waits up to [`Limits::poll_wait`] for
 //!   frames, then returns all that are ready: `200`, body: records
 //!   `len (u16) ‖ frame`; a record of length 0 is followed by a u16 close
-//!   code (the session ended, as a WebSocket would have closed). `204` when
+//!   code (the session ended, as a WebSocket would have closed); header
+//!   `ETag: "<n>"`, the sequence number of the last record (the relay's
+//!   frames are numbered from 1). `If-None-Match: "<n>"` acknowledges every
+//!   record up to n; the relay keeps the others and sends them again, so a
+//!   response lost on the way (a dropped request) loses nothing. Without
+//!   the header, what was sent before counts as received. `204` when
 //!   nothing came; `404` once the session is gone (a session's last frames
 //!   wait for a poll up to twice [`Limits::poll_wait`]). Each poll counts
 //!   as activity for the idle timeout.
@@ -19,21 +27,21 @@
 //!
 //! [`Limits::poll_wait`]: super::Limits::poll_wait
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::ws::Message;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use rand_core::{OsRng, RngCore};
 use tokio::sync::mpsc;
 
+use super::admission::PeerAddress;
 use super::connection::{self, Role, Wire};
 use super::hub::Hub;
-use super::metrics::Metrics;
 use crate::store::Store;
 
 /// Messages a session queues from HTTP requests before refusing with 429.
@@ -66,11 +74,25 @@ impl Wire for PollWire {
     }
 }
 
+/// What polls take out: the task's queue, and the records sent but not
+/// yet acknowledged (at most one outbound queue's worth).
+#[derive(Debug)]
+struct Outbox {
+    rx: mpsc::Receiver<Message>,
+    unacked: VecDeque<(u64, Message)>,
+    /// The sequence number of the last record taken from `rx`.
+    last: u64,
+    /// Most records kept unacknowledged.
+    limit: usize,
+}
+
 /// The HTTP side of a session.
 #[derive(Debug, Clone)]
 pub(crate) struct PollSession {
     inbound: mpsc::Sender<Message>,
-    outbound: Arc<tokio::sync::Mutex<mpsc::Receiver<Message>>>,
+    /// The number the client's next numbered frame must carry.
+    next_in: Arc<Mutex<u64>>,
+    outbound: Arc<tokio::sync::Mutex<Outbox>>,
     /// When the connection task ended (its last frames may still wait for
     /// a poll).
     ended: Arc<OnceLock<Instant>>,
@@ -116,13 +138,10 @@ fn session_id() -> Option<String> {
     Some(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-fn open<S: Store + 'static>(hub: Arc<Hub<S>>, role: Role) -> Response {
-    if *hub.shutdown.borrow() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
-    }
-    let Ok(permit) = hub.connections.clone().try_acquire_owned() else {
-        Metrics::inc(&hub.metrics.connections_refused);
-        return (StatusCode::SERVICE_UNAVAILABLE, "too many connections\n").into_response();
+fn open<S: Store + 'static>(hub: Arc<Hub<S>>, peer: PeerAddress, role: Role) -> Response {
+    let permit = match hub.admit(peer.0) {
+        Ok(a) => a,
+        Err(refused) => return refused.into_response(),
     };
     let Some(id) = session_id() else {
         return (StatusCode::INTERNAL_SERVER_ERROR, "no randomness\n").into_response();
@@ -130,11 +149,18 @@ fn open<S: Store + 'static>(hub: Arc<Hub<S>>, role: Role) -> Response {
     let (in_tx, in_rx) = mpsc::channel(INBOUND_QUEUE);
     let (out_tx, out_rx) = mpsc::channel(hub.limits.outbound_queue.max(1));
     let ended = Arc::new(OnceLock::new());
+    let limit = hub.limits.outbound_queue.max(1);
     hub.polls.insert(
         id.clone(),
         PollSession {
             inbound: in_tx,
-            outbound: Arc::new(tokio::sync::Mutex::new(out_rx)),
+            next_in: Arc::new(Mutex::new(1)),
+            outbound: Arc::new(tokio::sync::Mutex::new(Outbox {
+                rx: out_rx,
+                unacked: VecDeque::new(),
+                last: 0,
+                limit,
+            })),
             ended: ended.clone(),
         },
     );
@@ -151,24 +177,62 @@ fn open<S: Store + 'static>(hub: Arc<Hub<S>>, role: Role) -> Response {
     (StatusCode::CREATED, id).into_response()
 }
 
-pub(crate) async fn open_companion<S: Store + 'static>(State(hub): State<Arc<Hub<S>>>) -> Response {
-    open(hub, Role::Companion)
+pub(crate) async fn open_companion<S: Store + 'static>(
+    State(hub): State<Arc<Hub<S>>>,
+    peer: PeerAddress,
+) -> Response {
+    open(hub, peer, Role::Companion)
 }
 
-pub(crate) async fn open_primary<S: Store + 'static>(State(hub): State<Arc<Hub<S>>>) -> Response {
-    open(hub, Role::Primary)
+pub(crate) async fn open_primary<S: Store + 'static>(
+    State(hub): State<Arc<Hub<S>>>,
+    peer: PeerAddress,
+) -> Response {
+    open(hub, peer, Role::Primary)
+}
+
+/// The number in an `If-Match` / `If-None-Match` header: `"<n>"` (or bare).
+fn sequence(headers: &HeaderMap, name: header::HeaderName) -> Result<Option<u64>, ()> {
+    match headers.get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .map(|t| t.trim().trim_start_matches("W/").trim_matches('"'))
+            .and_then(|t| t.parse::<u64>().ok())
+            .map(Some)
+            .ok_or(()),
+    }
 }
 
 pub(crate) async fn send<S: Store + 'static>(
     State(hub): State<Arc<Hub<S>>>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let Some(session) = hub.polls.get(&id) else {
         return StatusCode::NOT_FOUND.into_response();
     };
+    let Ok(numbered) = sequence(&headers, header::IF_MATCH) else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
+    // The expected number is held while the frame is queued, so two
+    // requests carrying the same number cannot both be taken.
+    let mut next_in = session.next_in.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(k) = numbered {
+        if k < *next_in {
+            return StatusCode::ACCEPTED.into_response();
+        }
+        if k > *next_in {
+            return StatusCode::PRECONDITION_FAILED.into_response();
+        }
+    }
     match session.inbound.try_send(Message::Binary(body)) {
-        Ok(()) => StatusCode::ACCEPTED.into_response(),
+        Ok(()) => {
+            *next_in += 1;
+            StatusCode::ACCEPTED.into_response()
+        }
         Err(mpsc::error::TrySendError::Full(_)) => StatusCode::TOO_MANY_REQUESTS.into_response(),
         Err(mpsc::error::TrySendError::Closed(_)) => StatusCode::NOT_FOUND.into_response(),
     }
@@ -188,25 +252,42 @@ pub(crate) async fn close<S: Store + 'static>(
 pub(crate) async fn poll<S: Store + 'static>(
     State(hub): State<Arc<Hub<S>>>,
     Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> Response {
     let Some(session) = hub.polls.get(&id) else {
         return StatusCode::NOT_FOUND.into_response();
     };
+    let Ok(acked) = sequence(&headers, header::IF_NONE_MATCH) else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
     // The poll itself is the client's sign of life.
     let _ = session.inbound.try_send(Message::Pong(Bytes::new()));
-    let mut outbound = session.outbound.lock().await;
-    let first = match tokio::time::timeout(hub.limits.poll_wait, outbound.recv()).await {
-        Err(_) => return StatusCode::NO_CONTENT.into_response(),
-        Ok(None) => {
-            drop(outbound);
-            hub.polls.remove(&id);
-            return StatusCode::NOT_FOUND.into_response();
+    let mut out = session.outbound.lock().await;
+    let acked = acked.unwrap_or(out.last);
+    while out.unacked.front().is_some_and(|(n, _)| *n <= acked) {
+        out.unacked.pop_front();
+    }
+    if out.unacked.is_empty() {
+        let first = match tokio::time::timeout(hub.limits.poll_wait, out.rx.recv()).await {
+            Err(_) => return StatusCode::NO_CONTENT.into_response(),
+            Ok(None) => {
+                drop(out);
+                hub.polls.remove(&id);
+                return StatusCode::NOT_FOUND.into_response();
+            }
+            Ok(Some(m)) => m,
+        };
+        out.take(first);
+    }
+    // Whatever else is ready, up to the bound on unacknowledged records.
+    while out.unacked.len() < out.limit && !out.closed() {
+        match out.rx.try_recv() {
+            Ok(m) => out.take(m),
+            Err(_) => break,
         }
-        Ok(Some(m)) => m,
-    };
+    }
     let mut body = Vec::new();
-    let mut next = Some(first);
-    while let Some(message) = next.take() {
+    for (_, message) in &out.unacked {
         match message {
             Message::Binary(frame) => {
                 let len = u16::try_from(frame.len()).unwrap_or(u16::MAX);
@@ -215,13 +296,30 @@ pub(crate) async fn poll<S: Store + 'static>(
             }
             Message::Close(frame) => {
                 body.extend_from_slice(&0u16.to_be_bytes());
-                let code = frame.map_or(1000, |f| f.code);
+                let code = frame.as_ref().map_or(1000, |f| f.code);
                 body.extend_from_slice(&code.to_be_bytes());
-                break;
             }
             _ => {}
         }
-        next = outbound.try_recv().ok();
     }
-    (StatusCode::OK, body).into_response()
+    let etag = format!("\"{}\"", out.unacked.back().map_or(out.last, |(n, _)| *n));
+    (StatusCode::OK, [(header::ETAG, etag)], body).into_response()
+}
+
+impl Outbox {
+    /// Numbers a record taken from the task's queue and keeps it until
+    /// acknowledged (pings and pongs are not records).
+    fn take(&mut self, message: Message) {
+        if matches!(message, Message::Binary(_) | Message::Close(_)) {
+            self.last += 1;
+            self.unacked.push_back((self.last, message));
+        }
+    }
+
+    /// Whether the close record was taken (nothing follows it).
+    fn closed(&self) -> bool {
+        self.unacked
+            .back()
+            .is_some_and(|(_, m)| matches!(m, Message::Close(_)))
+    }
 }

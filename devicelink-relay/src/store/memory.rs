@@ -1,7 +1,7 @@
 //! The in-memory [`Store`]: the core's [`MemoryTokenStore`] and a map of
 //! account records behind one lock. For tests; nothing survives the process.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use devicelink::relay::{
@@ -15,7 +15,14 @@ use super::{AccountRecord, Store, StoreError};
 #[derive(Debug, Clone, Default)]
 pub struct MemoryStore {
     tokens: Arc<MemoryTokenStore>,
-    accounts: Arc<Mutex<HashMap<AccountId, AccountRecord>>>,
+    accounts: Arc<Mutex<Accounts>>,
+}
+
+/// The account records and their index on [`AccountRecord::active_since`].
+#[derive(Debug, Default)]
+struct Accounts {
+    records: HashMap<AccountId, AccountRecord>,
+    active: BTreeSet<(Timestamp, AccountId)>,
 }
 
 impl MemoryStore {
@@ -29,7 +36,7 @@ impl MemoryStore {
         &self.tokens
     }
 
-    fn accounts(&self) -> MutexGuard<'_, HashMap<AccountId, AccountRecord>> {
+    fn accounts(&self) -> MutexGuard<'_, Accounts> {
         // Every method checks before it writes and cannot panic while
         // writing, so a poisoned lock still guards a consistent map.
         self.accounts.lock().unwrap_or_else(|e| e.into_inner())
@@ -88,54 +95,44 @@ impl TokenStore for MemoryStore {
 }
 
 impl Store for MemoryStore {
-    fn put_list(&self, record: &AccountRecord) -> Result<bool, StoreError> {
-        let mut accounts = self.accounts();
-        match accounts.get_mut(&record.account) {
-            Some(held) if held.list_version >= record.list_version => Ok(false),
-            Some(held) => {
-                let swept_up_to = held.swept_up_to.max(record.swept_up_to);
-                *held = AccountRecord {
-                    swept_up_to,
-                    ..record.clone()
-                };
-                Ok(true)
-            }
-            None => {
-                accounts.insert(record.account, record.clone());
-                Ok(true)
-            }
-        }
-    }
-
-    fn put_activity(&self, account: &AccountId, at: Timestamp) -> Result<bool, StoreError> {
-        Ok(match self.accounts().get_mut(account) {
-            Some(held) if held.last_activity < at => {
-                held.last_activity = at;
-                true
-            }
-            _ => false,
-        })
-    }
-
-    fn put_swept(&self, account: &AccountId, swept_up_to: u32) -> Result<bool, StoreError> {
-        Ok(match self.accounts().get_mut(account) {
-            Some(held) if held.swept_up_to < swept_up_to => {
-                held.swept_up_to = swept_up_to;
-                true
-            }
-            _ => false,
-        })
-    }
-
     fn account(&self, account: &AccountId) -> Result<Option<AccountRecord>, StoreError> {
-        Ok(self.accounts().get(account).cloned())
+        Ok(self.accounts().records.get(account).cloned())
     }
 
-    fn for_each_account(
-        &self,
-        visit: &mut dyn FnMut(AccountRecord) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
-        let records: Vec<AccountRecord> = self.accounts().values().cloned().collect();
-        records.into_iter().try_for_each(visit)
+    fn put_account(&self, record: &AccountRecord) -> Result<bool, StoreError> {
+        let mut g = self.accounts();
+        let account = record.account();
+        let held = g
+            .records
+            .get(&account)
+            .map(|r| (r.revision, r.active_since()));
+        let expected = record
+            .revision
+            .checked_sub(1)
+            .ok_or(StoreError::OutOfRange("revision"))?;
+        let old_active = match held {
+            None if expected == 0 => None,
+            Some((rev, active)) if rev == expected => active,
+            _ => return Ok(false),
+        };
+        if let Some(at) = old_active {
+            g.active.remove(&(at, account));
+        }
+        if let Some(at) = record.active_since() {
+            g.active.insert((at, account));
+        }
+        g.records.insert(account, record.clone());
+        Ok(true)
+    }
+
+    fn due_accounts(&self, before: Timestamp, limit: usize) -> Result<Vec<AccountId>, StoreError> {
+        Ok(self
+            .accounts()
+            .active
+            .iter()
+            .take_while(|(at, _)| *at <= before)
+            .take(limit)
+            .map(|(_, a)| *a)
+            .collect())
     }
 }

@@ -1,6 +1,7 @@
 //! Where the relay keeps what must survive a restart: pairing tokens (the
-//! core's [`TokenStore`] contract, unchanged) and each account's newest signed
-//! facts for the [`Directory`](devicelink::relay::Directory).
+//! core's [`TokenStore`] contract, unchanged) and each account's facts as the
+//! core's [`Directory`](devicelink::relay::Directory) holds them, with the
+//! newest device list it applied.
 //!
 //! A store decides nothing. The core's [`Ledger`](devicelink::relay::Ledger)
 //! and [`Directory`](devicelink::relay::Directory) make every decision; each
@@ -29,7 +30,7 @@ pub use postgres::{PgOptions, PgStore, PG_SCHEMA_VERSION};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteStore, WriterStats, MAX_BATCH, SCHEMA_VERSION};
 
-use devicelink::relay::TokenStore;
+use devicelink::relay::{AccountFacts, TokenStore};
 use devicelink::{AccountId, Timestamp};
 
 /// Why a store could not answer. A write that failed had no effect.
@@ -54,67 +55,70 @@ pub enum StoreError {
     },
 }
 
-/// One account's durable facts: the newest device list the directory
-/// applied (its wire bytes, signed by the account), the primary's last
-/// activity as the directory computed it, and the highest device index
-/// logged out for primary inactivity.
+/// One account as the relay keeps it: the core directory's facts about it
+/// ([`AccountFacts`]: list version and hash, last activity, linked devices,
+/// logged-out floor, fork mark, expiry), the newest device list the
+/// directory applied (its wire bytes, signed by the account: sent to a
+/// subscribing companion), and a revision that every write raises by one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccountRecord {
-    /// The account.
-    pub account: AccountId,
-    /// The applied list's version.
-    pub list_version: u64,
-    /// The applied list's hash ([`devicelink::SignedDeviceList::hash`]).
-    pub list_hash: [u8; 32],
+    /// The directory's facts.
+    pub facts: AccountFacts,
     /// The applied list's wire bytes.
     pub list: Vec<u8>,
-    /// The primary's last activity (deadline − offline limit).
-    pub last_activity: Timestamp,
-    /// The highest index logged out for primary inactivity (0 if none);
-    /// devices at or below it are not loaded back.
-    pub swept_up_to: u32,
+    /// 1 for the first write, one more for each later one.
+    pub revision: u64,
+}
+
+impl AccountRecord {
+    /// The account.
+    pub fn account(&self) -> AccountId {
+        self.facts.account()
+    }
+
+    /// When the account's linked companions became active for the lease:
+    /// the primary's last activity, or `None` when no companion is linked
+    /// (what the store indexes for [`Store::due_accounts`]).
+    pub fn active_since(&self) -> Option<Timestamp> {
+        self.facts
+            .devices()
+            .next()
+            .map(|_| self.facts.last_activity())
+    }
 }
 
 /// A relay's durable store: the core's [`TokenStore`] (exactly-once
-/// redemption, its contract unchanged) plus the accounts' facts.
+/// redemption, its contract unchanged) plus one record per account.
 ///
-/// Account writes are conditional, so a late or repeated write never moves
-/// a fact backwards:
+/// The store decides nothing about accounts: [`AccountDirectory`] loads an
+/// account's record, lets the core's [`Directory`](devicelink::relay::Directory)
+/// decide, and writes the new record back with a compare-and-set on the
+/// revision, so that two relay processes (or two tasks) deciding for the
+/// same account never overwrite each other: one write wins, the other
+/// reloads and decides again.
 ///
 /// ```sql
-/// -- put_list: a newer version only
-/// INSERT INTO accounts (account, list_version, list_hash, list, last_activity, swept_up_to)
-///   VALUES ($account, $version, $hash, $list, $activity, $swept)
-/// ON CONFLICT (account) DO UPDATE SET list_version = excluded.list_version,
-///   list_hash = excluded.list_hash, list = excluded.list,
-///   last_activity = excluded.last_activity,
-///   swept_up_to = max(accounts.swept_up_to, excluded.swept_up_to)
-/// WHERE accounts.list_version < excluded.list_version;
-/// -- put_activity: forward only
-/// UPDATE accounts SET last_activity = $at WHERE account = $account AND last_activity < $at;
-/// -- put_swept: upward only
-/// UPDATE accounts SET swept_up_to = $index WHERE account = $account AND swept_up_to < $index;
+/// -- put_account, revision 1: insert if absent
+/// INSERT INTO accounts (account, revision, active_since, facts, list)
+///   VALUES ($account, 1, $active_since, $facts, $list) ON CONFLICT (account) DO NOTHING;
+/// -- put_account, revision r > 1: only over revision r - 1
+/// UPDATE accounts SET revision = $r, active_since = $active_since, facts = $facts, list = $list
+///  WHERE account = $account AND revision = $r - 1;
+/// -- due_accounts
+/// SELECT account FROM accounts WHERE active_since <= $before
+///  ORDER BY active_since LIMIT $limit;          -- an index on active_since
 /// ```
 pub trait Store: TokenStore + Clone {
-    /// Stores `record` if the store holds no list of its account or an older
-    /// version; returns whether it wrote.
-    fn put_list(&self, record: &AccountRecord) -> Result<bool, StoreError>;
-
-    /// Moves the account's last activity forward to `at`; returns whether it
-    /// wrote (not for an unknown account or an earlier `at`).
-    fn put_activity(&self, account: &AccountId, at: Timestamp) -> Result<bool, StoreError>;
-
-    /// Raises the account's logged-out index floor to `swept_up_to`; returns
-    /// whether it wrote.
-    fn put_swept(&self, account: &AccountId, swept_up_to: u32) -> Result<bool, StoreError>;
-
     /// The account's record. Read only.
     fn account(&self, account: &AccountId) -> Result<Option<AccountRecord>, StoreError>;
 
-    /// Calls `visit` with every account's record (at start, to rebuild the
-    /// directory); stops at the first error `visit` returns.
-    fn for_each_account(
-        &self,
-        visit: &mut dyn FnMut(AccountRecord) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError>;
+    /// Writes `record` if the store holds revision `record.revision - 1` of
+    /// its account (none at all for revision 1); returns whether it wrote.
+    /// Durable before it returns `Ok(true)`.
+    fn put_account(&self, record: &AccountRecord) -> Result<bool, StoreError>;
+
+    /// Up to `limit` accounts with linked companions whose
+    /// [`AccountRecord::active_since`] is at or before `before`, earliest
+    /// first, in time proportional to their number (an index). Read only.
+    fn due_accounts(&self, before: Timestamp, limit: usize) -> Result<Vec<AccountId>, StoreError>;
 }

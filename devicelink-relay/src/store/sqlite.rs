@@ -44,9 +44,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use devicelink::relay::{
-    ClientId, HelloDigest, LedgerError, Quota, QuotaScope, TokenRecord, TokenState, TokenStore,
+    AccountFacts, ClientId, Directory, HelloDigest, LedgerError, Quota, QuotaScope, TokenRecord,
+    TokenState, TokenStore,
 };
-use devicelink::{AccountId, Timestamp, TokenId};
+use devicelink::{AccountId, DeviceIndex, DeviceKey, Timestamp, TokenId};
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 
 use super::{AccountRecord, Store, StoreError};
@@ -61,27 +62,112 @@ pub const LOCK_WAIT: Duration = Duration::from_secs(30);
 /// Reader connections kept open.
 const MAX_IDLE_READERS: usize = 8;
 
-/// The schema migrations, in order: (version, file, SQL).
-const MIGRATIONS: &[(u32, &str, &str)] = &[
+/// The schema migrations, in order: (version, file, SQL, and a data step
+/// run after the SQL in the same transaction).
+type DataStep = fn(&rusqlite::Transaction<'_>) -> Result<(), StoreError>;
+const MIGRATIONS: &[(u32, &str, &str, Option<DataStep>)] = &[
     (
         1,
         "0001_tokens.sql",
         include_str!("../../migrations/0001_tokens.sql"),
+        None,
     ),
     (
         2,
         "0002_accounts.sql",
         include_str!("../../migrations/0002_accounts.sql"),
+        None,
     ),
     (
         3,
         "0003_reservation_hello.sql",
         include_str!("../../migrations/0003_reservation_hello.sql"),
+        None,
+    ),
+    (
+        4,
+        "0004_account_facts.sql",
+        include_str!("../../migrations/0004_account_facts.sql"),
+        Some(convert_accounts_v3),
     ),
 ];
 
+/// Migration 4's data step: each account row of schema 3 (the applied
+/// list's bytes, the last activity, the logged-out floor) becomes the core
+/// directory's facts. The floor is restored through the directory's own
+/// sweep: a placeholder device at the floor index, active at the epoch,
+/// swept; then the real facts are loaded (which keeps the floor), leaving
+/// out devices at or below it.
+fn convert_accounts_v3(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
+    use devicelink::{DeviceLabel, DeviceListEntry, Policy, SignedDeviceList};
+    let policy = Policy::default();
+    let rows: Vec<(Vec<u8>, Vec<u8>, i64, u32)> = {
+        let mut st = tx
+            .prepare("SELECT account, list, last_activity, swept_up_to FROM accounts")
+            .map_err(unavailable)?;
+        let rows = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .map_err(unavailable)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(unavailable)?
+    };
+    for (account, list, last_activity, floor) in rows {
+        let list =
+            SignedDeviceList::from_bytes(&list).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        if list.account().to_bytes().as_slice() != account.as_slice() {
+            return Err(StoreError::Corrupt("account row names another list".into()));
+        }
+        let id = list.account();
+        let key = (list.version(), list.hash());
+        let mut d = Directory::new(&policy);
+        if floor > 0 {
+            let placeholder = DeviceListEntry::new(
+                DeviceIndex(floor),
+                DeviceKey::from_bytes([0; 32]),
+                DeviceLabel::new("logged out").map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                Timestamp::EPOCH,
+            );
+            d.load_account(id, key, Timestamp::EPOCH, &[placeholder])
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            d.sweep(Timestamp::EPOCH.saturating_add(policy.primary_offline_limit()));
+        }
+        let devices: Vec<_> = list
+            .devices()
+            .iter()
+            .filter(|e| e.index.0 > floor)
+            .cloned()
+            .collect();
+        d.load_account(id, key, ts(last_activity), &devices)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let facts = d
+            .facts(&id)
+            .ok_or_else(|| StoreError::Corrupt("account lost in conversion".into()))?;
+        let record = AccountRecord {
+            facts,
+            list: list.to_bytes(),
+            revision: 1,
+        };
+        tx.execute(
+            "INSERT INTO accounts_v4 (account, revision, active_since, facts, list)
+             VALUES (?1, 1, ?2, ?3, ?4)",
+            params![
+                id.to_bytes(),
+                active_ms(&record).map_err(|_| StoreError::OutOfRange("last activity"))?,
+                record.facts.to_bytes(),
+                record.list
+            ],
+        )
+        .map_err(unavailable)?;
+    }
+    tx.execute_batch(
+        "DROP TABLE accounts;
+         ALTER TABLE accounts_v4 RENAME TO accounts;
+         CREATE INDEX accounts_active ON accounts (active_since) WHERE active_since IS NOT NULL;",
+    )
+    .map_err(unavailable)
+}
+
 /// The schema version this build writes (the last migration's).
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// Why a write did not happen.
 enum Fail<E> {
@@ -179,7 +265,7 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
 /// transaction that re-reads the version, so two processes opening one new
 /// file apply each migration once.
 fn migrate(conn: &mut Connection) -> Result<u32, StoreError> {
-    for &(version, file, sql) in MIGRATIONS {
+    for &(version, file, sql, data) in MIGRATIONS {
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(unavailable)?;
@@ -197,6 +283,9 @@ fn migrate(conn: &mut Connection) -> Result<u32, StoreError> {
         }
         tx.execute_batch(sql)
             .map_err(|e| StoreError::Unavailable(format!("migration {file}: {e}")))?;
+        if let Some(step) = data {
+            step(&tx)?;
+        }
         tx.pragma_update(None, "user_version", version)
             .map_err(unavailable)?;
         tx.commit().map_err(unavailable)?;
@@ -702,106 +791,87 @@ impl TokenStore for SqliteStore {
 }
 
 fn account_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AccountRecord> {
-    let account =
-        <[u8; 32]>::try_from(r.get::<_, Vec<u8>>(0)?.as_slice()).map_err(|_| corrupt("account"))?;
-    let list_hash = <[u8; 32]>::try_from(r.get::<_, Vec<u8>>(2)?.as_slice())
-        .map_err(|_| corrupt("list_hash"))?;
+    let facts = AccountFacts::from_bytes(&r.get::<_, Vec<u8>>(1)?).map_err(|_| corrupt("facts"))?;
     Ok(AccountRecord {
-        account: AccountId::from_bytes(account),
-        list_version: u64::try_from(r.get::<_, i64>(1)?).map_err(|_| corrupt("list_version"))?,
-        list_hash,
-        list: r.get(3)?,
-        last_activity: ts(r.get(4)?),
-        swept_up_to: r.get(5)?,
+        facts,
+        list: r.get(2)?,
+        revision: u64::try_from(r.get::<_, i64>(0)?).map_err(|_| corrupt("revision"))?,
     })
 }
 
-const ACCOUNT_COLUMNS: &str = "account, list_version, list_hash, list, last_activity, swept_up_to";
+/// The record's `active_since` column.
+fn active_ms(record: &AccountRecord) -> Result<Option<i64>, Fail<StoreError>> {
+    record
+        .active_since()
+        .map(|at| ms(at, "last activity").map_err(out_of_range("last activity")))
+        .transpose()
+}
 
 fn out_of_range(what: &'static str) -> impl Fn(Fail<StoreError>) -> Fail<StoreError> {
     move |_| Fail::Refused(StoreError::OutOfRange(what))
 }
 
 impl Store for SqliteStore {
-    fn put_list(&self, record: &AccountRecord) -> Result<bool, StoreError> {
-        let record = record.clone();
-        self.write(move |c| {
-            let version = int(record.list_version, "list version")
-                .map_err(out_of_range("list version"))?;
-            let activity = ms(record.last_activity, "last activity")
-                .map_err(out_of_range("last activity"))?;
-            // decision
-            let n = c.execute(
-                "INSERT INTO accounts (account, list_version, list_hash, list, last_activity, swept_up_to)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT (account) DO UPDATE SET list_version = excluded.list_version,
-                   list_hash = excluded.list_hash, list = excluded.list,
-                   last_activity = excluded.last_activity,
-                   swept_up_to = max(accounts.swept_up_to, excluded.swept_up_to)
-                 WHERE accounts.list_version < excluded.list_version",
-                params![
-                    record.account.to_bytes(),
-                    version,
-                    record.list_hash,
-                    record.list,
-                    activity,
-                    record.swept_up_to
-                ],
-            )?;
-            Ok(n == 1)
-        })
-        .map_err(store)
-    }
-
-    fn put_activity(&self, account: &AccountId, at: Timestamp) -> Result<bool, StoreError> {
-        let account = *account;
-        self.write(move |c| {
-            let at = ms(at, "activity").map_err(out_of_range("activity"))?;
-            let n = c.execute(
-                "UPDATE accounts SET last_activity = ?2 WHERE account = ?1 AND last_activity < ?2",
-                params![account.to_bytes(), at],
-            )?;
-            Ok(n == 1)
-        })
-        .map_err(store)
-    }
-
-    fn put_swept(&self, account: &AccountId, swept_up_to: u32) -> Result<bool, StoreError> {
-        let account = *account;
-        self.write(move |c| {
-            let n = c.execute(
-                "UPDATE accounts SET swept_up_to = ?2 WHERE account = ?1 AND swept_up_to < ?2",
-                params![account.to_bytes(), swept_up_to],
-            )?;
-            Ok(n == 1)
-        })
-        .map_err(store)
-    }
-
     fn account(&self, account: &AccountId) -> Result<Option<AccountRecord>, StoreError> {
-        self.read(|c| {
+        let found = self.read(|c| {
             c.query_row(
-                &format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE account = ?1"),
+                "SELECT revision, facts, list FROM accounts WHERE account = ?1",
                 [account.to_bytes()],
                 account_row,
             )
             .optional()
-        })
+        })?;
+        match found {
+            Some(r) if r.account() != *account => Err(StoreError::Corrupt(
+                "an account row holds another account's facts".into(),
+            )),
+            other => Ok(other),
+        }
     }
 
-    fn for_each_account(
-        &self,
-        visit: &mut dyn FnMut(AccountRecord) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
-        let conn = self.reader().map_err(unavailable)?;
-        let mut st = conn
-            .prepare(&format!("SELECT {ACCOUNT_COLUMNS} FROM accounts"))
-            .map_err(unavailable)?;
-        let mut rows = st.query([]).map_err(unavailable)?;
-        while let Some(row) = rows.next().map_err(unavailable)? {
-            visit(account_row(row).map_err(|e| StoreError::Corrupt(e.to_string()))?)?;
-        }
-        Ok(())
+    fn put_account(&self, record: &AccountRecord) -> Result<bool, StoreError> {
+        let record = record.clone();
+        self.write(move |c| {
+            let revision = int(record.revision, "revision").map_err(out_of_range("revision"))?;
+            let active = active_ms(&record)?;
+            let account = record.account().to_bytes();
+            let facts = record.facts.to_bytes();
+            // decision
+            let n = if record.revision == 1 {
+                c.execute(
+                    "INSERT INTO accounts (account, revision, active_since, facts, list)
+                     VALUES (?1, 1, ?2, ?3, ?4) ON CONFLICT (account) DO NOTHING",
+                    params![account, active, facts, record.list],
+                )?
+            } else {
+                c.execute(
+                    "UPDATE accounts SET revision = ?2, active_since = ?3, facts = ?4, list = ?5
+                      WHERE account = ?1 AND revision = ?2 - 1",
+                    params![account, revision, active, facts, record.list],
+                )?
+            };
+            Ok(n == 1)
+        })
+        .map_err(store)
+    }
+
+    fn due_accounts(&self, before: Timestamp, limit: usize) -> Result<Vec<AccountId>, StoreError> {
+        // Past SQLite's range, every stored time is before it.
+        let before = i64::try_from(before.as_unix_millis()).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT account FROM accounts WHERE active_since <= ?1
+                  ORDER BY active_since LIMIT ?2",
+            )?;
+            let rows = st.query_map(params![before, limit], |r| {
+                let b: Vec<u8> = r.get(0)?;
+                <[u8; 32]>::try_from(b.as_slice())
+                    .map(AccountId::from_bytes)
+                    .map_err(|_| corrupt("account"))
+            })?;
+            rows.collect()
+        })
     }
 }
 
@@ -820,7 +890,7 @@ mod tests {
         files.sort();
         let compiled: Vec<String> = MIGRATIONS.iter().map(|m| m.1.to_string()).collect();
         assert_eq!(files, compiled);
-        for (i, (version, file, _)) in MIGRATIONS.iter().enumerate() {
+        for (i, (version, file, _, _)) in MIGRATIONS.iter().enumerate() {
             assert_eq!(*version as usize, i + 1);
             assert!(file.starts_with(&format!("{version:04}_")), "{file}");
         }
@@ -881,20 +951,98 @@ mod tests {
             Err(LedgerError::Store(_))
         ));
         assert_eq!(s.get(&t), Ok(None));
+        let (_, list) = signed_list(1, 1);
+        let mut d = Directory::new(&devicelink::Policy::default());
+        d.apply_device_list(&list, list.issued_at()).unwrap();
         let rec = AccountRecord {
-            account: AccountId::from_bytes([1; 32]),
-            list_version: u64::MAX,
-            list_hash: [0; 32],
-            list: vec![],
-            last_activity: Timestamp::EPOCH,
-            swept_up_to: 0,
+            facts: d.facts(&list.account()).unwrap(),
+            list: list.to_bytes(),
+            revision: u64::MAX,
         };
-        assert_eq!(
-            s.put_list(&rec),
-            Err(StoreError::OutOfRange("list version"))
-        );
+        assert_eq!(s.put_account(&rec), Err(StoreError::OutOfRange("revision")));
         // The refused write did not spoil its batch or the writer.
         s.register(t, ClientId::from(1), Timestamp::from_unix_millis(5), q)
             .unwrap();
+    }
+
+    /// A first list of one account with `n` devices, signed at day 1.
+    fn signed_list(seed: u64, n: u32) -> (devicelink::AccountKey, devicelink::SignedDeviceList) {
+        use devicelink::certificate::{DeviceListDraft, DeviceListEntry};
+        use rand_chacha::rand_core::SeedableRng;
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
+        let key = devicelink::AccountKey::generate(&mut rng);
+        let devices = (1..=n)
+            .map(|i| {
+                DeviceListEntry::new(
+                    DeviceIndex(i),
+                    devicelink::DeviceIdentity::generate(&mut rng).device_key(),
+                    devicelink::DeviceLabel::new("d").unwrap(),
+                    Timestamp::EPOCH,
+                )
+            })
+            .collect();
+        let list = devicelink::SignedDeviceList::sign(
+            &key,
+            &DeviceListDraft::new(1, devices),
+            Timestamp::from_unix_millis(86_400_000),
+        );
+        (key, list)
+    }
+
+    #[test]
+    fn schema_3_accounts_become_the_directorys_facts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.db");
+        let (_, a) = signed_list(7, 3);
+        let (_, b) = signed_list(8, 2);
+        {
+            let c = Connection::open(&path).unwrap();
+            for m in &MIGRATIONS[..3] {
+                c.execute_batch(m.2).unwrap();
+            }
+            c.pragma_update(None, "user_version", 3).unwrap();
+            // a: active since day 2; b: devices up to #1 logged out.
+            for (list, activity, floor) in [(&a, 2 * 86_400_000i64, 0u32), (&b, 86_400_000, 1)] {
+                c.execute(
+                    "INSERT INTO accounts (account, list_version, list_hash, list, last_activity, swept_up_to)
+                     VALUES (?1, 1, ?2, ?3, ?4, ?5)",
+                    params![list.account().to_bytes(), list.hash(), list.to_bytes(), activity, floor],
+                )
+                .unwrap();
+            }
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.schema_version(), Ok(SCHEMA_VERSION));
+        let ra = s.account(&a.account()).unwrap().unwrap();
+        assert_eq!(ra.revision, 1);
+        assert_eq!(ra.list, a.to_bytes());
+        assert_eq!(ra.facts.devices().count(), 3);
+        assert_eq!(
+            ra.facts.last_activity(),
+            Timestamp::from_unix_millis(2 * 86_400_000)
+        );
+        assert_eq!(ra.facts.logged_out_floor(), 0);
+        let rb = s.account(&b.account()).unwrap().unwrap();
+        assert_eq!(
+            rb.facts.devices().map(|(i, _)| i).collect::<Vec<_>>(),
+            vec![DeviceIndex(2)]
+        );
+        assert_eq!(rb.facts.logged_out_floor(), 1);
+        // The index answers the sweep's question.
+        let day = |d: u64| Timestamp::from_unix_millis(d * 86_400_000);
+        assert_eq!(s.due_accounts(day(1), 10), Ok(vec![b.account()]));
+        assert_eq!(
+            s.due_accounts(day(2), 10),
+            Ok(vec![b.account(), a.account()])
+        );
+        assert_eq!(s.due_accounts(day(2), 1), Ok(vec![b.account()]));
+        // Compare-and-set on the revision.
+        let next = AccountRecord {
+            revision: 2,
+            ..ra.clone()
+        };
+        assert_eq!(s.put_account(&next), Ok(true));
+        assert_eq!(s.put_account(&next), Ok(false));
+        assert_eq!(s.put_account(&ra), Ok(false));
     }
 }

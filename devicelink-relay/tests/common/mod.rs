@@ -30,12 +30,15 @@ pub struct TestRelay {
     task: JoinHandle<std::io::Result<Drained>>,
 }
 
-/// Limits for tests: a fast sweeper, generous rates.
+/// Limits for tests: a fast sweeper, generous rates (every test client
+/// comes from 127.0.0.1: no per-address rate, a high per-address cap).
 pub fn test_limits() -> Limits {
     Limits {
         sweep_interval: Duration::from_millis(20),
         rate_per_second: 10_000,
         rate_burst: 10_000,
+        connect_rate_per_address: 0,
+        max_connections_per_address: 100_000,
         shutdown_grace: Duration::from_secs(5),
         ..Limits::default()
     }

@@ -100,14 +100,18 @@ impl DbError {
 
     /// A failure of a statement that commits (an autocommit write or a
     /// `COMMIT`): a reported error means it did not commit; a lost
-    /// connection leaves the outcome unknown, so it is never retried.
+    /// connection leaves the outcome unknown, so it is never retried; a
+    /// client-side encoding failure sent nothing.
     pub(crate) fn at_commit(e: &tokio_postgres::Error) -> Self {
         match e.code() {
             Some(code) => DbError::new(describe(e), transient(code)),
-            None => DbError::new(
+            None if e.is_closed() => DbError::new(
                 format!("{}; the outcome of the write is unknown", describe(e)),
                 false,
             ),
+            // A client-side failure (a parameter that does not encode):
+            // nothing was sent.
+            None => DbError::new(describe(e), false),
         }
     }
 }

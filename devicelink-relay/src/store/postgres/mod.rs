@@ -24,8 +24,8 @@
 //!   always (one row per client, locked).
 //! - **One round trip per decision where one statement is enough**:
 //!   reserve, release, redeem (a data-modifying `WITH` that also decrements
-//!   the client's counter) and every account write are single autocommit
-//!   statements; register is one transaction whose three statements are
+//!   the client's counter) and the account write (a compare-and-set on the
+//!   record's revision) are single autocommit statements; register is one transaction whose three statements are
 //!   pipelined. An autocommit statement's answer arrives after its commit
 //!   (`ReadyForQuery`), so nothing is acknowledged before it is durable
 //!   (with PostgreSQL's `synchronous_commit = on`, the default).
@@ -66,7 +66,8 @@ use std::time::{Duration, Instant};
 use deadpool_postgres::tokio_postgres::Row;
 use deadpool_postgres::Object;
 use devicelink::relay::{
-    ClientId, HelloDigest, LedgerError, Quota, QuotaScope, TokenRecord, TokenState, TokenStore,
+    AccountFacts, ClientId, HelloDigest, LedgerError, Quota, QuotaScope, TokenRecord, TokenState,
+    TokenStore,
 };
 use devicelink::{AccountId, Timestamp, TokenId};
 
@@ -82,8 +83,6 @@ type Param<'a> = dyn deadpool_postgres::tokio_postgres::types::ToSql + Sync + 'a
 /// Shards of the store-wide token count (`totals`).
 const TOTAL_SHARDS: u8 = 64;
 
-/// Accounts read per page by [`Store::for_each_account`].
-const ACCOUNT_PAGE: i64 = 1_000;
 /// Zero-count client rows removed per sweep.
 const IDLE_CLIENTS_PER_SWEEP: i64 = 1_000;
 
@@ -587,20 +586,15 @@ impl TokenStore for PgStore {
     }
 }
 
-const ACCOUNT_COLUMNS: &str = "account, list_version, list_hash, list, last_activity, swept_up_to";
-
 fn account_row(r: &Row) -> Result<AccountRecord, String> {
-    let version: i64 = col(r, 1)?;
-    let swept: i64 = col(r, 5)?;
+    let revision: i64 = col(r, 0)?;
+    let facts = AccountFacts::from_bytes(col::<&[u8]>(r, 1)?)
+        .map_err(|e| corrupt(format_args!("account facts: {e}")))?;
     Ok(AccountRecord {
-        account: AccountId::from_bytes(array(col::<&[u8]>(r, 0)?, "account")?),
-        list_version: u64::try_from(version)
-            .map_err(|_| corrupt(format_args!("list version {version}")))?,
-        list_hash: array(col::<&[u8]>(r, 2)?, "list hash")?,
-        list: col(r, 3)?,
-        last_activity: ts(col(r, 4)?, "last activity")?,
-        swept_up_to: u32::try_from(swept)
-            .map_err(|_| corrupt(format_args!("swept_up_to {swept}")))?,
+        facts,
+        list: col(r, 2)?,
+        revision: u64::try_from(revision)
+            .map_err(|_| corrupt(format_args!("revision {revision}")))?,
     })
 }
 
@@ -609,146 +603,96 @@ fn range<E>(what: &'static str) -> impl Fn(Fail<E>) -> Fail<StoreError> {
 }
 
 impl Store for PgStore {
-    fn put_list(&self, record: &AccountRecord) -> Result<bool, StoreError> {
+    fn account(&self, account: &AccountId) -> Result<Option<AccountRecord>, StoreError> {
+        let account = *account;
+        self.db()
+            .run(move |c| async move {
+                let st = c
+                    .prepare_cached("SELECT revision, facts, list FROM accounts WHERE account = $1")
+                    .await?;
+                let id = account.to_bytes();
+                let Some(row) = c.query_opt(&st, &[&&id[..]]).await? else {
+                    return Ok(None);
+                };
+                let record = account_row(&row).map_err(store_corrupt)?;
+                if record.account() != account {
+                    return Err(store_corrupt(corrupt(
+                        "an account row holds another account's facts",
+                    )));
+                }
+                Ok(Some(record))
+            })
+            .map_err(store)
+    }
+
+    fn put_account(&self, record: &AccountRecord) -> Result<bool, StoreError> {
         let record = record.clone();
         self.db()
             .run(move |c| {
                 let record = record.clone();
                 async move {
-                    let version = int::<()>(record.list_version, "list version")
-                        .map_err(range("list version"))?;
-                    let activity = ms::<()>(record.last_activity, "last activity")
-                        .map_err(range("last activity"))?;
-                    let st = c
-                        .prepare_cached(
-                            "INSERT INTO accounts
-                               (account, list_version, list_hash, list, last_activity, swept_up_to)
-                             VALUES ($1, $2, $3, $4, $5, $6)
-                             ON CONFLICT (account) DO UPDATE SET
-                               list_version = excluded.list_version,
-                               list_hash = excluded.list_hash, list = excluded.list,
-                               last_activity = excluded.last_activity,
-                               swept_up_to = greatest(accounts.swept_up_to, excluded.swept_up_to)
-                             WHERE accounts.list_version < excluded.list_version",
-                        )
-                        .await?;
-                    let account = record.account.to_bytes();
-                    let swept = i64::from(record.swept_up_to);
-                    // decision
-                    let n = c
-                        .execute(
-                            &st,
-                            &[
-                                &&account[..],
-                                &version,
-                                &&record.list_hash[..],
-                                &record.list,
-                                &activity,
-                                &swept,
-                            ],
-                        )
-                        .await
-                        .map_err(db::at_commit)?;
+                    let revision =
+                        int::<()>(record.revision, "revision").map_err(range("revision"))?;
+                    let active = record
+                        .active_since()
+                        .map(|at| ms::<()>(at, "last activity").map_err(range("last activity")))
+                        .transpose()?;
+                    let account = record.account().to_bytes();
+                    let facts = record.facts.to_bytes();
+                    let (account, facts) = (&account[..], &facts[..]);
+                    // decision: insert only if absent (revision 1), else
+                    // only over the revision before.
+                    let n = if record.revision == 1 {
+                        let st = c
+                            .prepare_cached(
+                                "INSERT INTO accounts (account, revision, active_since, facts, list)
+                                 VALUES ($1, 1, $2::bigint, $3, $4) ON CONFLICT (account) DO NOTHING",
+                            )
+                            .await?;
+                        c.execute(&st, &[&account, &active, &facts, &record.list])
+                            .await
+                            .map_err(db::at_commit)?
+                    } else {
+                        let st = c
+                            .prepare_cached(
+                                "UPDATE accounts SET revision = $2::bigint,
+                                        active_since = $3::bigint, facts = $4, list = $5
+                                  WHERE account = $1 AND revision = $2::bigint - 1",
+                            )
+                            .await?;
+                        c.execute(&st, &[&account, &revision, &active, &facts, &record.list])
+                            .await
+                            .map_err(db::at_commit)?
+                    };
                     Ok(n == 1)
                 }
             })
             .map_err(store)
     }
 
-    fn put_activity(&self, account: &AccountId, at: Timestamp) -> Result<bool, StoreError> {
-        let account = *account;
-        self.db()
-            .run(move |c| async move {
-                let at = ms::<()>(at, "activity").map_err(range("activity"))?;
-                let st = c
-                    .prepare_cached(
-                        "UPDATE accounts SET last_activity = $2
-                          WHERE account = $1 AND last_activity < $2",
-                    )
-                    .await?;
-                let id = account.to_bytes();
-                let n = c
-                    .execute(&st, &[&&id[..], &at])
-                    .await
-                    .map_err(db::at_commit)?;
-                Ok(n == 1)
-            })
-            .map_err(store)
-    }
-
-    fn put_swept(&self, account: &AccountId, swept_up_to: u32) -> Result<bool, StoreError> {
-        let account = *account;
+    fn due_accounts(&self, before: Timestamp, limit: usize) -> Result<Vec<AccountId>, StoreError> {
+        // Past the bigint range, every stored time is before it.
+        let before = i64::try_from(before.as_unix_millis()).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.db()
             .run(move |c| async move {
                 let st = c
                     .prepare_cached(
-                        "UPDATE accounts SET swept_up_to = $2
-                          WHERE account = $1 AND swept_up_to < $2",
+                        "SELECT account FROM accounts WHERE active_since <= $1
+                          ORDER BY active_since LIMIT $2",
                     )
                     .await?;
-                let (id, floor) = (account.to_bytes(), i64::from(swept_up_to));
-                let n = c
-                    .execute(&st, &[&&id[..], &floor])
-                    .await
-                    .map_err(db::at_commit)?;
-                Ok(n == 1)
+                let rows = c.query(&st, &[&before, &limit]).await?;
+                rows.iter()
+                    .map(|r| {
+                        col::<&[u8]>(r, 0)
+                            .and_then(|b| array(b, "account"))
+                            .map(AccountId::from_bytes)
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(store_corrupt)
             })
             .map_err(store)
-    }
-
-    fn account(&self, account: &AccountId) -> Result<Option<AccountRecord>, StoreError> {
-        let account = *account;
-        self.db()
-            .run(move |c| async move {
-                let st = c
-                    .prepare_cached(&format!(
-                        "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE account = $1"
-                    ))
-                    .await?;
-                let id = account.to_bytes();
-                match c.query_opt(&st, &[&&id[..]]).await? {
-                    None => Ok(None),
-                    Some(row) => account_row(&row).map(Some).map_err(store_corrupt),
-                }
-            })
-            .map_err(store)
-    }
-
-    fn for_each_account(
-        &self,
-        visit: &mut dyn FnMut(AccountRecord) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
-        // Keyset pages: no transaction held open while `visit` runs.
-        let mut after: Vec<u8> = Vec::new();
-        loop {
-            let from = after.clone();
-            let page = self
-                .db()
-                .run(move |c| {
-                    let from = from.clone();
-                    async move {
-                        let st = c
-                            .prepare_cached(&format!(
-                                "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE account > $1
-                                  ORDER BY account LIMIT $2"
-                            ))
-                            .await?;
-                        let rows = c.query(&st, &[&from, &ACCOUNT_PAGE]).await?;
-                        rows.iter()
-                            .map(account_row)
-                            .collect::<Result<Vec<_>, _>>()
-                            .map_err(store_corrupt)
-                    }
-                })
-                .map_err(store)?;
-            let last = page.last().map(|r| r.account.to_bytes().to_vec());
-            let full = page.len() == usize::try_from(ACCOUNT_PAGE).unwrap_or(usize::MAX);
-            page.into_iter().try_for_each(&mut *visit)?;
-            match last {
-                Some(last) if full => after = last,
-                _ => return Ok(()),
-            }
-        }
     }
 }
 
