@@ -131,6 +131,7 @@ impl<S: Store + 'static> Hub<S> {
         self
     }
 
+    #[cfg(feature = "postgres")]
     /// The device indices subscribed to `account` on this node.
     pub(crate) fn subscribed_indices(&self, account: &AccountId) -> Vec<DeviceIndex> {
         lock(&self.subscribers)
@@ -139,11 +140,13 @@ impl<S: Store + 'static> Hub<S> {
             .unwrap_or_default()
     }
 
+    #[cfg(feature = "postgres")]
     /// The accounts some connection of this node subscribed to.
     pub(crate) fn subscribed_accounts(&self) -> Vec<AccountId> {
         lock(&self.subscribers).keys().copied().collect()
     }
 
+    #[cfg(feature = "postgres")]
     /// The clients connected to this node.
     pub(crate) fn client_ids(&self) -> Vec<ClientId> {
         lock(&self.clients).keys().copied().collect()
@@ -209,6 +212,7 @@ impl<S: Store + 'static> Hub<S> {
         let _ = (old, id);
     }
 
+    #[cfg(feature = "postgres")]
     /// `id` connected to another node: a connection of it here is replaced
     /// (closed with 4005), and the frames waiting in its mailbox here are
     /// returned (for the node that holds it now).

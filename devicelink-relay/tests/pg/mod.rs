@@ -90,7 +90,7 @@ impl PgServer {
         let Some(bin) = find_bin() else {
             return skip_or_fail("no PostgreSQL server binaries (initdb, pg_ctl, postgres)");
         };
-        let root = std::fs::metadata("/proc/self").map_or(false, |m| m.uid() == 0);
+        let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
         let dir = tempfile::Builder::new()
             .prefix("devicelink-pg-")
             .tempdir()
