@@ -325,3 +325,43 @@ fn a_restart_of_postgres_is_survived_by_the_same_store() {
         assert_eq!(s.get(&tok(n)), Ok(None));
     }
 }
+
+/// The store-wide quota is a sum of shards (`docs/RELAY.md` §6.4): 8
+/// threads registering at once stay within the quota plus the
+/// registrations in flight (8), and once it is reached every later one is
+/// refused.
+#[test]
+fn the_store_wide_quota_holds_within_the_registrations_in_flight() {
+    let Some(server) = pg::PgServer::start() else {
+        return;
+    };
+    let s = PgStore::connect(&server.create_database("quota")).unwrap();
+    let q = Quota {
+        per_client: 1_000,
+        total: 100,
+    };
+    let barrier = Arc::new(Barrier::new(8));
+    let accepted: usize = (0..8u64)
+        .map(|w| {
+            let (s, barrier) = (s.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                (0..25u64)
+                    .filter(|n| {
+                        let token = tok(w * 1_000 + n);
+                        s.register(token, ClientId::from(w + 1), t(1_000), q)
+                            .is_ok()
+                    })
+                    .count()
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .sum();
+    assert!((100..=108).contains(&accepted), "{accepted}");
+    assert!(matches!(
+        s.register(tok(99_999), C, t(1_000), q),
+        Err(LedgerError::QuotaExceeded { .. })
+    ));
+}
