@@ -190,6 +190,8 @@ fn spawn(bin: &Path, db: &str) -> Result<Node, Error> {
             "--max-connections",
             "10000",
         ])
+        .args(["--max-connections-per-address", "10000"])
+        .args(["--connect-rate-per-address", "0"])
         .env("RUST_LOG", "error")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
