@@ -38,6 +38,7 @@ mod admission;
 mod clock;
 #[cfg(feature = "postgres")]
 pub mod cluster;
+mod code;
 pub mod codes;
 mod connection;
 mod hub;
@@ -153,6 +154,7 @@ pub struct Drained {
 /// and the router that serves it.
 pub struct Relay<S: Store> {
     hub: Arc<Hub<S>>,
+    code: Arc<code::CodeHub>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -179,8 +181,17 @@ impl<S: Store + 'static> Relay<S> {
         let (shutdown, watching) = watch::channel(false);
         let mut limits = limits;
         limits.max_frame_len = limits.max_frame_len.min(MAX_FRAME_LEN);
+        let hub = Arc::new(Hub::new(ledger, directory, clock.clone(), limits, watching));
+        let code = Arc::new(code::CodeHub::new(
+            policy,
+            clock,
+            hub.limits.clone(),
+            hub.connections.clone(),
+            hub.shutdown.clone(),
+        ));
         Ok(Relay {
-            hub: Arc::new(Hub::new(ledger, directory, clock, limits, watching)),
+            hub,
+            code,
             shutdown,
         })
     }
@@ -212,6 +223,19 @@ impl<S: Store + 'static> Relay<S> {
                     .layer(DefaultBodyLimit::max(self.hub.limits.max_frame_len)),
             )
             .with_state(self.hub.clone())
+            .merge(
+                Router::new()
+                    .route("/v1/code", get(code::upgrade))
+                    .with_state(self.code.clone()),
+            )
+    }
+
+    /// Failed code attempts the relay counted for `key` (linking by typed
+    /// code, `/v1/code`).
+    pub fn code_failures(&self, key: &devicelink::relay::AttemptKey) -> u32 {
+        let now = self.hub.clock.now();
+        self.code
+            .with_rendezvous(|r| r.attempts().failures(key, now))
     }
 
     /// Serves on `listener` until `shutdown` completes; then stops
@@ -284,9 +308,21 @@ impl Relay<crate::store::PgStore> {
         let (shutdown, watching) = watch::channel(false);
         let mut limits = limits;
         limits.max_frame_len = limits.max_frame_len.min(MAX_FRAME_LEN);
-        let hub = Hub::new(ledger, directory, clock, limits, watching).with_cluster(cluster);
+        let hub = Arc::new(
+            Hub::new(ledger, directory, clock.clone(), limits, watching).with_cluster(cluster),
+        );
+        // The typed-code rendezvous stays within one node (both ends of a
+        // code link must reach the same node).
+        let code = Arc::new(code::CodeHub::new(
+            policy,
+            clock,
+            hub.limits.clone(),
+            hub.connections.clone(),
+            hub.shutdown.clone(),
+        ));
         Ok(Relay {
-            hub: Arc::new(hub),
+            hub,
+            code,
             shutdown,
         })
     }
