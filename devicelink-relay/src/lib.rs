@@ -60,3 +60,6 @@ pub use store::{AccountDirectory, AccountRecord, MemoryStore, Store, StoreError}
 
 #[cfg(feature = "sqlite")]
 pub use store::SqliteStore;
+
+#[cfg(feature = "postgres")]
+pub use store::PgStore;

@@ -203,6 +203,7 @@ pub(crate) async fn run<S: Store + 'static, W: Wire>(
         close: close.clone(),
     };
     hub.connect(client, peer.clone());
+    hub.announce_connected(client).await;
     Metrics::inc(&hub.metrics.connections_total);
     Metrics::inc(&hub.metrics.connections_open);
     tracing::debug!(%client, ?role, "connected");
@@ -219,6 +220,11 @@ pub(crate) async fn run<S: Store + 'static, W: Wire>(
     let end = conn.serve(rx, &close).await;
     let client = conn.client;
     hub.disconnect(client, conn.peer.conn, conn.identified, conn.subscribed);
+    // An identified client's frames keep coming here (into its mailbox)
+    // until it connects again, here or on another node.
+    if !conn.identified {
+        hub.announce_disconnected(client);
+    }
     if let End::Close(code, refusal) = end {
         conn.close(code, refusal).await;
     }
@@ -445,7 +451,12 @@ impl<S: Store + 'static, W: Wire> Connection<S, W> {
                 }
                 let _ = msg;
                 // The frame as received is the frame to forward.
-                if !self.hub.push(routed.forward_to, bytes.clone()) {
+                if !self.hub.push(routed.forward_to, bytes.clone())
+                    && !self
+                        .hub
+                        .deliver_elsewhere(routed.forward_to, bytes.clone())
+                        .await
+                {
                     return self
                         .refuse(Refusal::transport(
                             codes::PEER_GONE,
@@ -467,6 +478,7 @@ impl<S: Store + 'static, W: Wire> Connection<S, W> {
                 }
                 let id = secret.client_id();
                 let replaced = self.hub.identify(self.client, id, &self.peer);
+                self.hub.announce_identified(self.client, id).await;
                 if replaced {
                     Metrics::inc(&self.hub.metrics.connections_replaced);
                 }
@@ -561,6 +573,7 @@ impl<S: Store + 'static, W: Wire> Connection<S, W> {
                         if let ListApplied::Changed { logged_out } = applied {
                             Metrics::inc(&self.hub.metrics.lists_applied);
                             self.hub.fan_out_list(&list, owned, &logged_out);
+                            self.hub.announce_list(list.account(), &logged_out).await;
                         }
                         self.ack(ty, changed).await
                     }
@@ -585,6 +598,7 @@ impl<S: Store + 'static, W: Wire> Connection<S, W> {
                     Some(Ok((account, owned))) => {
                         Metrics::inc(&self.hub.metrics.heartbeats_applied);
                         self.hub.fan_out_heartbeat(account, &owned);
+                        self.hub.announce_heartbeat(&owned).await;
                         self.ack(ty, true).await
                     }
                     Some(Err(refusal)) => self.refuse(refusal).await,

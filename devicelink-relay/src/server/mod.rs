@@ -36,6 +36,8 @@
 
 mod admission;
 mod clock;
+#[cfg(feature = "postgres")]
+pub mod cluster;
 mod code;
 mod connection;
 mod hub;
@@ -61,6 +63,8 @@ use tokio::sync::watch;
 
 pub use crate::codes;
 pub use clock::{Clock, ManualClock, SystemClock};
+#[cfg(feature = "postgres")]
+pub use cluster::{Cluster, ClusterOptions};
 pub use metrics::Metrics;
 
 use crate::store::{AccountDirectory, Store, StoreError};
@@ -249,6 +253,12 @@ impl<S: Store + 'static> Relay<S> {
     ) -> std::io::Result<Drained> {
         let router = self.router();
         let sweeper = tokio::spawn(hub::sweep_loop(self.hub.clone()));
+        #[cfg(feature = "postgres")]
+        let cluster = self
+            .hub
+            .cluster
+            .clone()
+            .map(|c| tokio::spawn(cluster::run(self.hub.clone(), c)));
         let signal = self.shutdown.clone();
         // Small frames in both directions: Nagle's algorithm with delayed
         // ACKs would add ~40 ms to each handshake step.
@@ -272,8 +282,52 @@ impl<S: Store + 'static> Relay<S> {
         if sweeper.await.is_err() {
             tracing::error!("the sweeper task failed");
         }
+        #[cfg(feature = "postgres")]
+        if let Some(c) = cluster {
+            if c.await.is_err() {
+                tracing::error!("the cluster task failed");
+            }
+        }
         tracing::info!(?drained, "relay stopped");
         served.map(|()| drained)
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl Relay<crate::store::PgStore> {
+    /// A node of a cluster of relays on one PostgreSQL database: like
+    /// [`Relay::new`] (whose directory already decides every fact from the
+    /// stored facts, so nodes agree), with delivery across nodes through
+    /// `cluster` ([`cluster`]).
+    pub fn clustered(
+        store: crate::store::PgStore,
+        policy: &Policy,
+        limits: Limits,
+        clock: Arc<dyn Clock>,
+        cluster: Arc<Cluster>,
+    ) -> Result<Self, StoreError> {
+        let directory = AccountDirectory::new(store.clone(), policy);
+        let ledger = Ledger::new(store, LedgerConfig::from_policy(policy));
+        let (shutdown, watching) = watch::channel(false);
+        let mut limits = limits;
+        limits.max_frame_len = limits.max_frame_len.min(MAX_FRAME_LEN);
+        let hub = Arc::new(
+            Hub::new(ledger, directory, clock.clone(), limits, watching).with_cluster(cluster),
+        );
+        // The typed-code rendezvous stays within one node (both ends of a
+        // code link must reach the same node).
+        let code = Arc::new(code::CodeHub::new(
+            policy,
+            clock,
+            hub.limits.clone(),
+            hub.connections.clone(),
+            hub.shutdown.clone(),
+        ));
+        Ok(Relay {
+            hub,
+            code,
+            shutdown,
+        })
     }
 }
 
