@@ -3,6 +3,7 @@
 //! browser companion page at `/`, `/v1/companion`, `/v1/primary`,
 //! `/v1/code`, `/healthz` and `/metrics` until Ctrl-C or SIGTERM.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -218,8 +219,12 @@ async fn serve<S: Store + 'static>(relay: Relay<S>, args: &Args, what: String) -
         }
     };
     let addr = listener.local_addr().unwrap_or(args.listen);
-    println!("devicelink-relay listening on ws://{addr} (store: {what})");
-    println!("the browser companion: http://{addr}/");
+    // One line, written once: whoever started the relay may read just this
+    // line and close the pipe, which must not stop the relay.
+    let _ = writeln!(
+        std::io::stdout(),
+        "devicelink-relay listening on ws://{addr} (store: {what}); the browser companion: http://{addr}/"
+    );
     match relay.serve(listener, shutdown_signal()).await {
         Ok(drained) if drained.all_closed => ExitCode::SUCCESS,
         Ok(drained) => {
