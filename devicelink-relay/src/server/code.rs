@@ -11,13 +11,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use devicelink::relay::{ClientId, CodeRelayConfig, CodeRendezvous};
 use devicelink::Policy;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use super::admission::{Gate, PeerAddress, Refused};
+use super::metrics::Metrics;
 use super::{Clock, Limits};
 use crate::code_frame::CodeFrame;
 
@@ -28,7 +29,8 @@ pub(crate) struct CodeHub {
     next: AtomicU64,
     clock: Arc<dyn Clock>,
     limits: Limits,
-    connections: Arc<Semaphore>,
+    gate: Arc<Gate>,
+    metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -42,7 +44,8 @@ impl CodeHub {
         policy: &Policy,
         clock: Arc<dyn Clock>,
         limits: Limits,
-        connections: Arc<Semaphore>,
+        gate: Arc<Gate>,
+        metrics: Arc<Metrics>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         CodeHub {
@@ -52,7 +55,8 @@ impl CodeHub {
             next: AtomicU64::new(1 << 63),
             clock,
             limits,
-            connections,
+            gate,
+            metrics,
             shutdown,
         }
     }
@@ -109,12 +113,19 @@ impl CodeHub {
 }
 
 /// `GET /v1/code`.
-pub(crate) async fn upgrade(State(hub): State<Arc<CodeHub>>, ws: WebSocketUpgrade) -> Response {
+pub(crate) async fn upgrade(
+    State(hub): State<Arc<CodeHub>>,
+    peer: PeerAddress,
+    ws: WebSocketUpgrade,
+) -> Response {
     if *hub.shutdown.borrow() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+        return Refused::ShuttingDown.into_response();
     }
-    let Ok(permit) = hub.connections.clone().try_acquire_owned() else {
-        return (StatusCode::SERVICE_UNAVAILABLE, "too many connections\n").into_response();
+    // The relay's connection limit and the per-address limits, as for
+    // every other endpoint.
+    let permit = match hub.gate.admit(peer.0, &hub.metrics) {
+        Ok(a) => a,
+        Err(refused) => return refused.into_response(),
     };
     ws.max_message_size(crate::MAX_FRAME_LEN)
         .on_upgrade(move |socket| async move {

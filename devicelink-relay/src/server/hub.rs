@@ -83,7 +83,7 @@ pub(crate) struct Hub<S: Store> {
     pub(crate) limits: Limits,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) connections: Arc<Semaphore>,
-    pub(crate) gate: super::admission::Gate,
+    pub(crate) gate: Arc<super::admission::Gate>,
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) polls: super::poll::PollSessions,
     /// Other relay nodes on the same database (PostgreSQL), if any.
@@ -114,7 +114,7 @@ impl<S: Store + 'static> Hub<S> {
             subscribers: Mutex::new(HashMap::new()),
             clock,
             connections: connections.clone(),
-            gate: super::admission::Gate::new(&limits, connections),
+            gate: Arc::new(super::admission::Gate::new(&limits, connections)),
             limits,
             metrics: Arc::new(Metrics::default()),
             shutdown,

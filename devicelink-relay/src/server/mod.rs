@@ -182,19 +182,34 @@ impl<S: Store + 'static> Relay<S> {
         let (shutdown, watching) = watch::channel(false);
         let mut limits = limits;
         limits.max_frame_len = limits.max_frame_len.min(MAX_FRAME_LEN);
-        let hub = Arc::new(Hub::new(ledger, directory, clock.clone(), limits, watching));
+        let hub = Hub::new(ledger, directory, clock.clone(), limits, watching);
+        Ok(Self::assemble(hub, policy, clock, shutdown))
+    }
+
+    /// The relay around `hub`, with the typed-code rendezvous beside it.
+    /// The rendezvous stays within one node (both ends of a code link must
+    /// reach the same node); it shares the hub's admission (the connection
+    /// limit and the per-address limits) and shutdown.
+    fn assemble(
+        hub: Hub<S>,
+        policy: &Policy,
+        clock: Arc<dyn Clock>,
+        shutdown: watch::Sender<bool>,
+    ) -> Self {
+        let hub = Arc::new(hub);
         let code = Arc::new(code::CodeHub::new(
             policy,
             clock,
             hub.limits.clone(),
-            hub.connections.clone(),
+            hub.gate.clone(),
+            hub.metrics.clone(),
             hub.shutdown.clone(),
         ));
-        Ok(Relay {
+        Relay {
             hub,
             code,
             shutdown,
-        })
+        }
     }
 
     /// The relay's counters.
@@ -311,23 +326,9 @@ impl Relay<crate::store::PgStore> {
         let (shutdown, watching) = watch::channel(false);
         let mut limits = limits;
         limits.max_frame_len = limits.max_frame_len.min(MAX_FRAME_LEN);
-        let hub = Arc::new(
-            Hub::new(ledger, directory, clock.clone(), limits, watching).with_cluster(cluster),
-        );
-        // The typed-code rendezvous stays within one node (both ends of a
-        // code link must reach the same node).
-        let code = Arc::new(code::CodeHub::new(
-            policy,
-            clock,
-            hub.limits.clone(),
-            hub.connections.clone(),
-            hub.shutdown.clone(),
-        ));
-        Ok(Relay {
-            hub,
-            code,
-            shutdown,
-        })
+        let hub =
+            Hub::new(ledger, directory, clock.clone(), limits, watching).with_cluster(cluster);
+        Ok(Self::assemble(hub, policy, clock, shutdown))
     }
 }
 
