@@ -52,9 +52,10 @@ export class WebCompanion {
         return v1;
     }
     /**
-     * The socket to `/v1/companion` opened: queues the offer's Register
-     * (or, once linked, the Subscribe). A pairing gets one connection; on
-     * a second this throws, and the page shows a new companion's code.
+     * The socket to `/v1/companion` opened: queues the Identify (the same
+     * client on every connection), then the offer's Register (a pairing
+     * goes on over a new connection) or, once linked, the session's list
+     * and the Subscribe.
      * @param {number} now_ms
      */
     connected(now_ms) {
