@@ -13,7 +13,7 @@
 # Not used by the main crate's build or CI.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-targets=(offer_text handshake_messages persisted_state signed_structures audit_log)
+targets=(offer_text handshake_messages persisted_state signed_structures audit_log code_messages)
 for t in "${targets[@]}"; do
   mkdir -p "$here/corpus/$t"
   if [ -d "$here/seeds/$t" ]; then

@@ -121,9 +121,11 @@ impl HandshakeError {
             | HandshakeError::UnsupportedVersion(_) => ErrorKind::Malformed,
             HandshakeError::AuthenticationFailed
             | HandshakeError::NonContributory
-            | HandshakeError::BadSignature { .. } => ErrorKind::Unauthenticated,
+            | HandshakeError::BadSignature { .. }
+            | HandshakeError::WrongCode => ErrorKind::Unauthenticated,
             HandshakeError::WrongSession
             | HandshakeError::UnexpectedMessage { .. }
+            | HandshakeError::UnexpectedCodeMessage { .. }
             | HandshakeError::AlreadyLinked
             | HandshakeError::AlreadyFailed => ErrorKind::Unexpected,
             HandshakeError::Refused(_) => ErrorKind::Refused,

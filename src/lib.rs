@@ -15,6 +15,11 @@
 //!   short-lived link intent opened from the host's own "Link a device"
 //!   screen ([`Account::open_link_intent`]), and the phone's prompt
 //!   ([`LinkRequest::prompt`]) says what approving does;
+//! - **linking by typed code** when the camera cannot scan ([`code`]): the
+//!   companion shows `HHHH-CCCC-CCCC` (a relay-issued handle and a 40-bit
+//!   code), the phone types it, SPAKE2 with key confirmation both ways
+//!   feeds the same Request → Grant → Confirm; one guess per attempt, none
+//!   offline, and the relay locks guessers out ([`relay::CodeAttempts`]);
 //! - the **four-companion limit** and the **14-day primary-offline expiry**
 //!   ([`Account`], [`Policy`]), revocation, and a signed device list that
 //!   chains from version to version and that heartbeats name, so a relay
@@ -98,6 +103,7 @@
 
 pub mod audit;
 pub mod certificate;
+pub mod code;
 mod encoding;
 pub mod error;
 pub mod handshake;
@@ -119,6 +125,7 @@ pub use certificate::{
     CertificateError, DeviceCertificate, DeviceIndex, DeviceListDraft, DeviceListEntry,
     PrimaryHeartbeat, RemovedDevice, SignedDeviceList,
 };
+pub use code::{CodeCompanion, CodeEntry, CodeHandle, LinkCode, TypedCode};
 pub use error::ErrorKind;
 pub use handshake::{
     Companion, CompanionState, ConfirmedLink, HandshakeError, LinkRequest, PrimaryHandshake,
@@ -130,7 +137,9 @@ pub use offer::{OfferDisplay, OfferError, PairingOffer, TokenId};
 pub use persist::PersistError;
 pub use policy::{Policy, PolicyError};
 pub use registry::{Account, DeviceState, RegistryError};
-pub use relay::{ClientId, Directory, DirectoryError, Ledger, LedgerConfig, LedgerError, Routed};
+pub use relay::{
+    ClientId, CodeRendezvous, Directory, DirectoryError, Ledger, LedgerConfig, LedgerError, Routed,
+};
 pub use session::{
     DeviceLeft, DeviceListChange, LinkedSession, LogoutReason, SessionError, SessionStatus,
 };

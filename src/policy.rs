@@ -53,6 +53,7 @@ pub struct Policy {
     warn_before: Duration,
     link_intent_window: Duration,
     new_device_quarantine: Option<Duration>,
+    code_lifetime: Duration,
 }
 
 impl Default for Policy {
@@ -69,6 +70,7 @@ impl Default for Policy {
             warn_before: days(2),
             link_intent_window: Duration::from_secs(60),
             new_device_quarantine: None,
+            code_lifetime: Duration::from_secs(180),
         }
     }
 }
@@ -140,6 +142,13 @@ impl Policy {
     pub fn new_device_quarantine(&self) -> Option<Duration> {
         self.new_device_quarantine
     }
+
+    /// How long a typed link code ([`crate::code::CodeCompanion`]) stays
+    /// valid: it expires at exactly `shown_at + code_lifetime`. Default 3
+    /// minutes.
+    pub fn code_lifetime(&self) -> Duration {
+        self.code_lifetime
+    }
 }
 
 /// Builds a validated [`Policy`]; every setter takes the knob's new value.
@@ -168,6 +177,8 @@ pub struct PolicyBuilder {
     link_intent_window: Duration,
     #[serde(default, with = "opt_millis")]
     new_device_quarantine: Option<Duration>,
+    #[serde(default = "d_code", with = "millis")]
+    code_lifetime: Duration,
 }
 
 fn d_max_companions() -> u32 {
@@ -196,6 +207,9 @@ fn d_warn() -> Duration {
 }
 fn d_intent() -> Duration {
     Policy::default().link_intent_window
+}
+fn d_code() -> Duration {
+    Policy::default().code_lifetime
 }
 
 mod millis {
@@ -243,6 +257,7 @@ impl From<Policy> for PolicyBuilder {
             warn_before: p.warn_before,
             link_intent_window: p.link_intent_window,
             new_device_quarantine: p.new_device_quarantine,
+            code_lifetime: p.code_lifetime,
         }
     }
 }
@@ -311,6 +326,12 @@ impl PolicyBuilder {
         self
     }
 
+    /// See [`Policy::code_lifetime`].
+    pub fn code_lifetime(mut self, d: Duration) -> Self {
+        self.code_lifetime = d;
+        self
+    }
+
     /// Validates and returns the policy.
     pub fn build(self) -> Result<Policy, PolicyError> {
         let zero = |field| Err(PolicyError::Zero { field });
@@ -330,6 +351,7 @@ impl PolicyBuilder {
             ("confirmation_timeout", self.confirmation_timeout),
             ("approval_timeout", self.approval_timeout),
             ("link_intent_window", self.link_intent_window),
+            ("code_lifetime", self.code_lifetime),
         ] {
             if crate::time::duration_millis(d) == 0 {
                 return zero(field);
@@ -356,6 +378,7 @@ impl PolicyBuilder {
             warn_before: self.warn_before,
             link_intent_window: self.link_intent_window,
             new_device_quarantine: self.new_device_quarantine,
+            code_lifetime: self.code_lifetime,
         })
     }
 }

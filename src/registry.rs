@@ -664,20 +664,32 @@ impl Account {
         rng: &mut R,
         now: Timestamp,
     ) -> Result<(PrimaryHandshake, Vec<u8>), RegistryError> {
-        let now = self.effective(now);
-        match self.link_intent {
-            None => return Err(RegistryError::NoLinkIntent),
-            Some(until) if now >= until => return Err(RegistryError::LinkIntentExpired),
-            Some(_) => {}
-        }
+        let now = self.check_link_intent(now)?;
         let offer = PairingOffer::from_text(offer_text).map_err(HandshakeError::from)?;
         // Not recorded as primary activity: only what the account signs
         // (grants, revocations, heartbeats) extends leases, so the registry,
         // the companions and the relay agree on every deadline.
         let scanned = PrimaryHandshake::scan_offer(self.account_id, &offer, rng, now)?;
+        self.use_link_intent(now);
+        Ok(scanned)
+    }
+
+    /// The link intent's checks shared by every entry path (a scan, a typed
+    /// code): an intent is open and its window has not ended. Returns the
+    /// time the call acts at. Changes nothing.
+    pub(crate) fn check_link_intent(&self, now: Timestamp) -> Result<Timestamp, RegistryError> {
+        let now = self.effective(now);
+        match self.link_intent {
+            None => Err(RegistryError::NoLinkIntent),
+            Some(until) if now >= until => Err(RegistryError::LinkIntentExpired),
+            Some(_) => Ok(now),
+        }
+    }
+
+    /// Uses up the link intent after a successful entry (scan or code).
+    pub(crate) fn use_link_intent(&mut self, now: Timestamp) {
         self.link_intent = None;
         self.touch(now);
-        Ok(scanned)
     }
 
     /// Handles the companion's Request and returns what to show the user.

@@ -12,6 +12,8 @@
 //! Regenerate (only when the protocol changes) with
 //! `DEVICELINK_WRITE_VECTORS=1 cargo test --test vectors`.
 
+#![recursion_limit = "256"]
+
 mod wire;
 use wire::FromWire;
 
@@ -26,6 +28,10 @@ use devicelink::{
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use serde_json::{json, Value};
+
+/// Linking by typed code: its own vector file (`docs/PROTOCOL.md` §13.7).
+#[path = "vectors/code.rs"]
+mod code;
 
 const PATH: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),

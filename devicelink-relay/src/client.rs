@@ -1037,6 +1037,33 @@ impl PrimaryClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn poll_bodies_parse_totally_and_round_trip(
+            frames in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..40), 0..6),
+            close in proptest::option::of(any::<u16>()),
+            noise in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let _ = poll_records(&noise);
+            let mut body = Vec::new();
+            for f in &frames {
+                body.extend_from_slice(&(f.len() as u16).to_be_bytes());
+                body.extend_from_slice(f);
+            }
+            if let Some(code) = close {
+                body.extend_from_slice(&[0, 0]);
+                body.extend_from_slice(&code.to_be_bytes());
+            }
+            let mut want: Vec<Result<Vec<u8>, u16>> = frames.into_iter().map(Ok).collect();
+            want.extend(close.map(Err));
+            prop_assert_eq!(poll_records(&body), Some(want));
+            if !body.is_empty() {
+                prop_assert_eq!(poll_records(&body[..body.len() - 1]), None);
+            }
+        }
+    }
 
     #[test]
     fn backoff_is_capped_and_jittered_within_half() {

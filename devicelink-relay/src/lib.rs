@@ -18,6 +18,8 @@
 //! - [`server`]: the network transport, an axum router with the WebSocket
 //!   endpoints (`docs/RELAY.md`), one task per connection, bounded queues,
 //!   a connection limit, rate limits, a sweeper and a graceful shutdown.
+//! - [`code_frame`] and the `/v1/code` endpoint: linking by typed code
+//!   through the core's [`CodeRendezvous`](devicelink::relay::CodeRendezvous).
 //! - [`client`]: thin async clients (companion, primary) over
 //!   `tokio-tungstenite` that move bytes between the relay and the core's
 //!   state machines.
@@ -44,6 +46,8 @@
 
 #[cfg(feature = "client")]
 pub mod client;
+pub mod code_frame;
+pub mod codes;
 pub mod frame;
 pub mod identity;
 #[cfg(feature = "server")]
@@ -56,3 +60,6 @@ pub use store::{AccountDirectory, AccountRecord, MemoryStore, Store, StoreError}
 
 #[cfg(feature = "sqlite")]
 pub use store::SqliteStore;
+
+#[cfg(feature = "postgres")]
+pub use store::PgStore;

@@ -1,7 +1,9 @@
 //! The `devicelink-relay` binary: the relay on a SQLite file (or in
-//! memory), serving `/v1/companion`, `/v1/primary`, `/healthz` and
-//! `/metrics` until Ctrl-C or SIGTERM.
+//! memory, or as one node of many on a PostgreSQL database), serving the
+//! browser companion page at `/`, `/v1/companion`, `/v1/primary`,
+//! `/v1/code`, `/healthz` and `/metrics` until Ctrl-C or SIGTERM.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,8 +12,11 @@ use std::time::Duration;
 
 use clap::Parser;
 use devicelink::Policy;
-use devicelink_relay::server::{Limits, Relay, SystemClock};
-use devicelink_relay::{MemoryStore, SqliteStore, Store, MAX_FRAME_LEN};
+use devicelink::Timestamp;
+use devicelink_relay::server::{
+    Clock, Cluster, ClusterOptions, Limits, ManualClock, Relay, SystemClock,
+};
+use devicelink_relay::{MemoryStore, PgStore, SqliteStore, Store, StoreError, MAX_FRAME_LEN};
 
 /// The devicelink relay: routes pairing messages between companions and
 /// primaries, redeems each QR token exactly once, and pushes the accounts'
@@ -23,9 +28,25 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
     /// SQLite database file (created if missing); `:memory:` for the
-    /// in-memory store.
+    /// in-memory store; `postgres://user:password@host:port/dbname` for a
+    /// PostgreSQL database shared by many relay nodes.
     #[arg(long, default_value = "devicelink.db")]
     db: PathBuf,
+    /// With PostgreSQL: connections this node keeps to the database.
+    #[arg(long, default_value_t = devicelink_relay::store::PgOptions::default().pool_size)]
+    pg_pool: usize,
+    /// With PostgreSQL: milliseconds a node's lease lasts without renewal
+    /// (how long a dead node's clients stay addressed).
+    #[arg(long, default_value_t = 5_000)]
+    node_lease_ms: u64,
+    /// Milliseconds between sweeps of expired tokens and accounts.
+    #[arg(long, default_value_t = 1_000)]
+    sweep_interval_ms: u64,
+    /// TESTS ONLY: read the relay's clock (Unix milliseconds) from this
+    /// file, re-read every 10 ms, instead of the system clock, so a test
+    /// can move several relay processes through virtual days.
+    #[arg(long, value_name = "FILE")]
+    test_clock_file: Option<PathBuf>,
     /// Use the in-memory store (nothing survives a restart).
     #[arg(long)]
     memory: bool,
@@ -81,6 +102,7 @@ impl Args {
             outbound_queue: self.outbound_queue.max(1),
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             poll_wait: Duration::from_secs(self.poll_wait_secs.max(1)),
+            sweep_interval: Duration::from_millis(self.sweep_interval_ms.max(1)),
             max_connections_per_address: self.max_connections_per_address.max(1),
             connect_rate_per_address: self.connect_rate_per_address,
             connect_burst_per_address: self.connect_burst_per_address.max(1),
@@ -118,19 +140,77 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
+/// The system clock, or (tests only) a clock read from a file.
+fn clock(args: &Args) -> Result<Arc<dyn Clock>, String> {
+    let Some(path) = args.test_clock_file.clone() else {
+        return Ok(Arc::new(SystemClock));
+    };
+    let read = move |path: &std::path::Path| -> Result<Timestamp, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        text.trim()
+            .parse::<u64>()
+            .map(Timestamp::from_unix_millis)
+            .map_err(|e| format!("{}: {e}", path.display()))
+    };
+    let clock = Arc::new(ManualClock::new(read(&path)?));
+    let moved = clock.clone();
+    std::thread::Builder::new()
+        .name("test-clock".into())
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(10));
+            if let Ok(t) = read(&path) {
+                moved.set(t);
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    tracing::warn!("the relay's clock is read from a file (--test-clock-file): for tests only");
+    Ok(clock)
+}
+
 async fn run<S: Store + 'static>(store: S, args: &Args, what: String) -> ExitCode {
-    let relay = match Relay::new(
-        store,
-        &Policy::default(),
-        args.limits(),
-        Arc::new(SystemClock),
-    ) {
-        Ok(r) => r,
+    let relay = clock(args).and_then(|clock| {
+        Relay::new(store, &Policy::default(), args.limits(), clock).map_err(|e| e.to_string())
+    });
+    match relay {
+        Ok(relay) => serve(relay, args, what).await,
         Err(e) => {
-            tracing::error!(store = %what, error = %e, "cannot load the accounts");
+            tracing::error!(store = %what, error = %e, "cannot start the relay");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One node of many on a PostgreSQL database.
+async fn run_node(store: PgStore, args: &Args) -> ExitCode {
+    let options = ClusterOptions {
+        lease: Duration::from_millis(args.node_lease_ms.max(100)),
+        ..ClusterOptions::default()
+    };
+    let joined = tokio::task::block_in_place(|| Cluster::join(&store, options));
+    let cluster = match joined {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(store = %store.target(), error = %e, "cannot join the cluster");
             return ExitCode::FAILURE;
         }
     };
+    let what = format!("{}, node {}", store.target(), cluster.node_id());
+    let relay = clock(args).and_then(|clock| {
+        tokio::task::block_in_place(|| {
+            Relay::clustered(store, &Policy::default(), args.limits(), clock, cluster)
+                .map_err(|e: StoreError| e.to_string())
+        })
+    });
+    match relay {
+        Ok(relay) => serve(relay, args, what).await,
+        Err(e) => {
+            tracing::error!(store = %what, error = %e, "cannot start the relay");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve<S: Store + 'static>(relay: Relay<S>, args: &Args, what: String) -> ExitCode {
     let listener = match devicelink_relay::server::listen(args.listen) {
         Ok(l) => l,
         Err(e) => {
@@ -139,7 +219,12 @@ async fn run<S: Store + 'static>(store: S, args: &Args, what: String) -> ExitCod
         }
     };
     let addr = listener.local_addr().unwrap_or(args.listen);
-    println!("devicelink-relay listening on ws://{addr} (store: {what})");
+    // One line, written once: whoever started the relay may read just this
+    // line and close the pipe, which must not stop the relay.
+    let _ = writeln!(
+        std::io::stdout(),
+        "devicelink-relay listening on ws://{addr} (store: {what}); the browser companion: http://{addr}/"
+    );
     match relay.serve(listener, shutdown_signal()).await {
         Ok(drained) if drained.all_closed => ExitCode::SUCCESS,
         Ok(drained) => {
@@ -170,6 +255,26 @@ fn main() -> ExitCode {
     };
     if args.memory || args.db.as_os_str() == ":memory:" {
         return runtime.block_on(run(MemoryStore::new(), &args, "memory".into()));
+    }
+    if let Some(url) = args
+        .db
+        .to_str()
+        .filter(|d| d.starts_with("postgres://") || d.starts_with("postgresql://"))
+    {
+        let options = devicelink_relay::store::PgOptions {
+            pool_size: args.pg_pool.max(1),
+            ..Default::default()
+        };
+        let store = match PgStore::connect_with(url, options) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot open the PostgreSQL store");
+                return ExitCode::FAILURE;
+            }
+        };
+        let code = runtime.block_on(run_node(store, &args));
+        drop(runtime);
+        return code;
     }
     let store = match SqliteStore::open(&args.db) {
         Ok(s) => s,

@@ -507,7 +507,9 @@ async fn one_address_is_held_to_its_connection_cap_and_connect_rate() {
     let a = raw(&relay, "/v1/companion").await;
     let _b = raw(&relay, "/v1/primary").await;
     assert_eq!(status(&relay, "/v1/companion").await, Some(429));
-    // The long-poll fallback is held to the same cap.
+    // The typed-code endpoint and the long-poll fallback are held to the
+    // same cap.
+    assert_eq!(status(&relay, "/v1/code").await, Some(429));
     let poll = http_post(&relay, "/v1/poll/companion").await;
     assert!(poll.starts_with("HTTP/1.1 429"), "{poll}");
     drop(a);
@@ -518,7 +520,7 @@ async fn one_address_is_held_to_its_connection_cap_and_connect_rate() {
     })
     .await;
     let _c = raw(&relay, "/v1/companion").await;
-    assert_eq!(relay.metrics.connections_refused_by_address(), 2);
+    assert_eq!(relay.metrics.connections_refused_by_address(), 3);
     relay.stop().await;
 
     // A burst of 3 new connections, then 1 per second: without refill

@@ -1,6 +1,7 @@
 //! One contract, every store: the same test body runs against
-//! [`MemoryStore`] and [`SqliteStore`] (a real file in a temporary
-//! directory). The token rules are the core's `TokenStore` contract
+//! [`MemoryStore`], [`SqliteStore`] (a real file in a temporary
+//! directory) and [`PgStore`] (a throwaway PostgreSQL cluster,
+//! `pg/mod.rs`). The token rules are the core's `TokenStore` contract
 //! (`src/relay/ledger.rs`); the account rules are [`Store`]'s.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,10 +18,12 @@ use devicelink::{
     Policy, PrimaryHeartbeat, SignedDeviceList, Timestamp, TokenId,
 };
 use devicelink_relay::store::AccountDirectoryError;
-use devicelink_relay::{AccountDirectory, AccountRecord, MemoryStore, SqliteStore, Store};
+use devicelink_relay::{AccountDirectory, AccountRecord, MemoryStore, PgStore, SqliteStore, Store};
 use proptest::prelude::*;
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
+
+mod pg;
 
 fn t(ms: u64) -> Timestamp {
     Timestamp::from_unix_millis(ms)
@@ -560,6 +563,14 @@ fn sqlite_store_keeps_the_contract() {
         let i = n.fetch_add(1, Ordering::Relaxed);
         SqliteStore::open(dir.path().join(format!("relay-{i}.db"))).unwrap()
     });
+}
+
+#[test]
+fn postgres_store_keeps_the_contract() {
+    let Some(server) = pg::PgServer::start() else {
+        return;
+    };
+    contract(|| PgStore::connect(&server.create_database("contract")).unwrap());
 }
 
 #[test]

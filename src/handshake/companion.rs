@@ -374,26 +374,7 @@ impl Companion {
         }
 
         // Verified: build the Request, then commit the state change.
-        let body = RequestBody {
-            device: self.identity.device_key().to_bytes(),
-            label: self.label.clone(),
-        };
-        let mut request = Vec::with_capacity(super::messages::MAX_REQUEST_LEN);
-        MessageHeader {
-            kind: MessageKind::Request,
-            token_id: header.token_id,
-        }
-        .write(&mut request);
-        let nonce = random_nonce(rng);
-        request.extend_from_slice(&nonce);
-        let mut sealed = Vec::with_capacity(32 + 1 + 64 + 16);
-        body.write(&mut sealed);
-        if !keys.seal_request(nonce, &request[..HEADER_LEN], &mut sealed) {
-            return Err(HandshakeError::WrongState {
-                state: "sealing failed",
-            });
-        }
-        request.extend_from_slice(&sealed);
+        let request = seal_request(&self.identity, &self.label, header.token_id, &keys, rng)?;
         display.redeem(now);
         self.stage = Stage::AwaitingGrant {
             token: header.token_id,
@@ -402,6 +383,38 @@ impl Companion {
             deadline: now.saturating_add(self.policy.approval_timeout()),
         };
         Ok(request)
+    }
+
+    /// The seam of every entry path: a companion whose key exchange (the
+    /// QR code's Hello or the typed code's PAKE, [`crate::code`]) gave
+    /// `keys` for `token`. Seals the Request and waits for the Grant, from
+    /// here on exactly as after a scan.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn after_key_exchange<R: RngCore + CryptoRng>(
+        identity: DeviceIdentity,
+        label: DeviceLabel,
+        policy: Policy,
+        expected_account: Option<AccountId>,
+        token: TokenId,
+        keys: SessionKeys,
+        rng: &mut R,
+        now: Timestamp,
+    ) -> Result<(Self, Vec<u8>), HandshakeError> {
+        let request = seal_request(&identity, &label, token, &keys, rng)?;
+        let deadline = now.saturating_add(policy.approval_timeout());
+        let companion = Companion {
+            identity,
+            label,
+            policy,
+            expected_account,
+            stage: Stage::AwaitingGrant {
+                token,
+                keys,
+                request: request.clone(),
+                deadline,
+            },
+        };
+        Ok((companion, request))
     }
 
     /// Handles the primary's Grant (returns the Confirm to send back; the
@@ -504,4 +517,35 @@ impl Companion {
         };
         Ok(confirm)
     }
+}
+
+/// The Request: header, a fresh nonce, the sealed device key and label.
+fn seal_request<R: RngCore + CryptoRng>(
+    identity: &DeviceIdentity,
+    label: &DeviceLabel,
+    token: TokenId,
+    keys: &SessionKeys,
+    rng: &mut R,
+) -> Result<Vec<u8>, HandshakeError> {
+    let body = RequestBody {
+        device: identity.device_key().to_bytes(),
+        label: label.clone(),
+    };
+    let mut request = Vec::with_capacity(super::messages::MAX_REQUEST_LEN);
+    MessageHeader {
+        kind: MessageKind::Request,
+        token_id: token,
+    }
+    .write(&mut request);
+    let nonce = random_nonce(rng);
+    request.extend_from_slice(&nonce);
+    let mut sealed = Vec::with_capacity(32 + 1 + 64 + 16);
+    body.write(&mut sealed);
+    if !keys.seal_request(nonce, &request[..HEADER_LEN], &mut sealed) {
+        return Err(HandshakeError::WrongState {
+            state: "sealing failed",
+        });
+    }
+    request.extend_from_slice(&sealed);
+    Ok(request)
 }

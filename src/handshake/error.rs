@@ -118,6 +118,20 @@ pub enum HandshakeError {
     /// The handshake has failed earlier; start again with a new offer.
     #[error("the pairing has already failed")]
     AlreadyFailed,
+    /// A code message arriving in the wrong state (replayed, reordered).
+    #[error("unexpected {got:?} message while {expected}")]
+    UnexpectedCodeMessage {
+        /// What the state machine is waiting for.
+        expected: &'static str,
+        /// What arrived.
+        got: crate::code::CodeMessageKind,
+    },
+    /// Link by code: the other side's key confirmation did not verify. The
+    /// typed code was wrong (or the message was altered, which cannot be
+    /// told apart): the attempt is over on this side, and the other side
+    /// ends with the same error. Show a new code to try again.
+    #[error("wrong code: the code typed on the phone is not the one shown")]
+    WrongCode,
     /// The operation does not fit the current state (a host programming error).
     #[error("operation not allowed while {state}")]
     WrongState {
@@ -136,7 +150,8 @@ impl HandshakeError {
             HandshakeError::BadOffer(_)
             | HandshakeError::Refused(_)
             | HandshakeError::TimedOut { .. }
-            | HandshakeError::AlreadyFailed => true,
+            | HandshakeError::AlreadyFailed
+            | HandshakeError::WrongCode => true,
             HandshakeError::Token(t) => {
                 !matches!(t, TokenError::RotatedOut | TokenError::UnknownToken)
             }
@@ -145,6 +160,7 @@ impl HandshakeError {
             | HandshakeError::WrongSize { .. }
             | HandshakeError::WrongSession
             | HandshakeError::UnexpectedMessage { .. }
+            | HandshakeError::UnexpectedCodeMessage { .. }
             | HandshakeError::AuthenticationFailed
             | HandshakeError::NonContributory
             | HandshakeError::BadSignature { .. }

@@ -23,7 +23,7 @@ mod companion;
 mod error;
 mod messages;
 mod primary;
-mod schedule;
+pub(crate) mod schedule;
 
 pub use crate::label::{DeviceLabel, DeviceLabelError, ObservedContext, MAX_LABEL_LEN};
 pub use companion::{Companion, CompanionEvent, CompanionState, FailureReason};

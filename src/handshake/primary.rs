@@ -201,6 +201,29 @@ impl PrimaryHandshake {
         Ok((handshake, hello))
     }
 
+    /// The seam of every entry path: a handshake whose key exchange (the
+    /// QR code's Hello or the typed code's PAKE, [`crate::code`]) gave
+    /// `keys` for `token`; `hello` is the message that carried the primary's
+    /// key share (for a resend). From here on exactly as after a scan.
+    pub(crate) fn after_key_exchange(
+        account: AccountId,
+        token: TokenId,
+        keys: SessionKeys,
+        hello: Vec<u8>,
+        now: Timestamp,
+    ) -> Self {
+        PrimaryHandshake {
+            account,
+            token,
+            check_code: keys.check_code,
+            keys: Some(keys),
+            hello,
+            scanned_at: now,
+            context: None,
+            stage: Stage::OfferScanned,
+        }
+    }
+
     /// Saves the handshake (versioned JSON; holds the session keys).
     pub fn save(&self) -> Result<Vec<u8>, crate::persist::PersistError> {
         crate::persist::save("primary handshake", self)
@@ -214,23 +237,25 @@ impl PrimaryHandshake {
             Some(k) => !terminal && k.check_code == h.check_code,
             None => terminal,
         };
-        match MessageHeader::parse(&h.hello) {
-            Ok(hd)
-                if hd.token_id == h.token
-                    && h.hello.len() == HELLO_LEN
-                    && keys_ok
-                    && !matches!(
-                        &h.stage,
-                        Stage::GrantSent { request, certificate, .. }
-                            if certificate.device() != request.device
-                                || certificate.account() != h.account
-                    ) =>
-            {
-                Ok(h)
-            }
-            _ => Err(crate::persist::PersistError::Inconsistent(
+        // The Hello of a scan, or the CodeHello of a typed code.
+        let hello_ok = match MessageHeader::parse(&h.hello) {
+            Ok(hd) => hd.token_id == h.token && h.hello.len() == HELLO_LEN,
+            Err(_) => crate::code::CodeHeader::parse(&h.hello).is_ok_and(|hd| {
+                hd.token_id == h.token && hd.kind == crate::code::CodeMessageKind::CodeHello
+            }),
+        };
+        let grant_ok = !matches!(
+            &h.stage,
+            Stage::GrantSent { request, certificate, .. }
+                if certificate.device() != request.device
+                    || certificate.account() != h.account
+        );
+        if hello_ok && keys_ok && grant_ok {
+            Ok(h)
+        } else {
+            Err(crate::persist::PersistError::Inconsistent(
                 "primary handshake",
-            )),
+            ))
         }
     }
 

@@ -8,11 +8,19 @@
 //!   can take the place of the in-memory [`MemoryTokenStore`].
 //! - [`Directory`] keeps many accounts' device leases from signed facts and
 //!   sweeps expiries in time proportional to what expired.
+//! - [`CodeRendezvous`] issues handles for linking by typed code, routes
+//!   those sessions and counts failures ([`CodeAttempts`]: lockouts with
+//!   backoff per handle, account and client).
 
+mod code;
 mod directory;
 mod ledger;
 mod subscription;
 
+pub use code::{
+    AttemptKey, CodeAttempts, CodeRelayConfig, CodeRelayError, CodeRendezvous, CodeRouted,
+    LockoutPolicy,
+};
 pub use directory::{
     AccountFacts, DeviceLogout, Directory, DirectoryError, FactsError, ListApplied,
 };

@@ -220,11 +220,17 @@ pub(crate) fn run<S: Store + 'static, W: Wire>(
         subscribed: None,
     };
     async move {
+        conn.hub.announce_connected(client).await;
         let end = conn.serve(&outbound, &close).await;
         outbound.close();
         let client = conn.client;
         conn.hub
             .disconnect(client, conn.peer.conn, conn.identified, conn.subscribed);
+        // An identified client's frames keep coming here (into its mailbox)
+        // until it connects again, here or on another node.
+        if !conn.identified {
+            conn.hub.announce_disconnected(client);
+        }
         if let End::Close(code, refusal) = end {
             Box::pin(conn.close(code, refusal)).await;
         }
@@ -458,7 +464,12 @@ impl<S: Store + 'static, W: Wire> Connection<S, W> {
                 }
                 let _ = msg;
                 // The frame as received is the frame to forward.
-                if !self.hub.push(routed.forward_to, bytes.clone()) {
+                if !self.hub.push(routed.forward_to, bytes.clone())
+                    && !self
+                        .hub
+                        .deliver_elsewhere(routed.forward_to, bytes.clone())
+                        .await
+                {
                     return self
                         .refuse(Refusal::transport(
                             codes::PEER_GONE,
@@ -480,6 +491,7 @@ impl<S: Store + 'static, W: Wire> Connection<S, W> {
                 }
                 let id = secret.client_id();
                 let replaced = self.hub.identify(self.client, id, &self.peer);
+                self.hub.announce_identified(self.client, id).await;
                 if replaced {
                     Metrics::inc(&self.hub.metrics.connections_replaced);
                 }
@@ -574,6 +586,7 @@ impl<S: Store + 'static, W: Wire> Connection<S, W> {
                         if let ListApplied::Changed { logged_out } = applied {
                             Metrics::inc(&self.hub.metrics.lists_applied);
                             self.hub.fan_out_list(&list, owned, &logged_out);
+                            self.hub.announce_list(list.account(), &logged_out).await;
                         }
                         self.ack(ty, changed).await
                     }
@@ -598,6 +611,7 @@ impl<S: Store + 'static, W: Wire> Connection<S, W> {
                     Some(Ok((account, owned))) => {
                         Metrics::inc(&self.hub.metrics.heartbeats_applied);
                         self.hub.fan_out_heartbeat(account, &owned);
+                        self.hub.announce_heartbeat(&owned).await;
                         self.ack(ty, true).await
                     }
                     Some(Err(refusal)) => self.refuse(refusal).await,

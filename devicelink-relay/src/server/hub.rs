@@ -170,9 +170,12 @@ pub(crate) struct Hub<S: Store> {
     pub(crate) limits: Limits,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) connections: Arc<Semaphore>,
-    pub(crate) gate: super::admission::Gate,
+    pub(crate) gate: Arc<super::admission::Gate>,
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) polls: super::poll::PollSessions,
+    /// Other relay nodes on the same database (PostgreSQL), if any.
+    #[cfg(feature = "postgres")]
+    pub(crate) cluster: Option<Arc<super::cluster::Cluster>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -198,12 +201,126 @@ impl<S: Store + 'static> Hub<S> {
             subscribers: Mutex::new(HashMap::new()),
             clock,
             connections: connections.clone(),
-            gate: super::admission::Gate::new(&limits, connections),
+            gate: Arc::new(super::admission::Gate::new(&limits, connections)),
             limits,
             metrics: Arc::new(Metrics::default()),
             shutdown,
             polls: Default::default(),
+            #[cfg(feature = "postgres")]
+            cluster: None,
         }
+    }
+
+    /// The hub of a node that shares its database with other nodes.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn with_cluster(mut self, cluster: Arc<super::cluster::Cluster>) -> Self {
+        self.cluster = Some(cluster);
+        self
+    }
+
+    #[cfg(feature = "postgres")]
+    /// The device indices subscribed to `account` on this node.
+    pub(crate) fn subscribed_indices(&self, account: &AccountId) -> Vec<DeviceIndex> {
+        lock(&self.subscribers)
+            .get(account)
+            .map(|l| l.iter().map(|s| s.index).collect())
+            .unwrap_or_default()
+    }
+
+    #[cfg(feature = "postgres")]
+    /// The accounts some connection of this node subscribed to.
+    pub(crate) fn subscribed_accounts(&self) -> Vec<AccountId> {
+        lock(&self.subscribers).keys().copied().collect()
+    }
+
+    #[cfg(feature = "postgres")]
+    /// The clients connected to this node.
+    pub(crate) fn client_ids(&self) -> Vec<ClientId> {
+        lock(&self.clients).keys().copied().collect()
+    }
+
+    /// Tells the other nodes (if any) that `client` is connected here;
+    /// returns once they can reach it (or, if the database does not answer
+    /// within a few tries, leaves it to the cluster's resynchronization).
+    pub(crate) async fn announce_connected(&self, client: ClientId) {
+        #[cfg(feature = "postgres")]
+        if let Some(c) = &self.cluster {
+            c.announce(client).await;
+        }
+        let _ = client;
+    }
+
+    /// Tells the other nodes (if any) that `client` left this node.
+    pub(crate) fn announce_disconnected(&self, client: ClientId) {
+        #[cfg(feature = "postgres")]
+        if let Some(c) = self.cluster.clone() {
+            tokio::spawn(async move { c.disconnected(client).await });
+        }
+        let _ = client;
+    }
+
+    /// Hands `frame` to the node holding `to`, when `to` is not connected
+    /// here; whether a node took it.
+    pub(crate) async fn deliver_elsewhere(&self, to: ClientId, frame: Bytes) -> bool {
+        #[cfg(feature = "postgres")]
+        if let Some(c) = &self.cluster {
+            return c.deliver(to, frame).await;
+        }
+        let _ = (to, frame);
+        false
+    }
+
+    /// Tells the other nodes (if any) that a list of `account` was applied,
+    /// and which of its devices it logged out.
+    pub(crate) async fn announce_list(&self, account: AccountId, logged_out: &[DeviceLogout]) {
+        #[cfg(feature = "postgres")]
+        if let Some(c) = &self.cluster {
+            c.list_applied(account, logged_out).await;
+        }
+        let _ = (account, logged_out);
+    }
+
+    /// Tells the other nodes (if any) about devices a sweep logged out.
+    pub(crate) async fn announce_logouts(&self, logouts: &[DeviceLogout]) {
+        #[cfg(feature = "postgres")]
+        if let Some(c) = &self.cluster {
+            c.logged_out(logouts).await;
+        }
+        let _ = logouts;
+    }
+
+    /// Tells the other nodes (if any) that the connection known as `old`
+    /// identified as `id` here (a connection of `id` elsewhere is replaced).
+    pub(crate) async fn announce_identified(&self, old: ClientId, id: ClientId) {
+        #[cfg(feature = "postgres")]
+        if let Some(c) = &self.cluster {
+            c.identified(old, id).await;
+        }
+        let _ = (old, id);
+    }
+
+    #[cfg(feature = "postgres")]
+    /// `id` connected to another node: a connection of it here is replaced
+    /// (closed with 4005), and the frames waiting in its mailbox here are
+    /// returned (for the node that holds it now).
+    pub(crate) fn moved_away(&self, id: ClientId) -> Vec<Bytes> {
+        if let Some(peer) = lock(&self.clients).remove(&id) {
+            Metrics::inc(&self.metrics.connections_replaced);
+            peer.close.close(super::codes::CLOSE_REPLACED);
+        }
+        let mut m = lock(&self.mailboxes);
+        let frames = m.boxes.remove(&id).map(|b| b.frames).unwrap_or_default();
+        m.bytes -= frames.iter().map(Bytes::len).sum::<usize>().min(m.bytes);
+        frames
+    }
+
+    /// Tells the other nodes (if any) that a heartbeat was applied.
+    pub(crate) async fn announce_heartbeat(&self, heartbeat: &[u8]) {
+        #[cfg(feature = "postgres")]
+        if let Some(c) = &self.cluster {
+            c.heartbeat_applied(heartbeat).await;
+        }
+        let _ = heartbeat;
     }
 
     /// Runs `f` (which calls the store) on the blocking pool, timing it;
@@ -490,7 +607,12 @@ pub(crate) async fn sweep_loop<S: Store + 'static>(hub: Arc<Hub<S>>) {
             })
             .await;
         match swept {
-            Some(Ok(swept)) => hub.push_logouts(&swept),
+            Some(Ok(swept)) => {
+                hub.push_logouts(&swept);
+                if !swept.is_empty() {
+                    hub.announce_logouts(&swept).await;
+                }
+            }
             Some(Err(e)) => tracing::warn!(error = %e, "directory sweep failed"),
             None => {}
         }

@@ -36,10 +36,13 @@
 
 mod admission;
 mod clock;
-pub mod codes;
+#[cfg(feature = "postgres")]
+pub mod cluster;
+mod code;
 mod connection;
 mod hub;
 mod metrics;
+mod page;
 mod poll;
 
 use std::future::Future;
@@ -58,7 +61,10 @@ use devicelink::Policy;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+pub use crate::codes;
 pub use clock::{Clock, ManualClock, SystemClock};
+#[cfg(feature = "postgres")]
+pub use cluster::{Cluster, ClusterOptions};
 pub use metrics::Metrics;
 
 use crate::store::{AccountDirectory, Store, StoreError};
@@ -187,6 +193,7 @@ pub struct Drained {
 /// and the router that serves it.
 pub struct Relay<S: Store> {
     hub: Arc<Hub<S>>,
+    code: Arc<code::CodeHub>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -213,10 +220,34 @@ impl<S: Store + 'static> Relay<S> {
         let (shutdown, watching) = watch::channel(false);
         let mut limits = limits;
         limits.max_frame_len = limits.max_frame_len.min(MAX_FRAME_LEN);
-        Ok(Relay {
-            hub: Arc::new(Hub::new(ledger, directory, clock, limits, watching)),
+        let hub = Hub::new(ledger, directory, clock.clone(), limits, watching);
+        Ok(Self::assemble(hub, policy, clock, shutdown))
+    }
+
+    /// The relay around `hub`, with the typed-code rendezvous beside it.
+    /// The rendezvous stays within one node (both ends of a code link must
+    /// reach the same node); it shares the hub's admission (the connection
+    /// limit and the per-address limits) and shutdown.
+    fn assemble(
+        hub: Hub<S>,
+        policy: &Policy,
+        clock: Arc<dyn Clock>,
+        shutdown: watch::Sender<bool>,
+    ) -> Self {
+        let hub = Arc::new(hub);
+        let code = Arc::new(code::CodeHub::new(
+            policy,
+            clock,
+            hub.limits.clone(),
+            hub.gate.clone(),
+            hub.metrics.clone(),
+            hub.shutdown.clone(),
+        ));
+        Relay {
+            hub,
+            code,
             shutdown,
-        })
+        }
     }
 
     /// The relay's counters.
@@ -224,7 +255,8 @@ impl<S: Store + 'static> Relay<S> {
         self.hub.metrics.clone()
     }
 
-    /// The router: `GET /healthz`, `GET /metrics`, the WebSocket
+    /// The router: the browser companion page at `GET /` (embedded),
+    /// `GET /healthz`, `GET /metrics`, the WebSocket
     /// endpoints `GET /v1/companion` and `GET /v1/primary`, and the HTTP
     /// long-poll fallback under `/v1/poll/` (`docs/RELAY.md`). To serve it
     /// yourself, keep this `Relay` alive: dropping it is the shutdown
@@ -245,7 +277,21 @@ impl<S: Store + 'static> Relay<S> {
                     .delete(poll::close::<S>)
                     .layer(DefaultBodyLimit::max(self.hub.limits.max_frame_len)),
             )
+            .merge(page::routes())
             .with_state(self.hub.clone())
+            .merge(
+                Router::new()
+                    .route("/v1/code", get(code::upgrade))
+                    .with_state(self.code.clone()),
+            )
+    }
+
+    /// Failed code attempts the relay counted for `key` (linking by typed
+    /// code, `/v1/code`).
+    pub fn code_failures(&self, key: &devicelink::relay::AttemptKey) -> u32 {
+        let now = self.hub.clock.now();
+        self.code
+            .with_rendezvous(|r| r.attempts().failures(key, now))
     }
 
     /// Serves on `listener` until `shutdown` completes; then stops
@@ -260,6 +306,12 @@ impl<S: Store + 'static> Relay<S> {
     ) -> std::io::Result<Drained> {
         let router = self.router();
         let sweeper = tokio::spawn(hub::sweep_loop(self.hub.clone()));
+        #[cfg(feature = "postgres")]
+        let cluster = self
+            .hub
+            .cluster
+            .clone()
+            .map(|c| tokio::spawn(cluster::run(self.hub.clone(), c)));
         let signal = self.shutdown.clone();
         // Small frames in both directions: Nagle's algorithm with delayed
         // ACKs would add ~40 ms to each handshake step.
@@ -283,8 +335,38 @@ impl<S: Store + 'static> Relay<S> {
         if sweeper.await.is_err() {
             tracing::error!("the sweeper task failed");
         }
+        #[cfg(feature = "postgres")]
+        if let Some(c) = cluster {
+            if c.await.is_err() {
+                tracing::error!("the cluster task failed");
+            }
+        }
         tracing::info!(?drained, "relay stopped");
         served.map(|()| drained)
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl Relay<crate::store::PgStore> {
+    /// A node of a cluster of relays on one PostgreSQL database: like
+    /// [`Relay::new`] (whose directory already decides every fact from the
+    /// stored facts, so nodes agree), with delivery across nodes through
+    /// `cluster` ([`cluster`]).
+    pub fn clustered(
+        store: crate::store::PgStore,
+        policy: &Policy,
+        limits: Limits,
+        clock: Arc<dyn Clock>,
+        cluster: Arc<Cluster>,
+    ) -> Result<Self, StoreError> {
+        let directory = AccountDirectory::new(store.clone(), policy);
+        let ledger = Ledger::new(store, LedgerConfig::from_policy(policy));
+        let (shutdown, watching) = watch::channel(false);
+        let mut limits = limits;
+        limits.max_frame_len = limits.max_frame_len.min(MAX_FRAME_LEN);
+        let hub =
+            Hub::new(ledger, directory, clock.clone(), limits, watching).with_cluster(cluster);
+        Ok(Self::assemble(hub, policy, clock, shutdown))
     }
 }
 

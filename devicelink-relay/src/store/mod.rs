@@ -11,16 +11,22 @@
 //! from `tokio::task::spawn_blocking`.
 //!
 //! Implementations: [`MemoryStore`] (tests, no durability) and, with the
-//! `sqlite` feature (on by default), [`SqliteStore`], the embedded default.
+//! `sqlite` feature (on by default), [`SqliteStore`], the embedded default;
+//! with the `postgres` feature (on by default), [`PgStore`], one database
+//! shared by many relay nodes.
 //! `tests/contract.rs` runs one test body against every implementation.
 
 mod directory;
 mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
 pub use directory::{AccountDirectory, AccountDirectoryError};
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use postgres::{PgOptions, PgStore, PG_SCHEMA_VERSION};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteStore, WriterStats, MAX_BATCH, SCHEMA_VERSION};
 

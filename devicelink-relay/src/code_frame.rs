@@ -1,0 +1,205 @@
+//! Frames of the code endpoint (`/v1/code`): linking by typed code
+//! (`docs/PROTOCOL.md` §13, `docs/RELAY.md`). One frame is one WebSocket
+//! binary message: a type byte and a body of a size fixed by the type
+//! (checked before any field is read). [`CodeFrame::decode`] is total.
+
+use devicelink::code::{is_code_message, CodeHandle, CodeHeader, CODE_OFFER_LEN};
+use devicelink::handshake::MessageHeader;
+use devicelink::{Timestamp, TokenId};
+
+/// Most bytes of a [`CodeFrame::Error`]'s text.
+pub const MAX_CODE_ERROR_TEXT: usize = 256;
+
+/// A frame of the code endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CodeFrame<'a> {
+    /// Companion → relay (`0x11`): issue me a handle.
+    Open,
+    /// Companion → relay (`0x12`): publish this CodeOffer (55 bytes).
+    Publish(&'a [u8]),
+    /// Primary → relay (`0x13`): join the session of this handle (u32).
+    Join(CodeHandle),
+    /// Either side (`0x14`): a code message or a later handshake message of
+    /// the session (Request, Grant, Refusal, Confirm).
+    Message(&'a [u8]),
+    /// Either side (`0x15`): my core answered `WrongCode` for this session.
+    WrongCode(TokenId),
+    /// Relay → companion (`0x91`): the handle and when it ends.
+    Opened {
+        /// The handle to show.
+        handle: CodeHandle,
+        /// The session's end (exclusive).
+        expires_at: Timestamp,
+    },
+    /// Relay → client (`0x92`): the Publish or WrongCode was applied.
+    Ok,
+    /// Relay → primary (`0x93`): the CodeOffer of the joined session.
+    Offer(&'a [u8]),
+    /// Relay → client (`0x94`): a message from the session's other side.
+    Routed(&'a [u8]),
+    /// Relay → client (`0x9F`): a refusal, as text.
+    Error(&'a str),
+}
+
+/// Why bytes are not a code frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CodeFrameError {
+    /// No bytes, or an unknown type byte.
+    #[error("unknown code frame type")]
+    UnknownType,
+    /// The body's size does not fit the type.
+    #[error("code frame of {len} bytes has the wrong size for its type")]
+    WrongSize {
+        /// Bytes received.
+        len: usize,
+    },
+    /// A field is invalid (a handle over 20 bits, a message whose header
+    /// does not parse or whose size does not fit its kind, text not UTF-8).
+    #[error("invalid code frame field: {0}")]
+    Invalid(&'static str),
+}
+
+fn message_ok(m: &[u8]) -> bool {
+    if is_code_message(m) {
+        CodeHeader::parse(m).is_ok()
+    } else {
+        MessageHeader::parse(m).is_ok_and(|h| h.check_size(m).is_ok())
+    }
+}
+
+impl<'a> CodeFrame<'a> {
+    /// Decodes one frame. Total; sizes are checked first.
+    pub fn decode(bytes: &'a [u8]) -> Result<Self, CodeFrameError> {
+        let (&t, body) = bytes.split_first().ok_or(CodeFrameError::UnknownType)?;
+        let size = |ok: bool| {
+            if ok {
+                Ok(())
+            } else {
+                Err(CodeFrameError::WrongSize { len: bytes.len() })
+            }
+        };
+        let u32_of = |b: &[u8]| -> Result<u32, CodeFrameError> {
+            <[u8; 4]>::try_from(b)
+                .map(u32::from_be_bytes)
+                .map_err(|_| CodeFrameError::WrongSize { len: bytes.len() })
+        };
+        Ok(match t {
+            0x11 => {
+                size(body.is_empty())?;
+                CodeFrame::Open
+            }
+            0x12 => {
+                size(body.len() == CODE_OFFER_LEN)?;
+                CodeFrame::Publish(body)
+            }
+            0x13 => CodeFrame::Join(
+                CodeHandle::new(u32_of(body)?).ok_or(CodeFrameError::Invalid("handle"))?,
+            ),
+            0x14 | 0x94 => {
+                size(body.len() <= devicelink::handshake::MessageKind::MAX_LEN)?;
+                if !message_ok(body) {
+                    return Err(CodeFrameError::Invalid("message"));
+                }
+                if t == 0x14 {
+                    CodeFrame::Message(body)
+                } else {
+                    CodeFrame::Routed(body)
+                }
+            }
+            0x15 => {
+                let id = <[u8; 16]>::try_from(body)
+                    .map_err(|_| CodeFrameError::WrongSize { len: bytes.len() })?;
+                CodeFrame::WrongCode(TokenId::from_bytes(id))
+            }
+            0x91 => {
+                size(body.len() == 12)?;
+                let handle = CodeHandle::new(u32_of(&body[..4])?)
+                    .ok_or(CodeFrameError::Invalid("handle"))?;
+                let mut at = [0u8; 8];
+                at.copy_from_slice(&body[4..]);
+                CodeFrame::Opened {
+                    handle,
+                    expires_at: Timestamp::from_unix_millis(u64::from_be_bytes(at)),
+                }
+            }
+            0x92 => {
+                size(body.is_empty())?;
+                CodeFrame::Ok
+            }
+            0x93 => {
+                size(body.len() == CODE_OFFER_LEN)?;
+                CodeFrame::Offer(body)
+            }
+            0x9F => {
+                size(body.len() <= MAX_CODE_ERROR_TEXT)?;
+                CodeFrame::Error(
+                    std::str::from_utf8(body).map_err(|_| CodeFrameError::Invalid("text"))?,
+                )
+            }
+            _ => return Err(CodeFrameError::UnknownType),
+        })
+    }
+
+    /// Encodes the frame.
+    pub fn encode(&self) -> Vec<u8> {
+        let (t, body): (u8, Vec<u8>) = match self {
+            CodeFrame::Open => (0x11, Vec::new()),
+            CodeFrame::Publish(b) => (0x12, b.to_vec()),
+            CodeFrame::Join(h) => (0x13, h.to_bytes().to_vec()),
+            CodeFrame::Message(b) => (0x14, b.to_vec()),
+            CodeFrame::WrongCode(t) => (0x15, t.to_bytes().to_vec()),
+            CodeFrame::Opened { handle, expires_at } => (
+                0x91,
+                [
+                    &handle.to_bytes()[..],
+                    &expires_at.as_unix_millis().to_be_bytes(),
+                ]
+                .concat(),
+            ),
+            CodeFrame::Ok => (0x92, Vec::new()),
+            CodeFrame::Offer(b) => (0x93, b.to_vec()),
+            CodeFrame::Routed(b) => (0x94, b.to_vec()),
+            CodeFrame::Error(s) => {
+                let mut end = s.len().min(MAX_CODE_ERROR_TEXT);
+                while !s.is_char_boundary(end) {
+                    end -= 1;
+                }
+                (0x9F, s.as_bytes()[..end].to_vec())
+            }
+        };
+        let mut out = Vec::with_capacity(1 + body.len());
+        out.push(t);
+        out.extend_from_slice(&body);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_is_total_and_round_trips() {
+        for f in [
+            CodeFrame::Open,
+            CodeFrame::Join(CodeHandle::new(77).unwrap()),
+            CodeFrame::WrongCode(TokenId::from_bytes([3; 16])),
+            CodeFrame::Opened {
+                handle: CodeHandle::new(5).unwrap(),
+                expires_at: Timestamp::from_unix_millis(9),
+            },
+            CodeFrame::Ok,
+            CodeFrame::Error("no"),
+        ] {
+            assert_eq!(CodeFrame::decode(&f.encode()).unwrap(), f);
+        }
+        assert_eq!(CodeFrame::decode(&[]), Err(CodeFrameError::UnknownType));
+        assert!(CodeFrame::decode(&[0x13, 0xff, 0xff, 0xff, 0xff]).is_err());
+        assert!(CodeFrame::decode(&[0x14, 2, 7]).is_err());
+        assert!(CodeFrame::decode(&[0x12; 10]).is_err());
+        for n in 0..300 {
+            let v: Vec<u8> = (0..n).map(|i| (i * 37 % 251) as u8).collect();
+            let _ = CodeFrame::decode(&v);
+        }
+    }
+}

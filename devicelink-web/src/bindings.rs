@@ -1,0 +1,347 @@
+//! The JS surface: [`WebCompanion`] and the small value classes it returns.
+//! Methods take `nowMs` (`Date.now()`), return plain JS values, and turn
+//! every failure into a `JsError` with a readable message; nothing panics.
+
+use devicelink::{DeviceListEntry, LogoutReason, Timestamp};
+use rand_core::OsRng;
+use wasm_bindgen::prelude::*;
+
+use crate::shell::{BrowserCompanion, Notice, WebError};
+
+/// `Date.now()` as a [`Timestamp`]: NaN, infinities and negative values
+/// read as the epoch, values past `u64::MAX` as the largest instant.
+pub(crate) fn timestamp(now_ms: f64) -> Timestamp {
+    // `as` saturates and maps NaN to 0.
+    Timestamp::from_unix_millis(now_ms.max(0.0) as u64)
+}
+
+fn millis(t: Timestamp) -> f64 {
+    t.as_unix_millis() as f64
+}
+
+fn js(e: WebError) -> JsError {
+    JsError::new(&e.to_string())
+}
+
+/// The browser companion: shows the rotating QR code, speaks the relay's
+/// frames over a WebSocket the page opens to `/v1/companion`, and, once
+/// linked, holds its own keys and the account's signed device list.
+///
+/// The page owns the socket and the clock: it calls `connected` when the
+/// socket opens, sends every `takeFrame()`, hands every binary message to
+/// `receive`, calls `poll` at `nextDeadline` (and every second for the
+/// countdown), and stores `save()` whenever `needsSave` is true.
+#[wasm_bindgen]
+pub struct WebCompanion {
+    shell: BrowserCompanion,
+}
+
+#[wasm_bindgen]
+impl WebCompanion {
+    /// A new companion called `label` ("Chromium on Linux"), with a fresh
+    /// identity key and a fresh offer, using the browser's CSPRNG.
+    #[wasm_bindgen(constructor)]
+    pub fn new(label: &str, now_ms: f64) -> Result<WebCompanion, JsError> {
+        let shell = BrowserCompanion::new(label, &mut OsRng, timestamp(now_ms)).map_err(js)?;
+        Ok(WebCompanion { shell })
+    }
+
+    /// Restores a linked companion from `save()`'s text.
+    pub fn restore(saved: &str, now_ms: f64) -> Result<WebCompanion, JsError> {
+        let shell = BrowserCompanion::restore(saved.as_bytes(), &mut OsRng, timestamp(now_ms))
+            .map_err(js)?;
+        Ok(WebCompanion { shell })
+    }
+
+    /// The state to keep across reloads, or `undefined` while pairing (a
+    /// reload then shows a new code). **Secret**: it holds the device's
+    /// identity key; keep it only in this origin's storage.
+    pub fn save(&mut self) -> Result<Option<String>, JsError> {
+        match self.shell.save().map_err(js)? {
+            None => Ok(None),
+            Some(bytes) => String::from_utf8(bytes)
+                .map(Some)
+                .map_err(|_| JsError::new("saved state is not text")),
+        }
+    }
+
+    /// Whether the session changed since the last `save()`.
+    #[wasm_bindgen(getter, js_name = needsSave)]
+    pub fn needs_save(&self) -> bool {
+        self.shell.needs_save()
+    }
+
+    /// The socket to `/v1/companion` opened: queues the Identify (the same
+    /// client on every connection), then the offer's Register (a pairing
+    /// goes on over a new connection) or, once linked, the session's list
+    /// and the Subscribe.
+    pub fn connected(&mut self, now_ms: f64) -> Result<(), JsError> {
+        self.shell.connected(timestamp(now_ms)).map_err(js)
+    }
+
+    /// The next frame to send on the socket, or `undefined`.
+    #[wasm_bindgen(js_name = takeFrame)]
+    pub fn take_frame(&mut self) -> Option<Vec<u8>> {
+        self.shell.take_frame()
+    }
+
+    /// Handles one binary message from the relay. Throws only for bytes
+    /// that are not a frame; a message the core refuses changes nothing.
+    pub fn receive(&mut self, frame: &[u8], now_ms: f64) -> Result<(), JsError> {
+        self.shell
+            .receive(frame, &mut OsRng, timestamp(now_ms))
+            .map_err(js)
+    }
+
+    /// Advances time (rotation, timeouts, the lease); true if the page
+    /// should redraw.
+    pub fn poll(&mut self, now_ms: f64) -> bool {
+        self.shell.poll(&mut OsRng, timestamp(now_ms))
+    }
+
+    /// What happened that the user should be told once.
+    #[wasm_bindgen(js_name = takeNotices)]
+    pub fn take_notices(&mut self) -> Vec<WebNotice> {
+        self.shell
+            .take_notices()
+            .into_iter()
+            .map(WebNotice::from)
+            .collect()
+    }
+
+    /// `"connecting"`, `"showing"`, `"awaiting-approval"`, `"linked"`,
+    /// `"expiring-soon"`, `"logged-out"` or `"failed"`.
+    pub fn phase(&self, now_ms: f64) -> String {
+        self.shell.phase(timestamp(now_ms)).as_str().to_owned()
+    }
+
+    /// The QR text on screen (`DL:…`), once the relay knows its token.
+    #[wasm_bindgen(getter, js_name = qrText)]
+    pub fn qr_text(&self) -> Option<String> {
+        self.shell.qr_text()
+    }
+
+    /// The QR code on screen as an SVG document (328 px square).
+    #[wasm_bindgen(js_name = qrSvg)]
+    pub fn qr_svg(&self) -> Result<Option<String>, JsError> {
+        self.shell.qr_svg().map_err(js)
+    }
+
+    /// The offer's rotation: 0 for the first code.
+    #[wasm_bindgen(getter)]
+    pub fn rotation(&self) -> Option<u32> {
+        self.shell.offer_rotation().map(|(r, _)| r)
+    }
+
+    /// Rotations before the display gives up (5 by default).
+    #[wasm_bindgen(getter, js_name = maxRotations)]
+    pub fn max_rotations(&self) -> u32 {
+        self.shell.max_rotations()
+    }
+
+    /// When the code on screen goes stale (Unix ms).
+    #[wasm_bindgen(getter, js_name = offerExpiresAt)]
+    pub fn offer_expires_at(&self) -> Option<f64> {
+        self.shell.offer_rotation().map(|(_, at)| millis(at))
+    }
+
+    /// The two-digit check code after a scan ("07").
+    #[wasm_bindgen(getter, js_name = checkCode)]
+    pub fn check_code(&self) -> Option<String> {
+        self.shell.check_code()
+    }
+
+    /// Why the pairing failed, for people.
+    #[wasm_bindgen(getter)]
+    pub fn failure(&self) -> Option<String> {
+        self.shell.failure()
+    }
+
+    /// This device's index (1 for the first companion), once linked.
+    #[wasm_bindgen(getter, js_name = deviceIndex)]
+    pub fn device_index(&self) -> Option<u32> {
+        self.shell.index().map(|i| i.0)
+    }
+
+    /// This device's label, once linked.
+    #[wasm_bindgen(getter)]
+    pub fn label(&self) -> Option<String> {
+        self.shell.session().map(|s| s.label().as_str().to_owned())
+    }
+
+    /// The account's fingerprint (the phone shows the same), once linked.
+    #[wasm_bindgen(getter, js_name = accountFingerprint)]
+    pub fn account_fingerprint(&self) -> Option<String> {
+        self.shell.account_fingerprint()
+    }
+
+    /// This device's key fingerprint, once linked.
+    #[wasm_bindgen(getter, js_name = deviceFingerprint)]
+    pub fn device_fingerprint(&self) -> Option<String> {
+        self.shell.session().map(|s| s.device_key().fingerprint())
+    }
+
+    /// The account's companions as its newest signed list names them.
+    pub fn devices(&self) -> Vec<WebDevice> {
+        let me = self.shell.index();
+        self.shell
+            .devices()
+            .iter()
+            .map(|e| WebDevice::new(e, Some(e.index) == me))
+            .collect()
+    }
+
+    /// When the lease ends unless the phone is heard from (Unix ms), while
+    /// linked.
+    #[wasm_bindgen(js_name = leaseExpiresAt)]
+    pub fn lease_expires_at(&self, now_ms: f64) -> Option<f64> {
+        self.shell.lease_expires_at(timestamp(now_ms)).map(millis)
+    }
+
+    /// Why this device is logged out, for people, if it is.
+    #[wasm_bindgen(js_name = logoutReason)]
+    pub fn logout_reason(&self, now_ms: f64) -> Option<String> {
+        self.shell
+            .logout_reason(timestamp(now_ms))
+            .map(|r| reason_text(r).to_owned())
+    }
+
+    /// When `poll` must run next (Unix ms).
+    #[wasm_bindgen(getter, js_name = nextDeadline)]
+    pub fn next_deadline(&self) -> Option<f64> {
+        self.shell.next_deadline().map(millis)
+    }
+}
+
+/// The words for a logout reason.
+pub(crate) fn reason_text(r: LogoutReason) -> &'static str {
+    match r {
+        LogoutReason::Revoked => "your phone removed this device",
+        LogoutReason::PrimaryOffline => "your phone was offline for too long (14 days)",
+        LogoutReason::CompanionIdle => "this device was not used for too long",
+        LogoutReason::ConfirmationTimedOut => "the link was not confirmed in time",
+        LogoutReason::Replaced => "this device was linked again",
+    }
+}
+
+/// One device of the account.
+#[wasm_bindgen]
+pub struct WebDevice {
+    index: u32,
+    label: String,
+    fingerprint: String,
+    linked_at: f64,
+    this_device: bool,
+}
+
+impl WebDevice {
+    fn new(e: &DeviceListEntry, this_device: bool) -> Self {
+        WebDevice {
+            index: e.index.0,
+            label: e.label.as_str().to_owned(),
+            fingerprint: e.device.fingerprint(),
+            linked_at: millis(e.linked_at),
+            this_device,
+        }
+    }
+}
+
+#[wasm_bindgen]
+impl WebDevice {
+    /// Its index in the account.
+    #[wasm_bindgen(getter)]
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+    /// Its label (chosen by that device: show it as text, never as HTML).
+    #[wasm_bindgen(getter)]
+    pub fn label(&self) -> String {
+        self.label.clone()
+    }
+    /// Its key fingerprint.
+    #[wasm_bindgen(getter)]
+    pub fn fingerprint(&self) -> String {
+        self.fingerprint.clone()
+    }
+    /// When the phone linked it (Unix ms, the phone's clock).
+    #[wasm_bindgen(getter, js_name = linkedAt)]
+    pub fn linked_at(&self) -> f64 {
+        self.linked_at
+    }
+    /// Whether it is this browser.
+    #[wasm_bindgen(getter, js_name = thisDevice)]
+    pub fn this_device(&self) -> bool {
+        self.this_device
+    }
+}
+
+/// Something to tell the user once.
+#[wasm_bindgen]
+pub struct WebNotice {
+    kind: &'static str,
+    text: String,
+}
+
+impl From<Notice> for WebNotice {
+    fn from(n: Notice) -> Self {
+        let (kind, text) = match n {
+            Notice::DeviceAdded(e) => (
+                "device-added",
+                format!(
+                    "A new device was linked: \u{201c}{}\u{201d} (#{}). Not you? Remove it from your phone.",
+                    e.label, e.index.0
+                ),
+            ),
+            Notice::DeviceRemoved { entry, reason } => (
+                "device-removed",
+                match reason {
+                    Some(r) => format!(
+                        "\u{201c}{}\u{201d} (#{}) was logged out: {}.",
+                        entry.label,
+                        entry.index.0,
+                        other_reason_text(r)
+                    ),
+                    None => format!(
+                        "\u{201c}{}\u{201d} (#{}) was logged out.",
+                        entry.label, entry.index.0
+                    ),
+                },
+            ),
+            Notice::RelayError { code, text } => {
+                ("relay-error", format!("The relay refused ({code}): {text}"))
+            }
+            Notice::RelayLogout { reason } => (
+                "relay-logout",
+                format!(
+                    "The relay reports this device logged out ({reason}); the account's signed list does not say so yet."
+                ),
+            ),
+        };
+        WebNotice { kind, text }
+    }
+}
+
+fn other_reason_text(r: LogoutReason) -> &'static str {
+    match r {
+        LogoutReason::Revoked => "removed from the phone",
+        LogoutReason::PrimaryOffline => "the phone was offline for too long",
+        LogoutReason::CompanionIdle => "not used for too long",
+        LogoutReason::ConfirmationTimedOut => "its link was not confirmed in time",
+        LogoutReason::Replaced => "linked again",
+    }
+}
+
+#[wasm_bindgen]
+impl WebNotice {
+    /// `"device-added"`, `"device-removed"`, `"relay-error"` or
+    /// `"relay-logout"`.
+    #[wasm_bindgen(getter)]
+    pub fn kind(&self) -> String {
+        self.kind.to_owned()
+    }
+    /// The words to show (as text, never as HTML: it quotes labels).
+    #[wasm_bindgen(getter)]
+    pub fn text(&self) -> String {
+        self.text.clone()
+    }
+}

@@ -1,0 +1,647 @@
+//! The browser companion as plain Rust: the core's [`Companion`] (while
+//! pairing) or [`LinkedSession`] (once linked), driven by relay frames and
+//! `now`, with the frames to send kept in an outbox.
+//!
+//! This is the thin I/O-free shell the JS class ([`crate::WebCompanion`])
+//! wraps; it is plain Rust so that it is tested natively too. It decides no
+//! rule: the offer's rotation, the handshake, the lease and the logout are
+//! the core's answers, and the relay's frames are
+//! [`devicelink_relay::frame`]'s. What it keeps itself is transport
+//! bookkeeping, like the relay's own async client
+//! (`devicelink_relay::client`): which of its frames the relay has not
+//! answered yet (the relay answers each one, in order), and which token the
+//! relay has acknowledged (the QR code is shown only once the relay knows
+//! its token).
+
+use std::collections::VecDeque;
+
+use devicelink::handshake::{CompanionEvent, FailureReason, MessageHeader, MessageKind};
+use devicelink::offer::OfferState;
+use devicelink::qr::{ImageStyle, OfferQr, QrError};
+use devicelink::relay::{HelloDigest, SubscriptionProof};
+use devicelink::{
+    Companion, CompanionState, DeviceIdentity, DeviceIndex, DeviceLabel, DeviceLabelError,
+    DeviceListEntry, ErrorKind, HandshakeError, LinkedSession, LogoutReason, PersistError, Policy,
+    PrimaryHeartbeat, SessionStatus, SignedDeviceList, Timestamp, TokenId,
+};
+use devicelink_relay::codes;
+use devicelink_relay::frame::{Frame, FrameError, FrameType};
+use devicelink_relay::identity::ClientSecret;
+use rand_core::{CryptoRng, RngCore};
+
+/// Why a call on the browser companion failed. Nothing changed.
+#[derive(Debug, thiserror::Error)]
+pub enum WebError {
+    /// The device name is not a valid label.
+    #[error("device name: {0}")]
+    Label(#[from] DeviceLabelError),
+    /// The saved state could not be saved or restored.
+    #[error(transparent)]
+    Persist(#[from] PersistError),
+    /// The relay sent bytes that are not a frame.
+    #[error("bad frame from the relay: {0}")]
+    Frame(#[from] FrameError),
+    /// The QR code could not be drawn.
+    #[error(transparent)]
+    Qr(#[from] QrError),
+    /// The handshake could not build a message (the core's refusal).
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
+}
+
+/// What the page shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// An offer exists but the relay has not acknowledged its token yet:
+    /// the QR code is not shown (a scan would find no token).
+    Connecting,
+    /// The QR code is on screen, rotating.
+    Showing,
+    /// Scanned: the check code is on screen, waiting for the phone's
+    /// approval.
+    AwaitingApproval,
+    /// Linked, lease running.
+    Linked,
+    /// Linked, within the policy's warning window before the lease ends.
+    ExpiringSoon,
+    /// Logged out (revoked, primary offline…): re-pair to continue.
+    LoggedOut,
+    /// The pairing ended without a link (timed out, refused, cancelled).
+    Failed,
+}
+
+impl Phase {
+    /// A stable lower-case name for the page (`data-phase`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Connecting => "connecting",
+            Phase::Showing => "showing",
+            Phase::AwaitingApproval => "awaiting-approval",
+            Phase::Linked => "linked",
+            Phase::ExpiringSoon => "expiring-soon",
+            Phase::LoggedOut => "logged-out",
+            Phase::Failed => "failed",
+        }
+    }
+}
+
+/// Something to tell the user once (the page shows it as a notice).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// The account's signed list names a device this session had not seen:
+    /// "a new device was linked — not you?".
+    DeviceAdded(DeviceListEntry),
+    /// A device left the account's list (with the list's reason, if it
+    /// gives one).
+    DeviceRemoved {
+        /// The entry it had.
+        entry: DeviceListEntry,
+        /// Why, when the list says.
+        reason: Option<LogoutReason>,
+    },
+    /// The relay refused one of this companion's frames.
+    RelayError {
+        /// The relay's code (`docs/RELAY.md` §3.3).
+        code: u16,
+        /// The relay's text.
+        text: String,
+    },
+    /// The relay says this device was logged out but the session's signed
+    /// facts do not (yet): the relay's word alone logs nobody out.
+    RelayLogout {
+        /// The relay's reason.
+        reason: LogoutReason,
+    },
+}
+
+enum Side {
+    Pairing(Box<Companion>),
+    Linked(Box<LinkedSession>),
+}
+
+/// The browser companion: pairing, then linked.
+pub struct BrowserCompanion {
+    side: Side,
+    policy: Policy,
+    /// The relay client id this tab identifies as on every connection, so
+    /// a pairing survives a dropped connection (its token stays this
+    /// client's) and a subscription's proof names it.
+    secret: ClientSecret,
+    /// Types of the frames sent on this connection and not answered yet.
+    awaiting: VecDeque<FrameType>,
+    /// Frames to send, oldest first.
+    outbox: VecDeque<Vec<u8>>,
+    /// The token whose Register the relay acknowledged.
+    registered: Option<TokenId>,
+    /// Whether a pairing companion has had its connection.
+    connected_once: bool,
+    /// Whether the shell has seen the session logged out (the core keeps
+    /// the logout; this only says whether the page was told).
+    logged_out_seen: bool,
+    notices: Vec<Notice>,
+    /// Whether the saved state is older than the session.
+    dirty: bool,
+}
+
+impl std::fmt::Debug for BrowserCompanion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrowserCompanion")
+            .field("awaiting", &self.awaiting)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The side of the QR image in pixels: 41 modules (33 and a quiet zone of
+/// 4 on each side) of 8 px.
+const QR_STYLE: ImageStyle = ImageStyle {
+    module_px: 8,
+    quiet_zone: 4,
+};
+
+impl BrowserCompanion {
+    /// A new companion called `label`, with a fresh identity key and a
+    /// fresh offer at `now`.
+    pub fn new<R: RngCore + CryptoRng>(
+        label: &str,
+        rng: &mut R,
+        now: Timestamp,
+    ) -> Result<Self, WebError> {
+        let label = DeviceLabel::new(label)?;
+        let policy = Policy::default();
+        let identity = DeviceIdentity::generate(rng);
+        let companion = Companion::new(identity, label, &policy, rng, now);
+        let secret = ClientSecret::generate(rng);
+        Ok(Self::with_side(
+            Side::Pairing(Box::new(companion)),
+            policy,
+            secret,
+        ))
+    }
+
+    fn with_side(side: Side, policy: Policy, secret: ClientSecret) -> Self {
+        BrowserCompanion {
+            side,
+            policy,
+            secret,
+            awaiting: VecDeque::new(),
+            outbox: VecDeque::new(),
+            registered: None,
+            connected_once: false,
+            logged_out_seen: false,
+            notices: Vec::new(),
+            dirty: false,
+        }
+    }
+
+    /// Restores a linked session saved by [`BrowserCompanion::save`] and
+    /// brings it to `now` (a lease that ended while the tab was closed is
+    /// a logout now).
+    pub fn restore<R: RngCore + CryptoRng>(
+        saved: &[u8],
+        rng: &mut R,
+        now: Timestamp,
+    ) -> Result<Self, WebError> {
+        let session = LinkedSession::restore(saved)?;
+        let mut me = Self::with_side(
+            Side::Linked(Box::new(session)),
+            Policy::default(),
+            ClientSecret::generate(rng),
+        );
+        me.settle(now);
+        Ok(me)
+    }
+
+    /// The state to keep across reloads: the linked session (versioned
+    /// JSON from [`LinkedSession::save`]; it holds the device's identity
+    /// secret, so it is secret material). `None` while pairing: a reload
+    /// shows a new code (a dropped connection does not: the pairing goes on
+    /// when the connection is back).
+    pub fn save(&mut self) -> Result<Option<Vec<u8>>, WebError> {
+        let saved = match &self.side {
+            Side::Pairing(_) => None,
+            Side::Linked(session) => Some(session.save()?),
+        };
+        self.dirty = false;
+        Ok(saved)
+    }
+
+    /// Whether the session changed since the last [`BrowserCompanion::save`].
+    pub fn needs_save(&self) -> bool {
+        self.dirty
+    }
+
+    /// A (new) connection to `/v1/companion` is open: queues what starts
+    /// it: the Identify (the same client id on every connection), then the
+    /// offer's Register while pairing (again after a reconnect: the relay
+    /// still holds the token for this client, and its duplicate refusal is
+    /// expected), or the session's list and the Subscribe once linked.
+    pub fn connected(&mut self, now: Timestamp) -> Result<(), WebError> {
+        self.awaiting.clear();
+        self.outbox.clear();
+        self.send(&Frame::Identify {
+            secret: self.secret.clone(),
+        });
+        match &self.side {
+            Side::Pairing(_) => {
+                self.connected_once = true;
+                self.register_offer();
+                Ok(())
+            }
+            Side::Linked(_) => {
+                self.settle(now);
+                self.subscribe();
+                Ok(())
+            }
+        }
+    }
+
+    /// Brings a linked session to `now` ([`LinkedSession::poll`] makes a
+    /// logout permanent); returns whether it has just been seen logged out.
+    fn settle(&mut self, now: Timestamp) -> bool {
+        let Side::Linked(session) = &mut self.side else {
+            return false;
+        };
+        let out = matches!(session.poll(now), SessionStatus::LoggedOut { .. });
+        let news = out && !self.logged_out_seen;
+        self.logged_out_seen |= out;
+        self.dirty |= news;
+        news
+    }
+
+    fn send(&mut self, frame: &Frame<'_>) {
+        self.awaiting.push_back(frame.frame_type());
+        self.outbox.push_back(frame.encode());
+    }
+
+    fn send_message(&mut self, message: &[u8]) -> Result<(), WebError> {
+        let header = MessageHeader::parse(message)?;
+        self.send(&Frame::Message {
+            header,
+            bytes: message,
+        });
+        Ok(())
+    }
+
+    fn register_offer(&mut self) {
+        let Side::Pairing(companion) = &self.side else {
+            return;
+        };
+        let (Some(offer), Some(expires_at)) = (companion.offer(), companion.next_deadline()) else {
+            return;
+        };
+        let frame = Frame::Register {
+            token_id: offer.token_id(),
+            expires_at,
+        };
+        self.send(&frame);
+    }
+
+    fn subscribe(&mut self) {
+        let Side::Linked(session) = &self.side else {
+            return;
+        };
+        if self.logged_out_seen {
+            // Logged out for good: nothing to hear.
+            return;
+        }
+        // The session's own signed list first (the relay then knows this
+        // device's key whoever publishes first), then the Subscribe with
+        // the device's proof for this client id.
+        let list = session.device_list().to_bytes();
+        let subscribe = Frame::Subscribe {
+            account: session.account(),
+            index: session.index(),
+            proof: SubscriptionProof::sign(session, self.secret.client_id()),
+        };
+        self.send(&Frame::PublishList { bytes: &list });
+        self.send(&subscribe);
+    }
+
+    /// The next frame to send, oldest first.
+    pub fn take_frame(&mut self) -> Option<Vec<u8>> {
+        self.outbox.pop_front()
+    }
+
+    /// The notices gathered since the last call.
+    pub fn take_notices(&mut self) -> Vec<Notice> {
+        std::mem::take(&mut self.notices)
+    }
+
+    /// Advances time: rotates the offer (and registers the new token),
+    /// ends a pairing whose display or approval wait ran out, or records a
+    /// lease that ended. Returns whether anything changed.
+    pub fn poll<R: RngCore + CryptoRng>(&mut self, rng: &mut R, now: Timestamp) -> bool {
+        match &mut self.side {
+            Side::Pairing(companion) => match companion.poll(rng, now) {
+                Some(CompanionEvent::OfferRotated { .. }) => {
+                    if self.connected_once {
+                        self.register_offer();
+                    }
+                    true
+                }
+                Some(CompanionEvent::Failed(_)) => true,
+                None => false,
+            },
+            Side::Linked(_) => self.settle(now),
+        }
+    }
+
+    /// Handles one frame from the relay at `now`. A frame the core refuses
+    /// (a forged Hello, a stale list) changes nothing; only bytes that are
+    /// not a frame are an error.
+    pub fn receive<R: RngCore + CryptoRng>(
+        &mut self,
+        bytes: &[u8],
+        rng: &mut R,
+        now: Timestamp,
+    ) -> Result<(), WebError> {
+        match Frame::decode(bytes)? {
+            Frame::Ack { of, .. } => {
+                self.awaiting.pop_front();
+                if of == FrameType::Register {
+                    // Answers come in order: this Ack is for the newest
+                    // Register unless another is still in flight.
+                    if !self.awaiting.contains(&FrameType::Register) {
+                        self.registered = self.offer_token();
+                    }
+                }
+            }
+            Frame::Routed { .. } => {
+                self.awaiting.pop_front();
+            }
+            Frame::Error { code, text } => {
+                let of = self.awaiting.pop_front();
+                // Expected refusals: a Release whose reservation had lapsed
+                // or moved on; a Register the relay already holds for this
+                // client (after a reconnect); the session's list when the
+                // relay has a newer one.
+                let expected = match of {
+                    Some(FrameType::Release | FrameType::PublishList) => true,
+                    Some(FrameType::Register) => {
+                        let held = codes::code_kind(code) == Some(ErrorKind::Conflict);
+                        if held {
+                            self.registered = self.offer_token();
+                        }
+                        held
+                    }
+                    _ => false,
+                };
+                if !expected {
+                    self.notices.push(Notice::RelayError {
+                        code,
+                        text: text.to_owned(),
+                    });
+                }
+            }
+            Frame::Message { header, bytes } => self.message(header, bytes, rng, now)?,
+            Frame::PublishList { bytes } => {
+                if let Side::Linked(session) = &mut self.side {
+                    let accepted = SignedDeviceList::from_bytes(bytes)
+                        .ok()
+                        .and_then(|list| session.accept_device_list(&list, now).ok());
+                    if let Some(change) = accepted {
+                        let me = session.index();
+                        self.notices.extend(
+                            change
+                                .added
+                                .into_iter()
+                                .filter(|e| e.index != me)
+                                .map(Notice::DeviceAdded),
+                        );
+                        self.notices.extend(
+                            change
+                                .removed
+                                .into_iter()
+                                .filter(|d| d.entry.index != me)
+                                .map(|d| Notice::DeviceRemoved {
+                                    entry: d.entry,
+                                    reason: d.reason,
+                                }),
+                        );
+                        self.dirty = true;
+                    }
+                }
+                self.settle(now);
+            }
+            Frame::PublishHeartbeat { bytes } => {
+                if let Side::Linked(session) = &mut self.side {
+                    let accepted = PrimaryHeartbeat::from_bytes(bytes)
+                        .ok()
+                        .is_some_and(|hb| session.accept_heartbeat(&hb, now).is_ok());
+                    if accepted {
+                        self.dirty = true;
+                    }
+                }
+                self.settle(now);
+            }
+            Frame::Logout { index, reason } => {
+                let mine = self.index() == Some(index);
+                if mine && !self.settle(now) && !self.logged_out_seen {
+                    self.notices.push(Notice::RelayLogout { reason });
+                }
+            }
+            // Frames only clients send: not for a companion; ignored.
+            Frame::Register { .. }
+            | Frame::Release { .. }
+            | Frame::Subscribe { .. }
+            | Frame::Identify { .. } => {}
+        }
+        Ok(())
+    }
+
+    fn message<R: RngCore + CryptoRng>(
+        &mut self,
+        header: MessageHeader,
+        message: &[u8],
+        rng: &mut R,
+        now: Timestamp,
+    ) -> Result<(), WebError> {
+        let Side::Pairing(companion) = &mut self.side else {
+            return Ok(());
+        };
+        match header.kind {
+            MessageKind::Hello => match companion.receive_hello(message, rng, now) {
+                Ok(request) => self.send_message(&request)?,
+                Err(_) => {
+                    // Refused by the core (forged, stale, for another
+                    // offer): reopen the token so the genuine Hello can
+                    // reserve it.
+                    if matches!(companion.state(), CompanionState::AwaitingScan { .. }) {
+                        self.send(&Frame::Release {
+                            token_id: header.token_id,
+                            hello: HelloDigest::of(message),
+                        });
+                    }
+                }
+            },
+            MessageKind::Grant | MessageKind::Refusal => {
+                // A refused Grant (forged, for another device) changes
+                // nothing; an authenticated Refusal or a late grant ends
+                // the pairing, which `phase` shows.
+                if let Ok(confirm) = companion.receive_grant(message, now) {
+                    let session = companion.session().cloned();
+                    self.send_message(&confirm)?;
+                    if let Some(session) = session {
+                        self.side = Side::Linked(Box::new(session));
+                        self.dirty = true;
+                        self.subscribe();
+                    }
+                }
+            }
+            MessageKind::Request | MessageKind::Confirm => {}
+        }
+        Ok(())
+    }
+
+    fn offer_token(&self) -> Option<TokenId> {
+        match &self.side {
+            Side::Pairing(c) => c.offer().map(|o| o.token_id()),
+            Side::Linked(_) => None,
+        }
+    }
+
+    /// What the page shows at `now`.
+    pub fn phase(&self, now: Timestamp) -> Phase {
+        match &self.side {
+            Side::Pairing(companion) => match companion.state() {
+                CompanionState::AwaitingScan {
+                    offer: OfferState::Showing { token_id, .. },
+                } if self.registered == Some(token_id) => Phase::Showing,
+                CompanionState::AwaitingScan {
+                    offer: OfferState::Showing { .. } | OfferState::Redeemed { .. },
+                } => Phase::Connecting,
+                CompanionState::AwaitingScan { .. } | CompanionState::Failed { .. } => {
+                    Phase::Failed
+                }
+                CompanionState::AwaitingGrant { .. } => Phase::AwaitingApproval,
+                // Not kept: a linked companion becomes `Side::Linked`.
+                CompanionState::Linked => Phase::Linked,
+            },
+            Side::Linked(session) => match session.status(now) {
+                SessionStatus::Linked { .. } => Phase::Linked,
+                SessionStatus::ExpiringSoon { .. } => Phase::ExpiringSoon,
+                SessionStatus::LoggedOut { .. } => Phase::LoggedOut,
+            },
+        }
+    }
+
+    /// The QR text of the offer on screen, once the relay knows its token.
+    pub fn qr_text(&self) -> Option<String> {
+        let Side::Pairing(companion) = &self.side else {
+            return None;
+        };
+        let offer = companion.offer()?;
+        (self.registered == Some(offer.token_id())).then(|| offer.to_text())
+    }
+
+    /// The offer on screen as an SVG document (328 × 328, black on white).
+    pub fn qr_svg(&self) -> Result<Option<String>, WebError> {
+        match self.qr_text() {
+            None => Ok(None),
+            Some(text) => Ok(Some(OfferQr::new(&text)?.to_svg(&QR_STYLE))),
+        }
+    }
+
+    /// The offer's rotation (0 for the first code) and the first instant
+    /// it is stale, while showing.
+    pub fn offer_rotation(&self) -> Option<(u32, Timestamp)> {
+        match &self.side {
+            Side::Pairing(c) => match c.state() {
+                CompanionState::AwaitingScan {
+                    offer:
+                        OfferState::Showing {
+                            rotation,
+                            expires_at,
+                            ..
+                        },
+                } => Some((rotation, expires_at)),
+                _ => None,
+            },
+            Side::Linked(_) => None,
+        }
+    }
+
+    /// Rotations the display makes before it gives up (the policy's).
+    pub fn max_rotations(&self) -> u32 {
+        self.policy.max_rotations()
+    }
+
+    /// The two-digit check code, once scanned ("07").
+    pub fn check_code(&self) -> Option<String> {
+        match &self.side {
+            Side::Pairing(c) => c.check_code().map(|code| format!("{code:02}")),
+            Side::Linked(_) => None,
+        }
+    }
+
+    /// Why the pairing failed, for people.
+    pub fn failure(&self) -> Option<String> {
+        let Side::Pairing(c) = &self.side else {
+            return None;
+        };
+        let CompanionState::Failed { reason, .. } = c.state() else {
+            return None;
+        };
+        Some(match reason {
+            FailureReason::Refused(r) => format!("The phone refused: {r}."),
+            FailureReason::OfferEnded(OfferState::TimedOut { .. })
+            | FailureReason::OfferEnded(OfferState::Expired { .. }) => {
+                "The code was not scanned in time. Reload to show a new one.".to_owned()
+            }
+            FailureReason::OfferEnded(_) | FailureReason::Cancelled => {
+                "Linking was cancelled.".to_owned()
+            }
+            FailureReason::GrantTimedOut => {
+                "The phone did not approve in time. Reload to try again.".to_owned()
+            }
+        })
+    }
+
+    /// The linked session.
+    pub fn session(&self) -> Option<&LinkedSession> {
+        match &self.side {
+            Side::Linked(s) => Some(s),
+            Side::Pairing(_) => None,
+        }
+    }
+
+    /// This device's index, once linked.
+    pub fn index(&self) -> Option<DeviceIndex> {
+        self.session().map(|s| s.index())
+    }
+
+    /// The account's fingerprint (the phone shows the same), once linked.
+    pub fn account_fingerprint(&self) -> Option<String> {
+        self.session().map(|s| s.account().fingerprint())
+    }
+
+    /// The account's devices as the newest signed list names them.
+    pub fn devices(&self) -> &[DeviceListEntry] {
+        self.session()
+            .map(|s| s.device_list().devices())
+            .unwrap_or_default()
+    }
+
+    /// The first instant the lease is over (unless the phone is heard
+    /// from before), while linked.
+    pub fn lease_expires_at(&self, now: Timestamp) -> Option<Timestamp> {
+        let s = self.session()?;
+        s.is_linked(now).then(|| s.expires_at())
+    }
+
+    /// Why the session is logged out, if it is.
+    pub fn logout_reason(&self, now: Timestamp) -> Option<LogoutReason> {
+        match self.session()?.status(now) {
+            SessionStatus::LoggedOut { reason } => Some(reason),
+            _ => None,
+        }
+    }
+
+    /// When [`BrowserCompanion::poll`] must run next.
+    pub fn next_deadline(&self) -> Option<Timestamp> {
+        match &self.side {
+            Side::Pairing(c) => c.next_deadline(),
+            Side::Linked(s) => s.next_deadline(),
+        }
+    }
+}

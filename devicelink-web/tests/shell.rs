@@ -1,0 +1,538 @@
+//! The browser companion's shell, natively, through its public API: a whole
+//! link against the core's `Account` with real crypto, the frames the relay
+//! would carry in between (built and read with `devicelink_relay::frame`),
+//! rotation, forged messages, persistence, revocation, notices and the
+//! lease.
+
+use devicelink::handshake::MessageKind;
+use devicelink::time::days;
+use devicelink::{Account, DeviceIndex, LogoutReason, Policy, RefusalReason, Timestamp};
+use devicelink_relay::frame::{Frame, FrameType};
+use devicelink_web::shell::{BrowserCompanion, Notice, Phase, WebError};
+use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+
+const T0: Timestamp = Timestamp::from_unix_millis(1_700_000_000_000);
+
+fn at(ms: u64) -> Timestamp {
+    T0.saturating_add_millis(ms)
+}
+
+/// The frames the shell wants sent, decoded (owned copies).
+fn sent(c: &mut BrowserCompanion) -> Vec<Vec<u8>> {
+    std::iter::from_fn(|| c.take_frame()).collect()
+}
+
+fn types(frames: &[Vec<u8>]) -> Vec<FrameType> {
+    frames
+        .iter()
+        .map(|f| Frame::decode(f).unwrap().frame_type())
+        .collect()
+}
+
+fn ack(of: FrameType) -> Vec<u8> {
+    Frame::Ack { of, changed: true }.encode()
+}
+
+fn routed(frame: &[u8]) -> Vec<u8> {
+    let Ok(Frame::Message { header, .. }) = Frame::decode(frame) else {
+        panic!("not a message")
+    };
+    Frame::Routed { header }.encode()
+}
+
+fn message(bytes: &[u8]) -> Vec<u8> {
+    let header = devicelink::handshake::MessageHeader::parse(bytes).unwrap();
+    Frame::Message { header, bytes }.encode()
+}
+
+/// The message inside a Message frame.
+fn body(frame: &[u8]) -> Vec<u8> {
+    match Frame::decode(frame).unwrap() {
+        Frame::Message { bytes, .. } => bytes.to_vec(),
+        other => panic!("expected a message, got {other:?}"),
+    }
+}
+
+struct World {
+    rng: ChaCha20Rng,
+    account: Account,
+}
+
+impl World {
+    fn new(seed: u64) -> Self {
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let account = Account::generate(Policy::default(), &mut rng, T0);
+        World { rng, account }
+    }
+
+    /// A companion connected and its first Register acknowledged.
+    fn showing(&mut self, label: &str, now: Timestamp) -> BrowserCompanion {
+        let mut c = BrowserCompanion::new(label, &mut self.rng, now).unwrap();
+        assert_eq!(c.phase(now), Phase::Connecting);
+        c.connected(now).unwrap();
+        assert_eq!(
+            types(&sent(&mut c)),
+            [FrameType::Identify, FrameType::Register]
+        );
+        assert_eq!(c.qr_text(), None, "no QR before the relay knows the token");
+        c.receive(&ack(FrameType::Identify), &mut self.rng, now)
+            .unwrap();
+        c.receive(&ack(FrameType::Register), &mut self.rng, now)
+            .unwrap();
+        assert_eq!(c.phase(now), Phase::Showing);
+        c
+    }
+
+    /// Links `c` (showing) through the frames the relay would carry.
+    fn link(&mut self, c: &mut BrowserCompanion, now: Timestamp) {
+        let text = c.qr_text().unwrap();
+        self.account.open_link_intent(now);
+        let (mut primary, hello) = self.account.scan(&text, &mut self.rng, now).unwrap();
+        c.receive(&message(&hello), &mut self.rng, now).unwrap();
+        let out = sent(c);
+        assert_eq!(types(&out), [FrameType::Message]);
+        assert_eq!(c.phase(now), Phase::AwaitingApproval);
+        let asking = self
+            .account
+            .receive_request(&mut primary, &body(&out[0]), &mut self.rng, now)
+            .unwrap();
+        assert_eq!(
+            c.check_code(),
+            Some(format!("{:02}", asking.check_code)),
+            "the same check code on both screens"
+        );
+        c.receive(&routed(&out[0]), &mut self.rng, now).unwrap();
+        let grant = self
+            .account
+            .grant(&mut primary, &mut self.rng, now)
+            .unwrap();
+        c.receive(&message(&grant), &mut self.rng, now).unwrap();
+        let out = sent(c);
+        // The Confirm, then the session's own list and the Subscribe.
+        assert_eq!(
+            types(&out),
+            [
+                FrameType::Message,
+                FrameType::PublishList,
+                FrameType::Subscribe
+            ]
+        );
+        self.account
+            .confirm(&mut primary, &body(&out[0]), now)
+            .unwrap();
+        c.receive(&routed(&out[0]), &mut self.rng, now).unwrap();
+        c.receive(&ack(FrameType::PublishList), &mut self.rng, now)
+            .unwrap();
+        c.receive(&ack(FrameType::Subscribe), &mut self.rng, now)
+            .unwrap();
+    }
+
+    fn list_frame(&self) -> Vec<u8> {
+        let bytes = self.account.device_list().to_bytes();
+        Frame::PublishList { bytes: &bytes }.encode()
+    }
+}
+
+#[test]
+fn a_whole_link_then_a_reload_keeps_it() {
+    let mut w = World::new(1);
+    let mut c = w.showing("Chromium on Linux", T0);
+    let svg = c.qr_svg().unwrap().unwrap();
+    assert!(svg.contains("<svg") && svg.contains("width=\"328\""));
+    assert_eq!(c.offer_rotation(), Some((0, at(60_000))));
+    assert_eq!(c.save().unwrap(), None, "a pairing is not kept");
+    w.link(&mut c, at(1_000));
+
+    let now = at(2_000);
+    assert_eq!(c.phase(now), Phase::Linked);
+    assert_eq!(c.index(), Some(DeviceIndex(1)));
+    assert_eq!(
+        c.account_fingerprint(),
+        Some(w.account.account_id().fingerprint())
+    );
+    assert_eq!(c.devices().len(), 1);
+    assert_eq!(c.devices()[0].label.as_str(), "Chromium on Linux");
+    assert_eq!(
+        c.lease_expires_at(now),
+        Some(at(1_000).saturating_add(days(14)))
+    );
+    assert_eq!(c.qr_text(), None);
+    assert!(c.needs_save());
+
+    // The reload: the saved session comes back linked and subscribes again.
+    let saved = c.save().unwrap().unwrap();
+    assert!(!c.needs_save());
+    let mut r = BrowserCompanion::restore(&saved, &mut w.rng, now).unwrap();
+    assert_eq!(r.phase(now), Phase::Linked);
+    assert_eq!(r.index(), c.index());
+    assert_eq!(r.account_fingerprint(), c.account_fingerprint());
+    r.connected(now).unwrap();
+    let out = sent(&mut r);
+    assert_eq!(
+        types(&out),
+        [
+            FrameType::Identify,
+            FrameType::PublishList,
+            FrameType::Subscribe
+        ]
+    );
+    // The proof is the device's, for the client id the tab identified as.
+    let (
+        Ok(Frame::Identify { secret }),
+        Ok(Frame::Subscribe {
+            account,
+            index,
+            proof,
+        }),
+    ) = (Frame::decode(&out[0]), Frame::decode(&out[2]))
+    else {
+        panic!("expected Identify and Subscribe")
+    };
+    assert_eq!((account, index), (w.account.account_id(), DeviceIndex(1)));
+    let device = w.account.device_list().devices()[0].device;
+    assert_eq!(
+        proof.verify(&device, &account, index, secret.client_id()),
+        Ok(())
+    );
+    // The relay's catch-up sends the list the session already holds: no
+    // change, no notice.
+    for of in [
+        FrameType::Identify,
+        FrameType::PublishList,
+        FrameType::Subscribe,
+    ] {
+        r.receive(&ack(of), &mut w.rng, now).unwrap();
+    }
+    r.receive(&w.list_frame(), &mut w.rng, now).unwrap();
+    assert!(r.take_notices().is_empty());
+    assert_eq!(r.phase(now), Phase::Linked);
+}
+
+#[test]
+fn the_offer_rotates_and_registers_each_new_token() {
+    let mut w = World::new(2);
+    let mut c = w.showing("Firefox", T0);
+    let first = c.qr_text().unwrap();
+    assert!(!c.poll(&mut w.rng, at(59_999)));
+    assert!(c.poll(&mut w.rng, at(60_000)));
+    let out = sent(&mut c);
+    assert_eq!(types(&out), [FrameType::Register]);
+    assert_eq!(
+        c.phase(at(60_000)),
+        Phase::Connecting,
+        "hidden until acknowledged"
+    );
+    c.receive(&ack(FrameType::Register), &mut w.rng, at(60_001))
+        .unwrap();
+    let second = c.qr_text().unwrap();
+    assert_ne!(first, second);
+    assert_eq!(c.offer_rotation(), Some((1, at(80_000))));
+    // The old code no longer links: its token is unknown to the display.
+    w.account.open_link_intent(at(60_002));
+    let (_, hello) = w.account.scan(&first, &mut w.rng, at(60_002)).unwrap();
+    c.receive(&message(&hello), &mut w.rng, at(60_002)).unwrap();
+    assert_eq!(types(&sent(&mut c)), [FrameType::Release]);
+    assert_eq!(c.phase(at(60_002)), Phase::Showing);
+    // After the last rotation the display ends: reload.
+    let end = at(60_000 + 20_000 * u64::from(c.max_rotations()));
+    assert!(c.poll(&mut w.rng, end));
+    assert_eq!(c.phase(end), Phase::Failed);
+    assert!(c.failure().unwrap().contains("Reload"));
+    assert_eq!(c.qr_text(), None);
+}
+
+#[test]
+fn a_forged_hello_is_released_and_the_genuine_one_links() {
+    let mut w = World::new(3);
+    let mut c = w.showing("Edge", T0);
+    let text = c.qr_text().unwrap();
+    w.account.open_link_intent(T0);
+    let (_, hello) = w.account.scan(&text, &mut w.rng, T0).unwrap();
+    let mut forged = hello.clone();
+    *forged.last_mut().unwrap() ^= 1;
+    c.receive(&message(&forged), &mut w.rng, T0).unwrap();
+    assert_eq!(types(&sent(&mut c)), [FrameType::Release]);
+    assert_eq!(c.phase(T0), Phase::Showing);
+    // The relay refuses the Release (nothing reserved any more): no notice.
+    let refused = Frame::Error {
+        code: 300,
+        text: "not reserved",
+    }
+    .encode();
+    c.receive(&refused, &mut w.rng, T0).unwrap();
+    assert!(c.take_notices().is_empty());
+    let mut w2 = World {
+        rng: ChaCha20Rng::seed_from_u64(33),
+        account: w.account.clone(),
+    };
+    w2.link(&mut c, at(10));
+    assert_eq!(c.phase(at(20)), Phase::Linked);
+}
+
+#[test]
+fn bad_bytes_are_an_error_and_change_nothing() {
+    let mut w = World::new(4);
+    let mut c = w.showing("Safari", T0);
+    let text = c.qr_text();
+    for bad in [&[][..], &[0x7f], &[0x84, 0x01], &[0x83, 0, 0, 0, 1, 9]] {
+        assert!(matches!(
+            c.receive(bad, &mut w.rng, T0),
+            Err(WebError::Frame(_))
+        ));
+    }
+    assert_eq!(c.qr_text(), text);
+    assert_eq!(c.phase(T0), Phase::Showing);
+    // A relay refusal of our Register is told to the user.
+    c.poll(&mut w.rng, at(60_000));
+    sent(&mut c);
+    let err = Frame::Error {
+        code: 400,
+        text: "quota exceeded",
+    }
+    .encode();
+    c.receive(&err, &mut w.rng, at(60_000)).unwrap();
+    assert_eq!(
+        c.take_notices(),
+        [Notice::RelayError {
+            code: 400,
+            text: "quota exceeded".into()
+        }]
+    );
+    assert_eq!(c.phase(at(60_000)), Phase::Connecting);
+    // A pairing goes on over a new connection: the same client, the offer
+    // registered again; the relay's "already registered" (a conflict) is
+    // expected, not a notice, and the QR code shows.
+    c.connected(at(60_000)).unwrap();
+    let again = sent(&mut c);
+    assert_eq!(types(&again), [FrameType::Identify, FrameType::Register]);
+    c.receive(&ack(FrameType::Identify), &mut w.rng, at(60_000))
+        .unwrap();
+    let held = Frame::Error {
+        code: 600,
+        text: "token already registered",
+    }
+    .encode();
+    c.receive(&held, &mut w.rng, at(60_000)).unwrap();
+    assert!(c.take_notices().is_empty());
+    assert_eq!(c.phase(at(60_000)), Phase::Showing);
+    // A label the core refuses.
+    assert!(matches!(
+        BrowserCompanion::new("", &mut w.rng, T0),
+        Err(WebError::Label(_))
+    ));
+    assert!(matches!(
+        BrowserCompanion::restore(b"not a session", &mut w.rng, T0),
+        Err(WebError::Persist(_))
+    ));
+}
+
+#[test]
+fn a_declined_link_fails_with_the_reason() {
+    let mut w = World::new(5);
+    let mut c = w.showing("Chromium", T0);
+    let text = c.qr_text().unwrap();
+    w.account.open_link_intent(T0);
+    let (mut primary, hello) = w.account.scan(&text, &mut w.rng, T0).unwrap();
+    c.receive(&message(&hello), &mut w.rng, T0).unwrap();
+    let request = body(&sent(&mut c)[0]);
+    w.account
+        .receive_request(&mut primary, &request, &mut w.rng, T0)
+        .unwrap();
+    let refusal = w
+        .account
+        .refuse(&mut primary, RefusalReason::Declined, &mut w.rng, T0)
+        .unwrap();
+    assert_eq!(
+        devicelink::handshake::MessageHeader::parse(&refusal)
+            .unwrap()
+            .kind,
+        MessageKind::Refusal
+    );
+    c.receive(&message(&refusal), &mut w.rng, T0).unwrap();
+    assert_eq!(c.phase(T0), Phase::Failed);
+    assert!(c.failure().unwrap().contains("declined"));
+    assert!(sent(&mut c).is_empty());
+}
+
+#[test]
+fn revocation_logs_out_and_survives_a_reload() {
+    let mut w = World::new(6);
+    let mut c = w.showing("Chromium", T0);
+    w.link(&mut c, T0);
+    c.save().unwrap();
+    let now = at(5_000);
+    w.account.revoke(DeviceIndex(1), now).unwrap();
+    c.receive(&w.list_frame(), &mut w.rng, now).unwrap();
+    assert_eq!(c.phase(now), Phase::LoggedOut);
+    assert_eq!(c.logout_reason(now), Some(LogoutReason::Revoked));
+    assert_eq!(c.lease_expires_at(now), None);
+    assert!(c.needs_save());
+    // The relay's Logout after the list: the session already agrees.
+    let logout = Frame::Logout {
+        index: DeviceIndex(1),
+        reason: LogoutReason::Revoked,
+    }
+    .encode();
+    c.receive(&logout, &mut w.rng, now).unwrap();
+    assert!(c.take_notices().is_empty());
+    let saved = c.save().unwrap().unwrap();
+    let mut r = BrowserCompanion::restore(&saved, &mut w.rng, at(10_000)).unwrap();
+    assert_eq!(r.phase(at(10_000)), Phase::LoggedOut);
+    assert_eq!(r.logout_reason(at(10_000)), Some(LogoutReason::Revoked));
+    r.connected(at(10_000)).unwrap();
+    assert_eq!(
+        types(&sent(&mut r)),
+        [FrameType::Identify],
+        "a logged-out tab subscribes to nothing"
+    );
+}
+
+#[test]
+fn other_devices_are_announced_and_the_relay_alone_logs_nobody_out() {
+    let mut w = World::new(7);
+    let mut first = w.showing("Chromium", T0);
+    w.link(&mut first, T0);
+    let mut second = w.showing("Firefox on Windows", at(1_000));
+    w.link(&mut second, at(1_000));
+    assert_eq!(second.index(), Some(DeviceIndex(2)));
+    first
+        .receive(&w.list_frame(), &mut w.rng, at(2_000))
+        .unwrap();
+    let notices = first.take_notices();
+    let [Notice::DeviceAdded(entry)] = notices.as_slice() else {
+        panic!("{notices:?}")
+    };
+    assert_eq!(entry.index, DeviceIndex(2));
+    assert_eq!(entry.label.as_str(), "Firefox on Windows");
+    assert_eq!(first.devices().len(), 2);
+
+    // A Logout the signed facts do not back: the session stays linked and
+    // the user is told what the relay said.
+    let logout = Frame::Logout {
+        index: DeviceIndex(1),
+        reason: LogoutReason::PrimaryOffline,
+    }
+    .encode();
+    first.receive(&logout, &mut w.rng, at(3_000)).unwrap();
+    assert_eq!(first.phase(at(3_000)), Phase::Linked);
+    assert_eq!(
+        first.take_notices(),
+        [Notice::RelayLogout {
+            reason: LogoutReason::PrimaryOffline
+        }]
+    );
+
+    // Revoking the second tells the first.
+    w.account.revoke(DeviceIndex(2), at(4_000)).unwrap();
+    first
+        .receive(&w.list_frame(), &mut w.rng, at(4_000))
+        .unwrap();
+    let notices = first.take_notices();
+    let [Notice::DeviceRemoved { entry, reason }] = notices.as_slice() else {
+        panic!("{notices:?}")
+    };
+    assert_eq!(
+        (entry.index, *reason),
+        (DeviceIndex(2), Some(LogoutReason::Revoked))
+    );
+    assert_eq!(first.phase(at(4_000)), Phase::Linked);
+}
+
+#[test]
+fn heartbeats_extend_the_lease_and_silence_ends_it() {
+    let mut w = World::new(8);
+    let mut c = w.showing("Chromium", T0);
+    w.link(&mut c, T0);
+    let later = T0.saturating_add(days(10));
+    let hb = w.account.heartbeat(later).to_bytes();
+    c.receive(
+        &Frame::PublishHeartbeat { bytes: &hb }.encode(),
+        &mut w.rng,
+        later,
+    )
+    .unwrap();
+    assert_eq!(
+        c.lease_expires_at(later),
+        Some(later.saturating_add(days(14)))
+    );
+    // Within two days of the end: expiring soon.
+    let warn = later.saturating_add(days(12));
+    assert_eq!(c.phase(warn), Phase::ExpiringSoon);
+    let end = later.saturating_add(days(14));
+    assert_eq!(c.next_deadline(), Some(warn));
+    assert!(c.poll(&mut w.rng, end));
+    assert_eq!(c.phase(end), Phase::LoggedOut);
+    assert_eq!(c.logout_reason(end), Some(LogoutReason::PrimaryOffline));
+    assert!(!c.poll(&mut w.rng, end), "seen once");
+    // A clock set back does not revive it.
+    assert_eq!(c.phase(T0), Phase::LoggedOut);
+}
+
+// Natively only: proptest is a native dev-dependency.
+#[cfg(not(target_arch = "wasm32"))]
+mod total {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A first byte of every frame type, and some that are none.
+    fn frame_bytes() -> impl Strategy<Value = Vec<u8>> {
+        (
+            prop::sample::select(vec![
+                0x00u8, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x81, 0x82, 0x83, 0x84, 0x85,
+                0xff,
+            ]),
+            prop::collection::vec(any::<u8>(), 0..400),
+        )
+            .prop_map(|(t, mut body)| {
+                body.insert(0, t);
+                body
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Whatever the relay sends, the shell answers with a frame error
+        /// or handles it; it never panics, and bytes that are not a frame
+        /// change nothing, while pairing or linked.
+        #[test]
+        fn receive_is_total(frames in prop::collection::vec(frame_bytes(), 1..8)) {
+            let mut w = World::new(9);
+            let mut pairing = w.showing("Chromium", T0);
+            let mut linked = w.showing("Firefox", T0);
+            w.link(&mut linked, T0);
+            for c in [&mut pairing, &mut linked] {
+                for f in &frames {
+                    let (phase, qr) = (c.phase(T0), c.qr_text());
+                    if c.receive(f, &mut w.rng, T0).is_err() {
+                        prop_assert!(Frame::decode(f).is_err());
+                        prop_assert_eq!(c.phase(T0), phase);
+                        prop_assert_eq!(c.qr_text(), qr);
+                    }
+                }
+                c.poll(&mut w.rng, T0);
+            }
+            // Random bytes never log the linked one out or link the other.
+            prop_assert_eq!(linked.phase(T0), Phase::Linked);
+            prop_assert!(matches!(pairing.phase(T0), Phase::Showing | Phase::Connecting));
+        }
+
+        /// Saved state from storage is untrusted too: restore refuses
+        /// garbage and a damaged save with an error.
+        #[test]
+        fn restore_is_total(cut in 0usize..4000, flip in any::<(usize, u8)>()) {
+            let mut w = World::new(10);
+            let mut c = w.showing("Chromium", T0);
+            w.link(&mut c, T0);
+            let saved = c.save().unwrap().unwrap();
+            let cut = cut.min(saved.len());
+            let _ = BrowserCompanion::restore(&saved[..cut], &mut w.rng, T0);
+            let mut damaged = saved.clone();
+            let at = flip.0 % damaged.len();
+            damaged[at] ^= flip.1.max(1);
+            prop_assert!(BrowserCompanion::restore(&damaged, &mut w.rng, T0).is_err());
+            prop_assert!(BrowserCompanion::restore(&saved, &mut w.rng, T0).is_ok());
+        }
+    }
+}

@@ -1,0 +1,311 @@
+// The devicelink companion page. Plain JS around the wasm `WebCompanion`
+// (devicelink-web): this file owns the socket, the clock, the storage and
+// the DOM; the core (in wasm) decides everything else.
+//
+// Storage: localStorage, one key. The saved session is the device's secret
+// identity key and its signed device list; it is secret material, kept only
+// in this origin's storage. localStorage rather than IndexedDB: the keys
+// live in wasm memory as bytes either way (so IndexedDB's non-extractable
+// CryptoKey would not apply), the state is a few KB of text, and a
+// synchronous write means the session is on disk before the next frame is
+// handled.
+
+import init, { WebCompanion } from "./pkg/devicelink_web.js";
+
+const SESSION_KEY = "devicelink.session";
+const LABEL_KEY = "devicelink.label";
+const DAY_MS = 86_400_000;
+
+const $ = (id) => document.getElementById(id);
+
+let companion = null;
+let socket = null;
+let retry = 0;
+let timer = 0;
+let shownQr = null;
+let shownPhase = null;
+let firstQrAt = null;
+
+function defaultLabel() {
+  const ua = navigator.userAgent;
+  const browser = /Edg\//.test(ua) ? "Edge"
+    : /Firefox\//.test(ua) ? "Firefox"
+    : /Chromium\//.test(ua) || /HeadlessChrome\//.test(ua) ? "Chromium"
+    : /Chrome\//.test(ua) ? "Chrome"
+    : /Safari\//.test(ua) ? "Safari" : "Browser";
+  const os = /Windows/.test(ua) ? "Windows"
+    : /Android/.test(ua) ? "Android"
+    : /iPhone|iPad/.test(ua) ? "iOS"
+    : /Mac OS X/.test(ua) ? "macOS"
+    : /Linux/.test(ua) ? "Linux" : "";
+  return os ? `${browser} on ${os}` : browser;
+}
+
+function label() {
+  return localStorage.getItem(LABEL_KEY) || defaultLabel();
+}
+
+// Milliseconds since navigation, kept on <html data-…-ms> for the
+// end-to-end test's figures (page load to first QR code).
+function mark(name) {
+  const key = `${name}Ms`;
+  const root = document.documentElement.dataset;
+  if (root[key] === undefined) root[key] = performance.now().toFixed(1);
+  return Number(root[key]);
+}
+
+function status(text) {
+  $("status").textContent = text;
+}
+
+// ---- the companion ------------------------------------------------------
+
+function replaceCompanion(next) {
+  if (companion) companion.free();
+  companion = next;
+  shownQr = null;
+}
+
+function startPairing() {
+  localStorage.removeItem(SESSION_KEY);
+  replaceCompanion(new WebCompanion(label(), Date.now()));
+  // A fresh connection, so no answer meant for the old companion's frames
+  // reaches the new one (the relay answers each frame in order).
+  if (socket) {
+    const old = socket;
+    socket = null;
+    old.close();
+    connect();
+  }
+  update();
+}
+
+function restoreOrStart() {
+  const saved = localStorage.getItem(SESSION_KEY);
+  if (saved) {
+    try {
+      replaceCompanion(WebCompanion.restore(saved, Date.now()));
+      return;
+    } catch (e) {
+      addNotice("relay-error", `The saved link could not be read (${e.message}); showing a new code.`);
+    }
+  }
+  startPairing();
+}
+
+// After every event: send what the companion queued, keep what it wants
+// kept, show what it has to say, redraw, and wake at its next deadline.
+function update() {
+  flush();
+  persist();
+  for (const n of companion.takeNotices()) {
+    addNotice(n.kind, n.text);
+    n.free();
+  }
+  render();
+  schedule();
+}
+
+function flush() {
+  for (let f = companion.takeFrame(); f !== undefined; f = companion.takeFrame()) {
+    if (socket && socket.readyState === WebSocket.OPEN) socket.send(f);
+  }
+}
+
+function persist() {
+  if (!companion.needsSave) return;
+  const saved = companion.save();
+  if (saved !== undefined) localStorage.setItem(SESSION_KEY, saved);
+}
+
+function schedule() {
+  clearTimeout(timer);
+  const now = Date.now();
+  const deadline = companion.nextDeadline;
+  // Every second for the countdown, sooner if a deadline comes first.
+  let wait = 1000 - (now % 1000);
+  if (deadline !== undefined) wait = Math.max(0, Math.min(wait, deadline - now));
+  timer = setTimeout(() => {
+    if (companion.poll(Date.now())) update();
+    else { render(); schedule(); }
+  }, wait);
+}
+
+// ---- the relay ----------------------------------------------------------
+
+function connect() {
+  const url = new URL("v1/companion", location.href);
+  url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
+  const ws = new WebSocket(url);
+  ws.binaryType = "arraybuffer";
+  socket = ws;
+  $("connection").textContent = "Connecting to the relay…";
+  ws.onopen = () => {
+    retry = 0;
+    mark("socketOpen");
+    $("connection").textContent = "Connected to the relay.";
+    // The same client on every connection: a pairing goes on where it
+    // was (its code stays on screen), a linked tab subscribes again.
+    companion.connected(Date.now());
+    update();
+  };
+  ws.onmessage = (ev) => {
+    if (!(ev.data instanceof ArrayBuffer)) return;
+    try {
+      companion.receive(new Uint8Array(ev.data), Date.now());
+    } catch (e) {
+      addNotice("relay-error", e.message);
+    }
+    update();
+  };
+  ws.onclose = () => {
+    if (socket !== ws) return;
+    socket = null;
+    const wait = Math.min(30_000, 500 * 2 ** retry) * (0.5 + Math.random() / 2);
+    retry += 1;
+    $("connection").textContent = `Not connected to the relay; retrying in ${Math.ceil(wait / 1000)} s.`;
+    setTimeout(connect, wait);
+  };
+}
+
+// ---- the page -----------------------------------------------------------
+
+const SECTIONS = ["connecting", "showing", "awaiting-approval", "linked", "logged-out", "failed"];
+
+function render() {
+  const now = Date.now();
+  let phase = companion.phase(now);
+  if (phase === "expiring-soon") phase = "linked";
+  document.getElementById("app").dataset.phase = companion.phase(now);
+  for (const id of SECTIONS) $(id).hidden = id !== phase;
+
+  if (phase === "connecting") status("Preparing a code to scan…");
+  if (phase === "showing") renderQr(now);
+  if (phase === "awaiting-approval") {
+    status("Scanned: waiting for your phone's approval.");
+    $("check-code").textContent = companion.checkCode ?? "";
+  }
+  if (phase === "linked") renderLinked(now);
+  if (phase === "logged-out") {
+    status("This browser is logged out.");
+    $("logout-reason").textContent = companion.logoutReason(now) ?? "";
+  }
+  if (phase === "failed") {
+    status("This browser is not linked.");
+    $("failure").textContent = companion.failure ?? "";
+  }
+  if (phase !== shownPhase) {
+    // Move focus to the new state's heading so a screen reader announces it.
+    if (shownPhase !== null && phase !== "showing" && phase !== "connecting") {
+      const heading = $(phase).querySelector("h2");
+      if (heading) heading.focus();
+    }
+    shownPhase = phase;
+  }
+}
+
+function renderQr(now) {
+  const text = companion.qrText;
+  if (text !== shownQr) {
+    const svg = companion.qrSvg();
+    $("qr").src = "data:image/svg+xml;charset=utf-8," + encodeURIComponent(svg);
+    $("qr-text").textContent = text;
+    shownQr = text;
+    if (firstQrAt === null) firstQrAt = mark("firstQr");
+  }
+  const seconds = Math.max(0, Math.ceil((companion.offerExpiresAt - now) / 1000));
+  const last = companion.rotation >= companion.maxRotations;
+  status("Scan this code with your phone.");
+  $("countdown").textContent = last
+    ? `Last code: it expires in ${seconds} s. After that, reload to show a new one.`
+    : `A new code in ${seconds} s.`;
+}
+
+function plural(n, unit) {
+  return `${n} ${unit}${n === 1 ? "" : "s"}`;
+}
+
+function renderLinked(now) {
+  status("This browser is linked and works without your phone.");
+  $("device-index").textContent = `#${companion.deviceIndex}`;
+  $("account-fp").textContent = companion.accountFingerprint ?? "";
+  $("device-fp").textContent = companion.deviceFingerprint ?? "";
+  $("device-label").textContent = companion.label ?? "";
+  const ends = companion.leaseExpiresAt(now);
+  const lease = $("lease");
+  if (ends !== undefined) {
+    const left = ends - now;
+    const when = left >= DAY_MS ? plural(Math.floor(left / DAY_MS), "day")
+      : left >= 3_600_000 ? plural(Math.floor(left / 3_600_000), "hour")
+      : plural(Math.max(1, Math.ceil(left / 60_000)), "minute");
+    lease.textContent = `Expires in ${when} unless your phone comes online.`;
+    lease.classList.toggle("soon", companion.phase(now) === "expiring-soon");
+  }
+  const list = $("devices");
+  const items = [];
+  for (const d of companion.devices()) {
+    const li = document.createElement("li");
+    const name = document.createElement("strong");
+    name.textContent = d.label;
+    const meta = document.createElement("span");
+    meta.className = "meta";
+    const linked = new Date(d.linkedAt).toLocaleString();
+    meta.textContent = `#${d.index} · ${d.fingerprint} · linked ${linked}${d.thisDevice ? " · this browser" : ""}`;
+    li.append(name, meta);
+    items.push(li);
+    d.free();
+  }
+  list.replaceChildren(...items);
+}
+
+function addNotice(kind, text) {
+  const li = document.createElement("li");
+  li.className = kind;
+  const p = document.createElement("span");
+  p.textContent = text;
+  const close = document.createElement("button");
+  close.type = "button";
+  close.className = "quiet";
+  close.textContent = "Dismiss";
+  close.setAttribute("aria-label", `Dismiss: ${text}`);
+  close.addEventListener("click", () => li.remove());
+  li.append(p, close);
+  $("notices").append(li);
+}
+
+function wire() {
+  const input = $("label");
+  input.value = label();
+  $("label-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const value = input.value.trim();
+    try {
+      const next = new WebCompanion(value, Date.now());
+      next.free();
+    } catch (e) {
+      $("label-error").textContent = e.message;
+      return;
+    }
+    $("label-error").textContent = "";
+    localStorage.setItem(LABEL_KEY, value);
+    startPairing();
+  });
+  $("relink").addEventListener("click", startPairing);
+  $("reload").addEventListener("click", startPairing);
+}
+
+async function main() {
+  try {
+    await init();
+    mark("wasmReady");
+  } catch (e) {
+    status(`This browser cannot run the companion (${e.message}).`);
+    return;
+  }
+  wire();
+  restoreOrStart();
+  connect();
+  update();
+}
+
+main();

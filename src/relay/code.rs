@@ -1,0 +1,801 @@
+//! The relay's side of linking by typed code: issuing handles, routing a
+//! code session's messages, and counting failures.
+//!
+//! - [`CodeRendezvous`] issues each companion a random, unused 20-bit
+//!   [`CodeHandle`], keeps its published CodeOffer, hands it to **one**
+//!   primary that joins with the handle the user typed, and routes the
+//!   session's messages (CodeHello, CodeConfirm, then Request, Grant or
+//!   Refusal, Confirm) by token id between exactly those two clients. It
+//!   never sees the code.
+//! - [`CodeAttempts`] counts failed attempts per handle, per account and
+//!   per client, and locks a key out with exponential backoff once it has
+//!   used its free failures. Times are inputs; nothing reads a clock.
+//!
+//! An attempt fails when an endpoint reports `WrongCode`
+//! ([`CodeRendezvous::report_wrong_code`]) or when a joined session ends
+//! without the companion's Request (swept at its expiry). A code is valid
+//! until exactly `opened_at + code_lifetime`, and a published code can be
+//! joined once. A relay that lies can skip all of this; what it cannot skip
+//! is that each endpoint gives one guess per code (`docs/PROTOCOL.md` §13).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use rand_core::{CryptoRng, RngCore};
+use serde::{Deserialize, Serialize};
+
+use super::ClientId;
+use crate::code::{
+    is_code_message, offer_parts, token_id, CodeHandle, CodeHeader, CodeMessageKind,
+};
+use crate::handshake::{MessageHeader, MessageKind};
+use crate::keys::AccountId;
+use crate::offer::TokenId;
+use crate::persist::PersistError;
+use crate::policy::Policy;
+use crate::time::Timestamp;
+
+/// How failures turn into lockouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockoutPolicy {
+    /// Failures a key may have before the first lockout. Default 3.
+    pub free_failures: u32,
+    /// The first lockout; each further failure doubles it. Default 60 s.
+    #[serde(with = "millis")]
+    pub first_lockout: Duration,
+    /// The longest lockout. Default 24 hours.
+    #[serde(with = "millis")]
+    pub max_lockout: Duration,
+    /// A key with no failure for this long starts again from zero. Default
+    /// 24 hours.
+    #[serde(with = "millis")]
+    pub forget_after: Duration,
+}
+
+impl Default for LockoutPolicy {
+    fn default() -> Self {
+        LockoutPolicy {
+            free_failures: 3,
+            first_lockout: Duration::from_secs(60),
+            max_lockout: Duration::from_secs(86_400),
+            forget_after: Duration::from_secs(86_400),
+        }
+    }
+}
+
+impl LockoutPolicy {
+    /// The lockout after the `n`-th consecutive failure (zero while free).
+    pub fn lockout_after(&self, n: u32) -> Duration {
+        if n <= self.free_failures {
+            return Duration::ZERO;
+        }
+        let doublings = (n - self.free_failures - 1).min(63);
+        let factor = 1u64 << doublings;
+        let ms = crate::time::duration_millis(self.first_lockout).saturating_mul(factor);
+        Duration::from_millis(ms).min(self.max_lockout)
+    }
+
+    /// The most failures one key can accumulate in `span` starting from
+    /// zero, failing as soon as each lockout ends (the attacker's best).
+    pub fn max_failures_in(&self, span: Duration) -> u64 {
+        let end = crate::time::duration_millis(span);
+        let (mut t, mut n) = (0u64, 0u64);
+        while t < end {
+            n += 1;
+            let lock = crate::time::duration_millis(
+                self.lockout_after(u32::try_from(n).unwrap_or(u32::MAX)),
+            );
+            // A zero lock: the next failure is at the same instant.
+            t = t.saturating_add(lock);
+            if n > 1_000_000 {
+                break;
+            }
+        }
+        n
+    }
+}
+
+mod millis {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(crate::time::duration_millis(*d))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+/// What failures are counted against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum AttemptKey {
+    /// One companion's code session (all codes published under it).
+    Handle(CodeHandle),
+    /// The account of the primary that joined (only when the relay
+    /// authenticated it; an unauthenticated claim would let anyone lock an
+    /// account out).
+    Account(AccountId),
+    /// The client (connection) that joined as primary.
+    Client(ClientId),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Failures {
+    count: u32,
+    last: Timestamp,
+    locked_until: Timestamp,
+}
+
+impl Failures {
+    fn forget_at(&self, p: &LockoutPolicy) -> Timestamp {
+        self.last
+            .saturating_add(p.forget_after)
+            .max(self.locked_until)
+    }
+}
+
+/// Failed attempts per key, with exponential lockouts. Sweeps in time
+/// proportional to what it forgets.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CodeAttempts {
+    policy: LockoutPolicy,
+    #[serde(with = "as_seq")]
+    entries: BTreeMap<AttemptKey, Failures>,
+    by_forget: BTreeSet<(Timestamp, AttemptKey)>,
+}
+
+mod as_seq {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::collections::BTreeMap;
+
+    pub(super) fn serialize<S: Serializer, K: Serialize, V: Serialize>(
+        m: &BTreeMap<K, V>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(m.iter())
+    }
+
+    pub(super) fn deserialize<'de, D, K, V>(d: D) -> Result<BTreeMap<K, V>, D::Error>
+    where
+        D: Deserializer<'de>,
+        K: Deserialize<'de> + Ord,
+        V: Deserialize<'de>,
+    {
+        Ok(Vec::<(K, V)>::deserialize(d)?.into_iter().collect())
+    }
+}
+
+impl CodeAttempts {
+    /// No failures yet.
+    pub fn new(policy: LockoutPolicy) -> Self {
+        CodeAttempts {
+            policy,
+            entries: BTreeMap::new(),
+            by_forget: BTreeSet::new(),
+        }
+    }
+
+    /// The lockout policy.
+    pub fn policy(&self) -> &LockoutPolicy {
+        &self.policy
+    }
+
+    fn live(&self, key: &AttemptKey, now: Timestamp) -> Option<&Failures> {
+        self.entries
+            .get(key)
+            .filter(|f| now < f.forget_at(&self.policy))
+    }
+
+    /// Consecutive failures of `key` that still count at `now`.
+    pub fn failures(&self, key: &AttemptKey, now: Timestamp) -> u32 {
+        self.live(key, now).map_or(0, |f| f.count)
+    }
+
+    /// Until when `key` is locked out, if it is at `now`.
+    pub fn locked_until(&self, key: &AttemptKey, now: Timestamp) -> Option<Timestamp> {
+        self.live(key, now)
+            .map(|f| f.locked_until)
+            .filter(|u| now < *u)
+    }
+
+    /// Refuses a locked-out key ([`CodeRelayError::LockedOut`]).
+    pub fn check(&self, key: &AttemptKey, now: Timestamp) -> Result<(), CodeRelayError> {
+        match self.locked_until(key, now) {
+            Some(until) => Err(CodeRelayError::LockedOut { key: *key, until }),
+            None => Ok(()),
+        }
+    }
+
+    /// Records a failure of `key` at `now`; returns the lockout's end if
+    /// this failure locks the key out.
+    pub fn record_failure(&mut self, key: AttemptKey, now: Timestamp) -> Option<Timestamp> {
+        let count = self.failures(&key, now).saturating_add(1);
+        if let Some(old) = self.entries.get(&key) {
+            self.by_forget.remove(&(old.forget_at(&self.policy), key));
+        }
+        let lock = self.policy.lockout_after(count);
+        let f = Failures {
+            count,
+            last: now,
+            locked_until: now.saturating_add(lock),
+        };
+        self.by_forget.insert((f.forget_at(&self.policy), key));
+        self.entries.insert(key, f);
+        (!lock.is_zero()).then_some(f.locked_until)
+    }
+
+    /// Forgets the keys whose failures no longer count at `now`.
+    pub fn sweep(&mut self, now: Timestamp) -> usize {
+        let mut n = 0;
+        while let Some(&(at, key)) = self.by_forget.first() {
+            if at > now {
+                break;
+            }
+            self.by_forget.pop_first();
+            self.entries.remove(&key);
+            n += 1;
+        }
+        n
+    }
+
+    fn consistent(&self) -> bool {
+        self.entries.len() == self.by_forget.len()
+            && self.by_forget.iter().all(|(at, k)| {
+                self.entries
+                    .get(k)
+                    .is_some_and(|f| f.forget_at(&self.policy) == *at)
+            })
+    }
+}
+
+/// Why the rendezvous refused. Every refusal changes nothing (the clock's
+/// high water still moves to `now`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CodeRelayError {
+    /// No session has this handle (never issued, or swept).
+    #[error("unknown code handle")]
+    UnknownHandle,
+    /// No session has this token id.
+    #[error("unknown code session")]
+    UnknownToken,
+    /// The code's lifetime ended (at exactly `opened_at + code_lifetime`).
+    #[error("the code expired")]
+    Expired,
+    /// A publish from a client other than the one the handle was issued to.
+    #[error("message from a client that is not part of this code session")]
+    WrongClient,
+    /// A join before the companion published its CodeOffer.
+    #[error("no code is published under this handle yet")]
+    NotPublished,
+    /// The handle already carries a code.
+    #[error("a code is already published under this handle")]
+    AlreadyPublished,
+    /// A primary already joined: a published code is used once.
+    #[error("this code was already used")]
+    AlreadyJoined,
+    /// Too many failures: try again at `until`.
+    #[error("locked out after failed attempts ({key:?}) until {until}")]
+    LockedOut {
+        /// What is locked out.
+        key: AttemptKey,
+        /// When the lockout ends.
+        until: Timestamp,
+    },
+    /// The client holds its quota of open code sessions.
+    #[error("code session quota exceeded (limit {limit})")]
+    QuotaExceeded {
+        /// The limit.
+        limit: u32,
+    },
+    /// No free handle (the relay holds its maximum of sessions).
+    #[error("no free code handle")]
+    Full,
+    /// A CodeOffer whose token does not derive from its content, or whose
+    /// handle is not the publisher's.
+    #[error("bad code offer")]
+    BadOffer,
+    /// A message that cannot be routed here (bad header, wrong size, a kind
+    /// the code flow does not use, or the wrong step).
+    #[error("unroutable code-session message: {0}")]
+    Unroutable(String),
+}
+
+impl CodeRelayError {
+    /// Whether the same call may succeed later (a lockout ends, a quota
+    /// frees up).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            CodeRelayError::LockedOut { .. }
+                | CodeRelayError::QuotaExceeded { .. }
+                | CodeRelayError::Full
+                | CodeRelayError::NotPublished
+        )
+    }
+}
+
+/// The rendezvous's limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CodeRelayConfig {
+    /// A code session's lifetime from `open` ([`Policy::code_lifetime`]).
+    #[serde(with = "millis")]
+    pub code_lifetime: Duration,
+    /// How long a linked session stays routable (Grant, Confirm) after its
+    /// Request: the larger of 5 minutes and approval + confirmation.
+    #[serde(with = "millis")]
+    pub session_window: Duration,
+    /// Open sessions per companion client. Default 4.
+    pub max_sessions_per_client: u32,
+    /// Sessions held at once (a quarter of the 2²⁰ handles, so a random
+    /// free handle is found in a few draws). Default 262,144.
+    pub max_sessions: u32,
+    /// Failures and lockouts.
+    pub lockout: LockoutPolicy,
+}
+
+impl CodeRelayConfig {
+    /// The limits for hosts using `policy`.
+    pub fn from_policy(policy: &Policy) -> Self {
+        CodeRelayConfig {
+            code_lifetime: policy.code_lifetime(),
+            session_window: Duration::from_secs(300)
+                .max(policy.approval_timeout() + policy.confirmation_timeout()),
+            max_sessions_per_client: 4,
+            max_sessions: CodeHandle::LIMIT / 4,
+            lockout: LockoutPolicy::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+enum SessionState {
+    Opened,
+    Published {
+        token: TokenId,
+        #[serde(with = "crate::encoding::b64_vec")]
+        offer: Vec<u8>,
+    },
+    Joined {
+        token: TokenId,
+        primary: ClientId,
+        account: Option<AccountId>,
+    },
+    Linked {
+        token: TokenId,
+        primary: ClientId,
+        at: Timestamp,
+    },
+}
+
+impl SessionState {
+    fn token(&self) -> Option<TokenId> {
+        match self {
+            SessionState::Opened => None,
+            SessionState::Published { token, .. }
+            | SessionState::Joined { token, .. }
+            | SessionState::Linked { token, .. } => Some(*token),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct CodeSession {
+    companion: ClientId,
+    expires_at: Timestamp,
+    state: SessionState,
+}
+
+/// Where [`CodeRendezvous::route`] sends a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CodeRouted {
+    /// The session's token id.
+    pub token_id: TokenId,
+    /// The client to forward the message to.
+    pub forward_to: ClientId,
+    /// The companion's Request passed: the attempt succeeded.
+    pub linked: bool,
+}
+
+/// Issues handles and routes code sessions (sans-IO; times are inputs).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CodeRendezvous {
+    config: CodeRelayConfig,
+    sessions: BTreeMap<CodeHandle, CodeSession>,
+    tokens: BTreeMap<TokenId, CodeHandle>,
+    by_keep: BTreeSet<(Timestamp, CodeHandle)>,
+    #[serde(with = "as_seq")]
+    per_client: BTreeMap<ClientId, u32>,
+    attempts: CodeAttempts,
+    high_water: Timestamp,
+}
+
+impl CodeRendezvous {
+    /// An empty rendezvous.
+    pub fn new(config: CodeRelayConfig) -> Self {
+        CodeRendezvous {
+            config,
+            sessions: BTreeMap::new(),
+            tokens: BTreeMap::new(),
+            by_keep: BTreeSet::new(),
+            per_client: BTreeMap::new(),
+            attempts: CodeAttempts::new(config.lockout),
+            high_water: Timestamp::EPOCH,
+        }
+    }
+
+    /// The failure counts.
+    pub fn attempts(&self) -> &CodeAttempts {
+        &self.attempts
+    }
+
+    /// Sessions held (swept ones excluded).
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Whether no session is held.
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    fn clock(&mut self, now: Timestamp) -> Timestamp {
+        self.high_water = self.high_water.max(now);
+        self.high_water
+    }
+
+    fn keep_until(&self, s: &CodeSession) -> Timestamp {
+        match s.state {
+            SessionState::Linked { at, .. } => s
+                .expires_at
+                .max(at.saturating_add(self.config.session_window)),
+            _ => s.expires_at,
+        }
+    }
+
+    fn set_state(&mut self, handle: CodeHandle, state: SessionState) {
+        let Some(s) = self.sessions.get(&handle) else {
+            return;
+        };
+        let old_keep = self.keep_until(s);
+        if let Some(t) = s.state.token() {
+            self.tokens.remove(&t);
+        }
+        if let Some(t) = state.token() {
+            self.tokens.insert(t, handle);
+        }
+        if let Some(s) = self.sessions.get_mut(&handle) {
+            s.state = state;
+        }
+        if let Some(s) = self.sessions.get(&handle) {
+            let new_keep = self.keep_until(s);
+            if new_keep != old_keep {
+                self.by_keep.remove(&(old_keep, handle));
+                self.by_keep.insert((new_keep, handle));
+            }
+        }
+    }
+
+    /// Issues a fresh handle to the companion `client`, valid until the
+    /// returned instant (exclusive). Draws 4 bytes per try.
+    pub fn open<R: RngCore + CryptoRng>(
+        &mut self,
+        client: ClientId,
+        rng: &mut R,
+        now: Timestamp,
+    ) -> Result<(CodeHandle, Timestamp), CodeRelayError> {
+        let now = self.clock(now);
+        let held = self.per_client.get(&client).copied().unwrap_or(0);
+        let limit = self.config.max_sessions_per_client;
+        if held >= limit {
+            return Err(CodeRelayError::QuotaExceeded { limit });
+        }
+        if self.sessions.len() >= usize::try_from(self.config.max_sessions).unwrap_or(usize::MAX) {
+            return Err(CodeRelayError::Full);
+        }
+        let handle = (0..64)
+            .map(|_| CodeHandle::random(rng))
+            .find(|h| {
+                !self.sessions.contains_key(h)
+                    && self.attempts.check(&AttemptKey::Handle(*h), now).is_ok()
+            })
+            .ok_or(CodeRelayError::Full)?;
+        let expires_at = now.saturating_add(self.config.code_lifetime);
+        self.sessions.insert(
+            handle,
+            CodeSession {
+                companion: client,
+                expires_at,
+                state: SessionState::Opened,
+            },
+        );
+        self.by_keep.insert((expires_at, handle));
+        self.per_client.insert(client, held.saturating_add(1));
+        Ok((handle, expires_at))
+    }
+
+    /// The companion publishes its CodeOffer under its handle (again after a
+    /// wrong code, with a new code, unless the handle is locked out).
+    pub fn publish(
+        &mut self,
+        client: ClientId,
+        offer: &[u8],
+        now: Timestamp,
+    ) -> Result<TokenId, CodeRelayError> {
+        let now = self.clock(now);
+        let header =
+            CodeHeader::parse(offer).map_err(|e| CodeRelayError::Unroutable(e.to_string()))?;
+        if header.kind != CodeMessageKind::CodeOffer {
+            return Err(CodeRelayError::Unroutable("not a code offer".into()));
+        }
+        let (h, m_c) = offer_parts(offer).ok_or(CodeRelayError::BadOffer)?;
+        let handle = CodeHandle::new(h).ok_or(CodeRelayError::BadOffer)?;
+        let s = self
+            .sessions
+            .get(&handle)
+            .ok_or(CodeRelayError::UnknownHandle)?;
+        if s.companion != client {
+            return Err(CodeRelayError::WrongClient);
+        }
+        if now >= s.expires_at {
+            return Err(CodeRelayError::Expired);
+        }
+        self.attempts.check(&AttemptKey::Handle(handle), now)?;
+        if s.state != SessionState::Opened {
+            return Err(CodeRelayError::AlreadyPublished);
+        }
+        if token_id(handle, &m_c) != header.token_id || self.tokens.contains_key(&header.token_id) {
+            return Err(CodeRelayError::BadOffer);
+        }
+        self.set_state(
+            handle,
+            SessionState::Published {
+                token: header.token_id,
+                offer: offer.to_vec(),
+            },
+        );
+        Ok(header.token_id)
+    }
+
+    /// A primary joins the session of the `handle` the user typed and gets
+    /// the CodeOffer. `account` is the primary's account if the relay
+    /// authenticated it. Once per published code.
+    pub fn join(
+        &mut self,
+        handle: CodeHandle,
+        primary: ClientId,
+        account: Option<AccountId>,
+        now: Timestamp,
+    ) -> Result<Vec<u8>, CodeRelayError> {
+        let now = self.clock(now);
+        self.attempts.check(&AttemptKey::Client(primary), now)?;
+        if let Some(a) = account {
+            self.attempts.check(&AttemptKey::Account(a), now)?;
+        }
+        self.attempts.check(&AttemptKey::Handle(handle), now)?;
+        let s = self
+            .sessions
+            .get(&handle)
+            .ok_or(CodeRelayError::UnknownHandle)?;
+        if now >= s.expires_at {
+            return Err(CodeRelayError::Expired);
+        }
+        let (token, offer) = match &s.state {
+            SessionState::Opened => return Err(CodeRelayError::NotPublished),
+            SessionState::Published { token, offer } => (*token, offer.clone()),
+            SessionState::Joined { .. } | SessionState::Linked { .. } => {
+                return Err(CodeRelayError::AlreadyJoined)
+            }
+        };
+        self.set_state(
+            handle,
+            SessionState::Joined {
+                token,
+                primary,
+                account,
+            },
+        );
+        Ok(offer)
+    }
+
+    fn session_of(&self, token: &TokenId) -> Result<(CodeHandle, &CodeSession), CodeRelayError> {
+        let handle = *self.tokens.get(token).ok_or(CodeRelayError::UnknownToken)?;
+        let s = self
+            .sessions
+            .get(&handle)
+            .ok_or(CodeRelayError::UnknownToken)?;
+        Ok((handle, s))
+    }
+
+    /// Routes one message of a code session from `from`. Sizes and headers
+    /// are checked before anything is looked up. CodeHello (from the joined
+    /// primary, before the expiry) and CodeConfirm (from the companion) go
+    /// while joined; the companion's Request makes the session linked (the
+    /// attempt succeeded); Grant, Refusal and Confirm go while linked.
+    pub fn route(
+        &mut self,
+        message: &[u8],
+        from: ClientId,
+        now: Timestamp,
+    ) -> Result<CodeRouted, CodeRelayError> {
+        let now = self.clock(now);
+        let unroutable =
+            |e: crate::handshake::HandshakeError| CodeRelayError::Unroutable(e.to_string());
+        let wrong_step = || CodeRelayError::Unroutable("not expected at this step".into());
+        if is_code_message(message) {
+            let h = CodeHeader::parse(message).map_err(unroutable)?;
+            let (_, s) = self.session_of(&h.token_id)?;
+            let SessionState::Joined { primary, .. } = s.state else {
+                return Err(wrong_step());
+            };
+            let (sender, to) = match h.kind {
+                CodeMessageKind::CodeHello if now < s.expires_at => (primary, s.companion),
+                CodeMessageKind::CodeHello => return Err(CodeRelayError::Expired),
+                CodeMessageKind::CodeConfirm => (s.companion, primary),
+                CodeMessageKind::CodeOffer => return Err(wrong_step()),
+            };
+            if from != sender {
+                return Err(CodeRelayError::WrongClient);
+            }
+            return Ok(CodeRouted {
+                token_id: h.token_id,
+                forward_to: to,
+                linked: false,
+            });
+        }
+        let h = MessageHeader::parse(message).map_err(unroutable)?;
+        h.check_size(message).map_err(unroutable)?;
+        let (handle, s) = self.session_of(&h.token_id)?;
+        let companion = s.companion;
+        let keep = self.keep_until(s);
+        match (h.kind, s.state.clone()) {
+            (MessageKind::Request, SessionState::Joined { primary, .. }) => {
+                if from != companion {
+                    return Err(CodeRelayError::WrongClient);
+                }
+                self.set_state(
+                    handle,
+                    SessionState::Linked {
+                        token: h.token_id,
+                        primary,
+                        at: now,
+                    },
+                );
+                Ok(CodeRouted {
+                    token_id: h.token_id,
+                    forward_to: primary,
+                    linked: true,
+                })
+            }
+            (kind, SessionState::Linked { primary, .. }) if now < keep => {
+                let (sender, to) = match kind {
+                    MessageKind::Grant | MessageKind::Refusal => (primary, companion),
+                    MessageKind::Confirm => (companion, primary),
+                    _ => return Err(wrong_step()),
+                };
+                if from != sender {
+                    return Err(CodeRelayError::WrongClient);
+                }
+                Ok(CodeRouted {
+                    token_id: h.token_id,
+                    forward_to: to,
+                    linked: false,
+                })
+            }
+            _ => Err(wrong_step()),
+        }
+    }
+
+    /// An endpoint's host reports the `WrongCode` its core returned for the
+    /// joined session `token`: one failure for the handle, the joining
+    /// client and its account. The handle may carry a new code afterwards
+    /// (unless locked out). Returns the lockout of the handle, if any.
+    pub fn report_wrong_code(
+        &mut self,
+        token: &TokenId,
+        from: ClientId,
+        now: Timestamp,
+    ) -> Result<Option<Timestamp>, CodeRelayError> {
+        let now = self.clock(now);
+        let (handle, s) = self.session_of(token)?;
+        let SessionState::Joined {
+            primary, account, ..
+        } = s.state
+        else {
+            return Err(CodeRelayError::Unroutable("no attempt in progress".into()));
+        };
+        if from != s.companion && from != primary {
+            return Err(CodeRelayError::WrongClient);
+        }
+        self.count_failure(handle, primary, account, now);
+        self.set_state(handle, SessionState::Opened);
+        Ok(self.attempts.locked_until(&AttemptKey::Handle(handle), now))
+    }
+
+    fn count_failure(
+        &mut self,
+        handle: CodeHandle,
+        primary: ClientId,
+        account: Option<AccountId>,
+        now: Timestamp,
+    ) {
+        self.attempts
+            .record_failure(AttemptKey::Handle(handle), now);
+        self.attempts
+            .record_failure(AttemptKey::Client(primary), now);
+        if let Some(a) = account {
+            self.attempts.record_failure(AttemptKey::Account(a), now);
+        }
+    }
+
+    /// When the next session ends (for the host's timer).
+    pub fn next_deadline(&self) -> Option<Timestamp> {
+        self.by_keep.first().map(|(at, _)| *at)
+    }
+
+    /// Removes sessions that ended by `now` (a joined session that never
+    /// linked counts as a failed attempt) and forgets old failures. Time
+    /// proportional to what ended.
+    pub fn sweep(&mut self, now: Timestamp) -> usize {
+        let now = self.clock(now);
+        let mut n = 0;
+        while let Some(&(at, handle)) = self.by_keep.first() {
+            if at > now {
+                break;
+            }
+            self.by_keep.pop_first();
+            if let Some(s) = self.sessions.remove(&handle) {
+                if let Some(t) = s.state.token() {
+                    self.tokens.remove(&t);
+                }
+                if let SessionState::Joined {
+                    primary, account, ..
+                } = s.state
+                {
+                    self.count_failure(handle, primary, account, at);
+                }
+                if let Some(c) = self.per_client.get_mut(&s.companion) {
+                    *c = c.saturating_sub(1);
+                    if *c == 0 {
+                        self.per_client.remove(&s.companion);
+                    }
+                }
+            }
+            n += 1;
+        }
+        self.attempts.sweep(now);
+        n
+    }
+
+    /// Saves the rendezvous (versioned JSON; no secrets).
+    pub fn save(&self) -> Result<Vec<u8>, PersistError> {
+        crate::persist::save("code rendezvous", self)
+    }
+
+    /// Restores a rendezvous saved by [`CodeRendezvous::save`], checking its
+    /// indices.
+    pub fn restore(bytes: &[u8]) -> Result<Self, PersistError> {
+        let r: CodeRendezvous = crate::persist::restore("code rendezvous", bytes)?;
+        let tokens_ok = r.tokens.len()
+            == r.sessions
+                .values()
+                .filter(|s| s.state.token().is_some())
+                .count()
+            && r.tokens
+                .iter()
+                .all(|(t, h)| r.sessions.get(h).and_then(|s| s.state.token()) == Some(*t));
+        let keep_ok = r.by_keep.len() == r.sessions.len()
+            && r.by_keep
+                .iter()
+                .all(|(at, h)| r.sessions.get(h).is_some_and(|s| r.keep_until(s) == *at));
+        let mut counts: BTreeMap<ClientId, u32> = BTreeMap::new();
+        for s in r.sessions.values() {
+            *counts.entry(s.companion).or_default() += 1;
+        }
+        if !tokens_ok || !keep_ok || counts != r.per_client || !r.attempts.consistent() {
+            return Err(PersistError::Inconsistent("code rendezvous"));
+        }
+        Ok(r)
+    }
+}
