@@ -291,6 +291,74 @@ pub struct TokenRecord {
     pub state: TokenState,
 }
 
+impl TokenRecord {
+    /// Whether a Hello may reserve this token at `now`: the rule every
+    /// store applies (the memory store before it writes, the databases to
+    /// name the refusal when their conditional write changed no row).
+    ///
+    /// # Errors
+    /// [`LedgerError::TokenAlreadyRedeemed`], [`LedgerError::TokenExpired`],
+    /// [`LedgerError::TokenReserved`] (another Hello's reservation holds).
+    pub fn check_reserve(&self, now: Timestamp) -> Result<(), LedgerError> {
+        match self.state {
+            TokenState::Redeemed { .. } => Err(LedgerError::TokenAlreadyRedeemed),
+            _ if now >= self.expires_at => Err(LedgerError::TokenExpired),
+            TokenState::Reserved { until, .. } if now < until => {
+                Err(LedgerError::TokenReserved { until })
+            }
+            TokenState::Open | TokenState::Reserved { .. } => Ok(()),
+        }
+    }
+
+    /// Whether `client` may release this token's reservation by `hello`
+    /// at `now`.
+    ///
+    /// # Errors
+    /// [`LedgerError::UnknownToken`] (a dead entry),
+    /// [`LedgerError::WrongClient`], [`LedgerError::TokenAlreadyRedeemed`],
+    /// [`LedgerError::NotReserved`], [`LedgerError::ReservedForOtherHello`].
+    pub fn check_release(
+        &self,
+        client: ClientId,
+        hello: &HelloDigest,
+        now: Timestamp,
+    ) -> Result<(), LedgerError> {
+        let redeemed = matches!(self.state, TokenState::Redeemed { .. });
+        if !redeemed && now >= self.keep_until {
+            return Err(LedgerError::UnknownToken);
+        }
+        if self.client != client {
+            return Err(LedgerError::WrongClient);
+        }
+        match self.state {
+            TokenState::Redeemed { .. } => Err(LedgerError::TokenAlreadyRedeemed),
+            TokenState::Open => Err(LedgerError::NotReserved),
+            TokenState::Reserved { hello: held, .. } if held != *hello => {
+                Err(LedgerError::ReservedForOtherHello)
+            }
+            TokenState::Reserved { .. } => Ok(()),
+        }
+    }
+
+    /// Whether `client` may redeem this token at `now`; the primary whose
+    /// Hello reserved it if so.
+    ///
+    /// # Errors
+    /// [`LedgerError::WrongClient`], [`LedgerError::TokenAlreadyRedeemed`],
+    /// [`LedgerError::TokenExpired`], [`LedgerError::NotReserved`].
+    pub fn check_redeem(&self, client: ClientId, now: Timestamp) -> Result<ClientId, LedgerError> {
+        if self.client != client {
+            return Err(LedgerError::WrongClient);
+        }
+        match self.state {
+            TokenState::Redeemed { .. } => Err(LedgerError::TokenAlreadyRedeemed),
+            _ if now >= self.keep_until => Err(LedgerError::TokenExpired),
+            TokenState::Open => Err(LedgerError::NotReserved),
+            TokenState::Reserved { by, .. } => Ok(by),
+        }
+    }
+}
+
 /// The quotas a registration is checked against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Quota {
@@ -638,14 +706,7 @@ impl TokenStore for MemoryTokenStore {
     ) -> Result<ClientId, LedgerError> {
         let mut g = self.lock();
         let r = g.tokens.get_mut(token).ok_or(LedgerError::UnknownToken)?;
-        match r.state {
-            TokenState::Redeemed { .. } => return Err(LedgerError::TokenAlreadyRedeemed),
-            _ if now >= r.expires_at => return Err(LedgerError::TokenExpired),
-            TokenState::Reserved { until: held, .. } if now < held => {
-                return Err(LedgerError::TokenReserved { until: held })
-            }
-            TokenState::Open | TokenState::Reserved { .. } => {}
-        }
+        r.check_reserve(now)?;
         let old = r.keep_until;
         r.state = TokenState::Reserved {
             by,
@@ -667,21 +728,7 @@ impl TokenStore for MemoryTokenStore {
     ) -> Result<(), LedgerError> {
         let mut g = self.lock();
         let r = g.tokens.get_mut(token).ok_or(LedgerError::UnknownToken)?;
-        let redeemed = matches!(r.state, TokenState::Redeemed { .. });
-        if !redeemed && now >= r.keep_until {
-            return Err(LedgerError::UnknownToken);
-        }
-        if r.client != client {
-            return Err(LedgerError::WrongClient);
-        }
-        match r.state {
-            TokenState::Redeemed { .. } => return Err(LedgerError::TokenAlreadyRedeemed),
-            TokenState::Open => return Err(LedgerError::NotReserved),
-            TokenState::Reserved { hello: held, .. } if held != *hello => {
-                return Err(LedgerError::ReservedForOtherHello)
-            }
-            TokenState::Reserved { .. } => {}
-        }
+        r.check_release(client, hello, now)?;
         let old = r.keep_until;
         r.state = TokenState::Open;
         r.keep_until = r.expires_at;
@@ -699,15 +746,7 @@ impl TokenStore for MemoryTokenStore {
     ) -> Result<ClientId, LedgerError> {
         let mut g = self.lock();
         let r = g.tokens.get_mut(token).ok_or(LedgerError::UnknownToken)?;
-        if r.client != client {
-            return Err(LedgerError::WrongClient);
-        }
-        let primary = match r.state {
-            TokenState::Redeemed { .. } => return Err(LedgerError::TokenAlreadyRedeemed),
-            _ if now >= r.keep_until => return Err(LedgerError::TokenExpired),
-            TokenState::Open => return Err(LedgerError::NotReserved),
-            TokenState::Reserved { by, .. } => by,
-        };
+        let primary = r.check_redeem(client, now)?;
         let old = r.keep_until;
         r.state = TokenState::Redeemed { primary, at: now };
         r.keep_until = old.max(keep);

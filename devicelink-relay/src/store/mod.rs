@@ -30,7 +30,7 @@ pub use postgres::{PgOptions, PgStore, PG_SCHEMA_VERSION};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteStore, WriterStats, MAX_BATCH, SCHEMA_VERSION};
 
-use devicelink::relay::{AccountFacts, TokenStore};
+use devicelink::relay::{AccountFacts, LedgerError, TokenStore};
 use devicelink::{AccountId, Timestamp};
 
 /// Why a store could not answer. A write that failed had no effect.
@@ -129,5 +129,18 @@ pub trait Store: TokenStore + Clone {
     /// switches. `true` unless a store says otherwise.
     fn may_block(&self) -> bool {
         true
+    }
+}
+
+/// The refusal a database's conditional write stands for when it changed
+/// no row, named by the core's rule ([`devicelink::relay::TokenRecord`]'s
+/// `check_*`) from the row read after it. A row the rule would let through
+/// means another call changed it in between: a store error the caller may
+/// retry.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) fn refusal<T>(decided: Result<T, LedgerError>, call: &str) -> LedgerError {
+    match decided {
+        Err(e) => e,
+        Ok(_) => LedgerError::Store(format!("{call} raced with another call; retry")),
     }
 }

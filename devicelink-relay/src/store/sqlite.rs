@@ -50,7 +50,7 @@ use devicelink::relay::{
 use devicelink::{AccountId, DeviceIndex, DeviceKey, Timestamp, TokenId};
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 
-use super::{AccountRecord, Store, StoreError};
+use super::{refusal, AccountRecord, Store, StoreError};
 
 /// Most writes committed in one transaction.
 pub const MAX_BATCH: usize = 512;
@@ -672,12 +672,7 @@ impl TokenStore for SqliteStore {
                 return client_of(&client).ok_or_else(|| corrupt("client").into());
             }
             let r = load_token(c, &token)?.ok_or(Fail::Refused(LedgerError::UnknownToken))?;
-            Err(Fail::Refused(match r.state {
-                TokenState::Redeemed { .. } => LedgerError::TokenAlreadyRedeemed,
-                _ if now >= r.expires_at => LedgerError::TokenExpired,
-                TokenState::Reserved { until, .. } => LedgerError::TokenReserved { until },
-                TokenState::Open => LedgerError::Store("reserve: inconsistent row".into()),
-            }))
+            Err(Fail::Refused(refusal(r.check_reserve(now), "reserve")))
         })
         .map_err(ledger)
     }
@@ -709,18 +704,10 @@ impl TokenStore for SqliteStore {
                 return Ok(());
             }
             let r = load_token(c, &token)?.ok_or(Fail::Refused(LedgerError::UnknownToken))?;
-            let redeemed = matches!(r.state, TokenState::Redeemed { .. });
-            Err(Fail::Refused(if !redeemed && now >= r.keep_until {
-                LedgerError::UnknownToken
-            } else if r.client != client {
-                LedgerError::WrongClient
-            } else if redeemed {
-                LedgerError::TokenAlreadyRedeemed
-            } else if matches!(r.state, TokenState::Open) {
-                LedgerError::NotReserved
-            } else {
-                LedgerError::ReservedForOtherHello
-            }))
+            Err(Fail::Refused(refusal(
+                r.check_release(client, &hello, now),
+                "release",
+            )))
         })
         .map_err(ledger)
     }
@@ -756,15 +743,10 @@ impl TokenStore for SqliteStore {
                 return Ok(primary);
             }
             let r = load_token(c, &token)?.ok_or(Fail::Refused(LedgerError::UnknownToken))?;
-            Err(Fail::Refused(if r.client != client {
-                LedgerError::WrongClient
-            } else {
-                match r.state {
-                    TokenState::Redeemed { .. } => LedgerError::TokenAlreadyRedeemed,
-                    _ if now >= r.keep_until => LedgerError::TokenExpired,
-                    _ => LedgerError::NotReserved,
-                }
-            }))
+            Err(Fail::Refused(refusal(
+                r.check_redeem(client, now),
+                "redeem",
+            )))
         })
         .map_err(ledger)
     }

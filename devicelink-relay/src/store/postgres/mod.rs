@@ -75,7 +75,7 @@ pub use db::PgOptions;
 pub(crate) use db::{backoff, Db, DbError, Fail};
 pub use migrate::{MIGRATION_LOCK, PG_SCHEMA_VERSION};
 
-use super::{AccountRecord, Store, StoreError};
+use super::{refusal, AccountRecord, Store, StoreError};
 
 /// A statement parameter.
 type Param<'a> = dyn deadpool_postgres::tokio_postgres::types::ToSql + Sync + 'a;
@@ -302,14 +302,7 @@ async fn reserve_refusal(c: &Object, token: &TokenId, now: Timestamp) -> Fail<Le
         Ok(None) => return Fail::Refused(LedgerError::UnknownToken),
         Err(e) => return e,
     };
-    Fail::Refused(match r.state {
-        TokenState::Redeemed { .. } => LedgerError::TokenAlreadyRedeemed,
-        _ if now >= r.expires_at => LedgerError::TokenExpired,
-        TokenState::Reserved { until, .. } => LedgerError::TokenReserved { until },
-        // Another call released the token between our write and this
-        // read: the caller may simply try again.
-        TokenState::Open => LedgerError::Store("reserve raced with a release; retry".into()),
-    })
+    Fail::Refused(refusal(r.check_reserve(now), "reserve"))
 }
 
 impl TokenStore for PgStore {
@@ -450,18 +443,10 @@ impl TokenStore for PgStore {
                 let r = load_token(&c, &token)
                     .await?
                     .ok_or(Fail::Refused(LedgerError::UnknownToken))?;
-                let redeemed = matches!(r.state, TokenState::Redeemed { .. });
-                Err(Fail::Refused(if !redeemed && now >= r.keep_until {
-                    LedgerError::UnknownToken
-                } else if r.client != client {
-                    LedgerError::WrongClient
-                } else if redeemed {
-                    LedgerError::TokenAlreadyRedeemed
-                } else if matches!(r.state, TokenState::Open) {
-                    LedgerError::NotReserved
-                } else {
-                    LedgerError::ReservedForOtherHello
-                }))
+                Err(Fail::Refused(refusal(
+                    r.check_release(client, &hello, now),
+                    "release",
+                )))
             })
             .map_err(ledger)
     }
@@ -507,15 +492,10 @@ impl TokenStore for PgStore {
                 let r = load_token(&c, &token)
                     .await?
                     .ok_or(Fail::Refused(LedgerError::UnknownToken))?;
-                Err(Fail::Refused(if r.client != client {
-                    LedgerError::WrongClient
-                } else {
-                    match r.state {
-                        TokenState::Redeemed { .. } => LedgerError::TokenAlreadyRedeemed,
-                        _ if now >= r.keep_until => LedgerError::TokenExpired,
-                        _ => LedgerError::NotReserved,
-                    }
-                }))
+                Err(Fail::Refused(refusal(
+                    r.check_redeem(client, now),
+                    "redeem",
+                )))
             })
             .map_err(ledger)
     }
