@@ -30,7 +30,7 @@ pub use postgres::{PgOptions, PgStore, PG_SCHEMA_VERSION};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteStore, WriterStats, MAX_BATCH, SCHEMA_VERSION};
 
-use devicelink::relay::{AccountFacts, LedgerError, TokenStore};
+use devicelink::relay::{AccountFacts, TokenStore};
 use devicelink::{AccountId, Timestamp};
 
 /// Why a store could not answer. A write that failed had no effect.
@@ -138,9 +138,14 @@ pub trait Store: TokenStore + Clone {
 /// means another call changed it in between: a store error the caller may
 /// retry.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub(crate) fn refusal<T>(decided: Result<T, LedgerError>, call: &str) -> LedgerError {
+pub(crate) fn refusal<T>(
+    decided: Result<T, devicelink::relay::LedgerError>,
+    call: &str,
+) -> devicelink::relay::LedgerError {
     match decided {
         Err(e) => e,
-        Ok(_) => LedgerError::Store(format!("{call} raced with another call; retry")),
+        Ok(_) => {
+            devicelink::relay::LedgerError::Store(format!("{call} raced with another call; retry"))
+        }
     }
 }
