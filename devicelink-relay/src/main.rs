@@ -89,6 +89,27 @@ struct Args {
     /// connection (0: not at all).
     #[arg(long, default_value_t = Limits::default().mailbox_ttl.as_secs())]
     mailbox_ttl_secs: u64,
+    /// Most frames kept for one such client.
+    #[arg(long, default_value_t = Limits::default().mailbox_frames)]
+    mailbox_frames: usize,
+    /// Most bytes kept in all mailboxes together.
+    #[arg(long, default_value_t = Limits::default().mailbox_bytes)]
+    mailbox_bytes: usize,
+    /// Seconds a write to a connection may take before it is closed as a
+    /// slow reader.
+    #[arg(long, default_value_t = Limits::default().write_timeout.as_secs())]
+    write_timeout_secs: u64,
+    /// Bytes each WebSocket reads at a time (resident per open connection;
+    /// larger frames still arrive whole).
+    #[arg(long, default_value_t = Limits::default().websocket_read_buffer)]
+    ws_read_buffer: usize,
+    /// Most open or reserved tokens (offers) one client may hold.
+    #[arg(long, default_value_t = Limits::default().max_tokens_per_client)]
+    max_tokens_per_client: u32,
+    /// Most tokens the store holds in all, redeemed ones until swept
+    /// included.
+    #[arg(long, default_value_t = Limits::default().max_tokens)]
+    max_tokens: u64,
 }
 
 impl Args {
@@ -107,6 +128,12 @@ impl Args {
             connect_rate_per_address: self.connect_rate_per_address,
             connect_burst_per_address: self.connect_burst_per_address.max(1),
             mailbox_ttl: Duration::from_secs(self.mailbox_ttl_secs),
+            mailbox_frames: self.mailbox_frames,
+            mailbox_bytes: self.mailbox_bytes,
+            write_timeout: Duration::from_secs(self.write_timeout_secs.max(1)),
+            websocket_read_buffer: self.ws_read_buffer.max(64),
+            max_tokens_per_client: self.max_tokens_per_client.max(1),
+            max_tokens: self.max_tokens.max(1),
             ..Limits::default()
         }
     }

@@ -618,3 +618,32 @@ async fn twenty_thousand_registrations_from_one_client_each_get_their_answer() {
     expect_ack(&mut other, FrameType::Register).await;
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn token_quotas_are_the_relays_limits() {
+    // Two open offers per client and three tokens in all (the binary's
+    // --max-tokens-per-client and --max-tokens).
+    let relay = start(devicelink_relay::server::Limits {
+        max_tokens_per_client: 2,
+        max_tokens: 3,
+        ..test_limits()
+    })
+    .await;
+    let mut a = raw(&relay, "/v1/companion").await;
+    send(&mut a, register(1, &relay)).await;
+    expect_ack(&mut a, FrameType::Register).await;
+    send(&mut a, register(2, &relay)).await;
+    expect_ack(&mut a, FrameType::Register).await;
+    send(&mut a, register(3, &relay)).await;
+    expect_error(&mut a, 400).await;
+
+    let mut b = raw(&relay, "/v1/companion").await;
+    send(&mut b, register(4, &relay)).await;
+    expect_ack(&mut b, FrameType::Register).await;
+    // The store holds three: a fourth client's first token is refused.
+    let mut c = raw(&relay, "/v1/companion").await;
+    send(&mut c, register(5, &relay)).await;
+    expect_error(&mut c, 400).await;
+    assert_eq!(relay.metrics.refusals(devicelink::ErrorKind::Refused), 2);
+    relay.stop().await;
+}

@@ -122,6 +122,11 @@ pub struct Limits {
     /// larger than it grows it as needed; it only caps how much one read
     /// call takes from the socket.
     pub websocket_read_buffer: usize,
+    /// Most open or reserved tokens one client may hold (the ledger's
+    /// per-client quota; more get `QuotaExceeded`).
+    pub max_tokens_per_client: u32,
+    /// Most tokens the store may hold in all, tombstones included.
+    pub max_tokens: u64,
 }
 
 impl Default for Limits {
@@ -145,6 +150,8 @@ impl Default for Limits {
             connect_rate_per_address: 20,
             connect_burst_per_address: 100,
             websocket_read_buffer: DEFAULT_WEBSOCKET_READ_BUFFER,
+            max_tokens_per_client: devicelink::relay::DEFAULT_MAX_TOKENS_PER_CLIENT,
+            max_tokens: devicelink::relay::DEFAULT_MAX_TOKENS,
         }
     }
 }
@@ -205,6 +212,15 @@ impl<S: Store> std::fmt::Debug for Relay<S> {
     }
 }
 
+/// The ledger's settings: the policy's windows, the limits' token quotas.
+fn ledger_config(policy: &Policy, limits: &Limits) -> LedgerConfig {
+    LedgerConfig {
+        max_tokens_per_client: limits.max_tokens_per_client.max(1),
+        max_tokens: limits.max_tokens.max(1),
+        ..LedgerConfig::from_policy(policy)
+    }
+}
+
 impl<S: Store + 'static> Relay<S> {
     /// A relay over `store` (the directory decides from the accounts' facts
     /// the store holds), with the ledger's and directory's limits from
@@ -216,7 +232,7 @@ impl<S: Store + 'static> Relay<S> {
         clock: Arc<dyn Clock>,
     ) -> Result<Self, StoreError> {
         let directory = AccountDirectory::new(store.clone(), policy);
-        let ledger = Ledger::new(store, LedgerConfig::from_policy(policy));
+        let ledger = Ledger::new(store, ledger_config(policy, &limits));
         let (shutdown, watching) = watch::channel(false);
         let mut limits = limits;
         limits.max_frame_len = limits.max_frame_len.min(MAX_FRAME_LEN);
@@ -360,7 +376,7 @@ impl Relay<crate::store::PgStore> {
         cluster: Arc<Cluster>,
     ) -> Result<Self, StoreError> {
         let directory = AccountDirectory::new(store.clone(), policy);
-        let ledger = Ledger::new(store, LedgerConfig::from_policy(policy));
+        let ledger = Ledger::new(store, ledger_config(policy, &limits));
         let (shutdown, watching) = watch::channel(false);
         let mut limits = limits;
         limits.max_frame_len = limits.max_frame_len.min(MAX_FRAME_LEN);
