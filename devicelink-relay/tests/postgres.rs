@@ -9,22 +9,15 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use devicelink::relay::{ClientId, HelloDigest, LedgerError, Quota, TokenState, TokenStore};
-use devicelink::{AccountId, Timestamp, TokenId};
+use devicelink::{AccountId, Timestamp};
 use devicelink_relay::store::{PgOptions, PG_SCHEMA_VERSION};
 use devicelink_relay::{AccountRecord, MemoryStore, PgStore, Store, StoreError};
 use proptest::prelude::*;
 
 mod pg;
+mod store_ops;
 
-fn t(ms: u64) -> Timestamp {
-    Timestamp::from_unix_millis(ms)
-}
-
-fn tok(n: u64) -> TokenId {
-    let mut b = [0u8; 16];
-    b[8..].copy_from_slice(&n.to_be_bytes());
-    TokenId::from_bytes(b)
-}
+use store_ops::{apply, op, t, tok};
 
 const C: ClientId = ClientId::from_bytes([0xc; 16]);
 const P: ClientId = ClientId::from_bytes([0xa; 16]);
@@ -32,50 +25,6 @@ const Q: Quota = Quota {
     per_client: 1_000,
     total: 100_000,
 };
-
-#[derive(Debug, Clone)]
-enum Op {
-    Register(u8, u8, u16),
-    Reserve(u8, u8, u8, u16, u16),
-    Release(u8, u8, u8, u16),
-    Redeem(u8, u8, u16, u16),
-    Sweep(u16, u8),
-}
-
-fn op() -> impl Strategy<Value = Op> {
-    prop_oneof![
-        (0u8..6, 0u8..3, 0u16..400).prop_map(|(k, c, e)| Op::Register(k, c, e)),
-        (0u8..6, 0u8..3, 0u8..2, 0u16..400, 0u16..100)
-            .prop_map(|(k, c, h, n, w)| Op::Reserve(k, c, h, n, w)),
-        (0u8..6, 0u8..3, 0u8..2, 0u16..400).prop_map(|(k, c, h, n)| Op::Release(k, c, h, n)),
-        (0u8..6, 0u8..3, 0u16..400, 0u16..300).prop_map(|(k, c, n, w)| Op::Redeem(k, c, n, w)),
-        (0u16..500, 0u8..4).prop_map(|(n, l)| Op::Sweep(n, l)),
-    ]
-}
-
-fn apply<S: TokenStore>(s: &S, op: &Op) -> String {
-    let q = Quota {
-        per_client: 3,
-        total: 5,
-    };
-    let cl = |c: u8| ClientId::from(u64::from(c));
-    let tm = |n: u16| t(u64::from(n));
-    let hd = |h: u8| HelloDigest::from_bytes([h; 32]);
-    match *op {
-        Op::Register(k, c, e) => format!("{:?}", s.register(tok(k.into()), cl(c), tm(e), q)),
-        Op::Reserve(k, c, h, n, w) => format!(
-            "{:?}",
-            s.reserve(&tok(k.into()), cl(c), &hd(h), tm(n), tm(n + w))
-        ),
-        Op::Release(k, c, h, n) => {
-            format!("{:?}", s.release(&tok(k.into()), cl(c), &hd(h), tm(n)))
-        }
-        Op::Redeem(k, c, n, w) => {
-            format!("{:?}", s.redeem(&tok(k.into()), cl(c), tm(n), tm(n + w)))
-        }
-        Op::Sweep(n, l) => format!("{:?}", s.sweep(tm(n), l.into())),
-    }
-}
 
 #[test]
 fn postgres_answers_every_operation_as_the_memory_store() {
