@@ -35,24 +35,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use devicelink::relay::{ClientId, HelloDigest, Quota, TokenStore};
-use devicelink::{Account, Companion, DeviceIdentity, DeviceLabel, Policy, Timestamp, TokenId};
-use devicelink_relay::client::{CompanionClient, LinkOutcome, PrimaryClient};
-use devicelink_relay::server::{Clock, SystemClock};
+use devicelink::{Timestamp, TokenId};
+use devicelink_relay::server::SystemClock;
 use devicelink_relay::{PgStore, SqliteStore};
-use rand_core::OsRng;
 
 #[path = "../tests/pg/mod.rs"]
 mod pg;
 
-type Error = Box<dyn std::error::Error + Send + Sync>;
+mod load;
+
+use load::Error;
 
 fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    load::Args::from_env().get(name, default)
 }
 
 fn token(n: u64) -> TokenId {
@@ -236,36 +231,6 @@ fn store_calls(node: &Node) -> (f64, f64) {
     )
 }
 
-async fn one_link(companion_at: String, primary_at: String) -> Result<Duration, Error> {
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let started = Instant::now();
-    let companion = Companion::new(
-        DeviceIdentity::generate(&mut OsRng),
-        DeviceLabel::new("bench")?,
-        &Policy::default(),
-        &mut OsRng,
-        clock.now(),
-    );
-    let mut c = CompanionClient::connect(&companion_at, companion, clock.clone()).await?;
-    let mut p = PrimaryClient::connect(&primary_at, clock.clone()).await?;
-    let mut account = Account::generate(Policy::default(), &mut OsRng, clock.now());
-    account.open_link_intent(clock.now());
-    let qr = c.offer_text().ok_or("no offer")?;
-    let (mut rc, mut rp) = (OsRng, OsRng);
-    let (cr, pr) = tokio::join!(
-        c.link(&mut rc),
-        p.link(&mut account, &qr, &mut rp, |_| true)
-    );
-    cr?;
-    if !matches!(pr?, LinkOutcome::Linked(_)) {
-        return Err("refused".into());
-    }
-    let took = started.elapsed();
-    c.close().await;
-    p.close().await;
-    Ok(took)
-}
-
 /// Runs `links` pairings through `nodes`, `concurrency` at a time:
 /// (links/s, p50 ms, p99 ms).
 async fn pairings(nodes: &[Node], links: u64, concurrency: u64) -> Result<(f64, f64, f64), Error> {
@@ -277,7 +242,11 @@ async fn pairings(nodes: &[Node], links: u64, concurrency: u64) -> Result<(f64, 
         let c_at = nodes[i % nodes.len()].base.clone();
         let p_at = nodes[(i + 1) % nodes.len()].base.clone();
         tasks.push(tokio::spawn(async move {
-            let r = tokio::time::timeout(Duration::from_secs(60), one_link(c_at, p_at)).await;
+            let r = tokio::time::timeout(
+                Duration::from_secs(60),
+                load::one_link(&c_at, &p_at, Arc::new(SystemClock)),
+            )
+            .await;
             drop(permit);
             r
         }));

@@ -32,39 +32,9 @@ use std::time::{Duration, Instant};
 
 use devicelink::relay::SubscriptionProof;
 use devicelink::{Account, Companion, DeviceIdentity, DeviceLabel, Policy, SignedDeviceList};
-use devicelink_relay::client::{CompanionClient, LinkOutcome, PrimaryClient};
 use devicelink_relay::server::{Clock, SystemClock};
 use load::{Args, Error, Hosted, StoreKind};
 use rand_core::OsRng;
-
-async fn one_link(base: String, clock: Arc<dyn Clock>) -> Result<Duration, Error> {
-    let started = Instant::now();
-    let companion = Companion::new(
-        DeviceIdentity::generate(&mut OsRng),
-        DeviceLabel::new("load")?,
-        &Policy::default(),
-        &mut OsRng,
-        clock.now(),
-    );
-    let mut c = CompanionClient::connect(&base, companion, clock.clone()).await?;
-    let mut p = PrimaryClient::connect(&base, clock.clone()).await?;
-    let mut account = Account::generate(Policy::default(), &mut OsRng, clock.now());
-    account.open_link_intent(clock.now());
-    let qr = c.offer_text().ok_or("no offer")?;
-    let (mut rc, mut rp) = (OsRng, OsRng);
-    let (cr, pr) = tokio::join!(
-        c.link(&mut rc),
-        p.link(&mut account, &qr, &mut rp, |_| true)
-    );
-    cr?;
-    if !matches!(pr?, LinkOutcome::Linked(_)) {
-        return Err("refused".into());
-    }
-    let took = started.elapsed();
-    c.close().await;
-    p.close().await;
-    Ok(took)
-}
 
 /// The cryptography of one pairing, both ends and the relay's
 /// verifications, on this thread with no I/O: CPU µs per pairing (the
@@ -126,7 +96,7 @@ async fn closed_loop(base: &str, links: usize, concurrency: usize, limit: Durati
         }
         let (base, clock) = (base.to_string(), clock.clone());
         tasks.push(tokio::spawn(async move {
-            let r = tokio::time::timeout(load::STEP, one_link(base, clock)).await;
+            let r = tokio::time::timeout(load::STEP, load::one_link(&base, &base, clock)).await;
             drop(permit);
             r
         }));
@@ -154,7 +124,7 @@ async fn open_loop(base: &str, links: usize, per_second: f64, limit: Duration) -
             use std::sync::atomic::Ordering::Relaxed;
             let now = in_flight.fetch_add(1, Relaxed) + 1;
             most.fetch_max(now, Relaxed);
-            let r = tokio::time::timeout(load::STEP, one_link(base, clock)).await;
+            let r = tokio::time::timeout(load::STEP, load::one_link(&base, &base, clock)).await;
             in_flight.fetch_sub(1, Relaxed);
             r
         }));

@@ -1,4 +1,4 @@
-//! What the load examples (`relay_load`, `relay_replay`, `relay_memory`)
+//! What the load examples (`relay_load`, `relay_replay`, `relay_memory`, `pg_bench`)
 //! share: arguments, hosting a relay (in this process, or as a child
 //! process of the same example, optionally pinned to a core with
 //! `taskset`), pre-built pairings made with the core before any clock
@@ -35,6 +35,45 @@ pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
 /// Every single wait of a load client is bounded by this.
 pub const STEP: Duration = Duration::from_secs(30);
+
+/// One full pairing with real crypto on both ends, each connecting fresh:
+/// a companion at `companion_at` and a fresh account's primary at
+/// `primary_at` (the same relay, or two nodes of one cluster). How long it
+/// took, from the companion's key generation to both sides done.
+pub async fn one_link(
+    companion_at: &str,
+    primary_at: &str,
+    clock: Arc<dyn Clock>,
+) -> Result<Duration, Error> {
+    use devicelink_relay::client::{CompanionClient, LinkOutcome, PrimaryClient};
+    use rand_core::OsRng;
+    let started = std::time::Instant::now();
+    let companion = Companion::new(
+        DeviceIdentity::generate(&mut OsRng),
+        DeviceLabel::new("load")?,
+        &Policy::default(),
+        &mut OsRng,
+        clock.now(),
+    );
+    let mut c = CompanionClient::connect(companion_at, companion, clock.clone()).await?;
+    let mut p = PrimaryClient::connect(primary_at, clock.clone()).await?;
+    let mut account = Account::generate(Policy::default(), &mut OsRng, clock.now());
+    account.open_link_intent(clock.now());
+    let qr = c.offer_text().ok_or("no offer")?;
+    let (mut rc, mut rp) = (OsRng, OsRng);
+    let (cr, pr) = tokio::join!(
+        c.link(&mut rc),
+        p.link(&mut account, &qr, &mut rp, |_| true)
+    );
+    cr?;
+    if !matches!(pr?, LinkOutcome::Linked(_)) {
+        return Err("refused".into());
+    }
+    let took = started.elapsed();
+    c.close().await;
+    p.close().await;
+    Ok(took)
+}
 
 // ---- arguments ---------------------------------------------------------------
 
