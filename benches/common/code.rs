@@ -10,7 +10,6 @@ use curve25519_dalek::edwards::CompressedEdwardsY;
 use devicelink::code::{CodeCompanion, TypedCode};
 use devicelink::relay::{ClientId, CodeRelayConfig, CodeRendezvous};
 use devicelink::{Account, DeviceIdentity};
-use ed25519_dalek::Signer;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use ring::{hkdf, hmac};
@@ -103,50 +102,8 @@ pub fn code_floor(inp: &FloorInputs, rng: &mut ChaCha20Rng) {
     )
     .unwrap();
     black_box(open(&keys_p[1], req_nonce, &header, &request));
-    let mut list = Vec::with_capacity(300);
-    list.extend_from_slice(b"devicelink/v2 device list");
-    list.push(2);
-    list.extend_from_slice(&inp.account_pub);
-    list.extend_from_slice(&[0u8; 8 + 8 + 32 + 8 + 32 + 1]);
-    list.extend_from_slice(&[0u8; 4]);
-    list.extend_from_slice(&inp.device_pub);
-    list.extend_from_slice(&[0u8; 8 + 1]);
-    list.extend_from_slice(&inp.label_bytes);
-    list.push(0);
-    let list_sig = inp.account.sign(&list);
-    black_box(sha256(&[b"devicelink/v2 device list hash", &list[25..]]));
-    let mut nonce = [0u8; 12];
-    rng.fill_bytes(&mut nonce);
-    let grant_plain = vec![0u8; 4 + list.len() - 25 + 64];
-    let grant = seal(&keys_p[2], nonce, &header, &grant_plain);
-    let th2 = sha256(&[
-        b"devicelink/v2 confirm transcript",
-        &th,
-        &[0; 4],
-        &request,
-        &[0; 4],
-        &grant,
-    ]);
-    // Companion: opens the Grant, verifies the list, signs the Confirm.
-    black_box(open(&keys_c[2], nonce, &header, &grant));
-    assert!(verify(&inp.account_pub, &list, &list_sig));
-    let th2_c = sha256(&[
-        b"devicelink/v2 confirm transcript",
-        &th_c,
-        &[0; 4],
-        &request,
-        &[0; 4],
-        &grant,
-    ]);
-    let confirm = inp
-        .device
-        .sign(&[&b"devicelink/v2 confirm"[..], &th2_c].concat());
-    // Primary: verifies it.
-    assert!(verify(
-        &inp.device_pub,
-        &[&b"devicelink/v2 confirm"[..], &th2].concat(),
-        &confirm
-    ));
+    // The Grant and the Confirm, as in every link.
+    grant_and_confirm(inp, rng, &keys_p, &keys_c, &header, &th, &th_c, &request);
 }
 
 /// One complete link by code through the public API, both sides, the relay

@@ -170,6 +170,25 @@ pub fn floor(inp: &FloorInputs, rng: &mut ChaCha20Rng) {
     let request = seal(&keys_c[1], req_nonce, &header, &req_plain);
     // Primary: opens the Request.
     black_box(open(&keys_p[1], req_nonce, &header, &request));
+    grant_and_confirm(inp, rng, &keys_p, &keys_c, &header, &th, &th_c, &request);
+}
+
+/// The end of every link's floor, from the Request opened on: the primary
+/// signs the device list (the certificate), hashes it for the chain and
+/// seals the Grant; the companion opens it, verifies the list and signs
+/// the Confirm; the primary verifies that. `keys_*` are each side's key
+/// schedule, `th`/`th_c` each side's transcript hash.
+#[allow(clippy::too_many_arguments)]
+pub fn grant_and_confirm(
+    inp: &FloorInputs,
+    rng: &mut ChaCha20Rng,
+    keys_p: &[[u8; 32]; 3],
+    keys_c: &[[u8; 32]; 3],
+    header: &[u8],
+    th: &[u8; 32],
+    th_c: &[u8; 32],
+    request: &[u8],
+) {
     // Primary: signs the device list (the certificate), hashes it for the
     // chain, seals the Grant.
     let mut list = Vec::with_capacity(300);
@@ -187,23 +206,23 @@ pub fn floor(inp: &FloorInputs, rng: &mut ChaCha20Rng) {
     let mut nonce = [0u8; 12];
     rng.fill_bytes(&mut nonce);
     let grant_plain = vec![0u8; 4 + list.len() - 25 + 64];
-    let grant = seal(&keys_p[2], nonce, &header, &grant_plain);
+    let grant = seal(&keys_p[2], nonce, header, &grant_plain);
     let th2 = sha256(&[
         b"devicelink/v2 confirm transcript",
-        &th,
+        th,
         &[0; 4],
-        &request,
+        request,
         &[0; 4],
         &grant,
     ]);
     // Companion: opens the Grant, verifies the list, signs the confirmation.
-    black_box(open(&keys_c[2], nonce, &header, &grant));
+    black_box(open(&keys_c[2], nonce, header, &grant));
     assert!(verify(&inp.account_pub, &list, &list_sig));
     let th2_c = sha256(&[
         b"devicelink/v2 confirm transcript",
-        &th_c,
+        th_c,
         &[0; 4],
-        &request,
+        request,
         &[0; 4],
         &grant,
     ]);
