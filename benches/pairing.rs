@@ -22,7 +22,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Bencher, BenchmarkId
 use devicelink::audit::{Actor, AuditEvent, AuditLog};
 use devicelink::certificate::DeviceListEntry;
 use devicelink::qr::{ImageStyle, OfferQr, TerminalStyle};
-use devicelink::relay::{ClientId, Directory, HelloDigest, Ledger, Quota, TokenStore};
+use devicelink::relay::{Budget, ClientId, Directory, HelloDigest, Ledger, SourceKey, TokenStore};
 use devicelink::time::days;
 use devicelink::{
     AccountId, Companion, DeviceIdentity, DeviceIndex, DeviceKey, DeviceLabel, PairingOffer,
@@ -313,7 +313,13 @@ fn ledger(c: &mut Criterion) {
             t += 3_600_000;
             let at = now().saturating_add(Duration::from_millis(t));
             ledger
-                .register(companion, token, at.saturating_add(days(1)), at)
+                .register(
+                    companion,
+                    SourceKey::LOCAL,
+                    token,
+                    at.saturating_add(days(1)),
+                    at,
+                )
                 .unwrap();
             ledger.route(&hello, primary, at).unwrap();
             ledger.route(&request, companion, at).unwrap();
@@ -328,10 +334,7 @@ fn ledger(c: &mut Criterion) {
     g.bench_function("reserve_redeem_contended_2_threads", |b| {
         b.iter_custom(|iters| {
             let ledger = Arc::new(Ledger::default());
-            let quota = Quota {
-                per_client: u32::MAX,
-                total: u64::MAX,
-            };
+            let quota = Budget::unlimited();
             let tokens: Vec<TokenId> = (0..iters)
                 .map(|i| {
                     let mut b = [0u8; 16];
@@ -342,7 +345,13 @@ fn ledger(c: &mut Criterion) {
             for t in &tokens {
                 ledger
                     .store()
-                    .register(*t, companion, now().saturating_add(days(1)), quota)
+                    .register(
+                        *t,
+                        companion,
+                        SourceKey::LOCAL,
+                        now().saturating_add(days(1)),
+                        quota,
+                    )
                     .unwrap();
             }
             let tokens = Arc::new(tokens);

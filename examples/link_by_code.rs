@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use devicelink::code::{CodeCompanion, CodeEntry, TypedCode};
-use devicelink::relay::{AttemptKey, ClientId, CodeRelayConfig, CodeRendezvous};
+use devicelink::relay::{AttemptKey, ClientId, CodeRelayConfig, CodeRendezvous, SourceKey};
 use devicelink::{
     Account, DeviceIdentity, DeviceLabel, HandshakeError, LinkCode, Policy, SessionStatus,
     Timestamp,
@@ -33,10 +33,14 @@ fn main() -> Result<()> {
     let mut relay = CodeRendezvous::new(CodeRelayConfig::from_policy(&policy));
     let mut account = Account::generate(policy.clone(), &mut rng, now);
     let phone = ClientId::from(100);
+    // The network sources the relay keys its budgets and lockouts by (an
+    // address, an IPv6 prefix): the user's home and the guesser's.
+    let home = SourceKey::from_bytes([1; 16]);
+    let elsewhere = SourceKey::from_bytes([2; 16]);
 
     // --- 1. The right code links ---------------------------------------------
     let laptop = ClientId::from(1);
-    let (handle, expires_at) = relay.open(laptop, &mut rng, now)?;
+    let (handle, expires_at) = relay.open(laptop, home, &mut rng, now)?;
     let mut shown = CodeCompanion::new(
         DeviceIdentity::generate(&mut rng),
         DeviceLabel::new("Firefox on Linux")?,
@@ -54,7 +58,7 @@ fn main() -> Result<()> {
     let typed_by_user = text.to_lowercase().replace('-', " ");
     println!("phone: the user types \"{typed_by_user}\"");
     let typed = TypedCode::parse(&typed_by_user)?;
-    let offer = relay.join(typed.handle(), phone, Some(account.account_id()), now)?;
+    let offer = relay.join(typed.handle(), phone, home, Some(account.account_id()), now)?;
     let (mut entry, hello) = account.enter_code(&typed, &offer, &mut rng, now)?;
     relay.route(&hello, phone, now)?;
     let accepted = shown.receive_hello(&hello, &mut rng, now)?;
@@ -84,7 +88,7 @@ fn main() -> Result<()> {
 
     // --- 2. A mistyped code ----------------------------------------------------
     let laptop2 = ClientId::from(2);
-    let (handle2, _) = relay.open(laptop2, &mut rng, now)?;
+    let (handle2, _) = relay.open(laptop2, home, &mut rng, now)?;
     let mut shown2 = CodeCompanion::new(
         DeviceIdentity::generate(&mut rng),
         DeviceLabel::new("Chrome on Windows")?,
@@ -101,7 +105,7 @@ fn main() -> Result<()> {
     println!("\nsecond laptop shows: {text2}; the user types {typo}");
     account.open_link_intent(now);
     let typed = TypedCode::parse(&typo)?;
-    let offer = relay.join(typed.handle(), phone, Some(account.account_id()), now)?;
+    let offer = relay.join(typed.handle(), phone, home, Some(account.account_id()), now)?;
     let list_before = account.device_list().to_bytes();
     let (mut entry, hello) = account.enter_code(&typed, &offer, &mut rng, now)?;
     let companion_says = shown2.receive_hello(&hello, &mut rng, now).err();
@@ -123,8 +127,8 @@ fn main() -> Result<()> {
         account.device_list_version()
     );
     println!(
-        "the relay counted it: handle {handle2} has {} failure(s); the laptop may show a new code",
-        relay.attempts().failures(&AttemptKey::Handle(handle2), now)
+        "the relay counted it against the phone ({} failure(s)), not the handle: the laptop may show a new code",
+        relay.attempts().failures(&AttemptKey::Client(phone), now)
     );
 
     // --- 3. A guesser with the handle is locked out ----------------------------
@@ -143,7 +147,7 @@ fn main() -> Result<()> {
             Ok(t) => t,
             Err(e) => break e,
         };
-        let offer = match relay.join(handle2, guesser, None, now) {
+        let offer = match relay.join(handle2, guesser, elsewhere, None, now) {
             Ok(o) => o,
             Err(e) => break e,
         };
@@ -159,7 +163,7 @@ fn main() -> Result<()> {
     println!("guesser: {guesses} wrong guess(es), then refused: {locked}");
     let day = Duration::from_secs(86_400);
     println!(
-        "at most {} guesses a day per handle, account or client (2^-40 each)",
+        "at most {} guesses a day per joining client, source or account (2^-40 each)",
         CodeRelayConfig::from_policy(&policy)
             .lockout
             .max_failures_in(day)

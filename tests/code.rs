@@ -10,7 +10,8 @@ use devicelink::code::{
 };
 use devicelink::handshake::HandshakeError;
 use devicelink::relay::{
-    AttemptKey, ClientId, CodeRelayConfig, CodeRelayError, CodeRendezvous, LockoutPolicy,
+    AttemptKey, BudgetScope, ClientId, CodeRelayConfig, CodeRelayError, CodeRendezvous, CodeSpent,
+    LockoutPolicy, SourceKey,
 };
 use devicelink::{
     Account, Companion, CompanionState, DeviceIdentity, DeviceLabel, DeviceState, LinkedSession,
@@ -23,6 +24,9 @@ use std::time::Duration;
 const LAPTOP: ClientId = ClientId::from_bytes([1; 16]);
 const PHONE: ClientId = ClientId::from_bytes([2; 16]);
 const MALLORY: ClientId = ClientId::from_bytes([3; 16]);
+/// The network sources the relay keys budgets and failures by.
+const HOME: SourceKey = SourceKey::from_bytes([10; 16]);
+const AWAY: SourceKey = SourceKey::from_bytes([11; 16]);
 
 fn t0() -> Timestamp {
     Timestamp::from_unix_millis(1_700_000_000_000)
@@ -39,7 +43,7 @@ struct Shown {
 }
 
 fn show(relay: &mut CodeRendezvous, rng: &mut ChaCha20Rng, now: Timestamp) -> Shown {
-    let (handle, _) = relay.open(LAPTOP, rng, now).unwrap();
+    let (handle, _) = relay.open(LAPTOP, HOME, rng, now).unwrap();
     let code = CodeCompanion::new(
         DeviceIdentity::generate(rng),
         label("Firefox on Linux"),
@@ -132,7 +136,7 @@ fn the_right_code_links_exactly_as_a_scan() {
         .replace('1', "l");
     let typed = TypedCode::parse(&typed_text).unwrap();
     let offer = relay
-        .join(typed.handle(), PHONE, Some(account.account_id()), now)
+        .join(typed.handle(), PHONE, HOME, Some(account.account_id()), now)
         .unwrap();
     let (mut entry, hello) = account.enter_code(&typed, &offer, &mut rng, now).unwrap();
     route(&mut relay, &hello, PHONE, LAPTOP, now);
@@ -189,7 +193,9 @@ fn the_right_code_links_exactly_as_a_scan() {
     };
     assert_eq!(kinds(&mut qr_account), kinds(&mut account));
     // The linked session is routable no longer than its window.
-    assert!(relay.sweep(now.saturating_add(Duration::from_secs(3_600))) >= 1);
+    assert!(relay
+        .sweep(now.saturating_add(Duration::from_secs(3_600)))
+        .is_empty());
     assert!(relay.is_empty());
 }
 
@@ -211,11 +217,12 @@ fn one_wrong_code_fails_both_sides_and_changes_nothing_else() {
     account.open_link_intent(now);
     let list_before = account.device_list().to_bytes();
     let offer = relay
-        .join(typo.handle(), PHONE, Some(account.account_id()), now)
+        .join(typo.handle(), PHONE, HOME, Some(account.account_id()), now)
         .unwrap();
     let (mut entry, hello) = account.enter_code(&typo, &offer, &mut rng, now).unwrap();
     let saved_account = account.save().unwrap();
 
+    route(&mut relay, &hello, PHONE, LAPTOP, now);
     let e = shown.code.receive_hello(&hello, &mut rng, now).unwrap_err();
     assert_eq!(e, HandshakeError::WrongCode);
     assert!(e.is_terminal());
@@ -250,18 +257,24 @@ fn one_wrong_code_fails_both_sides_and_changes_nothing_else() {
     assert_eq!(account.companion_count(now), 0);
     assert!(account.take_events().is_empty());
 
-    // The relay counts one failure for the handle, the phone and its account;
-    // the handle may carry a new code.
+    // The relay counts one failure for the phone: its client, its source
+    // and its account; never for the handle, which may carry a new code.
+    // The companion reported, so nobody needs telling.
     let token = shown.code.token_id();
-    assert_eq!(relay.report_wrong_code(&token, LAPTOP, now), Ok(None));
-    let h = AttemptKey::Handle(real.handle());
+    let reported = relay.report_wrong_code(&token, LAPTOP, now).unwrap();
+    assert_eq!(reported.spent, None);
+    assert_eq!(reported.locked_until, None);
     for key in [
-        h,
         AttemptKey::Client(PHONE),
+        AttemptKey::Source(HOME),
         AttemptKey::Account(account.account_id()),
     ] {
         assert_eq!(relay.attempts().failures(&key, now), 1, "{key:?}");
     }
+    assert_eq!(
+        relay.attempts().failures(&AttemptKey::Client(LAPTOP), now),
+        0
+    );
     let again = CodeCompanion::new(
         DeviceIdentity::generate(&mut rng),
         label("Firefox on Linux"),
@@ -286,7 +299,7 @@ fn a_relay_in_the_middle_gets_one_guess_per_attempt() {
     for _ in 0..attempts {
         // The honest companion shows a code; the relay knows its handle
         // and CodeOffer, never the code.
-        let (handle, _) = relay().open(LAPTOP, &mut rng, now).unwrap();
+        let (handle, _) = relay().open(LAPTOP, HOME, &mut rng, now).unwrap();
         let mut honest = CodeCompanion::new(
             DeviceIdentity::generate(&mut rng),
             label("Chrome"),
@@ -353,7 +366,7 @@ fn altered_and_replayed_code_messages_are_refused() {
     let mut account = Account::generate(Policy::default(), &mut rng, now);
     let shown = show(&mut relay, &mut rng, now);
     let typed = TypedCode::parse(&shown.text).unwrap();
-    let offer = relay.join(typed.handle(), PHONE, None, now).unwrap();
+    let offer = relay.join(typed.handle(), PHONE, HOME, None, now).unwrap();
 
     // CodeOffer at the phone: every flip refused, the account unchanged.
     account.open_link_intent(now);
@@ -463,13 +476,13 @@ fn the_code_expires_at_the_exact_millisecond() {
     assert_eq!(shown.code.next_deadline(), Some(end));
     let typed = TypedCode::parse(&shown.text).unwrap();
 
-    // The relay: joinable at end − 1 ms, expired at end.
+    // The relay: joinable at end − 1 ms, no such code at end.
     let mut r2 = relay.clone();
     assert_eq!(
-        r2.join(typed.handle(), PHONE, None, end),
-        Err(CodeRelayError::Expired)
+        r2.join(typed.handle(), PHONE, HOME, None, end),
+        Err(CodeRelayError::NoSuchCode)
     );
-    let offer = relay.join(typed.handle(), PHONE, None, last).unwrap();
+    let offer = relay.join(typed.handle(), PHONE, HOME, None, last).unwrap();
     account.open_link_intent(last);
     let (_, hello) = account.enter_code(&typed, &offer, &mut rng, last).unwrap();
 
@@ -500,6 +513,29 @@ fn the_code_expires_at_the_exact_millisecond() {
     );
 }
 
+/// Publishes a fresh code under `handle` (the companion LAPTOP).
+fn publish_code(
+    relay: &mut CodeRendezvous,
+    rng: &mut ChaCha20Rng,
+    handle: devicelink::CodeHandle,
+    t: Timestamp,
+) -> devicelink::TokenId {
+    let c = CodeCompanion::new(
+        DeviceIdentity::generate(rng),
+        label("x"),
+        handle,
+        &Policy::builder()
+            .code_lifetime(Duration::from_secs(3_600))
+            .build()
+            .unwrap(),
+        rng,
+        t,
+    );
+    relay
+        .publish(LAPTOP, c.offer_message().unwrap(), t)
+        .unwrap()
+}
+
 #[test]
 fn lockout_after_repeated_failures_with_backoff() {
     let now = t0();
@@ -508,106 +544,221 @@ fn lockout_after_repeated_failures_with_backoff() {
     config.code_lifetime = Duration::from_secs(3_600);
     let mut relay = CodeRendezvous::new(config);
     let account = Account::generate(Policy::default(), &mut rng, now).account_id();
-    let (handle, _) = relay.open(LAPTOP, &mut rng, now).unwrap();
+    let (handle, _) = relay.open(LAPTOP, HOME, &mut rng, now).unwrap();
     let lockout = LockoutPolicy::default();
     let mut t = now;
-    // Three free failures, then 1 min, 2 min, 4 min … on the handle.
+    // Three free failures, then 1 min, 2 min, 4 min … for the joiner.
     for n in 1..=6u32 {
-        let c = CodeCompanion::new(
-            DeviceIdentity::generate(&mut rng),
-            label("x"),
-            handle,
-            &Policy::builder()
-                .code_lifetime(Duration::from_secs(3_600))
-                .build()
-                .unwrap(),
-            &mut rng,
-            t,
-        );
-        let token = relay
-            .publish(LAPTOP, c.offer_message().unwrap(), t)
-            .unwrap();
-        relay.join(handle, PHONE, Some(account), t).unwrap();
-        let locked = relay.report_wrong_code(&token, LAPTOP, t).unwrap();
+        // The victim's handle is never locked: it carries a new code each
+        // time.
+        let token = publish_code(&mut relay, &mut rng, handle, t);
+        relay.join(handle, PHONE, HOME, Some(account), t).unwrap();
+        let reported = relay.report_wrong_code(&token, LAPTOP, t).unwrap();
         let want = lockout.lockout_after(n);
-        assert_eq!(locked, (!want.is_zero()).then(|| t.saturating_add(want)));
-        if let Some(until) = locked {
+        assert_eq!(
+            reported.locked_until,
+            (!want.is_zero()).then(|| t.saturating_add(want))
+        );
+        if let Some(until) = reported.locked_until {
             // Locked to the millisecond: refused at until − 1, open at until.
-            let c2 = CodeCompanion::new(
-                DeviceIdentity::generate(&mut rng),
-                label("x"),
-                handle,
-                &Policy::default(),
-                &mut rng,
-                t,
-            );
+            publish_code(&mut relay, &mut rng, handle, t);
+            let before = until.saturating_sub_millis(1);
             let e = relay
-                .publish(
-                    LAPTOP,
-                    c2.offer_message().unwrap(),
-                    until.saturating_sub_millis(1),
-                )
+                .join(handle, PHONE, HOME, Some(account), before)
                 .unwrap_err();
             assert_eq!(
                 e,
                 CodeRelayError::LockedOut {
-                    key: AttemptKey::Handle(handle),
+                    key: AttemptKey::Client(PHONE),
                     until
                 }
             );
             assert!(e.is_retryable());
-            t = until;
+            // Another client from the same source, or of the same account,
+            // is locked out too; a stranger elsewhere is not.
+            assert_eq!(
+                relay.join(handle, MALLORY, HOME, None, before),
+                Err(CodeRelayError::LockedOut {
+                    key: AttemptKey::Source(HOME),
+                    until
+                })
+            );
+            assert_eq!(
+                relay.join(handle, MALLORY, AWAY, Some(account), before),
+                Err(CodeRelayError::LockedOut {
+                    key: AttemptKey::Account(account),
+                    until
+                })
+            );
+            // The session was published again and is still joinable: the
+            // lockouts refused before anything was counted or taken.
+            relay.join(handle, MALLORY, AWAY, None, until).unwrap();
+            let spent = relay.sweep(until.saturating_add(config.hello_window));
+            assert_eq!(spent.len(), 1, "MALLORY never said hello");
+            t = until.saturating_add(config.hello_window);
         }
     }
     assert_eq!(lockout.lockout_after(4), Duration::from_secs(60));
     assert_eq!(lockout.lockout_after(6), Duration::from_secs(240));
     assert_eq!(lockout.lockout_after(40), Duration::from_secs(86_400));
-    // The same phone (and account) are locked out on every handle: one
-    // more failure on another handle locks the phone for 8 minutes.
-    let publish = |relay: &mut CodeRendezvous, rng: &mut ChaCha20Rng, t| {
-        let (h, _) = relay.open(LAPTOP, rng, t).unwrap();
-        let c = CodeCompanion::new(
-            DeviceIdentity::generate(rng),
-            label("x"),
-            h,
-            &Policy::default(),
-            rng,
-            t,
-        );
-        (
-            h,
-            relay
-                .publish(LAPTOP, c.offer_message().unwrap(), t)
-                .unwrap(),
-        )
-    };
-    let (h2, token2) = publish(&mut relay, &mut rng, t);
-    relay.join(h2, PHONE, Some(account), t).unwrap();
-    relay.report_wrong_code(&token2, PHONE, t).unwrap();
-    let (h3, _) = publish(&mut relay, &mut rng, t);
-    assert_eq!(
-        relay.join(h3, PHONE, Some(account), t),
-        Err(CodeRelayError::LockedOut {
-            key: AttemptKey::Client(PHONE),
-            until: t.saturating_add(Duration::from_secs(480))
-        })
-    );
-    assert_eq!(
-        relay.join(h3, MALLORY, Some(account), t),
-        Err(CodeRelayError::LockedOut {
-            key: AttemptKey::Account(account),
-            until: t.saturating_add(Duration::from_secs(480))
-        })
-    );
-    relay.join(h3, MALLORY, None, t).unwrap();
     // The attacker's best: 14 guesses on the first day, then about one a
-    // day (docs/PROTOCOL.md §13.5).
+    // day (docs/PROTOCOL.md §13.8).
     assert_eq!(lockout.max_failures_in(Duration::from_secs(86_400)), 14);
     assert_eq!(lockout.max_failures_in(Duration::from_secs(2 * 86_400)), 15);
     assert_eq!(
         lockout.max_failures_in(Duration::from_secs(366 * 86_400)),
         379
     );
+}
+
+#[test]
+fn scanning_handles_is_blind_and_slow() {
+    let now = t0();
+    let mut rng = ChaCha20Rng::seed_from_u64(16);
+    let mut relay = relay();
+    // Every reason a handle cannot be joined is the same answer, and each
+    // counts against the joiner: a handle never issued, one not published
+    // yet, one already joined, one expired.
+    let (unpublished, _) = relay.open(LAPTOP, HOME, &mut rng, now).unwrap();
+    let shown = show(&mut relay, &mut rng, now);
+    let joined = TypedCode::parse(&shown.text).unwrap().handle();
+    relay.join(joined, PHONE, HOME, None, now).unwrap();
+    let never = (0..)
+        .map(|_| devicelink::CodeHandle::random(&mut rng))
+        .find(|h| *h != unpublished && *h != joined)
+        .unwrap();
+    let expired = show(&mut relay, &mut rng, now);
+    let expired = TypedCode::parse(&expired.text).unwrap().handle();
+    let late = now.saturating_add(Policy::default().code_lifetime());
+    for (handle, at) in [(never, now), (unpublished, now), (joined, now)] {
+        assert_eq!(
+            relay.join(handle, MALLORY, AWAY, None, at),
+            Err(CodeRelayError::NoSuchCode)
+        );
+    }
+    // The fourth failure locks the scanner (client and source) out for a
+    // minute; it learns nothing more, even of a handle that exists.
+    assert_eq!(
+        relay.join(expired, MALLORY, AWAY, None, late),
+        Err(CodeRelayError::NoSuchCode)
+    );
+    assert_eq!(
+        relay
+            .attempts()
+            .failures(&AttemptKey::Client(MALLORY), late),
+        4
+    );
+    assert_eq!(
+        relay.attempts().failures(&AttemptKey::Source(AWAY), late),
+        4
+    );
+    let m = ClientId::from_bytes([9; 16]);
+    assert!(matches!(
+        relay.join(joined, m, AWAY, None, late),
+        Err(CodeRelayError::LockedOut {
+            key: AttemptKey::Source(AWAY),
+            ..
+        })
+    ));
+    // The phone that joined first was not affected by any of it.
+    assert_eq!(
+        relay.attempts().failures(&AttemptKey::Client(PHONE), late),
+        0
+    );
+}
+
+#[test]
+fn a_joiner_that_gives_up_or_stays_silent_spends_the_code_and_the_companion_is_told() {
+    let now = t0();
+    let mut rng = ChaCha20Rng::seed_from_u64(17);
+    let config = CodeRelayConfig::from_policy(&Policy::default());
+    let mut relay = CodeRendezvous::new(config);
+    let shown = show(&mut relay, &mut rng, now);
+    let handle = TypedCode::parse(&shown.text).unwrap().handle();
+    let token = shown.code.token_id();
+    // A bare WrongCode from whoever joined: the companion is told.
+    relay.join(handle, MALLORY, AWAY, None, now).unwrap();
+    let reported = relay.report_wrong_code(&token, MALLORY, now).unwrap();
+    assert_eq!(
+        reported.spent,
+        Some(CodeSpent {
+            companion: LAPTOP,
+            token_id: token
+        })
+    );
+    assert_eq!(
+        relay.attempts().failures(&AttemptKey::Client(MALLORY), now),
+        1
+    );
+    assert_eq!(
+        relay.attempts().failures(&AttemptKey::Client(LAPTOP), now),
+        0
+    );
+    // The handle carries the companion's next code.
+    let token2 = publish_code(&mut relay, &mut rng, handle, now);
+    // A joiner that takes the offer and stays silent: at the hello window's
+    // end the code is spent, the joiner counted, the companion told.
+    relay.join(handle, MALLORY, AWAY, None, now).unwrap();
+    let due = now.saturating_add(config.hello_window);
+    assert_eq!(relay.next_deadline(), Some(due));
+    assert!(relay.sweep(due.saturating_sub_millis(1)).is_empty());
+    assert_eq!(
+        relay.sweep(due),
+        vec![CodeSpent {
+            companion: LAPTOP,
+            token_id: token2
+        }]
+    );
+    assert_eq!(
+        relay.attempts().failures(&AttemptKey::Client(MALLORY), due),
+        2
+    );
+    // Its CodeHello, late, is not routed.
+    let mut account = Account::generate(Policy::default(), &mut rng, now);
+    account.open_link_intent(now);
+    let token3 = publish_code(&mut relay, &mut rng, handle, due);
+    assert_ne!(token3, token2);
+    assert_eq!(relay.len(), 1);
+    let saved = relay.save().unwrap();
+    assert_eq!(
+        CodeRendezvous::restore(&saved).unwrap().save().unwrap(),
+        saved
+    );
+}
+
+#[test]
+fn code_sessions_are_budgeted_per_client_and_source() {
+    let now = t0();
+    let mut rng = ChaCha20Rng::seed_from_u64(18);
+    let mut relay = relay();
+    for _ in 0..4 {
+        relay.open(LAPTOP, HOME, &mut rng, now).unwrap();
+    }
+    assert_eq!(
+        relay.open(LAPTOP, HOME, &mut rng, now),
+        Err(CodeRelayError::QuotaExceeded {
+            scope: BudgetScope::Client,
+            limit: 4
+        })
+    );
+    // Fresh client ids from one source: 32 sessions in all.
+    for i in 0..28u8 {
+        relay
+            .open(ClientId::from_bytes([100 + i; 16]), HOME, &mut rng, now)
+            .unwrap();
+    }
+    assert_eq!(relay.source_sessions(&HOME), 32);
+    assert_eq!(
+        relay.open(ClientId::from_bytes([200; 16]), HOME, &mut rng, now),
+        Err(CodeRelayError::QuotaExceeded {
+            scope: BudgetScope::Source,
+            limit: 32
+        })
+    );
+    // Another source is served.
+    relay
+        .open(ClientId::from_bytes([200; 16]), AWAY, &mut rng, now)
+        .unwrap();
 }
 
 #[test]
@@ -618,7 +769,7 @@ fn scanning_rules_apply_to_codes_too() {
     let mut account = Account::generate(Policy::default(), &mut rng, now);
     let shown = show(&mut relay, &mut rng, now);
     let typed = TypedCode::parse(&shown.text).unwrap();
-    let offer = relay.join(typed.handle(), PHONE, None, now).unwrap();
+    let offer = relay.join(typed.handle(), PHONE, HOME, None, now).unwrap();
     assert_eq!(
         account
             .enter_code(&typed, &offer, &mut rng, now)
@@ -643,8 +794,8 @@ fn scanning_rules_apply_to_codes_too() {
     );
     // A published code is used once.
     assert_eq!(
-        relay.join(typed.handle(), MALLORY, None, now),
-        Err(CodeRelayError::AlreadyJoined)
+        relay.join(typed.handle(), MALLORY, HOME, None, now),
+        Err(CodeRelayError::NoSuchCode)
     );
     // Typed text errors.
     assert_eq!(
@@ -661,7 +812,7 @@ fn saved_states_restore_mid_exchange_and_keep_secrets_quiet() {
     let mut account = Account::generate(Policy::default(), &mut rng, now);
     let shown = show(&mut relay, &mut rng, now);
     let typed = TypedCode::parse(&shown.text).unwrap();
-    let offer = relay.join(typed.handle(), PHONE, None, now).unwrap();
+    let offer = relay.join(typed.handle(), PHONE, HOME, None, now).unwrap();
     account.open_link_intent(now);
     let (entry, hello) = account.enter_code(&typed, &offer, &mut rng, now).unwrap();
 

@@ -514,7 +514,7 @@ fn account_facts_decoding_is_total() {
     let mut longer = good.clone();
     longer.push(0);
     assert!(AccountFacts::from_bytes(&longer).is_err());
-    for (at_byte, value) in [(0usize, 2u8), (69, 4), (69, 2)] {
+    for (at_byte, value) in [(0usize, 2u8), (69, 8), (69, 6)] {
         let mut bad = good.clone();
         bad[at_byte] = value;
         assert!(AccountFacts::from_bytes(&bad).is_err(), "{at_byte}={value}");
@@ -533,4 +533,72 @@ fn account_facts_decoding_is_total() {
             let _ = AccountFacts::from_bytes(&b);
         }
     }
+}
+
+#[test]
+fn a_first_list_signed_past_the_offline_limit_creates_nothing() {
+    let mut rng = ChaCha20Rng::seed_from_u64(77);
+    let key = AccountKey::generate(&mut rng);
+    let list = signed(&key, &DeviceListDraft::new(1, some_entries(&mut rng, 1)), 0);
+    let mut dir = Directory::new(&Policy::default());
+    // Seen for the first time at the offline limit: refused, nothing kept,
+    // so the genuine primary's current facts still apply later.
+    assert_eq!(
+        dir.apply_device_list(&list, at(OFFLINE)),
+        Err(DirectoryError::AccountExpired)
+    );
+    assert!(dir.is_empty());
+    assert_eq!(dir.facts(&key.account_id()), None);
+    // A millisecond earlier it is the account's first fact.
+    assert!(dir
+        .apply_device_list(&list, at(OFFLINE - 1))
+        .unwrap()
+        .changed());
+    // And the genuine primary's next list, signed now, applies.
+    let next = signed(
+        &key,
+        &DeviceListDraft::after(&list, some_entries(&mut rng, 5)),
+        OFFLINE,
+    );
+    assert!(dir.apply_device_list(&next, at(OFFLINE)).unwrap().changed());
+}
+
+#[test]
+fn an_account_without_companions_is_forgettable_after_the_offline_limit() {
+    let mut rng = ChaCha20Rng::seed_from_u64(78);
+    let key = AccountKey::generate(&mut rng);
+    let id = key.account_id();
+    let mut dir = Directory::new(&Policy::default());
+    let empty = signed(&key, &DeviceListDraft::new(1, Vec::new()), 0);
+    dir.apply_device_list(&empty, at(0)).unwrap();
+    assert!(!dir.is_forgettable(&id, at(OFFLINE - 1)));
+    assert!(dir.is_forgettable(&id, at(OFFLINE)));
+    // With a companion it is not, until the sweep logged it out.
+    let listed = signed(
+        &key,
+        &DeviceListDraft::after(&empty, some_entries(&mut rng, 1)),
+        DAY,
+    );
+    dir.apply_device_list(&listed, at(DAY)).unwrap();
+    assert!(!dir.is_forgettable(&id, at(DAY + OFFLINE)));
+    assert!(!dir.is_spent(&id));
+    assert!(!dir.sweep(at(DAY + OFFLINE)).is_empty());
+    // Swept, it lists none; but it had one: its floor must keep binding a
+    // primary that missed the logout, so it is never forgotten. Its stored
+    // list is no longer needed.
+    assert!(!dir.is_forgettable(&id, at(DAY + 10 * OFFLINE)));
+    assert!(dir.is_spent(&id));
+    let facts = dir.facts(&id).unwrap();
+    assert!(facts.linked_once());
+    assert_eq!(
+        devicelink::relay::AccountFacts::from_bytes(&facts.to_bytes()).unwrap(),
+        facts
+    );
+    // Once forgotten, its old lists create nothing when published again.
+    let mut fresh = Directory::new(&Policy::default());
+    assert_eq!(
+        fresh.apply_device_list(&listed, at(DAY + OFFLINE)),
+        Err(DirectoryError::AccountExpired)
+    );
+    assert!(!fresh.is_forgettable(&AccountId::from_bytes([0; 32]), at(0)));
 }

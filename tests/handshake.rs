@@ -610,14 +610,16 @@ fn secrets_stay_out_of_debug_output() {
 
 #[test]
 fn relay_routes_only_a_hello_from_someone_who_saw_the_qr_code() {
-    use devicelink::relay::{ClientId, Ledger, LedgerError};
+    use devicelink::relay::{ClientId, Ledger, LedgerError, SourceKey};
     let (companion, primary) = (ClientId::from(1), ClientId::from(2));
     let mut first = setup(20);
     let (_, tr) = link(&mut first);
     let ledger = Ledger::default();
     let offer = devicelink::PairingOffer::from_text(&tr.offer).unwrap();
     let token = offer.token_id();
-    ledger.register(companion, token, t(60_000), t(0)).unwrap();
+    ledger
+        .register(companion, SourceKey::LOCAL, token, t(60_000), t(0))
+        .unwrap();
     // A forger who knows only the token id (the relay's view before the
     // scan) cannot reserve or burn the token: a bare header is refused on
     // its size, a Hello with a wrong proof on the proof.

@@ -11,7 +11,8 @@ use std::time::Duration;
 use devicelink::handshake::{MessageKind, HEADER_LEN};
 use devicelink::offer::OfferState;
 use devicelink::relay::{
-    HelloDigest, QuotaScope, TokenState, TokenStore, Transition, DEFAULT_SESSION_WINDOW,
+    Budget, BudgetScope, HelloDigest, SourceKey, TokenState, TokenStore, Transition,
+    DEFAULT_SESSION_WINDOW,
 };
 use devicelink::{
     Account, ClientId, Companion, CompanionState, DeviceIdentity, DeviceLabel, Ledger,
@@ -19,6 +20,9 @@ use devicelink::{
 };
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
+
+/// Where every registration here comes from (one network source).
+const SRC: SourceKey = SourceKey::LOCAL;
 
 /// The one place these tests build a Hello: a primary (an account of its
 /// own, from its "Link a device" screen) scans the QR text.
@@ -79,7 +83,7 @@ fn registered_companion(
     let (companion, text, expires_at) = showing_companion(rng, now);
     let token = companion.offer().unwrap().token_id();
     assert_eq!(
-        ledger.register(COMPANION, token, expires_at, now),
+        ledger.register(COMPANION, SRC, token, expires_at, now),
         Ok(expires_at)
     );
     (companion, text, token, expires_at)
@@ -110,7 +114,11 @@ fn reserve_until(ledger: &Ledger, now: Timestamp) -> Timestamp {
 #[test]
 fn racing_hellos_reserve_once_and_racing_requests_redeem_once() {
     let mut rng = ChaCha20Rng::seed_from_u64(100);
-    let ledger = Ledger::default();
+    // One companion registers 200 tokens (their tombstones stay): no budget.
+    let ledger = Ledger::in_memory(LedgerConfig {
+        tokens: Budget::unlimited(),
+        ..LedgerConfig::default()
+    });
     let primaries: Vec<ClientId> = (0..THREADS as u64)
         .map(|i| ClientId::from(100 + i))
         .collect();
@@ -190,8 +198,8 @@ fn racing_hellos_reserve_once_and_racing_requests_redeem_once() {
                 Err(LedgerError::TokenAlreadyRedeemed)
             );
         }
-        // A redeemed token no longer counts against the companion's quota.
-        assert_eq!(ledger.store().live_tokens(&COMPANION), 0);
+        // A redeemed token still counts (a tombstone) until it is swept.
+        assert_eq!(ledger.store().client_tokens(&COMPANION), round + 1);
     }
     assert_eq!(ledger.store().len(), 200);
     // A redeemed token stays for its session window (past its offer's
@@ -536,7 +544,7 @@ fn registration_expiry_is_clamped_and_swept() {
         .token_id();
     let capped = now.saturating_add(lifetime);
     assert_eq!(
-        ledger.register(COMPANION, token, Timestamp::MAX, now),
+        ledger.register(COMPANION, SRC, token, Timestamp::MAX, now),
         Ok(capped)
     );
     assert_eq!(
@@ -563,74 +571,99 @@ fn registration_expiry_is_clamped_and_swept() {
     assert_eq!(config.max_offer_lifetime, Duration::from_secs(90));
     let ledger = Ledger::in_memory(config);
     assert_eq!(
-        ledger.register(COMPANION, token, Timestamp::MAX, now),
+        ledger.register(COMPANION, SRC, token, Timestamp::MAX, now),
         Ok(at(90_000))
     );
     // An expiry not after now is refused.
     assert_eq!(
-        ledger.register(COMPANION, random_token(&mut rng), now, now),
+        ledger.register(COMPANION, SRC, random_token(&mut rng), now, now),
         Err(LedgerError::TokenExpired)
     );
 }
 
 #[test]
-fn quotas_per_client_and_per_store() {
+fn quotas_per_client_source_and_store() {
     let mut rng = ChaCha20Rng::seed_from_u64(115);
     let config = LedgerConfig {
-        max_tokens: 12,
+        tokens: Budget::new(8, 10, 12).with_reserve(0, 0),
         ..LedgerConfig::default()
     };
-    assert_eq!(config.max_tokens_per_client, 8);
     let ledger = Ledger::in_memory(config);
     let now = at(0);
     let exp = at(20_000);
     for _ in 0..8 {
         ledger
-            .register(COMPANION, random_token(&mut rng), exp, now)
+            .register(COMPANION, SRC, random_token(&mut rng), exp, now)
             .unwrap();
     }
     let over_client = LedgerError::QuotaExceeded {
-        scope: QuotaScope::Client,
+        scope: BudgetScope::Client,
         limit: 8,
     };
     let extra = random_token(&mut rng);
     assert_eq!(
-        ledger.register(COMPANION, extra, exp, now),
+        ledger.register(COMPANION, SRC, extra, exp, now),
         Err(over_client.clone())
     );
     assert!(over_client.is_retryable());
     assert_eq!(ledger.store().get(&extra), Ok(None));
-    // Other clients have their own quota, up to the store's.
-    for i in 0..4 {
+    // Other clients of the same source share its budget; other sources
+    // have their own, up to the store's.
+    for i in 0..2 {
         ledger
-            .register(ClientId::from(i), random_token(&mut rng), exp, now)
+            .register(ClientId::from(i), SRC, random_token(&mut rng), exp, now)
             .unwrap();
     }
     assert_eq!(
-        ledger.register(ClientId::from(9), extra, exp, now),
+        ledger.register(ClientId::from(9), SRC, extra, exp, now),
         Err(LedgerError::QuotaExceeded {
-            scope: QuotaScope::Store,
+            scope: BudgetScope::Source,
+            limit: 10
+        })
+    );
+    let other = SourceKey::from_bytes([7; 16]);
+    for i in 0..2 {
+        ledger
+            .register(
+                ClientId::from(20 + i),
+                other,
+                random_token(&mut rng),
+                exp,
+                now,
+            )
+            .unwrap();
+    }
+    assert_eq!(
+        ledger.register(
+            ClientId::from(9),
+            SourceKey::from_bytes([8; 16]),
+            extra,
+            exp,
+            now
+        ),
+        Err(LedgerError::QuotaExceeded {
+            scope: BudgetScope::Total,
             limit: 12
         })
     );
     assert_eq!(ledger.store().len(), 12);
     // Once the tokens expire, a registration makes room by sweeping.
     assert_eq!(
-        ledger.register(COMPANION, extra, at(30_000), exp),
+        ledger.register(COMPANION, SRC, extra, at(30_000), exp),
         Ok(at(30_000))
     );
     assert_eq!(ledger.store().len(), 1);
-    assert_eq!(ledger.store().live_tokens(&COMPANION), 1);
+    assert_eq!(ledger.store().client_tokens(&COMPANION), 1);
 
-    // A redemption frees the client's quota (the tombstone still counts for
-    // the store).
+    // A redemption leaves a tombstone that still counts for the client
+    // until it is swept (or abandoned).
     let ledger = Ledger::in_memory(LedgerConfig {
-        max_tokens_per_client: 1,
+        tokens: Budget::new(1, 10, 100),
         ..LedgerConfig::default()
     });
     let (mut companion, text, token, _) = registered_companion(&ledger, &mut rng, now);
     assert!(matches!(
-        ledger.register(COMPANION, random_token(&mut rng), exp, now),
+        ledger.register(COMPANION, SRC, random_token(&mut rng), exp, now),
         Err(LedgerError::QuotaExceeded { .. })
     ));
     let (_p, hello) = scan(&text, &mut rng, now);
@@ -638,8 +671,18 @@ fn quotas_per_client_and_per_store() {
     let request = companion.receive_hello(&hello, &mut rng, now).unwrap();
     ledger.route(&request, COMPANION, now).unwrap();
     assert!(ledger.store().get(&token).unwrap().is_some());
+    assert!(matches!(
+        ledger.register(COMPANION, SRC, random_token(&mut rng), exp, now),
+        Err(LedgerError::QuotaExceeded {
+            scope: BudgetScope::Client,
+            ..
+        })
+    ));
+    // The companion is gone for good: what it held is swept at once.
+    assert_eq!(ledger.abandon(COMPANION), Ok(1));
+    assert_eq!(ledger.store().get(&token), Ok(None));
     ledger
-        .register(COMPANION, random_token(&mut rng), exp, now)
+        .register(COMPANION, SRC, random_token(&mut rng), exp, now)
         .unwrap();
 }
 
@@ -710,7 +753,7 @@ fn a_redeemed_id_cannot_be_registered_again() {
     // Before any sweep, by its companion or anyone else.
     for client in [COMPANION, PRIMARY] {
         assert_eq!(
-            ledger.register(client, token, expires_at, now),
+            ledger.register(client, SRC, token, expires_at, now),
             Err(LedgerError::DuplicateToken)
         );
     }
@@ -721,6 +764,7 @@ fn a_redeemed_id_cannot_be_registered_again() {
     assert_eq!(
         ledger.register(
             PRIMARY,
+            SRC,
             token,
             later.saturating_add(Duration::from_secs(60)),
             later
@@ -737,7 +781,7 @@ fn a_redeemed_id_cannot_be_registered_again() {
     // An open (never redeemed) id is a duplicate too while it is held.
     let (_c2, _, token2, exp2) = registered_companion(&ledger, &mut rng, keep);
     assert_eq!(
-        ledger.register(PRIMARY, token2, exp2, keep),
+        ledger.register(PRIMARY, SRC, token2, exp2, keep),
         Err(LedgerError::DuplicateToken)
     );
 }
@@ -834,8 +878,7 @@ fn save_restore_keeps_settings_and_behaviour() {
     let config = LedgerConfig {
         reserve_window: Duration::from_secs(5),
         session_window: Duration::from_secs(600),
-        max_tokens_per_client: 2,
-        max_tokens: 50,
+        tokens: Budget::new(2, 50, 50),
         ..LedgerConfig::default()
     };
     let ledger = Ledger::in_memory(config.clone());
@@ -859,9 +902,9 @@ fn save_restore_keeps_settings_and_behaviour() {
         Err(LedgerError::TokenReserved { until: at(5_010) })
     );
     assert!(matches!(
-        restored.register(COMPANION, random_token(&mut rng), exp2, now),
+        restored.register(COMPANION, SRC, random_token(&mut rng), exp2, now),
         Err(LedgerError::QuotaExceeded {
-            scope: QuotaScope::Client,
+            scope: BudgetScope::Client,
             limit: 2
         })
     ));

@@ -8,7 +8,7 @@ use std::hint::black_box;
 use crate::common::*;
 use curve25519_dalek::edwards::CompressedEdwardsY;
 use devicelink::code::{CodeCompanion, TypedCode};
-use devicelink::relay::{ClientId, CodeRelayConfig, CodeRendezvous};
+use devicelink::relay::{ClientId, CodeRelayConfig, CodeRendezvous, SourceKey};
 use devicelink::{Account, DeviceIdentity};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
@@ -117,14 +117,16 @@ pub fn full_link_by_code(
     let t = now();
     let (laptop, phone) = (ClientId::from(1), ClientId::from(2));
     let mut relay = CodeRendezvous::new(CodeRelayConfig::from_policy(&f.policy));
-    let (handle, _) = relay.open(laptop, rng, t).unwrap();
+    let (handle, _) = relay.open(laptop, SourceKey::LOCAL, rng, t).unwrap();
     let mut shown = CodeCompanion::new(identity, f.label.clone(), handle, &f.policy, rng, t);
     relay
         .publish(laptop, shown.offer_message().unwrap(), t)
         .unwrap();
     let typed = TypedCode::parse(&shown.code_text().unwrap()).unwrap();
     account.open_link_intent(t);
-    let offer = relay.join(typed.handle(), phone, None, t).unwrap();
+    let offer = relay
+        .join(typed.handle(), phone, SourceKey::LOCAL, None, t)
+        .unwrap();
     let (mut entry, hello) = account.enter_code(&typed, &offer, rng, t).unwrap();
     relay.route(&hello, phone, t).unwrap();
     let accepted = shown.receive_hello(&hello, rng, t).unwrap();

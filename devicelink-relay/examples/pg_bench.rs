@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use devicelink::relay::{ClientId, HelloDigest, Quota, TokenStore};
+use devicelink::relay::{Budget, ClientId, HelloDigest, SourceKey, TokenStore};
 use devicelink::{Timestamp, TokenId};
 use devicelink_relay::server::SystemClock;
 use devicelink_relay::{PgStore, SqliteStore};
@@ -59,10 +59,7 @@ fn token(n: u64) -> TokenId {
 /// Registers and reserves `tokens` tokens, then redeems them from
 /// `threads` threads, thread `w` on `stores[w % len]`. Redemptions/s.
 fn redeem<S: TokenStore>(stores: &[S], tokens: u64, threads: u64) -> f64 {
-    let quota = Quota {
-        per_client: u32::MAX,
-        total: u64::MAX >> 1,
-    };
+    let quota = Budget::new(u64::MAX, u64::MAX, u64::MAX >> 1).with_reserve(0, 0);
     let now = Timestamp::from_unix_millis(1_000);
     let far = Timestamp::from_unix_millis(1_000_000_000);
     // One companion per token, as every pairing has its own connection
@@ -76,7 +73,7 @@ fn redeem<S: TokenStore>(stores: &[S], tokens: u64, threads: u64) -> f64 {
                 let mut n = w;
                 while n < tokens {
                     let t = token(n);
-                    let _ = store.register(t, companion(n), far, quota);
+                    let _ = store.register(t, companion(n), SourceKey::LOCAL, far, quota);
                     let _ = store.reserve(&t, primary, &HelloDigest::of(&t.to_bytes()), now, far);
                     n += threads;
                 }
@@ -186,6 +183,7 @@ fn spawn(bin: &Path, db: &str) -> Result<Node, Error> {
             "10000",
         ])
         .args(["--max-connections-per-address", "10000"])
+        .args(["--max-tokens-per-address", "100000000"])
         .args(["--connect-rate-per-address", "0"])
         .env("RUST_LOG", "error")
         .stdout(Stdio::piped())

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use devicelink::certificate::{DeviceListDraft, DeviceListEntry};
-use devicelink::relay::{ClientId, HelloDigest, Quota, TokenStore};
+use devicelink::relay::{Budget, ClientId, HelloDigest, SourceKey, TokenStore};
 use devicelink::{
     AccountKey, DeviceIdentity, DeviceIndex, DeviceLabel, Policy, SignedDeviceList, Timestamp,
     TokenId,
@@ -48,10 +48,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or(0);
     let count = count.saturating_add(offset);
     let next = Arc::new(AtomicU64::new(offset));
-    let quota = Quota {
-        per_client: 8,
-        total: u64::from(u32::MAX),
-    };
+    // Each worker's companion registers every token it redeems (their
+    // tombstones stay): no budget.
+    let quota = Budget::unlimited();
     let now = Timestamp::from_unix_millis(1_000);
     let far = Timestamp::from_unix_millis(1_000_000_000);
     let lists = {
@@ -81,7 +80,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let version = draft.version;
                 let list = SignedDeviceList::sign(&key, &draft, now);
                 if !directory
-                    .apply_device_list(&list, now)
+                    .apply_device_list(&list, now, || Ok(()))
                     .map_err(|e| e.to_string())?
                     .changed()
                 {
@@ -108,7 +107,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     }
                     let t = token(n);
                     store
-                        .register(t, companion, far, quota)
+                        .register(t, companion, SourceKey::LOCAL, far, quota)
                         .map_err(|e| e.to_string())?;
                     store
                         .reserve(&t, primary, &HelloDigest::of(&t.to_bytes()), now, far)

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use devicelink::relay::{ClientId, HelloDigest, Quota, TokenStore};
+use devicelink::relay::{Budget, ClientId, HelloDigest, SourceKey, TokenStore};
 use devicelink::{Timestamp, TokenId};
 use devicelink_relay::SqliteStore;
 
@@ -37,10 +37,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let limit = Duration::from_secs(arg(&args, "--seconds", 20)?);
     let dir = tempfile::tempdir()?;
     let store = SqliteStore::open(dir.path().join("bench.db"))?;
-    let quota = Quota {
-        per_client: u32::MAX,
-        total: u64::MAX >> 1,
-    };
+    let quota = Budget::new(u64::MAX, u64::MAX, u64::MAX >> 1).with_reserve(0, 0);
     let now = Timestamp::from_unix_millis(1_000);
     let far = Timestamp::from_unix_millis(1_000_000_000);
     let (companion, primary) = (ClientId::from(1), ClientId::from(2));
@@ -54,7 +51,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let mut n = w;
                 while n < tokens {
                     let t = token(n);
-                    let _ = store.register(t, companion, far, quota);
+                    let _ = store.register(t, companion, SourceKey::LOCAL, far, quota);
                     let _ = store.reserve(&t, primary, &HelloDigest::of(&t.to_bytes()), now, far);
                     n += threads;
                 }

@@ -28,14 +28,15 @@
 //! it from `tokio::task::spawn_blocking`.
 //!
 //! ```
-//! use devicelink::relay::{ClientId, Ledger, LedgerConfig};
+//! use devicelink::relay::{ClientId, Ledger, LedgerConfig, SourceKey};
 //! use devicelink::Timestamp;
 //! use devicelink_relay::store::MemoryStore;
 //!
 //! let ledger = Ledger::new(MemoryStore::new(), LedgerConfig::default());
 //! let token = devicelink::TokenId::from_bytes([7; 16]);
 //! let now = Timestamp::from_unix_millis(1_700_000_000_000);
-//! ledger.register(ClientId::from(1), token, now.saturating_add_millis(60_000), now)?;
+//! let source = SourceKey::LOCAL; // the budgets' key of the client's address
+//! ledger.register(ClientId::from(1), source, token, now.saturating_add_millis(60_000), now)?;
 //! # Ok::<(), devicelink::LedgerError>(())
 //! ```
 #![forbid(unsafe_code)]

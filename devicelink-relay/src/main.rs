@@ -103,9 +103,17 @@ struct Args {
     /// larger frames still arrive whole).
     #[arg(long, default_value_t = Limits::default().websocket_read_buffer)]
     ws_read_buffer: usize,
-    /// Most open or reserved tokens (offers) one client may hold.
+    /// Most tokens (offers, redeemed ones until swept included) one client
+    /// may hold.
     #[arg(long, default_value_t = Limits::default().max_tokens_per_client)]
-    max_tokens_per_client: u32,
+    max_tokens_per_client: u64,
+    /// Most tokens one address (an IPv6 prefix) may hold, whatever number
+    /// of clients it opens.
+    #[arg(long, default_value_t = Limits::default().max_tokens_per_address)]
+    max_tokens_per_address: u64,
+    /// The prefix length by which IPv6 addresses are counted.
+    #[arg(long, default_value_t = Limits::default().ipv6_prefix)]
+    ipv6_prefix: u8,
     /// Most tokens the store holds in all, redeemed ones until swept
     /// included.
     #[arg(long, default_value_t = Limits::default().max_tokens)]
@@ -133,6 +141,8 @@ impl Args {
             write_timeout: Duration::from_secs(self.write_timeout_secs.max(1)),
             websocket_read_buffer: self.ws_read_buffer.max(64),
             max_tokens_per_client: self.max_tokens_per_client.max(1),
+            max_tokens_per_address: self.max_tokens_per_address.max(1),
+            ipv6_prefix: self.ipv6_prefix.min(128),
             max_tokens: self.max_tokens.max(1),
             ..Limits::default()
         }

@@ -603,7 +603,7 @@ async fn twenty_thousand_registrations_from_one_client_each_get_their_answer() {
         }
     }
     let _sink = bounded(writer).await.unwrap();
-    let quota = devicelink::LedgerConfig::default().max_tokens_per_client;
+    let quota = u32::try_from(devicelink::LedgerConfig::default().tokens.per_client).unwrap();
     assert_eq!(acks, quota);
     assert_eq!(refused, N - quota);
     assert_eq!(

@@ -122,6 +122,8 @@ impl Nodes {
             .args(["--sweep-interval-ms", "50", "--node-lease-ms"])
             .arg(self.lease_ms.to_string())
             .args(["--rate", "100000", "--burst", "100000", "--pg-pool", "8"])
+            // Every test client comes from 127.0.0.1.
+            .args(["--max-tokens-per-address", "1000000"])
             .env(
                 "RUST_LOG",
                 std::env::var("DEVICELINK_TEST_LOG").unwrap_or_else(|_| "warn".into()),

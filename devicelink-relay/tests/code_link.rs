@@ -171,18 +171,18 @@ async fn a_code_links_over_the_relay_and_a_wrong_one_ends_both_sides() {
     assert_eq!(account.companion_count(T0), 1);
 
     // A guesser with the handle: each guess costs a code; after the free
-    // failures the relay locks the handle out.
+    // failures the relay locks the guesser out (never the handle).
     let mut guesser = connect(&relay).await;
     let mut refused = None;
     for _ in 0..10 {
-        let mut fresh = match show(&mut laptop, &mut rng, Some(handle)).await {
-            Ok(s) => s,
+        let mut fresh = show(&mut laptop, &mut rng, Some(handle)).await.unwrap();
+        let offer = match join(&mut guesser, handle).await {
+            Ok(o) => o,
             Err(e) => {
                 refused = Some(e);
                 break;
             }
         };
-        let offer = join(&mut guesser, handle).await.unwrap();
         let mut mallory = Account::generate(Policy::default(), &mut rng, T0);
         mallory.open_link_intent(T0);
         let guess = TypedCode::new(handle, LinkCode::generate(&mut rng));
@@ -195,7 +195,7 @@ async fn a_code_links_over_the_relay_and_a_wrong_one_ends_both_sides() {
         );
         ok(&call(&mut laptop, CodeFrame::WrongCode(fresh.token_id())).await);
     }
-    let refused = refused.expect("the handle must lock out");
+    let refused = refused.expect("the guesser must lock out");
     assert!(refused.contains("locked out"), "{refused}");
     relay.stop().await;
 }

@@ -9,8 +9,8 @@ use std::sync::{Arc, Barrier};
 
 use devicelink::certificate::{DeviceListDraft, DeviceListEntry};
 use devicelink::relay::{
-    ClientId, Directory, HelloDigest, LedgerError, ListApplied, Quota, QuotaScope, TokenRecord,
-    TokenState, TokenStore,
+    Budget, BudgetScope, ClientId, Directory, HelloDigest, LedgerError, ListApplied, SourceKey,
+    TokenRecord, TokenState, TokenStore,
 };
 use devicelink::time::days;
 use devicelink::{
@@ -31,10 +31,7 @@ use store_ops::{apply, op, t, tok};
 const C: ClientId = ClientId::from_bytes([0xc; 16]);
 const P: ClientId = ClientId::from_bytes([0xa; 16]);
 const H: HelloDigest = HelloDigest::from_bytes([0x4e; 32]);
-const Q: Quota = Quota {
-    per_client: 8,
-    total: 100,
-};
+const Q: Budget = Budget::new(8, u64::MAX, 100).with_reserve(0, 0);
 
 fn state<S: Store>(s: &S, n: u64) -> TokenState {
     s.get(&tok(n)).unwrap().unwrap().state
@@ -53,15 +50,16 @@ fn contract<S: Store + 'static>(make: impl Fn() -> S) {
 }
 
 fn open_reserved_redeemed<S: Store>(s: &S) {
-    s.register(tok(1), C, t(100), Q).unwrap();
+    s.register(tok(1), C, SourceKey::LOCAL, t(100), Q).unwrap();
     assert_eq!(
-        s.register(tok(1), C, t(100), Q),
+        s.register(tok(1), C, SourceKey::LOCAL, t(100), Q),
         Err(LedgerError::DuplicateToken)
     );
     assert_eq!(
         s.get(&tok(1)).unwrap(),
         Some(TokenRecord {
             client: C,
+            source: SourceKey::LOCAL,
             expires_at: t(100),
             keep_until: t(100),
             state: TokenState::Open
@@ -93,6 +91,7 @@ fn open_reserved_redeemed<S: Store>(s: &S) {
         s.get(&tok(1)).unwrap(),
         Some(TokenRecord {
             client: C,
+            source: SourceKey::LOCAL,
             expires_at: t(100),
             keep_until: t(500),
             state: TokenState::Redeemed {
@@ -114,7 +113,7 @@ fn open_reserved_redeemed<S: Store>(s: &S) {
         Err(LedgerError::TokenAlreadyRedeemed)
     );
     assert_eq!(
-        s.register(tok(1), C, t(100), Q),
+        s.register(tok(1), C, SourceKey::LOCAL, t(100), Q),
         Err(LedgerError::DuplicateToken)
     );
     assert_eq!(
@@ -133,7 +132,7 @@ fn open_reserved_redeemed<S: Store>(s: &S) {
 }
 
 fn release_and_lapse_reopen<S: Store>(s: &S) {
-    s.register(tok(1), C, t(100), Q).unwrap();
+    s.register(tok(1), C, SourceKey::LOCAL, t(100), Q).unwrap();
     assert_eq!(
         s.release(&tok(1), C, &H, t(1)),
         Err(LedgerError::NotReserved)
@@ -158,7 +157,7 @@ fn release_and_lapse_reopen<S: Store>(s: &S) {
     // A late release names the lapsed reservation's Hello: the newer one
     // stands, unchanged.
     let (old, new) = (HelloDigest::of(b"refused"), HelloDigest::of(b"genuine"));
-    s.register(tok(2), C, t(100), Q).unwrap();
+    s.register(tok(2), C, SourceKey::LOCAL, t(100), Q).unwrap();
     s.reserve(&tok(2), P, &old, t(10), t(40)).unwrap();
     s.reserve(&tok(2), other, &new, t(40), t(70)).unwrap();
     let before = s.get(&tok(2)).unwrap();
@@ -173,7 +172,7 @@ fn release_and_lapse_reopen<S: Store>(s: &S) {
 
 fn expiry_and_sweep<S: Store>(s: &S) {
     for n in 1..=3 {
-        s.register(tok(n), C, t(100), Q).unwrap();
+        s.register(tok(n), C, SourceKey::LOCAL, t(100), Q).unwrap();
     }
     assert_eq!(
         s.reserve(&tok(1), P, &H, t(100), t(130)),
@@ -200,11 +199,13 @@ fn expiry_and_sweep<S: Store>(s: &S) {
     assert_eq!(s.get(&tok(2)), Ok(None));
     // Sweeping freed the client's quota: 8 fresh tokens fit again.
     for n in 10..18 {
-        s.register(tok(n), C, t(1_000), Q).unwrap();
+        s.register(tok(n), C, SourceKey::LOCAL, t(1_000), Q)
+            .unwrap();
     }
     // Earliest first, at most `limit`.
     for n in 20..25 {
-        s.register(tok(n), P, t(500 + n), Q).unwrap();
+        s.register(tok(n), P, SourceKey::LOCAL, t(500 + n), Q)
+            .unwrap();
     }
     assert_eq!(s.sweep(t(10_000), 3), Ok(3));
     assert_eq!(s.get(&tok(20)), Ok(None));
@@ -213,43 +214,74 @@ fn expiry_and_sweep<S: Store>(s: &S) {
 }
 
 fn quotas<S: Store>(s: &S) {
-    let q = Quota {
-        per_client: 2,
-        total: 3,
-    };
-    s.register(tok(1), C, t(100), q).unwrap();
-    s.register(tok(2), C, t(100), q).unwrap();
+    let (x, y, z) = (
+        SourceKey::from_bytes([1; 16]),
+        SourceKey::from_bytes([2; 16]),
+        SourceKey::from_bytes([3; 16]),
+    );
+    // 2 per client, 3 per source, 5 in all, the last one kept for sources
+    // holding none.
+    let q = Budget::new(2, 3, 5).with_reserve(1, 1);
+    let over = |scope, limit| Err(LedgerError::QuotaExceeded { scope, limit });
+    s.register(tok(1), C, x, t(100), q).unwrap();
+    s.register(tok(2), C, x, t(100), q).unwrap();
     assert_eq!(
-        s.register(tok(3), C, t(100), q),
-        Err(LedgerError::QuotaExceeded {
-            scope: QuotaScope::Client,
-            limit: 2
-        })
+        s.register(tok(3), C, x, t(100), q),
+        over(BudgetScope::Client, 2)
     );
     // The refused registration left nothing behind.
     assert_eq!(s.get(&tok(3)), Ok(None));
-    s.register(tok(3), P, t(100), q).unwrap();
+    s.register(tok(3), P, x, t(100), q).unwrap();
+    // A fresh client of the same source: the source's budget.
     assert_eq!(
-        s.register(tok(4), ClientId::from(9), t(100), q),
-        Err(LedgerError::QuotaExceeded {
-            scope: QuotaScope::Store,
-            limit: 3
-        })
+        s.register(tok(4), ClientId::from(9), x, t(100), q),
+        over(BudgetScope::Source, 3)
     );
-    assert_eq!(s.get(&tok(4)), Ok(None));
-    // A redeemed token counts for the store, not for its client.
+    s.register(tok(4), ClientId::from(9), y, t(100), q).unwrap();
+    // Four held: y (holding one) is not in good standing for the reserve,
+    // a source holding none is.
+    assert_eq!(
+        s.register(tok(5), ClientId::from(10), y, t(100), q),
+        over(BudgetScope::Reserve, 4)
+    );
+    s.register(tok(5), ClientId::from(10), z, t(100), q)
+        .unwrap();
+    assert_eq!(
+        s.register(
+            tok(6),
+            ClientId::from(11),
+            SourceKey::from_bytes([4; 16]),
+            t(100),
+            q
+        ),
+        over(BudgetScope::Total, 5)
+    );
+    assert_eq!(s.get(&tok(6)), Ok(None));
+    // A redeemed token (a tombstone) still counts for its client and
+    // source until it is swept.
     s.reserve(&tok(1), P, &H, t(1), t(2)).unwrap();
     s.redeem(&tok(1), C, t(1), t(200)).unwrap();
+    assert_eq!(s.sweep(t(100), 10), Ok(4));
+    assert_eq!(s.register(tok(7), C, x, t(300), q), Ok(()));
     assert_eq!(
-        s.register(tok(4), C, t(100), q),
-        Err(LedgerError::QuotaExceeded {
-            scope: QuotaScope::Store,
-            limit: 3
-        })
+        s.register(tok(8), C, x, t(300), q),
+        over(BudgetScope::Client, 2)
     );
-    assert_eq!(s.sweep(t(100), 10), Ok(2));
-    s.register(tok(4), C, t(300), q).unwrap();
-    s.register(tok(5), C, t(300), q).unwrap();
+    // A departed client's rows go at once, tombstone included, and stop
+    // counting for its source and the store.
+    assert_eq!(s.abandon(C), Ok(2));
+    assert_eq!(s.abandon(C), Ok(0));
+    assert_eq!(s.get(&tok(1)), Ok(None));
+    for n in 8..11 {
+        s.register(tok(n), ClientId::from(n), x, t(300), q).unwrap();
+    }
+    assert_eq!(
+        s.register(tok(11), ClientId::from(11), x, t(300), q),
+        over(BudgetScope::Source, 3)
+    );
+    assert_eq!(s.sweep(t(300), 10), Ok(3));
+    s.register(tok(11), ClientId::from(11), x, t(400), q)
+        .unwrap();
 }
 
 /// 8 threads × 200 rounds: in every round all threads try to reserve the
@@ -258,10 +290,8 @@ fn quotas<S: Store>(s: &S) {
 fn racing_threads<S: Store + 'static>(s: S) {
     const THREADS: usize = 8;
     const ROUNDS: u64 = 200;
-    let quota = Quota {
-        per_client: 8,
-        total: 10_000,
-    };
+    // One companion registers every round's token (its tombstones stay).
+    let quota = Budget::unlimited();
     let barrier = Arc::new(Barrier::new(THREADS));
     let reserved = Arc::new(AtomicUsize::new(0));
     let redeemed = Arc::new(AtomicUsize::new(0));
@@ -274,7 +304,8 @@ fn racing_threads<S: Store + 'static>(s: S) {
                 for round in 0..ROUNDS {
                     let token = tok(1_000 + round);
                     if i == 0 {
-                        s.register(token, C, t(1_000_000), quota).unwrap();
+                        s.register(token, C, SourceKey::LOCAL, t(1_000_000), quota)
+                            .unwrap();
                     }
                     barrier.wait();
                     match s.reserve(&token, me, &H, t(round), t(round + 500_000)) {
@@ -397,21 +428,41 @@ fn due_accounts_follow_the_index<S: Store>(s: &S) {
     for r in [&a, &b, &none] {
         assert_eq!(s.put_account(r), Ok(true));
     }
-    assert_eq!(s.due_accounts(t(9), 10), Ok(vec![]));
-    assert_eq!(s.due_accounts(t(10), 10), Ok(vec![b.account()]));
+    // Every account is indexed by its last activity, companions or none
+    // (the sweep logs companions out, and forgets accounts left with none).
+    assert_eq!(s.due_accounts(t(4), 10), Ok(vec![]));
+    assert_eq!(s.due_accounts(t(9), 10), Ok(vec![none.account()]));
+    assert_eq!(
+        s.due_accounts(t(10), 10),
+        Ok(vec![none.account(), b.account()])
+    );
     assert_eq!(
         s.due_accounts(t(30), 10),
-        Ok(vec![b.account(), a.account()])
+        Ok(vec![none.account(), b.account(), a.account()])
     );
-    assert_eq!(s.due_accounts(t(30), 1), Ok(vec![b.account()]));
+    assert_eq!(s.due_accounts(t(30), 1), Ok(vec![none.account()]));
     assert_eq!(s.due_accounts(t(30), 0), Ok(vec![]));
-    // Once b has no linked companion it leaves the index.
-    let b_out = AccountRecord {
+    // A later activity moves an account in the index.
+    let b_later = AccountRecord {
         revision: 2,
         ..record(12, 0, 40, 1)
     };
-    assert_eq!(s.put_account(&b_out), Ok(true));
-    assert_eq!(s.due_accounts(Timestamp::MAX, 10), Ok(vec![a.account()]));
+    assert_eq!(s.put_account(&b_later), Ok(true));
+    assert_eq!(
+        s.due_accounts(t(30), 10),
+        Ok(vec![none.account(), a.account()])
+    );
+    // A compare-and-delete: only the revision held.
+    assert_eq!(s.delete_account(&b.account(), 1), Ok(false));
+    assert_eq!(s.delete_account(&b.account(), 2), Ok(true));
+    assert_eq!(s.delete_account(&b.account(), 2), Ok(false));
+    assert_eq!(s.account(&b.account()), Ok(None));
+    assert_eq!(
+        s.due_accounts(Timestamp::MAX, 10),
+        Ok(vec![none.account(), a.account()])
+    );
+    // Written again from revision 1, as a new account.
+    assert_eq!(s.put_account(&b), Ok(true));
 }
 
 /// The core's directory decides; the store remembers: two directories
@@ -435,11 +486,11 @@ fn directory_decides_store_remembers<S: Store>(s: &S) {
         day(0),
     );
     assert_eq!(
-        d.apply_device_list(&v1, day(0)),
+        d.apply_device_list(&v1, day(0), || Ok(())),
         Ok(ListApplied::Changed { logged_out: vec![] })
     );
     assert_eq!(
-        other.apply_device_list(&v1, day(0)),
+        other.apply_device_list(&v1, day(0), || Ok(())),
         Ok(ListApplied::Unchanged)
     );
     let hb = PrimaryHeartbeat::sign(&key, &v1, Default::default(), day(5));
@@ -453,7 +504,8 @@ fn directory_decides_store_remembers<S: Store>(s: &S) {
         &DeviceListDraft::after(&v1, vec![entry(1, a)]),
         day(6),
     );
-    let ListApplied::Changed { logged_out } = d.apply_device_list(&v2, day(6)).unwrap() else {
+    let ListApplied::Changed { logged_out } = d.apply_device_list(&v2, day(6), || Ok(())).unwrap()
+    else {
         panic!("v2 not applied")
     };
     assert_eq!(
@@ -471,7 +523,7 @@ fn directory_decides_store_remembers<S: Store>(s: &S) {
         day(7),
     );
     assert!(matches!(
-        other.apply_device_list(&fork, day(7)),
+        other.apply_device_list(&fork, day(7), || Ok(())),
         Err(AccountDirectoryError::Refused(DirectoryError::Fork { .. }))
     ));
     let held = s.account(&account).unwrap().unwrap();
@@ -490,10 +542,13 @@ fn directory_decides_store_remembers<S: Store>(s: &S) {
         day(7),
     );
     assert!(matches!(
-        d.apply_device_list(&v3b, day(7)),
+        d.apply_device_list(&v3b, day(7), || Ok(())),
         Err(AccountDirectoryError::Refused(DirectoryError::Fork { .. }))
     ));
-    assert!(d.apply_device_list(&v2b, day(7)).unwrap().changed());
+    assert!(d
+        .apply_device_list(&v2b, day(7), || Ok(()))
+        .unwrap()
+        .changed());
     for dir in [&d, &other] {
         assert_eq!(
             dir.linked_device(&account, DeviceIndex(1), day(7)),
@@ -529,7 +584,10 @@ fn directory_decides_store_remembers<S: Store>(s: &S) {
         &DeviceListDraft::after(&v2b, vec![entry(1, a), entry(3, c)]),
         day(22),
     );
-    assert!(other.apply_device_list(&v3, day(22)).unwrap().changed());
+    assert!(other
+        .apply_device_list(&v3, day(22), || Ok(()))
+        .unwrap()
+        .changed());
     for dir in [&d, &other] {
         assert_eq!(
             dir.linked_device(&account, DeviceIndex(1), day(22)),
@@ -570,14 +628,12 @@ fn postgres_store_keeps_the_contract() {
 fn sqlite_acknowledged_writes_survive_a_reopen_and_reopening_is_idempotent() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("relay.db");
-    let quota = Quota {
-        per_client: 1_000,
-        total: 10_000,
-    };
+    let quota = Budget::new(1_000, u64::MAX, 10_000).with_reserve(0, 0);
     {
         let s = SqliteStore::open(&path).unwrap();
         for n in 0..300 {
-            s.register(tok(n), C, t(1_000), quota).unwrap();
+            s.register(tok(n), C, SourceKey::LOCAL, t(1_000), quota)
+                .unwrap();
             if n % 3 != 0 {
                 s.reserve(&tok(n), P, &H, t(1), t(500)).unwrap();
             }

@@ -8,7 +8,9 @@
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use devicelink::relay::{ClientId, HelloDigest, LedgerError, Quota, TokenState, TokenStore};
+use devicelink::relay::{
+    Budget, ClientId, HelloDigest, LedgerError, SourceKey, TokenState, TokenStore,
+};
 use devicelink::{AccountId, Timestamp};
 use devicelink_relay::store::{PgOptions, PG_SCHEMA_VERSION};
 use devicelink_relay::{AccountRecord, MemoryStore, PgStore, Store, StoreError};
@@ -21,10 +23,7 @@ use store_ops::{apply, op, t, tok};
 
 const C: ClientId = ClientId::from_bytes([0xc; 16]);
 const P: ClientId = ClientId::from_bytes([0xa; 16]);
-const Q: Quota = Quota {
-    per_client: 1_000,
-    total: 100_000,
-};
+const Q: Budget = Budget::new(1_000, u64::MAX, 100_000).with_reserve(0, 0);
 
 #[test]
 fn postgres_answers_every_operation_as_the_memory_store() {
@@ -98,9 +97,9 @@ fn corrupt_rows_are_typed_errors_never_panics() {
     let url = server.create_database("corrupt");
     let db = url.rsplit('/').next().unwrap().to_string();
     let s = PgStore::connect(&url).unwrap();
-    s.register(tok(1), C, t(100), Q).unwrap();
-    s.register(tok(2), C, t(100), Q).unwrap();
-    s.register(tok(3), C, t(100), Q).unwrap();
+    s.register(tok(1), C, SourceKey::LOCAL, t(100), Q).unwrap();
+    s.register(tok(2), C, SourceKey::LOCAL, t(100), Q).unwrap();
+    s.register(tok(3), C, SourceKey::LOCAL, t(100), Q).unwrap();
     let id = |n: u64| format!("'\\x{}'", hex(&tok(n).to_bytes()));
     server.psql(
         &db,
@@ -154,7 +153,7 @@ fn corrupt_rows_are_typed_errors_never_panics() {
         Err(StoreError::OutOfRange("revision"))
     );
     assert!(matches!(
-        s.register(tok(9), C, Timestamp::MAX, Q),
+        s.register(tok(9), C, SourceKey::LOCAL, Timestamp::MAX, Q),
         Err(LedgerError::Store(_))
     ));
 }
@@ -218,7 +217,8 @@ fn a_restart_of_postgres_is_survived_by_the_same_store() {
     .unwrap();
     let h = HelloDigest::of(b"hello");
     for n in 0..50 {
-        s.register(tok(n), C, t(1_000_000), Q).unwrap();
+        s.register(tok(n), C, SourceKey::LOCAL, t(1_000_000), Q)
+            .unwrap();
         s.reserve(&tok(n), P, &h, t(1), t(500_000)).unwrap();
         if n % 2 == 0 {
             assert_eq!(s.redeem(&tok(n), C, t(2), t(900_000)), Ok(P));
@@ -230,7 +230,7 @@ fn a_restart_of_postgres_is_survived_by_the_same_store() {
     server.stop("fast");
     for n in 100..105 {
         let started = Instant::now();
-        match s.register(tok(n), C, t(1_000_000), Q) {
+        match s.register(tok(n), C, SourceKey::LOCAL, t(1_000_000), Q) {
             Err(LedgerError::Store(_)) => {}
             other => panic!("register while PostgreSQL is down: {other:?}"),
         }
@@ -250,7 +250,8 @@ fn a_restart_of_postgres_is_survived_by_the_same_store() {
     // Back: the same handle recovers by itself.
     server.start_again();
     eventually("the store did not reconnect", || {
-        s.register(tok(200), C, t(1_000_000), Q).ok()
+        s.register(tok(200), C, SourceKey::LOCAL, t(1_000_000), Q)
+            .ok()
     });
     assert!(s.is_reachable());
     for n in 0..50 {
@@ -285,10 +286,7 @@ fn the_store_wide_quota_holds_within_the_registrations_in_flight() {
         return;
     };
     let s = PgStore::connect(&server.create_database("quota")).unwrap();
-    let q = Quota {
-        per_client: 1_000,
-        total: 100,
-    };
+    let q = Budget::new(1_000, u64::MAX, 100).with_reserve(0, 0);
     let barrier = Arc::new(Barrier::new(8));
     let accepted: usize = (0..8u64)
         .map(|w| {
@@ -298,7 +296,7 @@ fn the_store_wide_quota_holds_within_the_registrations_in_flight() {
                 (0..25u64)
                     .filter(|n| {
                         let token = tok(w * 1_000 + n);
-                        s.register(token, ClientId::from(w + 1), t(1_000), q)
+                        s.register(token, ClientId::from(w + 1), SourceKey::LOCAL, t(1_000), q)
                             .is_ok()
                     })
                     .count()
@@ -310,7 +308,7 @@ fn the_store_wide_quota_holds_within_the_registrations_in_flight() {
         .sum();
     assert!((100..=108).contains(&accepted), "{accepted}");
     assert!(matches!(
-        s.register(tok(99_999), C, t(1_000), q),
+        s.register(tok(99_999), C, SourceKey::LOCAL, t(1_000), q),
         Err(LedgerError::QuotaExceeded { .. })
     ));
 }

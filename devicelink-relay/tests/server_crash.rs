@@ -54,6 +54,8 @@ fn start_relay(db: &std::path::Path) -> (Relay, String) {
             "0",
             "--max-connections-per-address",
             "100000",
+            "--max-tokens-per-address",
+            "1000000",
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

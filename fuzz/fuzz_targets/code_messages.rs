@@ -49,7 +49,9 @@ fn fixture() -> &'static Fixture {
         let policy = Policy::default();
         let mut relay = CodeRendezvous::new(CodeRelayConfig::from_policy(&policy));
         let mut account = Account::generate(policy.clone(), &mut r, now());
-        let (handle, _) = relay.open(LAPTOP, &mut r, now()).expect("open");
+        let (handle, _) = relay
+            .open(LAPTOP, devicelink::relay::SourceKey::LOCAL, &mut r, now())
+            .expect("open");
         let shown = CodeCompanion::new(
             DeviceIdentity::generate(&mut r),
             DeviceLabel::new("Firefox on Linux").expect("label"),
@@ -62,7 +64,13 @@ fn fixture() -> &'static Fixture {
         relay.publish(LAPTOP, &offer, now()).expect("publish");
         let typed = shown.code_text().expect("showing");
         relay
-            .join(handle, PHONE, Some(account.account_id()), now())
+            .join(
+                handle,
+                PHONE,
+                devicelink::relay::SourceKey::LOCAL,
+                Some(account.account_id()),
+                now(),
+            )
             .expect("join");
         account.open_link_intent(now());
         let saved_account = account.save().expect("save");

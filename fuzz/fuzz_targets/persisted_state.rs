@@ -410,7 +410,12 @@ fn token_store(data: &[u8]) {
             MemoryTokenStore::restore,
             false,
         );
-        let _ = (store.len(), store.is_empty(), store.live_tokens(&COMPANION));
+        let _ = (
+            store.len(),
+            store.is_empty(),
+            store.client_tokens(&COMPANION),
+            store.source_tokens(&devicelink::relay::SourceKey::LOCAL),
+        );
         let ledger = Ledger::new(store, LedgerConfig::default());
         drive_ledger(&ledger);
         fixed_point(
@@ -438,6 +443,13 @@ fn drive_ledger(ledger: &Ledger) {
     let _ = ledger.route(&f.request, COMPANION, now());
     let _ = ledger.route(&f.grant, PRIMARY, now());
     let _ = ledger.route(&f.confirm, COMPANION, now());
-    let _ = ledger.register(COMPANION, f.token, at(60_000), now());
+    let _ = ledger.register(
+        COMPANION,
+        devicelink::relay::SourceKey::LOCAL,
+        f.token,
+        at(60_000),
+        now(),
+    );
+    let _ = ledger.abandon(COMPANION);
     let _ = ledger.sweep(now(), 16);
 }

@@ -22,7 +22,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use devicelink::audit::{AuditLog, SignedAnchor};
 use devicelink::certificate::{DeviceListDraft, DeviceListEntry, RemovedDevice};
-use devicelink::relay::{ClientId, Directory, Ledger};
+use devicelink::relay::{ClientId, Directory, Ledger, SourceKey};
 use devicelink::{
     Account, AccountId, Companion, DeviceIdentity, DeviceLabel, LinkedSession, LogoutReason,
     OfferDisplay, Policy, PrimaryHandshake, PrimaryHeartbeat, RefusalReason, SignedDeviceList,
@@ -351,7 +351,7 @@ pub const PRIMARY: ClientId = ClientId::from_bytes([0xa0; 16]);
 pub fn ledger_registered(f: &Fixture) -> Ledger {
     let ledger = Ledger::default();
     ledger
-        .register(COMPANION, f.token, at(60_000), now())
+        .register(COMPANION, SourceKey::LOCAL, f.token, at(60_000), now())
         .expect("fresh ledger registers");
     ledger
 }
@@ -607,7 +607,7 @@ pub fn saved_states(f: &Fixture) -> Vec<(String, Vec<u8>)> {
     push("token_store_redeemed", ledger.store().save());
     let ledger = ledger_registered(f);
     ledger
-        .register(COMPANION, TokenId::from_bytes([7; 16]), at(90_000), now())
+        .register(COMPANION, SourceKey::LOCAL, TokenId::from_bytes([7; 16]), at(90_000), now())
         .expect("register");
     let _ = ledger.route(&f.hello, PRIMARY, at(1));
     push("ledger_two", ledger.save());

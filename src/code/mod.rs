@@ -31,7 +31,7 @@
 //!
 //! ```
 //! use devicelink::code::{CodeCompanion, TypedCode};
-//! use devicelink::relay::{ClientId, CodeRelayConfig, CodeRendezvous};
+//! use devicelink::relay::{ClientId, CodeRelayConfig, CodeRendezvous, SourceKey};
 //! use devicelink::{Account, DeviceIdentity, DeviceLabel, Policy, Timestamp};
 //! use rand_chacha::{rand_core::SeedableRng, ChaCha20Rng};
 //!
@@ -41,10 +41,11 @@
 //! let policy = Policy::default();
 //! let mut relay = CodeRendezvous::new(CodeRelayConfig::from_policy(&policy));
 //! let (laptop, phone) = (ClientId::from(1), ClientId::from(2));
+//! let home = SourceKey::from_bytes([1; 16]); // the network source, as the relay keys it
 //! let mut account = Account::generate(policy.clone(), &mut rng, now);
 //!
 //! // The companion gets a handle from the relay, shows a code.
-//! let (handle, _) = relay.open(laptop, &mut rng, now)?;
+//! let (handle, _) = relay.open(laptop, home, &mut rng, now)?;
 //! let mut shown = CodeCompanion::new(DeviceIdentity::generate(&mut rng),
 //!     DeviceLabel::new("Firefox on Linux")?, handle, &policy, &mut rng, now);
 //! relay.publish(laptop, shown.offer_message().expect("showing"), now)?;
@@ -53,8 +54,9 @@
 //! // The user types it on the phone, from its "Link a device" screen.
 //! account.open_link_intent(now);
 //! let typed = TypedCode::parse(&text.to_lowercase())?;
-//! let offer = relay.join(typed.handle(), phone, Some(account.account_id()), now)?;
+//! let offer = relay.join(typed.handle(), phone, home, Some(account.account_id()), now)?;
 //! let (mut entry, hello) = account.enter_code(&typed, &offer, &mut rng, now)?;
+//! relay.route(&hello, phone, now)?;
 //! let accepted = shown.receive_hello(&hello, &mut rng, now)?;
 //! let mut primary = entry.receive_confirm(&accepted.confirm, now)?;
 //!

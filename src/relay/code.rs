@@ -7,16 +7,27 @@
 //!   session's messages (CodeHello, CodeConfirm, then Request, Grant or
 //!   Refusal, Confirm) by token id between exactly those two clients. It
 //!   never sees the code.
-//! - [`CodeAttempts`] counts failed attempts per handle, per account and
-//!   per client, and locks a key out with exponential backoff once it has
-//!   used its free failures. Times are inputs; nothing reads a clock.
+//! - [`CodeAttempts`] counts failed attempts of whoever **joins**: per
+//!   joining client, per network source and per account (when the relay
+//!   authenticated it), and locks a key out with exponential backoff once
+//!   it has used its free failures. Times are inputs; nothing reads a
+//!   clock.
 //!
-//! An attempt fails when an endpoint reports `WrongCode`
-//! ([`CodeRendezvous::report_wrong_code`]) or when a joined session ends
-//! without the companion's Request (swept at its expiry). A code is valid
-//! until exactly `opened_at + code_lifetime`, and a published code can be
-//! joined once. A relay that lies can skip all of this; what it cannot skip
-//! is that each endpoint gives one guess per code (`docs/PROTOCOL.md` §13).
+//! A join fails (and counts) when the handle names no code that can be
+//! joined now: never issued, not published yet, already joined, expired.
+//! All of these are answered with the same [`CodeRelayError::NoSuchCode`],
+//! so a scanner learns nothing from which one it met and is slowed by the
+//! lockout. An attempt fails when an endpoint reports `WrongCode`
+//! ([`CodeRendezvous::report_wrong_code`]), when the joiner sends no
+//! CodeHello within [`CodeRelayConfig::hello_window`], or when a joined
+//! session ends without the companion's Request. Failures count against
+//! the joiner only, never against the handle: whoever joins a victim's
+//! handle cannot lock the victim out. Each failure spends the victim's
+//! code ([`CodeSpent`]: its companion is told, and publishes a new code
+//! under the same handle). A code is valid until exactly
+//! `opened_at + code_lifetime`. A relay that lies can skip all of this;
+//! what it cannot skip is that each endpoint gives one guess per code
+//! (`docs/PROTOCOL.md` §13).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -24,6 +35,7 @@ use std::time::Duration;
 use rand_core::{CryptoRng, RngCore};
 use serde::{Deserialize, Serialize};
 
+use super::budget::{Budget, BudgetScope, Held, SourceKey};
 use super::ClientId;
 use crate::code::{
     is_code_message, offer_parts, token_id, CodeHandle, CodeHeader, CodeMessageKind,
@@ -108,17 +120,19 @@ mod millis {
     }
 }
 
-/// What failures are counted against.
+/// What failures are counted against: always the side that **joins** a
+/// code session, never the handle it joins (whoever joins a victim's
+/// handle must not lock the victim out).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum AttemptKey {
-    /// One companion's code session (all codes published under it).
-    Handle(CodeHandle),
+    /// The client (connection, or identified client) that joined.
+    Client(ClientId),
+    /// The network source it joined from (an address, an IPv6 prefix).
+    Source(SourceKey),
     /// The account of the primary that joined (only when the relay
     /// authenticated it; an unauthenticated claim would let anyone lock an
     /// account out).
     Account(AccountId),
-    /// The client (connection) that joined as primary.
-    Client(ClientId),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -250,11 +264,17 @@ impl CodeAttempts {
     }
 }
 
-/// Why the rendezvous refused. Every refusal changes nothing (the clock's
-/// high water still moves to `now`).
+/// Why the rendezvous refused. A refused join counts as a failure of the
+/// joiner (that is its point); every other refusal changes nothing (the
+/// clock's high water still moves to `now`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CodeRelayError {
-    /// No session has this handle (never issued, or swept).
+    /// A join whose handle names no code that can be joined now: never
+    /// issued, not published yet, already joined once, or expired. One
+    /// answer for all of them, so that scanning learns nothing.
+    #[error("no such code")]
+    NoSuchCode,
+    /// A publish under a handle that was never issued (or was swept).
     #[error("unknown code handle")]
     UnknownHandle,
     /// No session has this token id.
@@ -263,18 +283,12 @@ pub enum CodeRelayError {
     /// The code's lifetime ended (at exactly `opened_at + code_lifetime`).
     #[error("the code expired")]
     Expired,
-    /// A publish from a client other than the one the handle was issued to.
+    /// A message from a client that is not part of this code session.
     #[error("message from a client that is not part of this code session")]
     WrongClient,
-    /// A join before the companion published its CodeOffer.
-    #[error("no code is published under this handle yet")]
-    NotPublished,
     /// The handle already carries a code.
     #[error("a code is already published under this handle")]
     AlreadyPublished,
-    /// A primary already joined: a published code is used once.
-    #[error("this code was already used")]
-    AlreadyJoined,
     /// Too many failures: try again at `until`.
     #[error("locked out after failed attempts ({key:?}) until {until}")]
     LockedOut {
@@ -283,13 +297,16 @@ pub enum CodeRelayError {
         /// When the lockout ends.
         until: Timestamp,
     },
-    /// The client holds its quota of open code sessions.
-    #[error("code session quota exceeded (limit {limit})")]
+    /// Opening a session over the sessions' [`Budget`]: the client's, its
+    /// source's, the relay's, or the relay's reserve.
+    #[error("code session quota exceeded ({scope:?}, limit {limit})")]
     QuotaExceeded {
-        /// The limit.
-        limit: u32,
+        /// Which part of the budget.
+        scope: BudgetScope,
+        /// Its limit.
+        limit: u64,
     },
-    /// No free handle (the relay holds its maximum of sessions).
+    /// No free handle (the relay holds as many sessions as it can).
     #[error("no free code handle")]
     Full,
     /// A CodeOffer whose token does not derive from its content, or whose
@@ -311,7 +328,6 @@ impl CodeRelayError {
             CodeRelayError::LockedOut { .. }
                 | CodeRelayError::QuotaExceeded { .. }
                 | CodeRelayError::Full
-                | CodeRelayError::NotPublished
         )
     }
 }
@@ -326,11 +342,17 @@ pub struct CodeRelayConfig {
     /// Request: the larger of 5 minutes and approval + confirmation.
     #[serde(with = "millis")]
     pub session_window: Duration,
-    /// Open sessions per companion client. Default 4.
-    pub max_sessions_per_client: u32,
-    /// Sessions held at once (a quarter of the 2²⁰ handles, so a random
-    /// free handle is found in a few draws). Default 262,144.
-    pub max_sessions: u32,
+    /// How long the joiner has for its CodeHello after it joined: 30 s
+    /// (the phone sends it as soon as the user typed the code, before any
+    /// prompt). A joiner that stays silent spends the code and counts a
+    /// failure, so taking codes off the relay without guessing costs the
+    /// same as guessing.
+    #[serde(with = "millis")]
+    pub hello_window: Duration,
+    /// Open sessions per companion client (4), per source (32) and in all
+    /// (a quarter of the 2²⁰ handles, so a random free handle is found in a
+    /// few draws; its last quarter kept for sources in good standing).
+    pub sessions: Budget,
     /// Failures and lockouts.
     pub lockout: LockoutPolicy,
 }
@@ -342,26 +364,53 @@ impl CodeRelayConfig {
             code_lifetime: policy.code_lifetime(),
             session_window: Duration::from_secs(300)
                 .max(policy.approval_timeout() + policy.confirmation_timeout()),
-            max_sessions_per_client: 4,
-            max_sessions: CodeHandle::LIMIT / 4,
+            hello_window: Duration::from_secs(30),
+            sessions: Budget::new(4, 32, u64::from(CodeHandle::LIMIT / 4)),
             lockout: LockoutPolicy::default(),
         }
     }
 }
 
+/// Who joined a code session, as the relay knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Joiner {
+    client: ClientId,
+    source: SourceKey,
+    account: Option<AccountId>,
+}
+
+impl Joiner {
+    fn keys(&self) -> impl Iterator<Item = AttemptKey> {
+        [
+            Some(AttemptKey::Client(self.client)),
+            Some(AttemptKey::Source(self.source)),
+            self.account.map(AttemptKey::Account),
+        ]
+        .into_iter()
+        .flatten()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 enum SessionState {
+    /// Issued; no code published yet (or the last one was spent).
     Opened,
+    /// A code is published and may be joined once.
     Published {
         token: TokenId,
         #[serde(with = "crate::encoding::b64_vec")]
         offer: Vec<u8>,
     },
+    /// Joined; the joiner's CodeHello is due by `hello_by`.
     Joined {
         token: TokenId,
-        primary: ClientId,
-        account: Option<AccountId>,
+        joiner: Joiner,
+        hello_by: Timestamp,
     },
+    /// The joiner's CodeHello went to the companion; its CodeConfirm and
+    /// Request (or a report of `WrongCode`) are next.
+    Answered { token: TokenId, joiner: Joiner },
+    /// The companion's Request passed: the attempt succeeded.
     Linked {
         token: TokenId,
         primary: ClientId,
@@ -375,7 +424,17 @@ impl SessionState {
             SessionState::Opened => None,
             SessionState::Published { token, .. }
             | SessionState::Joined { token, .. }
+            | SessionState::Answered { token, .. }
             | SessionState::Linked { token, .. } => Some(*token),
+        }
+    }
+
+    fn joiner(&self) -> Option<Joiner> {
+        match self {
+            SessionState::Joined { joiner, .. } | SessionState::Answered { joiner, .. } => {
+                Some(*joiner)
+            }
+            _ => None,
         }
     }
 }
@@ -383,6 +442,7 @@ impl SessionState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct CodeSession {
     companion: ClientId,
+    source: SourceKey,
     expires_at: Timestamp,
     state: SessionState,
 }
@@ -398,15 +458,41 @@ pub struct CodeRouted {
     pub linked: bool,
 }
 
+/// A code that failed without its companion knowing: the joiner reported
+/// `WrongCode`, or stayed silent past the hello window. The companion's
+/// host tells it (the relay's `CodeSpent` frame) so that it shows a new code
+/// under the same handle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CodeSpent {
+    /// The companion that showed the code.
+    pub companion: ClientId,
+    /// The spent code's token id.
+    pub token_id: TokenId,
+}
+
+/// What [`CodeRendezvous::report_wrong_code`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WrongCodeReported {
+    /// The companion to tell, when the joiner reported (a companion that
+    /// reported knows).
+    pub spent: Option<CodeSpent>,
+    /// Until when the joiner is locked out, if this failure locked it.
+    pub locked_until: Option<Timestamp>,
+}
+
 /// Issues handles and routes code sessions (sans-IO; times are inputs).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CodeRendezvous {
     config: CodeRelayConfig,
     sessions: BTreeMap<CodeHandle, CodeSession>,
     tokens: BTreeMap<TokenId, CodeHandle>,
+    /// When each session next needs the sweep: its end, or its joiner's
+    /// hello deadline.
     by_keep: BTreeSet<(Timestamp, CodeHandle)>,
     #[serde(with = "as_seq")]
-    per_client: BTreeMap<ClientId, u32>,
+    per_client: BTreeMap<ClientId, u64>,
+    #[serde(with = "as_seq")]
+    per_source: BTreeMap<SourceKey, u64>,
     attempts: CodeAttempts,
     high_water: Timestamp,
 }
@@ -420,6 +506,7 @@ impl CodeRendezvous {
             tokens: BTreeMap::new(),
             by_keep: BTreeSet::new(),
             per_client: BTreeMap::new(),
+            per_source: BTreeMap::new(),
             attempts: CodeAttempts::new(config.lockout),
             high_water: Timestamp::EPOCH,
         }
@@ -440,16 +527,23 @@ impl CodeRendezvous {
         self.sessions.is_empty()
     }
 
+    /// Sessions opened from `source` and held now.
+    pub fn source_sessions(&self, source: &SourceKey) -> u64 {
+        self.per_source.get(source).copied().unwrap_or(0)
+    }
+
     fn clock(&mut self, now: Timestamp) -> Timestamp {
         self.high_water = self.high_water.max(now);
         self.high_water
     }
 
+    /// When the sweep next has to look at `s`.
     fn keep_until(&self, s: &CodeSession) -> Timestamp {
         match s.state {
             SessionState::Linked { at, .. } => s
                 .expires_at
                 .max(at.saturating_add(self.config.session_window)),
+            SessionState::Joined { hello_by, .. } => hello_by.min(s.expires_at),
             _ => s.expires_at,
         }
     }
@@ -477,46 +571,55 @@ impl CodeRendezvous {
         }
     }
 
-    /// Issues a fresh handle to the companion `client`, valid until the
-    /// returned instant (exclusive). Draws 4 bytes per try.
+    fn held(&self, client: &ClientId, source: &SourceKey) -> Held {
+        Held {
+            client: self.per_client.get(client).copied().unwrap_or(0),
+            source: self.per_source.get(source).copied().unwrap_or(0),
+            total: u64::try_from(self.sessions.len()).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// Issues a fresh handle to the companion `client` (from `source`),
+    /// valid until the returned instant (exclusive). Refuses a client,
+    /// source or relay over the sessions' budget
+    /// ([`CodeRelayError::QuotaExceeded`]). Draws 4 bytes per try.
     pub fn open<R: RngCore + CryptoRng>(
         &mut self,
         client: ClientId,
+        source: SourceKey,
         rng: &mut R,
         now: Timestamp,
     ) -> Result<(CodeHandle, Timestamp), CodeRelayError> {
         let now = self.clock(now);
-        let held = self.per_client.get(&client).copied().unwrap_or(0);
-        let limit = self.config.max_sessions_per_client;
-        if held >= limit {
-            return Err(CodeRelayError::QuotaExceeded { limit });
-        }
-        if self.sessions.len() >= usize::try_from(self.config.max_sessions).unwrap_or(usize::MAX) {
-            return Err(CodeRelayError::Full);
-        }
+        self.config
+            .sessions
+            .check(self.held(&client, &source))
+            .map_err(|e| CodeRelayError::QuotaExceeded {
+                scope: e.scope,
+                limit: e.limit,
+            })?;
         let handle = (0..64)
             .map(|_| CodeHandle::random(rng))
-            .find(|h| {
-                !self.sessions.contains_key(h)
-                    && self.attempts.check(&AttemptKey::Handle(*h), now).is_ok()
-            })
+            .find(|h| !self.sessions.contains_key(h))
             .ok_or(CodeRelayError::Full)?;
         let expires_at = now.saturating_add(self.config.code_lifetime);
         self.sessions.insert(
             handle,
             CodeSession {
                 companion: client,
+                source,
                 expires_at,
                 state: SessionState::Opened,
             },
         );
         self.by_keep.insert((expires_at, handle));
-        self.per_client.insert(client, held.saturating_add(1));
+        *self.per_client.entry(client).or_default() += 1;
+        *self.per_source.entry(source).or_default() += 1;
         Ok((handle, expires_at))
     }
 
     /// The companion publishes its CodeOffer under its handle (again after a
-    /// wrong code, with a new code, unless the handle is locked out).
+    /// spent code, with a new code).
     pub fn publish(
         &mut self,
         client: ClientId,
@@ -541,7 +644,6 @@ impl CodeRendezvous {
         if now >= s.expires_at {
             return Err(CodeRelayError::Expired);
         }
-        self.attempts.check(&AttemptKey::Handle(handle), now)?;
         if s.state != SessionState::Opened {
             return Err(CodeRelayError::AlreadyPublished);
         }
@@ -558,42 +660,67 @@ impl CodeRendezvous {
         Ok(header.token_id)
     }
 
+    /// Whether a primary (`primary`, from `source`, of `account` if the
+    /// relay authenticated it) may join now: not locked out, in this order,
+    /// as a client, a source, an account.
+    ///
+    /// # Errors
+    /// [`CodeRelayError::LockedOut`].
+    pub fn check_joiner(
+        &self,
+        primary: ClientId,
+        source: SourceKey,
+        account: Option<AccountId>,
+        now: Timestamp,
+    ) -> Result<(), CodeRelayError> {
+        let now = now.max(self.high_water);
+        let joiner = Joiner {
+            client: primary,
+            source,
+            account,
+        };
+        joiner
+            .keys()
+            .try_for_each(|key| self.attempts.check(&key, now))
+    }
+
     /// A primary joins the session of the `handle` the user typed and gets
-    /// the CodeOffer. `account` is the primary's account if the relay
-    /// authenticated it. Once per published code.
+    /// the CodeOffer; its CodeHello is due within the hello window. Once per
+    /// published code. A handle that names no code that can be joined now
+    /// counts a failure for the joiner (client, source, account) and is
+    /// [`CodeRelayError::NoSuchCode`], whatever the reason.
     pub fn join(
         &mut self,
         handle: CodeHandle,
         primary: ClientId,
+        source: SourceKey,
         account: Option<AccountId>,
         now: Timestamp,
     ) -> Result<Vec<u8>, CodeRelayError> {
         let now = self.clock(now);
-        self.attempts.check(&AttemptKey::Client(primary), now)?;
-        if let Some(a) = account {
-            self.attempts.check(&AttemptKey::Account(a), now)?;
-        }
-        self.attempts.check(&AttemptKey::Handle(handle), now)?;
-        let s = self
-            .sessions
-            .get(&handle)
-            .ok_or(CodeRelayError::UnknownHandle)?;
-        if now >= s.expires_at {
-            return Err(CodeRelayError::Expired);
-        }
-        let (token, offer) = match &s.state {
-            SessionState::Opened => return Err(CodeRelayError::NotPublished),
-            SessionState::Published { token, offer } => (*token, offer.clone()),
-            SessionState::Joined { .. } | SessionState::Linked { .. } => {
-                return Err(CodeRelayError::AlreadyJoined)
-            }
+        self.check_joiner(primary, source, account, now)?;
+        let joiner = Joiner {
+            client: primary,
+            source,
+            account,
         };
+        let published = self.sessions.get(&handle).and_then(|s| match &s.state {
+            SessionState::Published { token, offer } if now < s.expires_at => {
+                Some((*token, offer.clone()))
+            }
+            _ => None,
+        });
+        let Some((token, offer)) = published else {
+            self.count_failure(joiner, now);
+            return Err(CodeRelayError::NoSuchCode);
+        };
+        let hello_by = now.saturating_add(self.config.hello_window);
         self.set_state(
             handle,
             SessionState::Joined {
                 token,
-                primary,
-                account,
+                joiner,
+                hello_by,
             },
         );
         Ok(offer)
@@ -609,10 +736,11 @@ impl CodeRendezvous {
     }
 
     /// Routes one message of a code session from `from`. Sizes and headers
-    /// are checked before anything is looked up. CodeHello (from the joined
-    /// primary, before the expiry) and CodeConfirm (from the companion) go
-    /// while joined; the companion's Request makes the session linked (the
-    /// attempt succeeded); Grant, Refusal and Confirm go while linked.
+    /// are checked before anything is looked up. The CodeHello goes from the
+    /// joined primary, before the expiry and the hello deadline; the
+    /// CodeConfirm from the companion once it was answered; the companion's
+    /// Request makes the session linked (the attempt succeeded); Grant,
+    /// Refusal and Confirm go while linked.
     pub fn route(
         &mut self,
         message: &[u8],
@@ -625,24 +753,43 @@ impl CodeRendezvous {
         let wrong_step = || CodeRelayError::Unroutable("not expected at this step".into());
         if is_code_message(message) {
             let h = CodeHeader::parse(message).map_err(unroutable)?;
-            let (_, s) = self.session_of(&h.token_id)?;
-            let SessionState::Joined { primary, .. } = s.state else {
-                return Err(wrong_step());
-            };
-            let (sender, to) = match h.kind {
-                CodeMessageKind::CodeHello if now < s.expires_at => (primary, s.companion),
-                CodeMessageKind::CodeHello => return Err(CodeRelayError::Expired),
-                CodeMessageKind::CodeConfirm => (s.companion, primary),
-                CodeMessageKind::CodeOffer => return Err(wrong_step()),
-            };
-            if from != sender {
-                return Err(CodeRelayError::WrongClient);
-            }
-            return Ok(CodeRouted {
+            let (handle, s) = self.session_of(&h.token_id)?;
+            let companion = s.companion;
+            let routed = |to| CodeRouted {
                 token_id: h.token_id,
                 forward_to: to,
                 linked: false,
-            });
+            };
+            return match (h.kind, s.state.clone()) {
+                (
+                    CodeMessageKind::CodeHello,
+                    SessionState::Joined {
+                        joiner, hello_by, ..
+                    },
+                ) => {
+                    if from != joiner.client {
+                        return Err(CodeRelayError::WrongClient);
+                    }
+                    if now >= s.expires_at || now >= hello_by {
+                        return Err(CodeRelayError::Expired);
+                    }
+                    self.set_state(
+                        handle,
+                        SessionState::Answered {
+                            token: h.token_id,
+                            joiner,
+                        },
+                    );
+                    Ok(routed(companion))
+                }
+                (CodeMessageKind::CodeConfirm, SessionState::Answered { joiner, .. }) => {
+                    if from != companion {
+                        return Err(CodeRelayError::WrongClient);
+                    }
+                    Ok(routed(joiner.client))
+                }
+                _ => Err(wrong_step()),
+            };
         }
         let h = MessageHeader::parse(message).map_err(unroutable)?;
         h.check_size(message).map_err(unroutable)?;
@@ -650,7 +797,7 @@ impl CodeRendezvous {
         let companion = s.companion;
         let keep = self.keep_until(s);
         match (h.kind, s.state.clone()) {
-            (MessageKind::Request, SessionState::Joined { primary, .. }) => {
+            (MessageKind::Request, SessionState::Answered { joiner, .. }) => {
                 if from != companion {
                     return Err(CodeRelayError::WrongClient);
                 }
@@ -658,13 +805,13 @@ impl CodeRendezvous {
                     handle,
                     SessionState::Linked {
                         token: h.token_id,
-                        primary,
+                        primary: joiner.client,
                         at: now,
                     },
                 );
                 Ok(CodeRouted {
                     token_id: h.token_id,
-                    forward_to: primary,
+                    forward_to: joiner.client,
                     linked: true,
                 })
             }
@@ -688,84 +835,93 @@ impl CodeRendezvous {
     }
 
     /// An endpoint's host reports the `WrongCode` its core returned for the
-    /// joined session `token`: one failure for the handle, the joining
-    /// client and its account. The handle may carry a new code afterwards
-    /// (unless locked out). Returns the lockout of the handle, if any.
+    /// joined session `token`: one failure for the joiner (its client, its
+    /// source, its account), never for the handle. The handle may carry a
+    /// new code afterwards; when the joiner reported, the companion is to
+    /// be told its code is spent ([`WrongCodeReported::spent`]).
     pub fn report_wrong_code(
         &mut self,
         token: &TokenId,
         from: ClientId,
         now: Timestamp,
-    ) -> Result<Option<Timestamp>, CodeRelayError> {
+    ) -> Result<WrongCodeReported, CodeRelayError> {
         let now = self.clock(now);
         let (handle, s) = self.session_of(token)?;
-        let SessionState::Joined {
-            primary, account, ..
-        } = s.state
-        else {
+        let Some(joiner) = s.state.joiner() else {
             return Err(CodeRelayError::Unroutable("no attempt in progress".into()));
         };
-        if from != s.companion && from != primary {
+        if from != s.companion && from != joiner.client {
             return Err(CodeRelayError::WrongClient);
         }
-        self.count_failure(handle, primary, account, now);
+        let spent = (from == joiner.client).then_some(CodeSpent {
+            companion: s.companion,
+            token_id: *token,
+        });
+        self.count_failure(joiner, now);
         self.set_state(handle, SessionState::Opened);
-        Ok(self.attempts.locked_until(&AttemptKey::Handle(handle), now))
+        Ok(WrongCodeReported {
+            spent,
+            locked_until: self
+                .attempts
+                .locked_until(&AttemptKey::Client(joiner.client), now),
+        })
     }
 
-    fn count_failure(
-        &mut self,
-        handle: CodeHandle,
-        primary: ClientId,
-        account: Option<AccountId>,
-        now: Timestamp,
-    ) {
-        self.attempts
-            .record_failure(AttemptKey::Handle(handle), now);
-        self.attempts
-            .record_failure(AttemptKey::Client(primary), now);
-        if let Some(a) = account {
-            self.attempts.record_failure(AttemptKey::Account(a), now);
+    fn count_failure(&mut self, joiner: Joiner, now: Timestamp) {
+        for key in joiner.keys() {
+            self.attempts.record_failure(key, now);
         }
     }
 
-    /// When the next session ends (for the host's timer).
+    /// When the next session ends or its joiner's hello is due (for the
+    /// host's timer).
     pub fn next_deadline(&self) -> Option<Timestamp> {
         self.by_keep.first().map(|(at, _)| *at)
     }
 
     /// Removes sessions that ended by `now` (a joined session that never
-    /// linked counts as a failed attempt) and forgets old failures. Time
-    /// proportional to what ended.
-    pub fn sweep(&mut self, now: Timestamp) -> usize {
+    /// linked counts as a failure of its joiner), spends the codes whose
+    /// joiner sent no CodeHello in time (a failure of the joiner; the
+    /// session is open for a new code) and forgets old failures. Returns
+    /// the companions to tell that their code was spent. Time proportional
+    /// to what ended.
+    pub fn sweep(&mut self, now: Timestamp) -> Vec<CodeSpent> {
         let now = self.clock(now);
-        let mut n = 0;
+        let mut spent = Vec::new();
         while let Some(&(at, handle)) = self.by_keep.first() {
             if at > now {
                 break;
             }
             self.by_keep.pop_first();
+            let Some(s) = self.sessions.get(&handle) else {
+                continue;
+            };
+            if let SessionState::Joined { token, joiner, .. } = s.state {
+                if at < s.expires_at {
+                    // The hello deadline, before the session's end.
+                    let companion = s.companion;
+                    self.count_failure(joiner, at);
+                    self.set_state(handle, SessionState::Opened);
+                    spent.push(CodeSpent {
+                        companion,
+                        token_id: token,
+                    });
+                    continue;
+                }
+            }
             if let Some(s) = self.sessions.remove(&handle) {
                 if let Some(t) = s.state.token() {
                     self.tokens.remove(&t);
                 }
-                if let SessionState::Joined {
-                    primary, account, ..
-                } = s.state
-                {
-                    self.count_failure(handle, primary, account, at);
+                if let Some(joiner) = s.state.joiner() {
+                    self.count_failure(joiner, at);
                 }
-                if let Some(c) = self.per_client.get_mut(&s.companion) {
-                    *c = c.saturating_sub(1);
-                    if *c == 0 {
-                        self.per_client.remove(&s.companion);
-                    }
-                }
+                decrement(&mut self.per_client, &s.companion);
+                decrement(&mut self.per_source, &s.source);
             }
-            n += 1;
         }
         self.attempts.sweep(now);
-        n
+        spent
     }
 
     /// Saves the rendezvous (versioned JSON; no secrets).
@@ -789,13 +945,29 @@ impl CodeRendezvous {
             && r.by_keep
                 .iter()
                 .all(|(at, h)| r.sessions.get(h).is_some_and(|s| r.keep_until(s) == *at));
-        let mut counts: BTreeMap<ClientId, u32> = BTreeMap::new();
+        let mut clients: BTreeMap<ClientId, u64> = BTreeMap::new();
+        let mut sources: BTreeMap<SourceKey, u64> = BTreeMap::new();
         for s in r.sessions.values() {
-            *counts.entry(s.companion).or_default() += 1;
+            *clients.entry(s.companion).or_default() += 1;
+            *sources.entry(s.source).or_default() += 1;
         }
-        if !tokens_ok || !keep_ok || counts != r.per_client || !r.attempts.consistent() {
+        if !tokens_ok
+            || !keep_ok
+            || clients != r.per_client
+            || sources != r.per_source
+            || !r.attempts.consistent()
+        {
             return Err(PersistError::Inconsistent("code rendezvous"));
         }
         Ok(r)
+    }
+}
+
+fn decrement<K: Ord>(map: &mut BTreeMap<K, u64>, key: &K) {
+    if let Some(n) = map.get_mut(key) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            map.remove(key);
+        }
     }
 }

@@ -136,7 +136,8 @@ const FACTS_VERSION: u8 = 1;
 /// Encoding (`to_bytes`, 72 + 36·n bytes, integers big-endian): version (1,
 /// `0x01`) ‖ account (32) ‖ list version (u64) ‖ list hash prefix (16) ‖
 /// last activity (u64, Unix ms) ‖ logged-out index floor (u32) ‖ flags (u8:
-/// bit 0 forked, bit 1 expired) ‖ n (u16) ‖ n × (index (u32) ‖ device key (32)).
+/// bit 0 forked, bit 1 expired, bit 2 a companion was linked once) ‖ n (u16)
+/// ‖ n × (index (u32) ‖ device key (32)).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccountFacts {
     slot: Slot,
@@ -189,6 +190,11 @@ impl AccountFacts {
         self.slot.swept_up_to
     }
 
+    /// Whether a list of the account ever named a companion.
+    pub fn linked_once(&self) -> bool {
+        self.slot.linked_once
+    }
+
     /// The canonical encoding (see the type's documentation).
     pub fn to_bytes(&self) -> Vec<u8> {
         let s = &self.slot;
@@ -199,7 +205,7 @@ impl AccountFacts {
         out.extend_from_slice(&s.list_hash);
         out.extend_from_slice(&s.last_activity.as_unix_millis().to_be_bytes());
         out.extend_from_slice(&s.swept_up_to.to_be_bytes());
-        out.push(u8::from(s.forked) | (u8::from(s.expired) << 1));
+        out.push(u8::from(s.forked) | (u8::from(s.expired) << 1) | (u8::from(s.linked_once) << 2));
         // At most MAX_LIST_DEVICES (checked where slots are built).
         let n = u16::try_from(s.devices.len()).unwrap_or(u16::MAX);
         out.extend_from_slice(&n.to_be_bytes());
@@ -228,7 +234,7 @@ impl AccountFacts {
             return Err(FactsError("wrong length"));
         }
         let flags = header[69];
-        if flags & !0b11 != 0 {
+        if flags & !0b111 != 0 {
             return Err(FactsError("unknown flags"));
         }
         let expired = flags & 0b10 != 0;
@@ -253,6 +259,7 @@ impl AccountFacts {
                 swept_up_to: u32::from_be_bytes(be(field(65, 4))),
                 forked: flags & 1 != 0,
                 expired,
+                linked_once: flags & 0b100 != 0,
                 devices,
             },
         })
@@ -289,6 +296,11 @@ struct Slot {
     /// not re-link it.
     #[serde(default)]
     swept_up_to: u32,
+    /// A list once named a companion: what the account's history decides
+    /// (its floor, its fork mark, the removals it signed) must outlive it,
+    /// so it is never forgotten ([`Directory::is_forgettable`]).
+    #[serde(default)]
+    linked_once: bool,
 }
 
 impl Slot {
@@ -362,6 +374,7 @@ impl Directory {
                 devices: Box::new([]),
                 expired: false,
                 swept_up_to: 0,
+                linked_once: false,
             });
         }
         self.index.insert(account, n);
@@ -390,6 +403,7 @@ impl Directory {
         }
         let old =
             (!slot.devices.is_empty()).then(|| slot.last_activity.saturating_add_millis(limit));
+        slot.linked_once |= !slot.devices.is_empty() || !devices.is_empty();
         slot.last_activity = last_activity;
         slot.devices = devices;
         slot.expired = false;
@@ -428,7 +442,10 @@ impl Directory {
     /// (never a list a version or more ahead), so a restored old primary
     /// cannot re-list a revoked device by publishing more versions. The
     /// genuine primary publishes every version it makes, so its lists always
-    /// chain.
+    /// chain. A first list of an account the directory does not know that
+    /// was signed the offline limit or longer before `now` creates nothing
+    /// ([`DirectoryError::AccountExpired`]): its account would be expired
+    /// from the start, and kept for good.
     pub fn apply_device_list(
         &mut self,
         list: &SignedDeviceList,
@@ -436,6 +453,9 @@ impl Directory {
     ) -> Result<ListApplied, DirectoryError> {
         let account = list.account();
         let mut last_activity = list.issued_at();
+        if self.entry(&account).is_none() && now >= self.deadline_of(list.issued_at()) {
+            return Err(DirectoryError::AccountExpired);
+        }
         if let Some((n, slot)) = self.entry(&account) {
             match list.check_successor_of(slot.list_version, &slot.list_hash) {
                 Ok(()) => {}
@@ -590,6 +610,9 @@ impl Directory {
             slot.forked = f.forked;
             slot.swept_up_to = f.swept_up_to;
             slot.expired = f.expired;
+            // Facts written before the mark existed: a floor means a
+            // companion was linked.
+            slot.linked_once |= f.linked_once || f.swept_up_to > 0;
         }
         Ok(())
     }
@@ -607,6 +630,30 @@ impl Directory {
             now < self.deadline_of(s.last_activity)
                 && s.devices.iter().any(|(i, k)| *i == index.0 && k == device)
         })
+    }
+
+    /// Whether the relay may forget `account` at `now`: no list of it ever
+    /// named a companion, and its primary was inactive for the offline
+    /// limit. Nothing it could still decide depends on it: every list it
+    /// applied was signed before its deadline, so published again it creates
+    /// nothing (a first list past the offline limit), and a newer list from
+    /// the primary starts the account afresh. An account that once had a
+    /// companion is kept: its floor and its fork mark must still bind a
+    /// primary that missed a logout or was restored from a backup.
+    pub fn is_forgettable(&self, account: &AccountId, now: Timestamp) -> bool {
+        self.entry(account).is_some_and(|(_, s)| {
+            s.devices.is_empty()
+                && !s.linked_once
+                && s.swept_up_to == 0
+                && now >= self.deadline_of(s.last_activity)
+        })
+    }
+
+    /// Whether `account` is expired with no companion left: nothing more
+    /// will ever be pushed for it (its stored list is no longer needed).
+    pub fn is_spent(&self, account: &AccountId) -> bool {
+        self.entry(account)
+            .is_some_and(|(_, s)| s.expired && s.devices.is_empty())
     }
 
     /// The account's lease deadline (first instant its companions are logged out).
@@ -632,6 +679,7 @@ impl Directory {
             if let Some(slot) = self.slot_mut(n) {
                 let account = slot.account;
                 slot.expired = true;
+                slot.linked_once = true;
                 slot.swept_up_to = slot.highest_index(slot.swept_up_to);
                 out.extend(
                     std::mem::take(&mut slot.devices)

@@ -79,19 +79,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::budget::{Budget, BudgetScope, Held, SourceKey};
 use crate::handshake::{MessageHeader, MessageKind};
 use crate::offer::TokenId;
 use crate::policy::Policy;
 use crate::time::Timestamp;
-
-/// Which quota a registration ran into.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum QuotaScope {
-    /// The registering client's open and reserved tokens.
-    Client,
-    /// All entries of the store, tombstones included.
-    Store,
-}
 
 /// Why the ledger refused. Every refusal leaves the ledger's tokens
 /// unchanged (its time high-water mark still moves forward to `now`).
@@ -132,11 +124,12 @@ pub enum LedgerError {
     /// registered the token.
     #[error("message from a client that did not register the token")]
     WrongClient,
-    /// A registration over a quota.
+    /// A registration over the tokens' [`Budget`]: the client's, its
+    /// source's, the store's, or the store's reserve.
     #[error("token quota exceeded ({scope:?}, limit {limit})")]
     QuotaExceeded {
-        /// Which quota.
-        scope: QuotaScope,
+        /// Which part of the budget.
+        scope: BudgetScope,
         /// Its limit.
         limit: u64,
     },
@@ -281,6 +274,9 @@ pub enum TokenState {
 pub struct TokenRecord {
     /// The registering client (the companion).
     pub client: ClientId,
+    /// The network source it registered from (counted against its budget
+    /// until the entry is swept).
+    pub source: SourceKey,
     /// The offer's end (exclusive), as clamped at registration.
     pub expires_at: Timestamp,
     /// When a sweep may delete the entry: `expires_at`, or later while
@@ -359,15 +355,6 @@ impl TokenRecord {
     }
 }
 
-/// The quotas a registration is checked against.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Quota {
-    /// Open or reserved tokens of one client.
-    pub per_client: u32,
-    /// Entries in the whole store, tombstones included.
-    pub total: u64,
-}
-
 /// Where the ledger keeps tokens. The exactly-once guarantee rests on
 /// [`TokenStore::reserve`] and [`TokenStore::redeem`] each being **one atomic
 /// conditional write**.
@@ -389,6 +376,7 @@ pub struct Quota {
 /// CREATE TABLE tokens (
 ///   id BLOB PRIMARY KEY,          -- bytea in PostgreSQL
 ///   client BLOB NOT NULL,
+///   source BLOB NOT NULL,         -- the registering source (SourceKey)
 ///   expires_at BIGINT NOT NULL,   -- Unix milliseconds
 ///   keep_until BIGINT NOT NULL,
 ///   state SMALLINT NOT NULL,      -- 0 open, 1 reserved, 2 redeemed
@@ -397,40 +385,50 @@ pub struct Quota {
 ///   hello BLOB                    -- the reserving Hello's digest (32 bytes)
 /// );
 /// CREATE INDEX tokens_keep ON tokens (keep_until);
+/// CREATE INDEX tokens_client ON tokens (client);
 /// CREATE TABLE clients (id BLOB PRIMARY KEY, live INTEGER NOT NULL);
+/// CREATE TABLE sources (id BLOB PRIMARY KEY, live INTEGER NOT NULL);
 /// CREATE TABLE totals (one INTEGER PRIMARY KEY CHECK (one = 1), n BIGINT NOT NULL);
 /// ```
 ///
-/// `clients.live` counts a client's open and reserved tokens and `totals.n`
-/// all rows of `tokens`; both change in the same transaction as the row they
-/// count (in SQLite `BEGIN IMMEDIATE`, which serializes writers; in
-/// PostgreSQL the conditional `UPDATE`s below lock the counter rows). The
+/// `clients.live` and `sources.live` count the rows of `tokens` (open,
+/// reserved and redeemed tombstones alike: each holds the store until it is
+/// swept) a client and a source registered, and `totals.n` all rows; they
+/// change in the same transaction as the row they count (in SQLite `BEGIN
+/// IMMEDIATE`, which serializes writers; in PostgreSQL the conditional
+/// `UPDATE`s below lock the counter rows). The
 /// statement marked *decision* is the one whose affected-row count decides;
 /// when it changes no row, the store reads the row
 /// (`SELECT client, expires_at, keep_until, state, peer, state_at FROM tokens WHERE id = $id`)
 /// only to name the error, and rolls back.
 pub trait TokenStore: Send + Sync {
-    /// Inserts `token` in state *open*, owned by `client`, with
-    /// `keep_until = expires_at`. Refuses, in this order: an id the store
-    /// holds in any state ([`LedgerError::DuplicateToken`]); a client with
-    /// `quota.per_client` open or reserved tokens, or a store with
-    /// `quota.total` entries ([`LedgerError::QuotaExceeded`]).
+    /// Inserts `token` in state *open*, owned by `client` from `source`,
+    /// with `keep_until = expires_at`. Refuses, in this order: an id the
+    /// store holds in any state ([`LedgerError::DuplicateToken`]); a
+    /// registration `budget` refuses ([`Budget::check`] over the rows the
+    /// client, the source and the store held before it:
+    /// [`LedgerError::QuotaExceeded`] with its scope). The counters are
+    /// raised in the same transaction as the insert, and the core's rule
+    /// decides from the counts they held; a refusal rolls all of it back.
     ///
     /// ```sql
-    /// -- decision
-    /// INSERT INTO tokens (id, client, expires_at, keep_until, state)
-    ///   VALUES ($id, $client, $exp, $exp, 0) ON CONFLICT (id) DO NOTHING;
-    /// INSERT INTO clients (id, live) VALUES ($client, 0) ON CONFLICT (id) DO NOTHING;
-    /// UPDATE clients SET live = live + 1 WHERE id = $client AND live < $per_client;
-    /// UPDATE totals SET n = n + 1 WHERE n < $total;
-    /// -- any of the three changing no row: roll back with the error
+    /// INSERT INTO tokens (id, client, source, expires_at, keep_until, state)
+    ///   VALUES ($id, $client, $source, $exp, $exp, 0) ON CONFLICT (id) DO NOTHING;
+    /// -- no row: DuplicateToken
+    /// INSERT INTO clients (id, live) VALUES ($client, 1)
+    ///   ON CONFLICT (id) DO UPDATE SET live = live + 1 RETURNING live - 1;
+    /// INSERT INTO sources (id, live) VALUES ($source, 1)
+    ///   ON CONFLICT (id) DO UPDATE SET live = live + 1 RETURNING live - 1;
+    /// UPDATE totals SET n = n + 1 RETURNING n - 1;
+    /// -- decision: Budget::check(client, source, total); refused: roll back
     /// ```
     fn register(
         &self,
         token: TokenId,
         client: ClientId,
+        source: SourceKey,
         expires_at: Timestamp,
-        quota: Quota,
+        budget: Budget,
     ) -> Result<(), LedgerError>;
 
     /// Reserves `token` for the primary `by` until `until`: succeeds only if
@@ -495,7 +493,6 @@ pub trait TokenStore: Send + Sync {
     /// UPDATE tokens SET state = 2, state_at = $now, keep_until = max(keep_until, $keep)
     ///  WHERE id = $id AND client = $client AND state = 1 AND keep_until > $now
     /// RETURNING peer;
-    /// UPDATE clients SET live = live - 1 WHERE id = $client;
     /// ```
     fn redeem(
         &self,
@@ -519,19 +516,39 @@ pub trait TokenStore: Send + Sync {
     /// ```sql
     /// DELETE FROM tokens WHERE id IN
     ///   (SELECT id FROM tokens WHERE keep_until <= $now ORDER BY keep_until LIMIT $limit)
-    /// RETURNING client, state;
-    /// -- per returned client with state < 2: UPDATE clients SET live = live - 1 WHERE id = $client;
+    /// RETURNING client, source;
+    /// -- per returned row: UPDATE clients SET live = live - 1 WHERE id = $client;
+    /// --                   UPDATE sources SET live = live - 1 WHERE id = $source;
     /// UPDATE totals SET n = n - $deleted;
     /// ```
     fn sweep(&self, now: Timestamp, limit: usize) -> Result<usize, LedgerError>;
+
+    /// Deletes every entry `client` registered, whatever its state, and
+    /// returns how many: the client can never send again (a connection's
+    /// random id, gone with its connection), so its open tokens can never be
+    /// redeemed, and its redeemed ones can no longer be answered. Swept early,
+    /// they stop counting against the client's source and the store.
+    ///
+    /// ```sql
+    /// DELETE FROM tokens WHERE client = $client RETURNING source;   -- the index on client
+    /// -- per returned row: UPDATE sources SET live = live - 1 WHERE id = $source;
+    /// DELETE FROM clients WHERE id = $client;
+    /// UPDATE totals SET n = n - $deleted;
+    /// ```
+    fn abandon(&self, client: ClientId) -> Result<usize, LedgerError>;
 }
 
 #[derive(Debug, Default, Deserialize)]
 struct MemoryInner {
     tokens: HashMap<TokenId, TokenRecord>,
     by_keep: BTreeSet<(Timestamp, TokenId)>,
-    /// Open or reserved tokens per client; no zero entries.
-    live: HashMap<ClientId, u32>,
+    /// Each client's entries (for its count and [`TokenStore::abandon`]);
+    /// no empty sets. Rebuilt from `tokens` on restore.
+    #[serde(skip)]
+    by_client: HashMap<ClientId, BTreeSet<TokenId>>,
+    /// Entries per source; no zero counts. Rebuilt on restore.
+    #[serde(skip)]
+    by_source: HashMap<SourceKey, u64>,
 }
 
 /// Saves in key order, so that equal stores save to equal bytes.
@@ -541,12 +558,10 @@ impl Serialize for MemoryInner {
         struct Sorted<'a> {
             tokens: BTreeMap<&'a TokenId, &'a TokenRecord>,
             by_keep: &'a BTreeSet<(Timestamp, TokenId)>,
-            live: BTreeMap<&'a ClientId, &'a u32>,
         }
         Sorted {
             tokens: self.tokens.iter().collect(),
             by_keep: &self.by_keep,
-            live: self.live.iter().collect(),
         }
         .serialize(s)
     }
@@ -560,16 +575,46 @@ impl MemoryInner {
         }
     }
 
-    fn unlive(&mut self, client: &ClientId) {
-        if let Some(n) = self.live.get_mut(client) {
+    fn count(&mut self, token: TokenId, r: &TokenRecord) {
+        self.by_client.entry(r.client).or_default().insert(token);
+        *self.by_source.entry(r.source).or_default() += 1;
+    }
+
+    fn uncount(&mut self, token: &TokenId, r: &TokenRecord) {
+        if let Some(set) = self.by_client.get_mut(&r.client) {
+            set.remove(token);
+            if set.is_empty() {
+                self.by_client.remove(&r.client);
+            }
+        }
+        if let Some(n) = self.by_source.get_mut(&r.source) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                self.live.remove(client);
+                self.by_source.remove(&r.source);
             }
         }
     }
 
-    fn consistent(&self) -> Result<(), &'static str> {
+    /// Removes an entry and everything that counts it.
+    fn remove(&mut self, token: &TokenId) -> Option<TokenRecord> {
+        let r = self.tokens.remove(token)?;
+        self.by_keep.remove(&(r.keep_until, *token));
+        self.uncount(token, &r);
+        Some(r)
+    }
+
+    fn held(&self, client: &ClientId, source: &SourceKey) -> Held {
+        let len = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        Held {
+            client: len(self.by_client.get(client).map_or(0, BTreeSet::len)),
+            source: self.by_source.get(source).copied().unwrap_or(0),
+            total: len(self.tokens.len()),
+        }
+    }
+
+    /// Checks the expiry index and each entry's keep time, and rebuilds
+    /// the per-client and per-source counts from the entries.
+    fn consistent(&mut self) -> Result<(), &'static str> {
         if self.by_keep.len() != self.tokens.len()
             || !self
                 .by_keep
@@ -578,7 +623,6 @@ impl MemoryInner {
         {
             return Err("ledger expiry index");
         }
-        let mut live: HashMap<ClientId, u32> = HashMap::new();
         for r in self.tokens.values() {
             let keep_ok = match r.state {
                 TokenState::Open => r.keep_until == r.expires_at,
@@ -588,13 +632,12 @@ impl MemoryInner {
             if !keep_ok {
                 return Err("ledger token keep_until");
             }
-            if !matches!(r.state, TokenState::Redeemed { .. }) {
-                let n = live.entry(r.client).or_default();
-                *n = n.saturating_add(1);
-            }
         }
-        if live != self.live {
-            return Err("ledger per-client counts");
+        self.by_client.clear();
+        self.by_source.clear();
+        let all: Vec<(TokenId, TokenRecord)> = self.tokens.iter().map(|(t, r)| (*t, *r)).collect();
+        for (t, r) in &all {
+            self.count(*t, r);
         }
         Ok(())
     }
@@ -629,9 +672,16 @@ impl MemoryTokenStore {
         self.len() == 0
     }
 
-    /// Open or reserved tokens of `client`.
-    pub fn live_tokens(&self, client: &ClientId) -> u32 {
-        self.lock().live.get(client).copied().unwrap_or(0)
+    /// Entries `client` registered that the store still holds (open,
+    /// reserved or redeemed).
+    pub fn client_tokens(&self, client: &ClientId) -> u64 {
+        let g = self.lock();
+        g.held(client, &SourceKey::LOCAL).client
+    }
+
+    /// Entries registered from `source` that the store still holds.
+    pub fn source_tokens(&self, source: &SourceKey) -> u64 {
+        self.lock().by_source.get(source).copied().unwrap_or(0)
     }
 
     /// Serializes the store alone (versioned JSON, see [`crate::persist`]);
@@ -647,7 +697,7 @@ impl MemoryTokenStore {
         Self::from_inner(inner)
     }
 
-    fn from_inner(inner: MemoryInner) -> Result<Self, crate::persist::PersistError> {
+    fn from_inner(mut inner: MemoryInner) -> Result<Self, crate::persist::PersistError> {
         inner
             .consistent()
             .map_err(crate::persist::PersistError::Inconsistent)?;
@@ -662,37 +712,30 @@ impl TokenStore for MemoryTokenStore {
         &self,
         token: TokenId,
         client: ClientId,
+        source: SourceKey,
         expires_at: Timestamp,
-        quota: Quota,
+        budget: Budget,
     ) -> Result<(), LedgerError> {
         let mut g = self.lock();
         if g.tokens.contains_key(&token) {
             return Err(LedgerError::DuplicateToken);
         }
-        let live = g.live.get(&client).copied().unwrap_or(0);
-        if live >= quota.per_client {
-            return Err(LedgerError::QuotaExceeded {
-                scope: QuotaScope::Client,
-                limit: u64::from(quota.per_client),
-            });
-        }
-        if u64::try_from(g.tokens.len()).unwrap_or(u64::MAX) >= quota.total {
-            return Err(LedgerError::QuotaExceeded {
-                scope: QuotaScope::Store,
-                limit: quota.total,
-            });
-        }
-        g.tokens.insert(
-            token,
-            TokenRecord {
-                client,
-                expires_at,
-                keep_until: expires_at,
-                state: TokenState::Open,
-            },
-        );
+        budget
+            .check(g.held(&client, &source))
+            .map_err(|e| LedgerError::QuotaExceeded {
+                scope: e.scope,
+                limit: e.limit,
+            })?;
+        let r = TokenRecord {
+            client,
+            source,
+            expires_at,
+            keep_until: expires_at,
+            state: TokenState::Open,
+        };
+        g.tokens.insert(token, r);
         g.by_keep.insert((expires_at, token));
-        g.live.insert(client, live.saturating_add(1));
+        g.count(token, &r);
         Ok(())
     }
 
@@ -752,7 +795,6 @@ impl TokenStore for MemoryTokenStore {
         r.keep_until = old.max(keep);
         let new = r.keep_until;
         g.set_keep(*token, old, new);
-        g.unlive(&client);
         Ok(primary)
     }
 
@@ -770,15 +812,21 @@ impl TokenStore for MemoryTokenStore {
             if at > now {
                 break;
             }
-            g.by_keep.pop_first();
-            if let Some(r) = g.tokens.remove(&token) {
-                if !matches!(r.state, TokenState::Redeemed { .. }) {
-                    g.unlive(&r.client);
-                }
+            if g.remove(&token).is_none() {
+                g.by_keep.pop_first();
             }
             n += 1;
         }
         Ok(n)
+    }
+
+    fn abandon(&self, client: ClientId) -> Result<usize, LedgerError> {
+        let mut g = self.lock();
+        let tokens = g.by_client.remove(&client).unwrap_or_default();
+        for t in &tokens {
+            g.remove(t);
+        }
+        Ok(tokens.len())
     }
 }
 
@@ -798,14 +846,22 @@ pub const DEFAULT_SESSION_WINDOW: Duration = Duration::from_secs(300);
 /// (120 s) would outlast the offer.
 pub const DEFAULT_RESERVE_WINDOW: Duration = Duration::from_secs(30);
 
-/// Open or reserved tokens one client may hold: 8. A companion shows one
-/// offer at a time and registers the next one on rotation; 8 leaves room for
-/// rotations registered before the previous token is swept and for a few
-/// tabs sharing one connection.
-pub const DEFAULT_MAX_TOKENS_PER_CLIENT: u32 = 8;
+/// Entries (open, reserved or redeemed until swept) one client may hold: 8.
+/// A companion shows one offer at a time and registers the next one on
+/// rotation (a rotated offer lives 20 s, the first 60 s), and its one
+/// redeemed token stays as a tombstone for the session window; 8 leaves
+/// room for a re-pair and for a few tabs sharing one connection.
+pub const DEFAULT_MAX_TOKENS_PER_CLIENT: u64 = 8;
+
+/// Entries one network source may hold: 256. A redeemed token stays for
+/// the session window (5 minutes), so one address (an office behind one
+/// NAT) can complete about 80 pairings in any 5 minutes; an attacker's
+/// address holds at most 256 rows, whatever number of client ids it makes.
+pub const DEFAULT_MAX_TOKENS_PER_SOURCE: u64 = 256;
 
 /// Entries (tombstones included) one store may hold: 1,000,000, about
-/// 100 MB for the in-memory store.
+/// 100 MB for the in-memory store. The last quarter is kept for sources
+/// holding fewer than 32 entries ([`Budget::new`]).
 pub const DEFAULT_MAX_TOKENS: u64 = 1_000_000;
 
 /// Entries a registration that hit a quota sweeps before trying once more.
@@ -828,11 +884,11 @@ pub struct LedgerConfig {
     /// [`DEFAULT_SESSION_WINDOW`] and `approval_timeout + confirmation_timeout`.
     #[serde(with = "millis")]
     pub session_window: Duration,
-    /// Open or reserved tokens one client may hold
-    /// ([`DEFAULT_MAX_TOKENS_PER_CLIENT`]).
-    pub max_tokens_per_client: u32,
-    /// Entries the store may hold, tombstones included ([`DEFAULT_MAX_TOKENS`]).
-    pub max_tokens: u64,
+    /// The entries (tombstones included) one client, one source and the
+    /// whole store may hold ([`DEFAULT_MAX_TOKENS_PER_CLIENT`],
+    /// [`DEFAULT_MAX_TOKENS_PER_SOURCE`], [`DEFAULT_MAX_TOKENS`], a quarter
+    /// of the total kept for sources in good standing).
+    pub tokens: Budget,
 }
 
 mod millis {
@@ -862,15 +918,11 @@ impl LedgerConfig {
                     .approval_timeout()
                     .saturating_add(policy.confirmation_timeout()),
             ),
-            max_tokens_per_client: DEFAULT_MAX_TOKENS_PER_CLIENT,
-            max_tokens: DEFAULT_MAX_TOKENS,
-        }
-    }
-
-    fn quota(&self) -> Quota {
-        Quota {
-            per_client: self.max_tokens_per_client,
-            total: self.max_tokens,
+            tokens: Budget::new(
+                DEFAULT_MAX_TOKENS_PER_CLIENT,
+                DEFAULT_MAX_TOKENS_PER_SOURCE,
+                DEFAULT_MAX_TOKENS,
+            ),
         }
     }
 }
@@ -1008,16 +1060,17 @@ impl<S: TokenStore> Ledger<S> {
         now.max(Timestamp::from_unix_millis(prev))
     }
 
-    /// The companion (`client`) announces the token it shows, valid until
-    /// `expires_at`, which is clamped to `now + max_offer_lifetime`. Returns
-    /// the expiry recorded. Refuses an expiry not after `now`
-    /// ([`LedgerError::TokenExpired`]), an id the store holds
-    /// ([`LedgerError::DuplicateToken`]) and a registration over a quota
-    /// ([`LedgerError::QuotaExceeded`], after sweeping a few expired entries
-    /// to make room).
+    /// The companion (`client`, from the network source `source`) announces
+    /// the token it shows, valid until `expires_at`, which is clamped to
+    /// `now + max_offer_lifetime`. Returns the expiry recorded. Refuses an
+    /// expiry not after `now` ([`LedgerError::TokenExpired`]), an id the
+    /// store holds ([`LedgerError::DuplicateToken`]) and a registration over
+    /// the tokens' budget ([`LedgerError::QuotaExceeded`], after sweeping a
+    /// few expired entries to make room).
     pub fn register(
         &self,
         client: ClientId,
+        source: SourceKey,
         token: TokenId,
         expires_at: Timestamp,
         now: Timestamp,
@@ -1027,17 +1080,27 @@ impl<S: TokenStore> Ledger<S> {
             return Err(LedgerError::TokenExpired);
         }
         let expires_at = expires_at.min(now.saturating_add(self.config.max_offer_lifetime));
+        let budget = self.config.tokens;
         match self
             .store
-            .register(token, client, expires_at, self.config.quota())
+            .register(token, client, source, expires_at, budget)
         {
             Err(LedgerError::QuotaExceeded { .. }) if self.sweep(now, QUOTA_SWEEP_LIMIT)? > 0 => {
                 self.store
-                    .register(token, client, expires_at, self.config.quota())?;
+                    .register(token, client, source, expires_at, budget)?;
             }
             other => other?,
         }
         Ok(expires_at)
+    }
+
+    /// Forgets every token `client` registered: the client is gone for good
+    /// (a connection that never identified, whose random id ended with it).
+    /// Its open tokens could never be redeemed and its redeemed ones never
+    /// answered; deleted now, they stop counting against its source and the
+    /// store ([`TokenStore::abandon`]). Returns how many.
+    pub fn abandon(&self, client: ClientId) -> Result<usize, LedgerError> {
+        self.store.abandon(client)
     }
 
     /// Routes a handshake message from `from` at `now`.
@@ -1160,10 +1223,8 @@ mod tests {
     const C: ClientId = ClientId::from_bytes([0xc; 16]);
     const P: ClientId = ClientId::from_bytes([0xa; 16]);
     const H: HelloDigest = HelloDigest::from_bytes([0x4e; 32]);
-    const Q: Quota = Quota {
-        per_client: 8,
-        total: 100,
-    };
+    const Q: Budget = Budget::new(8, 100, 100);
+    const S: SourceKey = SourceKey::LOCAL;
 
     fn tok(n: u8) -> TokenId {
         TokenId([n; 16])
@@ -1176,12 +1237,12 @@ mod tests {
     #[test]
     fn open_reserved_redeemed() {
         let s = MemoryTokenStore::new();
-        s.register(tok(1), C, t(100), Q).unwrap();
+        s.register(tok(1), C, S, t(100), Q).unwrap();
         assert_eq!(
-            s.register(tok(1), C, t(100), Q),
+            s.register(tok(1), C, S, t(100), Q),
             Err(LedgerError::DuplicateToken)
         );
-        assert_eq!(s.live_tokens(&C), 1);
+        assert_eq!(s.client_tokens(&C), 1);
         // A Request before any Hello.
         assert_eq!(
             s.redeem(&tok(1), C, t(1), t(500)),
@@ -1213,13 +1274,14 @@ mod tests {
                 at: t(12)
             }
         );
-        assert_eq!(s.live_tokens(&C), 0);
+        // The tombstone still counts until it is swept.
+        assert_eq!(s.client_tokens(&C), 1);
         assert_eq!(s.get(&tok(1)).unwrap().unwrap().keep_until, t(500));
         for r in [
             s.redeem(&tok(1), C, t(13), t(500)).map(|_| ()),
             s.reserve(&tok(1), P, &H, t(13), t(43)).map(|_| ()),
             s.release(&tok(1), C, &H, t(13)),
-            s.register(tok(1), C, t(100), Q),
+            s.register(tok(1), C, S, t(100), Q),
         ] {
             assert!(
                 matches!(
@@ -1239,7 +1301,7 @@ mod tests {
     #[test]
     fn release_and_lapse_reopen() {
         let s = MemoryTokenStore::new();
-        s.register(tok(1), C, t(100), Q).unwrap();
+        s.register(tok(1), C, S, t(100), Q).unwrap();
         assert_eq!(
             s.release(&tok(1), C, &H, t(1)),
             Err(LedgerError::NotReserved)
@@ -1265,7 +1327,7 @@ mod tests {
         let s = MemoryTokenStore::new();
         let (corrupt, genuine) = (HelloDigest::of(b"corrupted"), HelloDigest::of(b"genuine"));
         let other = ClientId::from(7);
-        s.register(tok(1), C, t(100), Q).unwrap();
+        s.register(tok(1), C, S, t(100), Q).unwrap();
         s.reserve(&tok(1), P, &corrupt, t(10), t(40)).unwrap();
         // The corrupted Hello's reservation lapses; the genuine one reserves.
         s.reserve(&tok(1), other, &genuine, t(40), t(70)).unwrap();
@@ -1284,9 +1346,9 @@ mod tests {
     #[test]
     fn expiry_reservation_past_expiry_and_sweep() {
         let s = MemoryTokenStore::new();
-        s.register(tok(1), C, t(100), Q).unwrap();
-        s.register(tok(2), C, t(100), Q).unwrap();
-        s.register(tok(3), C, t(100), Q).unwrap();
+        s.register(tok(1), C, S, t(100), Q).unwrap();
+        s.register(tok(2), C, S, t(100), Q).unwrap();
+        s.register(tok(3), C, S, t(100), Q).unwrap();
         assert_eq!(
             s.reserve(&tok(1), P, &H, t(100), t(130)),
             Err(LedgerError::TokenExpired)
@@ -1305,12 +1367,12 @@ mod tests {
             s.release(&tok(3), C, &H, t(129)),
             Err(LedgerError::UnknownToken)
         );
-        assert_eq!(s.live_tokens(&C), 2);
+        assert_eq!(s.client_tokens(&C), 3);
         // Sweep in expiry order, with a limit.
         assert_eq!(s.sweep(t(100), 10), Ok(1));
         assert_eq!(s.sweep(t(200), 0), Ok(0));
         assert_eq!(s.sweep(t(200), 10), Ok(1));
-        assert_eq!(s.live_tokens(&C), 0);
+        assert_eq!(s.client_tokens(&C), 1);
         assert_eq!(s.len(), 1);
         assert_eq!(s.sweep(t(399), 10), Ok(0));
         assert_eq!(s.sweep(t(400), 10), Ok(1));
@@ -1319,39 +1381,76 @@ mod tests {
     }
 
     #[test]
-    fn quotas() {
+    fn budgets_count_clients_sources_and_tombstones() {
         let s = MemoryTokenStore::new();
-        let q = Quota {
-            per_client: 2,
-            total: 3,
-        };
-        s.register(tok(1), C, t(100), q).unwrap();
-        s.register(tok(2), C, t(100), q).unwrap();
-        let over = Err(LedgerError::QuotaExceeded {
-            scope: QuotaScope::Client,
-            limit: 2,
-        });
-        assert_eq!(s.register(tok(3), C, t(100), q), over);
-        s.register(tok(3), P, t(100), q).unwrap();
-        assert_eq!(
-            s.register(tok(4), ClientId::from(9), t(100), q),
-            Err(LedgerError::QuotaExceeded {
-                scope: QuotaScope::Store,
-                limit: 3
-            })
+        let (x, y) = (
+            SourceKey::from_bytes([1; 16]),
+            SourceKey::from_bytes([2; 16]),
         );
-        // A redeemed token no longer counts for its client, only for the store.
+        // 2 per client, 3 per source, 6 in all, the last 2 kept for
+        // sources holding fewer than 1.
+        let q = Budget::new(2, 3, 6).with_reserve(2, 1);
+        let quota = |scope, limit| Err(LedgerError::QuotaExceeded { scope, limit });
+        s.register(tok(1), C, x, t(100), q).unwrap();
+        s.register(tok(2), C, x, t(100), q).unwrap();
+        assert_eq!(
+            s.register(tok(3), C, x, t(100), q),
+            quota(BudgetScope::Client, 2)
+        );
+        s.register(tok(3), P, x, t(100), q).unwrap();
+        // A fresh client id from the same source is still that source.
+        assert_eq!(
+            s.register(tok(4), ClientId::from(9), x, t(100), q),
+            quota(BudgetScope::Source, 3)
+        );
+        s.register(tok(4), ClientId::from(9), y, t(100), q).unwrap();
+        // Four held: the reserve begins; y holds one, x three: neither is
+        // in good standing, a new source is.
+        assert_eq!(
+            s.register(tok(5), ClientId::from(10), y, t(100), q),
+            quota(BudgetScope::Reserve, 4)
+        );
+        let z = SourceKey::from_bytes([3; 16]);
+        s.register(tok(5), ClientId::from(11), z, t(100), q)
+            .unwrap();
+        s.register(
+            tok(6),
+            ClientId::from(12),
+            SourceKey::from_bytes([4; 16]),
+            t(100),
+            q,
+        )
+        .unwrap();
+        assert_eq!(
+            s.register(
+                tok(7),
+                ClientId::from(13),
+                SourceKey::from_bytes([5; 16]),
+                t(100),
+                q
+            ),
+            quota(BudgetScope::Total, 6)
+        );
+        // A redeemed token still counts for its client and source.
         s.reserve(&tok(1), P, &H, t(1), t(2)).unwrap();
         s.redeem(&tok(1), C, t(1), t(200)).unwrap();
-        assert_eq!(s.live_tokens(&C), 1);
-        assert!(matches!(
-            s.register(tok(4), C, t(100), q),
-            Err(LedgerError::QuotaExceeded {
-                scope: QuotaScope::Store,
-                ..
-            })
-        ));
-        assert_eq!(s.len(), 3);
+        assert_eq!(s.client_tokens(&C), 2);
+        assert_eq!(s.source_tokens(&x), 3);
+        // Abandoning a client frees what it held, tombstone included.
+        assert_eq!(s.abandon(C), Ok(2));
+        assert_eq!(s.abandon(C), Ok(0));
+        assert_eq!(s.client_tokens(&C), 0);
+        assert_eq!(s.source_tokens(&x), 1);
+        assert_eq!(s.get(&tok(1)), Ok(None));
+        assert_eq!(s.len(), 4);
+        // Four held again: x (one entry) is not in good standing.
+        assert!(s.register(tok(8), C, x, t(100), q).is_err());
+        s.register(tok(8), C, SourceKey::from_bytes([9; 16]), t(100), q)
+            .unwrap();
+        let mut g = s.lock();
+        let before = (g.by_client.clone(), g.by_source.clone());
+        g.consistent().unwrap();
+        assert_eq!((g.by_client.clone(), g.by_source.clone()), before);
     }
 
     #[test]
@@ -1359,17 +1458,17 @@ mod tests {
         let l = Ledger::default();
         let max = l.config().max_offer_lifetime;
         assert_eq!(max, Duration::from_secs(60));
-        let exp = l.register(C, tok(1), Timestamp::MAX, t(1_000)).unwrap();
+        let exp = l.register(C, S, tok(1), Timestamp::MAX, t(1_000)).unwrap();
         assert_eq!(exp, t(61_000));
         assert_eq!(
-            l.register(C, tok(2), t(1_000), t(1_000)),
+            l.register(C, S, tok(2), t(1_000), t(1_000)),
             Err(LedgerError::TokenExpired)
         );
         // The clock jumps past the expiry, then back.
         assert_eq!(l.sweep(t(70_000), 0), Ok(0));
         assert_eq!(l.high_water(), t(70_000));
         assert_eq!(
-            l.register(C, tok(2), t(5_000), t(1_000)),
+            l.register(C, S, tok(2), t(5_000), t(1_000)),
             Err(LedgerError::TokenExpired)
         );
         assert_eq!(l.sweep(t(2_000), 10), Ok(1));
@@ -1378,20 +1477,14 @@ mod tests {
     #[test]
     fn restore_checks_counts_and_index() {
         let s = MemoryTokenStore::new();
-        s.register(tok(1), C, t(100), Q).unwrap();
-        s.register(tok(2), C, t(100), Q).unwrap();
+        s.register(tok(1), C, S, t(100), Q).unwrap();
+        s.register(tok(2), C, S, t(100), Q).unwrap();
         s.reserve(&tok(2), P, &H, t(1), t(200)).unwrap();
         let r = MemoryTokenStore::restore(&s.save().unwrap()).unwrap();
         assert_eq!(r.get(&tok(2)), s.get(&tok(2)));
-        assert_eq!(r.live_tokens(&C), 2);
-        s.lock().live.insert(C, 3);
-        assert!(matches!(
-            MemoryTokenStore::restore(&s.save().unwrap()),
-            Err(crate::persist::PersistError::Inconsistent(
-                "ledger per-client counts"
-            ))
-        ));
-        s.lock().live.insert(C, 2);
+        // The counts are rebuilt from the entries.
+        assert_eq!(r.client_tokens(&C), 2);
+        assert_eq!(r.source_tokens(&S), 2);
         s.lock().by_keep.remove(&(t(200), tok(2)));
         assert!(matches!(
             MemoryTokenStore::restore(&s.save().unwrap()),

@@ -10,23 +10,32 @@
 //!   sweeps expiries in time proportional to what expired.
 //! - [`CodeRendezvous`] issues handles for linking by typed code, routes
 //!   those sessions and counts failures ([`CodeAttempts`]: lockouts with
-//!   backoff per handle, account and client).
+//!   backoff per joining client, source and account).
+//! - [`Budget`] is the one rule that bounds what a client, a network
+//!   source ([`SourceKey`]) and everyone together may make the relay hold
+//!   (tokens and their tombstones, code sessions, and the relay crate's
+//!   connections, mailboxes and sessions).
 
+mod budget;
 mod code;
 mod directory;
 mod ledger;
 mod subscription;
 
+pub use budget::{Budget, BudgetScope, Held, OverBudget, SourceKey};
 pub use code::{
     AttemptKey, CodeAttempts, CodeRelayConfig, CodeRelayError, CodeRendezvous, CodeRouted,
-    LockoutPolicy,
+    CodeSpent, LockoutPolicy, WrongCodeReported,
 };
 pub use directory::{
     AccountFacts, DeviceLogout, Directory, DirectoryError, FactsError, ListApplied,
 };
 pub use ledger::{
-    ClientId, HelloDigest, Ledger, LedgerConfig, LedgerError, MemoryTokenStore, Quota, QuotaScope,
-    Routed, TokenRecord, TokenState, TokenStore, Transition, DEFAULT_MAX_TOKENS,
-    DEFAULT_MAX_TOKENS_PER_CLIENT, DEFAULT_RESERVE_WINDOW, DEFAULT_SESSION_WINDOW,
+    ClientId, HelloDigest, Ledger, LedgerConfig, LedgerError, MemoryTokenStore, Routed,
+    TokenRecord, TokenState, TokenStore, Transition, DEFAULT_MAX_TOKENS,
+    DEFAULT_MAX_TOKENS_PER_CLIENT, DEFAULT_MAX_TOKENS_PER_SOURCE, DEFAULT_RESERVE_WINDOW,
+    DEFAULT_SESSION_WINDOW,
 };
-pub use subscription::{BadSubscriptionProof, SubscriptionProof, SUBSCRIPTION_PROOF_LEN};
+pub use subscription::{
+    AccountProof, BadSubscriptionProof, SubscriptionProof, SUBSCRIPTION_PROOF_LEN,
+};

@@ -14,17 +14,27 @@
 //! Signed message: `"devicelink/v2 relay subscription"` ‖ account (32) ‖
 //! index (u32, big-endian) ‖ client id (16); strict Ed25519 as everywhere
 //! (`docs/PROTOCOL.md` §0.1, §7.4).
+//!
+//! [`AccountProof`] is the same idea for the account itself: a signature by
+//! the account key bound to the relay client that presents it, which a
+//! relay asks for before it lets a client make it keep an account it never
+//! saw (the first device list) and before it counts a code join against an
+//! account. Signed message: `"devicelink/v2 relay account"` ‖ account (32) ‖
+//! client id (16).
 
 use std::fmt;
 
 use crate::certificate::DeviceIndex;
 use crate::error::ErrorKind;
-use crate::keys::{AccountId, DeviceKey, SIGNATURE_LEN};
+use crate::keys::{AccountId, AccountKey, DeviceKey, SIGNATURE_LEN};
 use crate::relay::ClientId;
 use crate::session::LinkedSession;
 
 /// The signed message's domain-separation label.
 const SUBSCRIPTION_LABEL: &[u8] = b"devicelink/v2 relay subscription";
+
+/// The account proof's domain-separation label.
+const ACCOUNT_LABEL: &[u8] = b"devicelink/v2 relay account";
 
 /// Bytes of a [`SubscriptionProof`].
 pub const SUBSCRIPTION_PROOF_LEN: usize = SIGNATURE_LEN;
@@ -95,6 +105,60 @@ impl fmt::Debug for SubscriptionProof {
     }
 }
 
+/// The account key's signature naming the relay client allowed to act for
+/// the account (publish its first list, join a code session as it). The
+/// client id derives from a secret only that client sends, so a captured
+/// proof is useless to anyone else.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct AccountProof([u8; SIGNATURE_LEN]);
+
+fn account_message(account: &AccountId, client: ClientId) -> Vec<u8> {
+    let mut m = Vec::with_capacity(ACCOUNT_LABEL.len() + 32 + 16);
+    m.extend_from_slice(ACCOUNT_LABEL);
+    m.extend_from_slice(&account.to_bytes());
+    m.extend_from_slice(&client.to_bytes());
+    m
+}
+
+impl AccountProof {
+    /// The account's proof for acting as `client`.
+    pub fn sign(key: &AccountKey, client: ClientId) -> Self {
+        AccountProof(key.sign(&account_message(&key.account_id(), client)))
+    }
+
+    /// Checks the proof for `account` and `client`.
+    ///
+    /// # Errors
+    /// [`BadSubscriptionProof`] (the same refusal as a subscription's).
+    pub fn verify(
+        &self,
+        account: &AccountId,
+        client: ClientId,
+    ) -> Result<(), BadSubscriptionProof> {
+        if account.verify(&account_message(account, client), &self.0) {
+            Ok(())
+        } else {
+            Err(BadSubscriptionProof)
+        }
+    }
+
+    /// A proof from its 64 bytes.
+    pub const fn from_bytes(bytes: [u8; SIGNATURE_LEN]) -> Self {
+        AccountProof(bytes)
+    }
+
+    /// The proof's 64 bytes.
+    pub const fn to_bytes(&self) -> [u8; SIGNATURE_LEN] {
+        self.0
+    }
+}
+
+impl fmt::Debug for AccountProof {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AccountProof(…)")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,5 +190,27 @@ mod tests {
             Err(BadSubscriptionProof)
         );
         assert_eq!(format!("{proof:?}"), "SubscriptionProof(…)");
+    }
+
+    #[test]
+    fn an_account_proof_verifies_only_for_its_account_and_client() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(10);
+        let key = AccountKey::generate(&mut rng);
+        let other = AccountKey::generate(&mut rng).account_id();
+        let client = ClientId::from(7);
+        let proof = AccountProof::sign(&key, client);
+        assert_eq!(proof.verify(&key.account_id(), client), Ok(()));
+        assert_eq!(proof.verify(&other, client), Err(BadSubscriptionProof));
+        assert_eq!(
+            proof.verify(&key.account_id(), ClientId::from(8)),
+            Err(BadSubscriptionProof)
+        );
+        let mut flipped = proof.to_bytes();
+        flipped[0] ^= 1;
+        assert_eq!(
+            AccountProof::from_bytes(flipped).verify(&key.account_id(), client),
+            Err(BadSubscriptionProof)
+        );
+        assert_eq!(format!("{proof:?}"), "AccountProof(…)");
     }
 }

@@ -11,7 +11,7 @@ use super::{b, flip, spec, t};
 use base64::Engine;
 use devicelink::code::{CodeCompanion, TypedCode};
 use devicelink::handshake::HandshakeError;
-use devicelink::relay::{ClientId, CodeRelayConfig, CodeRendezvous};
+use devicelink::relay::{ClientId, CodeRelayConfig, CodeRendezvous, SourceKey};
 use devicelink::{Account, DeviceIdentity, DeviceLabel, Policy};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
@@ -138,7 +138,7 @@ fn compute(seed: u64, now_ms: u64, label: &str) -> Value {
     let device_key = spec::ed_public(&device_seed);
 
     let mut relay = CodeRendezvous::new(CodeRelayConfig::from_policy(&policy));
-    let (handle, _) = relay.open(laptop, &mut rng, now).unwrap();
+    let (handle, _) = relay.open(laptop, SourceKey::LOCAL, &mut rng, now).unwrap();
     let handle_draw = d.take("relay: handle (u32 little-endian, low 20 bits)", 4);
     let h = u32::from_le_bytes(handle_draw.try_into().unwrap()) & 0xF_FFFF;
     assert_eq!(handle.value(), h);
@@ -180,7 +180,13 @@ fn compute(seed: u64, now_ms: u64, label: &str) -> Value {
     account.open_link_intent(now);
     let typed = TypedCode::parse(&text).unwrap();
     let offer = relay
-        .join(typed.handle(), phone, Some(account.account_id()), now)
+        .join(
+            typed.handle(),
+            phone,
+            SourceKey::LOCAL,
+            Some(account.account_id()),
+            now,
+        )
         .unwrap();
     let (mut entry, hello) = account.enter_code(&typed, &offer, &mut rng, now).unwrap();
     let y_bytes: [u8; 64] = d.take("primary SPAKE2 scalar", 64).try_into().unwrap();

@@ -232,6 +232,7 @@ pub fn load_limits(args: &Args) -> Limits {
         rate_burst: args.get("--burst", 1_000_000),
         connect_rate_per_address: 0,
         max_connections_per_address: u32::MAX,
+        max_tokens_per_address: u64::MAX,
         idle_timeout: Duration::from_secs(args.get("--idle-timeout-secs", 60)),
         websocket_read_buffer: args.get("--ws-read-buffer", defaults.websocket_read_buffer),
         ..defaults

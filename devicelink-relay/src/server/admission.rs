@@ -14,6 +14,8 @@ use axum::response::{IntoResponse, Response};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use devicelink::relay::SourceKey;
+
 use super::metrics::Metrics;
 use super::Limits;
 
@@ -72,6 +74,15 @@ impl IntoResponse for Refused {
 pub(crate) struct Admission {
     _permit: OwnedSemaphorePermit,
     _address: Option<AddressPermit>,
+    source: SourceKey,
+}
+
+impl Admission {
+    /// The budgets' key of the connection's address ([`SourceKey::LOCAL`]
+    /// when the router was served without one).
+    pub(crate) fn source(&self) -> SourceKey {
+        self.source
+    }
 }
 
 /// One open connection of an address; counted down on drop.
@@ -99,6 +110,7 @@ pub(crate) struct Gate {
     open: Arc<Mutex<HashMap<IpAddr, u32>>>,
     max_per_address: u32,
     rate: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    ipv6_prefix: u8,
 }
 
 impl std::fmt::Debug for Gate {
@@ -120,6 +132,7 @@ impl Gate {
             open: Arc::default(),
             max_per_address: limits.max_connections_per_address,
             rate,
+            ipv6_prefix: limits.ipv6_prefix,
         }
     }
 
@@ -161,6 +174,9 @@ impl Gate {
         Ok(Admission {
             _permit: permit,
             _address: address,
+            source: ip.map_or(SourceKey::LOCAL, |ip| {
+                super::address::source_key(ip, self.ipv6_prefix)
+            }),
         })
     }
 

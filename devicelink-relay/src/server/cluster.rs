@@ -689,13 +689,30 @@ async fn push_list<S: Store + 'static>(
             let Some(rec) = h.directory.store().account(&account)? else {
                 return Ok(None);
             };
+            if rec.list.is_empty() {
+                // Expired with no companion left: no list to push.
+                return Ok(Some(None));
+            }
             let list = SignedDeviceList::from_bytes(&rec.list)
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            Ok::<_, StoreError>(Some((list, rec.list)))
+            Ok::<_, StoreError>(Some(Some((list, rec.list))))
         })
         .await;
     match r {
-        Some(Ok(Some((list, bytes)))) => {
+        Some(Ok(Some(None))) => {
+            let logouts: Vec<DeviceLogout> = hub
+                .subscribed_indices(&account)
+                .into_iter()
+                .map(|index| DeviceLogout {
+                    account,
+                    index,
+                    reason: LogoutReason::PrimaryOffline,
+                    at: hub.clock.now(),
+                })
+                .collect();
+            hub.push_logouts(&logouts);
+        }
+        Some(Ok(Some(Some((list, bytes))))) => {
             let mut logouts = logged_out;
             for index in hub.subscribed_indices(&account) {
                 if list.devices().iter().any(|e| e.index == index)

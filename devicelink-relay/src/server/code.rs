@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use devicelink::relay::{ClientId, CodeRelayConfig, CodeRendezvous};
+use devicelink::relay::{ClientId, CodeRelayConfig, CodeRendezvous, SourceKey};
 use devicelink::Policy;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -67,7 +67,7 @@ impl CodeHub {
     }
 
     /// One frame from `client`: the answer to send back, if any.
-    fn handle(&self, client: ClientId, bytes: &[u8]) -> Option<Vec<u8>> {
+    fn handle(&self, client: ClientId, source: SourceKey, bytes: &[u8]) -> Option<Vec<u8>> {
         let now = self.clock.now();
         let frame = match CodeFrame::decode(bytes) {
             Ok(f) => f,
@@ -78,14 +78,14 @@ impl CodeHub {
         let answer = match frame {
             CodeFrame::Open => {
                 let mut rng = rand_core::OsRng;
-                r.open(client, &mut rng, now)
+                r.open(client, source, &mut rng, now)
                     .map(|(handle, expires_at)| CodeFrame::Opened { handle, expires_at }.encode())
             }
             CodeFrame::Publish(offer) => r
                 .publish(client, offer, now)
                 .map(|_| CodeFrame::Ok.encode()),
             CodeFrame::Join(handle) => r
-                .join(handle, client, None, now)
+                .join(handle, client, source, None, now)
                 .map(|offer| CodeFrame::Offer(&offer).encode()),
             CodeFrame::Message(m) => match r.route(m, client, now) {
                 Ok(routed) => {
@@ -129,12 +129,12 @@ pub(crate) async fn upgrade(
     };
     ws.max_message_size(crate::MAX_FRAME_LEN)
         .on_upgrade(move |socket| async move {
-            run(hub, socket).await;
+            run(hub, socket, permit.source()).await;
             drop(permit);
         })
 }
 
-async fn run(hub: Arc<CodeHub>, mut socket: WebSocket) {
+async fn run(hub: Arc<CodeHub>, mut socket: WebSocket, source: SourceKey) {
     let client = ClientId::from(hub.next.fetch_add(1, Ordering::Relaxed));
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(hub.limits.outbound_queue.max(1));
     lock(&hub.peers).insert(client, tx);
@@ -162,7 +162,7 @@ async fn run(hub: Arc<CodeHub>, mut socket: WebSocket) {
                 idle_at = Instant::now() + idle;
                 match message {
                     Message::Binary(bytes) => {
-                        if let Some(answer) = hub.handle(client, &bytes) {
+                        if let Some(answer) = hub.handle(client, source, &bytes) {
                             let write = socket.send(Message::Binary(answer.into()));
                             if !matches!(tokio::time::timeout(hub.limits.write_timeout, write).await, Ok(Ok(()))) {
                                 break;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use devicelink::handshake::MessageKind;
-use devicelink::relay::{ClientId, ListApplied, Transition};
+use devicelink::relay::{ClientId, ListApplied, SourceKey, Transition};
 use devicelink::{AccountId, ErrorKind, PrimaryHeartbeat, SignedDeviceList};
 use rand_core::{OsRng, RngCore};
 use std::future::Future;
@@ -183,6 +183,8 @@ struct Connection<S: Store, W: Wire> {
     frames: u64,
     role: Role,
     subscribed: Option<AccountId>,
+    /// The budgets' key of the client's address.
+    source: SourceKey,
 }
 
 /// Runs one connection until it ends, then forgets it and returns its
@@ -218,6 +220,7 @@ pub(crate) fn run<S: Store + 'static, W: Wire>(
         frames: 0,
         role,
         subscribed: None,
+        source: permit.source(),
     };
     async move {
         conn.hub.announce_connected(client).await;
@@ -412,9 +415,10 @@ impl<S: Store + 'static, W: Wire> Connection<S, W> {
                 token_id,
                 expires_at,
             } => {
+                let source = self.source;
                 let r = self
                     .hub
-                    .blocking(move |h| h.ledger.register(client, token_id, expires_at, now))
+                    .blocking(move |h| h.ledger.register(client, source, token_id, expires_at, now))
                     .await;
                 match r {
                     Some(Ok(_)) => {
@@ -557,13 +561,13 @@ impl<S: Store + 'static, W: Wire> Connection<S, W> {
                     return Some(end);
                 }
                 match held {
-                    Some(record) => {
+                    Some(record) if !record.list.is_empty() => {
                         self.send_frame(&Frame::PublishList {
                             bytes: &record.list,
                         })
                         .await
                     }
-                    None => None,
+                    _ => None,
                 }
             }
             Frame::PublishList { bytes: list } => {
@@ -575,7 +579,7 @@ impl<S: Store + 'static, W: Wire> Connection<S, W> {
                             .map_err(|e| Refusal::core(e.kind(), e))?;
                         let applied = h
                             .directory
-                            .apply_device_list(&list, now)
+                            .apply_device_list(&list, now, || Ok(()))
                             .map_err(directory_refusal)?;
                         Ok((list, owned, applied))
                     })
@@ -637,6 +641,7 @@ fn directory_refusal(e: AccountDirectoryError) -> Refusal {
         e @ (AccountDirectoryError::Contended(_) | AccountDirectoryError::Corrupt(_)) => {
             Refusal::core(ErrorKind::Unavailable, e)
         }
+        e @ AccountDirectoryError::NotAllowed(_) => Refusal::core(ErrorKind::Refused, e),
     }
 }
 

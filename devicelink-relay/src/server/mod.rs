@@ -34,6 +34,7 @@
 //! # Ok(()) }
 //! ```
 
+mod address;
 mod admission;
 mod clock;
 #[cfg(feature = "postgres")]
@@ -62,6 +63,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use crate::codes;
+pub use address::{source_key, DEFAULT_IPV6_PREFIX};
 pub use clock::{Clock, ManualClock, SystemClock};
 #[cfg(feature = "postgres")]
 pub use cluster::{Cluster, ClusterOptions};
@@ -122,11 +124,18 @@ pub struct Limits {
     /// larger than it grows it as needed; it only caps how much one read
     /// call takes from the socket.
     pub websocket_read_buffer: usize,
-    /// Most open or reserved tokens one client may hold (the ledger's
-    /// per-client quota; more get `QuotaExceeded`).
-    pub max_tokens_per_client: u32,
-    /// Most tokens the store may hold in all, tombstones included.
+    /// Most tokens (open, reserved, or redeemed until swept) one client
+    /// may hold (more get `QuotaExceeded`).
+    pub max_tokens_per_client: u64,
+    /// Most tokens one network source (an address; an IPv6 prefix) may
+    /// hold, whatever number of client ids it uses.
+    pub max_tokens_per_address: u64,
+    /// Most tokens the store may hold in all, tombstones included (its
+    /// last quarter kept for sources holding few).
     pub max_tokens: u64,
+    /// The prefix length an IPv6 address is counted by (its /64 by
+    /// default: one subscriber's whole network).
+    pub ipv6_prefix: u8,
 }
 
 impl Default for Limits {
@@ -151,7 +160,9 @@ impl Default for Limits {
             connect_burst_per_address: 100,
             websocket_read_buffer: DEFAULT_WEBSOCKET_READ_BUFFER,
             max_tokens_per_client: devicelink::relay::DEFAULT_MAX_TOKENS_PER_CLIENT,
+            max_tokens_per_address: devicelink::relay::DEFAULT_MAX_TOKENS_PER_SOURCE,
             max_tokens: devicelink::relay::DEFAULT_MAX_TOKENS,
+            ipv6_prefix: DEFAULT_IPV6_PREFIX,
         }
     }
 }
@@ -215,8 +226,11 @@ impl<S: Store> std::fmt::Debug for Relay<S> {
 /// The ledger's settings: the policy's windows, the limits' token quotas.
 fn ledger_config(policy: &Policy, limits: &Limits) -> LedgerConfig {
     LedgerConfig {
-        max_tokens_per_client: limits.max_tokens_per_client.max(1),
-        max_tokens: limits.max_tokens.max(1),
+        tokens: devicelink::relay::Budget::new(
+            limits.max_tokens_per_client.max(1),
+            limits.max_tokens_per_address.max(1),
+            limits.max_tokens.max(1),
+        ),
         ..LedgerConfig::from_policy(policy)
     }
 }

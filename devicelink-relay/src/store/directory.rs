@@ -38,6 +38,11 @@ pub enum AccountDirectoryError {
     /// The stored facts do not load into the directory.
     #[error("stored facts of account {0} do not load")]
     Corrupt(String),
+    /// A first list of an account the store does not hold, which the
+    /// caller did not allow to create it (no proof of the account key, or
+    /// over its source's rate of new accounts); nothing was stored.
+    #[error("{0}")]
+    NotAllowed(&'static str),
 }
 
 /// Many accounts' leases: the core's [`Directory`] deciding from the facts a
@@ -52,7 +57,7 @@ pub struct AccountDirectory<S: Store> {
 /// return.
 struct Decision<T> {
     write: Option<(devicelink::relay::AccountFacts, Vec<u8>)>,
-    out: Result<T, DirectoryError>,
+    out: Result<T, AccountDirectoryError>,
 }
 
 impl<S: Store> AccountDirectory<S> {
@@ -97,7 +102,7 @@ impl<S: Store> AccountDirectory<S> {
             let mut d = self.load(held.as_ref())?;
             let Decision { write, out } = decide(&mut d, held.as_ref());
             let Some((facts, list)) = write else {
-                return Ok(out?);
+                return out;
             };
             let record = AccountRecord {
                 facts,
@@ -105,7 +110,7 @@ impl<S: Store> AccountDirectory<S> {
                 revision: held.as_ref().map_or(1, |r| r.revision.saturating_add(1)),
             };
             if self.store.put_account(&record)? {
-                return Ok(out?);
+                return out;
             }
         }
         Err(AccountDirectoryError::Contended(account.fingerprint()))
@@ -114,15 +119,27 @@ impl<S: Store> AccountDirectory<S> {
     /// Applies a verified device list (the core decides:
     /// [`ListApplied::Unchanged`] for an old or repeated one) and stores it
     /// before returning [`ListApplied::Changed`] with the devices it logged
-    /// out.
+    /// out. A list of an account the store does not hold creates it only if
+    /// the core accepts it as a first list and `may_create` agrees (it is
+    /// asked once, just before the write; a refusal is
+    /// [`AccountDirectoryError::NotAllowed`] with its reason).
     pub fn apply_device_list(
         &self,
         list: &SignedDeviceList,
         now: Timestamp,
+        may_create: impl Fn() -> Result<(), &'static str>,
     ) -> Result<ListApplied, AccountDirectoryError> {
         let account = list.account();
         self.decide(&account, |d, held| {
             let out = d.apply_device_list(list, now);
+            if held.is_none() && out.is_ok() {
+                if let Err(why) = may_create() {
+                    return Decision {
+                        write: None,
+                        out: Err(AccountDirectoryError::NotAllowed(why)),
+                    };
+                }
+            }
             let facts = d.facts(&account);
             let write = match (&out, facts) {
                 (Ok(ListApplied::Changed { .. }), Some(f)) => Some((f, list.to_bytes())),
@@ -133,7 +150,10 @@ impl<S: Store> AccountDirectory<S> {
                 },
                 _ => None,
             };
-            Decision { write, out }
+            Decision {
+                write,
+                out: out.map_err(Into::into),
+            }
         })
     }
 
@@ -151,22 +171,37 @@ impl<S: Store> AccountDirectory<S> {
                 (Some(h), Some(f)) if out.is_ok() && h.facts != f => Some((f, h.list.clone())),
                 _ => None,
             };
-            Decision { write, out }
+            Decision {
+                write,
+                out: out.map_err(Into::into),
+            }
         })
     }
 
     /// Logs out every companion of up to `limit` accounts whose deadline
-    /// passed by `now` and returns them. Cost follows the number of accounts
-    /// due (the store's index). An account another writer holds is left for
-    /// the next sweep.
+    /// passed by `now` and returns them, and forgets the accounts left with
+    /// no companion (the core's [`Directory::is_forgettable`]: an account
+    /// made with a self-signed list and never used costs the store nothing
+    /// after the offline limit). Cost follows the number of accounts due
+    /// (the store's index). An account another writer holds is left for the
+    /// next sweep.
     pub fn sweep(&self, now: Timestamp, limit: usize) -> Result<Vec<DeviceLogout>, StoreError> {
         let before = now.saturating_sub(self.policy.primary_offline_limit());
         let mut out = Vec::new();
         for account in self.store.due_accounts(before, limit)? {
             let r = self.decide(&account, |d, held| {
                 let logouts = d.sweep(now);
+                // An account left with no companion keeps its facts (its
+                // floor binds) but not its list: nobody can subscribe to it.
+                let list = |h: &AccountRecord| {
+                    if d.is_spent(&account) {
+                        Vec::new()
+                    } else {
+                        h.list.clone()
+                    }
+                };
                 let write = match (held, d.facts(&account)) {
-                    (Some(h), Some(f)) if !logouts.is_empty() => Some((f, h.list.clone())),
+                    (Some(h), Some(f)) if !logouts.is_empty() => Some((f, list(h))),
                     _ => None,
                 };
                 Decision {
@@ -178,6 +213,16 @@ impl<S: Store> AccountDirectory<S> {
                 Ok(logouts) => out.extend(logouts),
                 Err(AccountDirectoryError::Store(e)) => return Err(e),
                 Err(e) => tracing::warn!(error = %e, "sweep skipped an account"),
+            }
+            if let Some(held) = self.store.account(&account)? {
+                let forget = self
+                    .load(Some(&held))
+                    .is_ok_and(|d| d.is_forgettable(&account, now));
+                // A lost compare-and-delete: another writer changed it,
+                // and it is no longer (or not yet) due.
+                if forget && !self.store.delete_account(&account, held.revision)? {
+                    tracing::debug!(account = %account.fingerprint(), "account changed before it was forgotten");
+                }
             }
         }
         Ok(out)

@@ -5,7 +5,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use devicelink::relay::{
-    ClientId, HelloDigest, LedgerError, MemoryTokenStore, Quota, TokenRecord, TokenStore,
+    Budget, ClientId, HelloDigest, LedgerError, MemoryTokenStore, SourceKey, TokenRecord,
+    TokenStore,
 };
 use devicelink::{AccountId, Timestamp, TokenId};
 
@@ -23,6 +24,13 @@ pub struct MemoryStore {
 struct Accounts {
     records: HashMap<AccountId, AccountRecord>,
     active: BTreeSet<(Timestamp, AccountId)>,
+}
+
+impl MemoryStore {
+    /// Accounts held.
+    pub fn account_count(&self) -> usize {
+        self.accounts().records.len()
+    }
 }
 
 impl MemoryStore {
@@ -48,10 +56,12 @@ impl TokenStore for MemoryStore {
         &self,
         token: TokenId,
         client: ClientId,
+        source: SourceKey,
         expires_at: Timestamp,
-        quota: Quota,
+        budget: Budget,
     ) -> Result<(), LedgerError> {
-        self.tokens.register(token, client, expires_at, quota)
+        self.tokens
+            .register(token, client, source, expires_at, budget)
     }
 
     fn reserve(
@@ -92,6 +102,10 @@ impl TokenStore for MemoryStore {
     fn sweep(&self, now: Timestamp, limit: usize) -> Result<usize, LedgerError> {
         self.tokens.sweep(now, limit)
     }
+
+    fn abandon(&self, client: ClientId) -> Result<usize, LedgerError> {
+        self.tokens.abandon(client)
+    }
 }
 
 impl Store for MemoryStore {
@@ -110,19 +124,32 @@ impl Store for MemoryStore {
             .revision
             .checked_sub(1)
             .ok_or(StoreError::OutOfRange("revision"))?;
-        let old_active = match held {
-            None if expected == 0 => None,
-            Some((rev, active)) if rev == expected => active,
+        match held {
+            None if expected == 0 => {}
+            Some((rev, active)) if rev == expected => {
+                g.active.remove(&(active, account));
+            }
             _ => return Ok(false),
-        };
-        if let Some(at) = old_active {
-            g.active.remove(&(at, account));
         }
-        if let Some(at) = record.active_since() {
-            g.active.insert((at, account));
-        }
+        g.active.insert((record.active_since(), account));
         g.records.insert(account, record.clone());
         Ok(true)
+    }
+
+    fn delete_account(&self, account: &AccountId, revision: u64) -> Result<bool, StoreError> {
+        let mut g = self.accounts();
+        let held = g
+            .records
+            .get(account)
+            .map(|r| (r.revision, r.active_since()));
+        match held {
+            Some((rev, active)) if rev == revision => {
+                g.active.remove(&(active, *account));
+                g.records.remove(account);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     fn due_accounts(&self, before: Timestamp, limit: usize) -> Result<Vec<AccountId>, StoreError> {

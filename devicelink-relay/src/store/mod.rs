@@ -59,7 +59,9 @@ pub enum StoreError {
 /// ([`AccountFacts`]: list version and hash, last activity, linked devices,
 /// logged-out floor, fork mark, expiry), the newest device list the
 /// directory applied (its wire bytes, signed by the account: sent to a
-/// subscribing companion), and a revision that every write raises by one.
+/// subscribing companion; empty once the account expired with no companion
+/// left, when nobody can subscribe), and a revision that every write raises
+/// by one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccountRecord {
     /// The directory's facts.
@@ -76,14 +78,12 @@ impl AccountRecord {
         self.facts.account()
     }
 
-    /// When the account's linked companions became active for the lease:
-    /// the primary's last activity, or `None` when no companion is linked
-    /// (what the store indexes for [`Store::due_accounts`]).
-    pub fn active_since(&self) -> Option<Timestamp> {
-        self.facts
-            .devices()
-            .next()
-            .map(|_| self.facts.last_activity())
+    /// The primary's last activity, what the store indexes for
+    /// [`Store::due_accounts`]: every account is due once its primary was
+    /// inactive for the offline limit, whether companions are linked (the
+    /// sweep logs them out) or none is (the sweep forgets the account).
+    pub fn active_since(&self) -> Timestamp {
+        self.facts.last_activity()
     }
 }
 
@@ -104,6 +104,8 @@ impl AccountRecord {
 /// -- put_account, revision r > 1: only over revision r - 1
 /// UPDATE accounts SET revision = $r, active_since = $active_since, facts = $facts, list = $list
 ///  WHERE account = $account AND revision = $r - 1;
+/// -- delete_account: only revision r
+/// DELETE FROM accounts WHERE account = $account AND revision = $r;
 /// -- due_accounts
 /// SELECT account FROM accounts WHERE active_since <= $before
 ///  ORDER BY active_since LIMIT $limit;          -- an index on active_since
@@ -117,9 +119,14 @@ pub trait Store: TokenStore + Clone {
     /// Durable before it returns `Ok(true)`.
     fn put_account(&self, record: &AccountRecord) -> Result<bool, StoreError>;
 
-    /// Up to `limit` accounts with linked companions whose
-    /// [`AccountRecord::active_since`] is at or before `before`, earliest
-    /// first, in time proportional to their number (an index). Read only.
+    /// Deletes `account`'s record if the store holds exactly revision
+    /// `revision` of it; returns whether it deleted. Durable before it
+    /// returns `Ok(true)`.
+    fn delete_account(&self, account: &AccountId, revision: u64) -> Result<bool, StoreError>;
+
+    /// Up to `limit` accounts whose [`AccountRecord::active_since`] is at
+    /// or before `before`, earliest first, in time proportional to their
+    /// number (an index). Read only.
     fn due_accounts(&self, before: Timestamp, limit: usize) -> Result<Vec<AccountId>, StoreError>;
 
     /// Whether a call may wait for I/O (a disk, a commit, a network). The

@@ -44,8 +44,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use devicelink::relay::{
-    AccountFacts, ClientId, Directory, HelloDigest, LedgerError, Quota, QuotaScope, TokenRecord,
-    TokenState, TokenStore,
+    AccountFacts, Budget, ClientId, Directory, Held, HelloDigest, LedgerError, SourceKey,
+    TokenRecord, TokenState, TokenStore,
 };
 use devicelink::{AccountId, DeviceIndex, DeviceKey, Timestamp, TokenId};
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
@@ -93,7 +93,40 @@ const MIGRATIONS: &[(u32, &str, &str, Option<DataStep>)] = &[
         include_str!("../../migrations/0004_account_facts.sql"),
         Some(convert_accounts_v3),
     ),
+    (
+        5,
+        "0005_source_budgets.sql",
+        include_str!("../../migrations/0005_source_budgets.sql"),
+        Some(fill_active_since),
+    ),
 ];
+
+/// Migration 5's data step: every account row's `active_since` is its
+/// facts' last activity (schema 4 left it NULL for accounts without a
+/// linked companion).
+fn fill_active_since(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
+    let rows: Vec<(Vec<u8>, Vec<u8>)> = {
+        let mut st = tx
+            .prepare("SELECT account, facts FROM accounts WHERE active_since IS NULL")
+            .map_err(unavailable)?;
+        let rows = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(unavailable)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(unavailable)?
+    };
+    for (account, facts) in rows {
+        let facts =
+            AccountFacts::from_bytes(&facts).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let at = i64::try_from(facts.last_activity().as_unix_millis())
+            .map_err(|_| StoreError::OutOfRange("last activity"))?;
+        tx.execute(
+            "UPDATE accounts SET active_since = ?2 WHERE account = ?1",
+            params![account, at],
+        )
+        .map_err(unavailable)?;
+    }
+    Ok(())
+}
 
 /// Migration 4's data step: each account row of schema 3 (the applied
 /// list's bytes, the last activity, the logged-out floor) becomes the core
@@ -149,15 +182,19 @@ fn convert_accounts_v3(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError>
             list: list.to_bytes(),
             revision: 1,
         };
+        // As schema 4 wrote it: the last activity while companions are
+        // linked, NULL otherwise (migration 5 fills the NULLs).
+        let active = record
+            .facts
+            .devices()
+            .next()
+            .map(|_| active_ms(&record))
+            .transpose()
+            .map_err(|_| StoreError::OutOfRange("last activity"))?;
         tx.execute(
             "INSERT INTO accounts_v4 (account, revision, active_since, facts, list)
              VALUES (?1, 1, ?2, ?3, ?4)",
-            params![
-                id.to_bytes(),
-                active_ms(&record).map_err(|_| StoreError::OutOfRange("last activity"))?,
-                record.facts.to_bytes(),
-                record.list
-            ],
+            params![id.to_bytes(), active, record.facts.to_bytes(), record.list],
         )
         .map_err(unavailable)?;
     }
@@ -170,7 +207,7 @@ fn convert_accounts_v3(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError>
 }
 
 /// The schema version this build writes (the last migration's).
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 
 /// Why a write did not happen.
 enum Fail<E> {
@@ -533,7 +570,8 @@ fn corrupt(what: &str) -> rusqlite::Error {
 }
 
 /// One token's row (the columns [`token_row`] reads).
-const LOAD_TOKEN: &str = "SELECT client, expires_at, keep_until, state, peer, state_at, hello
+const LOAD_TOKEN: &str = "SELECT client, expires_at, keep_until, state, peer, state_at, hello,
+                                   source
                             FROM tokens WHERE id = ?1";
 
 fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
@@ -565,8 +603,12 @@ fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
         },
         _ => return Err(corrupt("state")),
     };
+    let source = <[u8; 16]>::try_from(r.get::<_, Vec<u8>>(7)?.as_slice())
+        .map(SourceKey::from_bytes)
+        .map_err(|_| corrupt("source"))?;
     Ok(TokenRecord {
         client,
+        source,
         expires_at,
         keep_until,
         state,
@@ -579,13 +621,30 @@ fn load_token(c: &Connection, token: &TokenId) -> rusqlite::Result<Option<TokenR
         .optional()
 }
 
-/// Deletes the client's counter row once it reaches zero.
-fn unlive(c: &Connection, client: &[u8]) -> rusqlite::Result<()> {
-    c.prepare_cached("UPDATE clients SET live = live - 1 WHERE id = ?1 AND live > 0")?
-        .execute([client])?;
-    c.prepare_cached("DELETE FROM clients WHERE id = ?1 AND live = 0")?
-        .execute([client])?;
+/// One row less for a client and a source; counter rows that reach zero
+/// are deleted.
+fn uncount(c: &Connection, client: &[u8], source: &[u8]) -> rusqlite::Result<()> {
+    for table in ["clients", "sources"] {
+        let id = if table == "clients" { client } else { source };
+        c.prepare_cached(&format!(
+            "UPDATE {table} SET live = live - 1 WHERE id = ?1 AND live > 0"
+        ))?
+        .execute([id])?;
+        c.prepare_cached(&format!("DELETE FROM {table} WHERE id = ?1 AND live = 0"))?
+            .execute([id])?;
+    }
     Ok(())
+}
+
+/// Raises a counter row by one; returns what it held before.
+fn count_up(c: &Connection, table: &str, id: &[u8]) -> rusqlite::Result<u64> {
+    let held: i64 = c
+        .prepare_cached(&format!(
+            "INSERT INTO {table} (id, live) VALUES (?1, 1)
+             ON CONFLICT (id) DO UPDATE SET live = live + 1 RETURNING live - 1"
+        ))?
+        .query_row([id], |r| r.get(0))?;
+    Ok(u64::try_from(held).unwrap_or(0))
 }
 
 impl TokenStore for SqliteStore {
@@ -593,46 +652,38 @@ impl TokenStore for SqliteStore {
         &self,
         token: TokenId,
         client: ClientId,
+        source: SourceKey,
         expires_at: Timestamp,
-        quota: Quota,
+        budget: Budget,
     ) -> Result<(), LedgerError> {
         self.write(move |c| {
             let exp = ms(expires_at, "expiry")?;
-            let total = int(quota.total, "quota")?;
-            let (id, cl) = (token.to_bytes(), client.to_bytes());
-            // decision
+            let (id, cl, src) = (token.to_bytes(), client.to_bytes(), source.to_bytes());
             let inserted = c
                 .prepare_cached(
-                    "INSERT INTO tokens (id, client, expires_at, keep_until, state)
-                 VALUES (?1, ?2, ?3, ?3, 0) ON CONFLICT (id) DO NOTHING",
+                    "INSERT INTO tokens (id, client, source, expires_at, keep_until, state)
+                     VALUES (?1, ?2, ?3, ?4, ?4, 0) ON CONFLICT (id) DO NOTHING",
                 )?
-                .execute(params![id, cl, exp])?;
+                .execute(params![id, cl, src, exp])?;
             if inserted == 0 {
                 return Err(Fail::Refused(LedgerError::DuplicateToken));
             }
-            c.prepare_cached(
-                "INSERT INTO clients (id, live) VALUES (?1, 0) ON CONFLICT (id) DO NOTHING",
-            )?
-            .execute([cl])?;
-            let counted = c
-                .prepare_cached("UPDATE clients SET live = live + 1 WHERE id = ?1 AND live < ?2")?
-                .execute(params![cl, quota.per_client])?;
-            if counted == 0 {
-                return Err(Fail::Refused(LedgerError::QuotaExceeded {
-                    scope: QuotaScope::Client,
-                    limit: u64::from(quota.per_client),
-                }));
-            }
-            if c.prepare_cached("UPDATE totals SET n = n + 1 WHERE n < ?1")?
-                .execute([total])?
-                == 0
-            {
-                return Err(Fail::Refused(LedgerError::QuotaExceeded {
-                    scope: QuotaScope::Store,
-                    limit: quota.total,
-                }));
-            }
-            Ok(())
+            let total: i64 = c
+                .prepare_cached("UPDATE totals SET n = n + 1 RETURNING n - 1")?
+                .query_row([], |r| r.get(0))?;
+            let held = Held {
+                client: count_up(c, "clients", &cl)?,
+                source: count_up(c, "sources", &src)?,
+                total: u64::try_from(total).unwrap_or(0),
+            };
+            // decision: the core's rule over the counts before this row (a
+            // refusal rolls the savepoint back, counters included)
+            budget.check(held).map_err(|e| {
+                Fail::Refused(LedgerError::QuotaExceeded {
+                    scope: e.scope,
+                    limit: e.limit,
+                })
+            })
         })
         .map_err(ledger)
     }
@@ -739,7 +790,6 @@ impl TokenStore for SqliteStore {
                     .as_deref()
                     .and_then(client_of)
                     .ok_or_else(|| corrupt("peer"))?;
-                unlive(c, &client.to_bytes())?;
                 return Ok(primary);
             }
             let r = load_token(c, &token)?.ok_or(Fail::Refused(LedgerError::UnknownToken))?;
@@ -763,22 +813,40 @@ impl TokenStore for SqliteStore {
         self.write(move |c| {
             let now_ms = ms(now, "now")?;
             let limit = int(u64::try_from(limit).unwrap_or(u64::MAX), "limit")?;
-            let deleted: Vec<(Vec<u8>, i64)> = {
+            let deleted: Vec<(Vec<u8>, Vec<u8>)> = {
                 let mut st = c.prepare_cached(
                     "DELETE FROM tokens WHERE id IN
                        (SELECT id FROM tokens WHERE keep_until <= ?1
                          ORDER BY keep_until, id LIMIT ?2)
-                     RETURNING client, state",
+                     RETURNING client, source",
                 )?;
                 let rows = st.query_map(params![now_ms, limit], |r| Ok((r.get(0)?, r.get(1)?)))?;
                 rows.collect::<rusqlite::Result<_>>()?
             };
-            for (client, state) in &deleted {
-                if *state < 2 {
-                    unlive(c, client)?;
-                }
+            for (client, source) in &deleted {
+                uncount(c, client, source)?;
             }
             let n = deleted.len();
+            c.prepare_cached("UPDATE totals SET n = n - ?1")?
+                .execute([int(u64::try_from(n).unwrap_or(u64::MAX), "count")?])?;
+            Ok(n)
+        })
+        .map_err(ledger)
+    }
+
+    fn abandon(&self, client: ClientId) -> Result<usize, LedgerError> {
+        self.write(move |c| {
+            let cl = client.to_bytes();
+            let sources: Vec<Vec<u8>> = {
+                let mut st =
+                    c.prepare_cached("DELETE FROM tokens WHERE client = ?1 RETURNING source")?;
+                let rows = st.query_map([cl], |r| r.get(0))?;
+                rows.collect::<rusqlite::Result<_>>()?
+            };
+            for source in &sources {
+                uncount(c, &cl, source)?;
+            }
+            let n = sources.len();
             c.prepare_cached("UPDATE totals SET n = n - ?1")?
                 .execute([int(u64::try_from(n).unwrap_or(u64::MAX), "count")?])?;
             Ok(n)
@@ -797,11 +865,8 @@ fn account_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AccountRecord> {
 }
 
 /// The record's `active_since` column.
-fn active_ms(record: &AccountRecord) -> Result<Option<i64>, Fail<StoreError>> {
-    record
-        .active_since()
-        .map(|at| ms(at, "last activity").map_err(out_of_range("last activity")))
-        .transpose()
+fn active_ms(record: &AccountRecord) -> Result<i64, Fail<StoreError>> {
+    ms(record.active_since(), "last activity").map_err(out_of_range("last activity"))
 }
 
 fn out_of_range(what: &'static str) -> impl Fn(Fail<StoreError>) -> Fail<StoreError> {
@@ -850,6 +915,19 @@ impl Store for SqliteStore {
                     record.list
                 ])?
             };
+            Ok(n == 1)
+        })
+        .map_err(store)
+    }
+
+    fn delete_account(&self, account: &AccountId, revision: u64) -> Result<bool, StoreError> {
+        let account = account.to_bytes();
+        self.write(move |c| {
+            let revision = int(revision, "revision").map_err(out_of_range("revision"))?;
+            // decision
+            let n = c
+                .prepare_cached("DELETE FROM accounts WHERE account = ?1 AND revision = ?2")?
+                .execute(params![account, revision])?;
             Ok(n == 1)
         })
         .map_err(store)
@@ -941,13 +1019,11 @@ mod tests {
     fn out_of_range_values_are_refused_not_wrapped() {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open(dir.path().join("relay.db")).unwrap();
-        let q = Quota {
-            per_client: 8,
-            total: 100,
-        };
+        let q = Budget::new(8, 100, 100);
         let t = TokenId::from_bytes([1; 16]);
+        let src = SourceKey::LOCAL;
         assert!(matches!(
-            s.register(t, ClientId::from(1), Timestamp::MAX, q),
+            s.register(t, ClientId::from(1), src, Timestamp::MAX, q),
             Err(LedgerError::Store(_))
         ));
         assert_eq!(s.get(&t), Ok(None));
@@ -961,7 +1037,7 @@ mod tests {
         };
         assert_eq!(s.put_account(&rec), Err(StoreError::OutOfRange("revision")));
         // The refused write did not spoil its batch or the writer.
-        s.register(t, ClientId::from(1), Timestamp::from_unix_millis(5), q)
+        s.register(t, ClientId::from(1), src, Timestamp::from_unix_millis(5), q)
             .unwrap();
     }
 

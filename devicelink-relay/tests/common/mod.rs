@@ -39,6 +39,7 @@ pub fn test_limits() -> Limits {
         rate_burst: 10_000,
         connect_rate_per_address: 0,
         max_connections_per_address: 100_000,
+        max_tokens_per_address: 1_000_000,
         shutdown_grace: Duration::from_secs(5),
         ..Limits::default()
     }

@@ -4,7 +4,7 @@
 //! memory store is the reference).
 #![allow(dead_code)]
 
-use devicelink::relay::{ClientId, HelloDigest, Quota, TokenStore};
+use devicelink::relay::{Budget, ClientId, HelloDigest, SourceKey, TokenStore};
 use devicelink::{Timestamp, TokenId};
 use proptest::prelude::*;
 
@@ -26,6 +26,7 @@ pub enum Op {
     Release(u8, u8, u8, u16),
     Redeem(u8, u8, u16, u16),
     Sweep(u16, u8),
+    Abandon(u8),
 }
 
 pub fn op() -> impl Strategy<Value = Op> {
@@ -36,19 +37,22 @@ pub fn op() -> impl Strategy<Value = Op> {
         (0u8..6, 0u8..3, 0u8..2, 0u16..400).prop_map(|(k, c, h, n)| Op::Release(k, c, h, n)),
         (0u8..6, 0u8..3, 0u16..400, 0u16..300).prop_map(|(k, c, n, w)| Op::Redeem(k, c, n, w)),
         (0u16..500, 0u8..4).prop_map(|(n, l)| Op::Sweep(n, l)),
+        (0u8..3).prop_map(Op::Abandon),
     ]
 }
 
 pub fn apply<S: TokenStore>(s: &S, op: &Op) -> String {
-    let q = Quota {
-        per_client: 3,
-        total: 5,
-    };
+    // 3 per client, 4 per source (clients 0 and 2 share one), 5 in all,
+    // the last one kept for sources holding fewer than 2.
+    let q = Budget::new(3, 4, 5).with_reserve(1, 2);
+    let src = |c: u8| SourceKey::from_bytes([c % 2; 16]);
     let cl = |c: u8| ClientId::from(u64::from(c));
     let tm = |n: u16| t(u64::from(n));
     let hd = |h: u8| HelloDigest::from_bytes([h; 32]);
     match *op {
-        Op::Register(k, c, e) => format!("{:?}", s.register(tok(k.into()), cl(c), tm(e), q)),
+        Op::Register(k, c, e) => {
+            format!("{:?}", s.register(tok(k.into()), cl(c), src(c), tm(e), q))
+        }
         Op::Reserve(k, c, h, n, w) => format!(
             "{:?}",
             s.reserve(&tok(k.into()), cl(c), &hd(h), tm(n), tm(n + w))
@@ -60,5 +64,6 @@ pub fn apply<S: TokenStore>(s: &S, op: &Op) -> String {
             format!("{:?}", s.redeem(&tok(k.into()), cl(c), tm(n), tm(n + w)))
         }
         Op::Sweep(n, l) => format!("{:?}", s.sweep(tm(n), l.into())),
+        Op::Abandon(c) => format!("{:?}", s.abandon(cl(c))),
     }
 }

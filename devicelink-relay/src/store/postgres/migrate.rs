@@ -25,10 +25,15 @@ pub(crate) const MIGRATIONS: &[(u32, &str, &str)] = &[
         "0002_cluster.sql",
         include_str!("../../../migrations/postgres/0002_cluster.sql"),
     ),
+    (
+        3,
+        "0003_source_budgets.sql",
+        include_str!("../../../migrations/postgres/0003_source_budgets.sql"),
+    ),
 ];
 
 /// The schema version this build writes (the last migration's).
-pub const PG_SCHEMA_VERSION: u32 = 2;
+pub const PG_SCHEMA_VERSION: u32 = 3;
 
 /// The advisory lock key every node takes while migrating ("devicelk").
 pub const MIGRATION_LOCK: i64 = 0x6465_7669_6365_6c6b;

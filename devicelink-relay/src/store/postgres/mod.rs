@@ -11,9 +11,13 @@
 //!   for a concurrent writer's lock, so of any number of racing reserves or
 //!   redemptions (from any number of nodes) at most one changes the row, at
 //!   the default `READ COMMITTED` isolation.
-//! - **The store-wide quota** (`totals`) is the sum of 64 counter rows; a
-//!   registration adds to the row of its token id's shard if the sum
-//!   (read from its snapshot) is under the quota. Registrations therefore
+//! - **Budgets.** A registration raises its client's and its source's
+//!   counter rows (upserts that lock them) and its shard of the store-wide
+//!   count in one transaction, reads what they held before, and lets the
+//!   core's `Budget::check` decide; a refusal rolls it all back.
+//! - **The store-wide count** (`totals`) is the sum of 64 counter rows; a
+//!   registration adds to the row of its token id's shard and reads the
+//!   sum from its snapshot. Registrations therefore
 //!   do not queue on one row lock for the length of each commit's `fsync`
 //!   (one counter row capped the whole cluster at about one registration
 //!   per `fsync`, ~290/s here). The price: registrations committing at the
@@ -66,8 +70,8 @@ use std::time::{Duration, Instant};
 use deadpool_postgres::tokio_postgres::Row;
 use deadpool_postgres::Object;
 use devicelink::relay::{
-    AccountFacts, ClientId, HelloDigest, LedgerError, Quota, QuotaScope, TokenRecord, TokenState,
-    TokenStore,
+    AccountFacts, Budget, ClientId, Held, HelloDigest, LedgerError, SourceKey, TokenRecord,
+    TokenState, TokenStore,
 };
 use devicelink::{AccountId, Timestamp, TokenId};
 
@@ -83,7 +87,7 @@ type Param<'a> = dyn deadpool_postgres::tokio_postgres::types::ToSql + Sync + 'a
 /// Shards of the store-wide token count (`totals`).
 const TOTAL_SHARDS: u8 = 64;
 
-/// Zero-count client rows removed per sweep.
+/// Zero-count client and source rows removed per sweep.
 const IDLE_CLIENTS_PER_SWEEP: i64 = 1_000;
 
 /// The PostgreSQL store. Clones share one runtime and one pool.
@@ -253,7 +257,7 @@ fn store_corrupt(text: String) -> Fail<StoreError> {
     Fail::Refused(StoreError::Corrupt(text))
 }
 
-const TOKEN_COLUMNS: &str = "client, expires_at, keep_until, state, peer, state_at, hello";
+const TOKEN_COLUMNS: &str = "client, expires_at, keep_until, state, peer, state_at, hello, source";
 
 fn token_row(r: &Row) -> Result<TokenRecord, String> {
     let client = ClientId::from_bytes(array(col::<&[u8]>(r, 0)?, "client")?);
@@ -276,8 +280,10 @@ fn token_row(r: &Row) -> Result<TokenRecord, String> {
         },
         (s, _, _) => return Err(corrupt(format_args!("token state {s}"))),
     };
+    let source = SourceKey::from_bytes(array(col::<&[u8]>(r, 7)?, "source")?);
     Ok(TokenRecord {
         client,
+        source,
         expires_at,
         keep_until,
         state,
@@ -310,59 +316,71 @@ impl TokenStore for PgStore {
         &self,
         token: TokenId,
         client: ClientId,
+        source: SourceKey,
         expires_at: Timestamp,
-        quota: Quota,
+        budget: Budget,
     ) -> Result<(), LedgerError> {
         self.db()
             .run(move |mut c| async move {
                 let exp = ms(expires_at, "expiry")?;
-                let total = int(quota.total, "quota")?;
-                let per_client = i64::from(quota.per_client);
-                let (id, cl) = (token.to_bytes(), client.to_bytes());
+                let (id, cl, src) = (token.to_bytes(), client.to_bytes(), source.to_bytes());
                 let tx = c.transaction().await?;
-                let (insert, count, add) = tokio::try_join!(
+                let (insert, count_client, count_source, add) = tokio::try_join!(
                     tx.prepare_cached(
-                        "INSERT INTO tokens (id, client, expires_at, keep_until, state)
-                         VALUES ($1, $2, $3, $3, 0) ON CONFLICT (id) DO NOTHING"
+                        "INSERT INTO tokens (id, client, source, expires_at, keep_until, state)
+                         VALUES ($1, $2, $3, $4, $4, 0) ON CONFLICT (id) DO NOTHING"
                     ),
                     tx.prepare_cached(
-                        "INSERT INTO clients (id, live) SELECT $1::bytea, 1 WHERE 0 < $2::bigint
+                        "INSERT INTO clients (id, live) VALUES ($1, 1)
                          ON CONFLICT (id) DO UPDATE SET live = clients.live + 1
-                         WHERE clients.live < $2::bigint"
+                         RETURNING live - 1"
                     ),
                     tx.prepare_cached(
-                        "UPDATE totals SET n = n + 1
-                          WHERE shard = $2 AND (SELECT sum(n) FROM totals)::bigint < $1::bigint"
+                        "INSERT INTO sources (id, live) VALUES ($1, 1)
+                         ON CONFLICT (id) DO UPDATE SET live = sources.live + 1
+                         RETURNING live - 1"
+                    ),
+                    tx.prepare_cached(
+                        "UPDATE totals SET n = n + 1 WHERE shard = $1
+                         RETURNING (SELECT sum(n) FROM totals)::bigint"
                     ),
                 )?;
-                // decision (pipelined; the store-wide counter last, so its
-                // row lock is held for the shortest time)
+                // Pipelined; the store-wide counter last, so its row lock is
+                // held for the shortest time. Its subquery reads the sum
+                // from the statement's snapshot, before this increment.
                 let shard = i16::from(id[15] % TOTAL_SHARDS);
-                let (id, cl) = (&id[..], &cl[..]);
-                let (p_insert, p_count, p_add): (
-                    [&Param<'_>; 3],
-                    [&Param<'_>; 2],
-                    [&Param<'_>; 2],
-                ) = ([&id, &cl, &exp], [&cl, &per_client], [&total, &shard]);
-                let (inserted, counted, totalled) = tokio::try_join!(
+                let (id, cl, src) = (&id[..], &cl[..], &src[..]);
+                let p_insert: [&Param<'_>; 4] = [&id, &cl, &src, &exp];
+                let (p_client, p_source, p_add): (
+                    [&Param<'_>; 1],
+                    [&Param<'_>; 1],
+                    [&Param<'_>; 1],
+                ) = ([&cl], [&src], [&shard]);
+                let (inserted, by_client, by_source, total) = tokio::try_join!(
                     tx.execute(&insert, &p_insert),
-                    tx.execute(&count, &p_count),
-                    tx.execute(&add, &p_add),
+                    tx.query_one(&count_client, &p_client),
+                    tx.query_one(&count_source, &p_source),
+                    tx.query_one(&add, &p_add),
                 )?;
+                let held = |row: &Row| -> Result<u64, Fail<LedgerError>> {
+                    let n: i64 = col(row, 0).map_err(ledger_corrupt)?;
+                    Ok(u64::try_from(n).unwrap_or(0))
+                };
                 let refusal = if inserted == 0 {
                     Some(LedgerError::DuplicateToken)
-                } else if counted == 0 {
-                    Some(LedgerError::QuotaExceeded {
-                        scope: QuotaScope::Client,
-                        limit: u64::from(quota.per_client),
-                    })
-                } else if totalled == 0 {
-                    Some(LedgerError::QuotaExceeded {
-                        scope: QuotaScope::Store,
-                        limit: quota.total,
-                    })
                 } else {
-                    None
+                    // decision: the core's rule over the counts before this row
+                    budget
+                        .check(Held {
+                            client: held(&by_client)?,
+                            source: held(&by_source)?,
+                            total: held(&total)?,
+                        })
+                        .err()
+                        .map(|e| LedgerError::QuotaExceeded {
+                            scope: e.scope,
+                            limit: e.limit,
+                        })
                 };
                 if let Some(refusal) = refusal {
                     let _ = tx.rollback().await;
@@ -462,20 +480,14 @@ impl TokenStore for PgStore {
         self.db()
             .run(move |c| async move {
                 let (now_ms, keep_ms) = (ms(now, "now")?, ms(keep, "keep")?);
-                // decision: the token row; the client's counter is
-                // decremented in the same statement (one transaction).
+                // decision: the token row (its tombstone still counts for
+                // its client and source until it is swept)
                 let st = c
                     .prepare_cached(
-                        "WITH redeemed AS (
-                           UPDATE tokens SET state = 2, state_at = $3,
-                                  keep_until = greatest(keep_until, $4)
-                            WHERE id = $1 AND client = $2 AND state = 1 AND keep_until > $3
-                           RETURNING peer),
-                         counted AS (
-                           UPDATE clients SET live = live - 1
-                            WHERE id = $2 AND live > 0 AND EXISTS (SELECT 1 FROM redeemed)
-                           RETURNING 1)
-                         SELECT peer, (SELECT count(*) FROM counted) FROM redeemed",
+                        "UPDATE tokens SET state = 2, state_at = $3,
+                                keep_until = greatest(keep_until, $4)
+                          WHERE id = $1 AND client = $2 AND state = 1 AND keep_until > $3
+                         RETURNING peer",
                     )
                     .await?;
                 let (id, cl) = (token.to_bytes(), client.to_bytes());
@@ -521,7 +533,7 @@ impl TokenStore for PgStore {
                         "DELETE FROM tokens WHERE id IN
                            (SELECT id FROM tokens WHERE keep_until <= $1
                              ORDER BY keep_until, id LIMIT $2 FOR UPDATE SKIP LOCKED)
-                         RETURNING client, state",
+                         RETURNING client, source",
                     )
                     .await?;
                 let rows = tx.query(&delete, &[&now_ms, &limit]).await?;
@@ -529,41 +541,73 @@ impl TokenStore for PgStore {
                     let _ = tx.rollback().await;
                     return Ok(0);
                 }
-                // Open and reserved tokens per client, in key order (so
-                // concurrent sweeps lock counter rows in the same order).
-                let mut live = std::collections::BTreeMap::<Vec<u8>, i64>::new();
-                for row in &rows {
-                    let state: i16 = col(row, 1).map_err(ledger_corrupt)?;
-                    if state < 2 {
-                        let client: Vec<u8> = col(row, 0).map_err(ledger_corrupt)?;
-                        *live.entry(client).or_default() += 1;
-                    }
-                }
-                let unlive = tx
-                    .prepare_cached(
-                        "UPDATE clients SET live = greatest(live - $2, 0) WHERE id = $1",
-                    )
-                    .await?;
-                for (client, n) in &live {
-                    tx.execute(&unlive, &[&&client[..], n]).await?;
-                }
-                let idle = tx
-                    .prepare_cached(
-                        "DELETE FROM clients WHERE id IN
-                           (SELECT id FROM clients WHERE live = 0 LIMIT $1 FOR UPDATE SKIP LOCKED)",
-                    )
-                    .await?;
-                tx.execute(&idle, &[&IDLE_CLIENTS_PER_SWEEP]).await?;
-                let deleted = i64::try_from(rows.len()).unwrap_or(i64::MAX);
-                let sub = tx
-                    .prepare_cached("UPDATE totals SET n = n - $1 WHERE shard = 0")
-                    .await?;
-                tx.execute(&sub, &[&deleted]).await?;
+                uncount(&tx, &rows).await?;
                 tx.commit().await.map_err(db::at_commit)?;
                 Ok(rows.len())
             })
             .map_err(ledger)
     }
+
+    fn abandon(&self, client: ClientId) -> Result<usize, LedgerError> {
+        self.db()
+            .run(move |mut c| async move {
+                let tx = c.transaction().await?;
+                let delete = tx
+                    .prepare_cached("DELETE FROM tokens WHERE client = $1 RETURNING client, source")
+                    .await?;
+                let cl = client.to_bytes();
+                let rows = tx.query(&delete, &[&&cl[..]]).await?;
+                if rows.is_empty() {
+                    let _ = tx.rollback().await;
+                    return Ok(0);
+                }
+                uncount(&tx, &rows).await?;
+                tx.commit().await.map_err(db::at_commit)?;
+                Ok(rows.len())
+            })
+            .map_err(ledger)
+    }
+}
+
+/// Takes deleted token rows (`client, source`) off their counters, in key
+/// order (so concurrent sweeps lock counter rows in the same order), removes
+/// a bounded number of counter rows at zero, and subtracts them from the
+/// store-wide count.
+async fn uncount(
+    tx: &deadpool_postgres::Transaction<'_>,
+    rows: &[Row],
+) -> Result<(), Fail<LedgerError>> {
+    let mut clients = std::collections::BTreeMap::<Vec<u8>, i64>::new();
+    let mut sources = std::collections::BTreeMap::<Vec<u8>, i64>::new();
+    for row in rows {
+        let client: Vec<u8> = col(row, 0).map_err(ledger_corrupt)?;
+        let source: Vec<u8> = col(row, 1).map_err(ledger_corrupt)?;
+        *clients.entry(client).or_default() += 1;
+        *sources.entry(source).or_default() += 1;
+    }
+    for (table, counts) in [("clients", &clients), ("sources", &sources)] {
+        let down = tx
+            .prepare_cached(&format!(
+                "UPDATE {table} SET live = greatest(live - $2, 0) WHERE id = $1"
+            ))
+            .await?;
+        for (id, n) in counts {
+            tx.execute(&down, &[&&id[..], n]).await?;
+        }
+        let idle = tx
+            .prepare_cached(&format!(
+                "DELETE FROM {table} WHERE id IN
+                   (SELECT id FROM {table} WHERE live = 0 LIMIT $1 FOR UPDATE SKIP LOCKED)"
+            ))
+            .await?;
+        tx.execute(&idle, &[&IDLE_CLIENTS_PER_SWEEP]).await?;
+    }
+    let deleted = i64::try_from(rows.len()).unwrap_or(i64::MAX);
+    let sub = tx
+        .prepare_cached("UPDATE totals SET n = n - $1 WHERE shard = 0")
+        .await?;
+    tx.execute(&sub, &[&deleted]).await?;
+    Ok(())
 }
 
 fn account_row(r: &Row) -> Result<AccountRecord, String> {
@@ -613,10 +657,8 @@ impl Store for PgStore {
                 async move {
                     let revision =
                         int::<()>(record.revision, "revision").map_err(range("revision"))?;
-                    let active = record
-                        .active_since()
-                        .map(|at| ms::<()>(at, "last activity").map_err(range("last activity")))
-                        .transpose()?;
+                    let active = ms::<()>(record.active_since(), "last activity")
+                        .map_err(range("last activity"))?;
                     let account = record.account().to_bytes();
                     let facts = record.facts.to_bytes();
                     let (account, facts) = (&account[..], &facts[..]);
@@ -646,6 +688,25 @@ impl Store for PgStore {
                     };
                     Ok(n == 1)
                 }
+            })
+            .map_err(store)
+    }
+
+    fn delete_account(&self, account: &AccountId, revision: u64) -> Result<bool, StoreError> {
+        let account = *account;
+        self.db()
+            .run(move |c| async move {
+                let revision = int::<()>(revision, "revision").map_err(range("revision"))?;
+                let st = c
+                    .prepare_cached("DELETE FROM accounts WHERE account = $1 AND revision = $2")
+                    .await?;
+                let id = account.to_bytes();
+                // decision
+                let n = c
+                    .execute(&st, &[&&id[..], &revision])
+                    .await
+                    .map_err(db::at_commit)?;
+                Ok(n == 1)
             })
             .map_err(store)
     }
