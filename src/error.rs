@@ -199,6 +199,22 @@ impl LedgerError {
     }
 }
 
+impl crate::relay::CodeRelayError {
+    /// The coarse kind of this error.
+    pub fn kind(&self) -> ErrorKind {
+        use crate::relay::CodeRelayError as E;
+        match self {
+            E::NoSuchCode | E::UnknownHandle | E::UnknownToken => ErrorKind::Unexpected,
+            E::Expired => ErrorKind::Expired,
+            E::WrongClient => ErrorKind::Unauthenticated,
+            E::AlreadyPublished => ErrorKind::Conflict,
+            E::LockedOut { .. } | E::QuotaExceeded { .. } => ErrorKind::Refused,
+            E::Full => ErrorKind::Unavailable,
+            E::BadOffer | E::Unroutable(_) => ErrorKind::Malformed,
+        }
+    }
+}
+
 impl AuditError {
     /// The coarse kind of this error.
     pub fn kind(&self) -> ErrorKind {

@@ -759,6 +759,18 @@ fn code_sessions_are_budgeted_per_client_and_source() {
     relay
         .open(ClientId::from_bytes([200; 16]), AWAY, &mut rng, now)
         .unwrap();
+    // A companion gone for good: its sessions stop counting at once.
+    assert_eq!(relay.abandon(LAPTOP), 4);
+    assert_eq!(relay.abandon(LAPTOP), 0);
+    assert_eq!(relay.source_sessions(&HOME), 28);
+    relay
+        .open(ClientId::from_bytes([201; 16]), HOME, &mut rng, now)
+        .unwrap();
+    let saved = relay.save().unwrap();
+    assert_eq!(
+        CodeRendezvous::restore(&saved).unwrap().save().unwrap(),
+        saved
+    );
 }
 
 #[test]

@@ -34,11 +34,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use devicelink::handshake::{MessageHeader, MessageKind};
-use devicelink::relay::{HelloDigest, SubscriptionProof};
+use devicelink::relay::{AccountProof, HelloDigest, SubscriptionProof};
 use devicelink::{
-    Account, Companion, CompanionState, ConfirmedLink, DeviceIndex, DeviceListChange, ErrorKind,
-    HandshakeError, LinkRequest, LinkedSession, LogoutReason, PrimaryHeartbeat, RefusalReason,
-    RegistryError, SessionError, SessionStatus, SignedDeviceList, Timestamp,
+    Account, AccountId, Companion, CompanionState, ConfirmedLink, DeviceIndex, DeviceListChange,
+    ErrorKind, HandshakeError, LinkRequest, LinkedSession, LogoutReason, PrimaryHeartbeat,
+    RefusalReason, RegistryError, SessionError, SessionStatus, SignedDeviceList, Timestamp,
 };
 use futures_util::{SinkExt, StreamExt};
 use rand_core::{CryptoRng, RngCore};
@@ -913,6 +913,8 @@ pub struct PrimaryClient {
     link: FrameLink,
     clock: Arc<dyn Clock>,
     secret: ClientSecret,
+    /// Accounts proven (and made known to the relay) on this connection.
+    proven: std::collections::HashSet<AccountId>,
 }
 
 impl std::fmt::Debug for PrimaryClient {
@@ -931,6 +933,7 @@ impl PrimaryClient {
             link,
             clock,
             secret,
+            proven: Default::default(),
         })
     }
 
@@ -942,7 +945,33 @@ impl PrimaryClient {
         let link = backoff.connect(base, "primary", &self.secret).await?;
         let old = std::mem::replace(&mut self.link, link);
         old.close().await;
+        // A proof holds for the connection it was sent on.
+        self.proven.clear();
         self.link.settle().await
+    }
+
+    /// Proves `account`'s key to the relay for this client id (once per
+    /// connection): a relay keeps an account it does not know only for a
+    /// client that proved its key (and counts that client's code joins
+    /// against it). [`PrimaryClient::link`] does it by itself.
+    pub async fn prove_account(&mut self, account: &Account) -> Result<(), ClientError> {
+        self.send_proof(account).await?;
+        self.link.settle().await
+    }
+
+    /// Sends the account's proof unless this connection did already (its
+    /// answer is taken with the next frames').
+    async fn send_proof(&mut self, account: &Account) -> Result<(), ClientError> {
+        let id = account.account_id();
+        if self.proven.contains(&id) {
+            return Ok(());
+        }
+        let proof = AccountProof::sign(account.key(), self.secret.client_id());
+        self.link
+            .send(&Frame::ProveAccount { account: id, proof })
+            .await?;
+        self.proven.insert(id);
+        Ok(())
     }
 
     /// Links the companion showing `offer_text`: scans it (the account must
@@ -956,6 +985,7 @@ impl PrimaryClient {
         rng: &mut R,
         approve: impl FnOnce(&LinkRequest) -> bool,
     ) -> Result<LinkOutcome, ClientError> {
+        self.send_proof(account).await?;
         let (mut handshake, hello) = account.scan(offer_text, rng, self.clock.now())?;
         self.link.send_message(&hello).await?;
         let request = self.next_message(MessageKind::Request).await?;
@@ -977,6 +1007,11 @@ impl PrimaryClient {
             return Ok(LinkOutcome::Refused(reason));
         }
         let grant = account.grant(&mut handshake, rng, self.clock.now())?;
+        // The list the grant made goes to the relay before the Grant, so
+        // the relay keeps the account (this connection proved its key)
+        // before the companion carries the list and subscribes.
+        let list = account.device_list().to_bytes();
+        self.link.send(&Frame::PublishList { bytes: &list }).await?;
         self.link.send_message(&grant).await?;
         let confirm = self.next_message(MessageKind::Confirm).await?;
         let linked = account.confirm(&mut handshake, &confirm, self.clock.now())?;

@@ -2,13 +2,22 @@
 //! (`docs/PROTOCOL.md` §13, `docs/RELAY.md`). One frame is one WebSocket
 //! binary message: a type byte and a body of a size fixed by the type
 //! (checked before any field is read). [`CodeFrame::decode`] is total.
+//!
+//! The endpoint is served by the same connection machinery as the others,
+//! so it also takes the relay's own `Identify` and `ProveAccount` frames
+//! ([`crate::Frame`]) and answers refusals with the relay's `Error` frame
+//! (a code and a text): every frame a client sends gets exactly one answer,
+//! in order. Type bytes `0x11`–`0x15` and `0x91`–`0x95` are this module's.
 
 use devicelink::code::{is_code_message, CodeHandle, CodeHeader, CODE_OFFER_LEN};
 use devicelink::handshake::MessageHeader;
 use devicelink::{Timestamp, TokenId};
 
-/// Most bytes of a [`CodeFrame::Error`]'s text.
-pub const MAX_CODE_ERROR_TEXT: usize = 256;
+/// Whether `byte` is the type byte of a [`CodeFrame`] (and not of a
+/// [`crate::Frame`]).
+pub fn is_code_frame(byte: u8) -> bool {
+    matches!(byte, 0x11..=0x15 | 0x91..=0x95)
+}
 
 /// A frame of the code endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,14 +40,17 @@ pub enum CodeFrame<'a> {
         /// The session's end (exclusive).
         expires_at: Timestamp,
     },
-    /// Relay → client (`0x92`): the Publish or WrongCode was applied.
+    /// Relay → client (`0x92`): the Publish, Message or WrongCode was
+    /// carried out.
     Ok,
     /// Relay → primary (`0x93`): the CodeOffer of the joined session.
     Offer(&'a [u8]),
     /// Relay → client (`0x94`): a message from the session's other side.
     Routed(&'a [u8]),
-    /// Relay → client (`0x9F`): a refusal, as text.
-    Error(&'a str),
+    /// Relay → companion (`0x95`): the code of this session was spent
+    /// without a guess reaching the companion (the joiner gave up or stayed
+    /// silent past the hello window): show a new code under the same handle.
+    Spent(TokenId),
 }
 
 /// Why bytes are not a code frame.
@@ -54,7 +66,7 @@ pub enum CodeFrameError {
         len: usize,
     },
     /// A field is invalid (a handle over 20 bits, a message whose header
-    /// does not parse or whose size does not fit its kind, text not UTF-8).
+    /// does not parse or whose size does not fit its kind).
     #[error("invalid code frame field: {0}")]
     Invalid(&'static str),
 }
@@ -106,10 +118,15 @@ impl<'a> CodeFrame<'a> {
                     CodeFrame::Routed(body)
                 }
             }
-            0x15 => {
+            0x15 | 0x95 => {
                 let id = <[u8; 16]>::try_from(body)
                     .map_err(|_| CodeFrameError::WrongSize { len: bytes.len() })?;
-                CodeFrame::WrongCode(TokenId::from_bytes(id))
+                let token = TokenId::from_bytes(id);
+                if t == 0x15 {
+                    CodeFrame::WrongCode(token)
+                } else {
+                    CodeFrame::Spent(token)
+                }
             }
             0x91 => {
                 size(body.len() == 12)?;
@@ -129,12 +146,6 @@ impl<'a> CodeFrame<'a> {
             0x93 => {
                 size(body.len() == CODE_OFFER_LEN)?;
                 CodeFrame::Offer(body)
-            }
-            0x9F => {
-                size(body.len() <= MAX_CODE_ERROR_TEXT)?;
-                CodeFrame::Error(
-                    std::str::from_utf8(body).map_err(|_| CodeFrameError::Invalid("text"))?,
-                )
             }
             _ => return Err(CodeFrameError::UnknownType),
         })
@@ -159,13 +170,7 @@ impl<'a> CodeFrame<'a> {
             CodeFrame::Ok => (0x92, Vec::new()),
             CodeFrame::Offer(b) => (0x93, b.to_vec()),
             CodeFrame::Routed(b) => (0x94, b.to_vec()),
-            CodeFrame::Error(s) => {
-                let mut end = s.len().min(MAX_CODE_ERROR_TEXT);
-                while !s.is_char_boundary(end) {
-                    end -= 1;
-                }
-                (0x9F, s.as_bytes()[..end].to_vec())
-            }
+            CodeFrame::Spent(t) => (0x95, t.to_bytes().to_vec()),
         };
         let mut out = Vec::with_capacity(1 + body.len());
         out.push(t);
@@ -189,9 +194,18 @@ mod tests {
                 expires_at: Timestamp::from_unix_millis(9),
             },
             CodeFrame::Ok,
-            CodeFrame::Error("no"),
+            CodeFrame::Spent(TokenId::from_bytes([4; 16])),
         ] {
-            assert_eq!(CodeFrame::decode(&f.encode()).unwrap(), f);
+            let bytes = f.encode();
+            assert!(is_code_frame(bytes[0]));
+            assert_eq!(CodeFrame::decode(&bytes).unwrap(), f);
+        }
+        // The relay's own frame types are not code frames, and the other
+        // way round.
+        for b in 0u8..=255 {
+            if is_code_frame(b) {
+                assert_eq!(crate::FrameType::from_byte(b), None, "{b:#04x}");
+            }
         }
         assert_eq!(CodeFrame::decode(&[]), Err(CodeFrameError::UnknownType));
         assert!(CodeFrame::decode(&[0x13, 0xff, 0xff, 0xff, 0xff]).is_err());

@@ -51,9 +51,13 @@ pub const MALFORMED_FRAME: u16 = 101;
 pub const TEXT_MESSAGE: u16 = 102;
 /// A message larger than the limit; closed with [`CLOSE_TOO_BIG`].
 pub const TOO_BIG: u16 = 103;
-/// A Subscribe on a connection that did not identify itself (a
-/// subscription is bound to a stable client id); the connection stays open.
+/// A Subscribe or ProveAccount on a connection that did not identify itself
+/// (both are bound to a stable client id); the connection stays open.
 pub const NOT_IDENTIFIED: u16 = 201;
+/// A first device list of an account the relay does not know, from a
+/// connection that did not prove the account key (`ProveAccount`); nothing
+/// was stored, the connection stays open.
+pub const ACCOUNT_PROOF_NEEDED: u16 = 202;
 /// An Identify that is not the connection's first frame; the connection
 /// stays open with the id it has.
 pub const IDENTIFY_NOT_FIRST: u16 = 303;
@@ -66,6 +70,11 @@ pub const WRONG_KIND: u16 = 302;
 /// More frames than the connection's rate allows; closed with
 /// [`CLOSE_RATE_LIMITED`].
 pub const RATE_LIMITED: u16 = 401;
+/// A first device list of an account the relay does not know, from an
+/// address that made it keep too many new accounts lately
+/// (`--new-accounts-per-address-per-hour`); nothing was stored, the
+/// connection stays open.
+pub const NEW_ACCOUNTS_RATE: u16 = 402;
 /// Nothing received within the idle timeout; closed with [`CLOSE_IDLE`].
 pub const IDLE: u16 = 501;
 /// The message's recipient is not connected (or was too slow to take it).

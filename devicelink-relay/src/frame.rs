@@ -16,7 +16,7 @@
 
 use devicelink::certificate::{DeviceIndex, HEARTBEAT_LEN};
 use devicelink::handshake::{MessageHeader, MessageKind, HEADER_LEN, MESSAGE_VERSION};
-use devicelink::relay::{HelloDigest, SubscriptionProof, SUBSCRIPTION_PROOF_LEN};
+use devicelink::relay::{AccountProof, HelloDigest, SubscriptionProof, SUBSCRIPTION_PROOF_LEN};
 
 use crate::identity::ClientSecret;
 use devicelink::{AccountId, HandshakeError, LogoutReason, Timestamp, TokenId};
@@ -58,6 +58,10 @@ pub enum FrameType {
     /// client's stable id derives from (a reconnecting client keeps its
     /// tokens and its mailbox).
     Identify = 0x07,
+    /// Client → relay: proof of an account key for this connection's
+    /// (identified) client id, asked before the relay keeps an account it
+    /// does not know and before a code join counts against an account.
+    ProveAccount = 0x08,
     /// Relay → client: a message was forwarded.
     Routed = 0x81,
     /// Relay → client: a refusal.
@@ -80,6 +84,7 @@ impl FrameType {
             0x05 => FrameType::PublishHeartbeat,
             0x06 => FrameType::Subscribe,
             0x07 => FrameType::Identify,
+            0x08 => FrameType::ProveAccount,
             0x81 => FrameType::Routed,
             0x82 => FrameType::Error,
             0x83 => FrameType::Logout,
@@ -103,6 +108,7 @@ impl FrameType {
                 32 + 4 + SUBSCRIPTION_PROOF_LEN,
             ),
             FrameType::Identify => (32, 32),
+            FrameType::ProveAccount => (32 + SUBSCRIPTION_PROOF_LEN, 32 + SUBSCRIPTION_PROOF_LEN),
             FrameType::Routed => (HEADER_LEN, HEADER_LEN),
             FrameType::Error => (2, 2 + MAX_ERROR_TEXT),
             FrameType::Logout => (4 + 1, 4 + 1),
@@ -209,6 +215,15 @@ pub enum Frame<'a> {
         /// The client's secret (never sent anywhere but to the relay).
         secret: ClientSecret,
     },
+    /// Client → relay: this connection's client id may act for `account`
+    /// ([`AccountProof::sign`] by the account key over the client id; the
+    /// connection must have identified).
+    ProveAccount {
+        /// The account.
+        account: AccountId,
+        /// The account key's signature over the client id.
+        proof: AccountProof,
+    },
     /// Relay → sender: the message with this header was forwarded.
     Routed {
         /// The forwarded message's header.
@@ -258,6 +273,7 @@ impl<'a> Frame<'a> {
             Frame::PublishHeartbeat { .. } => FrameType::PublishHeartbeat,
             Frame::Subscribe { .. } => FrameType::Subscribe,
             Frame::Identify { .. } => FrameType::Identify,
+            Frame::ProveAccount { .. } => FrameType::ProveAccount,
             Frame::Routed { .. } => FrameType::Routed,
             Frame::Error { .. } => FrameType::Error,
             Frame::Logout { .. } => FrameType::Logout,
@@ -305,6 +321,10 @@ impl<'a> Frame<'a> {
             },
             FrameType::Identify => Frame::Identify {
                 secret: ClientSecret::from_bytes(array(body, 0)),
+            },
+            FrameType::ProveAccount => Frame::ProveAccount {
+                account: AccountId::from_bytes(array(body, 0)),
+                proof: AccountProof::from_bytes(array(body, 32)),
             },
             FrameType::Routed => Frame::Routed {
                 header: MessageHeader::parse(body)?,
@@ -370,6 +390,10 @@ impl<'a> Frame<'a> {
                 out.extend_from_slice(&proof.to_bytes());
             }
             Frame::Identify { secret } => out.extend_from_slice(secret.as_bytes()),
+            Frame::ProveAccount { account, proof } => {
+                out.extend_from_slice(&account.to_bytes());
+                out.extend_from_slice(&proof.to_bytes());
+            }
             Frame::Routed { header } => {
                 out.push(MESSAGE_VERSION);
                 out.push(header.kind.code());
@@ -530,7 +554,7 @@ mod tests {
 
     fn owned_frame() -> impl Strategy<Value = (u8, Vec<u8>, u64, u16, String, u32, LogoutReason)> {
         (
-            0u8..11,
+            0u8..12,
             proptest::collection::vec(any::<u8>(), 0..300),
             any::<u64>(),
             any::<u16>(),
@@ -563,9 +587,10 @@ mod tests {
                 4 => Frame::PublishHeartbeat { bytes: &hb },
                 5 => Frame::Routed { header },
                 6 => Frame::Error { code, text: &text },
-                8 => Frame::Ack { of: FrameType::from_byte(raw.first().copied().unwrap_or(1) % 7 + 1).unwrap(), changed: n % 2 == 0 },
+                8 => Frame::Ack { of: FrameType::from_byte(raw.first().copied().unwrap_or(1) % 8 + 1).unwrap(), changed: n % 2 == 0 },
                 7 => Frame::Subscribe { account: AccountId::from_bytes(array(&raw, 0)), index: DeviceIndex(index), proof: SubscriptionProof::from_bytes(array(&raw, 32)) },
                 10 => Frame::Identify { secret: ClientSecret::from_bytes(array(&raw, 8)) },
+                11 => Frame::ProveAccount { account: AccountId::from_bytes(array(&raw, 0)), proof: devicelink::relay::AccountProof::from_bytes(array(&raw, 32)) },
                 _ => Frame::Logout { index: DeviceIndex(index), reason },
             };
             let bytes = frame.encode();

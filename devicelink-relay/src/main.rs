@@ -1,7 +1,9 @@
 //! The `devicelink-relay` binary: the relay on a SQLite file (or in
 //! memory, or as one node of many on a PostgreSQL database), serving the
 //! browser companion page at `/`, `/v1/companion`, `/v1/primary`,
-//! `/v1/code`, `/healthz` and `/metrics` until Ctrl-C or SIGTERM.
+//! `/v1/code`, the long-poll fallback and `/healthz` until Ctrl-C or
+//! SIGTERM; `/metrics` on a listener of its own (`--metrics-listen`); TLS
+//! with `--tls-cert`/`--tls-key` (the files read again on SIGHUP).
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -14,7 +16,8 @@ use clap::Parser;
 use devicelink::Policy;
 use devicelink::Timestamp;
 use devicelink_relay::server::{
-    Clock, Cluster, ClusterOptions, Limits, ManualClock, Relay, SystemClock,
+    Clock, Cluster, ClusterOptions, Limits, ManualClock, Network, Relay, SystemClock, Tls,
+    TrustedProxies,
 };
 use devicelink_relay::{MemoryStore, PgStore, SqliteStore, Store, StoreError, MAX_FRAME_LEN};
 
@@ -27,6 +30,27 @@ struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// PEM certificate chain: serve TLS (`wss://`, `https://`). Read again
+    /// on SIGHUP.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of `--tls-cert` (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve the browser companion page over plain HTTP on a non-loopback
+    /// address (the page holds a device key: without TLS it is served on
+    /// loopback only, or behind a TLS proxy with this flag).
+    #[arg(long)]
+    insecure_http: bool,
+    /// A proxy or load balancer whose connections may say whose they are
+    /// (PROXY protocol v1/v2, or X-Forwarded-For): a network (`10.0.0.0/8`)
+    /// or an address. Repeatable. Nobody else is believed.
+    #[arg(long = "trusted-proxy", value_name = "CIDR")]
+    trusted_proxies: Vec<String>,
+    /// Serve `GET /metrics` (Prometheus text) on this address (keep it
+    /// private: it shows pairing activity). Off unless given.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
     /// SQLite database file (created if missing); `:memory:` for the
     /// in-memory store; `postgres://user:password@host:port/dbname` for a
     /// PostgreSQL database shared by many relay nodes.
@@ -50,9 +74,12 @@ struct Args {
     /// Use the in-memory store (nothing survives a restart).
     #[arg(long)]
     memory: bool,
-    /// Most WebSocket connections open at once.
+    /// Most sessions (WebSockets and long-poll sessions) open at once.
     #[arg(long, default_value_t = Limits::default().max_connections)]
     max_connections: usize,
+    /// Most TCP connections open at once.
+    #[arg(long, default_value_t = Limits::default().max_http_connections)]
+    max_http_connections: usize,
     /// Largest WebSocket message accepted, in bytes (at most the largest
     /// frame).
     #[arg(long, default_value_t = MAX_FRAME_LEN)]
@@ -75,16 +102,46 @@ struct Args {
     /// Seconds shutdown waits for connections to close.
     #[arg(long, default_value_t = Limits::default().shutdown_grace.as_secs())]
     shutdown_grace_secs: u64,
-    /// Most connections open at once from one IP address (behind a proxy
-    /// every client shares its address: raise this).
+    /// Most sessions (WebSockets, long-poll sessions) open at once from one
+    /// address (an IPv6 prefix; behind a proxy, see --trusted-proxy).
     #[arg(long, default_value_t = Limits::default().max_connections_per_address)]
     max_connections_per_address: u32,
-    /// New connections per second from one IP address (0: no limit).
+    /// Most TCP connections open at once from one address (counted at
+    /// accept, before HTTP).
+    #[arg(long, default_value_t = Limits::default().max_http_connections_per_address)]
+    max_http_connections_per_address: u32,
+    /// New connections per second from one address (0: no limit).
     #[arg(long, default_value_t = Limits::default().connect_rate_per_address)]
     connect_rate_per_address: u32,
-    /// New connections one IP address may open in a burst.
+    /// New connections one address may open in a burst.
     #[arg(long, default_value_t = Limits::default().connect_burst_per_address)]
     connect_burst_per_address: u32,
+    /// HTTP requests per second from one address (0: no limit).
+    #[arg(long, default_value_t = Limits::default().request_rate_per_address)]
+    request_rate_per_address: u32,
+    /// HTTP requests one address may send in a burst.
+    #[arg(long, default_value_t = Limits::default().request_burst_per_address)]
+    request_burst_per_address: u32,
+    /// Seconds for a request's header (and the next one on an idle
+    /// keep-alive connection), a PROXY header, and a TLS handshake.
+    #[arg(long, default_value_t = Limits::default().header_read_timeout.as_secs())]
+    header_read_timeout_secs: u64,
+    /// Accounts the relay did not know that one address may make it keep
+    /// per hour (0: no limit).
+    #[arg(long, default_value_t = Limits::default().new_accounts_per_address_per_hour)]
+    new_accounts_per_address_per_hour: u32,
+    /// Most code sessions (`/v1/code`) held for one address.
+    #[arg(long, default_value_t = Limits::default().max_code_sessions_per_address)]
+    max_code_sessions_per_address: u64,
+    /// Most mailbox bytes held for clients of one address.
+    #[arg(long, default_value_t = Limits::default().mailbox_bytes_per_address)]
+    mailbox_bytes_per_address: u64,
+    /// Most mailboxes held for clients of one address.
+    #[arg(long, default_value_t = Limits::default().mailboxes_per_address)]
+    mailboxes_per_address: u64,
+    /// Most mailboxes held in all.
+    #[arg(long, default_value_t = Limits::default().mailboxes)]
+    mailboxes: u64,
     /// Seconds frames wait for an identified client that lost its
     /// connection (0: not at all).
     #[arg(long, default_value_t = Limits::default().mailbox_ttl.as_secs())]
@@ -124,6 +181,15 @@ impl Args {
     fn limits(&self) -> Limits {
         Limits {
             max_connections: self.max_connections.max(1),
+            max_http_connections: self.max_http_connections.max(1),
+            request_rate_per_address: self.request_rate_per_address,
+            request_burst_per_address: self.request_burst_per_address.max(1),
+            header_read_timeout: Duration::from_secs(self.header_read_timeout_secs.max(1)),
+            new_accounts_per_address_per_hour: self.new_accounts_per_address_per_hour,
+            max_code_sessions_per_address: self.max_code_sessions_per_address.max(1),
+            mailbox_bytes_per_address: self.mailbox_bytes_per_address,
+            mailboxes_per_address: self.mailboxes_per_address,
+            mailboxes: self.mailboxes,
             max_frame_len: self.max_frame_len.clamp(1, MAX_FRAME_LEN),
             idle_timeout: Duration::from_secs(self.idle_timeout_secs.max(1)),
             rate_per_second: self.rate,
@@ -133,6 +199,7 @@ impl Args {
             poll_wait: Duration::from_secs(self.poll_wait_secs.max(1)),
             sweep_interval: Duration::from_millis(self.sweep_interval_ms.max(1)),
             max_connections_per_address: self.max_connections_per_address.max(1),
+            max_http_connections_per_address: self.max_http_connections_per_address.max(1),
             connect_rate_per_address: self.connect_rate_per_address,
             connect_burst_per_address: self.connect_burst_per_address.max(1),
             mailbox_ttl: Duration::from_secs(self.mailbox_ttl_secs),
@@ -247,7 +314,80 @@ async fn run_node(store: PgStore, args: &Args) -> ExitCode {
     }
 }
 
+/// TLS, trusted proxies and the page's policy from the flags.
+fn network(args: &Args) -> Result<Network, String> {
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(Tls::from_pem_files(cert, key).map_err(|e| e.to_string())?),
+        _ => None,
+    };
+    let trusted_proxies = TrustedProxies::parse(args.trusted_proxies.iter().map(String::as_str))?;
+    // The page holds a device key: not in clear on a public address.
+    let serve_page = tls.is_some() || args.listen.ip().is_loopback() || args.insecure_http;
+    if !serve_page {
+        tracing::warn!(
+            listen = %args.listen,
+            "no TLS on a non-loopback address: the browser companion page is not served \
+             (give --tls-cert/--tls-key, or --insecure-http behind a TLS proxy)"
+        );
+    }
+    Ok(Network {
+        trusted_proxies,
+        tls,
+        serve_page,
+    })
+}
+
+/// Reads the certificate again on every SIGHUP.
+fn reload_on_sighup(tls: Tls) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGHUP: no certificate reloads");
+                return;
+            }
+        };
+        while hup.recv().await.is_some() {
+            match tls.reload() {
+                Ok(()) => tracing::info!("TLS certificate reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "TLS certificate not reloaded; the old one stays")
+                }
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = tls;
+}
+
 async fn serve<S: Store + 'static>(relay: Relay<S>, args: &Args, what: String) -> ExitCode {
+    let network = match network(args) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot set up the network");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(tls) = network.tls.clone() {
+        reload_on_sighup(tls);
+    }
+    if let Some(addr) = args.metrics_listen {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => {
+                let router = relay.metrics_router();
+                tokio::spawn(async move {
+                    if let Err(e) = axum::serve(l, router).await {
+                        tracing::error!(error = %e, "metrics listener failed");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::error!(listen = %addr, error = %e, "cannot listen for metrics");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let listener = match devicelink_relay::server::listen(args.listen) {
         Ok(l) => l,
         Err(e) => {
@@ -256,13 +396,23 @@ async fn serve<S: Store + 'static>(relay: Relay<S>, args: &Args, what: String) -
         }
     };
     let addr = listener.local_addr().unwrap_or(args.listen);
+    let (ws, http) = if network.tls.is_some() {
+        ("wss", "https")
+    } else {
+        ("ws", "http")
+    };
+    let page = if network.serve_page {
+        format!("the browser companion: {http}://{addr}/")
+    } else {
+        "no browser companion page (plain HTTP off loopback)".into()
+    };
     // One line, written once: whoever started the relay may read just this
     // line and close the pipe, which must not stop the relay.
     let _ = writeln!(
         std::io::stdout(),
-        "devicelink-relay listening on ws://{addr} (store: {what}); the browser companion: http://{addr}/"
+        "devicelink-relay listening on {ws}://{addr} (store: {what}); {page}"
     );
-    match relay.serve(listener, shutdown_signal()).await {
+    match relay.serve_with(listener, network, shutdown_signal()).await {
         Ok(drained) if drained.all_closed => ExitCode::SUCCESS,
         Ok(drained) => {
             tracing::warn!(open = drained.still_open, "connections still open at exit");

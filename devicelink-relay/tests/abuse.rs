@@ -209,7 +209,12 @@ async fn bad_frames_get_typed_errors_and_the_relay_stays_up() {
     assert!(http_get(&relay, "/healthz")
         .await
         .starts_with("HTTP/1.1 200"));
-    let metrics = http_get(&relay, "/metrics").await;
+    // /metrics shows pairing activity: not on the public listener (it has
+    // one of its own, `--metrics-listen`).
+    assert!(http_get(&relay, "/metrics")
+        .await
+        .starts_with("HTTP/1.1 404"));
+    let metrics = relay.metrics.render();
     assert!(
         metrics.contains("devicelink_refusals_total{kind=\"malformed\"} 5"),
         "{metrics}"

@@ -124,6 +124,8 @@ impl Nodes {
             .args(["--rate", "100000", "--burst", "100000", "--pg-pool", "8"])
             // Every test client comes from 127.0.0.1.
             .args(["--max-tokens-per-address", "1000000"])
+            .args(["--request-rate-per-address", "0"])
+            .args(["--new-accounts-per-address-per-hour", "0"])
             .env(
                 "RUST_LOG",
                 std::env::var("DEVICELINK_TEST_LOG").unwrap_or_else(|_| "warn".into()),

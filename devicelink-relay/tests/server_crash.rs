@@ -56,6 +56,12 @@ fn start_relay(db: &std::path::Path) -> (Relay, String) {
             "100000",
             "--max-tokens-per-address",
             "1000000",
+            "--max-http-connections-per-address",
+            "100000",
+            "--request-rate-per-address",
+            "0",
+            "--new-accounts-per-address-per-hour",
+            "0",
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

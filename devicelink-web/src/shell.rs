@@ -444,7 +444,8 @@ impl BrowserCompanion {
             Frame::Register { .. }
             | Frame::Release { .. }
             | Frame::Subscribe { .. }
-            | Frame::Identify { .. } => {}
+            | Frame::Identify { .. }
+            | Frame::ProveAccount { .. } => {}
         }
         Ok(())
     }

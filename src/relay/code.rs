@@ -924,6 +924,33 @@ impl CodeRendezvous {
         spent
     }
 
+    /// Forgets every session the companion `client` opened: it is gone for
+    /// good (a connection that never identified), so nobody can finish them.
+    /// Its sessions stop counting against its source. Returns how many.
+    /// Time proportional to the sessions held.
+    pub fn abandon(&mut self, client: ClientId) -> usize {
+        let handles: Vec<CodeHandle> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.companion == client)
+            .map(|(h, _)| *h)
+            .collect();
+        for h in &handles {
+            if let Some(s) = self.sessions.get(h) {
+                let keep = self.keep_until(s);
+                self.by_keep.remove(&(keep, *h));
+            }
+            if let Some(s) = self.sessions.remove(h) {
+                if let Some(t) = s.state.token() {
+                    self.tokens.remove(&t);
+                }
+                decrement(&mut self.per_client, &s.companion);
+                decrement(&mut self.per_source, &s.source);
+            }
+        }
+        handles.len()
+    }
+
     /// Saves the rendezvous (versioned JSON; no secrets).
     pub fn save(&self) -> Result<Vec<u8>, PersistError> {
         crate::persist::save("code rendezvous", self)

@@ -1,54 +1,34 @@
-//! Who may open a connection: the relay's connection limit, and per IP
-//! address a limit on open connections and a rate of new ones (a keyed
-//! GCRA limiter from `governor`, its memory trimmed by the sweeper).
+//! Who may open a session (a WebSocket, a long-poll session): the relay's
+//! session limit, and per network source ([`SourceKey`]: an IPv4 address,
+//! an IPv6 prefix) a cap on open sessions (the rate of new connections is
+//! the accept loop's); and the rate at which one source may make the relay
+//! keep accounts it did not know. Rates are keyed GCRA limiters from `governor`, their memory trimmed
+//! by the sweeper. Counting per source is the budgets' rule
+//! ([`devicelink::relay::Budget`]); the rates bound what cannot be counted
+//! because it lasts (an account).
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 
-use axum::extract::{ConnectInfo, FromRequestParts};
-use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use devicelink::relay::{Budget, Held, SourceKey};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-
-use devicelink::relay::SourceKey;
 
 use super::metrics::Metrics;
 use super::Limits;
 
-/// The client's IP address, when the router is served with connect info
-/// ([`super::Relay::serve`] does; a router served without it skips the
-/// per-address limits).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct PeerAddress(pub(crate) Option<IpAddr>);
-
-impl<S: Send + Sync> FromRequestParts<S> for PeerAddress {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(PeerAddress(
-            parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0.ip()),
-        ))
-    }
-}
-
-/// Why a connection was not admitted.
+/// Why a session was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Refused {
     /// The relay is shutting down (503).
     ShuttingDown,
-    /// The relay's connection limit (503).
+    /// The relay's session limit (503).
     RelayFull,
-    /// The address's open-connection cap (429).
+    /// The source's open-session cap (429).
     AddressFull,
-    /// The address's rate of new connections (429).
-    AddressRate,
 }
 
 impl IntoResponse for Refused {
@@ -60,132 +40,188 @@ impl IntoResponse for Refused {
                 StatusCode::TOO_MANY_REQUESTS,
                 "too many connections from this address\n",
             ),
-            Refused::AddressRate => (
-                StatusCode::TOO_MANY_REQUESTS,
-                "too many new connections from this address\n",
-            ),
         };
         (status, text).into_response()
     }
 }
 
-/// What a connection holds while it is open.
+/// What a session holds while it is open.
 #[derive(Debug)]
 pub(crate) struct Admission {
     _permit: OwnedSemaphorePermit,
-    _address: Option<AddressPermit>,
+    _source: Option<SourcePermit>,
     source: SourceKey,
 }
 
 impl Admission {
-    /// The budgets' key of the connection's address ([`SourceKey::LOCAL`]
+    /// The budgets' key of the session's address ([`SourceKey::LOCAL`]
     /// when the router was served without one).
     pub(crate) fn source(&self) -> SourceKey {
         self.source
     }
 }
 
-/// One open connection of an address; counted down on drop.
-#[derive(Debug)]
-struct AddressPermit {
-    ip: IpAddr,
-    open: Arc<Mutex<HashMap<IpAddr, u32>>>,
+/// Open things per source, counted up by a permit and down on its drop.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    open: Mutex<HashMap<SourceKey, u64>>,
 }
 
-impl Drop for AddressPermit {
+impl Tally {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SourceKey, u64>> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One more for `source` if `budget` allows (`per_source` is the cap).
+    pub(crate) fn acquire(
+        self: &Arc<Self>,
+        source: SourceKey,
+        budget: &Budget,
+    ) -> Option<SourcePermit> {
+        let mut open = self.lock();
+        let n = open.entry(source).or_insert(0);
+        let held = Held {
+            client: 0,
+            source: *n,
+            total: 0,
+        };
+        if budget.check(held).is_err() {
+            if *n == 0 {
+                open.remove(&source);
+            }
+            return None;
+        }
+        *n += 1;
+        Some(SourcePermit {
+            source,
+            tally: self.clone(),
+        })
+    }
+
+    /// Open things of `source` now.
+    #[cfg(test)]
+    pub(crate) fn held(&self, source: &SourceKey) -> u64 {
+        self.lock().get(source).copied().unwrap_or(0)
+    }
+}
+
+/// One open thing of a source; counted down on drop.
+#[derive(Debug)]
+pub(crate) struct SourcePermit {
+    source: SourceKey,
+    tally: Arc<Tally>,
+}
+
+impl Drop for SourcePermit {
     fn drop(&mut self) {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = open.get_mut(&self.ip) {
+        let mut open = self.tally.lock();
+        if let Some(n) = open.get_mut(&self.source) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                open.remove(&self.ip);
+                open.remove(&self.source);
             }
         }
     }
 }
 
-/// The relay-wide and per-address limits.
+/// The relay-wide and per-source limits of sessions, and the rate of new
+/// accounts per source.
 pub(crate) struct Gate {
     connections: Arc<Semaphore>,
-    open: Arc<Mutex<HashMap<IpAddr, u32>>>,
-    max_per_address: u32,
-    rate: Option<DefaultKeyedRateLimiter<IpAddr>>,
-    ipv6_prefix: u8,
+    sessions: Arc<Tally>,
+    per_source: Budget,
+    accounts: Option<DefaultKeyedRateLimiter<SourceKey>>,
 }
 
 impl std::fmt::Debug for Gate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Gate")
-            .field("max_per_address", &self.max_per_address)
+            .field("per_source", &self.per_source)
             .finish_non_exhaustive()
     }
 }
 
 impl Gate {
     pub(crate) fn new(limits: &Limits, connections: Arc<Semaphore>) -> Self {
-        let rate = NonZeroU32::new(limits.connect_rate_per_address).map(|per_second| {
-            let burst = NonZeroU32::new(limits.connect_burst_per_address).unwrap_or(per_second);
-            RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst))
-        });
+        let accounts = NonZeroU32::new(limits.new_accounts_per_address_per_hour)
+            .map(|n| RateLimiter::keyed(Quota::per_hour(n).allow_burst(n)));
         Gate {
             connections,
-            open: Arc::default(),
-            max_per_address: limits.max_connections_per_address,
-            rate,
-            ipv6_prefix: limits.ipv6_prefix,
+            sessions: Arc::default(),
+            per_source: Budget::new(
+                u64::MAX,
+                u64::from(limits.max_connections_per_address),
+                u64::MAX,
+            ),
+            accounts,
         }
     }
 
-    /// Admits a connection from `ip`, or answers why not: 503 at the
-    /// relay's connection limit, 429 over the address's limits.
+    /// Admits a session from `source`, or answers why not: 503 at the
+    /// relay's session limit, 429 over the source's limits.
     pub(crate) fn admit(
         &self,
-        ip: Option<IpAddr>,
+        source: Option<SourceKey>,
         metrics: &Metrics,
     ) -> Result<Admission, Refused> {
-        let address = match ip {
+        let permit = match source {
             None => None,
-            Some(ip) => {
-                if self
-                    .rate
-                    .as_ref()
-                    .is_some_and(|r| r.check_key(&ip).is_err())
-                {
-                    Metrics::inc(&metrics.connections_refused_address);
-                    return Err(Refused::AddressRate);
-                }
-                let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-                let n = open.entry(ip).or_insert(0);
-                if *n >= self.max_per_address {
+            Some(source) => {
+                let Some(p) = self.sessions.acquire(source, &self.per_source) else {
                     Metrics::inc(&metrics.connections_refused_address);
                     return Err(Refused::AddressFull);
-                }
-                *n += 1;
-                Some(AddressPermit {
-                    ip,
-                    open: self.open.clone(),
-                })
+                };
+                Some(p)
             }
         };
-        let Ok(permit) = self.connections.clone().try_acquire_owned() else {
+        let Ok(relay) = self.connections.clone().try_acquire_owned() else {
             Metrics::inc(&metrics.connections_refused);
             return Err(Refused::RelayFull);
         };
         Ok(Admission {
-            _permit: permit,
-            _address: address,
-            source: ip.map_or(SourceKey::LOCAL, |ip| {
-                super::address::source_key(ip, self.ipv6_prefix)
-            }),
+            _permit: relay,
+            _source: permit,
+            source: source.unwrap_or(SourceKey::LOCAL),
         })
     }
 
-    /// Forgets rate state of addresses that are back at full burst (keeps
-    /// the limiter's memory to the addresses active lately).
+    /// Whether `source` may make the relay keep one more account it did not
+    /// know (takes one from the source's hourly allowance if so).
+    pub(crate) fn new_account(&self, source: &SourceKey) -> bool {
+        self.accounts
+            .as_ref()
+            .is_none_or(|r| r.check_key(source).is_ok())
+    }
+
+    /// Forgets rate state of sources that are back at full burst (keeps
+    /// the limiters' memory to the sources active lately).
     pub(crate) fn sweep(&self) {
-        if let Some(r) = &self.rate {
+        if let Some(r) = &self.accounts {
             r.retain_recent();
             r.shrink_to_fit();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tally_counts_per_source_and_gives_back_on_drop() {
+        let t = Arc::new(Tally::default());
+        let b = Budget::new(u64::MAX, 2, u64::MAX);
+        let (x, y) = (
+            SourceKey::from_bytes([1; 16]),
+            SourceKey::from_bytes([2; 16]),
+        );
+        let p1 = t.acquire(x, &b).unwrap();
+        let _p2 = t.acquire(x, &b).unwrap();
+        assert!(t.acquire(x, &b).is_none());
+        let _q = t.acquire(y, &b).unwrap();
+        drop(p1);
+        assert_eq!(t.held(&x), 1);
+        assert!(t.acquire(x, &b).is_some());
+        assert_eq!(t.held(&SourceKey::LOCAL), 0);
     }
 }

@@ -24,10 +24,18 @@
 //! - **Accounts.** The [`AccountDirectory`](crate::AccountDirectory)
 //!   decides every fact from the account's stored facts with a
 //!   compare-and-set, so nodes need no shared memory to agree. A node that
-//!   applied a device list, a heartbeat, or a sweep tells every node
-//!   (`devicelink_accounts`) with the logouts it decided; each pushes the
-//!   newest stored list (and the logouts), the heartbeat, or the logouts to
-//!   its own subscribers.
+//!   applied a device list or a heartbeat, or swept an account, tells every
+//!   node (`devicelink_accounts`) which account; each reads the account's
+//!   stored facts and list and pushes what they say to its own subscribers
+//!   (the newest list, a logout to each subscribed device no longer
+//!   linked, a heartbeat the store shows applied).
+//! - **Notifications are hints, never facts.** Any role that can connect to
+//!   the database can `NOTIFY` on any channel, so a notification carries
+//!   only what a receiver re-checks in tables it trusts: an account id, a
+//!   signed heartbeat (verified, and pushed only if the stored facts show it
+//!   applied), a client id (a connection here is replaced only if the
+//!   presence table names another live node for it), or "look at your
+//!   mailbox". A forged one makes a node read; it changes nothing.
 //! - **Identified clients.** A connection that identifies registers its
 //!   stable `ClientId` here; the node that held it before is told, closes
 //!   its older connection (4005) and forwards what waited in its mailbox.
@@ -46,7 +54,7 @@
 //! Its clients reconnect to another node; linked companions subscribe
 //! again and get the newest list from the store.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,14 +62,12 @@ use std::time::Duration;
 use axum::body::Bytes;
 use deadpool_postgres::tokio_postgres::{AsyncMessage, NoTls};
 use devicelink::relay::{ClientId, DeviceLogout};
-use devicelink::{
-    AccountId, DeviceIndex, LogoutReason, PrimaryHeartbeat, SignedDeviceList, Timestamp,
-};
+use devicelink::{AccountId, LogoutReason, PrimaryHeartbeat, SignedDeviceList};
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::hub::{stopped, Hub};
+use super::hub::{stopped, Bus, BusFuture, Hub};
 use crate::store::postgres::{backoff, DbError, Fail};
 use crate::store::{PgStore, Store, StoreError};
 
@@ -95,12 +101,10 @@ pub(crate) enum Event {
     /// This client identified on another node: its connection and
     /// mailbox here are replaced.
     Moved(ClientId),
-    /// Another node applied a device list of this account, logging out
-    /// these devices.
-    List(AccountId, Vec<DeviceLogout>),
-    /// Another node's sweep logged out these devices.
-    Logouts(Vec<DeviceLogout>),
-    /// Another node applied this heartbeat (its wire bytes).
+    /// Another node changed this account (a list, a sweep): its stored
+    /// facts say what to push.
+    Account(AccountId),
+    /// Another node applied this heartbeat (its wire bytes, to verify).
     Heartbeat(Vec<u8>),
     /// The listener (re)connected: assert presence, reload accounts.
     Resync,
@@ -160,42 +164,6 @@ fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
-/// `index.reason.at` for each logout, comma-separated.
-fn encode_logouts(logouts: &[DeviceLogout]) -> String {
-    logouts
-        .iter()
-        .map(|d| {
-            format!(
-                "{}.{}.{}",
-                d.index.0,
-                d.reason.code(),
-                d.at.as_unix_millis()
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-fn decode_logouts(account: AccountId, s: &str) -> Option<Vec<DeviceLogout>> {
-    if s.is_empty() {
-        return Some(Vec::new());
-    }
-    s.split(',')
-        .map(|d| {
-            let mut f = d.split('.');
-            let index = DeviceIndex(f.next()?.parse().ok()?);
-            let reason = LogoutReason::from_code(f.next()?.parse().ok()?)?;
-            let at = Timestamp::from_unix_millis(f.next()?.parse().ok()?);
-            f.next().is_none().then_some(DeviceLogout {
-                account,
-                index,
-                reason,
-                at,
-            })
-        })
-        .collect()
-}
-
 fn account_of(hex: &str) -> Option<AccountId> {
     let bytes: [u8; 32] = unhex(hex)?.try_into().ok()?;
     Some(AccountId::from_bytes(bytes))
@@ -209,18 +177,7 @@ fn parse(node: i64, channel: &str, payload: &str) -> Option<Event> {
             return None;
         }
         return match payload.as_bytes().first()? {
-            b'L' => {
-                let (account, logouts) = rest.split_once(':')?;
-                let account = account_of(account)?;
-                Some(Event::List(account, decode_logouts(account, logouts)?))
-            }
-            b'O' => {
-                let (account, logouts) = rest.split_once(':')?;
-                Some(Event::Logouts(decode_logouts(
-                    account_of(account)?,
-                    logouts,
-                )?))
-            }
+            b'A' => Some(Event::Account(account_of(rest)?)),
             b'H' => Some(Event::Heartbeat(unhex(rest)?)),
             _ => None,
         };
@@ -232,6 +189,41 @@ fn parse(node: i64, channel: &str, payload: &str) -> Option<Event> {
             Some(Event::Moved(ClientId::from_bytes(id)))
         }
         _ => None,
+    }
+}
+
+impl Bus for Cluster {
+    fn announce(&self, client: ClientId) -> BusFuture<'_, ()> {
+        Box::pin(Cluster::announce(self, client))
+    }
+
+    fn disconnected(&self, client: ClientId) -> BusFuture<'_, ()> {
+        Box::pin(Cluster::disconnected(self, client))
+    }
+
+    fn deliver(&self, to: ClientId, frame: Bytes) -> BusFuture<'_, bool> {
+        Box::pin(Cluster::deliver(self, to, frame))
+    }
+
+    fn list_applied(&self, account: AccountId) -> BusFuture<'_, ()> {
+        Box::pin(self.account_changed(account))
+    }
+
+    fn logged_out(&self, logouts: Vec<DeviceLogout>) -> BusFuture<'_, ()> {
+        Box::pin(async move {
+            let accounts: BTreeSet<AccountId> = logouts.iter().map(|d| d.account).collect();
+            for account in accounts {
+                self.account_changed(account).await;
+            }
+        })
+    }
+
+    fn identified(&self, old: ClientId, id: ClientId) -> BusFuture<'_, ()> {
+        Box::pin(Cluster::identified(self, old, id))
+    }
+
+    fn heartbeat_applied(&self, heartbeat: Vec<u8>) -> BusFuture<'_, ()> {
+        Box::pin(async move { Cluster::heartbeat_applied(self, &heartbeat).await })
     }
 }
 
@@ -435,37 +427,30 @@ impl Cluster {
         }
     }
 
-    /// Tells the other nodes that a list of `account` was applied here,
-    /// logging out `logged_out`.
-    pub(crate) async fn list_applied(&self, account: AccountId, logged_out: &[DeviceLogout]) {
-        let account_hex = hex(&account.to_bytes());
-        self.notify_accounts(format!(
-            "L{}:{account_hex}:{}",
-            self.node,
-            encode_logouts(logged_out)
-        ))
-        .await;
+    /// Tells the other nodes that `account` changed here (a list was
+    /// applied, or a sweep logged devices out): they read it.
+    pub(crate) async fn account_changed(&self, account: AccountId) {
+        self.notify_accounts(format!("A{}:{}", self.node, hex(&account.to_bytes())))
+            .await;
     }
 
-    /// Tells the other nodes about the devices a sweep here logged out (one
-    /// notification per account, at most 60 devices each).
-    pub(crate) async fn logged_out(&self, logouts: &[DeviceLogout]) {
-        let mut by_account: std::collections::BTreeMap<[u8; 32], Vec<DeviceLogout>> =
-            Default::default();
-        for d in logouts {
-            by_account.entry(d.account.to_bytes()).or_default().push(*d);
-        }
-        for (account, devices) in by_account {
-            for chunk in devices.chunks(60) {
-                self.notify_accounts(format!(
-                    "O{}:{}:{}",
-                    self.node,
-                    hex(&account),
-                    encode_logouts(chunk)
-                ))
-                .await;
-            }
-        }
+    /// Whether the presence table says `client` is held by another live
+    /// node (what a `Moved` notification claims).
+    async fn held_elsewhere(&self, client: ClientId) -> bool {
+        let node = self.node;
+        let r = self
+            .with_db(move |c| async move {
+                let st = c
+                    .prepare_cached(
+                        "SELECT 1 FROM relay_presence p JOIN relay_nodes n ON n.id = p.node
+                          WHERE p.client = $1 AND p.node <> $2 AND n.lease_until > now()",
+                    )
+                    .await?;
+                let id = client.to_bytes();
+                Ok(c.query_opt(&st, &[&&id[..], &node]).await?.is_some())
+            })
+            .await;
+        r.unwrap_or(false)
     }
 
     /// The connection registered as `old` identified as `id` here: `id`
@@ -675,71 +660,71 @@ async fn listen(store: PgStore, node: i64, events: mpsc::Sender<Event>) {
     }
 }
 
-/// Reads `account`'s newest list from the store and pushes it to this
-/// node's subscribers, with `logged_out` and a logout for every subscriber
-/// of a device the list no longer names (a revocation this node may have
-/// missed); `false` if the database did not answer (try again).
-async fn push_list<S: Store + 'static>(
-    hub: &Arc<Hub<S>>,
-    account: AccountId,
-    logged_out: Vec<DeviceLogout>,
-) -> bool {
+/// What another node's notice about `account` means here, read from the
+/// store (never from the notice): the newest stored list to this node's
+/// subscribers, and a logout to each subscribed device the stored facts no
+/// longer link (with the reason the list gives, or `PrimaryOffline` for an
+/// account that expired or was forgotten). Whether the store answered.
+async fn push_account<S: Store + 'static>(hub: &Arc<Hub<S>>, account: AccountId) -> bool {
+    let indices = hub.subscribed_indices(&account);
+    let now = hub.clock.now();
     let r = hub
         .blocking(move |h| {
-            let Some(rec) = h.directory.store().account(&account)? else {
-                return Ok(None);
-            };
-            if rec.list.is_empty() {
-                // Expired with no companion left: no list to push.
-                return Ok(Some(None));
+            let record = h.directory.store().account(&account)?;
+            let mut unlinked = Vec::new();
+            for index in indices {
+                let linked = h
+                    .directory
+                    .linked_device(&account, index, now)
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                if linked.is_none() {
+                    unlinked.push(index);
+                }
             }
-            let list = SignedDeviceList::from_bytes(&rec.list)
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            Ok::<_, StoreError>(Some(Some((list, rec.list))))
+            let list = match &record {
+                Some(r) if !r.list.is_empty() => Some((
+                    SignedDeviceList::from_bytes(&r.list)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    r.list.clone(),
+                    r.facts.expired(),
+                )),
+                _ => None,
+            };
+            Ok::<_, StoreError>((list, unlinked))
         })
         .await;
     match r {
-        Some(Ok(Some(None))) => {
-            let logouts: Vec<DeviceLogout> = hub
-                .subscribed_indices(&account)
+        Some(Ok((list, unlinked))) => {
+            let logouts: Vec<DeviceLogout> = unlinked
                 .into_iter()
-                .map(|index| DeviceLogout {
-                    account,
-                    index,
-                    reason: LogoutReason::PrimaryOffline,
-                    at: hub.clock.now(),
+                .map(|index| {
+                    let reason = match &list {
+                        Some((list, _, false)) => list
+                            .removed()
+                            .iter()
+                            .find(|r| r.index == index)
+                            .map_or(LogoutReason::Revoked, |r| r.reason),
+                        _ => LogoutReason::PrimaryOffline,
+                    };
+                    DeviceLogout {
+                        account,
+                        index,
+                        reason,
+                        at: now,
+                    }
                 })
                 .collect();
-            hub.push_logouts(&logouts);
-        }
-        Some(Ok(Some(Some((list, bytes))))) => {
-            let mut logouts = logged_out;
-            for index in hub.subscribed_indices(&account) {
-                if list.devices().iter().any(|e| e.index == index)
-                    || logouts.iter().any(|d| d.index == index)
-                {
-                    continue;
-                }
-                let reason = list
-                    .removed()
-                    .iter()
-                    .find(|r| r.index == index)
-                    .map_or(LogoutReason::Revoked, |r| r.reason);
-                logouts.push(DeviceLogout {
-                    account,
-                    index,
-                    reason,
-                    at: list.issued_at(),
-                });
+            match list {
+                Some((list, bytes, _)) => hub.fan_out_list(&list, Bytes::from(bytes), &logouts),
+                None => hub.push_logouts(&logouts),
             }
-            hub.fan_out_list(&list, Bytes::from(bytes), &logouts);
         }
         Some(Err(StoreError::Unavailable(e))) => {
             tracing::warn!(error = %e, "cannot read an account yet; retrying");
             return false;
         }
         Some(Err(e)) => tracing::warn!(error = %e, "cannot read an account"),
-        Some(Ok(None)) | None => {}
+        None => {}
     }
     true
 }
@@ -756,7 +741,7 @@ pub(crate) async fn run<S: Store + 'static>(hub: Arc<Hub<S>>, cluster: Arc<Clust
     let mut retry = tokio::time::interval(Duration::from_millis(200));
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Accounts whose update could not be read yet, with its logouts.
-    let mut pending: BTreeMap<AccountId, Vec<DeviceLogout>> = BTreeMap::new();
+    let mut pending: BTreeSet<AccountId> = BTreeSet::new();
     loop {
         let event = tokio::select! {
             () = stopped(&mut shutdown) => break,
@@ -767,9 +752,9 @@ pub(crate) async fn run<S: Store + 'static>(hub: Arc<Hub<S>>, cluster: Arc<Clust
                 } else if !pending.is_empty() {
                     // Up to 256 accounts a tick.
                     for _ in 0..256 {
-                        let Some((account, logouts)) = pending.pop_first() else { break };
-                        if !push_list(&hub, account, logouts.clone()).await {
-                            pending.insert(account, logouts);
+                        let Some(account) = pending.pop_first() else { break };
+                        if !push_account(&hub, account).await {
+                            pending.insert(account);
                             break;
                         }
                     }
@@ -792,18 +777,34 @@ pub(crate) async fn run<S: Store + 'static>(hub: Arc<Hub<S>>, cluster: Arc<Clust
                 None => cluster.dirty.store(true, Ordering::Release),
             },
             Event::Moved(id) => {
-                for frame in hub.moved_away(id) {
-                    cluster.deliver(id, frame).await;
+                // Only if the presence table agrees: a forged notice must
+                // not close anyone's connection.
+                if cluster.held_elsewhere(id).await {
+                    for frame in hub.moved_away(id) {
+                        cluster.deliver(id, frame).await;
+                    }
                 }
             }
-            Event::List(account, logouts) => {
-                if !push_list(&hub, account, logouts.clone()).await {
-                    pending.entry(account).or_default().extend(logouts);
+            Event::Account(account) => {
+                if !push_account(&hub, account).await {
+                    pending.insert(account);
                 }
             }
-            Event::Logouts(logouts) => hub.push_logouts(&logouts),
             Event::Heartbeat(bytes) => match PrimaryHeartbeat::from_bytes(&bytes) {
-                Ok(heartbeat) => hub.fan_out_heartbeat(heartbeat.account(), &bytes),
+                Ok(heartbeat) => {
+                    // Pushed only if the store shows it applied.
+                    let account = heartbeat.account();
+                    let at = heartbeat.at();
+                    let applied = hub
+                        .blocking(move |h| h.directory.store().account(&account))
+                        .await;
+                    match applied {
+                        Some(Ok(Some(r))) if r.facts.last_activity() >= at => {
+                            hub.fan_out_heartbeat(account, &bytes)
+                        }
+                        _ => tracing::debug!("a heartbeat notice the store does not show applied"),
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "a heartbeat from another node does not verify")
                 }
@@ -823,7 +824,7 @@ pub(crate) async fn run<S: Store + 'static>(hub: Arc<Hub<S>>, cluster: Arc<Clust
                 // subscribed account's newest list again (a companion
                 // ignores one it holds).
                 for account in hub.subscribed_accounts() {
-                    pending.entry(account).or_default();
+                    pending.insert(account);
                 }
                 if !ok {
                     cluster.dirty.store(true, Ordering::Release);
@@ -848,55 +849,28 @@ mod tests {
         let x = format!("x{}", hex(&client.to_bytes()));
         assert!(matches!(parse(1, "devicelink_node_1", &x), Some(Event::Moved(c)) if c == client));
         let account = AccountId::from_bytes([9; 32]);
-        let logouts = vec![
-            DeviceLogout {
-                account,
-                index: DeviceIndex(3),
-                reason: LogoutReason::Revoked,
-                at: Timestamp::from_unix_millis(5),
-            },
-            DeviceLogout {
-                account,
-                index: DeviceIndex(4),
-                reason: LogoutReason::PrimaryOffline,
-                at: Timestamp::from_unix_millis(6),
-            },
-        ];
-        let l = format!(
-            "L2:{}:{}",
-            hex(&account.to_bytes()),
-            encode_logouts(&logouts)
-        );
-        assert!(
-            matches!(parse(1, ACCOUNTS, &l), Some(Event::List(a, d)) if a == account && d == logouts)
-        );
-        let l0 = format!("L2:{}:", hex(&account.to_bytes()));
-        assert!(matches!(parse(1, ACCOUNTS, &l0), Some(Event::List(_, d)) if d.is_empty()));
-        let o = format!(
-            "O2:{}:{}",
-            hex(&account.to_bytes()),
-            encode_logouts(&logouts)
-        );
-        assert!(matches!(parse(1, ACCOUNTS, &o), Some(Event::Logouts(d)) if d == logouts));
+        let a = format!("A2:{}", hex(&account.to_bytes()));
+        assert!(matches!(parse(1, ACCOUNTS, &a), Some(Event::Account(got)) if got == account));
         // Our own account notices are ignored.
-        assert!(parse(2, ACCOUNTS, &l).is_none());
+        assert!(parse(2, ACCOUNTS, &a).is_none());
+        let h = format!("H2:{}", hex(&[1, 2, 3]));
+        assert!(matches!(parse(1, ACCOUNTS, &h), Some(Event::Heartbeat(b)) if b == [1, 2, 3]));
         for bad in [
             "",
             "d",
             "mm",
             "x",
             "x00",
-            "L",
-            "Lx:00",
-            "L2:00:",
+            "A",
+            "Ax:00",
+            "A2:00",
             "H1:0",
             "q",
+            "L2:00:",
             "O2:00:1.9.1",
         ] {
             assert!(parse(1, "devicelink_node_1", bad).is_none(), "{bad}");
             assert!(parse(5, ACCOUNTS, bad).is_none(), "{bad}");
         }
-        let bad_logout = format!("O2:{}:1.99.1", hex(&account.to_bytes()));
-        assert!(parse(1, ACCOUNTS, &bad_logout).is_none());
     }
 }

@@ -1,181 +1,90 @@
-//! The code endpoint, `GET /v1/code` (WebSocket): the shell around the
-//! core's [`CodeRendezvous`] for linking by typed code. Every rule (handles,
-//! single use, expiry, routing, failures and lockouts) is the core's; this
-//! task parses [`CodeFrame`]s, calls it with `now` from the relay's clock and
-//! forwards what it says. One task per connection, a bounded outbound queue,
-//! the relay's connection limit, idle timeout and shutdown.
+//! The code frames (`/v1/code`, linking by typed code): what each one asks
+//! of the core's [`CodeRendezvous`] and what to answer. Every rule (handles,
+//! single use, expiry, routing, failures, lockouts, budgets) is the core's;
+//! the connection that received the frame carries the answer out. The
+//! rendezvous lives in memory in the [`Hub`], so nothing here waits.
+//!
+//! [`CodeRendezvous`]: devicelink::relay::CodeRendezvous
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use devicelink::relay::{ClientId, CodeRelayError, CodeSpent, SourceKey};
+use devicelink::{AccountId, Timestamp};
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::State;
-use axum::response::{IntoResponse, Response};
-use devicelink::relay::{ClientId, CodeRelayConfig, CodeRendezvous, SourceKey};
-use devicelink::Policy;
-use tokio::sync::{mpsc, watch};
-use tokio::time::Instant;
-
-use super::admission::{Gate, PeerAddress, Refused};
-use super::metrics::Metrics;
-use super::{Clock, Limits};
+use super::hub::Hub;
 use crate::code_frame::CodeFrame;
+use crate::store::Store;
 
-/// What every code connection shares.
-pub(crate) struct CodeHub {
-    rendezvous: Mutex<CodeRendezvous>,
-    peers: Mutex<HashMap<ClientId, mpsc::Sender<Vec<u8>>>>,
-    next: AtomicU64,
-    clock: Arc<dyn Clock>,
-    limits: Limits,
-    gate: Arc<Gate>,
-    metrics: Arc<Metrics>,
-    shutdown: watch::Receiver<bool>,
+/// Who sent a code frame, as the rendezvous counts it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Sender {
+    pub(crate) client: ClientId,
+    pub(crate) source: SourceKey,
+    /// The account this connection proved (`ProveAccount`), if any: a join
+    /// counts against it.
+    pub(crate) account: Option<AccountId>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Nothing panics while holding these locks.
-    m.lock().unwrap_or_else(|e| e.into_inner())
+/// What to do with a code frame the rendezvous accepted.
+#[derive(Debug)]
+pub(crate) enum CodeAnswer {
+    /// Send this frame back.
+    Reply(Vec<u8>),
+    /// Forward this frame to `to`, then answer `Ok` (or 701 if `to` is gone).
+    Forward {
+        /// The session's other side.
+        to: ClientId,
+        /// The frame to queue for it.
+        frame: Vec<u8>,
+    },
 }
 
-impl CodeHub {
-    pub(crate) fn new(
-        policy: &Policy,
-        clock: Arc<dyn Clock>,
-        limits: Limits,
-        gate: Arc<Gate>,
-        metrics: Arc<Metrics>,
-        shutdown: watch::Receiver<bool>,
-    ) -> Self {
-        CodeHub {
-            rendezvous: Mutex::new(CodeRendezvous::new(CodeRelayConfig::from_policy(policy))),
-            peers: Mutex::new(HashMap::new()),
-            // Code clients get ids of their own range (top bit set).
-            next: AtomicU64::new(1 << 63),
-            clock,
-            limits,
-            gate,
-            metrics,
-            shutdown,
-        }
-    }
-
-    /// Failures the rendezvous counts (for tests and metrics).
-    pub(crate) fn with_rendezvous<T>(&self, f: impl FnOnce(&CodeRendezvous) -> T) -> T {
-        f(&lock(&self.rendezvous))
-    }
-
-    /// One frame from `client`: the answer to send back, if any.
-    fn handle(&self, client: ClientId, source: SourceKey, bytes: &[u8]) -> Option<Vec<u8>> {
-        let now = self.clock.now();
-        let frame = match CodeFrame::decode(bytes) {
-            Ok(f) => f,
-            Err(e) => return Some(CodeFrame::Error(&e.to_string()).encode()),
-        };
-        let mut r = lock(&self.rendezvous);
-        r.sweep(now);
+/// The rendezvous's answer to one frame, and the companions to tell that
+/// their code was spent (by this frame, or by what the rendezvous swept).
+pub(crate) fn answer<S: Store + 'static>(
+    hub: &Hub<S>,
+    from: Sender,
+    frame: CodeFrame<'_>,
+    now: Timestamp,
+) -> (Result<CodeAnswer, CodeRelayError>, Vec<CodeSpent>) {
+    hub.with_code(|r| {
+        let mut spent = r.sweep(now);
         let answer = match frame {
             CodeFrame::Open => {
                 let mut rng = rand_core::OsRng;
-                r.open(client, source, &mut rng, now)
-                    .map(|(handle, expires_at)| CodeFrame::Opened { handle, expires_at }.encode())
+                r.open(from.client, from.source, &mut rng, now)
+                    .map(|(handle, expires_at)| {
+                        CodeAnswer::Reply(CodeFrame::Opened { handle, expires_at }.encode())
+                    })
             }
             CodeFrame::Publish(offer) => r
-                .publish(client, offer, now)
-                .map(|_| CodeFrame::Ok.encode()),
+                .publish(from.client, offer, now)
+                .map(|_| CodeAnswer::Reply(CodeFrame::Ok.encode())),
             CodeFrame::Join(handle) => r
-                .join(handle, client, source, None, now)
-                .map(|offer| CodeFrame::Offer(&offer).encode()),
-            CodeFrame::Message(m) => match r.route(m, client, now) {
-                Ok(routed) => {
-                    drop(r);
-                    let to = lock(&self.peers).get(&routed.forward_to).cloned();
-                    let sent =
-                        to.is_some_and(|tx| tx.try_send(CodeFrame::Routed(m).encode()).is_ok());
-                    return (!sent).then(|| CodeFrame::Error("the other side is gone").encode());
-                }
-                Err(e) => Err(e),
-            },
-            CodeFrame::WrongCode(token) => r
-                .report_wrong_code(&token, client, now)
-                .map(|_| CodeFrame::Ok.encode()),
+                .join(handle, from.client, from.source, from.account, now)
+                .map(|offer| CodeAnswer::Reply(CodeFrame::Offer(&offer).encode())),
+            CodeFrame::Message(m) => {
+                r.route(m, from.client, now)
+                    .map(|routed| CodeAnswer::Forward {
+                        to: routed.forward_to,
+                        frame: CodeFrame::Routed(m).encode(),
+                    })
+            }
+            CodeFrame::WrongCode(token) => {
+                r.report_wrong_code(&token, from.client, now)
+                    .map(|reported| {
+                        spent.extend(reported.spent);
+                        CodeAnswer::Reply(CodeFrame::Ok.encode())
+                    })
+            }
+            // Relay-to-client frames never reach here (the connection
+            // refuses them by type).
             CodeFrame::Opened { .. }
             | CodeFrame::Ok
             | CodeFrame::Offer(_)
             | CodeFrame::Routed(_)
-            | CodeFrame::Error(_) => {
-                return Some(CodeFrame::Error("relay-to-client frame").encode())
+            | CodeFrame::Spent(_) => {
+                Err(CodeRelayError::Unroutable("relay-to-client frame".into()))
             }
         };
-        Some(answer.unwrap_or_else(|e| CodeFrame::Error(&e.to_string()).encode()))
-    }
-}
-
-/// `GET /v1/code`.
-pub(crate) async fn upgrade(
-    State(hub): State<Arc<CodeHub>>,
-    peer: PeerAddress,
-    ws: WebSocketUpgrade,
-) -> Response {
-    if *hub.shutdown.borrow() {
-        return Refused::ShuttingDown.into_response();
-    }
-    // The relay's connection limit and the per-address limits, as for
-    // every other endpoint.
-    let permit = match hub.gate.admit(peer.0, &hub.metrics) {
-        Ok(a) => a,
-        Err(refused) => return refused.into_response(),
-    };
-    ws.max_message_size(crate::MAX_FRAME_LEN)
-        .on_upgrade(move |socket| async move {
-            run(hub, socket, permit.source()).await;
-            drop(permit);
-        })
-}
-
-async fn run(hub: Arc<CodeHub>, mut socket: WebSocket, source: SourceKey) {
-    let client = ClientId::from(hub.next.fetch_add(1, Ordering::Relaxed));
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(hub.limits.outbound_queue.max(1));
-    lock(&hub.peers).insert(client, tx);
-    let mut shutdown = hub.shutdown.clone();
-    let idle = hub.limits.idle_timeout;
-    let mut idle_at = Instant::now() + idle;
-    loop {
-        tokio::select! {
-            biased;
-            changed = shutdown.changed() => {
-                if changed.is_err() || *shutdown.borrow() {
-                    break;
-                }
-            }
-            queued = rx.recv() => {
-                let Some(bytes) = queued else { break };
-                let write = socket.send(Message::Binary(bytes.into()));
-                if !matches!(tokio::time::timeout(hub.limits.write_timeout, write).await, Ok(Ok(()))) {
-                    break;
-                }
-            }
-            () = tokio::time::sleep_until(idle_at) => break,
-            inbound = socket.recv() => {
-                let Some(Ok(message)) = inbound else { break };
-                idle_at = Instant::now() + idle;
-                match message {
-                    Message::Binary(bytes) => {
-                        if let Some(answer) = hub.handle(client, source, &bytes) {
-                            let write = socket.send(Message::Binary(answer.into()));
-                            if !matches!(tokio::time::timeout(hub.limits.write_timeout, write).await, Ok(Ok(()))) {
-                                break;
-                            }
-                        }
-                    }
-                    Message::Close(_) => break,
-                    Message::Text(_) => break,
-                    Message::Ping(_) | Message::Pong(_) => {}
-                }
-            }
-        }
-    }
-    lock(&hub.peers).remove(&client);
-    let _ = socket.send(Message::Close(None)).await;
+        (answer, spent)
+    })
 }

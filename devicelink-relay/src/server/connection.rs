@@ -1,6 +1,12 @@
-//! One task per connection: it owns the socket, reads frames, calls the
-//! core through the [`Hub`], writes its own answers, and drains its bounded
-//! outbound queue (messages and pushes from other connections).
+//! The one connection machinery every endpoint uses (`/v1/companion`,
+//! `/v1/primary`, `/v1/code`, and the long-poll sessions of the first two):
+//! one task per connection owns its [`Wire`], takes frames within the
+//! connection's token bucket, read buffer and frame size, pings and closes
+//! it when idle, takes an `Identify` only as the first frame, calls the
+//! core through the [`Hub`], writes its own answers (exactly one per frame,
+//! in order), and drains its bounded outbound queue (messages and pushes
+//! from other connections). Transports sit above it (a WebSocket, a
+//! long-poll session); the hub and the store below.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,11 +21,13 @@ use rand_core::{OsRng, RngCore};
 use std::future::Future;
 use tokio::time::Instant;
 
+use super::code::{self, CodeAnswer};
 use super::codes;
-use super::hub::{stopped, CloseSignal, Hub, Outbound, Peer, Subscriber};
+use super::hub::{stopped, CloseSignal, Departure, Hub, Outbound, Peer, Subscriber};
 use super::metrics::Metrics;
+use crate::code_frame::{is_code_frame, CodeFrame};
 use crate::frame::{Frame, FrameType};
-use crate::store::{AccountDirectoryError, Store};
+use crate::store::{AccountDirectoryError, CreationRefused, Store};
 
 /// What a connection task reads frames from and writes them to: a
 /// WebSocket, or a long-poll session's pair of queues ([`super::poll`]).
@@ -49,6 +57,8 @@ impl Wire for WebSocket {
 pub(crate) enum Role {
     Companion,
     Primary,
+    /// `/v1/code`: both sides of a link by typed code.
+    Code,
 }
 
 impl Role {
@@ -60,6 +70,7 @@ impl Role {
             Role::Companion => matches!(
                 frame,
                 FrameType::Identify
+                    | FrameType::ProveAccount
                     | FrameType::Register
                     | FrameType::Release
                     | FrameType::Message
@@ -69,11 +80,25 @@ impl Role {
             Role::Primary => matches!(
                 frame,
                 FrameType::Identify
+                    | FrameType::ProveAccount
                     | FrameType::Message
                     | FrameType::PublishList
                     | FrameType::PublishHeartbeat
             ),
+            Role::Code => matches!(frame, FrameType::Identify | FrameType::ProveAccount),
         }
+    }
+
+    fn accepts_code(self, frame: &CodeFrame<'_>) -> bool {
+        self == Role::Code
+            && matches!(
+                frame,
+                CodeFrame::Open
+                    | CodeFrame::Publish(_)
+                    | CodeFrame::Join(_)
+                    | CodeFrame::Message(_)
+                    | CodeFrame::WrongCode(_)
+            )
     }
 
     fn sends(self, kind: MessageKind) -> bool {
@@ -83,6 +108,7 @@ impl Role {
                 kind,
                 MessageKind::Hello | MessageKind::Grant | MessageKind::Refusal
             ),
+            Role::Code => false,
         }
     }
 }
@@ -185,6 +211,12 @@ struct Connection<S: Store, W: Wire> {
     subscribed: Option<AccountId>,
     /// The budgets' key of the client's address.
     source: SourceKey,
+    /// The account this connection proved (`ProveAccount`).
+    proven: Option<AccountId>,
+    /// Whether it registered a token or opened a code session (to forget
+    /// them when it is gone for good).
+    registered: bool,
+    opened_code: bool,
 }
 
 /// Runs one connection until it ends, then forgets it and returns its
@@ -221,18 +253,30 @@ pub(crate) fn run<S: Store + 'static, W: Wire>(
         role,
         subscribed: None,
         source: permit.source(),
+        proven: None,
+        registered: false,
+        opened_code: false,
     };
     async move {
         conn.hub.announce_connected(client).await;
         let end = conn.serve(&outbound, &close).await;
         outbound.close();
         let client = conn.client;
-        conn.hub
-            .disconnect(client, conn.peer.conn, conn.identified, conn.subscribed);
+        let departure = conn.hub.disconnect(
+            client,
+            conn.peer.conn,
+            conn.identified,
+            conn.subscribed,
+            conn.source,
+        );
         // An identified client's frames keep coming here (into its mailbox)
-        // until it connects again, here or on another node.
-        if !conn.identified {
+        // until it connects again, here or on another node; one gone for
+        // good is forgotten, and what only it could finish is swept now.
+        if departure == Departure::Gone {
             conn.hub.announce_disconnected(client);
+            if !conn.identified {
+                Box::pin(conn.forget()).await;
+            }
         }
         if let End::Close(code, refusal) = end {
             Box::pin(conn.close(code, refusal)).await;
@@ -247,6 +291,25 @@ pub(crate) fn run<S: Store + 'static, W: Wire>(
 }
 
 impl<S: Store + 'static, W: Wire> Connection<S, W> {
+    /// A connection that never identified is gone with its random id: its
+    /// tokens and code sessions can never be finished, so they stop
+    /// counting against its source at once.
+    async fn forget(&mut self) {
+        let client = self.client;
+        if self.opened_code {
+            self.hub.with_code(|r| r.abandon(client));
+        }
+        if self.registered {
+            match self.hub.blocking(move |h| h.ledger.abandon(client)).await {
+                Some(Ok(n)) if n > 0 => tracing::debug!(%client, n, "abandoned tokens swept"),
+                Some(Err(e)) => {
+                    tracing::warn!(%client, error = %e, "cannot sweep abandoned tokens")
+                }
+                _ => {}
+            }
+        }
+    }
+
     async fn serve(&mut self, outbound: &Outbound, close: &CloseSignal) -> End {
         // Only what the loop needs, not a copy of every limit in each task.
         let idle_timeout = self.hub.limits.idle_timeout;
@@ -391,6 +454,15 @@ impl<S: Store + 'static, W: Wire> Connection<S, W> {
 
     /// Handles one binary message; `Some` ends the connection.
     async fn handle(&mut self, bytes: Bytes) -> Option<End> {
+        if bytes.first().copied().is_some_and(is_code_frame) {
+            return match CodeFrame::decode(&bytes) {
+                Ok(frame) => self.handle_code(frame).await,
+                Err(e) => Some(End::Close(
+                    codes::CLOSE_MALFORMED,
+                    Some(Refusal::transport(codes::MALFORMED_FRAME, e)),
+                )),
+            };
+        }
         let frame = match Frame::decode(&bytes) {
             Ok(frame) => frame,
             Err(e) => {
@@ -422,6 +494,7 @@ impl<S: Store + 'static, W: Wire> Connection<S, W> {
                     .await;
                 match r {
                     Some(Ok(_)) => {
+                        self.registered = true;
                         Metrics::inc(&self.hub.metrics.tokens_registered);
                         self.ack(ty, true).await
                     }
@@ -503,6 +576,24 @@ impl<S: Store + 'static, W: Wire> Connection<S, W> {
                 self.identified = true;
                 self.ack(ty, replaced).await
             }
+            Frame::ProveAccount { account, proof } => {
+                if !self.identified {
+                    return self
+                        .refuse(Refusal::transport(
+                            codes::NOT_IDENTIFIED,
+                            "an account proof needs an identified connection",
+                        ))
+                        .await;
+                }
+                match proof.verify(&account, client) {
+                    Ok(()) => {
+                        let changed = self.proven != Some(account);
+                        self.proven = Some(account);
+                        self.ack(ty, changed).await
+                    }
+                    Err(e) => self.refuse(Refusal::core(e.kind(), e)).await,
+                }
+            }
             Frame::Subscribe {
                 account,
                 index,
@@ -572,14 +663,31 @@ impl<S: Store + 'static, W: Wire> Connection<S, W> {
             }
             Frame::PublishList { bytes: list } => {
                 let owned = Bytes::copy_from_slice(list);
+                // Verified here, not on the store's thread.
+                let list = match SignedDeviceList::from_bytes(&owned) {
+                    Ok(list) => list,
+                    Err(e) => return self.refuse(Refusal::core(e.kind(), e)).await,
+                };
+                // An account the relay does not know is kept only for a
+                // connection that proved its key, within its source's rate
+                // of new accounts.
+                let proven = self.proven == Some(list.account());
+                let source = self.source;
                 let r = self
                     .hub
                     .blocking(move |h| {
-                        let list = SignedDeviceList::from_bytes(&owned)
-                            .map_err(|e| Refusal::core(e.kind(), e))?;
+                        let may_create = || {
+                            if !proven {
+                                Err(CreationRefused::NeedsProof)
+                            } else if !h.gate.new_account(&source) {
+                                Err(CreationRefused::TooMany)
+                            } else {
+                                Ok(())
+                            }
+                        };
                         let applied = h
                             .directory
-                            .apply_device_list(&list, now, || Ok(()))
+                            .apply_device_list(&list, now, may_create)
                             .map_err(directory_refusal)?;
                         Ok((list, owned, applied))
                     })
@@ -590,7 +698,7 @@ impl<S: Store + 'static, W: Wire> Connection<S, W> {
                         if let ListApplied::Changed { logged_out } = applied {
                             Metrics::inc(&self.hub.metrics.lists_applied);
                             self.hub.fan_out_list(&list, owned, &logged_out);
-                            self.hub.announce_list(list.account(), &logged_out).await;
+                            self.hub.announce_list(list.account()).await;
                         }
                         self.ack(ty, changed).await
                     }
@@ -600,11 +708,13 @@ impl<S: Store + 'static, W: Wire> Connection<S, W> {
             }
             Frame::PublishHeartbeat { bytes: hb } => {
                 let owned = Bytes::copy_from_slice(hb);
+                let heartbeat = match PrimaryHeartbeat::from_bytes(&owned) {
+                    Ok(hb) => hb,
+                    Err(e) => return self.refuse(Refusal::core(e.kind(), e)).await,
+                };
                 let r = self
                     .hub
                     .blocking(move |h| {
-                        let heartbeat = PrimaryHeartbeat::from_bytes(&owned)
-                            .map_err(|e| Refusal::core(e.kind(), e))?;
                         h.directory
                             .apply_heartbeat(&heartbeat, now)
                             .map_err(directory_refusal)?;
@@ -632,16 +742,80 @@ impl<S: Store + 'static, W: Wire> Connection<S, W> {
             }
         }
     }
+
+    /// Handles one frame of the code endpoint: the core's rendezvous
+    /// decides ([`code::answer`]); this carries out its answer, and tells
+    /// the companions whose code was spent.
+    async fn handle_code(&mut self, frame: CodeFrame<'_>) -> Option<End> {
+        if !self.role.accepts_code(&frame) {
+            let text = format!("code frames are not accepted from a {:?}", self.role);
+            return self
+                .refuse(Refusal::transport(codes::WRONG_FRAME, text))
+                .await;
+        }
+        self.frames += 1;
+        let now = self.hub.clock.now();
+        if matches!(frame, CodeFrame::Open) {
+            self.opened_code = true;
+        }
+        let from = code::Sender {
+            client: self.client,
+            source: self.source,
+            account: self.proven,
+        };
+        let (answer, spent) = code::answer(&self.hub, from, frame, now);
+        for s in spent {
+            let notice = CodeFrame::Spent(s.token_id).encode();
+            if !self.hub.push(s.companion, Bytes::from(notice)) {
+                tracing::debug!(companion = %s.companion, "a spent code's companion is gone");
+            }
+        }
+        match answer {
+            Ok(CodeAnswer::Reply(reply)) => self.send_bytes(reply).await,
+            Ok(CodeAnswer::Forward { to, frame }) => {
+                let frame = Bytes::from(frame);
+                if self.hub.push(to, frame.clone()) || self.hub.deliver_elsewhere(to, frame).await {
+                    self.send_bytes(CodeFrame::Ok.encode()).await
+                } else {
+                    self.refuse(Refusal::transport(
+                        codes::PEER_GONE,
+                        "the other side is not connected",
+                    ))
+                    .await
+                }
+            }
+            Err(e) => {
+                if matches!(e, devicelink::relay::CodeRelayError::NoSuchCode) {
+                    Metrics::inc(&self.hub.metrics.code_joins_failed);
+                }
+                self.refuse(Refusal::core(e.kind(), e)).await
+            }
+        }
+    }
+
+    async fn send_bytes(&mut self, frame: Vec<u8>) -> Option<End> {
+        if self.write(Message::Binary(Bytes::from(frame))).await {
+            None
+        } else {
+            Metrics::inc(&self.hub.metrics.slow_readers);
+            Some(End::Gone)
+        }
+    }
 }
 
 fn directory_refusal(e: AccountDirectoryError) -> Refusal {
     match e {
+        AccountDirectoryError::NotAllowed(e @ CreationRefused::NeedsProof) => {
+            Refusal::transport(codes::ACCOUNT_PROOF_NEEDED, e)
+        }
+        AccountDirectoryError::NotAllowed(e @ CreationRefused::TooMany) => {
+            Refusal::transport(codes::NEW_ACCOUNTS_RATE, e)
+        }
         AccountDirectoryError::Refused(e) => Refusal::core(e.kind(), e),
         AccountDirectoryError::Store(e) => Refusal::core(ErrorKind::Unavailable, e),
         e @ (AccountDirectoryError::Contended(_) | AccountDirectoryError::Corrupt(_)) => {
             Refusal::core(ErrorKind::Unavailable, e)
         }
-        e @ AccountDirectoryError::NotAllowed(_) => Refusal::core(ErrorKind::Refused, e),
     }
 }
 

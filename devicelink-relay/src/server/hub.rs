@@ -1,20 +1,50 @@
-//! The state every connection shares: the core's ledger and directory, who
-//! is connected, and who subscribed to which account.
+//! The state every connection shares, one floor below the connections: the
+//! core's ledger, directory and code rendezvous, who is connected, who
+//! subscribed to which account, and the mailboxes of identified clients that
+//! are away. Nothing here imports a connection or a transport; other relay
+//! nodes are reached through the [`Bus`] a cluster plugs in.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use axum::body::Bytes;
-use devicelink::relay::{ClientId, DeviceLogout, Ledger};
+use devicelink::handshake::{MessageHeader, MessageKind};
+use devicelink::relay::{Budget, ClientId, CodeRendezvous, DeviceLogout, Held, Ledger, SourceKey};
 use devicelink::{AccountId, DeviceIndex, LogoutReason, SignedDeviceList};
 use tokio::sync::{watch, Notify, Semaphore};
 
+use super::admission::Gate;
 use super::metrics::Metrics;
 use super::{Clock, Drained, Limits};
-use crate::frame::Frame;
+use crate::frame::{Frame, FrameType};
 use crate::store::{AccountDirectory, Store};
+
+/// A future a [`Bus`] returns.
+pub(crate) type BusFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Other relay nodes on the same database, as the hub reaches them (the
+/// cluster implements it; a lone node has none). Every call is best effort:
+/// what fails is repaired by the bus itself (it resynchronizes).
+pub(crate) trait Bus: Send + Sync {
+    /// `client` is connected here; resolves once other nodes can reach it.
+    fn announce(&self, client: ClientId) -> BusFuture<'_, ()>;
+    /// `client` left this node for good (no mailbox waits for it here).
+    fn disconnected(&self, client: ClientId) -> BusFuture<'_, ()>;
+    /// Hands `frame` to the node holding `to`; whether one took it.
+    fn deliver(&self, to: ClientId, frame: Bytes) -> BusFuture<'_, bool>;
+    /// A list of `account` was applied here.
+    fn list_applied(&self, account: AccountId) -> BusFuture<'_, ()>;
+    /// A sweep here logged these devices out.
+    fn logged_out(&self, logouts: Vec<DeviceLogout>) -> BusFuture<'_, ()>;
+    /// The connection known as `old` identified as `id` here.
+    fn identified(&self, old: ClientId, id: ClientId) -> BusFuture<'_, ()>;
+    /// A heartbeat (its wire bytes) was applied here.
+    fn heartbeat_applied(&self, heartbeat: Vec<u8>) -> BusFuture<'_, ()>;
+}
 
 /// Tells a connection task to close, with a close code (first one wins).
 #[derive(Debug, Default)]
@@ -146,36 +176,89 @@ pub(crate) struct Subscriber {
 }
 
 /// Frames for identified clients that are momentarily not connected, kept
-/// for `mailbox_ttl` after their connection ended (bounded per client and
-/// in all).
+/// for `mailbox_ttl` after their connection ended, within two budgets keyed
+/// by the client and by the source it was connected from: bytes held, and
+/// mailboxes held.
 #[derive(Debug, Default)]
 struct Mailboxes {
     boxes: HashMap<ClientId, Mailbox>,
-    bytes: usize,
+    bytes: u64,
+    bytes_by_source: HashMap<SourceKey, u64>,
+    boxes_by_source: HashMap<SourceKey, u64>,
 }
 
 #[derive(Debug)]
 struct Mailbox {
     until: Instant,
+    source: SourceKey,
     frames: Vec<Bytes>,
+    bytes: u64,
+}
+
+fn len64(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
+}
+
+fn take(map: &mut HashMap<SourceKey, u64>, key: &SourceKey, n: u64) {
+    if let Some(v) = map.get_mut(key) {
+        *v = v.saturating_sub(n);
+        if *v == 0 {
+            map.remove(key);
+        }
+    }
+}
+
+impl Mailboxes {
+    /// Removes `client`'s mailbox and gives back what it held.
+    fn remove(&mut self, client: &ClientId) -> Option<Mailbox> {
+        let b = self.boxes.remove(client)?;
+        self.bytes = self.bytes.saturating_sub(b.bytes);
+        take(&mut self.bytes_by_source, &b.source, b.bytes);
+        take(&mut self.boxes_by_source, &b.source, 1);
+        Some(b)
+    }
+}
+
+/// Whether a frame is a Grant or Refusal, and for which token.
+fn answer_token(frame: &[u8]) -> Option<devicelink::TokenId> {
+    if frame.first() != Some(&(FrameType::Message as u8)) {
+        return None;
+    }
+    let header = MessageHeader::parse(frame.get(1..)?).ok()?;
+    matches!(header.kind, MessageKind::Grant | MessageKind::Refusal).then_some(header.token_id)
+}
+
+/// What happened to a client whose connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Departure {
+    /// A newer connection holds the client (it was replaced).
+    Replaced,
+    /// An identified client that may come back: a mailbox waits for it.
+    Away,
+    /// Gone for good: a connection that never identified, or an identified
+    /// client over its source's mailbox budget.
+    Gone,
 }
 
 pub(crate) struct Hub<S: Store> {
     pub(crate) ledger: Ledger<S>,
     pub(crate) directory: AccountDirectory<S>,
+    code: Mutex<CodeRendezvous>,
     clients: Mutex<HashMap<ClientId, Peer>>,
     mailboxes: Mutex<Mailboxes>,
+    /// Mailbox bytes per client, per source and in all.
+    mailbox_bytes: Budget,
+    /// Mailboxes per source and in all.
+    mailbox_count: Budget,
     subscribers: Mutex<HashMap<AccountId, Vec<Subscriber>>>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) limits: Limits,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) connections: Arc<Semaphore>,
-    pub(crate) gate: Arc<super::admission::Gate>,
+    pub(crate) gate: Arc<Gate>,
     pub(crate) shutdown: watch::Receiver<bool>,
-    pub(crate) polls: super::poll::PollSessions,
-    /// Other relay nodes on the same database (PostgreSQL), if any.
-    #[cfg(feature = "postgres")]
-    pub(crate) cluster: Option<Arc<super::cluster::Cluster>>,
+    /// Other relay nodes on the same database, if any.
+    bus: Option<Arc<dyn Bus>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -188,37 +271,47 @@ impl<S: Store + 'static> Hub<S> {
     pub(crate) fn new(
         ledger: Ledger<S>,
         directory: AccountDirectory<S>,
+        code: CodeRendezvous,
         clock: Arc<dyn Clock>,
         limits: Limits,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         let connections = Arc::new(Semaphore::new(limits.max_connections));
+        let per_client = len64(limits.mailbox_frames).saturating_mul(len64(crate::MAX_FRAME_LEN));
         Hub {
             ledger,
             directory,
+            code: Mutex::new(code),
             clients: Mutex::new(HashMap::new()),
             mailboxes: Mutex::new(Mailboxes::default()),
+            mailbox_bytes: Budget::new(
+                per_client,
+                limits.mailbox_bytes_per_address,
+                len64(limits.mailbox_bytes),
+            ),
+            mailbox_count: Budget::new(1, limits.mailboxes_per_address, limits.mailboxes),
             subscribers: Mutex::new(HashMap::new()),
             clock,
             connections: connections.clone(),
-            gate: Arc::new(super::admission::Gate::new(&limits, connections)),
+            gate: Arc::new(Gate::new(&limits, connections)),
             limits,
             metrics: Arc::new(Metrics::default()),
             shutdown,
-            polls: Default::default(),
-            #[cfg(feature = "postgres")]
-            cluster: None,
+            bus: None,
         }
     }
 
     /// The hub of a node that shares its database with other nodes.
-    #[cfg(feature = "postgres")]
-    pub(crate) fn with_cluster(mut self, cluster: Arc<super::cluster::Cluster>) -> Self {
-        self.cluster = Some(cluster);
+    pub(crate) fn with_bus(mut self, bus: Arc<dyn Bus>) -> Self {
+        self.bus = Some(bus);
         self
     }
 
-    #[cfg(feature = "postgres")]
+    /// Runs `f` on the code rendezvous (in memory: never waits).
+    pub(crate) fn with_code<T>(&self, f: impl FnOnce(&mut CodeRendezvous) -> T) -> T {
+        f(&mut lock(&self.code))
+    }
+
     /// The device indices subscribed to `account` on this node.
     pub(crate) fn subscribed_indices(&self, account: &AccountId) -> Vec<DeviceIndex> {
         lock(&self.subscribers)
@@ -227,79 +320,69 @@ impl<S: Store + 'static> Hub<S> {
             .unwrap_or_default()
     }
 
-    #[cfg(feature = "postgres")]
     /// The accounts some connection of this node subscribed to.
     pub(crate) fn subscribed_accounts(&self) -> Vec<AccountId> {
         lock(&self.subscribers).keys().copied().collect()
     }
 
-    #[cfg(feature = "postgres")]
     /// The clients connected to this node.
     pub(crate) fn client_ids(&self) -> Vec<ClientId> {
         lock(&self.clients).keys().copied().collect()
     }
 
     /// Tells the other nodes (if any) that `client` is connected here;
-    /// returns once they can reach it (or, if the database does not answer
-    /// within a few tries, leaves it to the cluster's resynchronization).
+    /// returns once they can reach it.
     pub(crate) async fn announce_connected(&self, client: ClientId) {
-        #[cfg(feature = "postgres")]
-        if let Some(c) = &self.cluster {
-            c.announce(client).await;
+        if let Some(bus) = &self.bus {
+            bus.announce(client).await;
         }
-        let _ = client;
     }
 
     /// Tells the other nodes (if any) that `client` left this node.
     pub(crate) fn announce_disconnected(&self, client: ClientId) {
-        #[cfg(feature = "postgres")]
-        if let Some(c) = self.cluster.clone() {
-            tokio::spawn(async move { c.disconnected(client).await });
+        if let Some(bus) = self.bus.clone() {
+            tokio::spawn(async move { bus.disconnected(client).await });
         }
-        let _ = client;
     }
 
     /// Hands `frame` to the node holding `to`, when `to` is not connected
     /// here; whether a node took it.
     pub(crate) async fn deliver_elsewhere(&self, to: ClientId, frame: Bytes) -> bool {
-        #[cfg(feature = "postgres")]
-        if let Some(c) = &self.cluster {
-            return c.deliver(to, frame).await;
+        match &self.bus {
+            Some(bus) => bus.deliver(to, frame).await,
+            None => false,
         }
-        let _ = (to, frame);
-        false
     }
 
-    /// Tells the other nodes (if any) that a list of `account` was applied,
-    /// and which of its devices it logged out.
-    pub(crate) async fn announce_list(&self, account: AccountId, logged_out: &[DeviceLogout]) {
-        #[cfg(feature = "postgres")]
-        if let Some(c) = &self.cluster {
-            c.list_applied(account, logged_out).await;
+    /// Tells the other nodes (if any) that a list of `account` was applied.
+    pub(crate) async fn announce_list(&self, account: AccountId) {
+        if let Some(bus) = &self.bus {
+            bus.list_applied(account).await;
         }
-        let _ = (account, logged_out);
     }
 
     /// Tells the other nodes (if any) about devices a sweep logged out.
     pub(crate) async fn announce_logouts(&self, logouts: &[DeviceLogout]) {
-        #[cfg(feature = "postgres")]
-        if let Some(c) = &self.cluster {
-            c.logged_out(logouts).await;
+        if let Some(bus) = &self.bus {
+            bus.logged_out(logouts.to_vec()).await;
         }
-        let _ = logouts;
     }
 
     /// Tells the other nodes (if any) that the connection known as `old`
     /// identified as `id` here (a connection of `id` elsewhere is replaced).
     pub(crate) async fn announce_identified(&self, old: ClientId, id: ClientId) {
-        #[cfg(feature = "postgres")]
-        if let Some(c) = &self.cluster {
-            c.identified(old, id).await;
+        if let Some(bus) = &self.bus {
+            bus.identified(old, id).await;
         }
-        let _ = (old, id);
     }
 
-    #[cfg(feature = "postgres")]
+    /// Tells the other nodes (if any) that a heartbeat was applied.
+    pub(crate) async fn announce_heartbeat(&self, heartbeat: &[u8]) {
+        if let Some(bus) = &self.bus {
+            bus.heartbeat_applied(heartbeat.to_vec()).await;
+        }
+    }
+
     /// `id` connected to another node: a connection of it here is replaced
     /// (closed with 4005), and the frames waiting in its mailbox here are
     /// returned (for the node that holds it now).
@@ -308,19 +391,10 @@ impl<S: Store + 'static> Hub<S> {
             Metrics::inc(&self.metrics.connections_replaced);
             peer.close.close(super::codes::CLOSE_REPLACED);
         }
-        let mut m = lock(&self.mailboxes);
-        let frames = m.boxes.remove(&id).map(|b| b.frames).unwrap_or_default();
-        m.bytes -= frames.iter().map(Bytes::len).sum::<usize>().min(m.bytes);
-        frames
-    }
-
-    /// Tells the other nodes (if any) that a heartbeat was applied.
-    pub(crate) async fn announce_heartbeat(&self, heartbeat: &[u8]) {
-        #[cfg(feature = "postgres")]
-        if let Some(c) = &self.cluster {
-            c.heartbeat_applied(heartbeat).await;
-        }
-        let _ = heartbeat;
+        lock(&self.mailboxes)
+            .remove(&id)
+            .map(|b| b.frames)
+            .unwrap_or_default()
     }
 
     /// Runs `f` (which calls the store) on the blocking pool, timing it;
@@ -374,12 +448,10 @@ impl<S: Store + 'static> Hub<S> {
                 prev.close.close(super::codes::CLOSE_REPLACED);
             }
         }
-        let waiting = {
-            let mut m = lock(&self.mailboxes);
-            let frames = m.boxes.remove(&id).map(|b| b.frames).unwrap_or_default();
-            m.bytes -= frames.iter().map(Bytes::len).sum::<usize>().min(m.bytes);
-            frames
-        };
+        let waiting = lock(&self.mailboxes)
+            .remove(&id)
+            .map(|b| b.frames)
+            .unwrap_or_default();
         for frame in waiting {
             self.push(id, frame);
         }
@@ -388,14 +460,15 @@ impl<S: Store + 'static> Hub<S> {
 
     /// Forgets connection `conn` (if it still holds `client`) and its
     /// subscription. An identified client's frames wait in a mailbox for
-    /// `mailbox_ttl`.
+    /// `mailbox_ttl`, if its source's budget of mailboxes allows.
     pub(crate) fn disconnect(
         &self,
         client: ClientId,
         conn: u64,
         identified: bool,
         subscribed: Option<AccountId>,
-    ) {
+        source: SourceKey,
+    ) -> Departure {
         let held = {
             let mut clients = lock(&self.clients);
             let ours = clients.get(&client).is_some_and(|p| p.conn == conn);
@@ -404,18 +477,37 @@ impl<S: Store + 'static> Hub<S> {
             }
             ours
         };
-        if held && identified && !self.limits.mailbox_ttl.is_zero() {
-            lock(&self.mailboxes).boxes.insert(
-                client,
-                Mailbox {
-                    until: Instant::now() + self.limits.mailbox_ttl,
-                    frames: Vec::new(),
-                },
-            );
-        }
         if let Some(account) = subscribed {
             self.unsubscribe(conn, account);
         }
+        if !held {
+            return Departure::Replaced;
+        }
+        if !identified || self.limits.mailbox_ttl.is_zero() {
+            return Departure::Gone;
+        }
+        let mut m = lock(&self.mailboxes);
+        let held = Held {
+            client: 0,
+            source: m.boxes_by_source.get(&source).copied().unwrap_or(0),
+            total: len64(m.boxes.len()),
+        };
+        if self.mailbox_count.check(held).is_err() {
+            Metrics::inc(&self.metrics.mailboxes_refused);
+            return Departure::Gone;
+        }
+        m.remove(&client);
+        m.boxes.insert(
+            client,
+            Mailbox {
+                until: Instant::now() + self.limits.mailbox_ttl,
+                source,
+                frames: Vec::new(),
+                bytes: 0,
+            },
+        );
+        *m.boxes_by_source.entry(source).or_default() += 1;
+        Departure::Away
     }
 
     pub(crate) fn subscribe(&self, account: AccountId, sub: Subscriber) {
@@ -435,38 +527,64 @@ impl<S: Store + 'static> Hub<S> {
         }
     }
 
-    /// Drops mailboxes whose time is up.
-    pub(crate) fn sweep_mailboxes(&self) {
+    /// Drops mailboxes whose time is up; returns their clients (gone for
+    /// good now: the other nodes forget them too).
+    pub(crate) fn sweep_mailboxes(&self) -> Vec<ClientId> {
         let now = Instant::now();
         let mut m = lock(&self.mailboxes);
-        let mut freed = 0;
-        m.boxes.retain(|_, b| {
-            let keep = b.until > now;
-            if !keep {
-                freed += b.frames.iter().map(Bytes::len).sum::<usize>();
-            }
-            keep
-        });
-        m.bytes -= freed.min(m.bytes);
+        let expired: Vec<ClientId> = m
+            .boxes
+            .iter()
+            .filter(|(_, b)| b.until <= now)
+            .map(|(c, _)| *c)
+            .collect();
+        for c in &expired {
+            m.remove(c);
+        }
+        expired
     }
 
     /// Keeps `frame` for `to` if `to` is an identified client that left
-    /// less than `mailbox_ttl` ago, within the mailbox bounds.
+    /// less than `mailbox_ttl` ago, within the mailbox budgets, and unless a
+    /// Grant or Refusal for the same token already waits there.
     fn post(&self, to: ClientId, frame: Bytes) -> bool {
-        let limits = &self.limits;
         let mut m = lock(&self.mailboxes);
-        if m.bytes + frame.len() > limits.mailbox_bytes {
-            return false;
-        }
-        let Some(b) = m.boxes.get_mut(&to) else {
+        let Some(b) = m.boxes.get(&to) else {
             return false;
         };
-        if b.until <= Instant::now() || b.frames.len() >= limits.mailbox_frames {
+        if b.until <= Instant::now() || b.frames.len() >= self.limits.mailbox_frames {
             return false;
         }
-        let len = frame.len();
-        b.frames.push(frame);
-        m.bytes += len;
+        if let Some(token) = answer_token(&frame) {
+            if b.frames.iter().any(|f| answer_token(f) == Some(token)) {
+                Metrics::inc(&self.metrics.mailbox_refused);
+                return false;
+            }
+        }
+        let source = b.source;
+        let held = Held {
+            client: b.bytes,
+            source: m.bytes_by_source.get(&source).copied().unwrap_or(0),
+            total: m.bytes,
+        };
+        let len = len64(frame.len());
+        // One more frame is `len` more bytes: check as if it were one unit
+        // at the level the budget would reach after it.
+        let after = Held {
+            client: held.client.saturating_add(len).saturating_sub(1),
+            source: held.source.saturating_add(len).saturating_sub(1),
+            total: held.total.saturating_add(len).saturating_sub(1),
+        };
+        if self.mailbox_bytes.check(after).is_err() {
+            Metrics::inc(&self.metrics.mailbox_refused);
+            return false;
+        }
+        if let Some(b) = m.boxes.get_mut(&to) {
+            b.frames.push(frame);
+            b.bytes = b.bytes.saturating_add(len);
+        }
+        m.bytes = m.bytes.saturating_add(len);
+        *m.bytes_by_source.entry(source).or_default() += len;
         Metrics::inc(&self.metrics.mailbox_posted);
         true
     }
@@ -548,15 +666,15 @@ impl<S: Store + 'static> Hub<S> {
         }
     }
 
-    /// Admits a new connection from `ip` (not while shutting down).
+    /// Admits a new session from `source` (not while shutting down).
     pub(crate) fn admit(
         &self,
-        ip: Option<std::net::IpAddr>,
+        source: Option<SourceKey>,
     ) -> Result<super::admission::Admission, super::admission::Refused> {
         if *self.shutdown.borrow() {
             return Err(super::admission::Refused::ShuttingDown);
         }
-        self.gate.admit(ip, &self.metrics)
+        self.gate.admit(source, &self.metrics)
     }
 
     /// Waits until every connection task has returned its permit, up to the
@@ -574,31 +692,24 @@ impl<S: Store + 'static> Hub<S> {
             still_open: self.metrics.connections_open(),
         }
     }
-}
 
-/// Resolves once shutdown was signalled (or the signal's sender is gone).
-pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|stop| *stop).await;
-}
-
-/// Every `sweep_interval`: the ledger's sweep (expired tokens) and the
-/// directory's (accounts whose primary was offline too long), pushing a
-/// `Logout { PrimaryOffline }` to each swept device that subscribed.
-pub(crate) async fn sweep_loop<S: Store + 'static>(hub: Arc<Hub<S>>) {
-    let mut shutdown = hub.shutdown.clone();
-    let mut tick = tokio::time::interval(hub.limits.sweep_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = stopped(&mut shutdown) => break,
-            _ = tick.tick() => {}
+    /// One sweep: expired tokens, code sessions (their spent codes told to
+    /// their companions), accounts whose primary was offline too long
+    /// (their subscribed devices told), mailboxes past their time (their
+    /// clients forgotten by the other nodes) and idle rate state.
+    pub(crate) async fn sweep(self: &Arc<Self>) {
+        for client in self.sweep_mailboxes() {
+            self.announce_disconnected(client);
         }
-        hub.polls.sweep(hub.limits.poll_wait.saturating_mul(2));
-        hub.sweep_mailboxes();
-        hub.gate.sweep();
-        let now = hub.clock.now();
-        let limit = hub.limits.sweep_limit;
-        let swept = hub
+        self.gate.sweep();
+        let now = self.clock.now();
+        let spent = self.with_code(|r| r.sweep(now));
+        for s in spent {
+            let frame = crate::code_frame::CodeFrame::Spent(s.token_id).encode();
+            self.push(s.companion, Bytes::from(frame));
+        }
+        let limit = self.limits.sweep_limit;
+        let swept = self
             .blocking(move |h| {
                 if let Err(e) = h.ledger.sweep(now, limit) {
                     tracing::warn!(error = %e, "ledger sweep failed");
@@ -608,13 +719,18 @@ pub(crate) async fn sweep_loop<S: Store + 'static>(hub: Arc<Hub<S>>) {
             .await;
         match swept {
             Some(Ok(swept)) => {
-                hub.push_logouts(&swept);
+                self.push_logouts(&swept);
                 if !swept.is_empty() {
-                    hub.announce_logouts(&swept).await;
+                    self.announce_logouts(&swept).await;
                 }
             }
             Some(Err(e)) => tracing::warn!(error = %e, "directory sweep failed"),
             None => {}
         }
     }
+}
+
+/// Resolves once shutdown was signalled (or the signal's sender is gone).
+pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
 }

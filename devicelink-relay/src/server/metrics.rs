@@ -53,6 +53,13 @@ pub struct Metrics {
     pub(crate) connections_replaced: AtomicU64,
     pub(crate) connections_refused_address: AtomicU64,
     pub(crate) mailbox_posted: AtomicU64,
+    pub(crate) mailbox_refused: AtomicU64,
+    pub(crate) mailboxes_refused: AtomicU64,
+    pub(crate) http_refused: AtomicU64,
+    pub(crate) proxy_headers_refused: AtomicU64,
+    pub(crate) tls_failed: AtomicU64,
+    pub(crate) requests_refused_address: AtomicU64,
+    pub(crate) code_joins_failed: AtomicU64,
     store_latency: [AtomicU64; LATENCY_BUCKETS.len()],
     store_calls: AtomicU64,
     store_micros: AtomicU64,
@@ -125,6 +132,27 @@ impl Metrics {
     /// Logout frames pushed so far.
     pub fn logouts_pushed(&self) -> u64 {
         self.logouts_pushed.load(Ordering::Relaxed)
+    }
+
+    /// Frames refused a mailbox (over a budget, or a second Grant or
+    /// Refusal for one token).
+    pub fn mailbox_refused(&self) -> u64 {
+        self.mailbox_refused.load(Ordering::Relaxed)
+    }
+
+    /// Mailboxes not kept (over the source's or the relay's count).
+    pub fn mailboxes_refused(&self) -> u64 {
+        self.mailboxes_refused.load(Ordering::Relaxed)
+    }
+
+    /// HTTP requests refused by the per-address request rate.
+    pub fn requests_refused_by_address(&self) -> u64 {
+        self.requests_refused_address.load(Ordering::Relaxed)
+    }
+
+    /// Code joins that named no joinable code.
+    pub fn code_joins_failed(&self) -> u64 {
+        self.code_joins_failed.load(Ordering::Relaxed)
     }
 
     /// The Prometheus text exposition.
@@ -220,6 +248,48 @@ impl Metrics {
             "counter",
             "Frames kept for an identified client while it was away.",
             get(&self.mailbox_posted),
+        );
+        scalar(
+            "devicelink_mailbox_refused_total",
+            "counter",
+            "Frames refused a mailbox (over a budget, or a second answer for one token).",
+            get(&self.mailbox_refused),
+        );
+        scalar(
+            "devicelink_mailboxes_refused_total",
+            "counter",
+            "Mailboxes not kept (over the address's or the relay's count).",
+            get(&self.mailboxes_refused),
+        );
+        scalar(
+            "devicelink_http_refused_total",
+            "counter",
+            "TCP connections closed at accept (the relay's connection limit).",
+            get(&self.http_refused),
+        );
+        scalar(
+            "devicelink_proxy_headers_refused_total",
+            "counter",
+            "Connections from trusted proxies closed for a bad or late PROXY header.",
+            get(&self.proxy_headers_refused),
+        );
+        scalar(
+            "devicelink_tls_handshakes_failed_total",
+            "counter",
+            "TLS handshakes that failed or timed out.",
+            get(&self.tls_failed),
+        );
+        scalar(
+            "devicelink_requests_refused_by_address_total",
+            "counter",
+            "HTTP requests refused by the per-address request rate.",
+            get(&self.requests_refused_address),
+        );
+        scalar(
+            "devicelink_code_joins_failed_total",
+            "counter",
+            "Code joins that named no joinable code.",
+            get(&self.code_joins_failed),
         );
         let _ = writeln!(out, "# HELP devicelink_messages_routed_total Handshake messages forwarded.\n# TYPE devicelink_messages_routed_total counter");
         for ((_, name), c) in KINDS.iter().zip(&self.routed) {

@@ -1,24 +1,37 @@
-//! The network transport: an axum router serving the relay's WebSocket
-//! endpoints around the sans-IO core.
+//! The network transport around the sans-IO core, in layers, each using
+//! only the ones below it:
 //!
-//! The shell parses [`Frame`](crate::Frame)s, calls the core ([`Ledger`] for tokens and
-//! routing, [`AccountDirectory`] for the accounts' signed facts) with `now`
-//! from its [`Clock`], and carries out what the core returns: forward a
-//! message, fan a list or heartbeat out to the account's subscribed
-//! companions, push a logout, or answer with an [`Frame::Error`](crate::Frame::Error) whose code
-//! is derived from the core's [`ErrorKind`](devicelink::ErrorKind)
-//! ([`codes`]). No rule is decided here.
+//! - **accept** ([`Listener`], `accept.rs`, with `proxy.rs` and `tls.rs`):
+//!   every TCP connection counted per source before HTTP, a trusted
+//!   proxy's PROXY header, TLS, hyper with a timer, each request's client
+//!   address and its source's request rate;
+//! - **transports**: the WebSocket endpoints (`websocket.rs`), the HTTP
+//!   long-poll sessions (`poll.rs`), the browser companion page (`page.rs`);
+//! - **the connection** (`connection.rs`): one machinery for every
+//!   endpoint, `/v1/code` included: token bucket, read buffer, frame size,
+//!   pings, idle timeout, `Identify` first, one answer per frame;
+//! - **the hub** (`hub.rs`, with `code.rs` for the code frames): the core's
+//!   ledger, directory and code rendezvous, who is connected, who
+//!   subscribed, the mailboxes, and the `Bus` to other nodes that a
+//!   cluster (`cluster.rs`) plugs in;
+//! - **the store** (`crate::store`).
 //!
-//! The same connection task serves the HTTP long-poll fallback
-//! (`/v1/poll/…`), whose wire is a pair of bounded queues fed by HTTP
-//! requests instead of a socket.
+//! The shell parses [`Frame`](crate::Frame)s, calls the core ([`Ledger`]
+//! for tokens and routing, [`AccountDirectory`] for the accounts' signed
+//! facts, the code rendezvous) with `now` from its [`Clock`], and carries
+//! out what the core returns: forward a message, fan a list or heartbeat
+//! out to the account's subscribed companions, push a logout, or answer
+//! with an [`Frame::Error`](crate::Frame::Error) whose code is derived
+//! from the core's [`ErrorKind`](devicelink::ErrorKind) ([`codes`]). No
+//! rule is decided here, and every budget is the core's
+//! [`Budget`](devicelink::relay::Budget), counted where the resource is
+//! made, per client and per source.
 //!
 //! Like tokio's mini-redis: one task per connection owning its socket, a
 //! bounded outbound queue per connection (a client that does not read is
 //! closed, not buffered for), a semaphore for the connection limit (which
 //! also tells when every connection task has ended), a shutdown signal every
-//! task watches, and a drain with a deadline on exit. Store calls run in
-//! `spawn_blocking`.
+//! task watches, and a drain with a deadline on exit.
 //!
 //! ```no_run
 //! # async fn run() -> std::io::Result<()> {
@@ -34,6 +47,7 @@
 //! # Ok(()) }
 //! ```
 
+mod accept;
 mod address;
 mod admission;
 mod clock;
@@ -45,41 +59,50 @@ mod hub;
 mod metrics;
 mod page;
 mod poll;
+mod proxy;
+mod tls;
+mod websocket;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::DefaultBodyLimit;
-use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::serve::ListenerExt;
+use axum::routing::get;
 use axum::Router;
-use devicelink::relay::{Ledger, LedgerConfig};
+use devicelink::relay::{CodeRelayConfig, CodeRendezvous, Ledger, LedgerConfig};
 use devicelink::Policy;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use crate::codes;
-pub use address::{source_key, DEFAULT_IPV6_PREFIX};
+pub use accept::{Listener, Network};
+pub use address::{source_key, TrustedProxies, DEFAULT_IPV6_PREFIX};
 pub use clock::{Clock, ManualClock, SystemClock};
 #[cfg(feature = "postgres")]
 pub use cluster::{Cluster, ClusterOptions};
 pub use metrics::Metrics;
+pub use proxy::{
+    parse as parse_proxy_header, Parsed as ProxyHeader, MAX_HEADER as MAX_PROXY_HEADER,
+};
+pub use tls::{Tls, TlsError};
 
 use crate::store::{AccountDirectory, Store, StoreError};
 use crate::MAX_FRAME_LEN;
-use connection::Role;
 use hub::Hub;
 
-/// The transport's limits. Every field has a safe default; the binary sets
-/// them from flags (`--help`).
+/// The transport's limits and budgets. Every field has a safe default; the
+/// binary sets them from flags (`--help`, and `docs/RELAY.md` §3.4 with
+/// `SECURITY.md`'s abuse model). "Per address" means per source: an IPv4
+/// address, or an IPv6 address's first [`Limits::ipv6_prefix`] bits.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
-    /// Most WebSocket connections open at once; more get HTTP 503.
+    /// Most sessions (WebSocket connections and long-poll sessions) open
+    /// at once; more get HTTP 503.
     pub max_connections: usize,
+    /// Most TCP connections open at once (HTTP, WebSocket before its
+    /// upgrade); more are closed at accept.
+    pub max_http_connections: usize,
     /// Largest WebSocket message accepted (at most [`MAX_FRAME_LEN`], the
     /// largest valid frame).
     pub max_frame_len: usize,
@@ -110,14 +133,41 @@ pub struct Limits {
     pub mailbox_frames: usize,
     /// Most bytes kept in all mailboxes together.
     pub mailbox_bytes: usize,
-    /// Most connections (WebSocket and long-poll) open at once from one IP
-    /// address; more get HTTP 429.
+    /// Most bytes kept in the mailboxes of clients that were connected
+    /// from one address.
+    pub mailbox_bytes_per_address: u64,
+    /// Most mailboxes kept for clients that were connected from one address.
+    pub mailboxes_per_address: u64,
+    /// Most mailboxes kept in all.
+    pub mailboxes: u64,
+    /// Most sessions (WebSockets, long-poll sessions) open at once from
+    /// one address; more get HTTP 429.
     pub max_connections_per_address: u32,
-    /// New connections per second one IP address may open, on average
-    /// (more get HTTP 429).
+    /// Most TCP connections open at once from one address, counted at
+    /// accept before any HTTP (a half-open request holds one); more are
+    /// answered 429 and closed (closed, with TLS).
+    pub max_http_connections_per_address: u32,
+    /// New TCP connections per second one address may open, on average
+    /// (more are answered 429 at accept; 0: no limit).
     pub connect_rate_per_address: u32,
-    /// New connections one IP address may open in a burst.
+    /// New connections one address may open in a burst.
     pub connect_burst_per_address: u32,
+    /// HTTP requests per second one address may send, on average (every
+    /// route: the page, `/healthz`, long-poll polls; more get HTTP 429; 0:
+    /// no limit).
+    pub request_rate_per_address: u32,
+    /// HTTP requests one address may send in a burst.
+    pub request_burst_per_address: u32,
+    /// Longest wait for a request's header (and for the next request on an
+    /// idle keep-alive connection), for a trusted proxy's PROXY header, and
+    /// for a TLS handshake.
+    pub header_read_timeout: Duration,
+    /// Accounts the relay did not know that one address may make it keep
+    /// per hour (a first device list, after the account key's proof; 0: no
+    /// limit).
+    pub new_accounts_per_address_per_hour: u32,
+    /// Most code sessions (`/v1/code` Open) held for one address.
+    pub max_code_sessions_per_address: u64,
     /// Bytes of each WebSocket's read buffer (tungstenite's
     /// `read_buffer_size`): allocated per connection and zero-filled on its
     /// first read, so it is resident memory per open connection. A frame
@@ -155,9 +205,19 @@ impl Default for Limits {
             mailbox_ttl: Duration::from_secs(30),
             mailbox_frames: 16,
             mailbox_bytes: 64 << 20,
+            mailbox_bytes_per_address: 1 << 20,
+            mailboxes_per_address: 256,
+            mailboxes: 100_000,
             max_connections_per_address: 256,
+            max_http_connections_per_address: 256,
             connect_rate_per_address: 20,
             connect_burst_per_address: 100,
+            request_rate_per_address: 50,
+            request_burst_per_address: 200,
+            header_read_timeout: Duration::from_secs(10),
+            new_accounts_per_address_per_hour: 10,
+            max_code_sessions_per_address: 32,
+            max_http_connections: 20_000,
             websocket_read_buffer: DEFAULT_WEBSOCKET_READ_BUFFER,
             max_tokens_per_client: devicelink::relay::DEFAULT_MAX_TOKENS_PER_CLIENT,
             max_tokens_per_address: devicelink::relay::DEFAULT_MAX_TOKENS_PER_SOURCE,
@@ -207,12 +267,14 @@ pub struct Drained {
     pub still_open: u64,
 }
 
-/// The relay: shared state (ledger, directory, connections, subscriptions)
-/// and the router that serves it.
+/// The relay: shared state (ledger, directory, code rendezvous, connections,
+/// subscriptions) and the transports that serve it.
 pub struct Relay<S: Store> {
     hub: Arc<Hub<S>>,
-    code: Arc<code::CodeHub>,
     shutdown: watch::Sender<bool>,
+    /// The other nodes on the same database, if any.
+    #[cfg(feature = "postgres")]
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl<S: Store> std::fmt::Debug for Relay<S> {
@@ -223,7 +285,7 @@ impl<S: Store> std::fmt::Debug for Relay<S> {
     }
 }
 
-/// The ledger's settings: the policy's windows, the limits' token quotas.
+/// The ledger's settings: the policy's windows, the limits' token budget.
 fn ledger_config(policy: &Policy, limits: &Limits) -> LedgerConfig {
     LedgerConfig {
         tokens: devicelink::relay::Budget::new(
@@ -233,6 +295,18 @@ fn ledger_config(policy: &Policy, limits: &Limits) -> LedgerConfig {
         ),
         ..LedgerConfig::from_policy(policy)
     }
+}
+
+/// The code rendezvous's settings: the policy's lifetimes, the limits'
+/// sessions per address.
+fn code_config(policy: &Policy, limits: &Limits) -> CodeRelayConfig {
+    let mut config = CodeRelayConfig::from_policy(policy);
+    config.sessions = devicelink::relay::Budget::new(
+        config.sessions.per_client,
+        limits.max_code_sessions_per_address.max(1),
+        config.sessions.total,
+    );
+    config
 }
 
 impl<S: Store + 'static> Relay<S> {
@@ -245,38 +319,28 @@ impl<S: Store + 'static> Relay<S> {
         limits: Limits,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, StoreError> {
+        Ok(Self::assemble(store, policy, limits, clock, |hub| hub))
+    }
+
+    fn assemble(
+        store: S,
+        policy: &Policy,
+        limits: Limits,
+        clock: Arc<dyn Clock>,
+        finish: impl FnOnce(Hub<S>) -> Hub<S>,
+    ) -> Self {
         let directory = AccountDirectory::new(store.clone(), policy);
         let ledger = Ledger::new(store, ledger_config(policy, &limits));
+        let code = CodeRendezvous::new(code_config(policy, &limits));
         let (shutdown, watching) = watch::channel(false);
         let mut limits = limits;
         limits.max_frame_len = limits.max_frame_len.min(MAX_FRAME_LEN);
-        let hub = Hub::new(ledger, directory, clock.clone(), limits, watching);
-        Ok(Self::assemble(hub, policy, clock, shutdown))
-    }
-
-    /// The relay around `hub`, with the typed-code rendezvous beside it.
-    /// The rendezvous stays within one node (both ends of a code link must
-    /// reach the same node); it shares the hub's admission (the connection
-    /// limit and the per-address limits) and shutdown.
-    fn assemble(
-        hub: Hub<S>,
-        policy: &Policy,
-        clock: Arc<dyn Clock>,
-        shutdown: watch::Sender<bool>,
-    ) -> Self {
-        let hub = Arc::new(hub);
-        let code = Arc::new(code::CodeHub::new(
-            policy,
-            clock,
-            hub.limits.clone(),
-            hub.gate.clone(),
-            hub.metrics.clone(),
-            hub.shutdown.clone(),
-        ));
+        let hub = finish(Hub::new(ledger, directory, code, clock, limits, watching));
         Relay {
-            hub,
-            code,
+            hub: Arc::new(hub),
             shutdown,
+            #[cfg(feature = "postgres")]
+            cluster: None,
         }
     }
 
@@ -285,83 +349,109 @@ impl<S: Store + 'static> Relay<S> {
         self.hub.metrics.clone()
     }
 
-    /// The router: the browser companion page at `GET /` (embedded),
-    /// `GET /healthz`, `GET /metrics`, the WebSocket
-    /// endpoints `GET /v1/companion` and `GET /v1/primary`, and the HTTP
-    /// long-poll fallback under `/v1/poll/` (`docs/RELAY.md`). To serve it
-    /// yourself, keep this `Relay` alive: dropping it is the shutdown
-    /// signal for every connection (and no sweeper runs outside
-    /// [`Relay::serve`]).
-    pub fn router(&self) -> Router {
-        Router::new()
+    /// The relay's routes: the WebSocket endpoints `GET /v1/companion`,
+    /// `/v1/primary` and `/v1/code`, the HTTP long-poll fallback under
+    /// `/v1/poll/`, `GET /healthz`, and (with `page`) the browser companion
+    /// page at `GET /` (`docs/RELAY.md`); the long-poll sessions they keep.
+    /// `/metrics` is not among them: it is [`Relay::metrics_router`], for a
+    /// listener of its own.
+    fn routes(&self, page: bool) -> (Router, Arc<poll::PollSessions>) {
+        let (polls, sessions) = poll::routes(self.hub.clone());
+        let mut router = Router::new()
             .route("/healthz", get(healthz))
-            .route("/metrics", get(metrics::<S>))
-            .route("/v1/companion", get(companion::<S>))
-            .route("/v1/primary", get(primary::<S>))
-            .route("/v1/poll/companion", post(poll::open_companion::<S>))
-            .route("/v1/poll/primary", post(poll::open_primary::<S>))
-            .route(
-                "/v1/poll/session/{id}",
-                get(poll::poll::<S>)
-                    .post(poll::send::<S>)
-                    .delete(poll::close::<S>)
-                    .layer(DefaultBodyLimit::max(self.hub.limits.max_frame_len)),
-            )
-            .merge(page::routes())
-            .with_state(self.hub.clone())
-            .merge(
-                Router::new()
-                    .route("/v1/code", get(code::upgrade))
-                    .with_state(self.code.clone()),
-            )
+            .merge(websocket::routes(self.hub.clone()))
+            .merge(polls);
+        if page {
+            router = router.merge(page::routes());
+        }
+        (router, sessions)
+    }
+
+    /// The router, for a host that serves it itself (without the accept
+    /// loop: no per-address counting before HTTP, no PROXY header, no TLS;
+    /// served with `into_make_service_with_connect_info::<SocketAddr>()`
+    /// the per-session limits still key on the peer). Keep this `Relay`
+    /// alive: dropping it is the shutdown signal for every connection, and
+    /// no sweeper runs outside [`Relay::serve`].
+    pub fn router(&self) -> Router {
+        self.routes(true).0
+    }
+
+    /// `GET /metrics` (Prometheus text), for a listener of its own
+    /// (`--metrics-listen`): it shows pairing activity, so it is not
+    /// served on the public address.
+    pub fn metrics_router(&self) -> Router {
+        let metrics = self.hub.metrics.clone();
+        Router::new().route(
+            "/metrics",
+            get(move || {
+                let m = metrics.clone();
+                async move {
+                    ([("content-type", "text/plain; version=0.0.4")], m.render()).into_response()
+                }
+            }),
+        )
     }
 
     /// Failed code attempts the relay counted for `key` (linking by typed
     /// code, `/v1/code`).
     pub fn code_failures(&self, key: &devicelink::relay::AttemptKey) -> u32 {
-        let now = self.hub.clock.now();
-        self.code
-            .with_rendezvous(|r| r.attempts().failures(key, now))
+        self.inspector().code_failures(key)
     }
 
-    /// Serves on `listener` until `shutdown` completes; then stops
-    /// accepting, tells every connection task (each closes its socket with
-    /// 1001), waits for them up to [`Limits::shutdown_grace`], stops the
-    /// sweeper and drops its hold on the store (the SQLite store flushes when
-    /// its last handle drops).
-    pub async fn serve(
+    /// A read-only view of the relay's state that outlives handing the
+    /// relay to [`Relay::serve`] (tests, tools).
+    pub fn inspector(&self) -> Inspector {
+        Inspector(self.hub.clone())
+    }
+
+    /// Serves on `listener` with the default [`Network`] (no proxy trusted,
+    /// no TLS, the page served) until `shutdown` completes
+    /// ([`Relay::serve_with`]).
+    pub async fn serve<L: Listener>(
         self,
-        listener: TcpListener,
+        listener: L,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<Drained> {
-        let router = self.router();
-        let sweeper = tokio::spawn(hub::sweep_loop(self.hub.clone()));
+        self.serve_with(listener, Network::default(), shutdown)
+            .await
+    }
+
+    /// Serves on `listener` as `network` says until `shutdown` completes;
+    /// then stops accepting, tells every connection task (each closes its
+    /// socket with 1001, or ends its HTTP exchange), waits for them up to
+    /// [`Limits::shutdown_grace`], stops the sweeper and drops its hold on
+    /// the store (the SQLite store flushes when its last handle drops).
+    pub async fn serve_with<L: Listener>(
+        self,
+        listener: L,
+        network: Network,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<Drained> {
+        let (router, sessions) = self.routes(network.serve_page);
+        let accept = Arc::new(accept::Accept::new(
+            &self.hub.limits,
+            &network,
+            self.hub.metrics.clone(),
+        ));
+        let sweeper = tokio::spawn(sweep_loop(self.hub.clone(), sessions, accept.clone()));
         #[cfg(feature = "postgres")]
         let cluster = self
-            .hub
             .cluster
             .clone()
             .map(|c| tokio::spawn(cluster::run(self.hub.clone(), c)));
         let signal = self.shutdown.clone();
-        // Small frames in both directions: Nagle's algorithm with delayed
-        // ACKs would add ~40 ms to each handshake step.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-        });
-        let served = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
+        tokio::spawn(async move {
             shutdown.await;
             signal.send_replace(true);
-        })
-        .await;
-        // Stopped accepting (or failed): tell every task either way.
+        });
+        accept::serve(listener, router, accept.clone(), self.hub.shutdown.clone()).await;
+        // Stopped accepting: tell every task.
         self.shutdown.send_replace(true);
         let drained = self.hub.drain().await;
+        if !accept.drain(self.hub.limits.shutdown_grace).await {
+            tracing::warn!("HTTP connections still open at the end of the grace period");
+        }
         if sweeper.await.is_err() {
             tracing::error!("the sweeper task failed");
         }
@@ -372,7 +462,46 @@ impl<S: Store + 'static> Relay<S> {
             }
         }
         tracing::info!(?drained, "relay stopped");
-        served.map(|()| drained)
+        Ok(drained)
+    }
+}
+
+/// What an [`Inspector`] reads.
+trait Inspect: Send + Sync {
+    fn code_failures(&self, key: &devicelink::relay::AttemptKey) -> u32;
+    fn code_sessions(&self) -> usize;
+}
+
+impl<S: Store + 'static> Inspect for Hub<S> {
+    fn code_failures(&self, key: &devicelink::relay::AttemptKey) -> u32 {
+        let now = self.clock.now();
+        self.with_code(|r| r.attempts().failures(key, now))
+    }
+
+    fn code_sessions(&self) -> usize {
+        self.with_code(|r| r.len())
+    }
+}
+
+/// A read-only view of a relay's state ([`Relay::inspector`]).
+#[derive(Clone)]
+pub struct Inspector(Arc<dyn Inspect>);
+
+impl std::fmt::Debug for Inspector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Inspector(…)")
+    }
+}
+
+impl Inspector {
+    /// Failed code attempts counted for `key` now.
+    pub fn code_failures(&self, key: &devicelink::relay::AttemptKey) -> u32 {
+        self.0.code_failures(key)
+    }
+
+    /// Code sessions held now.
+    pub fn code_sessions(&self) -> usize {
+        self.0.code_sessions()
     }
 }
 
@@ -389,58 +518,35 @@ impl Relay<crate::store::PgStore> {
         clock: Arc<dyn Clock>,
         cluster: Arc<Cluster>,
     ) -> Result<Self, StoreError> {
-        let directory = AccountDirectory::new(store.clone(), policy);
-        let ledger = Ledger::new(store, ledger_config(policy, &limits));
-        let (shutdown, watching) = watch::channel(false);
-        let mut limits = limits;
-        limits.max_frame_len = limits.max_frame_len.min(MAX_FRAME_LEN);
-        let hub =
-            Hub::new(ledger, directory, clock.clone(), limits, watching).with_cluster(cluster);
-        Ok(Self::assemble(hub, policy, clock, shutdown))
+        let bus: Arc<dyn hub::Bus> = cluster.clone();
+        let mut relay = Self::assemble(store, policy, limits, clock, |hub| hub.with_bus(bus));
+        relay.cluster = Some(cluster);
+        Ok(relay)
     }
 }
 
-async fn healthz() -> &'static str {
-    "ok\n"
+async fn healthz() -> Response {
+    "ok\n".into_response()
 }
 
-async fn metrics<S: Store + 'static>(State(hub): State<Arc<Hub<S>>>) -> Response {
-    (
-        [("content-type", "text/plain; version=0.0.4")],
-        hub.metrics.render(),
-    )
-        .into_response()
-}
-
-async fn companion<S: Store + 'static>(
-    State(hub): State<Arc<Hub<S>>>,
-    peer: admission::PeerAddress,
-    ws: WebSocketUpgrade,
-) -> Response {
-    upgrade(hub, peer, ws, Role::Companion)
-}
-
-async fn primary<S: Store + 'static>(
-    State(hub): State<Arc<Hub<S>>>,
-    peer: admission::PeerAddress,
-    ws: WebSocketUpgrade,
-) -> Response {
-    upgrade(hub, peer, ws, Role::Primary)
-}
-
-fn upgrade<S: Store + 'static>(
+/// Every `sweep_interval`: the hub's sweep (tokens, code sessions,
+/// accounts, mailboxes), long-poll sessions that ended long ago, and the
+/// accept loop's idle rate state.
+async fn sweep_loop<S: Store + 'static>(
     hub: Arc<Hub<S>>,
-    peer: admission::PeerAddress,
-    ws: WebSocketUpgrade,
-    role: Role,
-) -> Response {
-    let admission = match hub.admit(peer.0) {
-        Ok(a) => a,
-        Err(refused) => return refused.into_response(),
-    };
-    let max = hub.limits.max_frame_len;
-    ws.max_message_size(max)
-        .max_frame_size(max)
-        .read_buffer_size(hub.limits.websocket_read_buffer.max(64))
-        .on_upgrade(move |socket| connection::run(hub, socket, role, admission))
+    sessions: Arc<poll::PollSessions>,
+    accept: Arc<accept::Accept>,
+) {
+    let mut shutdown = hub.shutdown.clone();
+    let mut tick = tokio::time::interval(hub.limits.sweep_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = hub::stopped(&mut shutdown) => break,
+            _ = tick.tick() => {}
+        }
+        sessions.sweep(hub.limits.poll_wait.saturating_mul(2));
+        accept.sweep();
+        hub.sweep().await;
+    }
 }

@@ -21,8 +21,9 @@
 //!   response lost on the way (a dropped request) loses nothing. Without
 //!   the header, what was sent before counts as received. `204` when
 //!   nothing came; `404` once the session is gone (a session's last frames
-//!   wait for a poll up to twice [`Limits::poll_wait`]). Each poll counts
-//!   as activity for the idle timeout.
+//!   wait for a poll up to twice [`Limits::poll_wait`]); `409` while
+//!   another poll of the same session waits (one waiting poll per session).
+//!   Each poll counts as activity for the idle timeout.
 //! - `DELETE /v1/poll/session/{id}`: closes the session.
 //!
 //! [`Limits::poll_wait`]: super::Limits::poll_wait
@@ -33,16 +34,46 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::ws::Message;
-use axum::extract::{Path, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
 use rand_core::{OsRng, RngCore};
 use tokio::sync::mpsc;
 
-use super::admission::PeerAddress;
+use super::address::{source_key, ClientIp};
 use super::connection::{self, Role, Wire};
 use super::hub::Hub;
 use crate::store::Store;
+
+/// What the long-poll routes share: the hub and the open sessions.
+pub(crate) struct Polls<S: Store> {
+    hub: Arc<Hub<S>>,
+    sessions: Arc<PollSessions>,
+}
+
+/// The long-poll routes, and the sessions they keep (for the sweeper).
+pub(crate) fn routes<S: Store + 'static>(hub: Arc<Hub<S>>) -> (Router, Arc<PollSessions>) {
+    let sessions = Arc::new(PollSessions::default());
+    let max = hub.limits.max_frame_len;
+    let state = Arc::new(Polls {
+        hub,
+        sessions: sessions.clone(),
+    });
+    let router = Router::new()
+        .route("/v1/poll/companion", post(open_companion::<S>))
+        .route("/v1/poll/primary", post(open_primary::<S>))
+        .route(
+            "/v1/poll/session/{id}",
+            axum::routing::get(poll::<S>)
+                .post(send::<S>)
+                .delete(close::<S>)
+                .layer(DefaultBodyLimit::max(max)),
+        )
+        .with_state(state);
+    (router, sessions)
+}
 
 /// Messages a session queues from HTTP requests before refusing with 429.
 const INBOUND_QUEUE: usize = 16;
@@ -138,8 +169,10 @@ fn session_id() -> Option<String> {
     Some(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-fn open<S: Store + 'static>(hub: Arc<Hub<S>>, peer: PeerAddress, role: Role) -> Response {
-    let permit = match hub.admit(peer.0) {
+fn open<S: Store + 'static>(polls: &Polls<S>, ip: ClientIp, role: Role) -> Response {
+    let hub = polls.hub.clone();
+    let source = ip.0.map(|ip| source_key(ip, hub.limits.ipv6_prefix));
+    let permit = match hub.admit(source) {
         Ok(a) => a,
         Err(refused) => return refused.into_response(),
     };
@@ -150,7 +183,7 @@ fn open<S: Store + 'static>(hub: Arc<Hub<S>>, peer: PeerAddress, role: Role) -> 
     let (out_tx, out_rx) = mpsc::channel(hub.limits.outbound_queue.max(1));
     let ended = Arc::new(OnceLock::new());
     let limit = hub.limits.outbound_queue.max(1);
-    hub.polls.insert(
+    polls.sessions.insert(
         id.clone(),
         PollSession {
             inbound: in_tx,
@@ -177,18 +210,18 @@ fn open<S: Store + 'static>(hub: Arc<Hub<S>>, peer: PeerAddress, role: Role) -> 
     (StatusCode::CREATED, id).into_response()
 }
 
-pub(crate) async fn open_companion<S: Store + 'static>(
-    State(hub): State<Arc<Hub<S>>>,
-    peer: PeerAddress,
+async fn open_companion<S: Store + 'static>(
+    State(polls): State<Arc<Polls<S>>>,
+    ip: ClientIp,
 ) -> Response {
-    open(hub, peer, Role::Companion)
+    open(&polls, ip, Role::Companion)
 }
 
-pub(crate) async fn open_primary<S: Store + 'static>(
-    State(hub): State<Arc<Hub<S>>>,
-    peer: PeerAddress,
+async fn open_primary<S: Store + 'static>(
+    State(polls): State<Arc<Polls<S>>>,
+    ip: ClientIp,
 ) -> Response {
-    open(hub, peer, Role::Primary)
+    open(&polls, ip, Role::Primary)
 }
 
 /// The number in an `If-Match` / `If-None-Match` header: `"<n>"` (or bare).
@@ -205,13 +238,13 @@ fn sequence(headers: &HeaderMap, name: header::HeaderName) -> Result<Option<u64>
     }
 }
 
-pub(crate) async fn send<S: Store + 'static>(
-    State(hub): State<Arc<Hub<S>>>,
+async fn send<S: Store + 'static>(
+    State(polls): State<Arc<Polls<S>>>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(session) = hub.polls.get(&id) else {
+    let Some(session) = polls.sessions.get(&id) else {
         return StatusCode::NOT_FOUND.into_response();
     };
     let Ok(numbered) = sequence(&headers, header::IF_MATCH) else {
@@ -238,35 +271,44 @@ pub(crate) async fn send<S: Store + 'static>(
     }
 }
 
-pub(crate) async fn close<S: Store + 'static>(
-    State(hub): State<Arc<Hub<S>>>,
+async fn close<S: Store + 'static>(
+    State(polls): State<Arc<Polls<S>>>,
     Path(id): Path<String>,
 ) -> Response {
-    let Some(session) = hub.polls.get(&id) else {
+    let Some(session) = polls.sessions.get(&id) else {
         return StatusCode::NOT_FOUND.into_response();
     };
     let _ = session.inbound.send(Message::Close(None)).await;
     // The client is done: nothing is kept for a poll that will not come
     // (kept, each ended session held ~12 KB for twice `poll_wait`: 190 MB
     // after 16,000 sessions at 2,000 exchanges a second).
-    hub.polls.remove(&id);
+    polls.sessions.remove(&id);
     StatusCode::NO_CONTENT.into_response()
 }
 
-pub(crate) async fn poll<S: Store + 'static>(
-    State(hub): State<Arc<Hub<S>>>,
+async fn poll<S: Store + 'static>(
+    State(polls): State<Arc<Polls<S>>>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(session) = hub.polls.get(&id) else {
+    let hub = &polls.hub;
+    let Some(session) = polls.sessions.get(&id) else {
         return StatusCode::NOT_FOUND.into_response();
     };
     let Ok(acked) = sequence(&headers, header::IF_NONE_MATCH) else {
         return StatusCode::BAD_REQUEST.into_response();
     };
+    // One waiting poll per session: a second one would hold a connection
+    // (and the first one's records) for nothing.
+    let Ok(mut out) = session.outbound.try_lock() else {
+        return (
+            StatusCode::CONFLICT,
+            "another poll of this session is waiting\n",
+        )
+            .into_response();
+    };
     // The poll itself is the client's sign of life.
     let _ = session.inbound.try_send(Message::Pong(Bytes::new()));
-    let mut out = session.outbound.lock().await;
     let acked = acked.unwrap_or(out.last);
     while out.unacked.front().is_some_and(|(n, _)| *n <= acked) {
         out.unacked.pop_front();
@@ -276,7 +318,7 @@ pub(crate) async fn poll<S: Store + 'static>(
             Err(_) => return StatusCode::NO_CONTENT.into_response(),
             Ok(None) => {
                 drop(out);
-                hub.polls.remove(&id);
+                polls.sessions.remove(&id);
                 return StatusCode::NOT_FOUND.into_response();
             }
             Ok(Some(m)) => m,

@@ -39,10 +39,22 @@ pub enum AccountDirectoryError {
     #[error("stored facts of account {0} do not load")]
     Corrupt(String),
     /// A first list of an account the store does not hold, which the
-    /// caller did not allow to create it (no proof of the account key, or
-    /// over its source's rate of new accounts); nothing was stored.
-    #[error("{0}")]
-    NotAllowed(&'static str),
+    /// caller did not allow to create it; nothing was stored.
+    #[error(transparent)]
+    NotAllowed(#[from] CreationRefused),
+}
+
+/// Why a caller did not allow a list to create an account the store does
+/// not hold ([`AccountDirectory::apply_device_list`]'s `may_create`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CreationRefused {
+    /// The client did not prove the account key on this connection
+    /// ([`devicelink::relay::AccountProof`]).
+    #[error("the relay does not know this account: prove the account key first (ProveAccount)")]
+    NeedsProof,
+    /// The client's source made the relay keep too many new accounts lately.
+    #[error("too many new accounts from this address; try again later")]
+    TooMany,
 }
 
 /// Many accounts' leases: the core's [`Directory`] deciding from the facts a
@@ -127,7 +139,7 @@ impl<S: Store> AccountDirectory<S> {
         &self,
         list: &SignedDeviceList,
         now: Timestamp,
-        may_create: impl Fn() -> Result<(), &'static str>,
+        may_create: impl Fn() -> Result<(), CreationRefused>,
     ) -> Result<ListApplied, AccountDirectoryError> {
         let account = list.account();
         self.decide(&account, |d, held| {

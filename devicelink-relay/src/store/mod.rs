@@ -23,7 +23,7 @@ pub mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
-pub use directory::{AccountDirectory, AccountDirectoryError};
+pub use directory::{AccountDirectory, AccountDirectoryError, CreationRefused};
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
 pub use postgres::{PgOptions, PgStore, PG_SCHEMA_VERSION};

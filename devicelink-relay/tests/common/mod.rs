@@ -26,12 +26,14 @@ pub struct TestRelay {
     pub addr: std::net::SocketAddr,
     pub clock: Arc<ManualClock>,
     pub metrics: Arc<Metrics>,
+    pub inspector: devicelink_relay::server::Inspector,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<Drained>>,
 }
 
-/// Limits for tests: a fast sweeper, generous rates (every test client
-/// comes from 127.0.0.1: no per-address rate, a high per-address cap).
+/// Limits for tests: a fast sweeper, generous rates (most test clients
+/// come from 127.0.0.1: no per-address rates, high per-address caps; the
+/// tests of a budget set it, and send from other loopback addresses).
 pub fn test_limits() -> Limits {
     Limits {
         sweep_interval: Duration::from_millis(20),
@@ -39,6 +41,9 @@ pub fn test_limits() -> Limits {
         rate_burst: 10_000,
         connect_rate_per_address: 0,
         max_connections_per_address: 100_000,
+        max_http_connections_per_address: 100_000,
+        request_rate_per_address: 0,
+        new_accounts_per_address_per_hour: 0,
         max_tokens_per_address: 1_000_000,
         shutdown_grace: Duration::from_secs(5),
         ..Limits::default()
@@ -64,6 +69,7 @@ pub async fn start_with<S: Store + 'static>(
     let relay = Relay::new(store, &Policy::default(), limits, clock.clone()).unwrap();
     let addr = listener.local_addr().unwrap();
     let metrics = relay.metrics();
+    let inspector = relay.inspector();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(relay.serve(listener, async move {
         let _ = stopped.await;
@@ -73,6 +79,7 @@ pub async fn start_with<S: Store + 'static>(
         addr,
         clock,
         metrics,
+        inspector,
         stop: Some(stop),
         task,
     }
@@ -84,6 +91,11 @@ impl TestRelay {
             let _ = stop.send(());
         }
         bounded(&mut self.task).await.unwrap().unwrap()
+    }
+
+    /// Failed code attempts the relay counted for `key`.
+    pub fn code_failures(&self, key: &devicelink::relay::AttemptKey) -> u32 {
+        self.inspector.code_failures(key)
     }
 
     pub fn now(&self) -> Timestamp {
@@ -146,4 +158,32 @@ pub async fn link(
     })
     .await;
     (c.map(|_| ()), p)
+}
+
+/// A WebSocket over a raw stream (the tests' clients).
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket to `path` from the local address `from` (any 127.0.0.0/8
+/// address is this machine's): the relay sees another source.
+pub async fn ws_from(relay: &TestRelay, path: &str, from: &str) -> Ws {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let tcp = bounded(socket.connect(relay.addr)).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let url = format!("{}{path}", relay.base);
+    let (ws, _) = bounded(tokio_tungstenite::client_async(
+        url,
+        tokio_tungstenite::MaybeTlsStream::Plain(tcp),
+    ))
+    .await
+    .unwrap();
+    ws
+}
+
+/// A TCP connection to the relay from the local address `from`.
+pub async fn tcp_from(relay: &TestRelay, from: &str) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(format!("{from}:0").parse().unwrap())?;
+    bounded(socket.connect(relay.addr)).await
 }

@@ -1,0 +1,355 @@
+//! The accept loop, below HTTP: every connection is counted per source
+//! before a byte of HTTP is parsed, a trusted proxy's PROXY header is read
+//! within a time bound, TLS is handshaken within a time bound, and hyper
+//! serves HTTP/1.1 with a timer (a header that does not arrive in time, or
+//! a keep-alive connection idle for as long, is closed). Each request's
+//! client address (the TCP peer's, or the one a trusted proxy vouches for)
+//! is attached to it ([`ConnectionInfo`]) and its source's request rate is
+//! checked before the router sees it: `GET /`, `/healthz` and long-poll
+//! polls pass it like everything else.
+//!
+//! Where connections come from is a seam ([`Listener`]): a TCP listener in
+//! production and in the tests, anything that yields byte streams and peer
+//! addresses elsewhere (a simulated network).
+
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, Response, StatusCode};
+use axum::response::IntoResponse;
+use axum::Router;
+use devicelink::relay::{Budget, SourceKey};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tower::ServiceExt;
+
+use super::address::{source_key, ConnectionInfo, TrustedProxies};
+use super::admission::Tally;
+use super::hub::stopped;
+use super::metrics::Metrics;
+use super::tls::Tls;
+use super::{proxy, Limits};
+
+/// Where the relay's connections come from: the seam a simulated network
+/// plugs into. [`TcpListener`] is one.
+pub trait Listener: Send + 'static {
+    /// A connection's byte stream.
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+
+    /// The next connection and its peer's address.
+    fn accept(&mut self) -> impl Future<Output = io::Result<(Self::Io, SocketAddr)>> + Send;
+
+    /// The address it listens on.
+    fn local_addr(&self) -> io::Result<SocketAddr>;
+}
+
+impl Listener for TcpListener {
+    type Io = tokio::net::TcpStream;
+
+    async fn accept(&mut self) -> io::Result<(Self::Io, SocketAddr)> {
+        let (tcp, peer) = TcpListener::accept(self).await?;
+        // Small frames in both directions: Nagle's algorithm with delayed
+        // ACKs would add ~40 ms to each handshake step.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+        Ok((tcp, peer))
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        TcpListener::local_addr(self)
+    }
+}
+
+/// How the relay meets the network: whom to believe about client
+/// addresses, TLS, and whether the browser companion page is served.
+#[derive(Debug, Clone)]
+pub struct Network {
+    /// Peers that may vouch for another client address (PROXY protocol or
+    /// `X-Forwarded-For`).
+    pub trusted_proxies: TrustedProxies,
+    /// TLS on every connection (`wss://`, `https://`), if set.
+    pub tls: Option<Tls>,
+    /// Whether `GET /` serves the browser companion page. The page holds a
+    /// device key: the binary serves it only over TLS, on loopback, or
+    /// with `--insecure-http`.
+    pub serve_page: bool,
+}
+
+impl Default for Network {
+    /// No trusted proxy, no TLS, the page served.
+    fn default() -> Self {
+        Network {
+            trusted_proxies: TrustedProxies::none(),
+            tls: None,
+            serve_page: true,
+        }
+    }
+}
+
+/// The accept loop's own state: connections per source, their rate, the
+/// request rate, and the permits of all open connections.
+pub(crate) struct Accept {
+    limits: Limits,
+    trusted: Arc<TrustedProxies>,
+    tls: Option<Tls>,
+    open: Arc<Semaphore>,
+    per_source: Arc<Tally>,
+    per_source_budget: Budget,
+    connect_rate: Option<DefaultKeyedRateLimiter<SourceKey>>,
+    request_rate: Option<DefaultKeyedRateLimiter<SourceKey>>,
+    metrics: Arc<Metrics>,
+}
+
+fn keyed(per_second: u32, burst: u32) -> Option<DefaultKeyedRateLimiter<SourceKey>> {
+    NonZeroU32::new(per_second).map(|rate| {
+        let burst = NonZeroU32::new(burst).unwrap_or(rate);
+        RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
+    })
+}
+
+impl Accept {
+    pub(crate) fn new(limits: &Limits, network: &Network, metrics: Arc<Metrics>) -> Self {
+        Accept {
+            limits: limits.clone(),
+            trusted: Arc::new(network.trusted_proxies.clone()),
+            tls: network.tls.clone(),
+            open: Arc::new(Semaphore::new(limits.max_http_connections.max(1))),
+            per_source: Arc::default(),
+            per_source_budget: Budget::new(
+                u64::MAX,
+                u64::from(limits.max_http_connections_per_address),
+                u64::MAX,
+            ),
+            connect_rate: keyed(
+                limits.connect_rate_per_address,
+                limits.connect_burst_per_address,
+            ),
+            request_rate: keyed(
+                limits.request_rate_per_address,
+                limits.request_burst_per_address,
+            ),
+            metrics,
+        }
+    }
+
+    fn source(&self, ip: IpAddr) -> SourceKey {
+        source_key(ip, self.limits.ipv6_prefix)
+    }
+
+    /// Forgets rate state of sources back at full burst.
+    pub(crate) fn sweep(&self) {
+        for r in [&self.connect_rate, &self.request_rate]
+            .into_iter()
+            .flatten()
+        {
+            r.retain_recent();
+            r.shrink_to_fit();
+        }
+    }
+
+    /// Waits up to `grace` for every connection task to end.
+    pub(crate) async fn drain(&self, grace: Duration) -> bool {
+        let all = u32::try_from(self.limits.max_http_connections.max(1)).unwrap_or(u32::MAX);
+        matches!(
+            tokio::time::timeout(grace, self.open.acquire_many(all)).await,
+            Ok(Ok(_))
+        )
+    }
+}
+
+/// Accepts connections from `listener` until `shutdown`, each served on its
+/// own task; then tells them to finish (HTTP/1.1 graceful shutdown) and
+/// returns. WebSocket sessions live on in their own tasks (the hub drains
+/// them).
+pub(crate) async fn serve<L: Listener>(
+    mut listener: L,
+    router: Router,
+    accept: Arc<Accept>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let (io, peer) = tokio::select! {
+            () = stopped(&mut shutdown) => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors, or a connection reset before it was
+                    // accepted: wait a little rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        tokio::spawn(connection(
+            io,
+            peer.ip(),
+            router.clone(),
+            accept.clone(),
+            shutdown.clone(),
+        ));
+    }
+}
+
+/// One connection, before and through HTTP.
+async fn connection<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    io: I,
+    peer: IpAddr,
+    router: Router,
+    accept: Arc<Accept>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let Ok(_open) = accept.open.clone().try_acquire_owned() else {
+        Metrics::inc(&accept.metrics.http_refused);
+        return;
+    };
+    let trusted = accept.trusted.contains(peer);
+    let wait = accept.limits.header_read_timeout;
+    let (proxied, io) = if trusted {
+        match proxy::read_header(io, wait).await {
+            Ok(read) => read,
+            Err(e) => {
+                Metrics::inc(&accept.metrics.proxy_headers_refused);
+                tracing::debug!(%peer, error = %e, "PROXY header refused");
+                return;
+            }
+        }
+    } else {
+        (None, proxy::Prefixed::new(io))
+    };
+    // Counted by the source it serves: the peer's, or the one a PROXY
+    // header named. A trusted proxy passing X-Forwarded-For carries many
+    // clients on one connection; those are counted per request (and per
+    // session) instead.
+    let counted = (!trusted || proxied.is_some()).then(|| accept.source(proxied.unwrap_or(peer)));
+    let _source_permit = match counted {
+        None => None,
+        Some(source) => {
+            let permit = accept
+                .connect_rate
+                .as_ref()
+                .is_none_or(|r| r.check_key(&source).is_ok())
+                .then(|| accept.per_source.acquire(source, &accept.per_source_budget))
+                .flatten();
+            if permit.is_none() {
+                Metrics::inc(&accept.metrics.connections_refused_address);
+                if accept.tls.is_none() {
+                    refuse(io).await;
+                }
+                return;
+            }
+            permit
+        }
+    };
+    let info = ConnectionInfo {
+        peer,
+        proxied,
+        trusted: accept.trusted.clone(),
+    };
+    match accept.tls.clone() {
+        None => http(io, info, router, accept, shutdown).await,
+        Some(tls) => {
+            let handshake = tls.acceptor().accept(io);
+            match tokio::time::timeout(wait, handshake).await {
+                Ok(Ok(stream)) => http(stream, info, router, accept, shutdown).await,
+                Ok(Err(e)) => {
+                    Metrics::inc(&accept.metrics.tls_failed);
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                }
+                Err(_) => {
+                    Metrics::inc(&accept.metrics.tls_failed);
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                }
+            }
+        }
+    }
+}
+
+/// Answers a plain-HTTP connection refused at accept with a fixed 429
+/// (one bounded write; the request is not read), then closes it.
+async fn refuse<I: AsyncWrite + Unpin>(mut io: I) {
+    use tokio::io::AsyncWriteExt;
+    const ANSWER: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\nconnection: close\r\n\
+        content-type: text/plain\r\ncontent-length: 39\r\n\r\n\
+        too many connections from this address\n";
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        let _ = io.write_all(ANSWER).await;
+        let _ = io.shutdown().await;
+    })
+    .await;
+}
+
+fn too_many_requests() -> Response<Body> {
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        "too many requests from this address\n",
+    )
+        .into_response()
+}
+
+/// HTTP/1.1 on one connection, with upgrades (WebSockets), until it ends or
+/// the relay shuts down.
+async fn http<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    io: I,
+    info: ConnectionInfo,
+    router: Router,
+    accept: Arc<Accept>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let request_timeout = accept.limits.poll_wait + accept.limits.write_timeout;
+    let limits = accept.clone();
+    let service = tower::service_fn(move |mut req: Request<Incoming>| {
+        let (router, info, accept) = (router.clone(), info.clone(), limits.clone());
+        async move {
+            let source = accept.source(info.client(req.headers()));
+            if accept
+                .request_rate
+                .as_ref()
+                .is_some_and(|r| r.check_key(&source).is_err())
+            {
+                Metrics::inc(&accept.metrics.requests_refused_address);
+                return Ok::<_, std::convert::Infallible>(too_many_requests());
+            }
+            req.extensions_mut().insert(info);
+            let answered =
+                tokio::time::timeout(request_timeout, router.oneshot(req.map(Body::new)));
+            Ok(match answered.await {
+                Ok(Ok(response)) => response,
+                Ok(Err(never)) => match never {},
+                Err(_) => StatusCode::REQUEST_TIMEOUT.into_response(),
+            })
+        }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(accept.limits.header_read_timeout)
+        .max_buf_size(64 * 1024)
+        .keep_alive(true);
+    let conn = builder
+        .serve_connection(TokioIo::new(io), TowerToHyperService::new(service))
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        served = conn.as_mut() => {
+            if let Err(e) = served {
+                tracing::debug!(error = %e, "connection ended");
+            }
+        }
+        () = stopped(&mut shutdown) => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(accept.limits.shutdown_grace, conn).await;
+        }
+    }
+}
