@@ -477,3 +477,43 @@ fn main() -> ExitCode {
     drop(runtime);
     code
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Args {
+        Args::parse_from([&["devicelink-relay"], list].concat())
+    }
+
+    #[test]
+    fn the_page_travels_in_clear_on_loopback_only_unless_told() {
+        let serve_page = |a: &[&str]| network(&args(a)).unwrap().serve_page;
+        assert!(serve_page(&[]));
+        assert!(serve_page(&["--listen", "[::1]:8080"]));
+        assert!(!serve_page(&["--listen", "0.0.0.0:8080"]));
+        assert!(!serve_page(&["--listen", "192.0.2.1:443"]));
+        assert!(serve_page(&["--listen", "0.0.0.0:8080", "--insecure-http"]));
+        // Trusted proxies parse as networks or addresses, or refuse.
+        let n = network(&args(&[
+            "--trusted-proxy",
+            "10.0.0.0/8",
+            "--trusted-proxy",
+            "::1",
+        ]))
+        .unwrap();
+        assert!(n.trusted_proxies.contains("10.1.2.3".parse().unwrap()));
+        assert!(n.trusted_proxies.contains("::1".parse().unwrap()));
+        assert!(!n.trusted_proxies.contains("192.0.2.1".parse().unwrap()));
+        assert!(network(&args(&["--trusted-proxy", "nope"])).is_err());
+        // TLS needs both files, and files that exist.
+        assert!(Args::try_parse_from(["devicelink-relay", "--tls-cert", "c.pem"]).is_err());
+        assert!(network(&args(&[
+            "--tls-cert",
+            "/nonexistent/c.pem",
+            "--tls-key",
+            "/nonexistent/k.pem"
+        ]))
+        .is_err());
+    }
+}

@@ -73,6 +73,8 @@ struct Nodes {
     url: String,
     dir: tempfile::TempDir,
     lease_ms: u64,
+    /// More flags for every node.
+    extra: Vec<String>,
     // Last: dropped after the nodes.
     pg: pg::PgServer,
 }
@@ -92,6 +94,11 @@ impl Nodes {
 
     /// `n` nodes whose leases last `lease_ms`.
     fn start_with_lease(pg: pg::PgServer, n: usize, lease_ms: u64) -> Self {
+        Self::start_with_flags(pg, n, lease_ms, &[])
+    }
+
+    /// `n` nodes whose leases last `lease_ms`, with `extra` flags.
+    fn start_with_flags(pg: pg::PgServer, n: usize, lease_ms: u64, extra: &[&str]) -> Self {
         let url = pg.create_database("cluster");
         let dir = tempfile::tempdir().unwrap();
         let clock_file = dir.path().join("clock");
@@ -103,6 +110,7 @@ impl Nodes {
             url,
             dir,
             lease_ms,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
             pg,
         };
         for _ in 0..n {
@@ -126,6 +134,7 @@ impl Nodes {
             .args(["--max-tokens-per-address", "1000000"])
             .args(["--request-rate-per-address", "0"])
             .args(["--new-accounts-per-address-per-hour", "0"])
+            .args(&self.extra)
             .env(
                 "RUST_LOG",
                 std::env::var("DEVICELINK_TEST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -618,5 +627,86 @@ async fn a_restart_of_postgres_mid_run_is_survived_by_every_node() {
             until_heartbeat(&mut before).await,
             SessionStatus::Linked { .. }
         ));
+    }
+}
+
+/// Anyone who can connect to the database can NOTIFY on any channel: a
+/// forged notice makes a node read, never act. And an identified client
+/// that left leaves no presence row once its mailbox time is up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_notifications_change_nothing_and_departed_clients_leave_no_presence() {
+    let Some(pg) = pg::PgServer::start() else {
+        return;
+    };
+    let nodes = Nodes::start_with_flags(pg, 2, 1_500, &["--mailbox-ttl-secs", "1"]);
+    let mut p = primary(&nodes, 0).await;
+    let mut acct = account(&nodes, 3);
+    let mut kept = companion(&nodes, 1, 300, "Kept").await;
+    link(&nodes, &mut p, &mut acct, &mut kept, 301).await;
+    let index = kept.session().unwrap().index();
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let account_hex = hex(&acct.account_id().to_bytes());
+    let client_hex = hex(&kept.secret().client_id().to_bytes());
+    let db = nodes.db();
+    let node1: String = nodes.pg.psql(
+        &db,
+        &format!("SELECT node FROM relay_presence WHERE client = '\\x{client_hex}'"),
+    );
+    let node1 = node1.trim().to_owned();
+    assert!(!node1.is_empty(), "the companion's presence row");
+    // Forged: the old format's logouts, a revocation notice, a sweep
+    // notice, a heartbeat that is no heartbeat, and a "moved elsewhere"
+    // for the companion's client to the node that holds it.
+    for payload in [
+        format!("L99:{account_hex}:{}.2.0", index.0),
+        format!("O99:{account_hex}:{}.4.0", index.0),
+        format!("A99:{account_hex}"),
+        format!("H99:{}", hex(&[7; 185])),
+    ] {
+        nodes.pg.psql(
+            &db,
+            &format!("SELECT pg_notify('devicelink_accounts', '{payload}')"),
+        );
+    }
+    nodes.pg.psql(
+        &db,
+        &format!("SELECT pg_notify('devicelink_node_{node1}', 'x{client_hex}')"),
+    );
+    let got = updates_within(&mut kept, Duration::from_millis(1_000)).await;
+    assert!(
+        !got.iter()
+            .any(|u| matches!(u, CompanionUpdate::Logout { .. })),
+        "{got:?}"
+    );
+    assert!(kept.session().unwrap().is_linked(nodes.now()));
+    // Still connected, still subscribed: a genuine heartbeat arrives.
+    nodes.advance(Duration::from_secs(60));
+    let hb = acct.heartbeat(nodes.now());
+    bounded(p.publish_heartbeat(&hb)).await.unwrap();
+    assert!(matches!(
+        until_heartbeat(&mut kept).await,
+        SessionStatus::Linked { .. }
+    ));
+
+    // The primary's client leaves node 0: its presence row goes once its
+    // mailbox time (1 s here) is up.
+    let primary_rows = |nodes: &Nodes| -> usize {
+        nodes
+            .pg
+            .psql(&nodes.db(), "SELECT count(*) FROM relay_presence")
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(primary_rows(&nodes), 2);
+    p.close().await;
+    let start = Instant::now();
+    while primary_rows(&nodes) != 1 {
+        assert!(
+            start.elapsed() < STEP,
+            "presence row kept\n{}",
+            nodes.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

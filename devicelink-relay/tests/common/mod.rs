@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use devicelink::{Account, Companion, DeviceIdentity, DeviceLabel, Policy, Timestamp};
 use devicelink_relay::client::{ClientError, CompanionClient, LinkOutcome, PrimaryClient};
-use devicelink_relay::server::{Drained, Limits, ManualClock, Metrics, Relay};
+use devicelink_relay::server::{Drained, Limits, ManualClock, Metrics, Network, Relay};
 use devicelink_relay::{MemoryStore, Store};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
@@ -65,13 +65,29 @@ pub async fn start_with<S: Store + 'static>(
     limits: Limits,
     at: Timestamp,
 ) -> TestRelay {
+    start_networked(store, listener, limits, at, Network::default()).await
+}
+
+/// A relay on 127.0.0.1 (port 0) with `network`'s proxies and TLS.
+pub async fn start_network(limits: Limits, network: Network) -> TestRelay {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    start_networked(MemoryStore::new(), listener, limits, T0, network).await
+}
+
+pub async fn start_networked<S: Store + 'static>(
+    store: S,
+    listener: TcpListener,
+    limits: Limits,
+    at: Timestamp,
+    network: Network,
+) -> TestRelay {
     let clock = Arc::new(ManualClock::new(at));
     let relay = Relay::new(store, &Policy::default(), limits, clock.clone()).unwrap();
     let addr = listener.local_addr().unwrap();
     let metrics = relay.metrics();
     let inspector = relay.inspector();
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(relay.serve(listener, async move {
+    let task = tokio::spawn(relay.serve_with(listener, network, async move {
         let _ = stopped.await;
     }));
     TestRelay {
