@@ -51,6 +51,8 @@ pub mod code_frame;
 pub mod codes;
 pub mod frame;
 pub mod identity;
+#[cfg(feature = "proxy-protocol")]
+pub mod proxy_header;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod store;

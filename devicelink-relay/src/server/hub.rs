@@ -397,9 +397,12 @@ impl<S: Store + 'static> Hub<S> {
             .unwrap_or_default()
     }
 
-    /// Runs `f` (which calls the store) on the blocking pool, timing it;
-    /// on this task if the store never blocks ([`Store::may_block`]).
-    /// `None` if the blocking task failed.
+    /// Runs `f` (a decision that calls the store) where the store says
+    /// ([`Store::offload`]: the SQLite writer thread, inside its next
+    /// batch), else on tokio's blocking pool, else (a store that never
+    /// waits) on this task; times it, and resolves once its writes are
+    /// durable. `None` if they are not (a failed commit) or the work was
+    /// lost (a stopped writer, a failed task): nothing happened.
     pub(crate) async fn blocking<T: Send + 'static>(
         self: &Arc<Self>,
         f: impl FnOnce(&Hub<S>) -> T + Send + 'static,
@@ -410,21 +413,24 @@ impl<S: Store + 'static> Hub<S> {
             self.metrics.store_call(start.elapsed());
             return Some(out);
         }
+        let (tx, rx) = tokio::sync::oneshot::channel();
         let hub = self.clone();
-        let joined = tokio::task::spawn_blocking(move || {
+        let work: crate::store::Offload = Box::new(move || {
             let start = Instant::now();
             let out = f(&hub);
             hub.metrics.store_call(start.elapsed());
-            out
-        })
-        .await;
-        match joined {
-            Ok(out) => Some(out),
-            Err(e) => {
+            Box::new(move |committed| {
+                let _ = tx.send(committed.then_some(out));
+            })
+        });
+        if let Err(work) = self.ledger.store().offload(work) {
+            let done = tokio::task::spawn_blocking(move || work()(true)).await;
+            if let Err(e) = done {
                 tracing::error!(error = %e, "a store call failed");
-                None
+                return None;
             }
         }
+        rx.await.ok().flatten()
     }
 
     pub(crate) fn connect(&self, client: ClientId, peer: Peer) {

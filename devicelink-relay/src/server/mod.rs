@@ -82,9 +82,6 @@ pub use clock::{Clock, ManualClock, SystemClock};
 #[cfg(feature = "postgres")]
 pub use cluster::{Cluster, ClusterOptions};
 pub use metrics::Metrics;
-pub use proxy::{
-    parse as parse_proxy_header, Parsed as ProxyHeader, MAX_HEADER as MAX_PROXY_HEADER,
-};
 pub use tls::{Tls, TlsError};
 
 use crate::store::{AccountDirectory, Store, StoreError};

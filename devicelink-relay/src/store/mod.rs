@@ -130,14 +130,30 @@ pub trait Store: TokenStore + Clone {
     fn due_accounts(&self, before: Timestamp, limit: usize) -> Result<Vec<AccountId>, StoreError>;
 
     /// Whether a call may wait for I/O (a disk, a commit, a network). The
-    /// server makes such a store's calls on tokio's blocking pool; a store
-    /// whose calls never wait ([`MemoryStore`]: a lock and a map) is called
-    /// on the connection's own task, which spares each call two thread
-    /// switches. `true` unless a store says otherwise.
+    /// server makes such a store's calls elsewhere ([`Store::offload`], or
+    /// tokio's blocking pool); a store whose calls never wait
+    /// ([`MemoryStore`]: a lock and a map) is called on the connection's own
+    /// task, which spares each call two thread switches. `true` unless a
+    /// store says otherwise.
     fn may_block(&self) -> bool {
         true
     }
+
+    /// Takes `work` (a decision that calls this store: the core's ledger or
+    /// directory and the writes it makes) to run where its writes are
+    /// cheapest, and calls the reply `work` returns once they are durable
+    /// (`true`) or failed (`false`). The SQLite store runs it on its writer
+    /// thread inside the next batch. A store without such a place hands the
+    /// work back (`Err`, the default): the server runs it on tokio's
+    /// blocking pool, where every call is durable when it returns.
+    fn offload(&self, work: Offload) -> Result<(), Offload> {
+        Err(work)
+    }
 }
+
+/// Work for [`Store::offload`]: run it, then call what it returns with
+/// whether its writes were committed.
+pub type Offload = Box<dyn FnOnce() -> Box<dyn FnOnce(bool) + Send> + Send>;
 
 /// The refusal a database's conditional write stands for when it changed
 /// no row, named by the core's rule ([`devicelink::relay::TokenRecord`]'s

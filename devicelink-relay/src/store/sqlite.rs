@@ -14,6 +14,13 @@
 //!   batch: while one commit syncs, new writes queue, and the next batch
 //!   takes them all (group commit), so one `fsync` serves many callers under
 //!   load and a lone caller pays one commit.
+//! - **Work on the writer thread** ([`Store::offload`]): the relay hands a
+//!   whole decision (the core's ledger or directory call and the writes it
+//!   makes) to the writer thread, which runs it inside the open batch: its
+//!   writes and reads go straight to the writer's connection (each write in
+//!   its own savepoint, as above; reads see the batch's writes), and its
+//!   answer is handed back once the batch is committed. The connection's
+//!   task awaits it without a hop through tokio's blocking pool.
 //! - **Durability.** `journal_mode = WAL` and `synchronous = FULL`: each
 //!   commit syncs the WAL before it returns, so an acknowledged write
 //!   survives a process kill *and* a power loss (`NORMAL` would survive the
@@ -36,6 +43,7 @@
 //! above `i64::MAX` (a time past the year 292 million) is refused as
 //! [`StoreError::OutOfRange`] / `LedgerError::Store`, never wrapped.
 
+use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
@@ -50,7 +58,32 @@ use devicelink::relay::{
 use devicelink::{AccountId, DeviceIndex, DeviceKey, Timestamp, TokenId};
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 
-use super::{refusal, AccountRecord, Store, StoreError};
+use super::{refusal, AccountRecord, Offload, Store, StoreError};
+
+/// Store identities, for the writer thread's connection ([`WRITER`]).
+static STORE_IDS: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// On a store's writer thread: its store's identity and the write
+    /// connection. Offloaded work running there reaches it through here.
+    static WRITER: RefCell<Option<(u64, Connection)>> = const { RefCell::new(None) };
+    /// Set when a write inside offloaded work left the batch's transaction
+    /// unsound (a savepoint that did not roll back).
+    static UNSOUND: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` on this thread's write connection if this is the writer thread
+/// of store `id` (offloaded work); `None` anywhere else.
+fn on_writer<T>(id: u64, f: impl FnOnce(&Connection) -> T) -> Option<T> {
+    WRITER.with(|w| match &*w.borrow() {
+        Some((held, conn)) if *held == id => Some(f(conn)),
+        _ => None,
+    })
+}
+
+fn is_writer(id: u64) -> bool {
+    WRITER.with(|w| matches!(&*w.borrow(), Some((held, _)) if *held == id))
+}
 
 /// Most writes committed in one transaction.
 pub const MAX_BATCH: usize = 512;
@@ -259,6 +292,7 @@ struct Counters {
 }
 
 struct Inner {
+    id: u64,
     path: PathBuf,
     writer: Option<Sender<Job>>,
     thread: Option<JoinHandle<()>>,
@@ -358,12 +392,14 @@ impl SqliteStore {
         let (tx, rx) = mpsc::channel();
         let counters = Arc::new(Counters::default());
         let c = Arc::clone(&counters);
+        let id = STORE_IDS.fetch_add(1, Ordering::Relaxed);
         let thread = std::thread::Builder::new()
             .name("devicelink-sqlite-writer".into())
-            .spawn(move || run_writer(conn, rx, &c))
+            .spawn(move || run_writer(id, conn, rx, &c))
             .map_err(unavailable)?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
+                id,
                 path,
                 writer: Some(tx),
                 thread: Some(thread),
@@ -413,6 +449,13 @@ impl SqliteStore {
 
     /// Runs a read on a pooled reader connection (the last committed state).
     fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        // Offloaded work reads on the writer's connection: it sees the
+        // batch's writes (a compare-and-set after a write of this batch).
+        if is_writer(self.inner.id) {
+            return on_writer(self.inner.id, f)
+                .unwrap_or(Err(rusqlite::Error::InvalidQuery))
+                .map_err(unavailable);
+        }
         let conn = self.reader().map_err(unavailable)?;
         let out = f(&conn).map_err(unavailable);
         let mut idle = self.inner.readers.lock().unwrap_or_else(|e| e.into_inner());
@@ -431,6 +474,18 @@ impl SqliteStore {
         T: Send + 'static,
         E: Send + 'static,
     {
+        // Offloaded work: straight into the open batch, in a savepoint;
+        // its caller is answered after the batch's commit.
+        if is_writer(self.inner.id) {
+            let (result, sound) = on_writer(self.inner.id, |c| in_savepoint(c, op)).unwrap_or((
+                Err(Fail::Unavailable("writer connection gone".into())),
+                false,
+            ));
+            if !sound {
+                UNSOUND.with(|u| u.set(true));
+            }
+            return result;
+        }
         let (tx, rx): (SyncSender<Result<T, Fail<E>>>, _) = mpsc::sync_channel(1);
         let job: Job = Box::new(move |conn| {
             let (result, sound) = match conn {
@@ -506,7 +561,21 @@ fn begin(conn: &Connection) -> rusqlite::Result<()> {
     }
 }
 
-fn run_writer(conn: Connection, rx: Receiver<Job>, counters: &Counters) {
+fn run_writer(id: u64, conn: Connection, rx: Receiver<Job>, counters: &Counters) {
+    WRITER.with(|w| *w.borrow_mut() = Some((id, conn)));
+    // The connection lives in WRITER for the thread's life (offloaded work
+    // reaches it there); each batch borrows it.
+    let batch = |jobs: Vec<Job>| {
+        WRITER.with(|w| match &*w.borrow() {
+            Some((_, conn)) => run_batch(conn, jobs, counters),
+            None => {
+                for job in jobs {
+                    let (reply, _) = job(None);
+                    reply(false);
+                }
+            }
+        })
+    };
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
@@ -515,35 +584,42 @@ fn run_writer(conn: Connection, rx: Receiver<Job>, counters: &Counters) {
                 Err(_) => break,
             }
         }
-        let n = jobs.len();
-        if let Err(e) = begin(&conn) {
-            tracing::error!(error = %e, writes = n, "cannot begin a write transaction");
-            for job in jobs {
-                let (reply, _) = job(None);
-                reply(false);
-            }
-            continue;
-        }
-        let mut sound = true;
-        let mut replies = Vec::with_capacity(n);
+        batch(jobs);
+    }
+    // Closes the connection (the last handle dropped the channel).
+    WRITER.with(|w| w.borrow_mut().take());
+}
+
+/// One batch: `BEGIN IMMEDIATE`, every job, `COMMIT`, then every reply.
+fn run_batch(conn: &Connection, jobs: Vec<Job>, counters: &Counters) {
+    let n = jobs.len();
+    if let Err(e) = begin(conn) {
+        tracing::error!(error = %e, writes = n, "cannot begin a write transaction");
         for job in jobs {
-            let (reply, ok) = job(Some(&conn));
-            sound &= ok;
-            replies.push(reply);
+            let (reply, _) = job(None);
+            reply(false);
         }
-        let committed = sound && cached(&conn, "COMMIT").is_ok();
-        if !committed {
-            tracing::error!(writes = n, "write batch not committed; rolled back");
-            let _ = conn.execute_batch("ROLLBACK");
-        } else {
-            counters.commits.fetch_add(1, Ordering::Relaxed);
-            counters
-                .writes
-                .fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
-        }
-        for reply in replies {
-            reply(committed);
-        }
+        return;
+    }
+    let mut sound = true;
+    let mut replies = Vec::with_capacity(n);
+    for job in jobs {
+        let (reply, ok) = job(Some(conn));
+        sound &= ok;
+        replies.push(reply);
+    }
+    let committed = sound && cached(conn, "COMMIT").is_ok();
+    if !committed {
+        tracing::error!(writes = n, "write batch not committed; rolled back");
+        let _ = conn.execute_batch("ROLLBACK");
+    } else {
+        counters.commits.fetch_add(1, Ordering::Relaxed);
+        counters
+            .writes
+            .fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+    for reply in replies {
+        reply(committed);
     }
 }
 
@@ -874,6 +950,32 @@ fn out_of_range(what: &'static str) -> impl Fn(Fail<StoreError>) -> Fail<StoreEr
 }
 
 impl Store for SqliteStore {
+    /// Runs `work` on the writer thread inside the next batch; its reply is
+    /// called once the batch is committed (`true`) or not. A batch that
+    /// cannot begin does not run it, and drops its reply (its caller hears
+    /// that nothing happened).
+    fn offload(&self, work: Offload) -> Result<(), Offload> {
+        let Some(sender) = self.inner.writer.as_ref() else {
+            return Err(work);
+        };
+        let job: Job = Box::new(move |conn| {
+            if conn.is_none() {
+                return (Box::new(|_| {}) as Reply, true);
+            }
+            UNSOUND.with(|u| u.set(false));
+            let reply = work();
+            let sound = !UNSOUND.with(|u| u.replace(false));
+            (reply, sound)
+        });
+        // A stopped writer: the work (inside the job) is dropped unrun, and
+        // a stand-in that does nothing goes back; the caller hears that
+        // nothing happened.
+        sender.send(job).map_err(|_| {
+            tracing::error!("the SQLite writer stopped");
+            Box::new(|| Box::new(|_: bool| {}) as Box<dyn FnOnce(bool) + Send>) as Offload
+        })
+    }
+
     fn account(&self, account: &AccountId) -> Result<Option<AccountRecord>, StoreError> {
         let found = self.read(|c| {
             c.prepare_cached("SELECT revision, facts, list FROM accounts WHERE account = ?1")?
@@ -973,6 +1075,52 @@ mod tests {
             assert!(file.starts_with(&format!("{version:04}_")), "{file}");
         }
         assert_eq!(MIGRATIONS.last().map(|m| m.0), Some(SCHEMA_VERSION));
+    }
+
+    #[test]
+    fn offloaded_work_runs_in_the_writers_batch_and_is_answered_after_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path().join("relay.db")).unwrap();
+        let q = Budget::unlimited();
+        let (tx, rx) = mpsc::channel();
+        let mut sent = Vec::new();
+        for n in 0..50u8 {
+            let (store, tx) = (s.clone(), tx.clone());
+            let work: Offload = Box::new(move || {
+                let t = TokenId::from_bytes([n; 16]);
+                let c = ClientId::from(u64::from(n));
+                let at = Timestamp::from_unix_millis(1_000);
+                // A write, a read of it (the batch's own, uncommitted), a
+                // refused decision (rolled back alone), on this thread.
+                let wrote = store.register(t, c, SourceKey::LOCAL, at, q);
+                let seen = store.get(&t).map(|r| r.is_some());
+                let refused = store.register(t, c, SourceKey::LOCAL, at, q);
+                let on_writer = std::thread::current().name() == Some("devicelink-sqlite-writer");
+                Box::new(move |committed| {
+                    let _ = tx.send((committed, wrote, seen, refused, on_writer));
+                })
+            });
+            sent.push(s.offload(work).is_ok());
+        }
+        assert!(sent.iter().all(|ok| *ok));
+        for _ in 0..50 {
+            let (committed, wrote, seen, refused, on_writer) = rx.recv().unwrap();
+            assert!(committed && on_writer);
+            assert_eq!(wrote, Ok(()));
+            assert_eq!(seen, Ok(true));
+            assert_eq!(refused, Err(LedgerError::DuplicateToken));
+        }
+        // One job per work in the writer's counts, batched into fewer
+        // commits as they queued.
+        let w = s.writer_stats();
+        assert_eq!(w.writes, 50, "{w:?}");
+        assert!(w.commits <= 50, "{w:?}");
+        // Durable: read back on a reader connection, from a fresh open.
+        drop(s);
+        let s = SqliteStore::open(dir.path().join("relay.db")).unwrap();
+        for n in 0..50u8 {
+            assert!(s.get(&TokenId::from_bytes([n; 16])).unwrap().is_some());
+        }
     }
 
     #[test]
