@@ -200,12 +200,19 @@ pub enum StoreKind {
     /// `SqliteStore` on a fresh file in a temporary directory
     /// (`synchronous = FULL`, WAL).
     Sqlite,
+    /// The same, with its decisions made on tokio's blocking pool instead
+    /// of its writer thread (`--no-offload`: the relay's write path before
+    /// `Store::offload`, to compare in one run).
+    SqliteBlockingPool,
 }
 
 impl StoreKind {
     /// `--store memory|sqlite` (or `--sqlite`).
     pub fn from_args(args: &Args) -> Self {
-        if args.flag("--sqlite") || args.string("--store").as_deref() == Some("sqlite") {
+        let sqlite = args.flag("--sqlite") || args.string("--store").as_deref() == Some("sqlite");
+        if sqlite && args.flag("--no-offload") {
+            StoreKind::SqliteBlockingPool
+        } else if sqlite {
             StoreKind::Sqlite
         } else {
             StoreKind::Memory
@@ -217,13 +224,106 @@ impl StoreKind {
         match self {
             StoreKind::Memory => "memory",
             StoreKind::Sqlite => "sqlite",
+            StoreKind::SqliteBlockingPool => "sqlite",
         }
     }
 }
 
+/// A store whose decisions the relay makes on tokio's blocking pool (it
+/// offloads nothing): the SQLite store as the relay used it before
+/// `Store::offload`, for a comparison in one run.
+#[derive(Debug, Clone)]
+pub struct BlockingPool<S>(pub S);
+
+impl<S: devicelink::relay::TokenStore> devicelink::relay::TokenStore for BlockingPool<S> {
+    fn register(
+        &self,
+        token: devicelink::TokenId,
+        client: devicelink::relay::ClientId,
+        source: devicelink::relay::SourceKey,
+        expires_at: Timestamp,
+        budget: devicelink::relay::Budget,
+    ) -> Result<(), devicelink::relay::LedgerError> {
+        self.0.register(token, client, source, expires_at, budget)
+    }
+    fn reserve(
+        &self,
+        token: &devicelink::TokenId,
+        by: devicelink::relay::ClientId,
+        hello: &devicelink::relay::HelloDigest,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<devicelink::relay::ClientId, devicelink::relay::LedgerError> {
+        self.0.reserve(token, by, hello, now, until)
+    }
+    fn release(
+        &self,
+        token: &devicelink::TokenId,
+        client: devicelink::relay::ClientId,
+        hello: &devicelink::relay::HelloDigest,
+        now: Timestamp,
+    ) -> Result<(), devicelink::relay::LedgerError> {
+        self.0.release(token, client, hello, now)
+    }
+    fn redeem(
+        &self,
+        token: &devicelink::TokenId,
+        client: devicelink::relay::ClientId,
+        now: Timestamp,
+        keep: Timestamp,
+    ) -> Result<devicelink::relay::ClientId, devicelink::relay::LedgerError> {
+        self.0.redeem(token, client, now, keep)
+    }
+    fn get(
+        &self,
+        token: &devicelink::TokenId,
+    ) -> Result<Option<devicelink::relay::TokenRecord>, devicelink::relay::LedgerError> {
+        self.0.get(token)
+    }
+    fn sweep(&self, now: Timestamp, limit: usize) -> Result<usize, devicelink::relay::LedgerError> {
+        self.0.sweep(now, limit)
+    }
+    fn abandon(
+        &self,
+        client: devicelink::relay::ClientId,
+    ) -> Result<usize, devicelink::relay::LedgerError> {
+        self.0.abandon(client)
+    }
+}
+
+impl<S: devicelink_relay::Store> devicelink_relay::Store for BlockingPool<S> {
+    fn account(
+        &self,
+        account: &devicelink::AccountId,
+    ) -> Result<Option<devicelink_relay::AccountRecord>, devicelink_relay::StoreError> {
+        self.0.account(account)
+    }
+    fn put_account(
+        &self,
+        record: &devicelink_relay::AccountRecord,
+    ) -> Result<bool, devicelink_relay::StoreError> {
+        self.0.put_account(record)
+    }
+    fn delete_account(
+        &self,
+        account: &devicelink::AccountId,
+        revision: u64,
+    ) -> Result<bool, devicelink_relay::StoreError> {
+        self.0.delete_account(account, revision)
+    }
+    fn due_accounts(
+        &self,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<devicelink::AccountId>, devicelink_relay::StoreError> {
+        self.0.due_accounts(before, limit)
+    }
+}
+
 /// Limits for load on loopback: every client comes from 127.0.0.1, so the
-/// per-address limits are off, and the per-connection rate is far above
-/// what a load client sends; everything else is the default.
+/// per-address limits are off, a reused client's tokens are not budgeted,
+/// and the per-connection rate is far above what a load client sends;
+/// everything else is the default.
 pub fn load_limits(args: &Args) -> Limits {
     let defaults = Limits::default();
     Limits {
@@ -237,6 +337,10 @@ pub fn load_limits(args: &Args) -> Limits {
         new_accounts_per_address_per_hour: 0,
         max_code_sessions_per_address: u64::MAX,
         max_tokens_per_address: u64::MAX,
+        // A reused connection registers a token per pairing, and each
+        // redeemed one stays a tombstone for its session window.
+        max_tokens_per_client: u64::MAX,
+        max_tokens: 100_000_000,
         idle_timeout: Duration::from_secs(args.get("--idle-timeout-secs", 60)),
         websocket_read_buffer: args.get("--ws-read-buffer", defaults.websocket_read_buffer),
         ..defaults
@@ -335,6 +439,17 @@ impl Hosted {
                     tokio::spawn(relay.serve(listener, shutdown)),
                 )
             }
+            StoreKind::SqliteBlockingPool => {
+                let dir = tempfile::tempdir()?;
+                let db = SqliteStore::open(dir.path().join("relay.db"))?;
+                let store = BlockingPool(db.clone());
+                let relay = Relay::new(store, &Policy::default(), limits, clock)?;
+                (
+                    relay.metrics(),
+                    Some((db, dir)),
+                    tokio::spawn(relay.serve(listener, shutdown)),
+                )
+            }
         };
         Ok(Hosted {
             base: format!("ws://{addr}"),
@@ -367,6 +482,7 @@ impl Hosted {
         cmd.arg("--serve")
             .arg("--store")
             .arg(store.name())
+            .args((store == StoreKind::SqliteBlockingPool).then_some("--no-offload"))
             .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -525,10 +525,13 @@ impl<S: Store + 'static, W: Wire> Connection<S, W> {
                         .await;
                 }
                 let owned = bytes.clone();
-                let r = self
-                    .hub
-                    .blocking(move |h| h.ledger.route(&owned[1..], client, now))
-                    .await;
+                let route = move |h: &Hub<S>| h.ledger.route(&owned[1..], client, now);
+                // A Hello reserves and a Request redeems (writes); a Grant,
+                // Refusal or Confirm only reads its token.
+                let r = match header.kind {
+                    MessageKind::Hello | MessageKind::Request => self.hub.blocking(route).await,
+                    _ => self.hub.reading(route).await,
+                };
                 let routed = match r {
                     Some(Ok(routed)) => routed,
                     Some(Err(e)) => return self.refuse(Refusal::core(e.kind(), e)).await,
@@ -612,7 +615,7 @@ impl<S: Store + 'static, W: Wire> Connection<S, W> {
                 // companion catches up on what it missed while away).
                 let r = self
                     .hub
-                    .blocking(move |h| {
+                    .reading(move |h| {
                         let key = h
                             .directory
                             .linked_device(&account, index, now)

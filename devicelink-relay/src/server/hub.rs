@@ -433,6 +433,22 @@ impl<S: Store + 'static> Hub<S> {
         rx.await.ok().flatten()
     }
 
+    /// Runs `f`, which only reads the store, on this task if the store's
+    /// reads never wait ([`Store::reads_may_block`]), else as
+    /// [`Hub::blocking`] does.
+    pub(crate) async fn reading<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Hub<S>) -> T + Send + 'static,
+    ) -> Option<T> {
+        if self.ledger.store().reads_may_block() {
+            return self.blocking(f).await;
+        }
+        let start = Instant::now();
+        let out = f(self);
+        self.metrics.store_call(start.elapsed());
+        Some(out)
+    }
+
     pub(crate) fn connect(&self, client: ClientId, peer: Peer) {
         lock(&self.clients).insert(client, peer);
     }

@@ -139,6 +139,13 @@ pub trait Store: TokenStore + Clone {
         true
     }
 
+    /// Whether a read may wait (for a lock, a network). `may_block` unless
+    /// a store says otherwise: the SQLite store's readers never wait for its
+    /// writer (WAL), so the server reads it on the connection's own task.
+    fn reads_may_block(&self) -> bool {
+        self.may_block()
+    }
+
     /// Takes `work` (a decision that calls this store: the core's ledger or
     /// directory and the writes it makes) to run where its writes are
     /// cheapest, and calls the reply `work` returns once they are durable

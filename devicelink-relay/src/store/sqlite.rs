@@ -950,6 +950,12 @@ fn out_of_range(what: &'static str) -> impl Fn(Fail<StoreError>) -> Fail<StoreEr
 }
 
 impl Store for SqliteStore {
+    /// WAL: a reader reads the last committed snapshot and never waits for
+    /// the writer (nor the writer for it).
+    fn reads_may_block(&self) -> bool {
+        false
+    }
+
     /// Runs `work` on the writer thread inside the next batch; its reply is
     /// called once the batch is committed (`true`) or not. A batch that
     /// cannot begin does not run it, and drops its reply (its caller hears
