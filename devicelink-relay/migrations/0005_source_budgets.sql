@@ -10,8 +10,8 @@ CREATE TABLE sources (id BLOB PRIMARY KEY, live INTEGER NOT NULL) WITHOUT ROWID;
 DELETE FROM clients;
 INSERT INTO clients (id, live) SELECT client, count(*) FROM tokens GROUP BY client;
 INSERT INTO sources (id, live) SELECT source, count(*) FROM tokens GROUP BY source;
--- Every account is due once its primary was inactive for the offline limit
--- (its companions are logged out, and an account left with none is
--- forgotten), so active_since is every row's last activity: the relay's
--- data step (store/sqlite.rs, `fill_active_since`) fills the rows of
--- accounts that had no companion.
+-- An account is due once its primary was inactive for the offline limit if
+-- it has companions (they are logged out) or never had one (it is
+-- forgotten), so active_since is those rows' last activity: the relay's data
+-- step (store/sqlite.rs, `fill_active_since`) fills the rows of accounts
+-- that never had a companion.

@@ -7,15 +7,15 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 
-use devicelink::certificate::{DeviceListDraft, DeviceListEntry};
+use devicelink::certificate::DeviceListDraft;
 use devicelink::relay::{
-    Budget, BudgetScope, ClientId, Directory, HelloDigest, LedgerError, ListApplied, SourceKey,
-    TokenRecord, TokenState, TokenStore,
+    Budget, BudgetScope, ClientId, HelloDigest, LedgerError, ListApplied, SourceKey, TokenRecord,
+    TokenState, TokenStore,
 };
 use devicelink::time::days;
 use devicelink::{
-    AccountKey, DeviceIdentity, DeviceIndex, DeviceKey, DeviceLabel, DirectoryError, LogoutReason,
-    Policy, PrimaryHeartbeat, SignedDeviceList, Timestamp,
+    AccountKey, DeviceIdentity, DeviceIndex, DirectoryError, LogoutReason, Policy,
+    PrimaryHeartbeat, SignedDeviceList, Timestamp,
 };
 use devicelink_relay::store::AccountDirectoryError;
 use devicelink_relay::{AccountDirectory, AccountRecord, MemoryStore, PgStore, SqliteStore, Store};
@@ -26,7 +26,7 @@ use rand_chacha::ChaCha20Rng;
 mod pg;
 mod store_ops;
 
-use store_ops::{apply, op, t, tok};
+use store_ops::{apply, emptied, entry, op, record, t, tok};
 
 const C: ClientId = ClientId::from_bytes([0xc; 16]);
 const P: ClientId = ClientId::from_bytes([0xa; 16]);
@@ -340,33 +340,6 @@ fn racing_threads<S: Store + 'static>(s: S) {
     }
 }
 
-fn entry(index: u32, device: DeviceKey) -> DeviceListEntry {
-    DeviceListEntry::new(
-        DeviceIndex(index),
-        device,
-        DeviceLabel::new("laptop").unwrap(),
-        t(0),
-    )
-}
-
-/// A record of a fresh account (key seeded by `seed`) with `devices`
-/// companions, its list signed at `activity`.
-fn record(seed: u64, devices: u32, activity: u64, revision: u64) -> AccountRecord {
-    let mut rng = ChaCha20Rng::seed_from_u64(seed);
-    let key = AccountKey::generate(&mut rng);
-    let entries = (1..=devices)
-        .map(|i| entry(i, DeviceIdentity::generate(&mut rng).device_key()))
-        .collect();
-    let list = SignedDeviceList::sign(&key, &DeviceListDraft::new(1, entries), t(activity));
-    let mut d = Directory::new(&Policy::default());
-    d.apply_device_list(&list, t(activity)).unwrap();
-    AccountRecord {
-        facts: d.facts(&key.account_id()).unwrap(),
-        list: list.to_bytes(),
-        revision,
-    }
-}
-
 fn account_writes_are_compare_and_set<S: Store + 'static>(s: &S) {
     let a = record(1, 2, 50, 1);
     let id = a.account();
@@ -463,6 +436,26 @@ fn due_accounts_follow_the_index<S: Store>(s: &S) {
     );
     // Written again from revision 1, as a new account.
     assert_eq!(s.put_account(&b), Ok(true));
+    // Nothing is due for an account whose companions were all removed, or
+    // one that expired: however many there are, they never stand before
+    // the due ones in the sweep's batch.
+    let before = s.due_accounts(Timestamp::MAX, 10).unwrap();
+    for (seed, sweep) in [(14, false), (15, true)] {
+        let r = emptied(seed, sweep);
+        assert_eq!(r.active_since(), None);
+        assert_eq!(s.put_account(&r), Ok(true));
+    }
+    assert_eq!(s.due_accounts(Timestamp::MAX, 10), Ok(before));
+    // A newer list with a companion makes it due again.
+    let revived = AccountRecord {
+        revision: 2,
+        ..record(14, 1, 100, 1)
+    };
+    assert_eq!(s.put_account(&revived), Ok(true));
+    assert!(s
+        .due_accounts(Timestamp::MAX, 10)
+        .unwrap()
+        .contains(&revived.account()));
 }
 
 /// The core's directory decides; the store remembers: two directories
@@ -571,6 +564,8 @@ fn directory_decides_store_remembers<S: Store>(s: &S) {
         (DeviceIndex(1), LogoutReason::PrimaryOffline)
     );
     assert_eq!(other.sweep(day(21), 10), Ok(vec![]));
+    // Expired, the account is no longer due (until a newer list).
+    assert_eq!(s.due_accounts(Timestamp::MAX, 10), Ok(vec![]));
     assert_eq!(
         s.account(&account)
             .unwrap()

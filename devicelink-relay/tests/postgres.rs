@@ -19,7 +19,7 @@ use proptest::prelude::*;
 mod pg;
 mod store_ops;
 
-use store_ops::{apply, op, t, tok};
+use store_ops::{apply, emptied, op, record, t, tok};
 
 const C: ClientId = ClientId::from_bytes([0xc; 16]);
 const P: ClientId = ClientId::from_bytes([0xa; 16]);
@@ -89,6 +89,52 @@ fn nodes_starting_together_migrate_exactly_once() {
     );
 }
 
+/// Migration 0003's data step: of the rows 0001 left NULL (no companion),
+/// those of accounts that never had one become due; expired accounts and
+/// accounts whose companions were all removed stay out of the index.
+#[test]
+fn migration_3_indexes_only_what_the_sweep_must_do() {
+    let Some(server) = pg::PgServer::start() else {
+        return;
+    };
+    let url = server.create_database("fill");
+    let db = url.rsplit('/').next().unwrap().to_string();
+    let linked = record(21, 2, 30, 1);
+    let never = record(22, 0, 10, 1);
+    let (removed, expired) = (emptied(23, false), emptied(24, true));
+    {
+        let s = PgStore::connect(&url).unwrap();
+        for r in [&linked, &never, &removed, &expired] {
+            assert_eq!(s.put_account(r), Ok(true));
+        }
+    }
+    // Back to schema 2, as 0001 wrote accounts: NULL without a companion.
+    server.psql(
+        &db,
+        &format!(
+            "DROP TABLE sources; DROP INDEX tokens_client; ALTER TABLE tokens DROP COLUMN source;
+             DELETE FROM schema_migrations WHERE version = 3;
+             UPDATE accounts SET active_since = NULL WHERE account <> '\\x{}'",
+            hex(&linked.account().to_bytes())
+        ),
+    );
+    assert_eq!(
+        server
+            .psql(
+                &db,
+                "SELECT count(*) FROM accounts WHERE active_since IS NULL"
+            )
+            .trim(),
+        "3"
+    );
+    let s = PgStore::connect(&url).unwrap();
+    assert_eq!(s.schema_version(), Ok(PG_SCHEMA_VERSION));
+    assert_eq!(
+        s.due_accounts(Timestamp::MAX, 10),
+        Ok(vec![never.account(), linked.account()])
+    );
+}
+
 #[test]
 fn corrupt_rows_are_typed_errors_never_panics() {
     let Some(server) = pg::PgServer::start() else {
@@ -125,7 +171,7 @@ fn corrupt_rows_are_typed_errors_never_panics() {
         Err(LedgerError::Store(_))
     ));
 
-    let rec = record(5, 20);
+    let rec = record(5, 1, 20, 1);
     assert_eq!(s.put_account(&rec), Ok(true));
     assert_eq!(s.account(&rec.account()), Ok(Some(rec.clone())));
     assert_eq!(s.due_accounts(t(20), 10), Ok(vec![rec.account()]));
@@ -156,33 +202,6 @@ fn corrupt_rows_are_typed_errors_never_panics() {
         s.register(tok(9), C, SourceKey::LOCAL, Timestamp::MAX, Q),
         Err(LedgerError::Store(_))
     ));
-}
-
-/// An account with one linked device whose primary was last active at
-/// `activity`.
-fn record(seed: u64, activity: u64) -> AccountRecord {
-    use devicelink::certificate::{DeviceListDraft, DeviceListEntry};
-    use devicelink::relay::Directory;
-    use devicelink::{
-        AccountKey, DeviceIdentity, DeviceIndex, DeviceLabel, Policy, SignedDeviceList,
-    };
-    use rand_chacha::rand_core::SeedableRng;
-    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
-    let key = AccountKey::generate(&mut rng);
-    let entry = DeviceListEntry::new(
-        DeviceIndex(1),
-        DeviceIdentity::generate(&mut rng).device_key(),
-        DeviceLabel::new("laptop").unwrap(),
-        t(activity),
-    );
-    let list = SignedDeviceList::sign(&key, &DeviceListDraft::new(1, vec![entry]), t(activity));
-    let mut d = Directory::new(&Policy::default());
-    d.apply_device_list(&list, t(activity)).unwrap();
-    AccountRecord {
-        facts: d.facts(&key.account_id()).unwrap(),
-        list: list.to_bytes(),
-        revision: 1,
-    }
 }
 
 fn hex(b: &[u8]) -> String {
@@ -241,7 +260,7 @@ fn a_restart_of_postgres_is_survived_by_the_same_store() {
             Err(StoreError::Unavailable(_))
         ));
         assert!(matches!(
-            s.put_account(&record(9, 5)),
+            s.put_account(&record(9, 1, 5, 1)),
             Err(StoreError::Unavailable(_))
         ));
     }

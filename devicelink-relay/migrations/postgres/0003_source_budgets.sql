@@ -12,10 +12,13 @@ CREATE INDEX sources_idle ON sources (id) WHERE live = 0;
 DELETE FROM clients;
 INSERT INTO clients (id, live) SELECT client, count(*) FROM tokens GROUP BY client;
 INSERT INTO sources (id, live) SELECT source, count(*) FROM tokens GROUP BY source;
--- Every account is due once its primary was inactive for the offline limit
--- (its companions are logged out; an account left with none is forgotten):
--- active_since is every row's last activity, the big-endian u64 at byte 57
--- of its facts (devicelink::relay::AccountFacts).
+-- An account is due once its primary was inactive for the offline limit if
+-- it has companions (they are logged out) or never had one (it is
+-- forgotten): active_since is those rows' last activity, the big-endian u64
+-- at byte 57 of its facts (devicelink::relay::AccountFacts). A row left
+-- NULL by 0001 has no companion; it never had one if its flags (byte 69)
+-- say neither expired nor linked once and its floor (bytes 65-68) is 0.
 UPDATE accounts
    SET active_since = ('x' || encode(substring(facts FROM 58 FOR 8), 'hex'))::bit(64)::bigint
- WHERE active_since IS NULL;
+ WHERE active_since IS NULL AND get_byte(facts, 69) & 6 = 0
+   AND substring(facts FROM 66 FOR 4) = '\x00000000'::bytea;

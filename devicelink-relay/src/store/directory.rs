@@ -201,6 +201,20 @@ impl<S: Store> AccountDirectory<S> {
         let before = now.saturating_sub(self.policy.primary_offline_limit());
         let mut out = Vec::new();
         for account in self.store.due_accounts(before, limit)? {
+            // An account no list of which named a companion is forgotten
+            // (a compare-and-delete: one another writer changed since is
+            // no longer, or not yet, due, and is decided next time).
+            if let Some(held) = self.store.account(&account)? {
+                let forget = self
+                    .load(Some(&held))
+                    .is_ok_and(|d| d.is_forgettable(&account, now));
+                if forget {
+                    if !self.store.delete_account(&account, held.revision)? {
+                        tracing::debug!(account = %account.fingerprint(), "account changed before it was forgotten");
+                    }
+                    continue;
+                }
+            }
             let r = self.decide(&account, |d, held| {
                 let logouts = d.sweep(now);
                 // An account left with no companion keeps its facts (its
@@ -212,8 +226,10 @@ impl<S: Store> AccountDirectory<S> {
                         h.list.clone()
                     }
                 };
+                // Expired, the record leaves the due index
+                // (`AccountRecord::active_since`).
                 let write = match (held, d.facts(&account)) {
-                    (Some(h), Some(f)) if !logouts.is_empty() => Some((f, list(h))),
+                    (Some(h), Some(f)) if !logouts.is_empty() || f != h.facts => Some((f, list(h))),
                     _ => None,
                 };
                 Decision {
@@ -225,16 +241,6 @@ impl<S: Store> AccountDirectory<S> {
                 Ok(logouts) => out.extend(logouts),
                 Err(AccountDirectoryError::Store(e)) => return Err(e),
                 Err(e) => tracing::warn!(error = %e, "sweep skipped an account"),
-            }
-            if let Some(held) = self.store.account(&account)? {
-                let forget = self
-                    .load(Some(&held))
-                    .is_ok_and(|d| d.is_forgettable(&account, now));
-                // A lost compare-and-delete: another writer changed it,
-                // and it is no longer (or not yet) due.
-                if forget && !self.store.delete_account(&account, held.revision)? {
-                    tracing::debug!(account = %account.fingerprint(), "account changed before it was forgotten");
-                }
             }
         }
         Ok(out)

@@ -127,11 +127,15 @@ impl Store for MemoryStore {
         match held {
             None if expected == 0 => {}
             Some((rev, active)) if rev == expected => {
-                g.active.remove(&(active, account));
+                if let Some(at) = active {
+                    g.active.remove(&(at, account));
+                }
             }
             _ => return Ok(false),
         }
-        g.active.insert((record.active_since(), account));
+        if let Some(at) = record.active_since() {
+            g.active.insert((at, account));
+        }
         g.records.insert(account, record.clone());
         Ok(true)
     }
@@ -144,7 +148,9 @@ impl Store for MemoryStore {
             .map(|r| (r.revision, r.active_since()));
         match held {
             Some((rev, active)) if rev == revision => {
-                g.active.remove(&(active, *account));
+                if let Some(at) = active {
+                    g.active.remove(&(at, *account));
+                }
                 g.records.remove(account);
                 Ok(true)
             }

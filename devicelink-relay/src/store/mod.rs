@@ -78,13 +78,23 @@ impl AccountRecord {
         self.facts.account()
     }
 
-    /// The primary's last activity, what the store indexes for
-    /// [`Store::due_accounts`]: every account is due once its primary was
-    /// inactive for the offline limit, whether companions are linked (the
-    /// sweep logs them out) or none is (the sweep forgets the account).
-    pub fn active_since(&self) -> Timestamp {
-        self.facts.last_activity()
+    /// What the store indexes for [`Store::due_accounts`]: the primary's
+    /// last activity while the sweep has something to do for the account
+    /// once its primary was inactive for the offline limit: log out its
+    /// companions, or forget an account that never had one. `None`
+    /// otherwise (an expired account, one whose companions were all
+    /// removed): nothing is due for it until a newer list changes that, so
+    /// such accounts, however many, never fill the sweep's batch.
+    pub fn active_since(&self) -> Option<Timestamp> {
+        due_since(&self.facts)
     }
+}
+
+/// [`AccountRecord::active_since`] of `facts`.
+pub(crate) fn due_since(facts: &devicelink::relay::AccountFacts) -> Option<Timestamp> {
+    let companions = facts.devices().next().is_some();
+    let never_linked = !(facts.linked_once() || facts.expired() || facts.logged_out_floor() > 0);
+    (companions || never_linked).then(|| facts.last_activity())
 }
 
 /// A relay's durable store: the core's [`TokenStore`] (exactly-once

@@ -134,9 +134,9 @@ const MIGRATIONS: &[(u32, &str, &str, Option<DataStep>)] = &[
     ),
 ];
 
-/// Migration 5's data step: every account row's `active_since` is its
-/// facts' last activity (schema 4 left it NULL for accounts without a
-/// linked companion).
+/// Migration 5's data step: an account without companions that never had
+/// one is due too ([`AccountRecord::active_since`]; schema 4 left
+/// `active_since` NULL for every account without a linked companion).
 fn fill_active_since(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
     let rows: Vec<(Vec<u8>, Vec<u8>)> = {
         let mut st = tx
@@ -150,7 +150,10 @@ fn fill_active_since(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
     for (account, facts) in rows {
         let facts =
             AccountFacts::from_bytes(&facts).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let at = i64::try_from(facts.last_activity().as_unix_millis())
+        let Some(at) = super::due_since(&facts) else {
+            continue;
+        };
+        let at = i64::try_from(at.as_unix_millis())
             .map_err(|_| StoreError::OutOfRange("last activity"))?;
         tx.execute(
             "UPDATE accounts SET active_since = ?2 WHERE account = ?1",
@@ -941,8 +944,11 @@ fn account_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AccountRecord> {
 }
 
 /// The record's `active_since` column.
-fn active_ms(record: &AccountRecord) -> Result<i64, Fail<StoreError>> {
-    ms(record.active_since(), "last activity").map_err(out_of_range("last activity"))
+fn active_ms(record: &AccountRecord) -> Result<Option<i64>, Fail<StoreError>> {
+    record
+        .active_since()
+        .map(|at| ms(at, "last activity").map_err(out_of_range("last activity")))
+        .transpose()
 }
 
 fn out_of_range(what: &'static str) -> impl Fn(Fail<StoreError>) -> Fail<StoreError> {

@@ -1,12 +1,19 @@
-//! What the store tests share: times and tokens by number, and random
-//! token-store operations run against two stores to compare their answers
+//! What the store tests share: times and tokens by number, account records
+//! of each kind the sweep tells apart, and random token-store operations run against two stores to compare their answers
 //! (`contract.rs` against SQLite, `postgres.rs` against PostgreSQL; the
 //! memory store is the reference).
 #![allow(dead_code)]
 
-use devicelink::relay::{Budget, ClientId, HelloDigest, SourceKey, TokenStore};
-use devicelink::{Timestamp, TokenId};
+use devicelink::certificate::{DeviceListDraft, DeviceListEntry};
+use devicelink::relay::{Budget, ClientId, Directory, HelloDigest, SourceKey, TokenStore};
+use devicelink::{
+    AccountKey, DeviceIdentity, DeviceIndex, DeviceKey, DeviceLabel, Policy, SignedDeviceList,
+    Timestamp, TokenId,
+};
+use devicelink_relay::AccountRecord;
 use proptest::prelude::*;
+use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::ChaCha20Rng;
 
 pub fn t(ms: u64) -> Timestamp {
     Timestamp::from_unix_millis(ms)
@@ -65,5 +72,59 @@ pub fn apply<S: TokenStore>(s: &S, op: &Op) -> String {
         }
         Op::Sweep(n, l) => format!("{:?}", s.sweep(tm(n), l.into())),
         Op::Abandon(c) => format!("{:?}", s.abandon(cl(c))),
+    }
+}
+
+pub fn entry(index: u32, device: DeviceKey) -> DeviceListEntry {
+    DeviceListEntry::new(
+        DeviceIndex(index),
+        device,
+        DeviceLabel::new("laptop").unwrap(),
+        t(0),
+    )
+}
+
+/// A record of a fresh account (key seeded by `seed`) with `devices`
+/// companions, its list signed at `activity`.
+pub fn record(seed: u64, devices: u32, activity: u64, revision: u64) -> AccountRecord {
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let key = AccountKey::generate(&mut rng);
+    let entries = (1..=devices)
+        .map(|i| entry(i, DeviceIdentity::generate(&mut rng).device_key()))
+        .collect();
+    let list = SignedDeviceList::sign(&key, &DeviceListDraft::new(1, entries), t(activity));
+    let mut d = Directory::new(&Policy::default());
+    d.apply_device_list(&list, t(activity)).unwrap();
+    AccountRecord {
+        facts: d.facts(&key.account_id()).unwrap(),
+        list: list.to_bytes(),
+        revision,
+    }
+}
+
+/// A record of an account (key seeded by `seed`) that had one companion,
+/// then none: removed by a newer list, or (`sweep`) logged out for its
+/// primary's inactivity.
+pub fn emptied(seed: u64, sweep: bool) -> AccountRecord {
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let key = AccountKey::generate(&mut rng);
+    let device = DeviceIdentity::generate(&mut rng).device_key();
+    let one = SignedDeviceList::sign(&key, &DeviceListDraft::new(1, vec![entry(1, device)]), t(1));
+    let policy = Policy::default();
+    let mut d = Directory::new(&policy);
+    d.apply_device_list(&one, t(1)).unwrap();
+    let list = if sweep {
+        let deadline = t(1).saturating_add(policy.primary_offline_limit());
+        assert_eq!(d.sweep(deadline).len(), 1);
+        one
+    } else {
+        let none = SignedDeviceList::sign(&key, &DeviceListDraft::after(&one, vec![]), t(2));
+        d.apply_device_list(&none, t(2)).unwrap();
+        none
+    };
+    AccountRecord {
+        facts: d.facts(&key.account_id()).unwrap(),
+        list: list.to_bytes(),
+        revision: 1,
     }
 }

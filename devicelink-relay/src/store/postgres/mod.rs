@@ -657,8 +657,10 @@ impl Store for PgStore {
                 async move {
                     let revision =
                         int::<()>(record.revision, "revision").map_err(range("revision"))?;
-                    let active = ms::<()>(record.active_since(), "last activity")
-                        .map_err(range("last activity"))?;
+                    let active = record
+                        .active_since()
+                        .map(|at| ms::<()>(at, "last activity").map_err(range("last activity")))
+                        .transpose()?;
                     let account = record.account().to_bytes();
                     let facts = record.facts.to_bytes();
                     let (account, facts) = (&account[..], &facts[..]);
