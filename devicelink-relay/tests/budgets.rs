@@ -546,3 +546,58 @@ async fn mailboxes_are_budgeted_per_address_and_hold_one_answer_per_token() {
     assert_eq!(grants, 1);
     relay.stop().await;
 }
+
+/// The status of a WebSocket upgrade to `/v1/companion` from `from`
+/// (`None`: upgraded, the socket kept in `held`).
+async fn upgrade_from(relay: &TestRelay, from: &str, held: &mut Vec<Ws>) -> Option<u16> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let tcp = bounded(socket.connect(relay.addr)).await.unwrap();
+    let url = format!("{}/v1/companion", relay.base);
+    let stream = tokio_tungstenite::MaybeTlsStream::Plain(tcp);
+    match bounded(tokio_tungstenite::client_async(url, stream)).await {
+        Ok((ws, _)) => {
+            held.push(ws);
+            None
+        }
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Some(r.status().as_u16()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[tokio::test]
+async fn sessions_leave_a_reserve_that_busy_addresses_cannot_take() {
+    // 8 sessions in all, 4 an address; the last 2 kept for addresses that
+    // hold none.
+    let relay = start(Limits {
+        max_connections: 8,
+        max_connections_per_address: 4,
+        ..test_limits()
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        assert_eq!(upgrade_from(&relay, "127.0.0.51", &mut held).await, None);
+    }
+    assert_eq!(
+        upgrade_from(&relay, "127.0.0.51", &mut held).await,
+        Some(429)
+    );
+    for _ in 0..2 {
+        assert_eq!(upgrade_from(&relay, "127.0.0.52", &mut held).await, None);
+    }
+    // Six open: the busy addresses are refused what is left...
+    assert_eq!(
+        upgrade_from(&relay, "127.0.0.52", &mut held).await,
+        Some(429)
+    );
+    // ...which addresses holding nothing still get.
+    assert_eq!(upgrade_from(&relay, "127.0.0.53", &mut held).await, None);
+    assert_eq!(upgrade_from(&relay, "127.0.0.54", &mut held).await, None);
+    // Full: 503 for everyone.
+    assert_eq!(
+        upgrade_from(&relay, "127.0.0.55", &mut held).await,
+        Some(503)
+    );
+    relay.stop().await;
+}

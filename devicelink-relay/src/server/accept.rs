@@ -129,7 +129,7 @@ impl Accept {
             per_source_budget: Budget::new(
                 u64::MAX,
                 u64::from(limits.max_http_connections_per_address),
-                u64::MAX,
+                u64::try_from(limits.max_http_connections).unwrap_or(u64::MAX),
             ),
             connect_rate: keyed(
                 limits.connect_rate_per_address,
@@ -240,7 +240,12 @@ async fn connection<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                 .connect_rate
                 .as_ref()
                 .is_none_or(|r| r.check_key(&source).is_ok())
-                .then(|| accept.per_source.acquire(source, &accept.per_source_budget))
+                .then(|| {
+                    accept
+                        .per_source
+                        .acquire(source, &accept.per_source_budget)
+                        .ok()
+                })
                 .flatten();
             if permit.is_none() {
                 Metrics::inc(&accept.metrics.connections_refused_address);

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use devicelink::relay::{Budget, Held, SourceKey};
+use devicelink::relay::{Budget, BudgetScope, Held, SourceKey};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -61,38 +61,44 @@ impl Admission {
     }
 }
 
-/// Open things per source, counted up by a permit and down on its drop.
+/// Open things per source and in all, counted up by a permit and down on
+/// its drop.
 #[derive(Debug, Default)]
 pub(crate) struct Tally {
-    open: Mutex<HashMap<SourceKey, u64>>,
+    open: Mutex<Counts>,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    by_source: HashMap<SourceKey, u64>,
+    total: u64,
 }
 
 impl Tally {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SourceKey, u64>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
         self.open.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// One more for `source` if `budget` allows (`per_source` is the cap).
+    /// One more for `source` if `budget` allows: its `per_source` cap, and
+    /// its total, whose reserve only sources holding little may use (a few
+    /// sources at their cap never fill the relay for everyone).
     pub(crate) fn acquire(
         self: &Arc<Self>,
         source: SourceKey,
         budget: &Budget,
-    ) -> Option<SourcePermit> {
-        let mut open = self.lock();
-        let n = open.entry(source).or_insert(0);
+    ) -> Result<SourcePermit, BudgetScope> {
+        let mut c = self.lock();
+        let total = c.total;
+        let n = c.by_source.get(&source).copied().unwrap_or(0);
         let held = Held {
             client: 0,
-            source: *n,
-            total: 0,
+            source: n,
+            total,
         };
-        if budget.check(held).is_err() {
-            if *n == 0 {
-                open.remove(&source);
-            }
-            return None;
-        }
-        *n += 1;
-        Some(SourcePermit {
+        budget.check(held).map_err(|e| e.scope)?;
+        c.by_source.insert(source, n + 1);
+        c.total = total + 1;
+        Ok(SourcePermit {
             source,
             tally: self.clone(),
         })
@@ -101,7 +107,7 @@ impl Tally {
     /// Open things of `source` now.
     #[cfg(test)]
     pub(crate) fn held(&self, source: &SourceKey) -> u64 {
-        self.lock().get(source).copied().unwrap_or(0)
+        self.lock().by_source.get(source).copied().unwrap_or(0)
     }
 }
 
@@ -114,11 +120,12 @@ pub(crate) struct SourcePermit {
 
 impl Drop for SourcePermit {
     fn drop(&mut self) {
-        let mut open = self.tally.lock();
-        if let Some(n) = open.get_mut(&self.source) {
+        let mut c = self.tally.lock();
+        c.total = c.total.saturating_sub(1);
+        if let Some(n) = c.by_source.get_mut(&self.source) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                open.remove(&self.source);
+                c.by_source.remove(&self.source);
             }
         }
     }
@@ -151,7 +158,7 @@ impl Gate {
             per_source: Budget::new(
                 u64::MAX,
                 u64::from(limits.max_connections_per_address),
-                u64::MAX,
+                u64::try_from(limits.max_connections).unwrap_or(u64::MAX),
             ),
             accounts,
         }
@@ -166,13 +173,17 @@ impl Gate {
     ) -> Result<Admission, Refused> {
         let permit = match source {
             None => None,
-            Some(source) => {
-                let Some(p) = self.sessions.acquire(source, &self.per_source) else {
+            Some(source) => match self.sessions.acquire(source, &self.per_source) {
+                Ok(p) => Some(p),
+                Err(BudgetScope::Total) => {
+                    Metrics::inc(&metrics.connections_refused);
+                    return Err(Refused::RelayFull);
+                }
+                Err(_) => {
                     Metrics::inc(&metrics.connections_refused_address);
                     return Err(Refused::AddressFull);
-                };
-                Some(p)
-            }
+                }
+            },
         };
         let Ok(relay) = self.connections.clone().try_acquire_owned() else {
             Metrics::inc(&metrics.connections_refused);
@@ -217,11 +228,27 @@ mod tests {
         );
         let p1 = t.acquire(x, &b).unwrap();
         let _p2 = t.acquire(x, &b).unwrap();
-        assert!(t.acquire(x, &b).is_none());
+        assert_eq!(t.acquire(x, &b).err(), Some(BudgetScope::Source));
         let _q = t.acquire(y, &b).unwrap();
         drop(p1);
         assert_eq!(t.held(&x), 1);
-        assert!(t.acquire(x, &b).is_some());
+        assert!(t.acquire(x, &b).is_ok());
         assert_eq!(t.held(&SourceKey::LOCAL), 0);
+    }
+
+    #[test]
+    fn sources_at_their_cap_leave_the_reserve_to_others() {
+        // 16 in all, 8 a source; the last 4 for sources holding none.
+        let t = Arc::new(Tally::default());
+        let b = Budget::new(u64::MAX, 8, 16);
+        let s = |n: u8| SourceKey::from_bytes([n; 16]);
+        let mut held: Vec<_> = (0..8).map(|_| t.acquire(s(1), &b).unwrap()).collect();
+        held.extend((0..4).map(|_| t.acquire(s(2), &b).unwrap()));
+        // At the soft total: the busy sources are refused, fresh ones not.
+        assert_eq!(t.acquire(s(2), &b).err(), Some(BudgetScope::Reserve));
+        held.extend((3..7).map(|n| t.acquire(s(n), &b).unwrap()));
+        assert_eq!(t.acquire(s(9), &b).err(), Some(BudgetScope::Total));
+        held.truncate(15);
+        assert!(t.acquire(s(9), &b).is_ok());
     }
 }
