@@ -36,9 +36,10 @@ use tower::ServiceExt;
 use super::address::{source_key, ConnectionInfo, TrustedProxies};
 use super::admission::Tally;
 use super::hub::stopped;
+use super::limits::Limits;
 use super::metrics::Metrics;
+use super::proxy;
 use super::tls::Tls;
-use super::{proxy, Limits};
 
 /// Where the relay's connections come from: the seam a simulated network
 /// plugs into. [`TcpListener`] is one.

@@ -17,8 +17,8 @@ use devicelink::relay::{Budget, BudgetScope, Held, SourceKey};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::limits::Limits;
 use super::metrics::Metrics;
-use super::Limits;
 
 /// Why a session was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -22,10 +22,10 @@ use std::future::Future;
 use tokio::time::Instant;
 
 use super::code::{self, CodeAnswer};
-use super::codes;
 use super::hub::{stopped, CloseSignal, Departure, Hub, Outbound, Peer, Subscriber};
 use super::metrics::Metrics;
 use crate::code_frame::{is_code_frame, CodeFrame};
+use crate::codes;
 use crate::frame::{Frame, FrameType};
 use crate::store::{AccountDirectoryError, CreationRefused, Store};
 

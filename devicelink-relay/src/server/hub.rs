@@ -18,10 +18,20 @@ use devicelink::{AccountId, DeviceIndex, LogoutReason, SignedDeviceList};
 use tokio::sync::{watch, Notify, Semaphore};
 
 use super::admission::Gate;
+use super::clock::Clock;
+use super::limits::Limits;
 use super::metrics::Metrics;
-use super::{Clock, Drained, Limits};
 use crate::frame::{Frame, FrameType};
 use crate::store::{AccountDirectory, Store};
+
+/// How a shutdown ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drained {
+    /// Whether every connection task ended within the grace period.
+    pub all_closed: bool,
+    /// Connections still open when `Relay::serve` returned.
+    pub still_open: u64,
+}
 
 /// A future a [`Bus`] returns.
 pub(crate) type BusFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -389,7 +399,7 @@ impl<S: Store + 'static> Hub<S> {
     pub(crate) fn moved_away(&self, id: ClientId) -> Vec<Bytes> {
         if let Some(peer) = lock(&self.clients).remove(&id) {
             Metrics::inc(&self.metrics.connections_replaced);
-            peer.close.close(super::codes::CLOSE_REPLACED);
+            peer.close.close(crate::codes::CLOSE_REPLACED);
         }
         lock(&self.mailboxes)
             .remove(&id)
@@ -467,7 +477,7 @@ impl<S: Store + 'static> Hub<S> {
         };
         if let Some(prev) = &replaced {
             if prev.conn != peer.conn {
-                prev.close.close(super::codes::CLOSE_REPLACED);
+                prev.close.close(crate::codes::CLOSE_REPLACED);
             }
         }
         let waiting = lock(&self.mailboxes)
@@ -622,7 +632,7 @@ impl<S: Store + 'static> Hub<S> {
             Err(PushError::Full) => {
                 tracing::warn!(client = %to, "outbound queue full; closing a slow reader");
                 Metrics::inc(&self.metrics.slow_readers);
-                peer.close.close(super::codes::CLOSE_SLOW_READER);
+                peer.close.close(crate::codes::CLOSE_SLOW_READER);
                 false
             }
             Err(PushError::Closed) => false,

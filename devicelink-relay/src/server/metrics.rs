@@ -8,7 +8,7 @@ use std::time::Duration;
 use devicelink::handshake::MessageKind;
 use devicelink::ErrorKind;
 
-use super::codes::kind_number;
+use crate::codes::kind_number;
 
 /// Upper bounds (seconds) of the store latency histogram's buckets.
 const LATENCY_BUCKETS: [f64; 9] = [0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0];

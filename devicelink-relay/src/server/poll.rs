@@ -26,7 +26,7 @@
 //!   Each poll counts as activity for the idle timeout.
 //! - `DELETE /v1/poll/session/{id}`: closes the session.
 //!
-//! [`Limits::poll_wait`]: super::Limits::poll_wait
+//! [`Limits::poll_wait`]: super::limits::Limits::poll_wait
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
