@@ -17,17 +17,20 @@
 //!   arrives · Message(Confirm) (Routed); with `--lists`: PublishList (its
 //!   certificate's list) and Subscribe (its proof), Acked, then the newest
 //!   list arrives;
-//! - primary (`/v1/primary`): Identify (Ack) · once the token is
-//!   registered, Message(Hello) (Routed) · the Request arrives ·
-//!   Message(Grant) (Routed) · the Confirm arrives; with `--lists`:
-//!   PublishList (Ack).
+//! - primary (`/v1/primary`): Identify (Ack); with `--lists`, ProveAccount
+//!   (Ack: the account key's proof for its client id, which the relay asks
+//!   before it keeps an account it does not know) · once the token is
+//!   registered, Message(Hello) (Routed) · the Request arrives · with
+//!   `--lists`, PublishList of the list the grant made (Ack), as
+//!   `PrimaryClient::link` publishes it before the Grant · Message(Grant)
+//!   (Routed) · the Confirm arrives; with `--lists`: PublishList (Ack).
 //!
 //! So every pairing is 4 routed handshake messages and one redemption (the
 //! Request), each acknowledged only after the store made it durable (on
 //! SQLite, after its batch's commit with `synchronous = FULL`). With
-//! `--lists` the relay also verifies two list signatures and a
-//! subscription proof (three Ed25519 verifications) and writes the
-//! account. A client sends a frame's successor before reading the answer
+//! `--lists` the relay also verifies the account proof, three list
+//! signatures and a subscription proof (five Ed25519 verifications) and
+//! writes the account. A client sends a frame's successor before reading the answer
 //! only where the relay's order makes that safe (Identify, then Register
 //! or the Hello; PublishList, then Subscribe): the relay answers a
 //! connection's frames in order.
@@ -171,14 +174,26 @@ async fn primary<W: Wire>(
     if identify {
         w.send(p.p_identify.clone()).await?;
     }
+    if lists {
+        w.send(p.prove.clone()).await?;
+    }
     registered.await?;
     w.send(p.hello.clone()).await?;
     if identify {
         expect_answer(w, FrameType::Identify).await?;
     }
+    if lists {
+        expect_answer(w, FrameType::ProveAccount).await?;
+    }
     expect_answer(w, FrameType::Message).await?;
     expect_message(w, MessageKind::Request).await?;
+    if lists {
+        w.send(p.grant_list.clone()).await?;
+    }
     w.send(p.grant.clone()).await?;
+    if lists {
+        expect_answer(w, FrameType::PublishList).await?;
+    }
     expect_answer(w, FrameType::Message).await?;
     expect_message(w, MessageKind::Confirm).await?;
     if lists {
@@ -528,7 +543,7 @@ async fn run(args: Args, pin: bool) -> Result<(), Error> {
         let secs = out.elapsed.as_secs_f64();
         // Frames the relay carried per pairing: in, and out (an answer to
         // each, the 4 forwarded messages, the list a subscription sends).
-        let frames_in = 5 + if reuse { 0 } else { 2 } + if lists { 3 } else { 0 };
+        let frames_in = 5 + if reuse { 0 } else { 2 } + if lists { 5 } else { 0 };
         let frames_out = frames_in + 4 + usize::from(lists);
         let per_s = done as f64 / secs;
         let per = |cpu: f64| cpu / done.max(1) as f64 * 1e6;

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use devicelink::handshake::{MessageHeader, MessageKind};
-use devicelink::relay::SubscriptionProof;
+use devicelink::relay::{AccountProof, SubscriptionProof};
 use devicelink::{Account, Companion, DeviceIdentity, DeviceLabel, Policy, Timestamp};
 use devicelink_relay::server::{Clock, Limits, Metrics, Relay, SystemClock};
 use devicelink_relay::{ClientSecret, Frame, FrameType, MemoryStore, SqliteStore, MAX_FRAME_LEN};
@@ -642,6 +642,13 @@ pub struct Prebuilt {
     pub grant: Bytes,
     /// Primary: PublishList (the account's list naming the companion).
     pub p_list: Bytes,
+    /// Primary: ProveAccount (the account key's proof for its client id),
+    /// which a relay asks before it keeps an account it does not know.
+    pub prove: Bytes,
+    /// Primary: PublishList of the list the grant made, which a primary
+    /// publishes before the Grant (so the relay knows the account before
+    /// the companion carries its list and subscribes).
+    pub grant_list: Bytes,
 }
 
 /// A client secret for load client `n` of `side` (0 companion, 1 primary):
@@ -696,6 +703,7 @@ pub fn prebuild_one(
     let request = c.receive_hello(&hello, rng, now)?;
     account.receive_request(&mut hs, &request, rng, now)?;
     let grant = account.grant(&mut hs, rng, now)?;
+    let grant_list = account.device_list().to_bytes();
     let confirm = c.receive_grant(&grant, now)?;
     account.confirm(&mut hs, &confirm, now)?;
     let session = c.into_session().map_err(|_| "not linked")?;
@@ -725,6 +733,11 @@ pub fn prebuild_one(
         hello: message_frame(&hello)?,
         grant: message_frame(&grant)?,
         p_list: enc(Frame::PublishList { bytes: &p_list }),
+        prove: enc(Frame::ProveAccount {
+            account: account.account_id(),
+            proof: AccountProof::sign(account.key(), primary.client_id()),
+        }),
+        grant_list: enc(Frame::PublishList { bytes: &grant_list }),
     })
 }
 
