@@ -1,5 +1,5 @@
-//! What the load examples (`relay_load`, `relay_replay`, `relay_memory`, `pg_bench`)
-//! share: arguments, hosting a relay (in this process, or as a child
+//! What the load examples (`relay_load`, `relay_replay`, `relay_memory`, `pg_bench`,
+//! `siege`) share: arguments, hosting a relay (in this process, or as a child
 //! process of the same example, optionally pinned to a core with
 //! `taskset`), pre-built pairings made with the core before any clock
 //! starts, thin clients that carry pre-encoded frames over a WebSocket or
@@ -819,6 +819,46 @@ pub async fn ws_connect(base: &str, path: &str) -> Result<Ws, Error> {
     Ok(ws)
 }
 
+/// A TCP connection to `addr` from the local address `from` (on Linux
+/// every 127.0.0.0/8 address is this machine's, so a load client can be
+/// many network sources), without Nagle's algorithm.
+pub async fn tcp_from(
+    addr: std::net::SocketAddr,
+    from: std::net::IpAddr,
+) -> Result<TcpStream, Error> {
+    let socket = if from.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.bind(std::net::SocketAddr::new(from, 0))?;
+    let tcp = tokio::time::timeout(STEP, socket.connect(addr)).await??;
+    tcp.set_nodelay(true)?;
+    Ok(tcp)
+}
+
+/// Opens `ws://addr` + `path` over a TCP connection from the local address
+/// `from` ([`tcp_from`]). A refusal before the upgrade is a
+/// `tungstenite::Error::Http` carrying the relay's answer (429, 503).
+pub async fn ws_connect_from(
+    addr: std::net::SocketAddr,
+    path: &str,
+    from: std::net::IpAddr,
+) -> Result<Ws, Error> {
+    let tcp = tcp_from(addr, from).await?;
+    let url = format!("ws://{addr}{path}");
+    let (ws, _) = tokio::time::timeout(
+        STEP,
+        tokio_tungstenite::client_async_with_config(
+            url,
+            MaybeTlsStream::Plain(tcp),
+            Some(client_config()),
+        ),
+    )
+    .await??;
+    Ok(ws)
+}
+
 /// A WebSocket [`Wire`].
 pub struct WsWire(pub Ws);
 
@@ -1005,6 +1045,21 @@ impl RawPollWire {
     pub async fn open(addr: &str, role: &str) -> Result<Self, Error> {
         let tcp = TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
+        Self::open_on(tcp, role).await
+    }
+
+    /// Opens a session as `role` on a new connection to `addr` from the
+    /// local address `from` ([`tcp_from`]).
+    pub async fn open_from(
+        addr: std::net::SocketAddr,
+        role: &str,
+        from: std::net::IpAddr,
+    ) -> Result<Self, Error> {
+        Self::open_on(tcp_from(addr, from).await?, role).await
+    }
+
+    /// Opens a session as `role` on `tcp`, a connection to the relay.
+    pub async fn open_on(tcp: TcpStream, role: &str) -> Result<Self, Error> {
         let mut w = RawPollWire {
             tcp: tokio::io::BufReader::new(tcp),
             path: String::new(),
