@@ -92,6 +92,56 @@ fn register(n: u64, relay: &TestRelay) -> Frame<'static> {
     }
 }
 
+/// A genuine pairing through the relay up to the companion's Request: the
+/// companion (on `c`) registers its offer, the phone (on `p`) scans it and
+/// sends the Hello, the companion answers. Returns the companion, the
+/// phone's account and its handshake, waiting for the Request.
+async fn pair_to_request(
+    relay: &TestRelay,
+    c: &mut Ws,
+    p: &mut Ws,
+    label: &str,
+    rng: &mut ChaCha20Rng,
+) -> (Companion, Account, devicelink::PrimaryHandshake) {
+    let mut companion = Companion::new(
+        DeviceIdentity::generate(&mut *rng),
+        DeviceLabel::new(label).unwrap(),
+        &Policy::default(),
+        &mut *rng,
+        relay.now(),
+    );
+    let offer = companion.offer().unwrap().clone();
+    let register = Frame::Register {
+        token_id: offer.token_id(),
+        expires_at: companion.next_deadline().unwrap(),
+    };
+    assert!(call(c, register).await.is_ok());
+    let mut account = Account::generate(Policy::default(), &mut *rng, relay.now());
+    account.open_link_intent(relay.now());
+    let (handshake, hello) = account
+        .scan(&offer.to_text(), &mut *rng, relay.now())
+        .unwrap();
+    let hdr = |m: &[u8]| devicelink::handshake::MessageHeader::parse(m).unwrap();
+    let frame = Frame::Message {
+        header: hdr(&hello),
+        bytes: &hello,
+    };
+    assert!(call(p, frame).await.is_ok());
+    let routed = next(c).await;
+    let Ok(Frame::Message { bytes, .. }) = Frame::decode(&routed) else {
+        panic!("no Hello")
+    };
+    let request = companion
+        .receive_hello(bytes, &mut *rng, relay.now())
+        .unwrap();
+    let frame = Frame::Message {
+        header: hdr(&request),
+        bytes: &request,
+    };
+    assert!(call(c, frame).await.is_ok());
+    (companion, account, handshake)
+}
+
 fn quota_scope(e: &(u16, String)) -> &str {
     assert_eq!(e.0, 400, "{e:?}");
     e.1.split(['(', ',']).nth(1).unwrap_or("")
@@ -131,54 +181,7 @@ async fn tokens_and_their_tombstones_are_budgeted_per_address_with_a_reserve() {
     // address, then five more tokens, then refused.
     let (mut c, _) = identified(&relay, "/v1/companion", "127.0.0.11", &mut rng).await;
     let (mut p, _) = identified(&relay, "/v1/primary", "127.0.0.11", &mut rng).await;
-    let mut companion = Companion::new(
-        DeviceIdentity::generate(&mut rng),
-        DeviceLabel::new("attacker").unwrap(),
-        &Policy::default(),
-        &mut rng,
-        relay.now(),
-    );
-    let offer = companion.offer().unwrap().clone();
-    assert!(call(
-        &mut c,
-        Frame::Register {
-            token_id: offer.token_id(),
-            expires_at: companion.next_deadline().unwrap()
-        }
-    )
-    .await
-    .is_ok());
-    let mut account = Account::generate(Policy::default(), &mut rng, relay.now());
-    account.open_link_intent(relay.now());
-    let (_, hello) = account
-        .scan(&offer.to_text(), &mut rng, relay.now())
-        .unwrap();
-    let hdr = |m: &[u8]| devicelink::handshake::MessageHeader::parse(m).unwrap();
-    assert!(call(
-        &mut p,
-        Frame::Message {
-            header: hdr(&hello),
-            bytes: &hello
-        }
-    )
-    .await
-    .is_ok());
-    let routed = next(&mut c).await;
-    let Ok(Frame::Message { bytes, .. }) = Frame::decode(&routed) else {
-        panic!("no Hello")
-    };
-    let request = companion
-        .receive_hello(bytes, &mut rng, relay.now())
-        .unwrap();
-    assert!(call(
-        &mut c,
-        Frame::Message {
-            header: hdr(&request),
-            bytes: &request
-        }
-    )
-    .await
-    .is_ok());
+    pair_to_request(&relay, &mut c, &mut p, "attacker", &mut rng).await;
     for _ in 0..5 {
         assert!(call(&mut c, register(next_token(), &relay)).await.is_ok());
     }
@@ -429,54 +432,9 @@ async fn mailboxes_are_budgeted_per_address_and_hold_one_answer_per_token() {
     // a second Grant for the same token does not.
     let (mut c, secret) = identified(&relay, "/v1/companion", "127.0.0.31", &mut rng).await;
     let (mut p, _) = identified(&relay, "/v1/primary", "127.0.0.32", &mut rng).await;
-    let mut companion = Companion::new(
-        DeviceIdentity::generate(&mut rng),
-        DeviceLabel::new("laptop").unwrap(),
-        &Policy::default(),
-        &mut rng,
-        relay.now(),
-    );
-    let offer = companion.offer().unwrap().clone();
-    assert!(call(
-        &mut c,
-        Frame::Register {
-            token_id: offer.token_id(),
-            expires_at: companion.next_deadline().unwrap()
-        }
-    )
-    .await
-    .is_ok());
-    let mut account = Account::generate(Policy::default(), &mut rng, relay.now());
-    account.open_link_intent(relay.now());
-    let (mut handshake, hello) = account
-        .scan(&offer.to_text(), &mut rng, relay.now())
-        .unwrap();
+    let (mut companion, mut account, mut handshake) =
+        pair_to_request(&relay, &mut c, &mut p, "laptop", &mut rng).await;
     let hdr = |m: &[u8]| devicelink::handshake::MessageHeader::parse(m).unwrap();
-    assert!(call(
-        &mut p,
-        Frame::Message {
-            header: hdr(&hello),
-            bytes: &hello
-        }
-    )
-    .await
-    .is_ok());
-    let routed = next(&mut c).await;
-    let Ok(Frame::Message { bytes, .. }) = Frame::decode(&routed) else {
-        panic!("no Hello")
-    };
-    let request = companion
-        .receive_hello(bytes, &mut rng, relay.now())
-        .unwrap();
-    assert!(call(
-        &mut c,
-        Frame::Message {
-            header: hdr(&request),
-            bytes: &request
-        }
-    )
-    .await
-    .is_ok());
     let routed = next(&mut p).await;
     let Ok(Frame::Message { bytes, .. }) = Frame::decode(&routed) else {
         panic!("no Request")
