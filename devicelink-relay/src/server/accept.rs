@@ -34,7 +34,7 @@ use tokio::sync::{watch, Semaphore};
 use tower::ServiceExt;
 
 use super::address::{source_key, ConnectionInfo, TrustedProxies};
-use super::admission::Tally;
+use super::admission::{SourcePermit, Tally};
 use super::hub::stopped;
 use super::limits::Limits;
 use super::metrics::Metrics;
@@ -52,6 +52,38 @@ pub trait Listener: Send + 'static {
 
     /// The address it listens on.
     fn local_addr(&self) -> io::Result<SocketAddr>;
+
+    /// Drops a connection refused before it is served, as cheaply as the
+    /// transport allows. The default drops it; TCP resets it (no FIN
+    /// exchange, no `TIME_WAIT`).
+    fn reset(io: Self::Io) {
+        drop(io);
+    }
+
+    /// The next connection whose peer `screen` admits (`Some`), with what
+    /// `screen` said; the others are [`reset`](Listener::reset) at once.
+    fn accept_screened<T: Send>(
+        &mut self,
+        screen: impl Fn(SocketAddr) -> Option<T> + Send,
+    ) -> impl Future<Output = io::Result<(Self::Io, SocketAddr, T)>> + Send {
+        async move {
+            loop {
+                let (io, peer) = self.accept().await?;
+                match screen(peer) {
+                    Some(t) => return Ok((io, peer, t)),
+                    None => Self::reset(io),
+                }
+            }
+        }
+    }
+}
+
+/// Small frames in both directions: Nagle's algorithm with delayed ACKs
+/// would add ~40 ms to each handshake step.
+fn no_delay(tcp: &tokio::net::TcpStream) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+    }
 }
 
 impl Listener for TcpListener {
@@ -59,16 +91,38 @@ impl Listener for TcpListener {
 
     async fn accept(&mut self) -> io::Result<(Self::Io, SocketAddr)> {
         let (tcp, peer) = TcpListener::accept(self).await?;
-        // Small frames in both directions: Nagle's algorithm with delayed
-        // ACKs would add ~40 ms to each handshake step.
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
+        no_delay(&tcp);
         Ok((tcp, peer))
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
         TcpListener::local_addr(self)
+    }
+
+    async fn accept_screened<T: Send>(
+        &mut self,
+        screen: impl Fn(SocketAddr) -> Option<T> + Send,
+    ) -> io::Result<(Self::Io, SocketAddr, T)> {
+        loop {
+            let (tcp, peer) = TcpListener::accept(self).await?;
+            // Screened first: a refused connection costs no more syscalls
+            // than its reset.
+            match screen(peer) {
+                Some(t) => {
+                    no_delay(&tcp);
+                    return Ok((tcp, peer, t));
+                }
+                None => Self::reset(tcp),
+            }
+        }
+    }
+
+    fn reset(io: Self::Io) {
+        // A zero linger never blocks the drop (the deprecation is about
+        // non-zero ones).
+        #[allow(deprecated)]
+        let _ = io.set_linger(Some(Duration::ZERO));
+        drop(io);
     }
 }
 
@@ -148,6 +202,25 @@ impl Accept {
         source_key(ip, self.limits.ipv6_prefix)
     }
 
+    /// A new connection from `ip`: `None` over its source's connection
+    /// rate; else admitted, or over its source's open-connection budget.
+    fn screen(&self, ip: IpAddr) -> Option<Screened> {
+        let source = self.source(ip);
+        if self
+            .connect_rate
+            .as_ref()
+            .is_some_and(|r| r.check_key(&source).is_err())
+        {
+            return None;
+        }
+        Some(
+            match self.per_source.acquire(source, &self.per_source_budget) {
+                Ok(permit) => Screened::Admitted(permit),
+                Err(_) => Screened::OverBudget,
+            },
+        )
+    }
+
     /// Forgets rate state of sources back at full burst.
     pub(crate) fn sweep(&self) {
         for r in [&self.connect_rate, &self.request_rate]
@@ -179,10 +252,24 @@ pub(crate) async fn serve<L: Listener>(
     accept: Arc<Accept>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // A peer that is not a trusted proxy is its own source: over its
+    // connection rate it is reset at accept, before a task, a registration
+    // or a byte of answer costs anything (a flood of new connections is
+    // what a relay refuses most often).
+    let screen = |peer: SocketAddr| {
+        if accept.trusted.contains(peer.ip()) {
+            return Some(Screened::Later);
+        }
+        let screened = accept.screen(peer.ip());
+        if screened.is_none() {
+            Metrics::inc(&accept.metrics.connections_refused_address);
+        }
+        screened
+    };
     loop {
-        let (io, peer) = tokio::select! {
+        let (io, peer, screened) = tokio::select! {
             () = stopped(&mut shutdown) => break,
-            accepted = listener.accept() => match accepted {
+            accepted = listener.accept_screened(screen) => match accepted {
                 Ok(a) => a,
                 Err(e) => {
                     // Out of descriptors, or a connection reset before it was
@@ -196,6 +283,7 @@ pub(crate) async fn serve<L: Listener>(
         tokio::spawn(connection(
             io,
             peer.ip(),
+            screened,
             router.clone(),
             accept.clone(),
             shutdown.clone(),
@@ -203,10 +291,24 @@ pub(crate) async fn serve<L: Listener>(
     }
 }
 
+/// What the accept loop decided about a connection's source.
+enum Screened {
+    /// A trusted proxy's connection: its source is known after its PROXY
+    /// header (or per request).
+    Later,
+    /// Within its source's rate and open-connection budget: the permit it
+    /// holds while open.
+    Admitted(SourcePermit),
+    /// Within its rate but over its source's open-connection budget:
+    /// answered 429 and closed.
+    OverBudget,
+}
+
 /// One connection, before and through HTTP.
 async fn connection<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     io: I,
     peer: IpAddr,
+    screened: Screened,
     router: Router,
     accept: Arc<Accept>,
     shutdown: watch::Receiver<bool>,
@@ -229,33 +331,23 @@ async fn connection<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     } else {
         (None, proxy::Prefixed::new(io))
     };
-    // Counted by the source it serves: the peer's, or the one a PROXY
-    // header named. A trusted proxy passing X-Forwarded-For carries many
-    // clients on one connection; those are counted per request (and per
-    // session) instead.
-    let counted = (!trusted || proxied.is_some()).then(|| accept.source(proxied.unwrap_or(peer)));
-    let _source_permit = match counted {
-        None => None,
-        Some(source) => {
-            let permit = accept
-                .connect_rate
-                .as_ref()
-                .is_none_or(|r| r.check_key(&source).is_ok())
-                .then(|| {
-                    accept
-                        .per_source
-                        .acquire(source, &accept.per_source_budget)
-                        .ok()
-                })
-                .flatten();
-            if permit.is_none() {
-                Metrics::inc(&accept.metrics.connections_refused_address);
-                if accept.tls.is_none() {
-                    refuse(io).await;
-                }
-                return;
+    // Counted by the source it serves: the peer's (screened at accept), or
+    // the one a PROXY header named. A trusted proxy passing X-Forwarded-For
+    // carries many clients on one connection; those are counted per
+    // request (and per session) instead.
+    let screened = match (screened, proxied) {
+        (Screened::Later, Some(source)) => accept.screen(source).unwrap_or(Screened::OverBudget),
+        (other, _) => other,
+    };
+    let _source_permit = match screened {
+        Screened::Later => None,
+        Screened::Admitted(permit) => Some(permit),
+        Screened::OverBudget => {
+            Metrics::inc(&accept.metrics.connections_refused_address);
+            if accept.tls.is_none() {
+                refuse(io).await;
             }
-            permit
+            return;
         }
     };
     let info = ConnectionInfo {
@@ -296,12 +388,24 @@ async fn refuse<I: AsyncWrite + Unpin>(mut io: I) {
     .await;
 }
 
-fn too_many_requests() -> Response<Body> {
-    (
+/// The answer over the request rate. A connection that carries one client
+/// is closed after it (`close`): its next requests would be refused too,
+/// and as new connections they meet the connection rate, refused at accept
+/// at a fraction of the cost. A trusted proxy's connection, carrying many
+/// clients, stays open.
+fn too_many_requests(close: bool) -> Response<Body> {
+    let mut r = (
         StatusCode::TOO_MANY_REQUESTS,
         "too many requests from this address\n",
     )
-        .into_response()
+        .into_response();
+    if close {
+        r.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    r
 }
 
 /// HTTP/1.1 on one connection, with upgrades (WebSockets), until it ends or
@@ -325,7 +429,8 @@ async fn http<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                 .is_some_and(|r| r.check_key(&source).is_err())
             {
                 Metrics::inc(&accept.metrics.requests_refused_address);
-                return Ok::<_, std::convert::Infallible>(too_many_requests());
+                let shared = info.proxied.is_none() && info.trusted.contains(info.peer);
+                return Ok::<_, std::convert::Infallible>(too_many_requests(!shared));
             }
             req.extensions_mut().insert(info);
             let answered =
