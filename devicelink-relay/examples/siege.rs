@@ -9,7 +9,7 @@
 //! cargo run --release -p devicelink-relay --example siege [-- \
 //!     --pairings 300 --rate 5 --warmup 5 --per-address 4 --nice 19 \
 //!     --attacks scan,sessions,tokens-anon,tokens-id,tombstones,accounts,slowloris,churn,poll,requests,mailboxes \
-//!     --no-pin --timeline --paced --prefilter]
+//!     --no-pin --timeline --paced]
 //! ```
 //!
 //! - **The relay** is this example again (`--serve --db PATH`) in a child
@@ -67,10 +67,7 @@
 //! the slowest genuine pairing of each second; `--paced` keeps every
 //! attacker within its address's rates (connections, requests, frames a
 //! connection) while it still takes every budget it can: what the budgets
-//! let attackers hold, without the cost of refusing them; `--prefilter`
-//! serves the attacked relay through a listener that resets connections
-//! over the address's connection rate in the accept loop itself (no task,
-//! no 429 answer), an experiment on where refusals cost.
+//! let attackers hold, without the cost of refusing them.
 //!
 //! The last line: `siege: genuine linked A/B, p99 attacked X ms vs quiet Y
 //! ms, relay RSS peak Z MiB, store growth W MiB` (RSS: the attacked relay's
@@ -189,7 +186,7 @@ fn main() -> Result<(), Error> {
         "siege: relay {} with Limits::default(): per address {} TCP connections, {} new a second \
          (burst {}), {} requests a second (burst {}), {} sessions, {} tokens, {} new accounts an \
          hour, {} code sessions, {} mailboxes; per connection {} frames a second (burst {}); \
-         attackers {}, their threads at nice {}{}",
+         attackers {}, their threads at nice {}",
         if cfg.pin {
             "child on CPU 1, clients on CPU 0,"
         } else {
@@ -213,11 +210,6 @@ fn main() -> Result<(), Error> {
             "at full speed"
         },
         cfg.nice,
-        if cfg.prefilter {
-            "; the attacked relay behind the accept-loop prefilter (--prefilter)"
-        } else {
-            ""
-        },
     );
     println!(
         "siege: genuine load {} pairings at {}/s (WebSocket, long-poll, typed code in turn), \
@@ -296,7 +288,6 @@ struct Config {
     pin: bool,
     timeline: bool,
     paced: bool,
-    prefilter: bool,
     attacks: Vec<String>,
 }
 
@@ -323,7 +314,6 @@ impl Config {
             pin: !args.flag("--no-pin"),
             timeline: args.flag("--timeline"),
             paced: args.flag("--paced"),
-            prefilter: args.flag("--prefilter"),
             attacks,
         })
     }
@@ -361,16 +351,7 @@ fn serve(args: &Args) -> Result<(), Error> {
             })
             .await;
         };
-        let dropped = Arc::new(AtomicU64::new(0));
-        let drained = if args.flag("--prefilter") {
-            let filtered = Prefiltered::new(listener, &Limits::default(), dropped.clone());
-            relay.serve(filtered, stdin_closed).await?
-        } else {
-            relay.serve(listener, stdin_closed).await?
-        };
-        if args.flag("--prefilter") {
-            println!("metric prefilter_dropped_total {}", dropped.load(Relaxed));
-        }
+        let drained = relay.serve(listener, stdin_closed).await?;
         let stats = store.writer_stats();
         drop(store);
         println!("writer {} {}", stats.commits, stats.writes);
@@ -385,56 +366,6 @@ fn serve(args: &Args) -> Result<(), Error> {
         }
         Ok::<(), Error>(())
     })
-}
-
-/// `--prefilter` (an experiment, not the relay's behaviour): the relay's
-/// per-address connection rate checked in the accept loop itself, where a
-/// connection over it is reset at once (`SO_LINGER` 0), without the task,
-/// the 429 answer and the closing exchange the relay gives it. The relay's
-/// own checks still run on every connection let through.
-struct Prefiltered {
-    inner: tokio::net::TcpListener,
-    rate: governor::DefaultKeyedRateLimiter<IpAddr>,
-    dropped: Arc<AtomicU64>,
-}
-
-impl Prefiltered {
-    fn new(inner: tokio::net::TcpListener, limits: &Limits, dropped: Arc<AtomicU64>) -> Self {
-        let one = std::num::NonZeroU32::MIN;
-        let rate = std::num::NonZeroU32::new(limits.connect_rate_per_address).unwrap_or(one);
-        let burst = std::num::NonZeroU32::new(limits.connect_burst_per_address).unwrap_or(rate);
-        Prefiltered {
-            inner,
-            rate: governor::RateLimiter::keyed(
-                governor::Quota::per_second(rate).allow_burst(burst),
-            ),
-            dropped,
-        }
-    }
-}
-
-impl devicelink_relay::server::Listener for Prefiltered {
-    type Io = tokio::net::TcpStream;
-
-    async fn accept(&mut self) -> std::io::Result<(Self::Io, SocketAddr)> {
-        loop {
-            let (tcp, peer) = self.inner.accept().await?;
-            if self.rate.check_key(&peer.ip()).is_ok() {
-                tcp.set_nodelay(true)?;
-                return Ok((tcp, peer));
-            }
-            // A reset: no FIN exchange, no TIME_WAIT (zero linger never
-            // blocks the drop).
-            #[allow(deprecated)]
-            let _ = tcp.set_linger(Some(Duration::ZERO));
-            drop(tcp);
-            self.dropped.fetch_add(1, Relaxed);
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.inner.local_addr()
-    }
 }
 
 /// Bytes of a SQLite database and its `-wal` and `-shm` files.
@@ -645,10 +576,7 @@ fn run(
     genuine: &Arc<Vec<Prebuilt>>,
     attackers: Option<&Arc<Vec<Prebuilt>>>,
 ) -> Result<RunReport, Error> {
-    let mut extra = vec!["--db".to_string(), db.display().to_string()];
-    if cfg.prefilter {
-        extra.push("--prefilter".into());
-    }
+    let extra = vec!["--db".to_string(), db.display().to_string()];
     let hosted = Hosted::child(StoreKind::Sqlite, cfg.pin.then_some("1"), &extra)?;
     let pid = hosted.pid().ok_or("no child")?;
     let relay: SocketAddr = hosted.http.trim_start_matches("http://").parse()?;
