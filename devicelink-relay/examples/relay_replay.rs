@@ -52,12 +52,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use devicelink::handshake::MessageKind;
 use devicelink_relay::FrameType;
-use load::{
-    expect_answer, expect_list, expect_message, Args, Error, Hosted, PollWire, Prebuilt, StoreKind,
-    Wire, WsWire,
-};
+use load::{expect_answer, Args, Error, Hosted, PollWire, Prebuilt, StoreKind, Wire, WsWire};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Transport {
@@ -130,91 +126,18 @@ async fn identify<W: Wire>(w: &mut W, frame: &axum::body::Bytes) -> Result<(), E
     expect_answer(w, FrameType::Identify).await
 }
 
-/// The companion's part of one pairing, on an identified connection.
-async fn companion<W: Wire>(
-    w: &mut W,
-    p: &Prebuilt,
-    lists: bool,
-    registered: tokio::sync::oneshot::Sender<()>,
-    identify: bool,
-) -> Result<(), Error> {
-    if identify {
-        w.send(p.c_identify.clone()).await?;
-    }
-    w.send(p.register.clone()).await?;
-    if identify {
-        expect_answer(w, FrameType::Identify).await?;
-    }
-    expect_answer(w, FrameType::Register).await?;
-    let _ = registered.send(());
-    expect_message(w, MessageKind::Hello).await?;
-    w.send(p.request.clone()).await?;
-    expect_answer(w, FrameType::Message).await?;
-    expect_message(w, MessageKind::Grant).await?;
-    w.send(p.confirm.clone()).await?;
-    expect_answer(w, FrameType::Message).await?;
-    if lists {
-        w.send(p.c_list.clone()).await?;
-        w.send(p.subscribe.clone()).await?;
-        expect_answer(w, FrameType::PublishList).await?;
-        expect_answer(w, FrameType::Subscribe).await?;
-        expect_list(w).await?;
-    }
-    Ok(())
-}
-
-/// The primary's part of one pairing, on an identified connection.
-async fn primary<W: Wire>(
-    w: &mut W,
-    p: &Prebuilt,
-    lists: bool,
-    registered: tokio::sync::oneshot::Receiver<()>,
-    identify: bool,
-) -> Result<(), Error> {
-    if identify {
-        w.send(p.p_identify.clone()).await?;
-    }
-    if lists {
-        w.send(p.prove.clone()).await?;
-    }
-    registered.await?;
-    w.send(p.hello.clone()).await?;
-    if identify {
-        expect_answer(w, FrameType::Identify).await?;
-    }
-    if lists {
-        expect_answer(w, FrameType::ProveAccount).await?;
-    }
-    expect_answer(w, FrameType::Message).await?;
-    expect_message(w, MessageKind::Request).await?;
-    if lists {
-        w.send(p.grant_list.clone()).await?;
-    }
-    w.send(p.grant.clone()).await?;
-    if lists {
-        expect_answer(w, FrameType::PublishList).await?;
-    }
-    expect_answer(w, FrameType::Message).await?;
-    expect_message(w, MessageKind::Confirm).await?;
-    if lists {
-        w.send(p.p_list.clone()).await?;
-        expect_answer(w, FrameType::PublishList).await?;
-    }
-    Ok(())
-}
-
 /// One pairing on two fresh connections (opened, identified, closed).
 async fn fresh_pairing(setup: &Setup, p: &Prebuilt) -> Result<(), Error> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let c = async {
         let mut w = open(setup, "companion").await?;
-        companion(&mut w, p, setup.lists, tx, true).await?;
+        load::companion_side(&mut w, p, setup.lists, tx, true).await?;
         w.close().await;
         Ok::<(), Error>(())
     };
     let q = async {
         let mut w = open(setup, "primary").await?;
-        primary(&mut w, p, setup.lists, rx, true).await?;
+        load::primary_side(&mut w, p, setup.lists, rx, true).await?;
         w.close().await;
         Ok::<(), Error>(())
     };
@@ -283,8 +206,8 @@ async fn replay(
                     let (tx, rx) = tokio::sync::oneshot::channel();
                     let both = async {
                         let (a, b) = tokio::join!(
-                            companion(&mut c, p, setup.lists, tx, false),
-                            primary(&mut q, p, setup.lists, rx, false)
+                            load::companion_side(&mut c, p, setup.lists, tx, false),
+                            load::primary_side(&mut q, p, setup.lists, rx, false)
                         );
                         a.and(b)
                     };

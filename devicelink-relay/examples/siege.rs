@@ -89,7 +89,6 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use devicelink::certificate::{DeviceListDraft, DeviceListEntry};
 use devicelink::code::{CodeHandle, TypedCode};
-use devicelink::handshake::MessageKind;
 use devicelink::relay::AccountProof;
 use devicelink::{
     Account, AccountKey, CodeCompanion, DeviceIdentity, DeviceIndex, DeviceLabel, Policy,
@@ -97,12 +96,9 @@ use devicelink::{
 };
 use devicelink_relay::code_frame::{is_code_frame, CodeFrame};
 use devicelink_relay::server::{Clock, Limits, Relay, SystemClock};
-use devicelink_relay::{ClientSecret, Frame, FrameType, SqliteStore};
+use devicelink_relay::{ClientSecret, Frame, SqliteStore};
 use futures_util::{SinkExt, StreamExt};
-use load::{
-    expect_answer, expect_list, expect_message, Args, Error, Hosted, Prebuilt, RawPollWire,
-    StoreKind, Wire, WsWire,
-};
+use load::{Args, Error, Hosted, Prebuilt, RawPollWire, StoreKind, Wire, WsWire};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{OsRng, RngCore, SeedableRng};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
@@ -840,74 +836,6 @@ impl Wire for Conn {
     }
 }
 
-/// The companion's side of a pre-built pairing, as `CompanionClient` runs
-/// it; with `lists`, it carries its certificate's list and subscribes.
-async fn companion_flow<W: Wire>(
-    w: &mut W,
-    p: &Prebuilt,
-    lists: bool,
-    registered: oneshot::Sender<()>,
-) -> Result<(), Error> {
-    w.send(p.c_identify.clone()).await?;
-    w.send(p.register.clone()).await?;
-    expect_answer(w, FrameType::Identify).await?;
-    expect_answer(w, FrameType::Register).await?;
-    let _ = registered.send(());
-    expect_message(w, MessageKind::Hello).await?;
-    w.send(p.request.clone()).await?;
-    expect_answer(w, FrameType::Message).await?;
-    expect_message(w, MessageKind::Grant).await?;
-    w.send(p.confirm.clone()).await?;
-    expect_answer(w, FrameType::Message).await?;
-    if lists {
-        w.send(p.c_list.clone()).await?;
-        w.send(p.subscribe.clone()).await?;
-        expect_answer(w, FrameType::PublishList).await?;
-        expect_answer(w, FrameType::Subscribe).await?;
-        expect_list(w).await?;
-    }
-    Ok(())
-}
-
-/// The phone's side of a pre-built pairing, as `PrimaryClient::link` runs
-/// it; with `lists`, it proves the account key first, publishes the
-/// grant-time list before the Grant and the final list after the Confirm.
-async fn primary_flow<W: Wire>(
-    w: &mut W,
-    p: &Prebuilt,
-    lists: bool,
-    registered: oneshot::Receiver<()>,
-) -> Result<(), Error> {
-    w.send(p.p_identify.clone()).await?;
-    if lists {
-        w.send(p.prove.clone()).await?;
-    }
-    expect_answer(w, FrameType::Identify).await?;
-    if lists {
-        expect_answer(w, FrameType::ProveAccount).await?;
-    }
-    registered
-        .await
-        .map_err(|_| "the companion did not register")?;
-    w.send(p.hello.clone()).await?;
-    expect_answer(w, FrameType::Message).await?;
-    expect_message(w, MessageKind::Request).await?;
-    if lists {
-        w.send(p.grant_list.clone()).await?;
-    }
-    w.send(p.grant.clone()).await?;
-    if lists {
-        expect_answer(w, FrameType::PublishList).await?;
-    }
-    expect_answer(w, FrameType::Message).await?;
-    expect_message(w, MessageKind::Confirm).await?;
-    if lists {
-        w.send(p.p_list.clone()).await?;
-        expect_answer(w, FrameType::PublishList).await?;
-    }
-    Ok(())
-}
-
 /// One genuine pre-built pairing over WebSockets or long-poll, each side on
 /// a fresh connection from its own address.
 async fn qr_pairing(
@@ -923,7 +851,7 @@ async fn qr_pairing(
             .await
             .map_err(|e| format!("companion connect: {e}"))?;
         let t0 = Instant::now();
-        let r = companion_flow(&mut w, p, true, tx).await;
+        let r = load::companion_side(&mut w, p, true, tx, true).await;
         let done = Instant::now();
         w.close().await;
         r.map_err(|e| format!("companion: {e}"))?;
@@ -933,7 +861,7 @@ async fn qr_pairing(
         let mut w = open(relay, "primary", p_from, poll)
             .await
             .map_err(|e| format!("phone connect: {e}"))?;
-        let r = primary_flow(&mut w, p, true, rx).await;
+        let r = load::primary_side(&mut w, p, true, rx, true).await;
         let done = Instant::now();
         w.close().await;
         r.map_err(|e| format!("phone: {e}"))?;
@@ -1664,7 +1592,7 @@ async fn self_pairing(ctx: &Ctx, p: &Prebuilt) -> Result<(), String> {
             .await
             .map_err(|e| conn_refusal(&e))?;
         let mut w = WsWire(ws);
-        let r = companion_flow(&mut w, p, false, tx).await;
+        let r = load::companion_side(&mut w, p, false, tx, true).await;
         w.close().await;
         r.map_err(|e| flow_refusal(&e))
     };
@@ -1673,7 +1601,7 @@ async fn self_pairing(ctx: &Ctx, p: &Prebuilt) -> Result<(), String> {
             .await
             .map_err(|e| conn_refusal(&e))?;
         let mut w = WsWire(ws);
-        let r = primary_flow(&mut w, p, false, rx).await;
+        let r = load::primary_side(&mut w, p, false, rx, true).await;
         w.close().await;
         r.map_err(|e| flow_refusal(&e))
     };

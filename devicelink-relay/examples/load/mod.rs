@@ -1190,6 +1190,84 @@ impl Wire for RawPollWire {
     }
 }
 
+/// The companion's part of a pre-built pairing, as `CompanionClient` runs
+/// it (identifying first if `identify`); with `lists`, it carries its
+/// certificate's list and subscribes.
+pub async fn companion_side<W: Wire>(
+    w: &mut W,
+    p: &Prebuilt,
+    lists: bool,
+    registered: tokio::sync::oneshot::Sender<()>,
+    identify: bool,
+) -> Result<(), Error> {
+    if identify {
+        w.send(p.c_identify.clone()).await?;
+    }
+    w.send(p.register.clone()).await?;
+    if identify {
+        expect_answer(w, FrameType::Identify).await?;
+    }
+    expect_answer(w, FrameType::Register).await?;
+    let _ = registered.send(());
+    expect_message(w, MessageKind::Hello).await?;
+    w.send(p.request.clone()).await?;
+    expect_answer(w, FrameType::Message).await?;
+    expect_message(w, MessageKind::Grant).await?;
+    w.send(p.confirm.clone()).await?;
+    expect_answer(w, FrameType::Message).await?;
+    if lists {
+        w.send(p.c_list.clone()).await?;
+        w.send(p.subscribe.clone()).await?;
+        expect_answer(w, FrameType::PublishList).await?;
+        expect_answer(w, FrameType::Subscribe).await?;
+        expect_list(w).await?;
+    }
+    Ok(())
+}
+
+/// The phone's part of a pre-built pairing, as `PrimaryClient::link` runs
+/// it (identifying first if `identify`); with `lists`, it proves the
+/// account key, publishes the grant-time list before the Grant and the
+/// final list after the Confirm.
+pub async fn primary_side<W: Wire>(
+    w: &mut W,
+    p: &Prebuilt,
+    lists: bool,
+    registered: tokio::sync::oneshot::Receiver<()>,
+    identify: bool,
+) -> Result<(), Error> {
+    if identify {
+        w.send(p.p_identify.clone()).await?;
+    }
+    if lists {
+        w.send(p.prove.clone()).await?;
+    }
+    registered.await?;
+    w.send(p.hello.clone()).await?;
+    if identify {
+        expect_answer(w, FrameType::Identify).await?;
+    }
+    if lists {
+        expect_answer(w, FrameType::ProveAccount).await?;
+    }
+    expect_answer(w, FrameType::Message).await?;
+    expect_message(w, MessageKind::Request).await?;
+    if lists {
+        w.send(p.grant_list.clone()).await?;
+    }
+    w.send(p.grant.clone()).await?;
+    if lists {
+        expect_answer(w, FrameType::PublishList).await?;
+    }
+    expect_answer(w, FrameType::Message).await?;
+    expect_message(w, MessageKind::Confirm).await?;
+    if lists {
+        w.send(p.p_list.clone()).await?;
+        expect_answer(w, FrameType::PublishList).await?;
+    }
+    Ok(())
+}
+
 /// Reads the next frame and checks it is the answer to a frame of type
 /// `of` (an Ack, or Routed for a Message); an Error frame fails with its
 /// code.
