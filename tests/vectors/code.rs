@@ -419,7 +419,7 @@ fn compute(seed: u64, now_ms: u64, label: &str) -> Value {
 
 fn all() -> Value {
     json!({
-        "description": "devicelink link-by-code known-answer vectors (protocol v2, docs/PROTOCOL.md §13.7): ChaCha20Rng::seed_from_u64(seed) (rand_chacha 0.3), fixed clock; bytes in standard base64. One complete code link (SPAKE2 on edwards25519 as spake2 0.4 computes it, then the QR flow's Request, Grant and Confirm), a wrong code, and rejected inputs with the error each gives.",
+        "description": "devicelink link-by-code known-answer vectors (protocol v2, docs/PROTOCOL.md §13.7): ChaCha20Rng::seed_from_u64(seed) (rand_chacha 0.3), fixed clock; bytes in standard base64, except `spake2_m` and `spake2_n`, which are lower-case hex (the compressed points M and N as §13.3 writes them). One complete code link (SPAKE2 on edwards25519 as spake2 0.4 computes it, then the QR flow's Request, Grant and Confirm), a wrong code, and rejected inputs with the error each gives.",
         "vectors": [
             compute(0, 1_700_000_000_000, "Firefox on Linux"),
             compute(1, 1_750_000_000_123, "Chrome on macOS"),
