@@ -95,6 +95,17 @@ pub enum CertificateError {
         /// The version at which the histories differ.
         version: u64,
     },
+    /// A list more than one version ahead of the held one, where the holder
+    /// needs the chain (it saw a fork): apply versions `have + 1 ..  got`
+    /// first, then this one. Not a fork: versions
+    /// were missed.
+    #[error("device list version {got} skips versions after {have}: apply those first")]
+    MissingVersions {
+        /// The version held.
+        have: u64,
+        /// The version offered.
+        got: u64,
+    },
     /// A heartbeat vouches for a newer device list than the one held: apply
     /// that list (and every one before it) first.
     #[error("heartbeat needs device list version {version}")]

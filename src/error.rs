@@ -101,9 +101,9 @@ impl CertificateError {
             | CertificateError::WrongAccount
             | CertificateError::WrongDevice => ErrorKind::Unauthenticated,
             CertificateError::StaleDeviceList { .. } => ErrorKind::Unexpected,
-            CertificateError::Fork { .. } | CertificateError::NeedDeviceList { .. } => {
-                ErrorKind::Conflict
-            }
+            CertificateError::Fork { .. }
+            | CertificateError::NeedDeviceList { .. }
+            | CertificateError::MissingVersions { .. } => ErrorKind::Conflict,
         }
     }
 }

@@ -3,7 +3,7 @@
 //! and directory).
 //!
 //! The format is two lines of JSON: a header
-//! `{"format":"devicelink","kind":K,"version":2,"sha256":H}` and the state,
+//! `{"format":"devicelink","kind":K,"version":3,"sha256":H}` and the state,
 //! where `H` is the base64 SHA-256 of the state line's bytes. Restoring checks
 //! the header, the kind, the version and the digest, decodes the state (signed
 //! parts are re-verified) and checks its internal consistency; corrupted or
@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// The current format version.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 const FORMAT: &str = "devicelink";
 
 /// Why a state could not be saved or restored.

@@ -112,22 +112,49 @@ pub struct DeviceListChange {
 
 /// A linked companion: everything it needs to work without the phone.
 ///
-/// Persisting it persists the device's identity secret.
+/// Persisting it persists the device's identity secret. A saved session
+/// holds facts only (its keys, the signed certificate, list and newest
+/// heartbeat, its logout and fork marks); the limits come from the host's
+/// [`Policy`] at [`LinkedSession::restore`], and the lease is recomputed from
+/// the signed facts, so an edited save cannot lengthen it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LinkedSession {
     identity: DeviceIdentity,
     label: DeviceLabel,
     certificate: DeviceCertificate,
     device_list: SignedDeviceList,
+    /// The newest heartbeat accepted (its `at` is primary activity).
+    #[serde(default)]
+    heartbeat: Option<PrimaryHeartbeat>,
     linked_at: Timestamp,
-    last_primary_activity: Timestamp,
-    offline_limit_ms: u64,
-    warn_before_ms: u64,
-    quarantine_ms: Option<u64>,
     logged_out: Option<LogoutReason>,
+    /// The version at which another history of the account was seen (a
+    /// fork): from then on only the chained successor is accepted.
+    #[serde(default)]
+    fork_seen: Option<u64>,
     /// The latest instant a mutating call settled (for `next_deadline`).
     #[serde(default)]
     settled_at: Timestamp,
+    #[serde(skip)]
+    limits: Limits,
+}
+
+/// The host policy's limits a session applies (never saved).
+#[derive(Clone, Copy, Debug, Default)]
+struct Limits {
+    offline_limit_ms: u64,
+    warn_before_ms: u64,
+    quarantine_ms: Option<u64>,
+}
+
+impl Limits {
+    fn of(policy: &Policy) -> Self {
+        Limits {
+            offline_limit_ms: duration_millis(policy.primary_offline_limit()),
+            warn_before_ms: duration_millis(policy.warn_before()),
+            quarantine_ms: policy.new_device_quarantine().map(duration_millis),
+        }
+    }
 }
 
 impl LinkedSession {
@@ -139,19 +166,17 @@ impl LinkedSession {
         policy: &Policy,
         now: Timestamp,
     ) -> Self {
-        let last_primary_activity = certificate.issued_at().max(device_list.issued_at());
         LinkedSession {
             identity,
             label,
             certificate,
             device_list,
+            heartbeat: None,
             linked_at: now,
-            last_primary_activity,
-            offline_limit_ms: duration_millis(policy.primary_offline_limit()),
-            warn_before_ms: duration_millis(policy.warn_before()),
-            quarantine_ms: policy.new_device_quarantine().map(duration_millis),
             logged_out: None,
+            fork_seen: None,
             settled_at: now,
+            limits: Limits::of(policy),
         }
     }
 
@@ -164,16 +189,29 @@ impl LinkedSession {
         crate::persist::save("linked session", self)
     }
 
-    /// Restores a session saved by [`LinkedSession::save`].
-    pub fn restore(bytes: &[u8]) -> Result<Self, crate::persist::PersistError> {
-        let s: LinkedSession = crate::persist::restore("linked session", bytes)?;
+    /// Restores a session saved by [`LinkedSession::save`] under the host's
+    /// `policy` (the limits are the host's, not the saved bytes'). The
+    /// logout the signed facts imply is applied again: a save edited to drop
+    /// its logout mark is still logged out if its list no longer names the
+    /// device.
+    pub fn restore(bytes: &[u8], policy: &Policy) -> Result<Self, crate::persist::PersistError> {
+        let mut s: LinkedSession = crate::persist::restore("linked session", bytes)?;
+        s.limits = Limits::of(policy);
         if s.certificate.device() != s.identity.device_key()
             || s.device_list.account() != s.certificate.account()
             || s.device_list.version() < s.certificate.device_list().version()
-            || s.last_primary_activity < s.certificate.issued_at().max(s.device_list.issued_at())
-            || s.offline_limit_ms == 0
+            || s.heartbeat.as_ref().is_some_and(|hb| {
+                hb.account() != s.certificate.account()
+                    || hb
+                        .check_list(s.device_list.version(), &s.device_list.hash())
+                        .is_err()
+            })
+            || s.limits.offline_limit_ms == 0
         {
             return Err(crate::persist::PersistError::Inconsistent("session keys"));
+        }
+        if s.logged_out.is_none() && !s.device_list.contains(s.index(), &s.device_key()) {
+            s.logged_out = Some(s.removal_reason(&s.device_list.clone()));
         }
         Ok(s)
     }
@@ -206,20 +244,37 @@ impl LinkedSession {
     pub fn linked_at(&self) -> Timestamp {
         self.linked_at
     }
-    /// The newest instant the account signed it was active.
+    /// The newest instant the account signed it was active: the newest of
+    /// the certificate's, the list's and the newest heartbeat's times.
     pub fn last_primary_activity(&self) -> Timestamp {
-        self.last_primary_activity
+        let signed = self
+            .certificate
+            .issued_at()
+            .max(self.device_list.issued_at());
+        self.heartbeat
+            .as_ref()
+            .map_or(signed, |hb| signed.max(hb.at()))
+    }
+
+    /// The version at which this session saw another signed history of its
+    /// account (a phone restored from an old backup, or the account key used
+    /// twice): tell the user. From then on only the chained successor of the
+    /// held list is accepted (a list further ahead is
+    /// [`CertificateError::MissingVersions`]: fetch the versions between).
+    pub fn fork_seen(&self) -> Option<u64> {
+        self.fork_seen
     }
 
     /// First instant at which the session is logged out for primary inactivity.
     pub fn expires_at(&self) -> Timestamp {
-        self.last_primary_activity
-            .saturating_add_millis(self.offline_limit_ms)
+        self.last_primary_activity()
+            .saturating_add_millis(self.limits.offline_limit_ms)
     }
 
     /// When to warn the user (`warn_before` ahead of [`LinkedSession::expires_at`]).
     pub fn warn_at(&self) -> Timestamp {
-        self.expires_at().saturating_sub_millis(self.warn_before_ms)
+        self.expires_at()
+            .saturating_sub_millis(self.limits.warn_before_ms)
     }
 
     /// The session's standing at `now`. Pure: changes nothing.
@@ -281,22 +336,32 @@ impl LinkedSession {
         }
     }
 
-    /// Applies `at` as primary activity. Activity at or after the lease's end
-    /// proves the primary was silent through it: the session is logged out.
-    fn extend(&mut self, at: Timestamp) -> Result<(), SessionError> {
+    /// Activity at or after the lease's end proves the primary was silent
+    /// through it: the session is logged out, whatever else the signed
+    /// update says (it names a list the session lacks, or forks it).
+    fn check_not_late(&mut self, at: Timestamp) -> Result<(), SessionError> {
         if at >= self.expires_at() {
             self.logged_out = Some(LogoutReason::PrimaryOffline);
             return Err(SessionError::LoggedOut(LogoutReason::PrimaryOffline));
         }
-        self.last_primary_activity = self.last_primary_activity.max(at);
         Ok(())
+    }
+
+    /// Records a fork seen in `result` (permanent, like the directory's).
+    fn note_fork<T>(&mut self, result: Result<T, CertificateError>) -> Result<T, SessionError> {
+        if let Err(CertificateError::Fork { version }) = &result {
+            self.fork_seen.get_or_insert(*version);
+        }
+        Ok(result?)
     }
 
     /// Accepts a signed heartbeat from the primary: extends the lease. Refused,
     /// with nothing changed, if forged, from another account, naming a newer
     /// device list than the one held ([`CertificateError::NeedDeviceList`]:
-    /// apply that list first) or another list of the held version
-    /// ([`CertificateError::Fork`]).
+    /// apply that list first). Another list of the held version is a
+    /// [`CertificateError::Fork`], refused and remembered
+    /// ([`LinkedSession::fork_seen`]). A heartbeat signed at or after the
+    /// lease's end logs the session out whatever list it names.
     pub fn accept_heartbeat(
         &mut self,
         heartbeat: &PrimaryHeartbeat,
@@ -307,16 +372,29 @@ impl LinkedSession {
             return Err(CertificateError::WrongAccount.into());
         }
         self.check_live(now)?;
-        hb.check_list(self.device_list.version(), &self.device_list.hash())?;
-        self.extend(hb.at())?;
+        self.check_not_late(hb.at())?;
+        let checked = hb.check_list(self.device_list.version(), &self.device_list.hash());
+        self.note_fork(checked)?;
+        if self
+            .heartbeat
+            .as_ref()
+            .is_none_or(|held| hb.at() > held.at())
+        {
+            self.heartbeat = Some(hb.clone());
+        }
         Ok(self.poll(now))
     }
 
     /// Accepts a newer signed device list and returns what changed. If it no
     /// longer lists this device, the session is logged out with the reason
     /// the list gives ([`LogoutReason::Revoked`] if it gives none). Refused,
-    /// with nothing changed, if forged, from another account, not newer, or a
-    /// fork of the held list.
+    /// with nothing changed, if forged, from another account or not newer.
+    /// A fork of the held list is refused and remembered
+    /// ([`LinkedSession::fork_seen`]); once one was seen, only the chained
+    /// successor is accepted, and a list further ahead is
+    /// [`CertificateError::MissingVersions`] (apply the versions between
+    /// first). A list signed at or after the lease's end logs the session
+    /// out.
     pub fn accept_device_list(
         &mut self,
         list: &SignedDeviceList,
@@ -326,8 +404,17 @@ impl LinkedSession {
             return Err(CertificateError::WrongAccount.into());
         }
         self.check_live(now)?;
-        list.check_successor_of(self.device_list.version(), &self.device_list.hash())?;
-        self.extend(list.issued_at())?;
+        self.check_not_late(list.issued_at())?;
+        let checked = list.check_successor_of(self.device_list.version(), &self.device_list.hash());
+        self.note_fork(checked)?;
+        let have = self.device_list.version();
+        if self.fork_seen.is_some() && list.version() > have.saturating_add(1) {
+            return Err(CertificateError::MissingVersions {
+                have,
+                got: list.version(),
+            }
+            .into());
+        }
         let reason_of = |index: DeviceIndex| {
             list.removed()
                 .iter()
@@ -350,9 +437,8 @@ impl LinkedSession {
                 reason: reason_of(e.index),
             })
             .collect();
-        let listed = list.contains(self.index(), &self.device_key());
-        if !listed {
-            self.logged_out = Some(reason_of(self.index()).unwrap_or(LogoutReason::Revoked));
+        if !list.contains(self.index(), &self.device_key()) {
+            self.logged_out = Some(self.removal_reason(list));
         }
         self.device_list = list.clone();
         Ok(DeviceListChange {
@@ -362,12 +448,20 @@ impl LinkedSession {
         })
     }
 
+    /// Why `list` (which does not name this device) removed it.
+    fn removal_reason(&self, list: &SignedDeviceList) -> LogoutReason {
+        list.removed()
+            .iter()
+            .find(|r| r.index == self.index())
+            .map_or(LogoutReason::Revoked, |r| r.reason)
+    }
+
     /// The other devices linked within the policy's
     /// [`crate::Policy::new_device_quarantine`] before `now` (empty when the
     /// policy has none): hosts can hold back history from them or show them
     /// apart until the window ends.
     pub fn recently_linked(&self, now: Timestamp) -> Vec<&DeviceListEntry> {
-        let Some(window) = self.quarantine_ms else {
+        let Some(window) = self.limits.quarantine_ms else {
             return Vec::new();
         };
         self.device_list

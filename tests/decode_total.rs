@@ -94,7 +94,7 @@ fn feed(f: &Fixture, bytes: &[u8]) {
     let _ = Account::restore(bytes);
     let _ = Companion::restore(bytes);
     let _ = PrimaryHandshake::restore(bytes);
-    let _ = LinkedSession::restore(bytes);
+    let _ = LinkedSession::restore(bytes, &Policy::default());
     let _ = OfferDisplay::restore(bytes);
     let _ = Directory::restore(bytes);
     let _ = MemoryTokenStore::restore(bytes);

@@ -961,9 +961,9 @@ fn assert_corruptions_refused<T>(
         corruptions.push(b);
     }
     // Envelope: kind, format and version.
-    // The format is version 2: a v1 save and a future v3 are refused.
-    for other in ["\"version\":1", "\"version\":3"] {
-        corruptions.push(text.replacen("\"version\":2", other, 1).into_bytes());
+    // The format is version 3: a v2 save and a future v4 are refused.
+    for other in ["\"version\":2", "\"version\":4"] {
+        corruptions.push(text.replacen("\"version\":3", other, 1).into_bytes());
     }
     corruptions.push(
         text.replacen("\"format\":\"devicelink\"", "\"format\":\"devicelinK\"", 1)
@@ -1332,7 +1332,7 @@ fn linked_session_save_restore_continues_identically() {
     broadcast_list(&account, std::slice::from_mut(&mut s2), at(SECOND));
 
     let saved = s2.save().unwrap();
-    let mut restored = LinkedSession::restore(&saved).unwrap();
+    let mut restored = LinkedSession::restore(&saved, &Policy::default()).unwrap();
     assert_eq!(restored.save().unwrap(), saved);
     assert_eq!(restored.index(), s2.index());
     assert_eq!(restored.account(), s2.account());
@@ -1376,12 +1376,16 @@ fn linked_session_save_restore_continues_identically() {
     assert!(a[1].starts_with("Ok(Linked"), "{}", a[1]);
     assert!(a.iter().any(|l| l.contains("LoggedOut")));
 
-    assert_corruptions_refused("linked session", &saved, LinkedSession::restore);
+    assert_corruptions_refused("linked session", &saved, restore_session);
     let text = std::str::from_utf8(&saved).unwrap();
     // Identity, certificate and device list are checked against each other.
     for field in ["identity", "certificate", "device_list"] {
         assert!(
-            LinkedSession::restore(&flip_b64(&saved, field_range(text, field))).is_err(),
+            LinkedSession::restore(
+                &flip_b64(&saved, field_range(text, field)),
+                &Policy::default()
+            )
+            .is_err(),
             "flipped {field} restored"
         );
     }
@@ -1860,31 +1864,19 @@ fn a_backdated_heartbeat_is_signed_at_the_registry_clock_and_revives_nobody() {
     assert_eq!(account.companion_count(at(5 * DAY)), 0);
 
     // A session that has not polled, on a companion whose clock also says
-    // day 5: the heartbeat extends nothing (it names the list that dropped
-    // everyone)...
+    // day 5: the heartbeat is signed at or past its lease's end, so it logs
+    // the session out whatever list it names (v2.1; it used to wait for the
+    // list with `NeedDeviceList`).
     let bytes = hb.to_bytes();
-    assert_eq!(
-        s1.heartbeat_bytes(&bytes, at(5 * DAY)),
-        Err(SessionError::Certificate(
-            CertificateError::NeedDeviceList {
-                version: account.device_list_version()
-            }
-        ))
-    );
     assert!(account.device_list_version() > held);
     assert_eq!(s1.expires_at(), at(OFFLINE));
-    // ...and that list logs it out, with its reason.
-    let change = s1
-        .accept_device_list(account.device_list(), at(5 * DAY))
-        .unwrap();
-    assert_eq!(
-        change.status,
-        SessionStatus::LoggedOut {
-            reason: LogoutReason::PrimaryOffline
-        }
-    );
     assert_eq!(
         s1.heartbeat_bytes(&bytes, at(5 * DAY)),
+        Err(SessionError::LoggedOut(LogoutReason::PrimaryOffline))
+    );
+    // The list then changes nothing: the session is already logged out.
+    assert_eq!(
+        s1.accept_device_list(account.device_list(), at(5 * DAY)),
         Err(SessionError::LoggedOut(LogoutReason::PrimaryOffline))
     );
     assert!(!s1.is_linked(at(5 * DAY)));
@@ -2093,7 +2085,9 @@ fn a_restored_old_phone_produces_lists_the_sessions_refuse_as_a_fork() {
                 version: v + 1
             }))
         );
-        assert_eq!(s.save().unwrap(), saved_session);
+        // Nothing changed but the fork mark, which stays (v2.1).
+        assert_ne!(s.save().unwrap(), saved_session);
+        assert_eq!(s.fork_seen(), Some(v + 1));
         assert_eq!(s.device_list(), &genuine);
         assert!(s.is_linked(at(3 * DAY)));
     }
@@ -2167,4 +2161,9 @@ fn a_new_device_is_announced_and_quarantined_for_the_policy_window() {
     link(&mut plain, "B", &mut rng, t1);
     a.accept_device_list(plain.device_list(), t1).unwrap();
     assert!(a.recently_linked(t1).is_empty());
+}
+
+/// [`LinkedSession::restore`] under the default policy.
+fn restore_session(bytes: &[u8]) -> Result<LinkedSession, devicelink::PersistError> {
+    LinkedSession::restore(bytes, &Policy::default())
 }

@@ -201,10 +201,11 @@ impl BrowserCompanion {
         rng: &mut R,
         now: Timestamp,
     ) -> Result<Self, WebError> {
-        let session = LinkedSession::restore(saved)?;
+        let policy = Policy::default();
+        let session = LinkedSession::restore(saved, &policy)?;
         let mut me = Self::with_side(
             Side::Linked(Box::new(session)),
-            Policy::default(),
+            policy,
             ClientSecret::generate(rng),
         );
         me.settle(now);

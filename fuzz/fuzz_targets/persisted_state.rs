@@ -23,6 +23,7 @@ use devicelink::persist::PersistError;
 use devicelink::relay::{
     Directory, HelloDigest, Ledger, LedgerConfig, MemoryTokenStore, TokenStore,
 };
+use devicelink::Policy;
 use devicelink::{
     Account, Companion, LinkedSession, OfferDisplay, PrimaryHandshake, PrimaryHeartbeat,
     SignedDeviceList, Timestamp,
@@ -232,12 +233,12 @@ fn primary(data: &[u8]) {
 
 fn session(data: &[u8]) {
     let f = fixture();
-    if let Ok(mut s) = LinkedSession::restore(data) {
+    if let Ok(mut s) = LinkedSession::restore(data, &Policy::default()) {
         fixed_point(
             "linked session",
             &s,
             LinkedSession::save,
-            LinkedSession::restore,
+            restore_session,
             false,
         );
         let _ = (
@@ -255,7 +256,7 @@ fn session(data: &[u8]) {
                 "session after poll",
                 &s,
                 LinkedSession::save,
-                LinkedSession::restore,
+                restore_session,
                 false,
             );
         }
@@ -271,7 +272,7 @@ fn session(data: &[u8]) {
             "session after list and heartbeat",
             &s,
             LinkedSession::save,
-            LinkedSession::restore,
+            restore_session,
             false,
         );
         let heartbeat = PrimaryHeartbeat::from_bytes(&f.heartbeat).expect("fixture heartbeat");
@@ -280,7 +281,7 @@ fn session(data: &[u8]) {
             "session after heartbeat",
             &s,
             LinkedSession::save,
-            LinkedSession::restore,
+            restore_session,
             false,
         );
     }
@@ -452,4 +453,9 @@ fn drive_ledger(ledger: &Ledger) {
     );
     let _ = ledger.abandon(COMPANION);
     let _ = ledger.sweep(now(), 16);
+}
+
+/// [`LinkedSession::restore`] under the default policy.
+fn restore_session(bytes: &[u8]) -> Result<LinkedSession, devicelink::PersistError> {
+    LinkedSession::restore(bytes, &Policy::default())
 }

@@ -21,6 +21,7 @@
 
 use devicelink::certificate::{CertificateError, MAX_LIST_DEVICES, MAX_LIST_REMOVED};
 use devicelink::session::SessionError;
+use devicelink::Policy;
 use devicelink::{
     DeviceCertificate, LinkedSession, PrimaryHeartbeat, SessionStatus, SignedDeviceList,
 };
@@ -30,7 +31,7 @@ use libfuzzer_sys::fuzz_target;
 /// `save → restore → save` of a session is byte-identical.
 fn fixed_point(what: &str, s: &LinkedSession) {
     let first = s.save().expect("save");
-    let back = LinkedSession::restore(&first)
+    let back = LinkedSession::restore(&first, &Policy::default())
         .unwrap_or_else(|e| panic!("{what}: its own save does not restore: {e}"));
     assert_eq!(back.save().expect("save"), first, "{what}: save changed");
 }

@@ -108,7 +108,7 @@ pub fn body_of(saved: &[u8]) -> &[u8] {
 }
 
 /// A saved state of `kind` around `body`, with the header `persist::save`
-/// writes: `{"format":"devicelink","kind":K,"version":2,"sha256":H}` where `H`
+/// writes: `{"format":"devicelink","kind":K,"version":3,"sha256":H}` where `H`
 /// is the base64 SHA-256 of `body`. The digest makes any blind mutation of a
 /// saved state a `Corrupted` error, so the fuzzer mutates bodies and the
 /// target seals them. [`build`] checks that this reproduces the library's own

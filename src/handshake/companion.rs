@@ -92,6 +92,7 @@ enum Stage {
     AwaitingGrant {
         token: TokenId,
         keys: SessionKeys,
+        #[serde(with = "crate::encoding::b64_vec")]
         request: Vec<u8>,
         deadline: Timestamp,
     },

@@ -281,6 +281,7 @@ struct Slot {
     list_version: u64,
     /// The first 16 bytes of the applied list's hash: its successor must
     /// name it (128 bits: a fork needs a second preimage).
+    #[serde(with = "crate::encoding::b64_array")]
     list_hash: [u8; 16],
     /// A fork was seen: accept only the chained successor.
     #[serde(default)]
