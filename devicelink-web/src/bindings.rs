@@ -1,12 +1,18 @@
 //! The JS surface: [`WebCompanion`] and the small value classes it returns.
 //! Methods take `nowMs` (`Date.now()`), return plain JS values, and turn
-//! every failure into a `JsError` with a readable message; nothing panics.
+//! every failure into a `JsError` whose message is its class's fixed
+//! sentence ([`Problem::sentence`]); nothing panics.
+//!
+//! What the page shows comes from here: fixed sentences (chosen in
+//! [`crate::shell`]), numbers, fingerprints computed locally, and device
+//! labels from signed lists (which are [`devicelink::DeviceLabel`]s). No
+//! other text from the network (a relay's error text) reaches JS.
 
-use devicelink::{DeviceListEntry, LogoutReason, Timestamp};
+use devicelink::{DeviceListEntry, Timestamp};
 use rand_core::OsRng;
 use wasm_bindgen::prelude::*;
 
-use crate::shell::{BrowserCompanion, Notice, WebError};
+use crate::shell::{logout_text, BrowserCompanion, Notice, Problem, WebError};
 
 /// `Date.now()` as a [`Timestamp`]: NaN, infinities and negative values
 /// read as the epoch, values past `u64::MAX` as the largest instant.
@@ -19,8 +25,10 @@ fn millis(t: Timestamp) -> f64 {
     t.as_unix_millis() as f64
 }
 
+/// The error the page sees: the class's fixed sentence, not `e`'s text
+/// (a saved state's defect may quote its contents).
 fn js(e: WebError) -> JsError {
-    JsError::new(&e.to_string())
+    JsError::new(e.problem().sentence())
 }
 
 /// The browser companion: shows the rotating QR code, speaks the relay's
@@ -61,7 +69,7 @@ impl WebCompanion {
             None => Ok(None),
             Some(bytes) => String::from_utf8(bytes)
                 .map(Some)
-                .map_err(|_| JsError::new("saved state is not text")),
+                .map_err(|_| JsError::new(Problem::SavedState.sentence())),
         }
     }
 
@@ -151,7 +159,7 @@ impl WebCompanion {
         self.shell.check_code()
     }
 
-    /// Why the pairing failed, for people.
+    /// Why the pairing failed, for people: one fixed sentence per class.
     #[wasm_bindgen(getter)]
     pub fn failure(&self) -> Option<String> {
         self.shell.failure()
@@ -203,24 +211,13 @@ impl WebCompanion {
     pub fn logout_reason(&self, now_ms: f64) -> Option<String> {
         self.shell
             .logout_reason(timestamp(now_ms))
-            .map(|r| reason_text(r).to_owned())
+            .map(|r| logout_text(r).to_owned())
     }
 
     /// When `poll` must run next (Unix ms).
     #[wasm_bindgen(getter, js_name = nextDeadline)]
     pub fn next_deadline(&self) -> Option<f64> {
         self.shell.next_deadline().map(millis)
-    }
-}
-
-/// The words for a logout reason.
-pub(crate) fn reason_text(r: LogoutReason) -> &'static str {
-    match r {
-        LogoutReason::Revoked => "your phone removed this device",
-        LogoutReason::PrimaryOffline => "your phone was offline for too long (14 days)",
-        LogoutReason::CompanionIdle => "this device was not used for too long",
-        LogoutReason::ConfirmationTimedOut => "the link was not confirmed in time",
-        LogoutReason::Replaced => "this device was linked again",
     }
 }
 
@@ -279,55 +276,17 @@ impl WebDevice {
 #[wasm_bindgen]
 pub struct WebNotice {
     kind: &'static str,
+    problem: Option<&'static str>,
     text: String,
 }
 
 impl From<Notice> for WebNotice {
     fn from(n: Notice) -> Self {
-        let (kind, text) = match n {
-            Notice::DeviceAdded(e) => (
-                "device-added",
-                format!(
-                    "A new device was linked: \u{201c}{}\u{201d} (#{}). Not you? Remove it from your phone.",
-                    e.label, e.index.0
-                ),
-            ),
-            Notice::DeviceRemoved { entry, reason } => (
-                "device-removed",
-                match reason {
-                    Some(r) => format!(
-                        "\u{201c}{}\u{201d} (#{}) was logged out: {}.",
-                        entry.label,
-                        entry.index.0,
-                        other_reason_text(r)
-                    ),
-                    None => format!(
-                        "\u{201c}{}\u{201d} (#{}) was logged out.",
-                        entry.label, entry.index.0
-                    ),
-                },
-            ),
-            Notice::RelayError { code, text } => {
-                ("relay-error", format!("The relay refused ({code}): {text}"))
-            }
-            Notice::RelayLogout { reason } => (
-                "relay-logout",
-                format!(
-                    "The relay reports this device logged out ({reason}); the account's signed list does not say so yet."
-                ),
-            ),
-        };
-        WebNotice { kind, text }
-    }
-}
-
-fn other_reason_text(r: LogoutReason) -> &'static str {
-    match r {
-        LogoutReason::Revoked => "removed from the phone",
-        LogoutReason::PrimaryOffline => "the phone was offline for too long",
-        LogoutReason::CompanionIdle => "not used for too long",
-        LogoutReason::ConfirmationTimedOut => "its link was not confirmed in time",
-        LogoutReason::Replaced => "linked again",
+        WebNotice {
+            kind: n.kind(),
+            problem: n.problem().map(Problem::as_str),
+            text: n.text(),
+        }
     }
 }
 
@@ -339,7 +298,14 @@ impl WebNotice {
     pub fn kind(&self) -> String {
         self.kind.to_owned()
     }
-    /// The words to show (as text, never as HTML: it quotes labels).
+    /// A relay refusal's class (`"relay-refused"`, `"phone-not-connected"`
+    /// …), or `undefined` for the other kinds.
+    #[wasm_bindgen(getter)]
+    pub fn problem(&self) -> Option<String> {
+        self.problem.map(str::to_owned)
+    }
+    /// The words to show (as text, never as HTML: it quotes labels). A
+    /// relay refusal is its class's fixed sentence, never the relay's text.
     #[wasm_bindgen(getter)]
     pub fn text(&self) -> String {
         self.text.clone()

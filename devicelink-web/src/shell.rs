@@ -22,7 +22,7 @@ use devicelink::relay::{HelloDigest, SubscriptionProof};
 use devicelink::{
     Companion, CompanionState, DeviceIdentity, DeviceIndex, DeviceLabel, DeviceLabelError,
     DeviceListEntry, ErrorKind, HandshakeError, LinkedSession, LogoutReason, PersistError, Policy,
-    PrimaryHeartbeat, SessionStatus, SignedDeviceList, Timestamp, TokenId,
+    PrimaryHeartbeat, RefusalReason, SessionStatus, SignedDeviceList, Timestamp, TokenId,
 };
 use devicelink_relay::codes;
 use devicelink_relay::frame::{Frame, FrameError, FrameType};
@@ -99,12 +99,14 @@ pub enum Notice {
         /// Why, when the list says.
         reason: Option<LogoutReason>,
     },
-    /// The relay refused one of this companion's frames.
+    /// The relay refused one of this companion's frames. The relay's text
+    /// is not kept: its code picks the class, and the page shows the
+    /// class's fixed sentence ([`Problem::sentence`]).
     RelayError {
         /// The relay's code (`docs/RELAY.md` §3.3).
         code: u16,
-        /// The relay's text.
-        text: String,
+        /// What the page tells the user ([`Problem::from_relay_code`]).
+        problem: Problem,
     },
     /// The relay says this device was logged out but the session's signed
     /// facts do not (yet): the relay's word alone logs nobody out.
@@ -112,6 +114,306 @@ pub enum Notice {
         /// The relay's reason.
         reason: LogoutReason,
     },
+}
+
+impl Notice {
+    /// A stable lower-case name for the page (the notice's class):
+    /// `"device-added"`, `"device-removed"`, `"relay-error"` or
+    /// `"relay-logout"`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Notice::DeviceAdded(_) => "device-added",
+            Notice::DeviceRemoved { .. } => "device-removed",
+            Notice::RelayError { .. } => "relay-error",
+            Notice::RelayLogout { .. } => "relay-logout",
+        }
+    }
+
+    /// The problem a relay refusal is, if this notice is one.
+    pub fn problem(&self) -> Option<Problem> {
+        match self {
+            Notice::RelayError { problem, .. } => Some(*problem),
+            _ => None,
+        }
+    }
+
+    /// The words the page shows. Fixed sentences, and device labels, which
+    /// come from the account's signed list and are [`DeviceLabel`]s (no
+    /// control, bidirectional, zero-width or separator characters): no
+    /// other text from the network.
+    pub fn text(&self) -> String {
+        match self {
+            Notice::DeviceAdded(e) => format!(
+                "A new device was linked: \u{201c}{}\u{201d} (#{}). Not you? Remove it from your phone.",
+                e.label, e.index.0
+            ),
+            Notice::DeviceRemoved { entry, reason } => match reason {
+                Some(r) => format!(
+                    "\u{201c}{}\u{201d} (#{}) was logged out: {}.",
+                    entry.label,
+                    entry.index.0,
+                    other_logout_text(*r)
+                ),
+                None => format!(
+                    "\u{201c}{}\u{201d} (#{}) was logged out.",
+                    entry.label, entry.index.0
+                ),
+            },
+            Notice::RelayError { problem, .. } => problem.sentence().to_owned(),
+            Notice::RelayLogout { reason } => format!(
+                "The relay reports this device logged out ({}); the account's signed list does not say so yet.",
+                other_logout_text(*reason)
+            ),
+        }
+    }
+}
+
+/// Why this device is logged out, for people (the page's "This browser is
+/// no longer linked: …").
+pub fn logout_text(r: LogoutReason) -> &'static str {
+    match r {
+        LogoutReason::Revoked => "your phone removed this device",
+        LogoutReason::PrimaryOffline => "your phone was offline for too long (14 days)",
+        LogoutReason::CompanionIdle => "this device was not used for too long",
+        LogoutReason::ConfirmationTimedOut => "the link was not confirmed in time",
+        LogoutReason::Replaced => "this device was linked again",
+    }
+}
+
+/// Why another device (or, as the relay says, this one) was logged out.
+fn other_logout_text(r: LogoutReason) -> &'static str {
+    match r {
+        LogoutReason::Revoked => "removed from the phone",
+        LogoutReason::PrimaryOffline => "the phone was offline for too long",
+        LogoutReason::CompanionIdle => "not used for too long",
+        LogoutReason::ConfirmationTimedOut => "its link was not confirmed in time",
+        LogoutReason::Replaced => "linked again",
+    }
+}
+
+/// A class of problem the page reports, each with one fixed sentence
+/// ([`Problem::sentence`]). The page never shows text it was sent: a relay's
+/// error text (any UTF-8, bidirectional overrides included) is dropped and
+/// its numeric code picks the class; a saved state's or a frame's defect is
+/// one class each, whatever the details.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Problem {
+    /// Relay code 1xx: the relay could not read one of this browser's
+    /// frames.
+    RelayMalformed,
+    /// Relay code 2xx: the relay could not verify one of its frames (not
+    /// identified, no proof).
+    RelayUnauthenticated,
+    /// Relay code 3xx: a frame the relay did not expect.
+    RelayUnexpected,
+    /// Relay codes 401 and 402: over the relay's rate.
+    RelayRateLimited,
+    /// Relay code 4xx (other than the rates): refused by a rule.
+    RelayRefused,
+    /// Relay code 5xx: too late (a token or offer expired, idle).
+    RelayExpired,
+    /// Relay code 6xx: contradicts what the relay holds.
+    RelayConflict,
+    /// Relay code 701: the phone is not connected to the relay.
+    PhoneNotConnected,
+    /// Relay code 702: the relay is shutting down.
+    RelayShuttingDown,
+    /// Relay code 7xx (other): the relay's store is unavailable.
+    RelayUnavailable,
+    /// Relay code 8xx: the relay says this browser misused it.
+    RelayMisuse,
+    /// A relay code outside 100–899.
+    RelayUnknown,
+    /// The relay sent bytes that are not a frame ([`WebError::Frame`]).
+    BadFrame,
+    /// The saved link could not be read or written ([`WebError::Persist`]).
+    SavedState,
+    /// The device name is empty (or only spaces).
+    LabelEmpty,
+    /// The device name is over [`devicelink::label::MAX_LABEL_LEN`] bytes.
+    LabelTooLong,
+    /// The device name holds control or invisible characters (or is not
+    /// text).
+    LabelCharacters,
+    /// The QR code could not be drawn ([`WebError::Qr`]).
+    QrCode,
+    /// The handshake could not build a message ([`WebError::Handshake`]).
+    Handshake,
+    /// The phone refused: the account has all the devices it allows.
+    DeviceLimitReached,
+    /// The phone's user declined.
+    Declined,
+    /// The phone found the code out of date.
+    OfferStale,
+    /// The phone refused for a reason this version does not know.
+    PhoneRefused,
+    /// The code was not scanned before the display gave up.
+    NotScanned,
+    /// The pairing was cancelled.
+    Cancelled,
+    /// The phone did not approve in time.
+    ApprovalTimedOut,
+}
+
+impl Problem {
+    /// Every class, for tests and documentation.
+    pub const ALL: [Problem; 26] = [
+        Problem::RelayMalformed,
+        Problem::RelayUnauthenticated,
+        Problem::RelayUnexpected,
+        Problem::RelayRateLimited,
+        Problem::RelayRefused,
+        Problem::RelayExpired,
+        Problem::RelayConflict,
+        Problem::PhoneNotConnected,
+        Problem::RelayShuttingDown,
+        Problem::RelayUnavailable,
+        Problem::RelayMisuse,
+        Problem::RelayUnknown,
+        Problem::BadFrame,
+        Problem::SavedState,
+        Problem::LabelEmpty,
+        Problem::LabelTooLong,
+        Problem::LabelCharacters,
+        Problem::QrCode,
+        Problem::Handshake,
+        Problem::DeviceLimitReached,
+        Problem::Declined,
+        Problem::OfferStale,
+        Problem::PhoneRefused,
+        Problem::NotScanned,
+        Problem::Cancelled,
+        Problem::ApprovalTimedOut,
+    ];
+
+    /// The class of a relay's [`Frame::Error`] code (`docs/RELAY.md` §3.3):
+    /// the transport's own details where the user can act on them, else the
+    /// code's kind.
+    pub fn from_relay_code(code: u16) -> Problem {
+        match code {
+            codes::RATE_LIMITED | codes::NEW_ACCOUNTS_RATE => Problem::RelayRateLimited,
+            codes::PEER_GONE => Problem::PhoneNotConnected,
+            codes::SHUTTING_DOWN => Problem::RelayShuttingDown,
+            _ => match codes::code_kind(code) {
+                Some(ErrorKind::Malformed) => Problem::RelayMalformed,
+                Some(ErrorKind::Unauthenticated) => Problem::RelayUnauthenticated,
+                Some(ErrorKind::Unexpected) => Problem::RelayUnexpected,
+                Some(ErrorKind::Refused) => Problem::RelayRefused,
+                Some(ErrorKind::Expired) => Problem::RelayExpired,
+                Some(ErrorKind::Conflict) => Problem::RelayConflict,
+                Some(ErrorKind::Unavailable) => Problem::RelayUnavailable,
+                Some(ErrorKind::Misuse) => Problem::RelayMisuse,
+                Some(_) | None => Problem::RelayUnknown,
+            },
+        }
+    }
+
+    /// A stable lower-case name for the page (`data-problem`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Problem::RelayMalformed => "relay-malformed",
+            Problem::RelayUnauthenticated => "relay-unauthenticated",
+            Problem::RelayUnexpected => "relay-unexpected",
+            Problem::RelayRateLimited => "relay-rate-limited",
+            Problem::RelayRefused => "relay-refused",
+            Problem::RelayExpired => "relay-expired",
+            Problem::RelayConflict => "relay-conflict",
+            Problem::PhoneNotConnected => "phone-not-connected",
+            Problem::RelayShuttingDown => "relay-shutting-down",
+            Problem::RelayUnavailable => "relay-unavailable",
+            Problem::RelayMisuse => "relay-misuse",
+            Problem::RelayUnknown => "relay-unknown",
+            Problem::BadFrame => "bad-frame",
+            Problem::SavedState => "saved-state",
+            Problem::LabelEmpty => "label-empty",
+            Problem::LabelTooLong => "label-too-long",
+            Problem::LabelCharacters => "label-characters",
+            Problem::QrCode => "qr-code",
+            Problem::Handshake => "handshake",
+            Problem::DeviceLimitReached => "device-limit-reached",
+            Problem::Declined => "declined",
+            Problem::OfferStale => "offer-stale",
+            Problem::PhoneRefused => "phone-refused",
+            Problem::NotScanned => "not-scanned",
+            Problem::Cancelled => "cancelled",
+            Problem::ApprovalTimedOut => "approval-timed-out",
+        }
+    }
+
+    /// The one sentence the page shows for this class.
+    pub fn sentence(self) -> &'static str {
+        match self {
+            Problem::RelayMalformed => "The relay could not read a message from this browser.",
+            Problem::RelayUnauthenticated => {
+                "The relay could not verify a message from this browser."
+            }
+            Problem::RelayUnexpected => {
+                "The relay did not expect a message this browser sent."
+            }
+            Problem::RelayRateLimited => {
+                "The relay is limiting how often this browser may ask. It will try again shortly."
+            }
+            Problem::RelayRefused => "The relay refused a request from this browser.",
+            Problem::RelayExpired => "A request from this browser reached the relay too late.",
+            Problem::RelayConflict => {
+                "The relay already holds something that conflicts with this browser's request."
+            }
+            Problem::PhoneNotConnected => "Your phone is not connected to the relay right now.",
+            Problem::RelayShuttingDown => {
+                "The relay is restarting. This browser will reconnect."
+            }
+            Problem::RelayUnavailable => "The relay is unavailable right now. Try again later.",
+            Problem::RelayMisuse => {
+                "The relay refused a request this browser should not have sent."
+            }
+            Problem::RelayUnknown => {
+                "The relay refused a request for a reason this page does not know."
+            }
+            Problem::BadFrame => "The relay sent data this browser could not read.",
+            Problem::SavedState => "The link saved in this browser could not be read or saved.",
+            Problem::LabelEmpty => "Enter a name for this browser.",
+            Problem::LabelTooLong => "That name is too long: 64 bytes at most.",
+            Problem::LabelCharacters => {
+                "That name contains control or invisible characters. Use visible text only."
+            }
+            Problem::QrCode => "The code could not be drawn. Reload to try again.",
+            Problem::Handshake => {
+                "This browser could not answer your phone. Reload to try again."
+            }
+            Problem::DeviceLimitReached => {
+                "Your account already has all the linked devices it allows. Remove one on your phone, then reload to try again."
+            }
+            Problem::Declined => "Linking was declined on your phone.",
+            Problem::OfferStale => {
+                "Your phone found the code out of date. Reload to show a new one."
+            }
+            Problem::PhoneRefused => "Your phone refused to link this browser.",
+            Problem::NotScanned => "The code was not scanned in time. Reload to show a new one.",
+            Problem::Cancelled => "Linking was cancelled.",
+            Problem::ApprovalTimedOut => {
+                "Your phone did not approve in time. Reload to try again."
+            }
+        }
+    }
+}
+
+impl WebError {
+    /// The class the page reports for this error: the JS error's message
+    /// is its fixed sentence, never this error's own text (which may quote
+    /// a saved state's contents).
+    pub fn problem(&self) -> Problem {
+        match self {
+            WebError::Label(DeviceLabelError::Empty) => Problem::LabelEmpty,
+            WebError::Label(DeviceLabelError::TooLong { .. }) => Problem::LabelTooLong,
+            WebError::Label(DeviceLabelError::ControlCharacter | DeviceLabelError::NotUtf8) => {
+                Problem::LabelCharacters
+            }
+            WebError::Persist(_) => Problem::SavedState,
+            WebError::Frame(_) => Problem::BadFrame,
+            WebError::Qr(_) => Problem::QrCode,
+            WebError::Handshake(_) => Problem::Handshake,
+        }
+    }
 }
 
 enum Side {
@@ -370,7 +672,9 @@ impl BrowserCompanion {
             Frame::Routed { .. } => {
                 self.awaiting.pop_front();
             }
-            Frame::Error { code, text } => {
+            // The relay's text is any UTF-8 (bidirectional overrides
+            // included): it is not read, and never reaches the page.
+            Frame::Error { code, .. } => {
                 let of = self.awaiting.pop_front();
                 // Expected refusals: a Release whose reservation had lapsed
                 // or moved on; a Register the relay already holds for this
@@ -390,7 +694,7 @@ impl BrowserCompanion {
                 if !expected {
                     self.notices.push(Notice::RelayError {
                         code,
-                        text: text.to_owned(),
+                        problem: Problem::from_relay_code(code),
                     });
                 }
             }
@@ -576,8 +880,9 @@ impl BrowserCompanion {
         }
     }
 
-    /// Why the pairing failed, for people.
-    pub fn failure(&self) -> Option<String> {
+    /// Why the pairing failed, as a class ([`Problem::sentence`] is what
+    /// the page shows).
+    pub fn failure_problem(&self) -> Option<Problem> {
         let Side::Pairing(c) = &self.side else {
             return None;
         };
@@ -585,18 +890,22 @@ impl BrowserCompanion {
             return None;
         };
         Some(match reason {
-            FailureReason::Refused(r) => format!("The phone refused: {r}."),
+            FailureReason::Refused(RefusalReason::DeviceLimitReached { .. }) => {
+                Problem::DeviceLimitReached
+            }
+            FailureReason::Refused(RefusalReason::Declined) => Problem::Declined,
+            FailureReason::Refused(RefusalReason::OfferStale) => Problem::OfferStale,
+            FailureReason::Refused(RefusalReason::Other { .. }) => Problem::PhoneRefused,
             FailureReason::OfferEnded(OfferState::TimedOut { .. })
-            | FailureReason::OfferEnded(OfferState::Expired { .. }) => {
-                "The code was not scanned in time. Reload to show a new one.".to_owned()
-            }
-            FailureReason::OfferEnded(_) | FailureReason::Cancelled => {
-                "Linking was cancelled.".to_owned()
-            }
-            FailureReason::GrantTimedOut => {
-                "The phone did not approve in time. Reload to try again.".to_owned()
-            }
+            | FailureReason::OfferEnded(OfferState::Expired { .. }) => Problem::NotScanned,
+            FailureReason::OfferEnded(_) | FailureReason::Cancelled => Problem::Cancelled,
+            FailureReason::GrantTimedOut => Problem::ApprovalTimedOut,
         })
+    }
+
+    /// Why the pairing failed, for people: the class's fixed sentence.
+    pub fn failure(&self) -> Option<String> {
+        self.failure_problem().map(|p| p.sentence().to_owned())
     }
 
     /// The linked session.

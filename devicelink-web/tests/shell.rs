@@ -7,8 +7,9 @@
 use devicelink::handshake::MessageKind;
 use devicelink::time::days;
 use devicelink::{Account, DeviceIndex, LogoutReason, Policy, RefusalReason, Timestamp};
+use devicelink_relay::codes;
 use devicelink_relay::frame::{Frame, FrameType};
-use devicelink_web::shell::{BrowserCompanion, Notice, Phase, WebError};
+use devicelink_web::shell::{logout_text, BrowserCompanion, Notice, Phase, Problem, WebError};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 
@@ -296,7 +297,7 @@ fn bad_bytes_are_an_error_and_change_nothing() {
         c.take_notices(),
         [Notice::RelayError {
             code: 400,
-            text: "quota exceeded".into()
+            problem: Problem::RelayRefused
         }]
     );
     assert_eq!(c.phase(at(60_000)), Phase::Connecting);
@@ -327,6 +328,184 @@ fn bad_bytes_are_an_error_and_change_nothing() {
     ));
 }
 
+/// Whether `s` obeys a device label's character rules (no control,
+/// bidirectional, zero-width or separator characters): every character but
+/// the plain space is a valid one-character label.
+fn label_safe(s: &str) -> bool {
+    s.chars()
+        .all(|c| c == ' ' || devicelink::DeviceLabel::new(c.to_string()).is_ok())
+}
+
+/// A relay's error text that would spoof the page: a right-to-left
+/// override, isolates, zero-width and line separators, controls, and words
+/// of the relay's choosing.
+const SPOOF: &str = "Linked\u{202E}devorppa\u{202C} \u{2066}ok\u{2069}\u{200B}\u{2028}\u{1b}[2J\r\nType your password";
+
+/// Every string the page shows for a notice, a failure or a logout.
+fn displayed(c: &BrowserCompanion, notices: &[Notice], now: Timestamp) -> Vec<String> {
+    let mut out: Vec<String> = notices
+        .iter()
+        .flat_map(|n| [n.kind().to_owned(), n.text()])
+        .collect();
+    out.extend(c.failure());
+    out.extend(c.check_code());
+    out.extend(c.logout_reason(now).map(|r| logout_text(r).to_owned()));
+    out.extend(c.devices().iter().map(|d| d.label.as_str().to_owned()));
+    out
+}
+
+#[test]
+fn a_relay_error_text_never_reaches_the_page() {
+    let mut w = World::new(11);
+    let mut c = w.showing("Chromium", T0);
+    // Every code the relay sends (the transport's own, each kind's core
+    // code, unknown ones), with text that carries bidi overrides and
+    // controls, answering a frame whose refusal is not expected.
+    let all_codes = [
+        codes::MALFORMED_FRAME,
+        codes::TEXT_MESSAGE,
+        codes::TOO_BIG,
+        codes::NOT_IDENTIFIED,
+        codes::ACCOUNT_PROOF_NEEDED,
+        codes::WRONG_FRAME,
+        codes::WRONG_KIND,
+        codes::IDENTIFY_NOT_FIRST,
+        codes::RATE_LIMITED,
+        codes::NEW_ACCOUNTS_RATE,
+        codes::IDLE,
+        codes::PEER_GONE,
+        codes::SHUTTING_DOWN,
+        100,
+        200,
+        300,
+        400,
+        500,
+        600,
+        700,
+        800,
+        0,
+        99,
+        900,
+        u16::MAX,
+    ];
+    for (i, code) in all_codes.into_iter().enumerate() {
+        let now = at(i as u64);
+        // A rotation queues a Register: its refusal (other than "already
+        // registered") is told to the user.
+        c.connected(now).unwrap();
+        sent(&mut c);
+        c.receive(&ack(FrameType::Identify), &mut w.rng, now)
+            .unwrap();
+        let err = Frame::Error { code, text: SPOOF }.encode();
+        c.receive(&err, &mut w.rng, now).unwrap();
+        let notices = c.take_notices();
+        if code / 100 == 6 {
+            // A conflict on Register is the expected "already held".
+            assert!(notices.is_empty(), "{code}");
+            continue;
+        }
+        let problem = Problem::from_relay_code(code);
+        assert_eq!(notices, [Notice::RelayError { code, problem }], "{code}");
+        assert_eq!(notices[0].text(), problem.sentence());
+        assert_eq!(notices[0].problem(), Some(problem));
+        for s in displayed(&c, &notices, now) {
+            assert!(!s.contains("Type your password"), "{code}: {s:?}");
+            assert!(label_safe(&s), "{code}: {s:?}");
+        }
+    }
+    // Linked, the same: a refused Subscribe.
+    let mut c = w.showing("Firefox", T0);
+    w.link(&mut c, T0);
+    c.connected(at(100)).unwrap();
+    sent(&mut c);
+    for of in [FrameType::Identify, FrameType::PublishList] {
+        c.receive(&ack(of), &mut w.rng, at(100)).unwrap();
+    }
+    let err = Frame::Error {
+        code: codes::NOT_IDENTIFIED,
+        text: SPOOF,
+    }
+    .encode();
+    c.receive(&err, &mut w.rng, at(100)).unwrap();
+    let notices = c.take_notices();
+    assert_eq!(
+        notices,
+        [Notice::RelayError {
+            code: codes::NOT_IDENTIFIED,
+            problem: Problem::RelayUnauthenticated
+        }]
+    );
+    for s in displayed(&c, &notices, at(100)) {
+        assert!(label_safe(&s) && !s.contains("password"), "{s:?}");
+    }
+}
+
+#[test]
+fn each_problem_class_has_its_fixed_sentence() {
+    let mut sentences = std::collections::HashSet::new();
+    let mut names = std::collections::HashSet::new();
+    for p in Problem::ALL {
+        let s = p.sentence();
+        assert!(label_safe(s), "{p:?}: {s:?}");
+        assert!(s.ends_with('.'), "{p:?}: {s:?}");
+        assert!(sentences.insert(s), "{p:?} shares its sentence");
+        assert!(names.insert(p.as_str()), "{p:?} shares its name");
+        assert!(p
+            .as_str()
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c == '-'));
+    }
+    assert!(Problem::LabelTooLong
+        .sentence()
+        .contains(&devicelink::label::MAX_LABEL_LEN.to_string()));
+    // Relay codes: the transport's own details, then the code's kind.
+    for (code, p) in [
+        (codes::MALFORMED_FRAME, Problem::RelayMalformed),
+        (100, Problem::RelayMalformed),
+        (codes::NOT_IDENTIFIED, Problem::RelayUnauthenticated),
+        (codes::ACCOUNT_PROOF_NEEDED, Problem::RelayUnauthenticated),
+        (codes::WRONG_FRAME, Problem::RelayUnexpected),
+        (codes::RATE_LIMITED, Problem::RelayRateLimited),
+        (codes::NEW_ACCOUNTS_RATE, Problem::RelayRateLimited),
+        (400, Problem::RelayRefused),
+        (codes::IDLE, Problem::RelayExpired),
+        (500, Problem::RelayExpired),
+        (600, Problem::RelayConflict),
+        (codes::PEER_GONE, Problem::PhoneNotConnected),
+        (codes::SHUTTING_DOWN, Problem::RelayShuttingDown),
+        (700, Problem::RelayUnavailable),
+        (800, Problem::RelayMisuse),
+        (0, Problem::RelayUnknown),
+        (900, Problem::RelayUnknown),
+        (u16::MAX, Problem::RelayUnknown),
+    ] {
+        assert_eq!(Problem::from_relay_code(code), p, "{code}");
+    }
+    // The shell's errors: one class each, whatever their details.
+    let mut rng = ChaCha20Rng::seed_from_u64(12);
+    let class = |r: Result<BrowserCompanion, WebError>| r.unwrap_err().problem();
+    assert_eq!(
+        class(BrowserCompanion::new("", &mut rng, T0)),
+        Problem::LabelEmpty
+    );
+    assert_eq!(
+        class(BrowserCompanion::new(&"a".repeat(65), &mut rng, T0)),
+        Problem::LabelTooLong
+    );
+    assert_eq!(
+        class(BrowserCompanion::new("a\u{202E}b", &mut rng, T0)),
+        Problem::LabelCharacters
+    );
+    // A saved state whose defect the core would quote: a spoofing string.
+    let spoofed = format!("{{\"format\":\"{SPOOF}\"}}");
+    let err = BrowserCompanion::restore(spoofed.as_bytes(), &mut rng, T0).unwrap_err();
+    assert_eq!(err.problem(), Problem::SavedState);
+    assert!(label_safe(err.problem().sentence()));
+    let mut c = BrowserCompanion::new("Chromium", &mut rng, T0).unwrap();
+    let err = c.receive(&[0x7f], &mut rng, T0).unwrap_err();
+    assert_eq!(err.problem(), Problem::BadFrame);
+}
+
 #[test]
 fn a_declined_link_fails_with_the_reason() {
     let mut w = World::new(5);
@@ -351,7 +530,8 @@ fn a_declined_link_fails_with_the_reason() {
     );
     c.receive(&message(&refusal), &mut w.rng, T0).unwrap();
     assert_eq!(c.phase(T0), Phase::Failed);
-    assert!(c.failure().unwrap().contains("declined"));
+    assert_eq!(c.failure_problem(), Some(Problem::Declined));
+    assert_eq!(c.failure().as_deref(), Some(Problem::Declined.sentence()));
     assert!(sent(&mut c).is_empty());
 }
 

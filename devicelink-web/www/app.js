@@ -58,6 +58,14 @@ function status(text) {
   $("status").textContent = text;
 }
 
+// The words for something the companion threw. Its errors carry one of
+// the shell's fixed sentences (shell::Problem), never text from the
+// network or from storage; anything else thrown (a browser's own error)
+// gets `fallback`, never its own text.
+function problemText(e, fallback) {
+  return e instanceof Error && e.name === "Error" && e.message ? e.message : fallback;
+}
+
 // ---- the companion ------------------------------------------------------
 
 function replaceCompanion(next) {
@@ -87,7 +95,8 @@ function restoreOrStart() {
       replaceCompanion(WebCompanion.restore(saved, Date.now()));
       return;
     } catch (e) {
-      addNotice("relay-error", `The saved link could not be read (${e.message}); showing a new code.`);
+      const why = problemText(e, "The link saved in this browser could not be read or saved.");
+      addNotice("saved-state", `${why} A new code is shown instead.`);
     }
   }
   startPairing();
@@ -99,7 +108,7 @@ function update() {
   flush();
   persist();
   for (const n of companion.takeNotices()) {
-    addNotice(n.kind, n.text);
+    addNotice(n.kind, n.text, n.problem);
     n.free();
   }
   render();
@@ -154,7 +163,7 @@ function connect() {
     try {
       companion.receive(new Uint8Array(ev.data), Date.now());
     } catch (e) {
-      addNotice("relay-error", e.message);
+      addNotice("relay-error", problemText(e, "The relay sent data this browser could not read."), "bad-frame");
     }
     update();
   };
@@ -258,9 +267,13 @@ function renderLinked(now) {
   list.replaceChildren(...items);
 }
 
-function addNotice(kind, text) {
+// `text` is one of the shell's fixed sentences, or quotes device labels
+// from the account's signed list (which exclude control and invisible
+// characters); set as text, never HTML.
+function addNotice(kind, text, problem) {
   const li = document.createElement("li");
   li.className = kind;
+  if (problem) li.dataset.problem = problem;
   const p = document.createElement("span");
   p.textContent = text;
   const close = document.createElement("button");
@@ -283,7 +296,7 @@ function wire() {
       const next = new WebCompanion(value, Date.now());
       next.free();
     } catch (e) {
-      $("label-error").textContent = e.message;
+      $("label-error").textContent = problemText(e, "That name cannot be used.");
       return;
     }
     $("label-error").textContent = "";
@@ -298,8 +311,8 @@ async function main() {
   try {
     await init();
     mark("wasmReady");
-  } catch (e) {
-    status(`This browser cannot run the companion (${e.message}).`);
+  } catch {
+    status("This browser cannot run the companion (its WebAssembly did not load).");
     return;
   }
   wire();

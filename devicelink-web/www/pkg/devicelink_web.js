@@ -96,7 +96,7 @@ export class WebCompanion {
         return v1;
     }
     /**
-     * Why the pairing failed, for people.
+     * Why the pairing failed, for people: one fixed sentence per class.
      * @returns {string | undefined}
      */
     get failure() {
@@ -452,7 +452,22 @@ export class WebNotice {
         }
     }
     /**
-     * The words to show (as text, never as HTML: it quotes labels).
+     * A relay refusal's class (`"relay-refused"`, `"phone-not-connected"`
+     * …), or `undefined` for the other kinds.
+     * @returns {string | undefined}
+     */
+    get problem() {
+        const ret = wasm.webnotice_problem(this.__wbg_ptr);
+        let v1;
+        if (ret[0] !== 0) {
+            v1 = getStringFromWasm0(ret[0], ret[1]);
+            wasm.__wbindgen_free(ret[0], ret[1] * 1, 1);
+        }
+        return v1;
+    }
+    /**
+     * The words to show (as text, never as HTML: it quotes labels). A
+     * relay refusal is its class's fixed sentence, never the relay's text.
      * @returns {string}
      */
     get text() {
