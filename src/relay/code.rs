@@ -58,8 +58,12 @@ pub struct LockoutPolicy {
     /// The longest lockout. Default 24 hours.
     #[serde(with = "millis")]
     pub max_lockout: Duration,
-    /// A key with no failure for this long starts again from zero. Default
-    /// 24 hours.
+    /// How long a key must stay quiet, **per failure it has**, after its
+    /// lockout ends (after its last failure, if that locked nothing) before
+    /// it starts again from zero ([`LockoutPolicy::quiet_period`]; never
+    /// less than `max_lockout` per failure). Default 24 hours: a key with
+    /// one failure is forgotten a day after it, one with 15 fifteen days
+    /// after its last lockout.
     #[serde(with = "millis")]
     pub forget_after: Duration,
 }
@@ -87,8 +91,30 @@ impl LockoutPolicy {
         Duration::from_millis(ms).min(self.max_lockout)
     }
 
+    /// How long a key with `failures` failures must stay quiet after its
+    /// lockout ends before they are forgotten: `failures ×
+    /// max(forget_after, max_lockout)`, saturating.
+    ///
+    /// Why per failure, and at least `max_lockout` each: a key that keeps
+    /// failing as soon as each lockout ends fails at least once per
+    /// `max_lockout` (no lockout is longer), so in any quiet period of
+    /// `k × max_lockout` it would have failed at least `k` times. Waiting
+    /// to be forgotten, to fail `k` times again from zero, therefore never
+    /// gives more failures than not waiting: [`max_failures_in`] is the
+    /// attacker's best over every schedule. A fixed quiet period would not
+    /// be: with 24 hours from the lockout's end, a key that fails 11 times
+    /// and waits gets 3,421 failures in 365 days, not 378.
+    ///
+    /// [`max_failures_in`]: LockoutPolicy::max_failures_in
+    pub fn quiet_period(&self, failures: u32) -> Duration {
+        let each = crate::time::duration_millis(self.forget_after.max(self.max_lockout));
+        Duration::from_millis(each.saturating_mul(u64::from(failures)))
+    }
+
     /// The most failures one key can accumulate in `span` starting from
-    /// zero, failing as soon as each lockout ends (the attacker's best).
+    /// zero, failing as soon as each lockout ends: the attacker's best
+    /// (pausing to be forgotten does not beat it, see
+    /// [`LockoutPolicy::quiet_period`]).
     pub fn max_failures_in(&self, span: Duration) -> u64 {
         let end = crate::time::duration_millis(span);
         let (mut t, mut n) = (0u64, 0u64);
@@ -143,10 +169,15 @@ struct Failures {
 }
 
 impl Failures {
+    /// When the key's failures stop counting: its quiet period
+    /// ([`LockoutPolicy::quiet_period`]) past the end of its lockout
+    /// (`locked_until` is `last` when nothing was locked). Counted from the
+    /// lockout's end, so waiting a lockout out never forgets (with the
+    /// defaults, forgetting at `last + 24 h` ended the 24-hour lockout and
+    /// the count together: 2,265 failures in 365 days for a key failing as
+    /// soon as allowed), and per failure, so pausing does not pay either.
     fn forget_at(&self, p: &LockoutPolicy) -> Timestamp {
-        self.last
-            .saturating_add(p.forget_after)
-            .max(self.locked_until)
+        self.locked_until.saturating_add(p.quiet_period(self.count))
     }
 }
 
@@ -996,5 +1027,134 @@ fn decrement<K: Ord>(map: &mut BTreeMap<K, u64>, key: &K) {
         if *n == 0 {
             map.remove(key);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    fn key() -> AttemptKey {
+        AttemptKey::Client(ClientId::from_bytes([7; 16]))
+    }
+
+    fn t0() -> Timestamp {
+        Timestamp::from_unix_millis(1_700_000_000_000)
+    }
+
+    /// An attacker on one key for `span`, sweeping as a relay does: it
+    /// fails as soon as each lockout ends, except that with `pause_at =
+    /// Some(k)`, after its `k`-th failure in a row it waits until the key
+    /// is forgotten and starts again from zero. How many failures it gets
+    /// in.
+    fn attacker_failures(policy: LockoutPolicy, span: Duration, pause_at: Option<u32>) -> u64 {
+        let end = t0().saturating_add(span);
+        let mut attempts = CodeAttempts::new(policy);
+        let (mut now, mut n) = (t0(), 0u64);
+        while now < end {
+            attempts.sweep(now);
+            assert_eq!(attempts.check(&key(), now), Ok(()), "failure {}", n + 1);
+            let until = attempts.record_failure(key(), now);
+            n += 1;
+            if let Some(until) = until {
+                let before = until.saturating_sub(Duration::from_millis(1));
+                assert!(attempts.check(&key(), before).is_err());
+                now = until;
+            }
+            let count = attempts.failures(&key(), now);
+            if pause_at.is_some_and(|k| count >= k) {
+                let forgotten = now.saturating_add(policy.quiet_period(count));
+                let before = forgotten.saturating_sub(Duration::from_millis(1));
+                assert_eq!(attempts.failures(&key(), before), count);
+                assert_eq!(attempts.failures(&key(), forgotten), 0);
+                now = forgotten;
+            }
+        }
+        n
+    }
+
+    #[test]
+    fn a_year_of_guessing_is_what_max_failures_in_says() {
+        let policy = LockoutPolicy::default();
+        // docs/PROTOCOL.md §13.8's figure: 378 in 365 days (forgetting at
+        // the 24-hour lockout's end gave 2,265).
+        let year = DAY * 365;
+        assert_eq!(
+            attacker_failures(policy, year, None),
+            policy.max_failures_in(year)
+        );
+        assert_eq!(policy.max_failures_in(year), 378);
+        for days in [1, 2, 3, 30, 366] {
+            let span = DAY * days;
+            assert_eq!(
+                attacker_failures(policy, span, None),
+                policy.max_failures_in(span),
+                "{days} days"
+            );
+        }
+    }
+
+    #[test]
+    fn waiting_to_be_forgotten_never_beats_max_failures_in() {
+        // A fixed 24-hour quiet period after the lockout's end gave a key
+        // that fails 11 times and waits 3,421 failures in 365 days.
+        let policy = LockoutPolicy::default();
+        for days in [1, 2, 3, 4, 13, 14, 15, 16, 30, 365] {
+            let span = DAY * days;
+            let best = policy.max_failures_in(span);
+            for k in 1..=30 {
+                let got = attacker_failures(policy, span, Some(k));
+                assert!(
+                    got <= best,
+                    "{days} days, pausing after {k}: {got} > {best}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn failures_are_forgotten_after_a_quiet_period_past_the_lockout() {
+        let policy = LockoutPolicy::default();
+        assert_eq!(policy.quiet_period(1), DAY);
+        assert_eq!(policy.quiet_period(4), DAY * 4);
+        assert_eq!(
+            policy.quiet_period(u32::MAX),
+            Duration::from_millis(u64::from(u32::MAX) * 86_400_000)
+        );
+        let mut attempts = CodeAttempts::new(policy);
+        // One mistyped code: forgotten a day later.
+        assert_eq!(attempts.record_failure(key(), t0()), None);
+        let day = t0().saturating_add(DAY);
+        assert_eq!(attempts.failures(&key(), day.saturating_sub_millis(1)), 1);
+        assert_eq!(attempts.sweep(day), 1);
+        assert_eq!(attempts.failures(&key(), day), 0);
+        // The 4th failure: locked for 60 s; forgotten 4 days after that.
+        for _ in 0..3 {
+            assert_eq!(attempts.record_failure(key(), day), None);
+        }
+        let until = attempts.record_failure(key(), day);
+        assert_eq!(until, Some(day.saturating_add(Duration::from_secs(60))));
+        let forget = day.saturating_add(Duration::from_secs(60) + DAY * 4);
+        let just_before = forget.saturating_sub_millis(1);
+        assert_eq!(attempts.sweep(just_before), 0);
+        assert_eq!(attempts.failures(&key(), just_before), 4);
+        assert_eq!(attempts.failures(&key(), forget), 0);
+        assert_eq!(attempts.sweep(forget), 1);
+        assert!(attempts.consistent());
+        // The 24-hour cap: waiting it out does not forget the count.
+        let mut t = forget;
+        for _ in 0..15 {
+            t = attempts.record_failure(key(), t).unwrap_or(t);
+        }
+        assert_eq!(attempts.sweep(t), 0);
+        assert_eq!(attempts.failures(&key(), t), 15);
+        assert_eq!(
+            attempts.record_failure(key(), t),
+            Some(t.saturating_add(policy.max_lockout)),
+            "the 16th failure after waiting out the cap is locked 24 h, not free"
+        );
+        assert!(attempts.consistent());
     }
 }
