@@ -163,7 +163,9 @@ fn link(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
-    let confirm = c2.clone().receive_grant(&grant, now()).unwrap();
+    let mut c3 = c2.clone();
+    c3.receive_grant(&grant, now()).unwrap();
+    let confirm = c3.consent(now()).unwrap();
     g.bench_function("primary_confirm", |b| {
         b.iter_batched(
             || (account.clone(), p3.clone()),

@@ -48,13 +48,14 @@ fn pair(
     let request = companion.receive_hello(&hello, rng, now)?;
     let asking = account.receive_request(&mut primary, &request, rng, now)?;
     audit.link_requested(&asking, now)?;
-    println!(
-        "  phone asks: {} (companion shows {:02})",
-        asking.prompt().replace('\n', "\n    "),
-        companion.check_code().unwrap_or(0)
-    );
+    println!("  phone asks: {}", asking.prompt().replace('\n', "\n    "));
     let grant = account.grant(&mut primary, rng, now)?;
-    let confirm = companion.receive_grant(&grant, now)?;
+    let join = companion.receive_grant(&grant, now)?;
+    println!(
+        "  companion asks its user: {}",
+        join.prompt().replace('\n', "\n    ")
+    );
+    let confirm = companion.consent(now)?;
     account.confirm(&mut primary, &confirm, now)?;
     audit.record_registry(account, now)?;
     let session = companion.into_session().map_err(|_| "not linked")?;

@@ -74,7 +74,8 @@ fn main() -> Result<()> {
     );
     let grant = account.grant(&mut primary, &mut rng, now)?;
     relay.route(&grant, phone, now)?;
-    let confirm = companion.receive_grant(&grant, now)?;
+    companion.receive_grant(&grant, now)?;
+    let confirm = companion.consent(now)?;
     relay.route(&confirm, laptop, now)?;
     let link = account.confirm(&mut primary, &confirm, now)?;
     let session = companion.session().ok_or("not linked")?;

@@ -140,16 +140,22 @@ fn main() -> Result<()> {
             let (mut primary, hello) = account.scan(&text, &mut rng, now)?;
             let request = companion.receive_hello(&hello, &mut rng, now)?;
             let asking = primary.receive_request(&request, now)?;
+            let code = asking.check_code.ok_or("a QR link has a check code")?;
             println!(
-                "[{}] phone: link \"{}\"? check code {:02}; the companion shows {:02}",
+                "[{}] phone: link \"{}\"? check code {code}",
                 clock.elapsed(),
                 asking.label,
-                asking.check_code,
-                companion.check_code().unwrap_or(0)
             );
             clock.advance_to(now.saturating_add(Duration::from_secs(2)));
             let grant = account.grant(&mut primary, &mut rng, clock.now)?;
-            let confirm = companion.receive_grant(&grant, clock.now)?;
+            let join = companion.receive_grant(&grant, clock.now)?;
+            println!(
+                "[{}] companion: join account {}? check code {} (the user compares it with the phone's and agrees)",
+                clock.elapsed(),
+                join.account_fingerprint(),
+                join.check_code.ok_or("a QR link has a check code")?,
+            );
+            let confirm = companion.consent(clock.now)?;
             let link = account.confirm(&mut primary, &confirm, clock.now)?;
             let session = companion.session().ok_or("not linked")?;
             println!(

@@ -200,8 +200,9 @@ pub enum AuditEvent {
         device: DeviceKey,
         /// Its label.
         label: String,
-        /// The check code shown.
-        check_code: u8,
+        /// The six-digit check code shown (a QR link), as a number; `None`
+        /// for a typed-code link.
+        check_code: Option<crate::handshake::CheckCode>,
     },
     /// A link was granted (slot pending).
     Granted {

@@ -57,6 +57,28 @@ pub(crate) mod b64_array {
     }
 }
 
+/// Serde for an optional fixed-size byte array: base64, or `null`.
+pub(crate) mod b64_option {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(transparent)]
+    struct B64<const N: usize>(#[serde(with = "super::b64_array")] [u8; N]);
+
+    pub(crate) fn serialize<S: Serializer, const N: usize>(
+        bytes: &Option<[u8; N]>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        bytes.map(B64).serialize(s)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>, const N: usize>(
+        d: D,
+    ) -> Result<Option<[u8; N]>, D::Error> {
+        Ok(Option::<B64<N>>::deserialize(d)?.map(|b| b.0))
+    }
+}
+
 /// A byte string that serializes as base64: the serde form of every signed
 /// structure (which then re-verifies on the way in).
 #[derive(serde::Serialize, serde::Deserialize)]

@@ -66,11 +66,15 @@
 //! // The phone shows who is asking and the check code; the user approves.
 //! let asking = account.receive_request(&mut primary, &request, &mut rng, now)?;
 //! assert_eq!(asking.label.as_str(), "Firefox on Linux");
-//! assert_eq!(Some(asking.check_code), companion.check_code());
 //! assert!(asking.prompt().contains("read and send messages as you"));
 //! let grant = account.grant(&mut primary, &mut rng, now)?;
-//! // The companion verifies its certificate and confirms.
-//! let confirm = companion.receive_grant(&grant, now)?;
+//! // The companion verifies its certificate and shows its own user which
+//! // account it would join and the same six-digit check code.
+//! let join = companion.receive_grant(&grant, now)?;
+//! assert_eq!(join.account, account.account_id());
+//! assert_eq!(join.check_code, asking.check_code);
+//! // Only when that user agrees does the Confirm leave.
+//! let confirm = companion.consent(now)?;
 //! let link = account.confirm(&mut primary, &confirm, now)?;
 //!
 //! let session = companion.session().expect("linked");
@@ -128,8 +132,8 @@ pub use certificate::{
 pub use code::{CodeCompanion, CodeEntry, CodeHandle, LinkCode, TypedCode};
 pub use error::ErrorKind;
 pub use handshake::{
-    Companion, CompanionState, ConfirmedLink, HandshakeError, LinkRequest, PrimaryHandshake,
-    RefusalReason,
+    CheckCode, Companion, CompanionState, ConfirmedLink, FailureReason, HandshakeError, JoinPrompt,
+    LinkRequest, PrimaryHandshake, RefusalReason,
 };
 pub use keys::{AccountId, AccountKey, DeviceIdentity, DeviceKey};
 pub use label::{DeviceLabel, DeviceLabelError, ObservedContext};

@@ -61,7 +61,8 @@ fn link(
     let asked = account.receive_request(&mut p, &request, rng, now).unwrap();
     log.link_requested(&asked, now).unwrap();
     let grant = account.grant(&mut p, rng, now).unwrap();
-    let confirm = c.receive_grant(&grant, now).unwrap();
+    c.receive_grant(&grant, now).unwrap();
+    let confirm = c.consent(now).unwrap();
     account.confirm(&mut p, &confirm, now).unwrap();
     log.record_registry(account, now).unwrap();
 }

@@ -80,9 +80,13 @@ fn finish(
     now: Timestamp,
 ) -> LinkedSession {
     let asked = account.receive_request(primary, request, rng, now).unwrap();
-    assert_eq!(Some(asked.check_code), companion.check_code());
+    // A scan shows the same six digits on both screens; a typed code needs
+    // none (both sides say so).
     let grant = account.grant(primary, rng, now).unwrap();
-    let confirm = companion.receive_grant(&grant, now).unwrap();
+    let joining = companion.receive_grant(&grant, now).unwrap();
+    assert_eq!(joining.account, account.account_id());
+    assert_eq!(joining.check_code, asked.check_code);
+    let confirm = companion.consent(now).unwrap();
     if let Some(relay) = relay {
         route(relay, request, LAPTOP, PHONE, now);
         route(relay, &grant, PHONE, LAPTOP, now);
@@ -111,6 +115,7 @@ fn the_right_code_links_exactly_as_a_scan() {
     let text = c.offer().unwrap().to_text();
     let (mut p, hello) = qr_account.scan(&text, &mut rng, now).unwrap();
     let request = c.receive_hello(&hello, &mut rng, now).unwrap();
+    assert!(p.check_code().is_none());
     let qr_session = finish(
         &mut qr_account,
         &mut p,
@@ -151,6 +156,10 @@ fn the_right_code_links_exactly_as_a_scan() {
         CompanionState::AwaitingGrant { .. }
     ));
     assert_eq!(primary.token_id(), shown.code.token_id());
+    assert!(
+        primary.check_code().is_none(),
+        "a typed code shows no check code"
+    );
     let session = finish(
         &mut account,
         &mut primary,

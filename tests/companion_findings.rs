@@ -4,9 +4,9 @@
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use devicelink::{
-    Account, CertificateError, Companion, DeviceIdentity, DeviceLabel, Directory, LinkedSession,
-    LogoutReason, Policy, PrimaryHandshake, SessionError, SessionStatus, SignedDeviceList,
-    Timestamp,
+    Account, CertificateError, Companion, DeviceIdentity, DeviceLabel, Directory, HandshakeError,
+    LinkedSession, LogoutReason, Policy, PrimaryHandshake, SessionError, SessionStatus,
+    SignedDeviceList, Timestamp,
 };
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
@@ -49,7 +49,8 @@ fn start(account: &mut Account, name: &str, rng: &mut ChaCha20Rng, now: Timestam
 fn link(account: &mut Account, name: &str, rng: &mut ChaCha20Rng, now: Timestamp) -> LinkedSession {
     let mut p = start(account, name, rng, now);
     let grant = account.grant(&mut p.primary, rng, now).unwrap();
-    let confirm = p.companion.receive_grant(&grant, now).unwrap();
+    p.companion.receive_grant(&grant, now).unwrap();
+    let confirm = p.companion.consent(now).unwrap();
     account.confirm(&mut p.primary, &confirm, now).unwrap();
     p.companion.into_session().unwrap()
 }
@@ -74,7 +75,8 @@ fn link_recorded(
     record(account, history);
     let grant = account.grant(&mut p.primary, rng, now).unwrap();
     record(account, history);
-    let confirm = p.companion.receive_grant(&grant, now).unwrap();
+    p.companion.receive_grant(&grant, now).unwrap();
+    let confirm = p.companion.consent(now).unwrap();
     account.confirm(&mut p.primary, &confirm, now).unwrap();
     record(account, history);
     p.companion.into_session().unwrap()
@@ -302,7 +304,8 @@ fn every_byte_field_of_every_saved_state_is_base64() {
     assert_base64_only("primary", &p.primary.save().unwrap());
     let grant = account.grant(&mut p.primary, &mut rng, at(SECOND)).unwrap();
     assert_base64_only("primary", &p.primary.save().unwrap());
-    let _ = p.companion.receive_grant(&grant, at(SECOND)).unwrap();
+    p.companion.receive_grant(&grant, at(SECOND)).unwrap();
+    let _ = p.companion.consent(at(SECOND)).unwrap();
     assert_base64_only("companion", &p.companion.save().unwrap());
     assert_base64_only("account", &account.save().unwrap());
     assert_base64_only("session", &session.save().unwrap());
@@ -310,4 +313,143 @@ fn every_byte_field_of_every_saved_state_is_base64() {
     dir.apply_device_list(account.device_list(), at(SECOND))
         .unwrap();
     assert_base64_only("directory", &dir.save().unwrap());
+}
+
+/// Finding 2. Someone who photographs the page's QR code and races the phone
+/// wins the token. The companion used to confirm as soon as the attacker's
+/// Grant verified, with no gesture of its own user, and ended linked to the
+/// attacker's account; the check code had two digits.
+#[test]
+fn a_photographed_qr_code_does_not_link_the_companion_without_its_user() {
+    let mut rng = rng(2);
+    let policy = Policy::default();
+    let mut genuine = Account::generate(policy.clone(), &mut rng, at(0));
+    let mut attacker = Account::generate(policy.clone(), &mut rng, at(0));
+    let mut companion = Companion::new(
+        DeviceIdentity::generate(&mut rng),
+        DeviceLabel::new("Chromium on Linux").unwrap(),
+        &policy,
+        &mut rng,
+        at(0),
+    );
+    let text = companion.offer().unwrap().to_text();
+
+    // The attacker's phone scans the photograph first and wins.
+    attacker.open_link_intent(at(0));
+    let (mut primary, hello) = attacker.scan(&text, &mut rng, at(0)).unwrap();
+    let request = companion.receive_hello(&hello, &mut rng, at(1)).unwrap();
+    let asking = attacker
+        .receive_request(&mut primary, &request, &mut rng, at(2))
+        .unwrap();
+    let grant = attacker.grant(&mut primary, &mut rng, at(3)).unwrap();
+    // The genuine phone's Hello now finds the offer redeemed.
+    genuine.open_link_intent(at(1));
+    let (_, late_hello) = genuine.scan(&text, &mut rng, at(1)).unwrap();
+    assert!(companion
+        .receive_hello(&late_hello, &mut rng, at(2))
+        .is_err());
+
+    // The Grant verifies, but nothing is sent: the companion's user sees the
+    // account it would join and a six-digit code their phone does not show.
+    let join = companion.receive_grant(&grant, at(4)).unwrap();
+    assert_eq!(join.account, attacker.account_id());
+    assert_ne!(join.account, genuine.account_id());
+    let code = join.check_code.unwrap();
+    assert_eq!(Some(code), asking.check_code);
+    assert!(code.value() < 1_000_000 && code.to_string().len() == 7);
+    assert!(join.prompt().contains(&attacker.account_id().fingerprint()));
+    assert!(join.prompt().contains(&code.to_string()));
+    assert!(
+        companion.confirm_message().is_none(),
+        "a Confirm before consent"
+    );
+    assert!(companion.session().is_none(), "linked before consent");
+    assert!(matches!(
+        companion.state(),
+        devicelink::CompanionState::AwaitingConsent { .. }
+    ));
+
+    // The user declines: the pairing ends, nothing was confirmed, and the
+    // attacker's slot times out.
+    companion.decline(at(5)).unwrap();
+    assert!(matches!(
+        companion.state(),
+        devicelink::CompanionState::Failed {
+            reason: devicelink::FailureReason::Declined,
+            ..
+        }
+    ));
+    assert!(companion.consent(at(6)).is_err());
+    attacker.poll(at(3 + 61 * SECOND));
+    assert_eq!(attacker.companion_count(at(3 + 61 * SECOND)), 0);
+
+    // Consent not given in time ends the pairing too.
+    let mut slow = Companion::new(
+        DeviceIdentity::generate(&mut rng),
+        DeviceLabel::new("slow").unwrap(),
+        &policy,
+        &mut rng,
+        at(0),
+    );
+    let mut p = {
+        let text = slow.offer().unwrap().to_text();
+        genuine.open_link_intent(at(0));
+        let (mut p, hello) = genuine.scan(&text, &mut rng, at(0)).unwrap();
+        let request = slow.receive_hello(&hello, &mut rng, at(0)).unwrap();
+        genuine
+            .receive_request(&mut p, &request, &mut rng, at(0))
+            .unwrap();
+        p
+    };
+    let grant = genuine.grant(&mut p, &mut rng, at(0)).unwrap();
+    slow.receive_grant(&grant, at(0)).unwrap();
+    let deadline = slow.next_deadline().unwrap();
+    assert_eq!(
+        deadline,
+        at(0).saturating_add(policy.confirmation_timeout())
+    );
+    assert!(matches!(
+        slow.consent(deadline),
+        Err(HandshakeError::TimedOut { .. })
+    ));
+    assert!(matches!(
+        slow.state(),
+        devicelink::CompanionState::Failed {
+            reason: devicelink::FailureReason::ConsentTimedOut,
+            ..
+        }
+    ));
+}
+
+/// Finding 2 ("Link again"). A companion re-linking to the account it was
+/// linked to refuses a Grant from any other account, before its user is
+/// even asked.
+#[test]
+fn linking_again_expects_the_account_it_was_linked_to() {
+    let mut rng = rng(22);
+    let policy = Policy::default();
+    let genuine = Account::generate(policy.clone(), &mut rng, at(0));
+    let mut attacker = Account::generate(policy.clone(), &mut rng, at(0));
+    let mut companion = Companion::new(
+        DeviceIdentity::generate(&mut rng),
+        DeviceLabel::new("again").unwrap(),
+        &policy,
+        &mut rng,
+        at(0),
+    )
+    .expect_account(genuine.account_id());
+    let text = companion.offer().unwrap().to_text();
+    attacker.open_link_intent(at(0));
+    let (mut primary, hello) = attacker.scan(&text, &mut rng, at(0)).unwrap();
+    let request = companion.receive_hello(&hello, &mut rng, at(1)).unwrap();
+    attacker
+        .receive_request(&mut primary, &request, &mut rng, at(2))
+        .unwrap();
+    let grant = attacker.grant(&mut primary, &mut rng, at(3)).unwrap();
+    let before = companion.save().unwrap();
+    assert_eq!(
+        companion.receive_grant(&grant, at(4)),
+        Err(HandshakeError::Certificate(CertificateError::WrongAccount))
+    );
+    assert_eq!(companion.save().unwrap(), before, "state unchanged");
 }

@@ -55,7 +55,8 @@ fn fixture() -> Fixture {
     primary.receive_request(&request, t(3)).unwrap();
     let grant = account.grant(&mut primary, &mut rng, t(4)).unwrap();
     let primary_awaiting_confirm = primary.clone();
-    let confirm = companion.receive_grant(&grant, t(5)).unwrap();
+    companion.receive_grant(&grant, t(5)).unwrap();
+    let confirm = companion.consent(t(5)).unwrap();
     account
         .confirm(&mut primary.clone(), &confirm, t(6))
         .unwrap();

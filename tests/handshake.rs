@@ -62,7 +62,8 @@ fn link(s: &mut Setup) -> (PrimaryHandshake, Transcript) {
         .unwrap();
     primary.receive_request(&request, t(1_200)).unwrap();
     let grant = s.account.grant(&mut primary, &mut s.rng, t(1_300)).unwrap();
-    let confirm = s.companion.receive_grant(&grant, t(1_400)).unwrap();
+    s.companion.receive_grant(&grant, t(1_400)).unwrap();
+    let confirm = s.companion.consent(t(1_400)).unwrap();
     s.account.confirm(&mut primary, &confirm, t(1_500)).unwrap();
     (
         primary,
@@ -118,7 +119,7 @@ fn full_link_gives_each_side_matching_facts() {
     assert_eq!(session.label().as_str(), "Firefox on Linux");
     assert!(session.is_linked(t(2_000)));
     assert_eq!(s.account.companion_count(t(2_000)), 1);
-    assert_eq!(tr.hello.len(), 98);
+    assert_eq!(tr.hello.len(), 130);
     assert_eq!(tr.confirm.len(), 82);
 }
 
@@ -132,12 +133,18 @@ fn check_codes_match_and_depend_on_the_session() {
         let (mut primary, hello) = s.account.scan(&offer, &mut s.rng, t(1)).unwrap();
         let request = s.companion.receive_hello(&hello, &mut s.rng, t(2)).unwrap();
         let asked = primary.receive_request(&request, t(3)).unwrap();
-        assert_eq!(Some(asked.check_code), s.companion.check_code());
-        assert_eq!(asked.check_code, primary.check_code());
-        assert!(asked.check_code < 100);
-        codes.insert(asked.check_code);
+        let code = asked.check_code.unwrap();
+        assert_eq!(Some(code), primary.check_code());
+        assert_eq!(s.companion.check_code(), None, "not before the Grant");
+        assert!(code.value() < 1_000_000);
+        assert_eq!(code.to_string().len(), 7, "shown as `123 456`");
+        let grant = s.account.grant(&mut primary, &mut s.rng, t(4)).unwrap();
+        let join = s.companion.receive_grant(&grant, t(5)).unwrap();
+        assert_eq!(join.check_code, Some(code), "the same code on both screens");
+        assert_eq!(s.companion.check_code(), Some(code));
+        codes.insert(code);
     }
-    assert!(codes.len() > 10, "check codes do not vary: {codes:?}");
+    assert!(codes.len() > 35, "check codes do not vary: {codes:?}");
 }
 
 /// Flips every bit of every message; each flipped message is refused with a
@@ -213,7 +220,8 @@ fn every_bit_flip_is_refused_without_state_change() {
         assert!(!err.is_terminal(), "{err:?}");
         assert_eq!(s.companion.save().unwrap(), before);
     }
-    let confirm = s.companion.receive_grant(&grant, t(1_400)).unwrap();
+    s.companion.receive_grant(&grant, t(1_400)).unwrap();
+    let confirm = s.companion.consent(t(1_400)).unwrap();
     assert_eq!(confirm, tr.confirm);
 
     // Confirm → primary (through the registry).
@@ -257,7 +265,8 @@ fn truncations_and_extensions_are_refused() {
     for len in 0..grant.len() {
         assert!(s.companion.receive_grant(&grant[..len], t(1_400)).is_err());
     }
-    let confirm = s.companion.receive_grant(&grant, t(1_400)).unwrap();
+    s.companion.receive_grant(&grant, t(1_400)).unwrap();
+    let confirm = s.companion.consent(t(1_400)).unwrap();
     for len in 0..confirm.len() {
         assert!(s
             .account
@@ -309,7 +318,8 @@ fn messages_out_of_order_are_refused() {
         Err(HandshakeError::UnexpectedMessage { .. })
     ));
     let grant = s.account.grant(&mut primary, &mut s.rng, t(1_300)).unwrap();
-    let confirm = s.companion.receive_grant(&grant, t(1_400)).unwrap();
+    s.companion.receive_grant(&grant, t(1_400)).unwrap();
+    let confirm = s.companion.consent(t(1_400)).unwrap();
     // A second grant after the first was accepted.
     assert_eq!(
         s.companion.receive_grant(&grant, t(1_450)),
@@ -362,7 +372,8 @@ fn message_for_another_session_is_refused() {
         .account
         .grant(&mut primary_a, &mut a.rng, t(1_300))
         .unwrap();
-    let confirm = a.companion.receive_grant(&grant, t(1_400)).unwrap();
+    a.companion.receive_grant(&grant, t(1_400)).unwrap();
+    let confirm = a.companion.consent(t(1_400)).unwrap();
     a.account
         .confirm(&mut primary_a, &confirm, t(1_500))
         .unwrap();
@@ -802,7 +813,8 @@ fn sizes_are_checked_before_copy_or_decrypt_at_every_endpoint() {
         .receive_request(&mut primary, &request, &mut s.rng, t(1_200))
         .unwrap();
     let grant = s.account.grant(&mut primary, &mut s.rng, t(1_300)).unwrap();
-    let confirm = s.companion.receive_grant(&grant, t(1_400)).unwrap();
+    s.companion.receive_grant(&grant, t(1_400)).unwrap();
+    let confirm = s.companion.consent(t(1_400)).unwrap();
     let mut confirm_long = confirm.clone();
     confirm_long.push(0);
     let before = primary.save().unwrap();
@@ -852,7 +864,8 @@ fn request_nonces_are_random_and_finished_handshakes_drop_their_keys() {
     assert!(holds_keys(&primary));
     let grant = s.account.grant(&mut primary, &mut s.rng, t(1_300)).unwrap();
     assert!(holds_keys(&primary));
-    let confirm = s.companion.receive_grant(&grant, t(1_400)).unwrap();
+    s.companion.receive_grant(&grant, t(1_400)).unwrap();
+    let confirm = s.companion.consent(t(1_400)).unwrap();
     s.account.confirm(&mut primary, &confirm, t(1_500)).unwrap();
     assert!(!holds_keys(&primary), "confirmed handshake kept its keys");
     // A refused one too.

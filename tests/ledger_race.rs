@@ -389,7 +389,8 @@ fn a_corrupted_hello_is_released_and_the_genuine_hello_then_links() {
             ledger.route(&grant, PRIMARY, now),
             Ok(forwarded(token, MessageKind::Grant, COMPANION))
         );
-        let confirm = companion.receive_grant(&grant, now).unwrap();
+        companion.receive_grant(&grant, now).unwrap();
+        let confirm = companion.consent(now).unwrap();
         assert_eq!(
             ledger.route(&confirm, COMPANION, now),
             Ok(forwarded(token, MessageKind::Confirm, PRIMARY))

@@ -86,7 +86,7 @@ fn start_with(
     let request = companion.receive_hello(&hello, rng, now).unwrap();
     match account.receive_request(&mut primary, &request, rng, now) {
         Ok(asking) => {
-            assert_eq!(Some(asking.check_code), companion.check_code());
+            assert!(asking.check_code.is_some(), "a QR link has a check code");
             Ok(Pairing { companion, primary })
         }
         Err(RegistryError::Refused { reason, refusal }) => {
@@ -133,7 +133,8 @@ fn finish(
     now: Timestamp,
 ) -> LinkedSession {
     let grant = account.grant(&mut p.primary, rng, now).unwrap();
-    let confirm = p.companion.receive_grant(&grant, now).unwrap();
+    p.companion.receive_grant(&grant, now).unwrap();
+    let confirm = p.companion.consent(now).unwrap();
     let link = account.confirm(&mut p.primary, &confirm, now).unwrap();
     let session = p.companion.into_session().expect("linked");
     assert_eq!(session.index(), link.certificate.index());
@@ -358,7 +359,8 @@ fn limit_also_holds_at_grant_when_a_slot_was_taken_after_the_scan() {
     assert!(account.grant(&mut b.primary, &mut rng, now).is_err());
 
     // A completes normally.
-    let confirm = a.companion.receive_grant(&grant_a, now).unwrap();
+    a.companion.receive_grant(&grant_a, now).unwrap();
+    let confirm = a.companion.consent(now).unwrap();
     let link = account.confirm(&mut a.primary, &confirm, now).unwrap();
     assert_eq!(link.certificate.index(), DeviceIndex(4));
     assert_eq!(
@@ -689,7 +691,8 @@ fn unconfirmed_pending_slot_times_out_and_frees_its_slot() {
     let mut p = start(&mut account, "slow", &mut rng, at(9 * SECOND)).unwrap();
     let grant = account.grant(&mut p.primary, &mut rng, t_grant).unwrap();
     // The companion answers in time, but the Confirm never reaches the account.
-    let confirm = p.companion.receive_grant(&grant, t_grant).unwrap();
+    p.companion.receive_grant(&grant, t_grant).unwrap();
+    let confirm = p.companion.consent(t_grant).unwrap();
     assert_eq!(p.companion.state(), CompanionState::Linked);
 
     let deadline = plus(t_grant, timeout);
@@ -745,7 +748,8 @@ fn confirm_one_millisecond_before_the_pending_deadline_links() {
     let mut account = Account::generate(Policy::default(), &mut rng, at(0));
     let mut p = start(&mut account, "c", &mut rng, at(0)).unwrap();
     let grant = account.grant(&mut p.primary, &mut rng, at(0)).unwrap();
-    let confirm = p.companion.receive_grant(&grant, at(0)).unwrap();
+    p.companion.receive_grant(&grant, at(0)).unwrap();
+    let confirm = p.companion.consent(at(0)).unwrap();
     let t = at(60 * SECOND - 1);
     let link = account.confirm(&mut p.primary, &confirm, t).unwrap();
     assert_eq!(link.certificate.index(), DeviceIndex(1));
@@ -1047,7 +1051,8 @@ fn drive_account(
     out.push(Out::Answer(format!("{asked:?}")));
     let grant = account.grant(&mut primary, rng, plus(t, 1)).unwrap();
     out.push(Out::Bytes(grant.clone()));
-    let confirm = c.receive_grant(&grant, plus(t, 2)).unwrap();
+    c.receive_grant(&grant, plus(t, 2)).unwrap();
+    let confirm = c.consent(plus(t, 2)).unwrap();
     out.push(Out::Bytes(confirm.clone()));
     let link = account.confirm(&mut primary, &confirm, plus(t, 3)).unwrap();
     out.push(Out::Bytes(link.certificate.to_bytes()));
@@ -1140,7 +1145,8 @@ fn account_save_restore_continues_exactly_like_the_original() {
     let grant = acc.grant(&mut p.primary, &mut rng2, at(0)).unwrap();
     let mut acc2 = Account::restore(&acc.save().unwrap()).unwrap();
     let primary2 = PrimaryHandshake::restore(&p.primary.save().unwrap()).unwrap();
-    let confirm = p.companion.receive_grant(&grant, at(10)).unwrap();
+    p.companion.receive_grant(&grant, at(10)).unwrap();
+    let confirm = p.companion.consent(at(10)).unwrap();
     let mut primary1 = p.primary;
     let mut primary2 = primary2;
     assert_eq!(
@@ -1293,8 +1299,10 @@ fn companion_save_restore_mid_handshake_continues_identically() {
         restored.receive_grant(&tampered, at(5 * SECOND)),
         companion.clone().receive_grant(&tampered, at(5 * SECOND))
     );
-    let confirm = companion.receive_grant(&grant, at(5 * SECOND)).unwrap();
-    let confirm2 = restored.receive_grant(&grant, at(5 * SECOND)).unwrap();
+    companion.receive_grant(&grant, at(5 * SECOND)).unwrap();
+    let confirm = companion.consent(at(5 * SECOND)).unwrap();
+    restored.receive_grant(&grant, at(5 * SECOND)).unwrap();
+    let confirm2 = restored.consent(at(5 * SECOND)).unwrap();
     assert_eq!(confirm, confirm2, "byte-identical Confirm after restore");
     assert_eq!(restored.state(), CompanionState::Linked);
     assert_eq!(
@@ -1528,7 +1536,8 @@ fn scanning_needs_a_fresh_single_use_link_intent() {
         .receive_request(&mut primary, &request, &mut rng, last_ms)
         .unwrap();
     let grant = account.grant(&mut primary, &mut rng, last_ms).unwrap();
-    let confirm = c.receive_grant(&grant, last_ms).unwrap();
+    c.receive_grant(&grant, last_ms).unwrap();
+    let confirm = c.consent(last_ms).unwrap();
     let link = account.confirm(&mut primary, &confirm, last_ms).unwrap();
     assert_eq!(link.certificate.index(), DeviceIndex(1));
     assert_eq!(account.companion_count(last_ms), 1);
@@ -1648,7 +1657,8 @@ fn full_account_refuses_new_devices_but_lets_a_listed_device_re_pair() {
 
     // The Confirm proves the key: now, and only now, #2 is replaced.
     let t_confirm = plus(now, 1);
-    let confirm = p.companion.receive_grant(&grant, t_confirm).unwrap();
+    p.companion.receive_grant(&grant, t_confirm).unwrap();
+    let confirm = p.companion.consent(t_confirm).unwrap();
     account
         .confirm(&mut p.primary, &confirm, t_confirm)
         .unwrap();
@@ -1713,7 +1723,8 @@ fn full_account_refuses_new_devices_but_lets_a_listed_device_re_pair() {
     );
     let mut p = start_with(&mut account, again, &mut rng, t2).unwrap();
     let grant = account.grant(&mut p.primary, &mut rng, t2).unwrap();
-    let lost_confirm = p.companion.receive_grant(&grant, t2).unwrap();
+    p.companion.receive_grant(&grant, t2).unwrap();
+    let lost_confirm = p.companion.consent(t2).unwrap();
     let pending_list = account.device_list().clone();
     assert!(pending_list.contains(DeviceIndex(3), &key3));
     assert!(pending_list.contains(DeviceIndex(6), &key3));
@@ -1809,7 +1820,8 @@ fn a_handshake_of_account_a_cannot_be_finished_by_account_b() {
     assert_eq!(primary.state(), PrimaryState::RequestReceived);
 
     let grant = a.grant(&mut primary, &mut rng, at(0)).unwrap();
-    let confirm = c.receive_grant(&grant, at(0)).unwrap();
+    c.receive_grant(&grant, at(0)).unwrap();
+    let confirm = c.consent(at(0)).unwrap();
     assert_eq!(
         b.confirm(&mut primary, &confirm, at(0)),
         Err(RegistryError::OtherAccount)

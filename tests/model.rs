@@ -600,7 +600,8 @@ impl Harness {
         let actual = norm(actual);
         self.check_outcome("request", before, &actual, &expected);
         if let Ok(asking) = actual {
-            assert_eq!(Some(asking.check_code), companion.check_code());
+            assert!(asking.check_code.is_some(), "a QR link has a check code");
+            assert_eq!(companion.check_code(), None, "not before the Grant");
             assert_eq!(asking.device, self.identities[key].device_key());
             self.scanned.push(Scanned {
                 companion,
@@ -676,7 +677,7 @@ impl Harness {
                     companion, primary, ..
                 } = self.scanned.swap_remove(k);
                 // The companion answers at once if it is still waiting.
-                let confirm = companion.clone().receive_grant(&grant, self.now).ok();
+                let confirm = accept(companion.clone(), &grant, self.now);
                 self.granted.push(Granted {
                     companion,
                     primary,
@@ -696,11 +697,11 @@ impl Harness {
                 let g = &mut self.granted[k];
                 // The companion receives the Grant now; if it gave up waiting,
                 // the Confirm it sent in time (if any) arrives late instead.
-                let fresh = g.companion.clone().receive_grant(&g.grant, now);
-                if let (Ok(fresh), Some(early)) = (&fresh, &g.confirm) {
+                let fresh = accept(g.companion.clone(), &g.grant, now);
+                if let (Some(fresh), Some(early)) = (&fresh, &g.confirm) {
                     assert_eq!(fresh, early, "the Confirm is deterministic");
                 }
-                let genuine = fresh.ok().or_else(|| g.confirm.clone());
+                let genuine = fresh.or_else(|| g.confirm.clone());
                 let index = g.index;
                 let (confirm, forged) = match genuine {
                     Some(confirm) => (confirm, false),
@@ -1128,4 +1129,10 @@ fn scripted_sequence_matches_the_model() {
             ]
         );
     }
+}
+
+/// The companion's user agrees as soon as a Grant verifies: the Confirm.
+fn accept(mut companion: Companion, grant: &[u8], now: Timestamp) -> Option<Vec<u8>> {
+    companion.receive_grant(grant, now).ok()?;
+    companion.consent(now).ok()
 }

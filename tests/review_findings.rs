@@ -46,7 +46,8 @@ fn start(account: &mut Account, name: &str, rng: &mut ChaCha20Rng, now: Timestam
 fn link(account: &mut Account, name: &str, rng: &mut ChaCha20Rng, now: Timestamp) -> LinkedSession {
     let mut p = start(account, name, rng, now);
     let grant = account.grant(&mut p.primary, rng, now).unwrap();
-    let confirm = p.companion.receive_grant(&grant, now).unwrap();
+    p.companion.receive_grant(&grant, now).unwrap();
+    let confirm = p.companion.consent(now).unwrap();
     account.confirm(&mut p.primary, &confirm, now).unwrap();
     p.companion.into_session().unwrap()
 }
@@ -170,6 +171,8 @@ fn lost_confirm_setup(
     let mut p = start(&mut account, "tablet", rng, at(SECOND));
     let grant = account.grant(&mut p.primary, rng, at(SECOND)).unwrap();
     p.companion.receive_grant(&grant, at(SECOND)).unwrap();
+    // The tablet's user agrees; the Confirm is lost on the way.
+    let _lost = p.companion.consent(at(SECOND)).unwrap();
     let tablet = p.companion.into_session().unwrap();
     let published = account.device_list().clone();
     (account, laptop, tablet, published)

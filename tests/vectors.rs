@@ -51,6 +51,8 @@ mod spec {
     pub const REQUEST: &[u8] = b"devicelink/v2 request";
     pub const GRANT: &[u8] = b"devicelink/v2 grant";
     pub const CHECK_CODE: &[u8] = b"devicelink/v2 check code";
+    pub const CHECK_COMMITMENT: &[u8] = b"devicelink/v2.1 check commitment";
+    pub const CHECK_CODE_MAC: &[u8] = b"devicelink/v2.1 check code";
     pub const CONFIRM: &[u8] = b"devicelink/v2 confirm";
     pub const LIST: &[u8] = b"devicelink/v2 device list";
     pub const LIST_HASH: &[u8] = b"devicelink/v2 device list hash";
@@ -147,7 +149,7 @@ mod spec {
     }
 
     pub fn offer(e_c: &[u8; 32], s: &[u8]) -> Offer {
-        let mut body = vec![2u8];
+        let mut body = vec![3u8];
         body.extend_from_slice(e_c);
         body.extend_from_slice(s);
         let d = sha256(&[OFFER, &body]);
@@ -163,7 +165,7 @@ mod spec {
     }
 
     pub fn header(kind: u8, token: &[u8; 16]) -> Vec<u8> {
-        let mut h = vec![2, kind];
+        let mut h = vec![3, kind];
         h.extend_from_slice(token);
         h
     }
@@ -176,8 +178,19 @@ mod spec {
         pub k_h: [u8; 32],
         pub k_r: [u8; 32],
         pub k_g: [u8; 32],
-        pub cc: [u8; 4],
-        pub code: u8,
+        /// The check-code key `k_c`.
+        pub k_c: [u8; 32],
+    }
+
+    /// The primary's commitment to its check-code nonce (§4).
+    pub fn check_commitment(th: &[u8; 32], n_p: &[u8; 32]) -> [u8; 32] {
+        sha256(&[CHECK_COMMITMENT, th, n_p])
+    }
+
+    /// The six-digit check code (§4).
+    pub fn check_code(k_c: &[u8; 32], n_c: &[u8; 32], n_p: &[u8; 32]) -> u32 {
+        let mac = hmac(k_c, &[CHECK_CODE_MAC, n_c, n_p]);
+        (u64::from_be_bytes(mac[..8].try_into().unwrap()) % 1_000_000) as u32
     }
 
     pub fn schedule(
@@ -191,7 +204,6 @@ mod spec {
         let th = sha256(&[TRANSCRIPT, token, e_c, e_p]);
         let prk = hmac(s, &[&dh]);
         let key = |label| -> [u8; 32] { expand(&prk, label, &th, 32).try_into().unwrap() };
-        let cc: [u8; 4] = expand(&prk, CHECK_CODE, &th, 4).try_into().unwrap();
         Schedule {
             dh,
             th,
@@ -199,8 +211,7 @@ mod spec {
             k_h: key(HELLO),
             k_r: key(REQUEST),
             k_g: key(GRANT),
-            cc,
-            code: (u32::from_be_bytes(cc) % 100) as u8,
+            k_c: key(CHECK_CODE),
         }
     }
 
@@ -380,6 +391,12 @@ struct Link {
     e_p_secret: [u8; 32],
     offer: spec::Offer,
     ks: spec::Schedule,
+    /// The primary's check-code nonce `n_p` and its commitment.
+    n_p: [u8; 32],
+    commitment: [u8; 32],
+    /// The companion's check-code nonce `n_c`.
+    n_c: [u8; 32],
+    code: u32,
     request_nonce: [u8; 12],
     hello: Vec<u8>,
     request: Vec<u8>,
@@ -436,23 +453,29 @@ fn start_link(
     let e_p = spec::x25519_public(&e_p_secret);
     let dh = spec::x25519(&e_p_secret, &e_c);
     assert_eq!(dh, spec::x25519(&e_c_secret, &e_p));
+    let n_p = rep.draw::<32>(&format!("{prefix}primary check-code nonce"));
     let ks = spec::schedule(&offer.token, &e_c, &e_p, dh, &s);
-    assert_eq!(primary.check_code(), ks.code);
+    let commitment = spec::check_commitment(&ks.th, &n_p);
+    assert_eq!(primary.check_code(), None, "not before the Request");
 
     let mut want_hello = spec::header(spec::HELLO_KIND, &offer.token);
     want_hello.extend_from_slice(&offer.proof);
     want_hello.extend_from_slice(&e_p);
+    want_hello.extend_from_slice(&commitment);
     let mac = spec::hmac(&ks.k_h, &[&want_hello]);
     want_hello.extend_from_slice(&mac);
     assert_eq!(hello, want_hello, "Hello");
-    assert_eq!(hello.len(), 98);
+    assert_eq!(hello.len(), 130);
 
     let primary_at_scan = primary.clone();
     let request = companion.receive_hello(&hello, rng, now).unwrap();
+    let n_c = rep.draw::<32>(&format!("{prefix}companion check-code nonce"));
     let request_nonce = rep.draw::<12>(&format!("{prefix}request nonce"));
+    let code = spec::check_code(&ks.k_c, &n_c, &n_p);
     let mut request_plain = device_key.to_vec();
     request_plain.push(label.len() as u8);
     request_plain.extend_from_slice(label.as_bytes());
+    request_plain.extend_from_slice(&n_c);
     let request_header = spec::header(spec::REQUEST_KIND, &offer.token);
     let want_request = [
         request_header.clone(),
@@ -461,12 +484,12 @@ fn start_link(
     ]
     .concat();
     assert_eq!(request, want_request, "Request");
-    assert_eq!(request.len(), 79 + label.len());
+    assert_eq!(request.len(), 111 + label.len());
     assert_eq!(
         spec::open(&ks.k_r, &request[18..30], &request[..18], &request[30..]),
         Some(request_plain.clone())
     );
-    assert_eq!(companion.check_code(), Some(ks.code));
+    assert_eq!(companion.check_code(), None, "not before the Grant");
     rep.check(rng);
     Link {
         device_seed,
@@ -476,6 +499,10 @@ fn start_link(
         e_p_secret,
         offer,
         ks,
+        n_p,
+        commitment,
+        n_c,
+        code,
         request_nonce,
         hello,
         request,
@@ -515,27 +542,34 @@ fn finish_link(
         .receive_request(&mut link.primary, &link.request, rng, now)
         .unwrap();
     assert_eq!(asked.device.to_bytes(), link.device_key);
-    assert_eq!(asked.check_code, link.ks.code);
+    assert_eq!(asked.check_code.map(|c| c.value()), Some(link.code));
     let grant = account.grant(&mut link.primary, rng, now).unwrap();
     let grant_nonce = rep.draw::<12>(&format!("{prefix}grant nonce"));
     let certificate = [index.to_be_bytes().to_vec(), list.signed(account_seed)].concat();
+    let grant_plain = [link.n_p.to_vec(), certificate.clone()].concat();
     let header = spec::header(spec::GRANT_KIND, &link.offer.token);
     let want = [
         header.clone(),
         grant_nonce.to_vec(),
-        spec::seal(&link.ks.k_g, &grant_nonce, &header, &certificate),
+        spec::seal(&link.ks.k_g, &grant_nonce, &header, &grant_plain),
     ]
     .concat();
     assert_eq!(grant, want, "Grant");
     assert_eq!(
         spec::open(&link.ks.k_g, &grant[18..30], &grant[..18], &grant[30..]),
-        Some(certificate.clone())
+        Some(grant_plain.clone())
     );
     rep.check(rng);
 
     let th2 = spec::th2(&link.ks.th, &link.request, &grant);
     link.companion_at_grant = link.companion.clone();
-    let confirm = link.companion.receive_grant(&grant, now).unwrap();
+    let join = link.companion.receive_grant(&grant, now).unwrap();
+    assert_eq!(join.check_code.map(|c| c.value()), Some(link.code));
+    assert!(
+        link.companion.confirm_message().is_none(),
+        "no Confirm before consent"
+    );
+    let confirm = link.companion.consent(now).unwrap();
     let msg = [spec::CONFIRM, &th2[..]].concat();
     let want = [
         spec::header(spec::CONFIRM_KIND, &link.offer.token),
@@ -755,8 +789,11 @@ fn compute(seed: u64, now_ms: u64, label: &str) -> Value {
         "hello_key": b(&link.ks.k_h),
         "request_key": b(&link.ks.k_r),
         "grant_key": b(&link.ks.k_g),
-        "check_code_bytes": b(&link.ks.cc),
-        "check_code": link.ks.code,
+        "check_code_key": b(&link.ks.k_c),
+        "primary_check_nonce": b(&link.n_p),
+        "check_commitment": b(&link.commitment),
+        "companion_check_nonce": b(&link.n_c),
+        "check_code": link.code,
         "th2": b(&g.th2),
         "hello": b(&link.hello),
         "request_plaintext": b(&link.request_plain),
@@ -843,7 +880,7 @@ fn compute(seed: u64, now_ms: u64, label: &str) -> Value {
         "now_ms": at5,
         "token_id": b(&l5.offer.token),
         "grant_key": b(&l5.ks.k_g),
-        "check_code": l5.ks.code,
+        "check_code": l5.code,
         "hello": b(&l5.hello),
         "request": b(&l5.request),
         "refusal_plaintext": b(&refusal_plain),

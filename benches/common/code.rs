@@ -139,7 +139,8 @@ pub fn full_link_by_code(
         .unwrap();
     let grant = account.grant(&mut primary, rng, t).unwrap();
     relay.route(&grant, phone, t).unwrap();
-    let confirm = companion.receive_grant(&grant, t).unwrap();
+    companion.receive_grant(&grant, t).unwrap();
+    let confirm = companion.consent(t).unwrap();
     relay.route(&confirm, laptop, t).unwrap();
     black_box(account.confirm(&mut primary, &confirm, t).unwrap());
 }

@@ -324,6 +324,7 @@ pub fn full_link(
         .receive_request(&mut primary, &request, rng, t)
         .unwrap();
     let grant = account.grant(&mut primary, rng, t).unwrap();
-    let confirm = companion.receive_grant(&grant, t).unwrap();
+    companion.receive_grant(&grant, t).unwrap();
+    let confirm = companion.consent(t).unwrap();
     black_box(account.confirm(&mut primary, &confirm, t).unwrap());
 }

@@ -55,12 +55,19 @@ async fn link(
     let (mut rc, mut rp) = (OsRng, OsRng);
     let (c, p) = step(async {
         tokio::join!(
-            companion.link(&mut rc),
+            companion.link(&mut rc, |join| {
+                println!(
+                    "  companion: join account {} (check code {})? yes",
+                    join.account_fingerprint(),
+                    join.check_code.map(|c| c.to_string()).unwrap_or_default()
+                );
+                true
+            }),
             primary.link(account, &qr, &mut rp, |ask| {
                 println!(
-                    "  phone: link \"{}\" (check code {:02})? yes",
+                    "  phone: link \"{}\" (check code {})? yes",
                     ask.label.as_str(),
-                    ask.check_code
+                    ask.check_code.map(|c| c.to_string()).unwrap_or_default()
                 );
                 true
             })

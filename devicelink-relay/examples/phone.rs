@@ -135,7 +135,9 @@ fn scan_png(path: &Path) -> Result<String, Error> {
 fn ask(request: &LinkRequest, account: &str, yes: bool) -> bool {
     println!("{}", request.prompt());
     println!("label: {}", request.label);
-    println!("check code: {:02}", request.check_code);
+    if let Some(code) = request.check_code {
+        println!("check code: {code}");
+    }
     println!("device fingerprint: {}", request.fingerprint());
     println!("account fingerprint: {account}");
     if yes {

@@ -58,7 +58,8 @@ fn crypto_alone(n: u32) -> Result<f64, Error> {
         let request = c.receive_hello(&hello, &mut OsRng, now)?;
         account.receive_request(&mut hs, &request, &mut OsRng, now)?;
         let grant = account.grant(&mut hs, &mut OsRng, now)?;
-        let confirm = c.receive_grant(&grant, now)?;
+        c.receive_grant(&grant, now)?;
+        let confirm = c.consent(now)?;
         account.confirm(&mut hs, &confirm, now)?;
         let session = c.into_session().map_err(|_| "not linked")?;
         let client = devicelink_relay::ClientSecret::generate(&mut OsRng).client_id();

@@ -994,7 +994,8 @@ async fn code_pairing(
                 .await?;
             let grant = ws.routed().await?;
             let mut linked = accepted.companion;
-            let confirm = linked.receive_grant(&grant, clock.now())?;
+            linked.receive_grant(&grant, clock.now())?;
+            let confirm = linked.consent(clock.now())?;
             ws.call_ok(CodeFrame::Message(&confirm).encode()).await?;
             Ok::<_, Error>(())
         }

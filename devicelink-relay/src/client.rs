@@ -37,8 +37,9 @@ use devicelink::handshake::{MessageHeader, MessageKind};
 use devicelink::relay::{AccountProof, HelloDigest, SubscriptionProof};
 use devicelink::{
     Account, AccountId, Companion, CompanionState, ConfirmedLink, DeviceIndex, DeviceListChange,
-    ErrorKind, HandshakeError, LinkRequest, LinkedSession, LogoutReason, PrimaryHeartbeat,
-    RefusalReason, RegistryError, SessionError, SessionStatus, SignedDeviceList, Timestamp,
+    ErrorKind, FailureReason, HandshakeError, JoinPrompt, LinkRequest, LinkedSession, LogoutReason,
+    PrimaryHeartbeat, RefusalReason, RegistryError, SessionError, SessionStatus, SignedDeviceList,
+    Timestamp,
 };
 use futures_util::{SinkExt, StreamExt};
 use rand_core::{CryptoRng, RngCore};
@@ -92,6 +93,16 @@ pub enum ClientError {
     /// The core refused (linked session).
     #[error(transparent)]
     Session(#[from] SessionError),
+    /// The phone's Hello was refused because another device already
+    /// redeemed the code it scanned: someone else scanned that screen first
+    /// (perhaps from a photograph). Tell the user plainly; the companion's
+    /// user will see a join prompt for an account that is not theirs.
+    #[error(
+        "the code you scanned was already used by another device: if that was not you, \
+         someone else scanned or photographed that screen; do not continue, and show a new \
+         code on the device you are linking"
+    )]
+    OfferTaken,
     /// The pairing ended without a link (display ended, grant timed out).
     #[error("pairing failed: {0:?}")]
     PairingFailed(devicelink::handshake::FailureReason),
@@ -169,6 +180,7 @@ impl ClientError {
             ClientError::Registry(e) => Some(e.kind()),
             ClientError::Session(e) => Some(e.kind()),
             ClientError::Frame(_) => Some(ErrorKind::Malformed),
+            ClientError::OfferTaken => Some(ErrorKind::Conflict),
             _ => None,
         }
     }
@@ -743,13 +755,18 @@ impl CompanionClient {
     }
 
     /// Runs the pairing to its end: rotates (and registers) the offer on
-    /// time, answers the Hello, confirms the Grant, then subscribes to the
+    /// time, answers the Hello, shows a verified Grant to `consent` (this
+    /// device's user: which account it would join, and the check code the
+    /// phone must show), confirms only if it agrees, then subscribes to the
     /// account. A Hello the core refuses is released at the relay and the
-    /// wait goes on. Ends with the session, or the core's refusal
-    /// ([`ClientError::Handshake`] with [`HandshakeError::Refused`]).
+    /// wait goes on. Ends with the session, the core's refusal
+    /// ([`ClientError::Handshake`] with [`HandshakeError::Refused`]), or
+    /// [`ClientError::PairingFailed`] with [`FailureReason::Declined`] when
+    /// `consent` says no.
     pub async fn link<R: RngCore + CryptoRng>(
         &mut self,
         rng: &mut R,
+        mut consent: impl FnMut(&JoinPrompt) -> bool,
     ) -> Result<&LinkedSession, ClientError> {
         while let Side::Pairing(companion) = &mut self.side {
             let now = self.clock.now();
@@ -799,7 +816,12 @@ impl CompanionClient {
                 },
                 MessageKind::Grant | MessageKind::Refusal => {
                     match companion.receive_grant(message, now) {
-                        Ok(confirm) => {
+                        Ok(prompt) => {
+                            if !consent(&prompt) {
+                                companion.decline(self.clock.now())?;
+                                return Err(ClientError::PairingFailed(FailureReason::Declined));
+                            }
+                            let confirm = companion.consent(self.clock.now())?;
                             self.link.send_message(&confirm).await?;
                             self.become_linked().await?;
                         }
@@ -988,7 +1010,16 @@ impl PrimaryClient {
         self.send_proof(account).await?;
         let (mut handshake, hello) = account.scan(offer_text, rng, self.clock.now())?;
         self.link.send_message(&hello).await?;
-        let request = self.next_message(MessageKind::Request).await?;
+        let request = match self.next_message(MessageKind::Request).await {
+            Err(ClientError::Relay {
+                of: Some(FrameType::Message),
+                code,
+                ..
+            }) if codes::code_kind(code) == Some(ErrorKind::Conflict) => {
+                return Err(ClientError::OfferTaken)
+            }
+            other => other?,
+        };
         let now = self.clock.now();
         let asking = match account.receive_request(&mut handshake, &request, rng, now) {
             Ok(asking) => asking,

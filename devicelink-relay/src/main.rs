@@ -16,8 +16,8 @@ use clap::Parser;
 use devicelink::Policy;
 use devicelink::Timestamp;
 use devicelink_relay::server::{
-    Clock, Cluster, ClusterOptions, Limits, ManualClock, Network, Relay, SystemClock, Tls,
-    TrustedProxies,
+    AllowedOrigins, Clock, Cluster, ClusterOptions, Limits, ManualClock, Network, Relay,
+    SystemClock, Tls, TrustedProxies,
 };
 use devicelink_relay::{MemoryStore, PgStore, SqliteStore, Store, StoreError, MAX_FRAME_LEN};
 
@@ -42,6 +42,12 @@ struct Args {
     /// loopback only, or behind a TLS proxy with this flag).
     #[arg(long)]
     insecure_http: bool,
+    /// A web origin (`https://static.example.org`) whose pages may open
+    /// sessions besides the relay's own, when the browser companion page is
+    /// served from a separate static origin; repeat for several. Browsers
+    /// from any other origin are refused with 403.
+    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+    allowed_origins: Vec<String>,
     /// A proxy or load balancer whose connections may say whose they are
     /// (PROXY protocol v1/v2, or X-Forwarded-For): a network (`10.0.0.0/8`)
     /// or an address. Repeatable. Nobody else is believed.
@@ -330,10 +336,13 @@ fn network(args: &Args) -> Result<Network, String> {
              (give --tls-cert/--tls-key, or --insecure-http behind a TLS proxy)"
         );
     }
+    let allowed_origins = AllowedOrigins::parse(args.allowed_origins.iter().map(String::as_str))
+        .map_err(|e| e.to_string())?;
     Ok(Network {
         trusted_proxies,
         tls,
         serve_page,
+        allowed_origins,
     })
 }
 

@@ -491,7 +491,8 @@ async fn mailboxes_are_budgeted_per_address_and_hold_one_answer_per_token() {
             other => panic!("{other:?}"),
         }
     }
-    let confirm = companion.receive_grant(&grant, relay.now()).unwrap();
+    companion.receive_grant(&grant, relay.now()).unwrap();
+    let confirm = companion.consent(relay.now()).unwrap();
     assert!(call(
         &mut back,
         Frame::Message {

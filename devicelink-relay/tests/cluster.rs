@@ -249,7 +249,7 @@ async fn link(
     let (mut rc, mut rp) = (rng(seed), rng(seed + 1));
     let (c, p) = bounded(async {
         tokio::join!(
-            companion.link(&mut rc),
+            companion.link(&mut rc, |_| true),
             primary.link(account, &text, &mut rp, |_| true)
         )
     })
@@ -313,7 +313,10 @@ async fn three_nodes_eight_primaries_race_one_qr_and_link_exactly_once() {
         let mut c = companion(&nodes, round as usize, 10_000 + round, "Raced").await;
         let text = c.offer_text().unwrap();
         let companion_task = tokio::spawn(async move {
-            let r = c.link(&mut rng(20_000 + round)).await.map(|s| s.account());
+            let r = c
+                .link(&mut rng(20_000 + round), |_| true)
+                .await
+                .map(|s| s.account());
             (c, r)
         });
         let mut racers = Vec::new();
@@ -479,7 +482,7 @@ async fn a_node_killed_mid_pairing_loses_nothing_acknowledged() {
     // to node 2 as the same client (its id is stable) and resumes: the
     // primary on node 0 scans the QR shown all along and the link
     // completes across nodes.
-    let lost = bounded(pairing.link(&mut rng(401))).await;
+    let lost = bounded(pairing.link(&mut rng(401), |_| true)).await;
     assert!(
         matches!(
             lost,

@@ -160,9 +160,11 @@ async fn a_code_links_over_the_relay_and_a_wrong_one_ends_both_sides() {
     let grant = account.grant(&mut primary, &mut rng, T0).unwrap();
     message(&mut phone, &grant).await;
     let mut companion = accepted.companion;
-    let confirm = companion
+    let joining = companion
         .receive_grant(&routed(&mut laptop).await, T0)
         .unwrap();
+    assert_eq!(joining.check_code, None, "a typed code needs no check code");
+    let confirm = companion.consent(T0).unwrap();
     message(&mut laptop, &confirm).await;
     account
         .confirm(&mut primary, &routed(&mut phone).await, T0)

@@ -202,7 +202,7 @@ async fn a_corrupted_hello_through_the_relay_never_stops_the_genuine_one() {
     let mut c = companion(&relay, 600, "Tablet").await;
     let text = c.offer_text().unwrap();
     let mut rc = rng(601);
-    let link_task = async { c.link(&mut rc).await.map(|s| s.index()) };
+    let link_task = async { c.link(&mut rc, |_| true).await.map(|s| s.index()) };
 
     let attack = async {
         let mut mallory = bounded(PrimaryClient::connect(&relay.base, relay.clock.clone()))
@@ -272,7 +272,10 @@ async fn primaries_racing_one_qr_through_the_relay_link_exactly_once() {
         let mut c = companion(&relay, 10_000 + round, "Raced").await;
         let text = c.offer_text().unwrap();
         let companion_task = tokio::spawn(async move {
-            let r = c.link(&mut rng(20_000 + round)).await.map(|s| s.account());
+            let r = c
+                .link(&mut rng(20_000 + round), |_| true)
+                .await
+                .map(|s| s.account());
             (c, r)
         });
         let mut racers = Vec::new();
@@ -299,7 +302,13 @@ async fn primaries_racing_one_qr_through_the_relay_link_exactly_once() {
             match result {
                 Ok(LinkOutcome::Linked(_)) => winners.push(id),
                 Ok(other) => panic!("round {round}: {other:?}"),
-                Err(e) => assert_eq!(e.kind(), Some(ErrorKind::Conflict), "round {round}: {e}"),
+                // A loser's phone is told plainly that another device took
+                // the code it scanned.
+                Err(e) => {
+                    assert!(matches!(e, ClientError::OfferTaken), "round {round}: {e:?}");
+                    assert_eq!(e.kind(), Some(ErrorKind::Conflict));
+                    assert!(e.to_string().contains("already used by another device"));
+                }
             }
         }
         let (c, linked_to) = bounded(companion_task).await.unwrap();
@@ -425,7 +434,7 @@ async fn a_rotated_offer_is_registered_again() {
     let mut c = companion(&relay, 1300, "Slow scanner").await;
     let first = c.offer_text().unwrap();
     let waiting = tokio::spawn(async move {
-        let r = c.link(&mut rng(1301)).await.map(|_| ());
+        let r = c.link(&mut rng(1301), |_| true).await.map(|_| ());
         (c, r)
     });
     // Past the first offer's 60 s: the companion rotates and registers the
@@ -540,7 +549,10 @@ async fn a_pairing_resumes_on_a_new_connection_and_gets_the_hello_sent_while_it_
     ))
     .await
     .unwrap();
-    let session = bounded(c.link(&mut rng(1403))).await.unwrap().clone();
+    let session = bounded(c.link(&mut rng(1403), |_| true))
+        .await
+        .unwrap()
+        .clone();
     let (outcome, account) = bounded(phone).await.unwrap();
     assert!(matches!(outcome.unwrap(), LinkOutcome::Linked(_)));
     assert_eq!(session.account(), account.account_id());

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::*;
 use devicelink::TokenId;
-use devicelink_relay::server::{Limits, Network, Tls, TrustedProxies};
+use devicelink_relay::server::{AllowedOrigins, Limits, Network, Tls, TrustedProxies};
 use devicelink_relay::{Frame, FrameType};
 use futures_util::{SinkExt, StreamExt};
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -454,4 +454,72 @@ async fn the_binary_reloads_its_certificate_on_sighup() {
     assert!(healthz(ca2).await);
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// The status line of a WebSocket handshake to `/v1/companion` sent from
+/// `from` with `origin` (none: a native client).
+async fn upgrade_status(relay: &TestRelay, from: &str, origin: Option<&str>) -> String {
+    let mut s = tcp_from(relay, from).await.unwrap();
+    let origin = origin
+        .map(|o| format!("Origin: {o}\r\n"))
+        .unwrap_or_default();
+    let head = format!(
+        "GET /v1/companion HTTP/1.1\r\nHost: relay\r\n{origin}Upgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n"
+    );
+    bounded(s.write_all(head.as_bytes())).await.unwrap();
+    let mut buf = vec![0u8; 256];
+    let n = bounded(s.read(&mut buf)).await.unwrap();
+    String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn browsers_from_other_origins_are_refused_and_configured_ones_served() {
+    let relay = start_network(
+        test_limits(),
+        Network {
+            allowed_origins: AllowedOrigins::parse(["https://static.example.org"]).unwrap(),
+            ..Network::default()
+        },
+    )
+    .await;
+    // A page on another site cannot drive a visitor's browser at the relay.
+    let evil = upgrade_status(&relay, "127.0.0.60", Some("https://evil.example")).await;
+    assert!(evil.starts_with("HTTP/1.1 403"), "{evil}");
+    let evil_poll = request(
+        tcp_from(&relay, "127.0.0.61").await.unwrap(),
+        &post("/v1/poll/companion", "Origin: https://evil.example\r\n"),
+    )
+    .await;
+    assert!(evil_poll.starts_with("HTTP/1.1 403"), "{evil_poll}");
+    // The configured static origin, the relay's own page and native
+    // clients (no Origin) are served.
+    for (from, origin) in [
+        ("127.0.0.62", Some("https://static.example.org")),
+        ("127.0.0.63", Some("http://relay")),
+        ("127.0.0.64", None),
+    ] {
+        let status = upgrade_status(&relay, from, origin).await;
+        assert!(status.starts_with("HTTP/1.1 101"), "{origin:?}: {status}");
+    }
+    // The long-poll routes answer CORS for the static origin (preflight).
+    let preflight = request(
+        tcp_from(&relay, "127.0.0.65").await.unwrap(),
+        "OPTIONS /v1/poll/companion HTTP/1.1\r\nHost: relay\r\nOrigin: https://static.example.org\r\n\
+         Access-Control-Request-Method: POST\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(preflight.starts_with("HTTP/1.1 200"), "{preflight}");
+    assert!(
+        preflight
+            .to_ascii_lowercase()
+            .contains("access-control-allow-origin: https://static.example.org"),
+        "{preflight}"
+    );
+    relay.stop().await;
 }

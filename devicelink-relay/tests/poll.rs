@@ -117,6 +117,7 @@ async fn a_companion_links_over_long_poll() {
 
     // The primary links over a WebSocket.
     let mut account = account(&relay, 1201);
+    let account_id = account.account_id();
     account.open_link_intent(relay.now());
     let mut primary = bounded(PrimaryClient::connect(&relay.base, relay.clock.clone()))
         .await
@@ -142,7 +143,11 @@ async fn a_companion_links_over_long_poll() {
         let now = relay.now();
         let reply = match header.kind {
             MessageKind::Hello => companion.receive_hello(bytes, &mut r, now).unwrap(),
-            MessageKind::Grant => companion.receive_grant(bytes, now).unwrap(),
+            MessageKind::Grant => {
+                let join = companion.receive_grant(bytes, now).unwrap();
+                assert_eq!(join.account, account_id);
+                companion.consent(now).unwrap()
+            }
             other => panic!("{other:?}"),
         };
         let header = devicelink::handshake::MessageHeader::parse(&reply).unwrap();
@@ -309,7 +314,7 @@ async fn the_clients_link_subscribe_and_hear_a_revocation_over_long_poll() {
     let mut rc = rng(1603);
     let (linked, outcome) = bounded(async {
         tokio::join!(
-            c.link(&mut rc),
+            c.link(&mut rc, |_| true),
             primary.link(&mut account, &text, &mut rp, |_| true)
         )
     })

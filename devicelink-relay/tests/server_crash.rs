@@ -117,7 +117,7 @@ async fn link_loop(
         account.open_link_intent(clock.now());
         let mut rc = rng(seed + 7);
         let (linked, outcome) = tokio::join!(
-            c.link(&mut rc),
+            c.link(&mut rc, |_| true),
             primary.link(&mut account, &text, &mut r, |_| true)
         );
         match (linked, outcome) {

@@ -70,7 +70,8 @@ impl LinkFixture {
         let request = companion.receive_hello(&hello, rng, t)?;
         account.receive_request(&mut primary, &request, rng, t)?;
         let grant = account.grant(&mut primary, rng, t)?;
-        let confirm = companion.receive_grant(&grant, t)?;
+        companion.receive_grant(&grant, t)?;
+        let confirm = companion.consent(t)?;
         account.confirm(&mut primary, &confirm, t)?;
         Ok(account.companion_count(t))
     }

@@ -153,10 +153,38 @@ impl WebCompanion {
         self.shell.offer_rotation().map(|(_, at)| millis(at))
     }
 
-    /// The two-digit check code after a scan ("07").
+    /// The six-digit check code once the phone granted ("012 345"): the
+    /// phone must show the same one.
     #[wasm_bindgen(getter, js_name = checkCode)]
     pub fn check_code(&self) -> Option<String> {
         self.shell.check_code()
+    }
+
+    /// The fingerprint of the account a granted link would join, while the
+    /// page asks its user (phase `awaiting-consent`).
+    #[wasm_bindgen(getter, js_name = joiningAccount)]
+    pub fn joining_account(&self) -> Option<String> {
+        self.shell.joining_account()
+    }
+
+    /// The user agrees to join that account: the Confirm is queued and the
+    /// browser is linked.
+    pub fn consent(&mut self, now_ms: f64) -> Result<(), JsError> {
+        self.shell.consent(timestamp(now_ms)).map_err(js)
+    }
+
+    /// The user does not agree: nothing is sent, the pairing ends.
+    pub fn decline(&mut self, now_ms: f64) -> Result<(), JsError> {
+        self.shell.decline(timestamp(now_ms)).map_err(js)
+    }
+
+    /// "Link again" after a logout: a new pairing under the same name that
+    /// accepts only the account this browser was linked to.
+    #[wasm_bindgen(js_name = linkAgain)]
+    pub fn link_again(&self, now_ms: f64) -> Option<WebCompanion> {
+        self.shell
+            .link_again(&mut OsRng, timestamp(now_ms))
+            .map(|shell| WebCompanion { shell })
     }
 
     /// Why the pairing failed, for people: one fixed sentence per class.

@@ -57,9 +57,13 @@ pub enum Phase {
     Connecting,
     /// The QR code is on screen, rotating.
     Showing,
-    /// Scanned: the check code is on screen, waiting for the phone's
-    /// approval.
+    /// Scanned: waiting for the phone's approval.
     AwaitingApproval,
+    /// Granted: the page shows which account this browser would join and
+    /// the check code its phone must show, and asks its user to agree
+    /// ([`BrowserCompanion::consent`]) or not ([`BrowserCompanion::decline`]).
+    /// Nothing is confirmed before.
+    AwaitingConsent,
     /// Linked, lease running.
     Linked,
     /// Linked, within the policy's warning window before the lease ends.
@@ -77,6 +81,7 @@ impl Phase {
             Phase::Connecting => "connecting",
             Phase::Showing => "showing",
             Phase::AwaitingApproval => "awaiting-approval",
+            Phase::AwaitingConsent => "awaiting-consent",
             Phase::Linked => "linked",
             Phase::ExpiringSoon => "expiring-soon",
             Phase::LoggedOut => "logged-out",
@@ -480,6 +485,25 @@ impl BrowserCompanion {
         ))
     }
 
+    /// "Link again" after a logout: a fresh identity key and offer under
+    /// the same name, that accepts a Grant only from the account this
+    /// browser was linked to (any other account's Grant is refused before
+    /// the user is asked). `None` unless this browser was linked.
+    pub fn link_again<R: RngCore + CryptoRng>(&self, rng: &mut R, now: Timestamp) -> Option<Self> {
+        let Side::Linked(session) = &self.side else {
+            return None;
+        };
+        let identity = DeviceIdentity::generate(rng);
+        let companion = Companion::new(identity, session.label().clone(), &self.policy, rng, now)
+            .expect_account(session.account());
+        let secret = ClientSecret::generate(rng);
+        Some(Self::with_side(
+            Side::Pairing(Box::new(companion)),
+            self.policy.clone(),
+            secret,
+        ))
+    }
+
     fn with_side(side: Side, policy: Policy, secret: ClientSecret) -> Self {
         BrowserCompanion {
             side,
@@ -783,16 +807,9 @@ impl BrowserCompanion {
             MessageKind::Grant | MessageKind::Refusal => {
                 // A refused Grant (forged, for another device) changes
                 // nothing; an authenticated Refusal or a late grant ends
-                // the pairing, which `phase` shows.
-                if let Ok(confirm) = companion.receive_grant(message, now) {
-                    let session = companion.session().cloned();
-                    self.send_message(&confirm)?;
-                    if let Some(session) = session {
-                        self.side = Side::Linked(Box::new(session));
-                        self.dirty = true;
-                        self.subscribe();
-                    }
-                }
+                // the pairing, which `phase` shows. A verified Grant waits
+                // for this browser's user (`consent`).
+                let _ = companion.receive_grant(message, now);
             }
             MessageKind::Request | MessageKind::Confirm => {}
         }
@@ -820,6 +837,7 @@ impl BrowserCompanion {
                     Phase::Failed
                 }
                 CompanionState::AwaitingGrant { .. } => Phase::AwaitingApproval,
+                CompanionState::AwaitingConsent { .. } => Phase::AwaitingConsent,
                 // Not kept: a linked companion becomes `Side::Linked`.
                 CompanionState::Linked => Phase::Linked,
             },
@@ -872,12 +890,48 @@ impl BrowserCompanion {
         self.policy.max_rotations()
     }
 
-    /// The two-digit check code, once scanned ("07").
+    /// The six-digit check code, once granted ("012 345"): the phone must
+    /// show the same.
     pub fn check_code(&self) -> Option<String> {
         match &self.side {
-            Side::Pairing(c) => c.check_code().map(|code| format!("{code:02}")),
+            Side::Pairing(c) => c.check_code().map(|code| code.to_string()),
             Side::Linked(_) => None,
         }
+    }
+
+    /// The account a verified Grant would join (its fingerprint, which the
+    /// phone shows too), while waiting for this browser's user.
+    pub fn joining_account(&self) -> Option<String> {
+        match &self.side {
+            Side::Pairing(c) => c.join_prompt().map(|p| p.account_fingerprint()),
+            Side::Linked(_) => None,
+        }
+    }
+
+    /// This browser's user agrees to join the account the Grant named (the
+    /// check codes matched): the Confirm goes out and the browser is linked.
+    pub fn consent(&mut self, now: Timestamp) -> Result<(), WebError> {
+        let Side::Pairing(companion) = &mut self.side else {
+            return Ok(());
+        };
+        let confirm = companion.consent(now)?;
+        let session = companion.session().cloned();
+        self.send_message(&confirm)?;
+        if let Some(session) = session {
+            self.side = Side::Linked(Box::new(session));
+            self.dirty = true;
+            self.subscribe();
+        }
+        Ok(())
+    }
+
+    /// This browser's user does not agree (another account, the codes
+    /// differ, or the phone showed none): nothing is sent, the pairing ends.
+    pub fn decline(&mut self, now: Timestamp) -> Result<(), WebError> {
+        if let Side::Pairing(companion) = &mut self.side {
+            companion.decline(now)?;
+        }
+        Ok(())
     }
 
     /// Why the pairing failed, as a class ([`Problem::sentence`] is what
@@ -898,8 +952,12 @@ impl BrowserCompanion {
             FailureReason::Refused(RefusalReason::Other { .. }) => Problem::PhoneRefused,
             FailureReason::OfferEnded(OfferState::TimedOut { .. })
             | FailureReason::OfferEnded(OfferState::Expired { .. }) => Problem::NotScanned,
-            FailureReason::OfferEnded(_) | FailureReason::Cancelled => Problem::Cancelled,
-            FailureReason::GrantTimedOut => Problem::ApprovalTimedOut,
+            FailureReason::OfferEnded(_) | FailureReason::Cancelled | FailureReason::Declined => {
+                Problem::Cancelled
+            }
+            FailureReason::GrantTimedOut | FailureReason::ConsentTimedOut => {
+                Problem::ApprovalTimedOut
+            }
         })
     }
 

@@ -89,12 +89,24 @@ fn a_whole_link_in_the_browser() {
     let asking = account
         .receive_request(&mut primary, &inner(&out[0]), &mut OsRng, ts(t))
         .unwrap();
-    assert_eq!(c.check_code(), Some(format!("{:02}", asking.check_code)));
+    assert_eq!(c.check_code(), None, "no code before the Grant");
     assert_eq!(asking.label.as_str(), "Chromium on Linux");
     answer(&mut c, &out[0], t);
 
     let grant = account.grant(&mut primary, &mut OsRng, ts(t)).unwrap();
     c.receive(&message_frame(&grant), t).unwrap();
+    // Nothing leaves before this browser's user agrees.
+    assert!(frames(&mut c).is_empty());
+    assert_eq!(c.phase(t), "awaiting-consent");
+    assert_eq!(
+        c.check_code(),
+        asking.check_code.map(|code| code.to_string())
+    );
+    assert_eq!(
+        c.joining_account(),
+        Some(account.account_id().fingerprint())
+    );
+    c.consent(t).unwrap();
     let out = frames(&mut c);
     let kinds: Vec<_> = out.iter().map(|f| kind(f)).collect();
     assert_eq!(

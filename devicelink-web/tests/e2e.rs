@@ -379,16 +379,29 @@ async fn link_revoke_and_reload_in_headless_chromium() -> Result<(), Error> {
         format!("label {asked:?}")
     })?;
 
-    // 2. Awaiting approval: the same check code on both screens.
+    // 2. Awaiting approval on the phone; then the page asks its own user,
+    // showing the account and the same six-digit check code, and only its
+    // "yes" sends the Confirm.
     page.wait_phase("awaiting-approval", STEP).await?;
-    let page_code = page.text("check-code").await?;
-    ensure(page_code == phone_code, || {
-        format!("check code: page {page_code}, phone {phone_code}")
-    })?;
     page.screenshot("2-awaiting-approval", true).await?;
     let mut stdin = link.stdin.take().ok_or("no phone stdin")?;
     stdin.write_all(b"y\n").await?;
     drop(stdin);
+    page.wait_phase("awaiting-consent", STEP).await?;
+    let page_code = page.text("consent-code").await?;
+    ensure(page_code == phone_code && page_code.len() == 7, || {
+        format!("check code: page {page_code}, phone {phone_code}")
+    })?;
+    let joining = page.text("joining-account").await?;
+    ensure(joining == phone_account, || {
+        format!("joining account: page {joining}, phone {phone_account}")
+    })?;
+    page.screenshot("2b-awaiting-consent", true).await?;
+    page.client
+        .find(Locator::Id("consent-yes"))
+        .await?
+        .click()
+        .await?;
     let done = read_until(&mut out, "the link", |l| l.starts_with("linked as device")).await?;
     ensure(
         done.iter().any(|l| l.starts_with("linked as device #1:")),
@@ -448,11 +461,19 @@ async fn link_revoke_and_reload_in_headless_chromium() -> Result<(), Error> {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let shot2 = page.screenshot("qr-second", false).await?;
-    let linked2 = phone
-        .run(&["link", "--yes", "--png", &shot2.to_string_lossy()])
+    let second_link = phone
+        .command(&["link", "--yes", "--png", &shot2.to_string_lossy()])
+        .spawn()?;
+    page.wait_phase("awaiting-consent", STEP).await?;
+    page.client
+        .find(Locator::Id("consent-yes"))
+        .await?
+        .click()
         .await?;
+    let out2 = tokio::time::timeout(STEP, second_link.wait_with_output()).await??;
+    let linked2 = String::from_utf8_lossy(&out2.stdout).into_owned();
     ensure(
-        linked2.contains("linked as device #2: \"Work laptop\""),
+        out2.status.success() && linked2.contains("linked as device #2: \"Work laptop\""),
         || linked2.clone(),
     )?;
     page.wait_phase("linked", STEP).await?;

@@ -98,17 +98,26 @@ impl World {
             .account
             .receive_request(&mut primary, &body(&out[0]), &mut self.rng, now)
             .unwrap();
-        assert_eq!(
-            c.check_code(),
-            Some(format!("{:02}", asking.check_code)),
-            "the same check code on both screens"
-        );
         c.receive(&routed(&out[0]), &mut self.rng, now).unwrap();
         let grant = self
             .account
             .grant(&mut primary, &mut self.rng, now)
             .unwrap();
         c.receive(&message(&grant), &mut self.rng, now).unwrap();
+        // Nothing leaves before this browser's user agrees: the page shows
+        // the account it would join and the phone's check code.
+        assert!(sent(c).is_empty(), "no Confirm before consent");
+        assert_eq!(c.phase(now), Phase::AwaitingConsent);
+        assert_eq!(
+            c.check_code(),
+            asking.check_code.map(|code| code.to_string()),
+            "the same check code on both screens"
+        );
+        assert_eq!(
+            c.joining_account(),
+            Some(self.account.account_id().fingerprint())
+        );
+        c.consent(now).unwrap();
         let out = sent(c);
         // The Confirm, then the session's own list and the Subscribe.
         assert_eq!(
@@ -715,4 +724,83 @@ mod total {
             prop_assert!(BrowserCompanion::restore(&saved, &mut w.rng, T0).is_ok());
         }
     }
+}
+
+/// Issue 17, finding 2: a photographed code cannot link this browser
+/// without its user. A verified Grant only shows the account and the check
+/// code; "No" sends nothing and ends the pairing; "Link again" after a
+/// logout refuses any other account's Grant before asking.
+#[test]
+fn the_page_confirms_only_on_its_users_yes_and_link_again_expects_its_account() {
+    let mut attacker = World::new(71);
+    let mut c = attacker.showing("Chromium on Linux", T0);
+    let text = c.qr_text().unwrap();
+    attacker.account.open_link_intent(T0);
+    let (mut primary, hello) = attacker.account.scan(&text, &mut attacker.rng, T0).unwrap();
+    c.receive(&message(&hello), &mut attacker.rng, T0).unwrap();
+    let out = sent(&mut c);
+    attacker
+        .account
+        .receive_request(&mut primary, &body(&out[0]), &mut attacker.rng, T0)
+        .unwrap();
+    c.receive(&routed(&out[0]), &mut attacker.rng, T0).unwrap();
+    let grant = attacker
+        .account
+        .grant(&mut primary, &mut attacker.rng, T0)
+        .unwrap();
+    c.receive(&message(&grant), &mut attacker.rng, T0).unwrap();
+    assert_eq!(c.phase(T0), Phase::AwaitingConsent);
+    assert!(sent(&mut c).is_empty(), "no Confirm before the user's yes");
+    assert_eq!(
+        c.joining_account(),
+        Some(attacker.account.account_id().fingerprint())
+    );
+    c.decline(T0).unwrap();
+    assert!(sent(&mut c).is_empty(), "a No sends nothing");
+    assert_eq!(c.phase(T0), Phase::Failed);
+    assert!(c.session().is_none());
+
+    // Linked to the genuine account, then logged out: "Link again" accepts
+    // only that account.
+    let mut w = World::new(72);
+    let mut linked = w.showing("Chromium on Linux", T0);
+    w.link(&mut linked, T0);
+    let again = linked.link_again(&mut w.rng, at(1_000)).unwrap();
+    assert!(c.link_again(&mut w.rng, T0).is_none(), "never linked");
+    let mut again = again;
+    again.connected(at(1_000)).unwrap();
+    sent(&mut again);
+    again
+        .receive(&ack(FrameType::Identify), &mut w.rng, at(1_000))
+        .unwrap();
+    again
+        .receive(&ack(FrameType::Register), &mut w.rng, at(1_000))
+        .unwrap();
+    let text = again.qr_text().unwrap();
+    attacker.account.open_link_intent(at(1_000));
+    let (mut primary, hello) = attacker
+        .account
+        .scan(&text, &mut attacker.rng, at(1_000))
+        .unwrap();
+    again
+        .receive(&message(&hello), &mut attacker.rng, at(1_000))
+        .unwrap();
+    let out = sent(&mut again);
+    attacker
+        .account
+        .receive_request(&mut primary, &body(&out[0]), &mut attacker.rng, at(1_000))
+        .unwrap();
+    let grant = attacker
+        .account
+        .grant(&mut primary, &mut attacker.rng, at(1_000))
+        .unwrap();
+    again
+        .receive(&message(&grant), &mut attacker.rng, at(1_000))
+        .unwrap();
+    assert_eq!(
+        again.phase(at(1_000)),
+        Phase::AwaitingApproval,
+        "another account's Grant is refused before the user is asked"
+    );
+    assert_eq!(again.joining_account(), None);
 }

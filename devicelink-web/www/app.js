@@ -88,6 +88,34 @@ function startPairing() {
   update();
 }
 
+/** This browser's user answers the join prompt: only "yes" sends the
+ * Confirm; "no" ends the pairing and the phone's pending link times out. */
+function answer(yes) {
+  try {
+    if (yes) companion.consent(Date.now());
+    else companion.decline(Date.now());
+  } catch (e) {
+    addNotice("relay-error", problemText(e, "The answer could not be sent."));
+  }
+  update();
+}
+
+/** "Link again" after a logout: accepts only the account this browser was
+ * linked to (another account's grant is refused before anyone is asked). */
+function linkAgain() {
+  const next = companion.linkAgain(Date.now());
+  if (!next) return startPairing();
+  localStorage.removeItem(SESSION_KEY);
+  replaceCompanion(next);
+  if (socket) {
+    const old = socket;
+    socket = null;
+    old.close();
+    connect();
+  }
+  update();
+}
+
 function restoreOrStart() {
   const saved = localStorage.getItem(SESSION_KEY);
   if (saved) {
@@ -179,7 +207,9 @@ function connect() {
 
 // ---- the page -----------------------------------------------------------
 
-const SECTIONS = ["connecting", "showing", "awaiting-approval", "linked", "logged-out", "failed"];
+const SECTIONS = [
+  "connecting", "showing", "awaiting-approval", "awaiting-consent", "linked", "logged-out", "failed",
+];
 
 function render() {
   const now = Date.now();
@@ -190,9 +220,11 @@ function render() {
 
   if (phase === "connecting") status("Preparing a code to scan…");
   if (phase === "showing") renderQr(now);
-  if (phase === "awaiting-approval") {
-    status("Scanned: waiting for your phone's approval.");
-    $("check-code").textContent = companion.checkCode ?? "";
+  if (phase === "awaiting-approval") status("Scanned: waiting for your phone's approval.");
+  if (phase === "awaiting-consent") {
+    status("Your phone approved: check the code, then answer here.");
+    $("joining-account").textContent = companion.joiningAccount ?? "";
+    $("consent-code").textContent = companion.checkCode ?? "";
   }
   if (phase === "linked") renderLinked(now);
   if (phase === "logged-out") {
@@ -303,8 +335,10 @@ function wire() {
     localStorage.setItem(LABEL_KEY, value);
     startPairing();
   });
-  $("relink").addEventListener("click", startPairing);
+  $("relink").addEventListener("click", linkAgain);
   $("reload").addEventListener("click", startPairing);
+  $("consent-yes").addEventListener("click", () => answer(true));
+  $("consent-no").addEventListener("click", () => answer(false));
 }
 
 async function main() {

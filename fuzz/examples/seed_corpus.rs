@@ -119,6 +119,7 @@ fn collect(small: bool) -> Seeds {
     let keep_states = [
         "account_linked",
         "companion_awaiting_grant",
+        "companion_awaiting_consent",
         "companion_linked",
         "primary_awaiting_confirm",
         "session",

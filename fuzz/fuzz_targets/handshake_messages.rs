@@ -61,7 +61,11 @@ fuzz_target!(|data: &[u8]| {
     match c.receive_grant(data, now) {
         Ok(_) => {
             assert_eq!(data, &f.grant[..], "companion accepted a forged Grant");
-            assert_eq!(c.state(), CompanionState::Linked);
+            assert!(
+                matches!(c.state(), CompanionState::AwaitingConsent { .. }),
+                "a verified Grant waits for the user's consent"
+            );
+            assert!(c.confirm_message().is_none(), "a Confirm before consent");
         }
         Err(e) => {
             if e.is_terminal() {
@@ -153,6 +157,11 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
+
+    // A companion waiting for its user's consent refuses every message.
+    let mut c = f.companion_awaiting_consent.clone();
+    assert!(c.receive_grant(data, now).is_err());
+    assert!(c.receive_hello(data, &mut rng(3), now).is_err());
 
     // Already-finished state machines refuse everything.
     let mut c = f.companion_linked.clone();

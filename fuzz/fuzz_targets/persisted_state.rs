@@ -183,6 +183,8 @@ fn companion(data: &[u8]) {
         let _ = c.cancel(Timestamp::MAX);
         let _ = c.receive_hello(&f.hello, &mut r, now());
         let _ = c.receive_grant(&f.grant, now());
+        let _ = c.join_prompt();
+        let _ = c.consent(now());
         fixed_point(
             "companion after messages",
             &c,

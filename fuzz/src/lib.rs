@@ -177,7 +177,9 @@ pub struct Fixture {
     pub companion_awaiting_hello: Companion,
     /// Companion that answered the Hello, waiting for the Grant.
     pub companion_awaiting_grant: Companion,
-    /// Companion after the Grant (linked).
+    /// Companion after the Grant, waiting for its user's consent.
+    pub companion_awaiting_consent: Companion,
+    /// Companion after its user's consent (linked).
     pub companion_linked: Companion,
     /// Primary that sent the Hello, waiting for the Request.
     pub primary_awaiting_request: PrimaryHandshake,
@@ -238,9 +240,11 @@ pub fn build() -> Fixture {
         .expect("fixture grant");
     let primary_awaiting_confirm = primary.clone();
     let account_awaiting_confirm = account.clone();
-    let confirm = companion
+    companion
         .receive_grant(&grant, now)
         .expect("fixture grant accepted");
+    let companion_awaiting_consent = companion.clone();
+    let confirm = companion.consent(now).expect("fixture consent");
     let companion_linked = companion.clone();
     let link = account
         .confirm(&mut primary, &confirm, now)
@@ -263,7 +267,7 @@ pub fn build() -> Fixture {
     assert_eq!(v["offer_text"].as_str(), Some(offer_text.as_str()));
     assert_eq!(
         v["check_code"].as_u64(),
-        Some(u64::from(asked.check_code)),
+        asked.check_code.map(|c| u64::from(c.value())),
         "vector 0 check_code"
     );
     for (k, genuine) in [
@@ -322,6 +326,7 @@ pub fn build() -> Fixture {
         heartbeat,
         companion_awaiting_hello,
         companion_awaiting_grant,
+        companion_awaiting_consent,
         companion_linked,
         primary_awaiting_request,
         account_awaiting_request,
@@ -508,6 +513,7 @@ pub fn saved_states(f: &Fixture) -> Vec<(String, Vec<u8>)> {
         "companion_awaiting_grant",
         f.companion_awaiting_grant.save(),
     );
+    push("companion_awaiting_consent", f.companion_awaiting_consent.save());
     push("companion_linked", f.companion_linked.save());
     let mut c = f.companion_awaiting_grant.clone();
     let _ = c.receive_grant(&f.refusal, now());

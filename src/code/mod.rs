@@ -64,7 +64,8 @@
 //! let mut companion = accepted.companion;
 //! account.receive_request(&mut primary, &accepted.request, &mut rng, now)?;
 //! let grant = account.grant(&mut primary, &mut rng, now)?;
-//! let confirm = companion.receive_grant(&grant, now)?;
+//! companion.receive_grant(&grant, now)?;
+//! let confirm = companion.consent(now)?;
 //! account.confirm(&mut primary, &confirm, now)?;
 //! assert_eq!(account.companion_count(now), 1);
 //! # Ok(())

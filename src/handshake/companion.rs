@@ -1,11 +1,19 @@
 //! The companion's side of the handshake.
 //!
 //! ```text
-//!  AwaitingScan ──Hello──► AwaitingGrant ──Grant──► Linked
-//!   (offer shown,            (sent Request)    │     (holds a LinkedSession)
-//!    rotating)                                 └─Refusal / timeout / cancel─► Failed(reason)
+//!  AwaitingScan ──Hello──► AwaitingGrant ──Grant──► AwaitingConsent ──consent──► Linked
+//!   (offer shown,            (sent Request)    │      (show the account          (Confirm sent,
+//!    rotating)                                 │       and the check code)        holds a LinkedSession)
+//!                                              │           └─ decline / timeout / cancel ─► Failed
+//!                                              └─Refusal / timeout / cancel─► Failed(reason)
 //!   └─ display timed out / expired / cancelled ───────────────────► Failed(reason)
 //! ```
+//!
+//! The companion never confirms on its own: a Grant that verifies only
+//! shows its user which account the device would join and the check code
+//! ([`JoinPrompt`]); the Confirm leaves when that user agrees
+//! ([`Companion::consent`]). Whoever photographs the QR code and races the
+//! phone can win the token, but not the companion's user's consent.
 //!
 //! Every rejected message (forged, corrupted, replayed, out of order, for
 //! another session) leaves the state exactly as it was, so it cannot kill the
@@ -18,12 +26,14 @@ use serde::{Deserialize, Serialize};
 use x25519_dalek::PublicKey;
 
 use super::messages::{
-    parse_refusal, split_sealed, MessageHeader, MessageKind, RequestBody, HEADER_LEN, HELLO_KEY_AT,
-    HELLO_LEN,
+    parse_refusal, split_sealed, MessageHeader, MessageKind, RequestBody, HEADER_LEN,
+    HELLO_COMMITMENT_AT, HELLO_KEY_AT, HELLO_LEN,
 };
-use super::schedule::{confirm_transcript, transcript, SessionKeys};
-use super::{random_nonce, HandshakeError, RefusalReason, CONFIRM_LABEL};
-use crate::certificate::{CertificateError, DeviceCertificate};
+use super::schedule::{
+    check_commitment, confirm_transcript, transcript, SessionKeys, CHECK_NONCE_LEN,
+};
+use super::{random_nonce, CheckCode, HandshakeError, RefusalReason, CONFIRM_LABEL};
+use crate::certificate::{CertificateError, DeviceCertificate, DeviceIndex};
 use crate::keys::{AccountId, DeviceIdentity};
 use crate::label::DeviceLabel;
 use crate::offer::{OfferDisplay, OfferEvent, OfferState, PairingOffer, TokenError, TokenId};
@@ -42,6 +52,13 @@ pub enum FailureReason {
     GrantTimedOut,
     /// The user cancelled while waiting for the primary's approval.
     Cancelled,
+    /// This device's user did not agree to join the account the Grant named
+    /// (a wrong account, a check code that did not match the phone's, or no
+    /// code on the phone at all).
+    Declined,
+    /// This device's user did not answer within the policy's confirmation
+    /// timeout (the phone gives the slot up then too).
+    ConsentTimedOut,
 }
 
 /// The companion handshake's state, for display and decisions.
@@ -54,8 +71,12 @@ pub enum CompanionState {
     },
     /// Scanned; Request sent; waiting for the primary's grant.
     AwaitingGrant {
-        /// The two-digit check code to show (00–99).
-        check_code: u8,
+        /// When the wait gives up.
+        deadline: Timestamp,
+    },
+    /// Granted: show [`Companion::join_prompt`] and ask this device's user
+    /// to agree ([`Companion::consent`]) or not ([`Companion::decline`]).
+    AwaitingConsent {
         /// When the wait gives up.
         deadline: Timestamp,
     },
@@ -80,8 +101,50 @@ pub enum CompanionEvent {
         /// The rotation number.
         rotation: u32,
     },
-    /// The pairing failed (display ended or grant wait timed out).
+    /// The pairing failed (display ended, grant or consent wait timed out).
     Failed(FailureReason),
+}
+
+/// What a verified Grant offers this device: show it to the user, who
+/// agrees ([`Companion::consent`]) or not ([`Companion::decline`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinPrompt {
+    /// The account this device would join.
+    pub account: AccountId,
+    /// The index the account gave this device.
+    pub index: DeviceIndex,
+    /// The six-digit check code of a QR link: the phone that scanned shows
+    /// the same one. `None` for a typed-code link.
+    pub check_code: Option<CheckCode>,
+    /// Whether the account is the one this device expected
+    /// ([`Companion::expect_account`]; always true when none was expected,
+    /// since a Grant from another account is refused).
+    pub expected: bool,
+}
+
+impl JoinPrompt {
+    /// The account's fingerprint, for people.
+    pub fn account_fingerprint(&self) -> String {
+        self.account.fingerprint()
+    }
+
+    /// The words to show before the user agrees.
+    pub fn prompt(&self) -> String {
+        let mut out = format!(
+            "Link this device to the account {} as device #{}?\n",
+            self.account_fingerprint(),
+            self.index.0
+        );
+        match self.check_code {
+            Some(code) => out.push_str(&format!(
+                "Your phone must show the check code {code}. If it shows another code, no code, \
+                 or says the code was taken by another device, do not continue: someone else \
+                 scanned this screen."
+            )),
+            None => out.push_str("Only continue if you typed the code your own phone shows."),
+        }
+        out
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -94,6 +157,21 @@ enum Stage {
         keys: SessionKeys,
         #[serde(with = "crate::encoding::b64_vec")]
         request: Vec<u8>,
+        /// This side's check-code nonce `n_c` (sent in the Request).
+        #[serde(with = "crate::encoding::b64_array")]
+        check_nonce: [u8; CHECK_NONCE_LEN],
+        /// The Hello's commitment to the primary's nonce (a QR link).
+        #[serde(with = "crate::encoding::b64_option")]
+        commitment: Option<[u8; 32]>,
+        deadline: Timestamp,
+    },
+    /// Granted and verified; the Confirm waits for this device's user.
+    AwaitingConsent {
+        token: TokenId,
+        session: Box<LinkedSession>,
+        #[serde(with = "crate::encoding::b64_vec")]
+        confirm: Vec<u8>,
+        check_code: Option<CheckCode>,
         deadline: Timestamp,
     },
     Linked {
@@ -158,6 +236,16 @@ impl Companion {
             Stage::AwaitingGrant { token, request, .. } => {
                 MessageHeader::parse(request).is_ok_and(|h| h.token_id == *token)
             }
+            Stage::AwaitingConsent {
+                token,
+                session,
+                confirm,
+                ..
+            } => {
+                session.device_key() == c.identity.device_key()
+                    && MessageHeader::parse(confirm)
+                        .is_ok_and(|h| h.token_id == *token && h.kind == MessageKind::Confirm)
+            }
             Stage::Linked { session, .. } => session.device_key() == c.identity.device_key(),
             Stage::Failed { .. } => true,
         };
@@ -179,8 +267,10 @@ impl Companion {
             Stage::AwaitingScan { display } => CompanionState::AwaitingScan {
                 offer: display.state(),
             },
-            Stage::AwaitingGrant { keys, deadline, .. } => CompanionState::AwaitingGrant {
-                check_code: keys.check_code,
+            Stage::AwaitingGrant { deadline, .. } => CompanionState::AwaitingGrant {
+                deadline: *deadline,
+            },
+            Stage::AwaitingConsent { deadline, .. } => CompanionState::AwaitingConsent {
                 deadline: *deadline,
             },
             Stage::Linked { .. } => CompanionState::Linked,
@@ -199,12 +289,80 @@ impl Companion {
         }
     }
 
-    /// The two-digit check code once scanned (show it beside the primary's).
-    pub fn check_code(&self) -> Option<u8> {
+    /// The six-digit check code once a QR link's Grant verified (the phone
+    /// shows the same one).
+    pub fn check_code(&self) -> Option<CheckCode> {
         match &self.stage {
-            Stage::AwaitingGrant { keys, .. } => Some(keys.check_code),
+            Stage::AwaitingConsent { check_code, .. } => *check_code,
             _ => None,
         }
+    }
+
+    /// What the verified Grant offers, while waiting for this device's
+    /// user to agree.
+    pub fn join_prompt(&self) -> Option<JoinPrompt> {
+        match &self.stage {
+            Stage::AwaitingConsent {
+                session,
+                check_code,
+                ..
+            } => Some(JoinPrompt {
+                account: session.account(),
+                index: session.index(),
+                check_code: *check_code,
+                expected: self.expected_account.is_none_or(|a| a == session.account()),
+            }),
+            _ => None,
+        }
+    }
+
+    /// This device's user agrees to join the account the Grant named:
+    /// returns the Confirm to send, and the companion is linked. Refused
+    /// (and the pairing failed, `ConsentTimedOut`) at or after the deadline.
+    pub fn consent(&mut self, now: Timestamp) -> Result<Vec<u8>, HandshakeError> {
+        let Stage::AwaitingConsent {
+            deadline, confirm, ..
+        } = &self.stage
+        else {
+            return Err(self.wrong_state());
+        };
+        if now >= *deadline {
+            self.stage = Stage::Failed {
+                reason: FailureReason::ConsentTimedOut,
+                at: *deadline,
+            };
+            return Err(HandshakeError::TimedOut {
+                waiting_for: "the user's consent",
+            });
+        }
+        let confirm = confirm.clone();
+        let stage = std::mem::replace(
+            &mut self.stage,
+            Stage::Failed {
+                reason: FailureReason::Declined,
+                at: now,
+            },
+        );
+        if let Stage::AwaitingConsent {
+            session, confirm, ..
+        } = stage
+        {
+            self.stage = Stage::Linked { session, confirm };
+        }
+        Ok(confirm)
+    }
+
+    /// This device's user does not agree: the pairing fails (`Declined`)
+    /// and nothing is sent (the phone's pending slot times out).
+    pub fn decline(&mut self, now: Timestamp) -> Result<(), HandshakeError> {
+        if !matches!(self.stage, Stage::AwaitingConsent { .. }) {
+            return Err(self.wrong_state());
+        }
+        self.stage = Stage::Failed {
+            reason: FailureReason::Declined,
+            at: now,
+        };
+        Ok(())
     }
 
     /// The linked session, once linked.
@@ -236,7 +394,9 @@ impl Companion {
     pub fn next_deadline(&self) -> Option<Timestamp> {
         match &self.stage {
             Stage::AwaitingScan { display } => display.next_deadline(),
-            Stage::AwaitingGrant { deadline, .. } => Some(*deadline),
+            Stage::AwaitingGrant { deadline, .. } | Stage::AwaitingConsent { deadline, .. } => {
+                Some(*deadline)
+            }
             Stage::Linked { .. } | Stage::Failed { .. } => None,
         }
     }
@@ -272,12 +432,21 @@ impl Companion {
                 };
                 Some(CompanionEvent::Failed(reason))
             }
+            Stage::AwaitingConsent { deadline, .. } if now >= *deadline => {
+                let reason = FailureReason::ConsentTimedOut;
+                self.stage = Stage::Failed {
+                    reason,
+                    at: *deadline,
+                };
+                Some(CompanionEvent::Failed(reason))
+            }
             _ => None,
         }
     }
 
-    /// Cancels a pairing that is still waiting for a scan or for the
-    /// primary's approval. Refused once linked or failed.
+    /// Cancels a pairing that is still waiting for a scan, for the
+    /// primary's approval or for this device's user. Refused once linked or
+    /// failed.
     pub fn cancel(&mut self, now: Timestamp) -> Result<(), HandshakeError> {
         match &mut self.stage {
             Stage::AwaitingScan { display } => {
@@ -286,7 +455,7 @@ impl Companion {
                 self.stage = Stage::Failed { reason, at: now };
                 Ok(())
             }
-            Stage::AwaitingGrant { .. } => {
+            Stage::AwaitingGrant { .. } | Stage::AwaitingConsent { .. } => {
                 self.stage = Stage::Failed {
                     reason: FailureReason::Cancelled,
                     at: now,
@@ -306,6 +475,9 @@ impl Companion {
             },
             Stage::AwaitingGrant { .. } => HandshakeError::WrongState {
                 state: "awaiting grant",
+            },
+            Stage::AwaitingConsent { .. } => HandshakeError::WrongState {
+                state: "awaiting consent",
             },
         }
     }
@@ -360,7 +532,9 @@ impl Companion {
         }
         let (signed, tag) = hello.split_at(HELLO_LEN - super::schedule::MAC_LEN);
         let mut primary_eph = [0u8; 32];
-        primary_eph.copy_from_slice(&signed[HELLO_KEY_AT..]);
+        primary_eph.copy_from_slice(&signed[HELLO_KEY_AT..HELLO_COMMITMENT_AT]);
+        let mut commitment = [0u8; 32];
+        commitment.copy_from_slice(&signed[HELLO_COMMITMENT_AT..]);
         let shared = offer_keys
             .secret
             .diffie_hellman(&PublicKey::from(primary_eph));
@@ -375,12 +549,15 @@ impl Companion {
         }
 
         // Verified: build the Request, then commit the state change.
-        let request = seal_request(&self.identity, &self.label, header.token_id, &keys, rng)?;
+        let (request, check_nonce) =
+            seal_request(&self.identity, &self.label, header.token_id, &keys, rng)?;
         display.redeem(now);
         self.stage = Stage::AwaitingGrant {
             token: header.token_id,
             keys,
             request: request.clone(),
+            check_nonce,
+            commitment: Some(commitment),
             deadline: now.saturating_add(self.policy.approval_timeout()),
         };
         Ok(request)
@@ -401,7 +578,7 @@ impl Companion {
         rng: &mut R,
         now: Timestamp,
     ) -> Result<(Self, Vec<u8>), HandshakeError> {
-        let request = seal_request(&identity, &label, token, &keys, rng)?;
+        let (request, check_nonce) = seal_request(&identity, &label, token, &keys, rng)?;
         let deadline = now.saturating_add(policy.approval_timeout());
         let companion = Companion {
             identity,
@@ -412,27 +589,34 @@ impl Companion {
                 token,
                 keys,
                 request: request.clone(),
+                check_nonce,
+                commitment: None,
                 deadline,
             },
         };
         Ok((companion, request))
     }
 
-    /// Handles the primary's Grant (returns the Confirm to send back; the
-    /// companion is then linked) or its authenticated Refusal (the pairing
-    /// fails with [`HandshakeError::Refused`]).
+    /// Handles the primary's Grant or its authenticated Refusal (the
+    /// pairing fails with [`HandshakeError::Refused`]). A Grant that
+    /// verifies (its check-code nonce matches the Hello's commitment, its
+    /// certificate names this device, from the expected account if one was
+    /// set) returns what to show this device's user: nothing is sent until
+    /// that user agrees ([`Companion::consent`], which returns the Confirm).
     pub fn receive_grant(
         &mut self,
         grant: &[u8],
         now: Timestamp,
-    ) -> Result<Vec<u8>, HandshakeError> {
-        let (token, keys, request, deadline) = match &self.stage {
+    ) -> Result<JoinPrompt, HandshakeError> {
+        let (token, keys, request, check_nonce, commitment, deadline) = match &self.stage {
             Stage::AwaitingGrant {
                 token,
                 keys,
                 request,
+                check_nonce,
+                commitment,
                 deadline,
-            } => (token, keys, request, *deadline),
+            } => (token, keys, request, check_nonce, commitment, *deadline),
             Stage::AwaitingScan { display } => {
                 let h = MessageHeader::parse(grant)?;
                 return Err(match display.offer() {
@@ -477,8 +661,26 @@ impl Companion {
             return Err(HandshakeError::Refused(reason));
         }
 
-        // The certificate is this device's entry in the signed list.
-        let certificate = DeviceCertificate::from_bytes(plain)?;
+        // The primary's check-code nonce, then the certificate (this
+        // device's entry in the signed list).
+        let (primary_nonce, certificate) = plain
+            .split_at_checked(CHECK_NONCE_LEN)
+            .ok_or(HandshakeError::Malformed { what: "grant" })?;
+        let mut n_p = [0u8; CHECK_NONCE_LEN];
+        n_p.copy_from_slice(primary_nonce);
+        let check_code = match commitment {
+            Some(c) => {
+                let opened = check_commitment(&keys.transcript, &n_p);
+                if !bool::from(subtle::ConstantTimeEq::ct_eq(&opened[..], &c[..])) {
+                    return Err(HandshakeError::AuthenticationFailed);
+                }
+                Some(keys.check_code(check_nonce, &n_p))
+            }
+            // A typed-code link commits to nothing: its nonce is zero.
+            None if n_p == [0; CHECK_NONCE_LEN] => None,
+            None => return Err(HandshakeError::Malformed { what: "grant" }),
+        };
+        let certificate = DeviceCertificate::from_bytes(certificate)?;
         let me = self.identity.device_key();
         if certificate.device() != me {
             return Err(CertificateError::WrongDevice.into());
@@ -512,25 +714,34 @@ impl Companion {
             &self.policy,
             now,
         );
-        self.stage = Stage::Linked {
+        self.stage = Stage::AwaitingConsent {
+            token: *token,
             session: Box::new(session),
-            confirm: confirm.clone(),
+            confirm,
+            check_code,
+            deadline: now.saturating_add(self.policy.confirmation_timeout()),
         };
-        Ok(confirm)
+        self.join_prompt().ok_or(HandshakeError::WrongState {
+            state: "awaiting consent",
+        })
     }
 }
 
-/// The Request: header, a fresh nonce, the sealed device key and label.
+/// The Request: header, a fresh nonce, the sealed device key, label and
+/// check-code nonce `n_c` (returned beside it).
 fn seal_request<R: RngCore + CryptoRng>(
     identity: &DeviceIdentity,
     label: &DeviceLabel,
     token: TokenId,
     keys: &SessionKeys,
     rng: &mut R,
-) -> Result<Vec<u8>, HandshakeError> {
+) -> Result<(Vec<u8>, [u8; CHECK_NONCE_LEN]), HandshakeError> {
+    let mut check_nonce = [0u8; CHECK_NONCE_LEN];
+    rng.fill_bytes(&mut check_nonce);
     let body = RequestBody {
         device: identity.device_key().to_bytes(),
         label: label.clone(),
+        check_nonce,
     };
     let mut request = Vec::with_capacity(super::messages::MAX_REQUEST_LEN);
     MessageHeader {
@@ -540,7 +751,7 @@ fn seal_request<R: RngCore + CryptoRng>(
     .write(&mut request);
     let nonce = random_nonce(rng);
     request.extend_from_slice(&nonce);
-    let mut sealed = Vec::with_capacity(32 + 1 + 64 + 16);
+    let mut sealed = Vec::with_capacity(32 + 1 + 64 + CHECK_NONCE_LEN + 16);
     body.write(&mut sealed);
     if !keys.seal_request(nonce, &request[..HEADER_LEN], &mut sealed) {
         return Err(HandshakeError::WrongState {
@@ -548,5 +759,5 @@ fn seal_request<R: RngCore + CryptoRng>(
         });
     }
     request.extend_from_slice(&sealed);
-    Ok(request)
+    Ok((request, check_nonce))
 }

@@ -6,36 +6,42 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::schedule::{MAC_LEN, NONCE_LEN, TAG_LEN};
+use super::schedule::{CHECK_NONCE_LEN, MAC_LEN, NONCE_LEN, TAG_LEN};
 use super::HandshakeError;
 use crate::keys::{PUBLIC_KEY_LEN, SIGNATURE_LEN};
 use crate::label::{DeviceLabel, MAX_LABEL_LEN};
 use crate::offer::TokenId;
 use crate::wire::Reader;
 
-/// Version byte of every handshake message.
-pub const MESSAGE_VERSION: u8 = 2;
+/// Version byte of every handshake message: 3 since protocol v2.1 (the
+/// committed six-digit check code changed the Hello, Request and Grant).
+pub const MESSAGE_VERSION: u8 = 3;
 /// Bytes of the common header.
 pub const HEADER_LEN: usize = 1 + 1 + 16;
-/// Bytes of a Hello: header, redemption proof, primary key, MAC.
-pub(crate) const HELLO_LEN: usize = HEADER_LEN + 16 + 32 + MAC_LEN;
+/// Bytes of a Hello: header, redemption proof, primary key, check-code
+/// commitment, MAC.
+pub(crate) const HELLO_LEN: usize = HEADER_LEN + 16 + 32 + 32 + MAC_LEN;
 /// Offset of the primary's ephemeral key in a Hello.
 pub(crate) const HELLO_KEY_AT: usize = HEADER_LEN + 16;
+/// Offset of the primary's check-code commitment in a Hello.
+pub(crate) const HELLO_COMMITMENT_AT: usize = HELLO_KEY_AT + 32;
 /// Bytes of a Confirm.
 pub(crate) const CONFIRM_LEN: usize = HEADER_LEN + SIGNATURE_LEN;
 /// Bytes of a Request with a one-byte label: header, nonce, identity key,
-/// label length and label, tag.
-pub(crate) const MIN_REQUEST_LEN: usize = HEADER_LEN + NONCE_LEN + PUBLIC_KEY_LEN + 1 + 1 + TAG_LEN;
+/// label length and label, check-code nonce, tag.
+pub(crate) const MIN_REQUEST_LEN: usize =
+    HEADER_LEN + NONCE_LEN + PUBLIC_KEY_LEN + 1 + 1 + CHECK_NONCE_LEN + TAG_LEN;
 /// Bytes of a Request with the longest label.
 pub(crate) const MAX_REQUEST_LEN: usize = MIN_REQUEST_LEN - 1 + MAX_LABEL_LEN;
 /// Bytes of a Refusal: header, nonce, code and argument, tag.
 pub(crate) const REFUSAL_LEN: usize = HEADER_LEN + NONCE_LEN + 5 + TAG_LEN;
-/// Bytes of the smallest Grant: header, nonce, certificate, tag.
+/// Bytes of the smallest Grant: header, nonce, check-code nonce and
+/// certificate (sealed), tag.
 pub(crate) const MIN_GRANT_LEN: usize =
-    HEADER_LEN + NONCE_LEN + crate::certificate::MIN_CERTIFICATE_LEN + TAG_LEN;
+    HEADER_LEN + NONCE_LEN + CHECK_NONCE_LEN + crate::certificate::MIN_CERTIFICATE_LEN + TAG_LEN;
 /// Bytes of the largest Grant.
 pub(crate) const MAX_GRANT_LEN: usize =
-    HEADER_LEN + NONCE_LEN + crate::certificate::MAX_CERTIFICATE_LEN + TAG_LEN;
+    HEADER_LEN + NONCE_LEN + CHECK_NONCE_LEN + crate::certificate::MAX_CERTIFICATE_LEN + TAG_LEN;
 
 /// The kind of a handshake message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -203,11 +209,13 @@ pub(crate) fn split_sealed(message: &[u8]) -> Option<(&[u8], [u8; NONCE_LEN], Se
     Some((aad, nonce_bytes, zeroize::Zeroizing::new(sealed.to_vec())))
 }
 
-/// Plaintext of a Request: identity key and label. Possession of the key is
-/// proven by the Confirm's signature (protocol v2), not here.
+/// Plaintext of a Request: identity key, label and the companion's
+/// check-code nonce. Possession of the key is proven by the Confirm's
+/// signature (protocol v2), not here.
 pub(crate) struct RequestBody {
     pub(crate) device: [u8; PUBLIC_KEY_LEN],
     pub(crate) label: DeviceLabel,
+    pub(crate) check_nonce: [u8; CHECK_NONCE_LEN],
 }
 
 impl RequestBody {
@@ -216,6 +224,7 @@ impl RequestBody {
         // A DeviceLabel is at most 64 bytes.
         out.push(u8::try_from(self.label.0.len()).unwrap_or(u8::MAX));
         out.extend_from_slice(self.label.0.as_bytes());
+        out.extend_from_slice(&self.check_nonce);
     }
 
     pub(crate) fn parse(bytes: &[u8]) -> Result<Self, HandshakeError> {
@@ -224,10 +233,15 @@ impl RequestBody {
         let device = r.array().map_err(malformed)?;
         let len = usize::from(r.u8().map_err(malformed)?);
         let label = DeviceLabel::from_wire(r.take(len).map_err(malformed)?)?;
+        let check_nonce = r.array().map_err(malformed)?;
         if !r.is_empty() {
             return Err(HandshakeError::Malformed { what: "request" });
         }
-        Ok(RequestBody { device, label })
+        Ok(RequestBody {
+            device,
+            label,
+            check_nonce,
+        })
     }
 }
 
@@ -286,7 +300,7 @@ mod tests {
             Err(HandshakeError::UnsupportedVersion(9))
         );
         assert!(matches!(
-            MessageHeader::parse(&[2, 77, 0]),
+            MessageHeader::parse(&[MESSAGE_VERSION, 77, 0]),
             Err(HandshakeError::Malformed {
                 what: "message kind"
             })

@@ -21,8 +21,10 @@ use super::messages::{
     split_sealed, write_refusal, MessageHeader, MessageKind, RequestBody, CONFIRM_LEN, HEADER_LEN,
     HELLO_LEN,
 };
-use super::schedule::{confirm_transcript, transcript, SessionKeys, NONCE_LEN};
-use super::{random_nonce, HandshakeError, RefusalReason, CONFIRM_LABEL};
+use super::schedule::{
+    check_commitment, confirm_transcript, transcript, SessionKeys, CHECK_NONCE_LEN, NONCE_LEN,
+};
+use super::{random_nonce, CheckCode, HandshakeError, RefusalReason, CONFIRM_LABEL};
 use crate::certificate::{CertificateError, DeviceCertificate, DeviceIndex, SignedDeviceList};
 use crate::keys::{AccountId, AccountKey, DeviceKey};
 use crate::label::{DeviceLabel, ObservedContext};
@@ -59,16 +61,20 @@ pub enum PrimaryState {
 /// the check code only proves that the phone and *that* device share keys:
 /// an attacker who shows you their own QR code gets a matching code too. What
 /// protects the user is that linking starts only from the host's own "Link a
-/// device" screen ([`crate::Account::open_link_intent`]) and that the prompt
-/// says plainly what approving does ([`LinkRequest::prompt`]).
+/// device" screen ([`crate::Account::open_link_intent`]), that the prompt
+/// says plainly what approving does ([`LinkRequest::prompt`]), and that the
+/// companion's own user sees the account and the same code before it
+/// confirms ([`crate::Companion::consent`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkRequest {
     /// The companion's identity key (its possession is proven by the Confirm).
     pub device: DeviceKey,
     /// The label the companion gave itself (unproven, for display).
     pub label: DeviceLabel,
-    /// The two-digit check code; the companion shows the same one.
-    pub check_code: u8,
+    /// The six-digit check code of a QR link; the companion shows the same
+    /// one before its user agrees. `None` for a typed-code link (the typed
+    /// code already proves both sides are the user's).
+    pub check_code: Option<CheckCode>,
     /// What the host's relay observed about the device (unauthenticated).
     pub context: Option<ObservedContext>,
 }
@@ -95,13 +101,17 @@ impl LinkRequest {
                 out.push_str(&format!(" ({net})"));
             }
         }
-        out.push_str(&format!(
+        out.push_str(
             "?\nThis device will read and send messages as you until you remove it.\n\
-             Only approve a device you are setting up yourself, right now, from this screen.\n\
-             Check code {:02} (the same on both screens), device {}.",
-            self.check_code,
-            self.fingerprint()
-        ));
+             Only approve a device you are setting up yourself, right now, from this screen.\n",
+        );
+        match self.check_code {
+            Some(code) => out.push_str(&format!(
+                "Check code {code} (the same on both screens), device {}.",
+                self.fingerprint()
+            )),
+            None => out.push_str(&format!("Device {}.", self.fingerprint())),
+        }
         out
     }
 }
@@ -150,7 +160,14 @@ pub struct PrimaryHandshake {
     token: TokenId,
     /// The session keys; `None` once the handshake is confirmed or refused.
     keys: Option<SessionKeys>,
-    check_code: u8,
+    /// This side's check-code nonce `n_p`, committed to in the Hello (a QR
+    /// link) and revealed in the Grant; all zero for a typed-code link.
+    #[serde(with = "crate::encoding::b64_array")]
+    check_nonce: [u8; CHECK_NONCE_LEN],
+    /// Whether the Hello committed to `check_nonce` (a QR link).
+    committed: bool,
+    /// The check code, once the Request gave the companion's nonce.
+    check_code: Option<CheckCode>,
     #[serde(with = "crate::encoding::b64_vec")]
     hello: Vec<u8>,
     scanned_at: Timestamp,
@@ -168,7 +185,7 @@ impl PrimaryHandshake {
         rng: &mut R,
         now: Timestamp,
     ) -> Result<(Self, Vec<u8>), HandshakeError> {
-        let secret = StaticSecret::random_from_rng(rng);
+        let secret = StaticSecret::random_from_rng(&mut *rng);
         let primary_eph = PublicKey::from(&secret).to_bytes();
         let shared = secret.diffie_hellman(&PublicKey::from(*offer.ephemeral()));
         if !shared.was_contributory() {
@@ -178,6 +195,8 @@ impl PrimaryHandshake {
         let token = offer.token_id();
         let th = transcript(&token, offer.ephemeral(), &primary_eph);
         let keys = SessionKeys::derive(shared.as_bytes(), offer.secret(), th);
+        let mut check_nonce = [0u8; CHECK_NONCE_LEN];
+        rng.fill_bytes(&mut check_nonce);
         let mut hello = Vec::with_capacity(HELLO_LEN);
         MessageHeader {
             kind: MessageKind::Hello,
@@ -186,12 +205,15 @@ impl PrimaryHandshake {
         .write(&mut hello);
         hello.extend_from_slice(&offer.redemption_proof().to_bytes());
         hello.extend_from_slice(&primary_eph);
+        hello.extend_from_slice(&check_commitment(&th, &check_nonce));
         let tag = keys.hello_tag(&hello);
         hello.extend_from_slice(tag.as_ref());
         let handshake = PrimaryHandshake {
             account,
             token,
-            check_code: keys.check_code,
+            check_nonce,
+            committed: true,
+            check_code: None,
             keys: Some(keys),
             hello: hello.clone(),
             scanned_at: now,
@@ -215,7 +237,9 @@ impl PrimaryHandshake {
         PrimaryHandshake {
             account,
             token,
-            check_code: keys.check_code,
+            check_nonce: [0; CHECK_NONCE_LEN],
+            committed: false,
+            check_code: None,
             keys: Some(keys),
             hello,
             scanned_at: now,
@@ -234,8 +258,14 @@ impl PrimaryHandshake {
         let h: PrimaryHandshake = crate::persist::restore("primary handshake", bytes)?;
         let terminal = matches!(h.stage, Stage::Confirmed { .. } | Stage::Refused { .. });
         let keys_ok = match &h.keys {
-            Some(k) => !terminal && k.check_code == h.check_code,
+            Some(_) => !terminal,
             None => terminal,
+        };
+        // A code is known exactly from the Request on, and only for a QR link.
+        let code_ok = match h.stage {
+            Stage::OfferScanned => h.check_code.is_none(),
+            Stage::Refused { .. } => h.committed || h.check_code.is_none(),
+            _ => h.committed == h.check_code.is_some(),
         };
         // The Hello of a scan, or the CodeHello of a typed code.
         let hello_ok = match MessageHeader::parse(&h.hello) {
@@ -250,7 +280,8 @@ impl PrimaryHandshake {
                 if certificate.device() != request.device
                     || certificate.account() != h.account
         );
-        if hello_ok && keys_ok && grant_ok {
+        let nonce_ok = h.committed || h.check_nonce == [0; CHECK_NONCE_LEN];
+        if hello_ok && keys_ok && grant_ok && code_ok && nonce_ok {
             Ok(h)
         } else {
             Err(crate::persist::PersistError::Inconsistent(
@@ -279,8 +310,9 @@ impl PrimaryHandshake {
         &self.hello
     }
 
-    /// The two-digit check code (equal to the companion's).
-    pub fn check_code(&self) -> u8 {
+    /// The six-digit check code of a QR link, once the Request arrived
+    /// (the companion shows the same one before its user agrees).
+    pub fn check_code(&self) -> Option<CheckCode> {
         self.check_code
     }
 
@@ -363,12 +395,20 @@ impl PrimaryHandshake {
             .open_request(nonce_bytes, aad, &mut buf)
             .ok_or(HandshakeError::AuthenticationFailed)?;
         let body = RequestBody::parse(plain)?;
+        let check_code = self
+            .committed
+            .then(|| {
+                self.live_keys()
+                    .map(|k| k.check_code(&body.check_nonce, &self.check_nonce))
+            })
+            .transpose()?;
         let device = DeviceKey::from_bytes(body.device);
         let owned = LinkRequestOwned {
             device,
             label: body.label,
             bytes: request.to_vec(),
         };
+        self.check_code = check_code;
         self.stage = Stage::RequestReceived { request: owned };
         self.request().ok_or(HandshakeError::WrongState {
             state: "request received",
@@ -407,7 +447,9 @@ impl PrimaryHandshake {
         .write(&mut grant);
         let nonce = random_nonce(rng);
         grant.extend_from_slice(&nonce);
-        let mut body = certificate.to_bytes();
+        let mut body = Vec::with_capacity(CHECK_NONCE_LEN + 1024);
+        body.extend_from_slice(&self.check_nonce);
+        body.extend_from_slice(&certificate.to_bytes());
         let keys = self.live_keys()?;
         if !keys.seal_grant(nonce, &grant[..HEADER_LEN], &mut body) {
             return Err(HandshakeError::WrongState {
@@ -516,5 +558,54 @@ impl PrimaryHandshake {
         self.stage = Stage::Confirmed { link: link.clone() };
         self.keys = None;
         Ok(link)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand_chacha::rand_core::SeedableRng;
+    use rand_chacha::ChaCha20Rng;
+
+    use crate::{
+        Account, Companion, DeviceIdentity, DeviceLabel, HandshakeError, Policy, Timestamp,
+    };
+
+    /// The primary committed to its check-code nonce in the Hello: a Grant
+    /// revealing another one (a primary steering the code after it saw the
+    /// companion's nonce) is refused and changes nothing.
+    #[test]
+    fn a_grant_whose_nonce_breaks_the_commitment_is_refused() {
+        let mut rng = ChaCha20Rng::seed_from_u64(9);
+        let now = Timestamp::from_unix_millis(1_700_000_000_000);
+        let policy = Policy::default();
+        let mut account = Account::generate(policy.clone(), &mut rng, now);
+        let mut companion = Companion::new(
+            DeviceIdentity::generate(&mut rng),
+            DeviceLabel::new("c").unwrap(),
+            &policy,
+            &mut rng,
+            now,
+        );
+        let text = companion.offer().unwrap().to_text();
+        account.open_link_intent(now);
+        let (mut primary, hello) = account.scan(&text, &mut rng, now).unwrap();
+        let request = companion.receive_hello(&hello, &mut rng, now).unwrap();
+        account
+            .receive_request(&mut primary, &request, &mut rng, now)
+            .unwrap();
+        let honest = primary.check_code.unwrap();
+        let mut steering = primary.clone();
+        steering.check_nonce[0] ^= 1;
+        let mut account2 = account.clone();
+        let forged = account2.grant(&mut steering, &mut rng, now).unwrap();
+        let before = companion.save().unwrap();
+        assert_eq!(
+            companion.receive_grant(&forged, now),
+            Err(HandshakeError::AuthenticationFailed)
+        );
+        assert_eq!(companion.save().unwrap(), before);
+        let grant = account.grant(&mut primary, &mut rng, now).unwrap();
+        let join = companion.receive_grant(&grant, now).unwrap();
+        assert_eq!(join.check_code, Some(honest));
     }
 }

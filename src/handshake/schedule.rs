@@ -7,10 +7,19 @@
 //! k_h  = HKDF-Expand(prk, "devicelink/v2 hello"      || th, 32)  HMAC key, Hello
 //! k_r  = HKDF-Expand(prk, "devicelink/v2 request"    || th, 32)  AEAD key, Request
 //! k_g  = HKDF-Expand(prk, "devicelink/v2 grant"      || th, 32)  AEAD key, Grant/Refusal
-//! code = HKDF-Expand(prk, "devicelink/v2 check code" || th, 4)   u32 BE mod 100
+//! k_c  = HKDF-Expand(prk, "devicelink/v2 check code" || th, 32)  check-code key
+//! c_p  = SHA-256("devicelink/v2.1 check commitment" || th || n_p)  in the Hello
+//! code = HMAC-SHA256(k_c, "devicelink/v2.1 check code" || n_c || n_p)[0..8]
+//!        u64 BE mod 1 000 000 (six digits)
 //! th2  = SHA-256("devicelink/v2 confirm transcript" || th
 //!                || len32(Request) || Request || len32(Grant) || Grant)
 //! ```
+//!
+//! `n_p` (32 random bytes) is the primary's, committed to in the Hello and
+//! revealed in the Grant; `n_c` (32 random bytes) is the companion's, sent in
+//! the Request after it saw the commitment. Neither side can steer the code:
+//! the primary chose `n_p` (and its key) before it saw `n_c`, the companion
+//! chose `n_c` without knowing `n_p` (Bluetooth's numeric comparison).
 //!
 //! Each encrypted message (Request; Grant or Refusal) carries a random 12-byte
 //! nonce, so no restored state and no future change of content can ever seal
@@ -27,6 +36,10 @@ const HELLO_LABEL: &[u8] = b"devicelink/v2 hello";
 const REQUEST_LABEL: &[u8] = b"devicelink/v2 request";
 const GRANT_LABEL: &[u8] = b"devicelink/v2 grant";
 const CHECK_CODE_LABEL: &[u8] = b"devicelink/v2 check code";
+const CHECK_COMMITMENT_LABEL: &[u8] = b"devicelink/v2.1 check commitment";
+const CHECK_CODE_MAC_LABEL: &[u8] = b"devicelink/v2.1 check code";
+/// Bytes of each side's check-code nonce.
+pub(crate) const CHECK_NONCE_LEN: usize = 32;
 
 /// AEAD tag length (ChaCha20-Poly1305).
 pub(crate) const TAG_LEN: usize = 16;
@@ -63,6 +76,15 @@ pub(crate) fn confirm_transcript(th: &[u8; 32], request: &[u8], grant: &[u8]) ->
     to_array(ctx.finish())
 }
 
+/// The primary's commitment to its check-code nonce `n_p`, sent in the Hello.
+pub(crate) fn check_commitment(th: &[u8; 32], nonce: &[u8; CHECK_NONCE_LEN]) -> [u8; 32] {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    ctx.update(CHECK_COMMITMENT_LABEL);
+    ctx.update(th);
+    ctx.update(nonce);
+    to_array(ctx.finish())
+}
+
 fn to_array(d: digest::Digest) -> [u8; 32] {
     let mut out = [0u8; 32];
     out.copy_from_slice(d.as_ref());
@@ -88,7 +110,8 @@ pub(crate) struct SessionKeys {
     request: [u8; 32],
     #[serde(with = "crate::encoding::b64_array")]
     grant: [u8; 32],
-    pub(crate) check_code: u8,
+    #[serde(with = "crate::encoding::b64_array")]
+    check: [u8; 32],
     #[serde(with = "crate::encoding::b64_array")]
     pub(crate) transcript: [u8; 32],
 }
@@ -107,17 +130,32 @@ impl SessionKeys {
             hello: [0; 32],
             request: [0; 32],
             grant: [0; 32],
-            check_code: 0,
+            check: [0; 32],
             transcript: th,
         };
         expand(&prk, HELLO_LABEL, &th, &mut keys.hello);
         expand(&prk, REQUEST_LABEL, &th, &mut keys.request);
         expand(&prk, GRANT_LABEL, &th, &mut keys.grant);
-        let mut code = [0u8; 4];
-        expand(&prk, CHECK_CODE_LABEL, &th, &mut code);
-        // u32 % 100 < 100 always fits a u8.
-        keys.check_code = u8::try_from(u32::from_be_bytes(code) % 100).unwrap_or(0);
+        expand(&prk, CHECK_CODE_LABEL, &th, &mut keys.check);
         keys
+    }
+
+    /// The six-digit check code of the companion's nonce `n_c` and the
+    /// primary's `n_p`.
+    pub(crate) fn check_code(
+        &self,
+        companion_nonce: &[u8; CHECK_NONCE_LEN],
+        primary_nonce: &[u8; CHECK_NONCE_LEN],
+    ) -> super::CheckCode {
+        let key = hmac::Key::new(hmac::HMAC_SHA256, &self.check);
+        let mut ctx = hmac::Context::with_key(&key);
+        ctx.update(CHECK_CODE_MAC_LABEL);
+        ctx.update(companion_nonce);
+        ctx.update(primary_nonce);
+        let tag = ctx.sign();
+        let mut head = [0u8; 8];
+        head.copy_from_slice(&tag.as_ref()[..8]);
+        super::CheckCode::from_u64(u64::from_be_bytes(head))
     }
 
     /// HMAC-SHA256 tag over the Hello's bytes.
@@ -226,7 +264,16 @@ mod tests {
             assert_ne!(a.hello, other.hello);
         }
         assert_ne!(a.request, a.grant);
-        assert!(a.check_code < 100);
+        assert_ne!(a.check, b.check);
+        // Six digits, and each nonce moves the code.
+        let code = a.check_code(&[1; 32], &[2; 32]);
+        assert!(code.value() < 1_000_000);
+        assert_ne!(code, a.check_code(&[3; 32], &[2; 32]));
+        assert_ne!(code, a.check_code(&[1; 32], &[3; 32]));
+        assert_ne!(
+            check_commitment(&[3; 32], &[2; 32]),
+            check_commitment(&[3; 32], &[4; 32])
+        );
     }
 
     #[test]

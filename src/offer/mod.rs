@@ -27,10 +27,11 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 
 pub use display::{OfferDisplay, OfferEvent, OfferState, TokenError};
 
-/// Version byte of the offer: the protocol version the companion speaks
-/// (2; the layout is unchanged since 1, so a v2 scanner refuses a v1 offer
-/// up front with [`OfferError::UnsupportedVersion`]).
-pub const OFFER_VERSION: u8 = 2;
+/// Version byte of the offer: the handshake version the companion speaks
+/// (3 since protocol v2.1, whose messages carry the committed check code;
+/// the layout is unchanged since 1, so a scanner refuses an offer of another
+/// version up front with [`OfferError::UnsupportedVersion`]).
+pub const OFFER_VERSION: u8 = 3;
 /// Prefix of the offer text. Upper case, so the whole text stays in the QR
 /// alphanumeric set.
 pub const OFFER_PREFIX: &str = "DL:";

@@ -1218,9 +1218,12 @@ impl<'a> AccountSim<'a> {
             let (Some(mut companion), Some(mut primary)) = (companion, primary) else {
                 return Err(diverged(number, t, "confirm without its handshakes"));
             };
-            let confirm = companion
+            companion
                 .receive_grant(&grant, t)
                 .map_err(|e| step(number, t, "receive_grant", e))?;
+            let confirm = companion
+                .consent(t)
+                .map_err(|e| step(number, t, "consent", e))?;
             let link = self
                 .account
                 .confirm(&mut primary, &confirm, t)

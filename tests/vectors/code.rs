@@ -206,9 +206,6 @@ fn compute(seed: u64, now_ms: u64, label: &str) -> Value {
         key(spec::GRANT),
         key(CONFIRM),
     );
-    let cc: [u8; 4] = spec::expand(&prk, spec::CHECK_CODE, &th, 4)
-        .try_into()
-        .unwrap();
     let signed = [spec::header(7, &token), m_p.to_vec()].concat();
     let want_hello = [signed.clone(), spec::hmac(&k_h, &[&signed]).to_vec()].concat();
     assert_eq!(hello, want_hello, "CodeHello");
@@ -218,6 +215,7 @@ fn compute(seed: u64, now_ms: u64, label: &str) -> Value {
     // Companion answers: CodeConfirm, then the Request.
     let before_hello = shown.clone();
     let accepted = shown.receive_hello(&hello, &mut rng, now).unwrap();
+    let n_c = d.take("companion check-code nonce", 32);
     let request_nonce = d.take("request nonce", 12);
     let confirm_header = spec::header(8, &token);
     let want_confirm = [
@@ -229,6 +227,7 @@ fn compute(seed: u64, now_ms: u64, label: &str) -> Value {
     let mut request_plain = device_key.to_vec();
     request_plain.push(label.len() as u8);
     request_plain.extend_from_slice(label.as_bytes());
+    request_plain.extend_from_slice(&n_c);
     let rh = spec::header(spec::REQUEST_KIND, &token);
     let want_request = [
         rh.clone(),
@@ -241,7 +240,10 @@ fn compute(seed: u64, now_ms: u64, label: &str) -> Value {
 
     let entry_before = entry.clone();
     let mut primary = entry.receive_confirm(&accepted.confirm, now).unwrap();
-    assert_eq!(primary.check_code() as u32, u32::from_be_bytes(cc) % 100);
+    // A typed-code link shows no check code (the code itself proves both
+    // sides are the user's) and commits to nothing: its Grant's check-code
+    // nonce is 32 zero bytes.
+    assert_eq!(primary.check_code(), None);
     let mut companion = accepted.companion;
     account
         .receive_request(&mut primary, &accepted.request, &mut rng, now)
@@ -273,12 +275,19 @@ fn compute(seed: u64, now_ms: u64, label: &str) -> Value {
     let want_grant = [
         gh.clone(),
         grant_nonce.clone(),
-        spec::seal(&k_g, &grant_nonce, &gh, &certificate),
+        spec::seal(
+            &k_g,
+            &grant_nonce,
+            &gh,
+            &[[0u8; 32].to_vec(), certificate.clone()].concat(),
+        ),
     ]
     .concat();
     assert_eq!(grant, want_grant, "Grant");
     let th2 = spec::th2(&th, &accepted.request, &grant);
-    let confirm = companion.receive_grant(&grant, now).unwrap();
+    let joining = companion.receive_grant(&grant, now).unwrap();
+    assert_eq!(joining.check_code, None);
+    let confirm = companion.consent(now).unwrap();
     let want = [
         spec::header(spec::CONFIRM_KIND, &token),
         spec::ed_sign(&device_seed, &[spec::CONFIRM, &th2[..]].concat()).to_vec(),
@@ -393,8 +402,7 @@ fn compute(seed: u64, now_ms: u64, label: &str) -> Value {
         "request_key": b(&k_r),
         "grant_key": b(&k_g),
         "confirm_key": b(&k_c),
-        "check_code_bytes": b(&cc),
-        "check_code": u32::from_be_bytes(cc) % 100,
+        "companion_check_nonce": b(&n_c),
         "code_offer": b(&code_offer),
         "code_hello": b(&hello),
         "code_confirm": b(&accepted.confirm),

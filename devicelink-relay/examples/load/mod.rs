@@ -62,7 +62,7 @@ pub async fn one_link(
     let qr = c.offer_text().ok_or("no offer")?;
     let (mut rc, mut rp) = (OsRng, OsRng);
     let (cr, pr) = tokio::join!(
-        c.link(&mut rc),
+        c.link(&mut rc, |_| true),
         p.link(&mut account, &qr, &mut rp, |_| true)
     );
     cr?;
@@ -704,7 +704,8 @@ pub fn prebuild_one(
     account.receive_request(&mut hs, &request, rng, now)?;
     let grant = account.grant(&mut hs, rng, now)?;
     let grant_list = account.device_list().to_bytes();
-    let confirm = c.receive_grant(&grant, now)?;
+    c.receive_grant(&grant, now)?;
+    let confirm = c.consent(now)?;
     account.confirm(&mut hs, &confirm, now)?;
     let session = c.into_session().map_err(|_| "not linked")?;
     let proof = SubscriptionProof::sign(&session, companion.client_id());

@@ -139,15 +139,20 @@ pub struct Network {
     /// device key: the binary serves it only over TLS, on loopback, or
     /// with `--insecure-http`.
     pub serve_page: bool,
+    /// Web origins besides the relay's own whose pages may open sessions
+    /// (the page served from a separate static origin); a browser from any
+    /// other origin is refused with 403.
+    pub allowed_origins: super::AllowedOrigins,
 }
 
 impl Default for Network {
-    /// No trusted proxy, no TLS, the page served.
+    /// No trusted proxy, no TLS, the page served, no other origin.
     fn default() -> Self {
         Network {
             trusted_proxies: TrustedProxies::none(),
             tls: None,
             serve_page: true,
+            allowed_origins: super::AllowedOrigins::none(),
         }
     }
 }

@@ -58,6 +58,7 @@ mod connection;
 mod hub;
 mod limits;
 mod metrics;
+mod origin;
 mod page;
 mod poll;
 mod proxy;
@@ -84,6 +85,7 @@ pub use cluster::{Cluster, ClusterOptions};
 pub use hub::Drained;
 pub use limits::{Limits, DEFAULT_WEBSOCKET_READ_BUFFER};
 pub use metrics::Metrics;
+pub use origin::{AllowedOrigins, OriginError};
 pub use tls::{Tls, TlsError};
 
 use crate::store::{AccountDirectory, Store, StoreError};
@@ -198,12 +200,24 @@ impl<S: Store + 'static> Relay<S> {
     /// page at `GET /` (`docs/RELAY.md`); the long-poll sessions they keep.
     /// `/metrics` is not among them: it is [`Relay::metrics_router`], for a
     /// listener of its own.
-    fn routes(&self, page: bool) -> (Router, Arc<poll::PollSessions>) {
+    ///
+    /// The WebSocket and long-poll routes admit a browser only from
+    /// `origins` or the relay's own origin ([`AllowedOrigins`]); the
+    /// long-poll routes answer CORS for `origins`.
+    fn routes(&self, page: bool, origins: &AllowedOrigins) -> (Router, Arc<poll::PollSessions>) {
         let (polls, sessions) = poll::routes(self.hub.clone());
-        let mut router = Router::new()
-            .route("/healthz", get(healthz))
-            .merge(websocket::routes(self.hub.clone()))
-            .merge(polls);
+        let polls = match origins.cors() {
+            Some(cors) => polls.layer(cors),
+            None => polls,
+        };
+        let allowed = Arc::new(origins.clone());
+        let clients =
+            websocket::routes(self.hub.clone())
+                .merge(polls)
+                .layer(axum::middleware::from_fn(move |req, next| {
+                    origin::guard(allowed.clone(), req, next)
+                }));
+        let mut router = Router::new().route("/healthz", get(healthz)).merge(clients);
         if page {
             router = router.merge(page::routes());
         }
@@ -217,7 +231,7 @@ impl<S: Store + 'static> Relay<S> {
     /// alive: dropping it is the shutdown signal for every connection, and
     /// no sweeper runs outside [`Relay::serve`].
     pub fn router(&self) -> Router {
-        self.routes(true).0
+        self.routes(true, &AllowedOrigins::none()).0
     }
 
     /// `GET /metrics` (Prometheus text), for a listener of its own
@@ -271,7 +285,7 @@ impl<S: Store + 'static> Relay<S> {
         network: Network,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<Drained> {
-        let (router, sessions) = self.routes(network.serve_page);
+        let (router, sessions) = self.routes(network.serve_page, &network.allowed_origins);
         let accept = Arc::new(accept::Accept::new(
             &self.hub.limits,
             &network,

@@ -168,7 +168,7 @@ pub async fn link(
     let mut rp = rng(seed + 1);
     let (c, p) = bounded(async {
         tokio::join!(
-            companion.link(&mut rc),
+            companion.link(&mut rc, |_| true),
             primary.link(account, &text, &mut rp, |_| true)
         )
     })

@@ -39,7 +39,8 @@ export class WebCompanion {
         return v1;
     }
     /**
-     * The two-digit check code after a scan ("07").
+     * The six-digit check code once the phone granted ("012 345"): the
+     * phone must show the same one.
      * @returns {string | undefined}
      */
     get checkCode() {
@@ -60,6 +61,27 @@ export class WebCompanion {
      */
     connected(now_ms) {
         const ret = wasm.webcompanion_connected(this.__wbg_ptr, now_ms);
+        if (ret[1]) {
+            throw takeFromExternrefTable0(ret[0]);
+        }
+    }
+    /**
+     * The user agrees to join that account: the Confirm is queued and the
+     * browser is linked.
+     * @param {number} now_ms
+     */
+    consent(now_ms) {
+        const ret = wasm.webcompanion_consent(this.__wbg_ptr, now_ms);
+        if (ret[1]) {
+            throw takeFromExternrefTable0(ret[0]);
+        }
+    }
+    /**
+     * The user does not agree: nothing is sent, the pairing ends.
+     * @param {number} now_ms
+     */
+    decline(now_ms) {
+        const ret = wasm.webcompanion_decline(this.__wbg_ptr, now_ms);
         if (ret[1]) {
             throw takeFromExternrefTable0(ret[0]);
         }
@@ -109,6 +131,20 @@ export class WebCompanion {
         return v1;
     }
     /**
+     * The fingerprint of the account a granted link would join, while the
+     * page asks its user (phase `awaiting-consent`).
+     * @returns {string | undefined}
+     */
+    get joiningAccount() {
+        const ret = wasm.webcompanion_joiningAccount(this.__wbg_ptr);
+        let v1;
+        if (ret[0] !== 0) {
+            v1 = getStringFromWasm0(ret[0], ret[1]);
+            wasm.__wbindgen_free(ret[0], ret[1] * 1, 1);
+        }
+        return v1;
+    }
+    /**
      * This device's label, once linked.
      * @returns {string | undefined}
      */
@@ -130,6 +166,16 @@ export class WebCompanion {
     leaseExpiresAt(now_ms) {
         const ret = wasm.webcompanion_leaseExpiresAt(this.__wbg_ptr, now_ms);
         return ret[0] === 0 ? undefined : ret[1];
+    }
+    /**
+     * "Link again" after a logout: a new pairing under the same name that
+     * accepts only the account this browser was linked to.
+     * @param {number} now_ms
+     * @returns {WebCompanion | undefined}
+     */
+    linkAgain(now_ms) {
+        const ret = wasm.webcompanion_linkAgain(this.__wbg_ptr, now_ms);
+        return ret === 0 ? undefined : WebCompanion.__wrap(ret);
     }
     /**
      * Why this device is logged out, for people, if it is.
