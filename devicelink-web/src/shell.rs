@@ -119,18 +119,27 @@ pub enum Notice {
         /// The relay's reason.
         reason: LogoutReason,
     },
+    /// Another signed history of the account reached this browser (a phone
+    /// restored from an old backup, or its key used twice): refused, and
+    /// from now on only lists that continue this browser's history are
+    /// accepted ([`LinkedSession::fork_seen`], kept across reloads).
+    Fork {
+        /// The list version at which the histories differ.
+        version: u64,
+    },
 }
 
 impl Notice {
     /// A stable lower-case name for the page (the notice's class):
-    /// `"device-added"`, `"device-removed"`, `"relay-error"` or
-    /// `"relay-logout"`.
+    /// `"device-added"`, `"device-removed"`, `"relay-error"`,
+    /// `"relay-logout"` or `"fork"`.
     pub fn kind(&self) -> &'static str {
         match self {
             Notice::DeviceAdded(_) => "device-added",
             Notice::DeviceRemoved { .. } => "device-removed",
             Notice::RelayError { .. } => "relay-error",
             Notice::RelayLogout { .. } => "relay-logout",
+            Notice::Fork { .. } => "fork",
         }
     }
 
@@ -168,6 +177,11 @@ impl Notice {
             Notice::RelayLogout { reason } => format!(
                 "The relay reports this device logged out ({}); the account's signed list does not say so yet.",
                 other_logout_text(*reason)
+            ),
+            Notice::Fork { version } => format!(
+                "Another copy of your phone signs for this account (a phone restored from an old \
+                 backup?): its device list version {version} differs from the one this browser \
+                 holds, so it was refused. Check the linked devices on your phone."
             ),
         }
     }
@@ -725,9 +739,14 @@ impl BrowserCompanion {
             Frame::Message { header, bytes } => self.message(header, bytes, rng, now)?,
             Frame::PublishList { bytes } => {
                 if let Side::Linked(session) = &mut self.side {
+                    let fork_before = session.fork_seen();
                     let accepted = SignedDeviceList::from_bytes(bytes)
                         .ok()
                         .and_then(|list| session.accept_device_list(&list, now).ok());
+                    if let (None, Some(version)) = (fork_before, session.fork_seen()) {
+                        self.notices.push(Notice::Fork { version });
+                        self.dirty = true;
+                    }
                     if let Some(change) = accepted {
                         let me = session.index();
                         self.notices.extend(
@@ -754,9 +773,14 @@ impl BrowserCompanion {
             }
             Frame::PublishHeartbeat { bytes } => {
                 if let Side::Linked(session) = &mut self.side {
+                    let fork_before = session.fork_seen();
                     let accepted = PrimaryHeartbeat::from_bytes(bytes)
                         .ok()
                         .is_some_and(|hb| session.accept_heartbeat(&hb, now).is_ok());
+                    if let (None, Some(version)) = (fork_before, session.fork_seen()) {
+                        self.notices.push(Notice::Fork { version });
+                        self.dirty = true;
+                    }
                     if accepted {
                         self.dirty = true;
                     }

@@ -6,7 +6,10 @@
 
 use devicelink::handshake::MessageKind;
 use devicelink::time::days;
-use devicelink::{Account, DeviceIndex, LogoutReason, Policy, RefusalReason, Timestamp};
+use devicelink::{
+    Account, Companion, DeviceIdentity, DeviceIndex, DeviceLabel, LogoutReason, Policy,
+    RefusalReason, Timestamp,
+};
 use devicelink_relay::codes;
 use devicelink_relay::frame::{Frame, FrameType};
 use devicelink_web::shell::{logout_text, BrowserCompanion, Notice, Phase, Problem, WebError};
@@ -803,4 +806,80 @@ fn the_page_confirms_only_on_its_users_yes_and_link_again_expects_its_account() 
         "another account's Grant is refused before the user is asked"
     );
     assert_eq!(again.joining_account(), None);
+}
+
+/// A device linked to `account` with the core's own companion (no page).
+fn link_core(account: &mut Account, rng: &mut ChaCha20Rng, now: Timestamp) {
+    let policy = account.policy().clone();
+    let mut c = Companion::new(
+        DeviceIdentity::generate(rng),
+        DeviceLabel::new("core").unwrap(),
+        &policy,
+        rng,
+        now,
+    );
+    account.open_link_intent(now);
+    let (mut p, hello) = account
+        .scan(&c.offer().unwrap().to_text(), rng, now)
+        .unwrap();
+    let request = c.receive_hello(&hello, rng, now).unwrap();
+    account.receive_request(&mut p, &request, rng, now).unwrap();
+    let grant = account.grant(&mut p, rng, now).unwrap();
+    c.receive_grant(&grant, now).unwrap();
+    let confirm = c.consent(now).unwrap();
+    account.confirm(&mut p, &confirm, now).unwrap();
+}
+
+fn list_frame_of(account: &Account) -> Vec<u8> {
+    let bytes = account.device_list().to_bytes();
+    Frame::PublishList { bytes: &bytes }.encode()
+}
+
+/// Issue 17, finding 1, in the page: a list from another history of the
+/// account (a phone restored from an old backup) is refused, the user is
+/// told once, and the mark survives a reload: a later list of that history
+/// that skips versions is refused too, so the restored phone cannot re-list
+/// a device by signing more versions.
+#[test]
+fn a_fork_is_refused_told_and_remembered_across_a_reload() {
+    let mut w = World::new(81);
+    let mut c = w.showing("Chromium on Linux", T0);
+    w.link(&mut c, T0);
+    let mut rng = ChaCha20Rng::seed_from_u64(82);
+    let backup = w.account.save().unwrap();
+    // Genuine: another device; the page holds the newest list.
+    link_core(&mut w.account, &mut rng, at(10));
+    c.receive(&list_frame_of(&w.account), &mut rng, at(10))
+        .unwrap();
+    let held = c.session().unwrap().device_list().version();
+    assert_eq!(held, w.account.device_list_version());
+    c.take_notices();
+    c.save().unwrap();
+    // The restored phone signs its own versions up to the held one.
+    let mut restored = Account::restore(&backup).unwrap();
+    while restored.device_list_version() < held {
+        link_core(&mut restored, &mut rng, at(20));
+    }
+    assert_eq!(restored.device_list_version(), held);
+    c.receive(&list_frame_of(&restored), &mut rng, at(30))
+        .unwrap();
+    let notices = c.take_notices();
+    assert_eq!(notices, [Notice::Fork { version: held }]);
+    assert_eq!(notices[0].kind(), "fork");
+    assert!(notices[0].text().contains("Another copy of your phone"));
+    assert_eq!(c.phase(at(30)), Phase::Linked);
+    assert_eq!(c.session().unwrap().device_list().version(), held);
+    assert!(c.needs_save(), "the fork mark must be saved");
+    // After a reload, a list of the other history two versions ahead is
+    // still refused (it would be accepted unchecked without the mark).
+    let saved = c.save().unwrap().unwrap();
+    let mut r = BrowserCompanion::restore(&saved, &mut rng, at(40)).unwrap();
+    assert_eq!(r.session().unwrap().fork_seen(), Some(held));
+    link_core(&mut restored, &mut rng, at(40));
+    link_core(&mut restored, &mut rng, at(40));
+    assert!(restored.device_list_version() >= held + 2);
+    r.receive(&list_frame_of(&restored), &mut rng, at(50))
+        .unwrap();
+    assert_eq!(r.session().unwrap().device_list().version(), held);
+    assert!(r.take_notices().is_empty(), "told once");
 }
