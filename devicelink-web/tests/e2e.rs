@@ -295,9 +295,22 @@ async fn link_revoke_and_reload_in_headless_chromium() -> Result<(), Error> {
         .map(|d| root().join(d));
     let (relay_bin, phone_bin) = build().await?;
 
+    // A separate static origin for the page (a plain file server on its
+    // own free port), which the relay is told to allow.
+    let static_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let static_origin = format!("http://127.0.0.1:{static_port}");
+
     // The relay, on SQLite, on a free loopback port.
     let mut relay = Command::new(&relay_bin)
-        .args(["--listen", "127.0.0.1:0", "--db"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--allowed-origin",
+            &static_origin,
+            "--db",
+        ])
         .arg(tmp.join("relay.db"))
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(tmp.join("relay.log"))?)
@@ -533,6 +546,73 @@ async fn link_revoke_and_reload_in_headless_chromium() -> Result<(), Error> {
     ensure(list.contains("#2 ") && list.contains(": active"), || {
         list.clone()
     })?;
+
+    // 6. The page from a separate static origin: the same files, with its
+    // `<meta name="devicelink-relay">` naming the relay, served by a plain
+    // file server; the relay admits that origin (`--allowed-origin`) and the
+    // page shows a code. Beside it, a copy whose app.js or wasm was altered
+    // by the server: Subresource Integrity stops it before it runs.
+    let site = tmp.join("static");
+    let www = root().join("devicelink-web/www");
+    for (dir, tamper) in [
+        ("good", None),
+        ("bad-js", Some("app.js")),
+        ("bad-wasm", Some("pkg/devicelink_web_bg.wasm")),
+    ] {
+        let to = site.join(dir);
+        std::fs::create_dir_all(to.join("pkg"))?;
+        for f in [
+            "index.html",
+            "app.js",
+            "app.css",
+            "pkg/devicelink_web.js",
+            "pkg/devicelink_web_bg.wasm",
+        ] {
+            let mut bytes = std::fs::read(www.join(f))?;
+            if f == "index.html" {
+                let html = String::from_utf8(bytes)?.replace(
+                    "<meta name=\"devicelink-relay\" content=\"\">",
+                    &format!("<meta name=\"devicelink-relay\" content=\"ws://{addr}/\">"),
+                );
+                bytes = html.into_bytes();
+            }
+            if tamper == Some(f) {
+                // What a compromised static host would serve.
+                bytes.extend_from_slice(b"\n");
+            }
+            std::fs::write(to.join(f), bytes)?;
+        }
+    }
+    let _files = Command::new("python3")
+        .args(["-m", "http.server", "--bind", "127.0.0.1"])
+        .arg(static_port.to_string())
+        .arg("--directory")
+        .arg(&site)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let start = Instant::now();
+    while tokio::net::TcpStream::connect(("127.0.0.1", static_port))
+        .await
+        .is_err()
+    {
+        ensure(start.elapsed() < STEP, || {
+            "the static file server did not start".into()
+        })?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    page.client.goto(&format!("{static_origin}/good/")).await?;
+    page.wait_phase("showing", STEP).await?;
+    page.screenshot("5-static-origin", false).await?;
+    for bad in ["bad-js", "bad-wasm"] {
+        page.client.goto(&format!("{static_origin}/{bad}/")).await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let phase = page.phase().await?;
+        ensure(phase == "loading", || {
+            format!("{bad}: an altered asset ran (phase {phase})")
+        })?;
+    }
 
     page.client.close().await?;
     let _ = relay.kill().await;

@@ -170,9 +170,17 @@ function schedule() {
 
 // ---- the relay ----------------------------------------------------------
 
+/** The relay: the page's own origin, or the one its
+ * `<meta name="devicelink-relay">` names (a page on a separate static origin). */
+function relayBase() {
+  const named = document.querySelector('meta[name="devicelink-relay"]')?.content;
+  return new URL(named || location.href, location.href);
+}
+
 function connect() {
-  const url = new URL("v1/companion", location.href);
-  url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
+  const url = new URL("v1/companion", relayBase());
+  if (url.protocol === "https:") url.protocol = "wss:";
+  if (url.protocol === "http:") url.protocol = "ws:";
   const ws = new WebSocket(url);
   ws.binaryType = "arraybuffer";
   socket = ws;
@@ -343,7 +351,11 @@ function wire() {
 
 async function main() {
   try {
-    await init();
+    // The wasm is fetched with its Subresource Integrity hash: altered
+    // bytes are refused by the browser before they run.
+    const integrity = document.querySelector('meta[name="devicelink-wasm-integrity"]')?.content;
+    const wasmUrl = new URL("pkg/devicelink_web_bg.wasm", import.meta.url);
+    await init({ module_or_path: fetch(wasmUrl, { integrity, mode: "cors", credentials: "same-origin" }) });
     mark("wasmReady");
   } catch {
     status("This browser cannot run the companion (its WebAssembly did not load).");

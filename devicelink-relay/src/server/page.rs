@@ -93,4 +93,46 @@ mod tests {
         let app = std::str::from_utf8(asset!("app.js")).unwrap();
         assert!(app.contains("./pkg/devicelink_web.js"));
     }
+
+    /// Subresource Integrity: every asset the page loads is pinned by its
+    /// SHA-384 in index.html (the wasm through a meta that app.js passes to
+    /// fetch), so an altered asset does not run. Stale after an asset
+    /// changes: run `scripts/page_integrity.py`.
+    #[test]
+    fn the_page_pins_every_asset_by_integrity() {
+        use base64::Engine;
+        let html = std::str::from_utf8(asset!("index.html")).unwrap();
+        let sri = |bytes: &[u8]| {
+            let d = ring::digest::digest(&ring::digest::SHA384, bytes);
+            format!(
+                "sha384-{}",
+                base64::engine::general_purpose::STANDARD.encode(d.as_ref())
+            )
+        };
+        for (path, bytes, tags) in [
+            ("app.css", &asset!("app.css")[..], 1),
+            ("app.js", &asset!("app.js")[..], 1),
+            (
+                "pkg/devicelink_web.js",
+                &asset!("pkg/devicelink_web.js")[..],
+                1,
+            ),
+            (
+                "pkg/devicelink_web_bg.wasm",
+                &asset!("pkg/devicelink_web_bg.wasm")[..],
+                2,
+            ),
+        ] {
+            let want = sri(bytes);
+            let found = html.matches(&format!("integrity=\"{want}\"")).count()
+                + html.matches(&format!("content=\"{want}\"")).count();
+            assert_eq!(
+                found, tags,
+                "{path}: index.html does not pin {want}: run scripts/page_integrity.py"
+            );
+        }
+        let app = std::str::from_utf8(asset!("app.js")).unwrap();
+        assert!(app.contains("devicelink-wasm-integrity") && app.contains("integrity"));
+        assert_eq!(html.matches("integrity=\"\"").count(), 0);
+    }
 }
