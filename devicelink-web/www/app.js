@@ -75,10 +75,15 @@ function replaceCompanion(next) {
 }
 
 function startPairing() {
+  pairWith(new WebCompanion(label(), Date.now()));
+}
+
+/** Shows `next`'s pairing on a fresh connection, so no answer meant for the
+ * old companion's frames reaches the new one (the relay answers each frame
+ * in order). */
+function pairWith(next) {
   localStorage.removeItem(SESSION_KEY);
-  replaceCompanion(new WebCompanion(label(), Date.now()));
-  // A fresh connection, so no answer meant for the old companion's frames
-  // reaches the new one (the relay answers each frame in order).
+  replaceCompanion(next);
   if (socket) {
     const old = socket;
     socket = null;
@@ -104,16 +109,8 @@ function answer(yes) {
  * linked to (another account's grant is refused before anyone is asked). */
 function linkAgain() {
   const next = companion.linkAgain(Date.now());
-  if (!next) return startPairing();
-  localStorage.removeItem(SESSION_KEY);
-  replaceCompanion(next);
-  if (socket) {
-    const old = socket;
-    socket = null;
-    old.close();
-    connect();
-  }
-  update();
+  if (next) pairWith(next);
+  else startPairing();
 }
 
 function restoreOrStart() {
