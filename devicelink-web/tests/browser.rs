@@ -12,7 +12,7 @@
 #![cfg(target_arch = "wasm32")]
 
 use devicelink::handshake::MessageHeader;
-use devicelink::{Account, DeviceIndex, Policy, Timestamp};
+use devicelink::{Account, Companion, DeviceIdentity, DeviceIndex, DeviceLabel, Policy, Timestamp};
 use devicelink_relay::frame::{Frame, FrameType};
 use devicelink_web::WebCompanion;
 use rand_core::OsRng;
@@ -44,6 +44,35 @@ fn inner(frame: &[u8]) -> Vec<u8> {
         panic!("not a message")
     };
     bytes.to_vec()
+}
+
+/// A device linked to `account` with the core's own companion.
+fn link_core(account: &mut Account, now: Timestamp) {
+    let policy = account.policy().clone();
+    let mut c = Companion::new(
+        DeviceIdentity::generate(&mut OsRng),
+        DeviceLabel::new("core").unwrap(),
+        &policy,
+        &mut OsRng,
+        now,
+    );
+    account.open_link_intent(now);
+    let (mut p, hello) = account
+        .scan(&c.offer().unwrap().to_text(), &mut OsRng, now)
+        .unwrap();
+    let request = c.receive_hello(&hello, &mut OsRng, now).unwrap();
+    account
+        .receive_request(&mut p, &request, &mut OsRng, now)
+        .unwrap();
+    let grant = account.grant(&mut p, &mut OsRng, now).unwrap();
+    c.receive_grant(&grant, now).unwrap();
+    let confirm = c.consent(now).unwrap();
+    account.confirm(&mut p, &confirm, now).unwrap();
+}
+
+fn list_frame(account: &Account) -> Vec<u8> {
+    let bytes = account.device_list().to_bytes();
+    Frame::PublishList { bytes: &bytes }.encode()
 }
 
 fn answer(c: &mut WebCompanion, frame: &[u8], now: f64) {
@@ -156,6 +185,23 @@ fn a_whole_link_in_the_browser() {
             FrameType::Subscribe
         ]
     );
+
+    // A phone restored from an old backup signs another history: the tab
+    // refuses its list, says so once, and keeps the genuine one.
+    let backup = account.save().unwrap();
+    link_core(&mut account, ts(t + 10.0));
+    r.receive(&list_frame(&account), t + 10.0).unwrap();
+    let held = account.device_list_version();
+    let mut restored = Account::restore(&backup).unwrap();
+    while restored.device_list_version() < held {
+        link_core(&mut restored, ts(t + 20.0));
+    }
+    let _ = r.take_notices();
+    r.receive(&list_frame(&restored), t + 30.0).unwrap();
+    let notices: Vec<String> = r.take_notices().iter().map(|n| n.kind()).collect();
+    assert_eq!(notices, ["fork"]);
+    assert_eq!(r.phase(t + 30.0), "linked");
+    assert!(r.needs_save(), "the fork mark is saved");
 
     // The phone revokes it; the pushed list logs it out, with the reason.
     let later = t + 60_000.0;
