@@ -583,7 +583,10 @@ pub enum CompanionUpdate {
     /// A heartbeat extended (or confirmed) the session's lease.
     Heartbeat(SessionStatus),
     /// A pushed list or heartbeat the session refused (stale, forged,
-    /// fork): the session is unchanged.
+    /// fork): the session is unchanged but for its fork mark. For
+    /// `CertificateError::MissingVersions` (a session that saw a fork and
+    /// missed versions), call [`CompanionClient::catch_up`]: the relay sends
+    /// the versions after the held one.
     Ignored(SessionError),
     /// The relay says this device was logged out. The session's own status
     /// (from signed facts and `now`) is given beside it: the relay's word
@@ -702,16 +705,26 @@ impl CompanionClient {
     /// Carries the session's own signed list to the relay (so the relay
     /// knows this device's key, whoever publishes first), then subscribes
     /// with the device's proof for this client id.
+    /// Subscribes again, naming the held list version: the relay sends every
+    /// newer version it keeps, in order (after
+    /// `CertificateError::MissingVersions`).
+    pub async fn catch_up(&mut self) -> Result<(), ClientError> {
+        self.subscribe().await
+    }
+
     async fn subscribe(&mut self) -> Result<(), ClientError> {
         let Side::Linked(session) = &self.side else {
             return Ok(());
         };
         let list = session.device_list().to_bytes();
         let proof = SubscriptionProof::sign(session, self.secret.client_id());
+        // The versions after the held one come too, so a session that
+        // missed some (and must chain them after a fork) can apply them.
         let subscribe = Frame::Subscribe {
             account: session.account(),
             index: session.index(),
             proof,
+            after: Some(session.device_list().version()),
         };
         self.link.send(&Frame::PublishList { bytes: &list }).await?;
         match self.link.settle().await {

@@ -103,9 +103,10 @@ impl FrameType {
             FrameType::Message => (HEADER_LEN, MessageKind::MAX_LEN),
             FrameType::PublishList => (MIN_LIST_LEN, MAX_LIST_LEN),
             FrameType::PublishHeartbeat => (HEARTBEAT_LEN, HEARTBEAT_LEN),
+            // With or without the version the companion holds.
             FrameType::Subscribe => (
                 32 + 4 + SUBSCRIPTION_PROOF_LEN,
-                32 + 4 + SUBSCRIPTION_PROOF_LEN,
+                32 + 4 + SUBSCRIPTION_PROOF_LEN + 8,
             ),
             FrameType::Identify => (32, 32),
             FrameType::ProveAccount => (32 + SUBSCRIPTION_PROOF_LEN, 32 + SUBSCRIPTION_PROOF_LEN),
@@ -208,6 +209,11 @@ pub enum Frame<'a> {
         /// The device's signature allowing this connection's client id to
         /// subscribe ([`SubscriptionProof::sign`]).
         proof: SubscriptionProof,
+        /// The list version the companion holds (protocol v2.1, 8 more
+        /// bytes): the relay then sends every newer version it keeps, in
+        /// order, so a holder that missed versions while away can chain
+        /// them; without it, only the newest list.
+        after: Option<u64>,
     },
     /// Client → relay, as the connection's first frame: the connection's
     /// client id is [`ClientSecret::client_id`] of `secret`.
@@ -287,7 +293,9 @@ impl<'a> Frame<'a> {
         let (&first, body) = bytes.split_first().ok_or(FrameError::Empty)?;
         let frame = FrameType::from_byte(first).ok_or(FrameError::UnknownType(first))?;
         let (min, max) = frame.size_range();
-        if bytes.len() < min || bytes.len() > max {
+        // A Subscribe has one of its two sizes (with or without `after`).
+        let between = frame == FrameType::Subscribe && bytes.len() != min && bytes.len() != max;
+        if bytes.len() < min || bytes.len() > max || between {
             return Err(FrameError::WrongSize {
                 frame,
                 len: bytes.len(),
@@ -318,6 +326,8 @@ impl<'a> Frame<'a> {
                 account: AccountId::from_bytes(array(body, 0)),
                 index: DeviceIndex(u32::from_be_bytes(array(body, 32))),
                 proof: SubscriptionProof::from_bytes(array(body, 36)),
+                after: (body.len() == 36 + SUBSCRIPTION_PROOF_LEN + 8)
+                    .then(|| u64::from_be_bytes(array(body, 36 + SUBSCRIPTION_PROOF_LEN))),
             },
             FrameType::Identify => Frame::Identify {
                 secret: ClientSecret::from_bytes(array(body, 0)),
@@ -384,10 +394,14 @@ impl<'a> Frame<'a> {
                 account,
                 index,
                 proof,
+                after,
             } => {
                 out.extend_from_slice(&account.to_bytes());
                 out.extend_from_slice(&index.0.to_be_bytes());
                 out.extend_from_slice(&proof.to_bytes());
+                if let Some(v) = after {
+                    out.extend_from_slice(&v.to_be_bytes());
+                }
             }
             Frame::Identify { secret } => out.extend_from_slice(secret.as_bytes()),
             Frame::ProveAccount { account, proof } => {
@@ -588,7 +602,7 @@ mod tests {
                 5 => Frame::Routed { header },
                 6 => Frame::Error { code, text: &text },
                 8 => Frame::Ack { of: FrameType::from_byte(raw.first().copied().unwrap_or(1) % 8 + 1).unwrap(), changed: n % 2 == 0 },
-                7 => Frame::Subscribe { account: AccountId::from_bytes(array(&raw, 0)), index: DeviceIndex(index), proof: SubscriptionProof::from_bytes(array(&raw, 32)) },
+                7 => Frame::Subscribe { account: AccountId::from_bytes(array(&raw, 0)), index: DeviceIndex(index), proof: SubscriptionProof::from_bytes(array(&raw, 32)), after: (n % 2 == 0).then_some(n) },
                 10 => Frame::Identify { secret: ClientSecret::from_bytes(array(&raw, 8)) },
                 11 => Frame::ProveAccount { account: AccountId::from_bytes(array(&raw, 0)), proof: devicelink::relay::AccountProof::from_bytes(array(&raw, 32)) },
                 _ => Frame::Logout { index: DeviceIndex(index), reason },

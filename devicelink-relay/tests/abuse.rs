@@ -175,6 +175,7 @@ async fn bad_frames_get_typed_errors_and_the_relay_stays_up() {
         account: devicelink::AccountId::from_bytes([3; 32]),
         index: DeviceIndex(1),
         proof: devicelink::relay::SubscriptionProof::from_bytes([7; 64]),
+        after: None,
     }
     .encode();
     send(&mut p, sub.clone()).await;
@@ -365,6 +366,7 @@ async fn a_slow_reader_is_disconnected_instead_of_buffered_for() {
         account: account.account_id(),
         index: session.index(),
         proof: devicelink::relay::SubscriptionProof::sign(&session, secret.client_id()),
+        after: None,
     }
     .encode();
     bounded(slow.send(Message::binary(identify))).await.unwrap();

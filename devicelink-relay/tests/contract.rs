@@ -17,7 +17,7 @@ use devicelink::{
     AccountKey, DeviceIdentity, DeviceIndex, DirectoryError, LogoutReason, Policy,
     PrimaryHeartbeat, SignedDeviceList, Timestamp,
 };
-use devicelink_relay::store::AccountDirectoryError;
+use devicelink_relay::store::{AccountDirectoryError, LIST_HISTORY};
 use devicelink_relay::{AccountDirectory, AccountRecord, MemoryStore, PgStore, SqliteStore, Store};
 use proptest::prelude::*;
 use rand_chacha::rand_core::SeedableRng;
@@ -47,6 +47,60 @@ fn contract<S: Store + 'static>(make: impl Fn() -> S) {
     account_writes_are_compare_and_set(&make());
     due_accounts_follow_the_index(&make());
     directory_decides_store_remembers(&make());
+    lists_are_kept_for_holders_that_missed_some(&make());
+}
+
+/// Protocol v2.1: the store keeps the last `LIST_HISTORY` versions of each
+/// account's list beside its record, oldest first after any version, and
+/// drops them with the account.
+fn lists_are_kept_for_holders_that_missed_some<S: Store>(s: &S) {
+    let policy = Policy::default();
+    let mut rng = ChaCha20Rng::seed_from_u64(70);
+    let key = AccountKey::generate(&mut rng);
+    let account = key.account_id();
+    let a = DeviceIdentity::generate(&mut rng).device_key();
+    let d = AccountDirectory::new(s.clone(), &policy);
+    let total = LIST_HISTORY + 6;
+    let mut lists = vec![SignedDeviceList::sign(
+        &key,
+        &DeviceListDraft::new(1, vec![entry(1, a)]),
+        t(1),
+    )];
+    for v in 2..=total {
+        let next = SignedDeviceList::sign(
+            &key,
+            &DeviceListDraft::after(lists.last().unwrap(), vec![entry(1, a)]),
+            t(v),
+        );
+        lists.push(next);
+    }
+    for (i, list) in lists.iter().enumerate() {
+        d.apply_device_list(list, t(i as u64 + 1), || Ok(()))
+            .unwrap();
+    }
+    let bytes = |from: u64| -> Vec<Vec<u8>> {
+        lists[from as usize..]
+            .iter()
+            .map(|l| l.to_bytes())
+            .collect()
+    };
+    // The newest two after version total - 2, in order.
+    assert_eq!(
+        s.lists_after(&account, total - 2).unwrap(),
+        bytes(total - 2)
+    );
+    // From the start: only the window (the oldest versions were dropped).
+    let all = s.lists_after(&account, 0).unwrap();
+    assert_eq!(all.len() as u64, LIST_HISTORY);
+    assert_eq!(all, bytes(total - LIST_HISTORY));
+    assert!(s.lists_after(&account, total).unwrap().is_empty());
+    // Another account has none.
+    let other = AccountKey::generate(&mut rng).account_id();
+    assert!(s.lists_after(&other, 0).unwrap().is_empty());
+    // Deleting the account drops its history.
+    let record = s.account(&account).unwrap().unwrap();
+    assert!(s.delete_account(&account, record.revision).unwrap());
+    assert!(s.lists_after(&account, 0).unwrap().is_empty());
 }
 
 fn open_reserved_redeemed<S: Store>(s: &S) {

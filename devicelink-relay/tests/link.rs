@@ -638,6 +638,7 @@ async fn subscriptions_need_the_devices_proof_for_this_client() {
                 account: session.account(),
                 index: session.index(),
                 proof,
+                after: None,
             },
         )
         .await;
@@ -666,5 +667,89 @@ async fn subscriptions_need_the_devices_proof_for_this_client() {
             reason: LogoutReason::Revoked
         })
     ));
+    relay.stop().await;
+}
+
+/// Protocol v2.1: a companion that subscribes naming the list version it
+/// holds gets every newer version the relay keeps, in order (so a session
+/// that saw a fork, and must chain, can catch up after being away); without
+/// it, only the newest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_after_a_version_gets_every_newer_list_in_order() {
+    use devicelink::relay::SubscriptionProof;
+    use devicelink_relay::{ClientSecret, Frame};
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let relay = start(test_limits()).await;
+    let mut primary = bounded(PrimaryClient::connect(&relay.base, relay.clock.clone()))
+        .await
+        .unwrap();
+    let mut account = account(&relay, 1600);
+    let mut c = companion(&relay, 1601, "Laptop").await;
+    let (cr, pr) = link(&relay, &mut primary, &mut account, &mut c, 1602).await;
+    cr.unwrap();
+    pr.unwrap();
+    let session = c.session().unwrap().clone();
+    let held = session.device_list().version();
+    // While this copy is away, the account changes several times.
+    for seed in [1603, 1605] {
+        let mut d = companion(&relay, seed, "Other").await;
+        let (dr, pr) = link(&relay, &mut primary, &mut account, &mut d, seed + 1).await;
+        dr.unwrap();
+        pr.unwrap();
+    }
+    let newest = account.device_list_version();
+    assert!(newest >= held + 2, "{held} → {newest}");
+
+    for after in [Some(held), None] {
+        let secret = ClientSecret::from_bytes([0x66; 32]);
+        let (mut ws, _) = bounded(tokio_tungstenite::connect_async(format!(
+            "{}/v1/companion",
+            relay.base
+        )))
+        .await
+        .unwrap();
+        let mut lists = Vec::new();
+        for frame in [
+            Frame::Identify {
+                secret: secret.clone(),
+            },
+            Frame::Subscribe {
+                account: session.account(),
+                index: session.index(),
+                proof: SubscriptionProof::sign(&session, secret.client_id()),
+                after,
+            },
+        ] {
+            bounded(ws.send(Message::binary(frame.encode())))
+                .await
+                .unwrap();
+        }
+        // Two Acks, then the lists (until the relay goes quiet).
+        loop {
+            let next = tokio::time::timeout(Duration::from_millis(500), ws.next()).await;
+            let Ok(Some(Ok(Message::Binary(b)))) = next else {
+                break;
+            };
+            if let Ok(Frame::PublishList { bytes }) = Frame::decode(&b) {
+                lists.push(devicelink::SignedDeviceList::from_bytes(bytes).unwrap());
+            }
+        }
+        let versions: Vec<u64> = lists.iter().map(|l| l.version()).collect();
+        match after {
+            Some(v) => {
+                assert_eq!(versions, ((v + 1)..=newest).collect::<Vec<_>>());
+                // They chain onto the held list, one by one.
+                let mut copy = session.clone();
+                for l in &lists {
+                    copy.accept_device_list(l, relay.now()).unwrap();
+                }
+                assert_eq!(copy.device_list().version(), newest);
+            }
+            None => assert_eq!(versions, [newest]),
+        }
+        let _ = ws.close(None).await;
+    }
     relay.stop().await;
 }

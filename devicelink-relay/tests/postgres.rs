@@ -112,7 +112,8 @@ fn migration_3_indexes_only_what_the_sweep_must_do() {
     server.psql(
         &db,
         &format!(
-            "DROP TABLE sources; DROP INDEX tokens_client; ALTER TABLE tokens DROP COLUMN source;
+            "DROP TABLE account_lists; DELETE FROM schema_migrations WHERE version = 4;
+             DROP TABLE sources; DROP INDEX tokens_client; ALTER TABLE tokens DROP COLUMN source;
              DELETE FROM schema_migrations WHERE version = 3;
              UPDATE accounts SET active_since = NULL WHERE account <> '\\x{}'",
             hex(&linked.account().to_bytes())
@@ -133,6 +134,13 @@ fn migration_3_indexes_only_what_the_sweep_must_do() {
         s.due_accounts(Timestamp::MAX, 10),
         Ok(vec![never.account(), linked.account()])
     );
+    // Migration 4 seeded each account's list history with its current list
+    // (its version read from the list's bytes).
+    assert_eq!(
+        s.lists_after(&linked.account(), 0),
+        Ok(vec![linked.list.clone()])
+    );
+    assert_eq!(s.lists_after(&linked.account(), 1), Ok(vec![]));
 }
 
 #[test]

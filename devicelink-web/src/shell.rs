@@ -20,9 +20,10 @@ use devicelink::offer::OfferState;
 use devicelink::qr::{ImageStyle, OfferQr, QrError};
 use devicelink::relay::{HelloDigest, SubscriptionProof};
 use devicelink::{
-    Companion, CompanionState, DeviceIdentity, DeviceIndex, DeviceLabel, DeviceLabelError,
-    DeviceListEntry, ErrorKind, HandshakeError, LinkedSession, LogoutReason, PersistError, Policy,
-    PrimaryHeartbeat, RefusalReason, SessionStatus, SignedDeviceList, Timestamp, TokenId,
+    CertificateError, Companion, CompanionState, DeviceIdentity, DeviceIndex, DeviceLabel,
+    DeviceLabelError, DeviceListEntry, ErrorKind, HandshakeError, LinkedSession, LogoutReason,
+    PersistError, Policy, PrimaryHeartbeat, RefusalReason, SessionError, SessionStatus,
+    SignedDeviceList, Timestamp, TokenId,
 };
 use devicelink_relay::codes;
 use devicelink_relay::frame::{Frame, FrameError, FrameType};
@@ -459,6 +460,10 @@ pub struct BrowserCompanion {
     /// Whether the shell has seen the session logged out (the core keeps
     /// the logout; this only says whether the page was told).
     logged_out_seen: bool,
+    /// The held list version after which this shell last asked the relay
+    /// for the versions it missed (once per held version: the relay keeps
+    /// 64, and a gap it cannot fill must not loop).
+    asked_after: Option<u64>,
     notices: Vec<Notice>,
     /// Whether the saved state is older than the session.
     dirty: bool,
@@ -528,6 +533,7 @@ impl BrowserCompanion {
             registered: None,
             connected_once: false,
             logged_out_seen: false,
+            asked_after: None,
             notices: Vec::new(),
             dirty: false,
         }
@@ -653,6 +659,9 @@ impl BrowserCompanion {
             account: session.account(),
             index: session.index(),
             proof: SubscriptionProof::sign(session, self.secret.client_id()),
+            // Every newer version the relay keeps comes too: a session that
+            // missed some (and must chain them after a fork) applies them.
+            after: Some(session.device_list().version()),
         };
         self.send(&Frame::PublishList { bytes: &list });
         self.send(&subscribe);
@@ -738,14 +747,29 @@ impl BrowserCompanion {
             }
             Frame::Message { header, bytes } => self.message(header, bytes, rng, now)?,
             Frame::PublishList { bytes } => {
+                let mut ask_after = None;
                 if let Side::Linked(session) = &mut self.side {
                     let fork_before = session.fork_seen();
-                    let accepted = SignedDeviceList::from_bytes(bytes)
+                    let held = session.device_list().version();
+                    let result = SignedDeviceList::from_bytes(bytes)
                         .ok()
-                        .and_then(|list| session.accept_device_list(&list, now).ok());
+                        .map(|list| session.accept_device_list(&list, now));
+                    // A list further ahead than a forked session may take:
+                    // subscribe again after the held version, and the relay
+                    // sends the versions in between (once per version).
+                    let missed = matches!(
+                        result,
+                        Some(Err(SessionError::Certificate(
+                            CertificateError::MissingVersions { .. }
+                        )))
+                    );
+                    let accepted = result.and_then(Result::ok);
                     if let (None, Some(version)) = (fork_before, session.fork_seen()) {
                         self.notices.push(Notice::Fork { version });
                         self.dirty = true;
+                    }
+                    if missed && self.asked_after != Some(held) {
+                        ask_after = Some(held);
                     }
                     if let Some(change) = accepted {
                         let me = session.index();
@@ -768,6 +792,10 @@ impl BrowserCompanion {
                         );
                         self.dirty = true;
                     }
+                }
+                if let Some(held) = ask_after {
+                    self.asked_after = Some(held);
+                    self.subscribe();
                 }
                 self.settle(now);
             }

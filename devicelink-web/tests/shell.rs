@@ -197,6 +197,7 @@ fn a_whole_link_then_a_reload_keeps_it() {
             account,
             index,
             proof,
+            after: Some(_),
         }),
     ) = (Frame::decode(&out[0]), Frame::decode(&out[2]))
     else {
@@ -875,6 +876,14 @@ fn a_fork_is_refused_told_and_remembered_across_a_reload() {
     let saved = c.save().unwrap().unwrap();
     let mut r = BrowserCompanion::restore(&saved, &mut rng, at(40)).unwrap();
     assert_eq!(r.session().unwrap().fork_seen(), Some(held));
+    // On a connection, the tab subscribes after the version it holds (the
+    // relay then sends every newer version it keeps, in order).
+    r.connected(at(40)).unwrap();
+    let out = sent(&mut r);
+    assert!(out.iter().any(|f| matches!(
+        Frame::decode(f),
+        Ok(Frame::Subscribe { after: Some(v), .. }) if v == held
+    )));
     link_core(&mut restored, &mut rng, at(40));
     link_core(&mut restored, &mut rng, at(40));
     assert!(restored.device_list_version() >= held + 2);
@@ -882,4 +891,23 @@ fn a_fork_is_refused_told_and_remembered_across_a_reload() {
         .unwrap();
     assert_eq!(r.session().unwrap().device_list().version(), held);
     assert!(r.take_notices().is_empty(), "told once");
+    // A list too far ahead while connected: the tab asks again for the
+    // versions after the one it holds, once.
+    r.receive(&ack(FrameType::Identify), &mut rng, at(50))
+        .unwrap();
+    let mut w2 = w;
+    link_core(&mut w2.account, &mut rng, at(60));
+    link_core(&mut w2.account, &mut rng, at(60));
+    let mut r2 = BrowserCompanion::restore(&saved, &mut rng, at(60)).unwrap();
+    r2.receive(&list_frame_of(&w2.account), &mut rng, at(61))
+        .unwrap();
+    let out = sent(&mut r2);
+    assert_eq!(types(&out), [FrameType::PublishList, FrameType::Subscribe]);
+    assert!(matches!(
+        Frame::decode(&out[1]),
+        Ok(Frame::Subscribe { after: Some(v), .. }) if v == held
+    ));
+    r2.receive(&list_frame_of(&w2.account), &mut rng, at(62))
+        .unwrap();
+    assert!(sent(&mut r2).is_empty(), "asked once per held version");
 }

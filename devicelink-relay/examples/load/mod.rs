@@ -311,6 +311,13 @@ impl<S: devicelink_relay::Store> devicelink_relay::Store for BlockingPool<S> {
     ) -> Result<bool, devicelink_relay::StoreError> {
         self.0.delete_account(account, revision)
     }
+    fn lists_after(
+        &self,
+        account: &devicelink::AccountId,
+        after: u64,
+    ) -> Result<Vec<Vec<u8>>, devicelink_relay::StoreError> {
+        self.0.lists_after(account, after)
+    }
     fn due_accounts(
         &self,
         before: Timestamp,
@@ -727,6 +734,7 @@ pub fn prebuild_one(
             account: session.account(),
             index: session.index(),
             proof,
+            after: None,
         }),
         p_identify: enc(Frame::Identify {
             secret: primary.clone(),

@@ -601,6 +601,7 @@ impl<S: Store + 'static, W: Wire> Connection<S, W> {
                 account,
                 index,
                 proof,
+                after,
             } => {
                 if !self.identified {
                     return self
@@ -629,13 +630,23 @@ impl<S: Store + 'static, W: Wire> Connection<S, W> {
                         proof
                             .verify(&key, &account, index, client)
                             .map_err(|e| Refusal::core(e.kind(), e))?;
-                        h.directory
-                            .account(&account)
-                            .map_err(|e| Refusal::core(ErrorKind::Unavailable, e))
+                        let unavailable = |e| Refusal::core(ErrorKind::Unavailable, e);
+                        let newest = h.directory.account(&account).map_err(unavailable)?;
+                        // The versions after the one the companion holds
+                        // (oldest first), or only the newest.
+                        let lists = match after {
+                            Some(v) => h
+                                .directory
+                                .store()
+                                .lists_after(&account, v)
+                                .map_err(unavailable)?,
+                            None => Vec::new(),
+                        };
+                        Ok((newest, lists))
                     })
                     .await;
-                let held = match r {
-                    Some(Ok(held)) => held,
+                let (held, lists) = match r {
+                    Some(Ok(found)) => found,
                     Some(Err(refusal)) => return self.refuse(refusal).await,
                     None => return Some(internal()),
                 };
@@ -654,8 +665,16 @@ impl<S: Store + 'static, W: Wire> Connection<S, W> {
                 if let Some(end) = self.ack(ty, true).await {
                     return Some(end);
                 }
+                for list in &lists {
+                    if let Some(end) = self.send_frame(&Frame::PublishList { bytes: list }).await {
+                        return Some(end);
+                    }
+                }
                 match held {
-                    Some(record) if !record.list.is_empty() => {
+                    // The newest, unless the history already ended with it.
+                    Some(record)
+                        if !record.list.is_empty() && lists.last() != Some(&record.list) =>
+                    {
                         self.send_frame(&Frame::PublishList {
                             bytes: &record.list,
                         })

@@ -24,6 +24,8 @@ pub struct MemoryStore {
 struct Accounts {
     records: HashMap<AccountId, AccountRecord>,
     active: BTreeSet<(Timestamp, AccountId)>,
+    /// Each account's recent lists by version ([`super::LIST_HISTORY`]).
+    history: HashMap<AccountId, std::collections::BTreeMap<u64, Vec<u8>>>,
 }
 
 impl MemoryStore {
@@ -136,8 +138,29 @@ impl Store for MemoryStore {
         if let Some(at) = record.active_since() {
             g.active.insert((at, account));
         }
+        if !record.list.is_empty() {
+            let version = record.facts.list_version();
+            let lists = g.history.entry(account).or_default();
+            lists.entry(version).or_insert_with(|| record.list.clone());
+            let floor = version.saturating_sub(super::LIST_HISTORY);
+            lists.retain(|v, _| *v > floor);
+        }
         g.records.insert(account, record.clone());
         Ok(true)
+    }
+
+    fn lists_after(&self, account: &AccountId, after: u64) -> Result<Vec<Vec<u8>>, StoreError> {
+        Ok(self
+            .accounts()
+            .history
+            .get(account)
+            .map(|lists| {
+                lists
+                    .range(after.saturating_add(1)..)
+                    .map(|(_, l)| l.clone())
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 
     fn delete_account(&self, account: &AccountId, revision: u64) -> Result<bool, StoreError> {
@@ -152,6 +175,7 @@ impl Store for MemoryStore {
                     g.active.remove(&(at, *account));
                 }
                 g.records.remove(account);
+                g.history.remove(account);
                 Ok(true)
             }
             _ => Ok(false),

@@ -97,6 +97,10 @@ pub(crate) fn due_since(facts: &devicelink::relay::AccountFacts) -> Option<Times
     (companions || never_linked).then(|| facts.last_activity())
 }
 
+/// Versions of each account's device list a store keeps besides the newest,
+/// for holders that missed some while away ([`Store::lists_after`]).
+pub const LIST_HISTORY: u64 = 64;
+
 /// A relay's durable store: the core's [`TokenStore`] (exactly-once
 /// redemption, its contract unchanged) plus one record per account.
 ///
@@ -133,6 +137,13 @@ pub trait Store: TokenStore + Clone {
     /// `revision` of it; returns whether it deleted. Durable before it
     /// returns `Ok(true)`.
     fn delete_account(&self, account: &AccountId, revision: u64) -> Result<bool, StoreError>;
+
+    /// The account's device lists (wire bytes) newer than version `after`,
+    /// oldest first: of the last [`LIST_HISTORY`] versions, those the store
+    /// applied ([`Store::put_account`] keeps each new list beside the record,
+    /// drops versions older than the window, and [`Store::delete_account`]
+    /// drops them all). Read only.
+    fn lists_after(&self, account: &AccountId, after: u64) -> Result<Vec<Vec<u8>>, StoreError>;
 
     /// Up to `limit` accounts whose [`AccountRecord::active_since`] is at
     /// or before `before`, earliest first, in time proportional to their

@@ -132,7 +132,38 @@ const MIGRATIONS: &[(u32, &str, &str, Option<DataStep>)] = &[
         include_str!("../../migrations/0005_source_budgets.sql"),
         Some(fill_active_since),
     ),
+    (
+        6,
+        "0006_list_history.sql",
+        include_str!("../../migrations/0006_list_history.sql"),
+        Some(seed_list_history),
+    ),
 ];
+
+/// Migration 6's data step: each account's current list starts its history.
+fn seed_list_history(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
+    let rows: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> = {
+        let mut st = tx
+            .prepare("SELECT account, facts, list FROM accounts WHERE length(list) > 0")
+            .map_err(unavailable)?;
+        let rows = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(unavailable)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(unavailable)?
+    };
+    for (account, facts, list) in rows {
+        let facts =
+            AccountFacts::from_bytes(&facts).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let version = i64::try_from(facts.list_version())
+            .map_err(|_| StoreError::OutOfRange("list version"))?;
+        tx.execute(
+            "INSERT INTO account_lists (account, version, list) VALUES (?1, ?2, ?3)",
+            params![account, version, list],
+        )
+        .map_err(unavailable)?;
+    }
+    Ok(())
+}
 
 /// Migration 5's data step: an account without companions that never had
 /// one is due too ([`AccountRecord::active_since`]; schema 4 left
@@ -243,7 +274,7 @@ fn convert_accounts_v3(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError>
 }
 
 /// The schema version this build writes (the last migration's).
-pub const SCHEMA_VERSION: u32 = 5;
+pub const SCHEMA_VERSION: u32 = 6;
 
 /// Why a write did not happen.
 enum Fail<E> {
@@ -1029,9 +1060,34 @@ impl Store for SqliteStore {
                     record.list
                 ])?
             };
+            if n == 1 && !record.list.is_empty() {
+                let version = int(record.facts.list_version(), "list version")
+                    .map_err(out_of_range("list version"))?;
+                c.prepare_cached(
+                    "INSERT INTO account_lists (account, version, list) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (account, version) DO NOTHING",
+                )?
+                .execute(params![account, version, record.list])?;
+                let floor =
+                    version.saturating_sub(i64::try_from(super::LIST_HISTORY).unwrap_or(i64::MAX));
+                c.prepare_cached("DELETE FROM account_lists WHERE account = ?1 AND version <= ?2")?
+                    .execute(params![account, floor])?;
+            }
             Ok(n == 1)
         })
         .map_err(store)
+    }
+
+    fn lists_after(&self, account: &AccountId, after: u64) -> Result<Vec<Vec<u8>>, StoreError> {
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT list FROM account_lists WHERE account = ?1 AND version > ?2
+                  ORDER BY version",
+            )?;
+            let rows = st.query_map(params![account.to_bytes(), after], |r| r.get(0))?;
+            rows.collect()
+        })
     }
 
     fn delete_account(&self, account: &AccountId, revision: u64) -> Result<bool, StoreError> {
@@ -1042,6 +1098,10 @@ impl Store for SqliteStore {
             let n = c
                 .prepare_cached("DELETE FROM accounts WHERE account = ?1 AND revision = ?2")?
                 .execute(params![account, revision])?;
+            if n == 1 {
+                c.prepare_cached("DELETE FROM account_lists WHERE account = ?1")?
+                    .execute(params![account])?;
+            }
             Ok(n == 1)
         })
         .map_err(store)
@@ -1150,6 +1210,45 @@ mod tests {
                 found: SCHEMA_VERSION + 1,
                 supported: SCHEMA_VERSION
             })
+        );
+    }
+
+    /// Migration 6 seeds each account's list history with its current list.
+    #[test]
+    fn a_schema_5_file_gets_its_current_lists_as_history() {
+        use devicelink::certificate::{DeviceListDraft, DeviceListEntry};
+        use devicelink::{AccountKey, DeviceIdentity, DeviceIndex, DeviceLabel, SignedDeviceList};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.db");
+        let mut rng = <rand_chacha::ChaCha20Rng as rand_core::SeedableRng>::seed_from_u64(6);
+        let key = AccountKey::generate(&mut rng);
+        let device = DeviceIdentity::generate(&mut rng).device_key();
+        let now = Timestamp::from_unix_millis(1_000);
+        let entry =
+            DeviceListEntry::new(DeviceIndex(1), device, DeviceLabel::new("a").unwrap(), now);
+        let list = SignedDeviceList::sign(&key, &DeviceListDraft::new(1, vec![entry]), now);
+        let mut d = devicelink::Directory::new(&devicelink::Policy::default());
+        d.apply_device_list(&list, now).unwrap();
+        let record = AccountRecord {
+            facts: d.facts(&key.account_id()).unwrap(),
+            list: list.to_bytes(),
+            revision: 1,
+        };
+        {
+            let s = SqliteStore::open(&path).unwrap();
+            assert!(s.put_account(&record).unwrap());
+        }
+        {
+            // Back to schema 5: no history table.
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch("DROP TABLE account_lists").unwrap();
+            c.pragma_update(None, "user_version", 5).unwrap();
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.schema_version(), Ok(SCHEMA_VERSION));
+        assert_eq!(
+            s.lists_after(&key.account_id(), 0),
+            Ok(vec![list.to_bytes()])
         );
     }
 

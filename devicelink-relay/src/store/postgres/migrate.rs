@@ -30,10 +30,15 @@ pub(crate) const MIGRATIONS: &[(u32, &str, &str)] = &[
         "0003_source_budgets.sql",
         include_str!("../../../migrations/postgres/0003_source_budgets.sql"),
     ),
+    (
+        4,
+        "0004_list_history.sql",
+        include_str!("../../../migrations/postgres/0004_list_history.sql"),
+    ),
 ];
 
 /// The schema version this build writes (the last migration's).
-pub const PG_SCHEMA_VERSION: u32 = 3;
+pub const PG_SCHEMA_VERSION: u32 = 4;
 
 /// The advisory lock key every node takes while migrating ("devicelk").
 pub const MIGRATION_LOCK: i64 = 0x6465_7669_6365_6c6b;

@@ -688,8 +688,53 @@ impl Store for PgStore {
                             .await
                             .map_err(db::at_commit)?
                     };
+                    if n == 1 && !record.list.is_empty() {
+                        // The list's history (Store::lists_after): after the
+                        // record, so a crash between the two loses at most
+                        // this version's copy, never the record.
+                        let version = int::<()>(record.facts.list_version(), "list version")
+                            .map_err(range("list version"))?;
+                        let floor = version.saturating_sub(
+                            i64::try_from(crate::store::LIST_HISTORY).unwrap_or(i64::MAX),
+                        );
+                        let st = c
+                            .prepare_cached(
+                                "INSERT INTO account_lists (account, version, list)
+                                 VALUES ($1, $2::bigint, $3) ON CONFLICT (account, version) DO NOTHING",
+                            )
+                            .await?;
+                        c.execute(&st, &[&account, &version, &record.list])
+                            .await
+                            .map_err(db::at_commit)?;
+                        let st = c
+                            .prepare_cached(
+                                "DELETE FROM account_lists WHERE account = $1 AND version <= $2::bigint",
+                            )
+                            .await?;
+                        c.execute(&st, &[&account, &floor])
+                            .await
+                            .map_err(db::at_commit)?;
+                    }
                     Ok(n == 1)
                 }
+            })
+            .map_err(store)
+    }
+
+    fn lists_after(&self, account: &AccountId, after: u64) -> Result<Vec<Vec<u8>>, StoreError> {
+        let account = *account;
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        self.db()
+            .run(move |c| async move {
+                let st = c
+                    .prepare_cached(
+                        "SELECT list FROM account_lists WHERE account = $1 AND version > $2
+                          ORDER BY version",
+                    )
+                    .await?;
+                let id = account.to_bytes();
+                let rows = c.query(&st, &[&&id[..], &after]).await?;
+                Ok(rows.iter().map(|r| r.get::<_, Vec<u8>>(0)).collect())
             })
             .map_err(store)
     }
@@ -708,6 +753,12 @@ impl Store for PgStore {
                     .execute(&st, &[&&id[..], &revision])
                     .await
                     .map_err(db::at_commit)?;
+                if n == 1 {
+                    let st = c
+                        .prepare_cached("DELETE FROM account_lists WHERE account = $1")
+                        .await?;
+                    c.execute(&st, &[&&id[..]]).await.map_err(db::at_commit)?;
+                }
                 Ok(n == 1)
             })
             .map_err(store)
