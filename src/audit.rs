@@ -21,11 +21,12 @@ use ring::digest;
 use serde::{Deserialize, Serialize};
 
 use crate::certificate::DeviceIndex;
+pub use crate::facts::AuditAnchor;
+use crate::facts::LogoutReason;
 use crate::handshake::LinkRequest;
 use crate::keys::{AccountId, AccountKey, DeviceKey};
 use crate::offer::TokenId;
 use crate::registry::{Account, RegistryEvent};
-use crate::session::LogoutReason;
 use crate::time::Timestamp;
 
 const AUDIT_LABEL: &[u8] = b"devicelink/v2 audit";
@@ -86,33 +87,6 @@ pub enum AuditError {
     /// The event cannot be recorded (for example an offer text that does not parse).
     #[error("cannot record: {0}")]
     Record(String),
-}
-
-/// The audit trail's extent and head at a moment: `entries` entries whose
-/// last one hashes to `head` (zeros for an empty trail). Carried inside every
-/// signed device list and heartbeat, so the account vouches for the trail
-/// without a signature of its own (see [`AuditLog::verify`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-pub struct AuditAnchor {
-    /// Number of entries covered.
-    pub entries: u64,
-    /// Hash of the last covered entry.
-    #[serde(with = "crate::encoding::b64_array")]
-    pub head: [u8; 32],
-}
-
-impl AuditAnchor {
-    pub(crate) fn write(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.entries.to_be_bytes());
-        out.extend_from_slice(&self.head);
-    }
-
-    pub(crate) fn read(r: &mut crate::wire::Reader<'_>) -> Result<Self, crate::wire::Truncated> {
-        Ok(AuditAnchor {
-            entries: r.u64()?,
-            head: r.array()?,
-        })
-    }
 }
 
 /// An [`AuditAnchor`] the account signed, taken from a verified device list

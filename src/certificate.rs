@@ -16,10 +16,10 @@
 use ring::digest;
 use serde::{Deserialize, Serialize};
 
-use crate::audit::AuditAnchor;
+use crate::facts::AuditAnchor;
+use crate::facts::LogoutReason;
 use crate::keys::{AccountId, AccountKey, DeviceKey, PUBLIC_KEY_LEN, SIGNATURE_LEN};
 use crate::label::{DeviceLabel, MAX_LABEL_LEN};
-use crate::session::LogoutReason;
 use crate::time::Timestamp;
 use crate::wire::Reader;
 

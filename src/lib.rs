@@ -110,6 +110,7 @@ pub mod certificate;
 pub mod code;
 mod encoding;
 pub mod error;
+mod facts;
 pub mod handshake;
 pub mod keys;
 pub mod label;

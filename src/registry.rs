@@ -47,11 +47,12 @@ use std::sync::OnceLock;
 use rand_core::{CryptoRng, RngCore};
 use serde::{Deserialize, Serialize};
 
-use crate::audit::AuditAnchor;
 use crate::certificate::{
     DeviceIndex, DeviceListDraft, DeviceListEntry, PrimaryHeartbeat, RemovedDevice,
     SignedDeviceList,
 };
+use crate::facts::AuditAnchor;
+use crate::facts::LogoutReason;
 use crate::handshake::{
     ConfirmedLink, HandshakeError, LinkRequest, PrimaryHandshake, PrimaryState, RefusalReason,
 };
@@ -60,7 +61,6 @@ use crate::label::DeviceLabel;
 use crate::offer::{PairingOffer, TokenId};
 use crate::persist::PersistError;
 use crate::policy::Policy;
-use crate::session::LogoutReason;
 use crate::time::Timestamp;
 
 /// Why the registry refused an operation. Nothing changed, except where a

@@ -29,32 +29,7 @@ use crate::label::DeviceLabel;
 use crate::policy::Policy;
 use crate::time::{duration_millis, Timestamp};
 
-/// Why a device was logged out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum LogoutReason {
-    /// The primary removed it.
-    Revoked,
-    /// The primary was inactive for the policy's offline limit (14 days).
-    PrimaryOffline,
-    /// The companion itself was idle past the policy's idle limit.
-    CompanionIdle,
-    /// The companion never confirmed the grant in time.
-    ConfirmationTimedOut,
-    /// Another device took its place (the same device re-paired).
-    Replaced,
-}
-
-impl std::fmt::Display for LogoutReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            LogoutReason::Revoked => "revoked by the primary",
-            LogoutReason::PrimaryOffline => "primary offline too long",
-            LogoutReason::CompanionIdle => "companion idle too long",
-            LogoutReason::ConfirmationTimedOut => "confirmation timed out",
-            LogoutReason::Replaced => "replaced by a new link",
-        })
-    }
-}
+pub use crate::facts::LogoutReason;
 
 /// A companion's standing at an instant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

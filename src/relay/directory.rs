@@ -22,10 +22,10 @@ use crate::certificate::{
     CertificateError, DeviceIndex, DeviceListEntry, PrimaryHeartbeat, SignedDeviceList,
     MAX_LIST_DEVICES,
 };
+use crate::facts::LogoutReason;
 use crate::keys::{AccountId, DeviceKey};
 use crate::persist::PersistError;
 use crate::policy::Policy;
-use crate::session::LogoutReason;
 use crate::time::{duration_millis, Timestamp};
 
 /// Accounts per slot chunk.

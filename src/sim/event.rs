@@ -3,7 +3,7 @@
 use std::fmt::{self, Write as _};
 
 use crate::certificate::DeviceIndex;
-use crate::session::LogoutReason;
+use crate::facts::LogoutReason;
 use crate::time::Timestamp;
 
 use super::behaviour::DAY_MS;
