@@ -155,6 +155,12 @@ impl LinkedSession {
         }
     }
 
+    /// Applies the host's limits to a session decoded inside another saved
+    /// state (a companion's): the limits are never saved.
+    pub(crate) fn apply_policy(&mut self, policy: &Policy) {
+        self.limits = Limits::of(policy);
+    }
+
     /// The account this device belongs to.
     pub fn account(&self) -> AccountId {
         self.certificate.account()

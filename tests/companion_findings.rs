@@ -412,3 +412,48 @@ fn linking_again_expects_the_account_it_was_linked_to() {
     );
     assert_eq!(companion.save().unwrap(), before, "state unchanged");
 }
+
+/// A companion saved with its session (waiting for consent, or linked) and
+/// restored keeps the lease its policy gives: the session's limits are not
+/// in the saved state, the companion's policy supplies them.
+#[test]
+fn a_restored_companion_keeps_its_sessions_lease() {
+    let mut rng = rng(31);
+    let mut account = Account::generate(Policy::default(), &mut rng, at(0));
+    let mut p = start(&mut account, "tab", &mut rng, at(0));
+    let grant = account.grant(&mut p.primary, &mut rng, at(0)).unwrap();
+    p.companion.receive_grant(&grant, at(0)).unwrap();
+    let waiting = Companion::restore(&p.companion.save().unwrap()).unwrap();
+    let mut waiting = waiting;
+    waiting.consent(at(1)).unwrap();
+    p.companion.consent(at(1)).unwrap();
+    let linked = Companion::restore(&p.companion.save().unwrap()).unwrap();
+    for c in [waiting, linked] {
+        let s = c.session().unwrap();
+        assert_eq!(s.expires_at(), p.companion.session().unwrap().expires_at());
+        assert!(s.is_linked(at(2)));
+        assert_eq!(c.save().unwrap(), p.companion.save().unwrap());
+    }
+}
+
+/// A saved phone-side handshake whose check code was edited (another code,
+/// or one of seven digits) does not restore: the code is recomputed from the
+/// saved Request and nonce.
+#[test]
+fn an_edited_check_code_in_a_saved_handshake_is_refused() {
+    let mut rng = rng(41);
+    let mut account = Account::generate(Policy::default(), &mut rng, at(0));
+    let p = start(&mut account, "tab", &mut rng, at(0));
+    let saved = p.primary.save().unwrap();
+    let code = p.primary.check_code().unwrap().value();
+    assert!(devicelink::PrimaryHandshake::restore(&saved).is_ok());
+    for edited in [(code + 1) % 1_000_000, 1_000_000, u32::MAX] {
+        let bytes = reseal(&saved, |state| {
+            state["check_code"] = Value::from(edited);
+        });
+        assert!(
+            devicelink::PrimaryHandshake::restore(&bytes).is_err(),
+            "{edited} restored"
+        );
+    }
+}

@@ -464,6 +464,11 @@ pub struct BrowserCompanion {
     /// for the versions it missed (once per held version: the relay keeps
     /// 64, and a gap it cannot fill must not loop).
     asked_after: Option<u64>,
+    /// The Confirm this tab's user released, until the relay routes it: a
+    /// connection lost before that sends it again on the next one (the
+    /// phone's confirm is idempotent), so a "yes" given while the socket
+    /// was down is not lost.
+    unrouted_confirm: Option<Vec<u8>>,
     notices: Vec<Notice>,
     /// Whether the saved state is older than the session.
     dirty: bool,
@@ -534,6 +539,7 @@ impl BrowserCompanion {
             connected_once: false,
             logged_out_seen: false,
             asked_after: None,
+            unrouted_confirm: None,
             notices: Vec::new(),
             dirty: false,
         }
@@ -596,6 +602,9 @@ impl BrowserCompanion {
             }
             Side::Linked(_) => {
                 self.settle(now);
+                if let Some(confirm) = self.unrouted_confirm.clone() {
+                    self.send_message(&confirm)?;
+                }
                 self.subscribe();
                 Ok(())
             }
@@ -716,13 +725,21 @@ impl BrowserCompanion {
                     }
                 }
             }
-            Frame::Routed { .. } => {
+            Frame::Routed { header } => {
                 self.awaiting.pop_front();
+                if header.kind == MessageKind::Confirm {
+                    self.unrouted_confirm = None;
+                }
             }
             // The relay's text is any UTF-8 (bidirectional overrides
             // included): it is not read, and never reaches the page.
             Frame::Error { code, .. } => {
                 let of = self.awaiting.pop_front();
+                if of == Some(FrameType::Message) {
+                    // The relay refused the Confirm: sending it again would
+                    // not help.
+                    self.unrouted_confirm = None;
+                }
                 // Expected refusals: a Release whose reservation had lapsed
                 // or moved on; a Register the relay already holds for this
                 // client (after a reconnect); the session's list when the
@@ -969,6 +986,7 @@ impl BrowserCompanion {
         let confirm = companion.consent(now)?;
         let session = companion.session().cloned();
         self.send_message(&confirm)?;
+        self.unrouted_confirm = Some(confirm);
         if let Some(session) = session {
             self.side = Side::Linked(Box::new(session));
             self.dirty = true;

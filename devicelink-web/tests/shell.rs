@@ -911,3 +911,53 @@ fn a_fork_is_refused_told_and_remembered_across_a_reload() {
         .unwrap();
     assert!(sent(&mut r2).is_empty(), "asked once per held version");
 }
+
+/// A "yes" given while the socket was down is not lost: the Confirm goes out
+/// again on the next connection until the relay routes it.
+#[test]
+fn a_confirm_released_while_disconnected_is_sent_on_the_next_connection() {
+    let mut w = World::new(91);
+    let mut c = w.showing("Chromium on Linux", T0);
+    let text = c.qr_text().unwrap();
+    w.account.open_link_intent(T0);
+    let (mut primary, hello) = w.account.scan(&text, &mut w.rng, T0).unwrap();
+    c.receive(&message(&hello), &mut w.rng, T0).unwrap();
+    let out = sent(&mut c);
+    w.account
+        .receive_request(&mut primary, &body(&out[0]), &mut w.rng, T0)
+        .unwrap();
+    c.receive(&routed(&out[0]), &mut w.rng, T0).unwrap();
+    let grant = w.account.grant(&mut primary, &mut w.rng, T0).unwrap();
+    c.receive(&message(&grant), &mut w.rng, T0).unwrap();
+    // The socket drops; the user says yes; the queued frames are gone.
+    c.consent(T0).unwrap();
+    assert_eq!(c.phase(T0), Phase::Linked);
+    c.connected(at(1)).unwrap();
+    let out = sent(&mut c);
+    assert_eq!(
+        types(&out),
+        [
+            FrameType::Identify,
+            FrameType::Message,
+            FrameType::PublishList,
+            FrameType::Subscribe
+        ]
+    );
+    // The phone confirms it (idempotently), and once routed it is not sent
+    // again.
+    w.account
+        .confirm(&mut primary, &body(&out[1]), at(1))
+        .unwrap();
+    c.receive(&ack(FrameType::Identify), &mut w.rng, at(1))
+        .unwrap();
+    c.receive(&routed(&out[1]), &mut w.rng, at(1)).unwrap();
+    c.connected(at(2)).unwrap();
+    assert_eq!(
+        types(&sent(&mut c)),
+        [
+            FrameType::Identify,
+            FrameType::PublishList,
+            FrameType::Subscribe
+        ]
+    );
+}

@@ -227,7 +227,15 @@ impl Companion {
 
     /// Restores a companion saved by [`Companion::save`].
     pub fn restore(bytes: &[u8]) -> Result<Self, crate::persist::PersistError> {
-        let c: Companion = crate::persist::restore("companion", bytes)?;
+        let mut c: Companion = crate::persist::restore("companion", bytes)?;
+        // A session inside takes the companion's policy (limits are never
+        // saved).
+        let policy = c.policy.clone();
+        if let Stage::AwaitingConsent { session, .. } | Stage::Linked { session, .. } = &mut c.stage
+        {
+            session.apply_policy(&policy);
+        }
+        let expected_ok = |s: &LinkedSession| c.expected_account.is_none_or(|a| a == s.account());
         let ok = match &c.stage {
             Stage::AwaitingScan { display } => {
                 display.check_consistent()?;
@@ -240,13 +248,18 @@ impl Companion {
                 token,
                 session,
                 confirm,
+                check_code,
                 ..
             } => {
                 session.device_key() == c.identity.device_key()
+                    && expected_ok(session)
+                    && check_code.is_none_or(|code| code.value() < CheckCode::MODULUS)
                     && MessageHeader::parse(confirm)
                         .is_ok_and(|h| h.token_id == *token && h.kind == MessageKind::Confirm)
             }
-            Stage::Linked { session, .. } => session.device_key() == c.identity.device_key(),
+            Stage::Linked { session, .. } => {
+                session.device_key() == c.identity.device_key() && expected_ok(session)
+            }
             Stage::Failed { .. } => true,
         };
         if !ok {

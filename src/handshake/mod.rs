@@ -36,8 +36,26 @@ pub use primary::{ConfirmedLink, LinkRequest, PrimaryHandshake, PrimaryState};
 /// from both sides' nonces after a commitment (`docs/PROTOCOL.md` §4), so
 /// neither side can choose it. Shown as `123 456`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(transparent)]
+#[serde(try_from = "u32", into = "u32")]
 pub struct CheckCode(u32);
+
+impl TryFrom<u32> for CheckCode {
+    type Error = &'static str;
+    /// A saved code below [`CheckCode::MODULUS`]; anything else is refused.
+    fn try_from(v: u32) -> Result<Self, Self::Error> {
+        if v < Self::MODULUS {
+            Ok(CheckCode(v))
+        } else {
+            Err("check code out of range")
+        }
+    }
+}
+
+impl From<CheckCode> for u32 {
+    fn from(c: CheckCode) -> u32 {
+        c.0
+    }
+}
 
 impl CheckCode {
     /// Codes have six decimal digits.

@@ -281,13 +281,46 @@ impl PrimaryHandshake {
                     || certificate.account() != h.account
         );
         let nonce_ok = h.committed || h.check_nonce == [0; CHECK_NONCE_LEN];
-        if hello_ok && keys_ok && grant_ok && code_ok && nonce_ok {
+        let commitment_ok = h.commitment_consistent();
+        if hello_ok && keys_ok && grant_ok && code_ok && nonce_ok && commitment_ok {
             Ok(h)
         } else {
             Err(crate::persist::PersistError::Inconsistent(
                 "primary handshake",
             ))
         }
+    }
+
+    /// A QR link's saved handshake (while it holds keys) still opens its
+    /// Hello's commitment with its nonce, and its check code is the one its
+    /// Request and nonce give; a typed code's commits to nothing.
+    fn commitment_consistent(&self) -> bool {
+        let qr_hello = MessageHeader::parse(&self.hello)
+            .is_ok_and(|h| h.kind == MessageKind::Hello && self.hello.len() == HELLO_LEN);
+        if self.committed != qr_hello {
+            return false;
+        }
+        let Some(keys) = self.keys.as_ref().filter(|_| self.committed) else {
+            return true;
+        };
+        let committed = self
+            .hello
+            .get(super::messages::HELLO_COMMITMENT_AT..HELLO_LEN - super::schedule::MAC_LEN);
+        if committed != Some(&check_commitment(&keys.transcript, &self.check_nonce)[..]) {
+            return false;
+        }
+        let request = match &self.stage {
+            Stage::RequestReceived { request } | Stage::GrantSent { request, .. } => request,
+            _ => return true,
+        };
+        let Some((aad, nonce, mut buf)) = split_sealed(&request.bytes) else {
+            return false;
+        };
+        keys.open_request(nonce, aad, &mut buf)
+            .and_then(|plain| RequestBody::parse(plain).ok())
+            .is_some_and(|body| {
+                self.check_code == Some(keys.check_code(&body.check_nonce, &self.check_nonce))
+            })
     }
 
     /// The account that scanned the offer (the only one that can grant it).

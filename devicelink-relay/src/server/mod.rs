@@ -204,7 +204,12 @@ impl<S: Store + 'static> Relay<S> {
     /// The WebSocket and long-poll routes admit a browser only from
     /// `origins` or the relay's own origin ([`AllowedOrigins`]); the
     /// long-poll routes answer CORS for `origins`.
-    fn routes(&self, page: bool, origins: &AllowedOrigins) -> (Router, Arc<poll::PollSessions>) {
+    fn routes(
+        &self,
+        page: bool,
+        origins: &AllowedOrigins,
+        tls: bool,
+    ) -> (Router, Arc<poll::PollSessions>) {
         let (polls, sessions) = poll::routes(self.hub.clone());
         let polls = match origins.cors() {
             Some(cors) => polls.layer(cors),
@@ -215,7 +220,7 @@ impl<S: Store + 'static> Relay<S> {
             websocket::routes(self.hub.clone())
                 .merge(polls)
                 .layer(axum::middleware::from_fn(move |req, next| {
-                    origin::guard(allowed.clone(), req, next)
+                    origin::guard(allowed.clone(), tls, req, next)
                 }));
         let mut router = Router::new().route("/healthz", get(healthz)).merge(clients);
         if page {
@@ -231,7 +236,7 @@ impl<S: Store + 'static> Relay<S> {
     /// alive: dropping it is the shutdown signal for every connection, and
     /// no sweeper runs outside [`Relay::serve`].
     pub fn router(&self) -> Router {
-        self.routes(true, &AllowedOrigins::none()).0
+        self.routes(true, &AllowedOrigins::none(), false).0
     }
 
     /// `GET /metrics` (Prometheus text), for a listener of its own
@@ -285,7 +290,11 @@ impl<S: Store + 'static> Relay<S> {
         network: Network,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<Drained> {
-        let (router, sessions) = self.routes(network.serve_page, &network.allowed_origins);
+        let (router, sessions) = self.routes(
+            network.serve_page,
+            &network.allowed_origins,
+            network.tls.is_some(),
+        );
         let accept = Arc::new(accept::Accept::new(
             &self.hub.limits,
             &network,

@@ -57,18 +57,19 @@ impl AllowedOrigins {
     }
 
     /// Whether a request whose `Origin` is `origin` and whose `Host` is
-    /// `host` may go on.
-    pub fn admits(&self, origin: &str, host: Option<&str>) -> bool {
+    /// `host`, to a relay serving `https` (`tls`) or `http`, may go on: a
+    /// configured origin, or the relay's own (the scheme it serves and the
+    /// `Host`). Over TLS a page on another name cannot pass as the relay's
+    /// own by rebinding its DNS to the relay: the certificate names the
+    /// relay, so the browser stops at the handshake.
+    pub fn admits(&self, origin: &str, host: Option<&str>, tls: bool) -> bool {
         let origin = origin.to_ascii_lowercase();
         if self.0.contains(&origin) {
             return true;
         }
-        // The relay's own page: the origin's authority is the Host.
-        let authority = origin
-            .strip_prefix("https://")
-            .or_else(|| origin.strip_prefix("http://"));
-        match (authority, host) {
-            (Some(a), Some(h)) => a == h.to_ascii_lowercase(),
+        let scheme = if tls { "https://" } else { "http://" };
+        match (origin.strip_prefix(scheme), host) {
+            (Some(authority), Some(h)) => authority == h.to_ascii_lowercase(),
             _ => false,
         }
     }
@@ -98,11 +99,16 @@ impl AllowedOrigins {
 }
 
 /// Refuses (403) a request whose `Origin` the relay does not admit.
-pub(crate) async fn guard(allowed: Arc<AllowedOrigins>, request: Request, next: Next) -> Response {
+pub(crate) async fn guard(
+    allowed: Arc<AllowedOrigins>,
+    tls: bool,
+    request: Request,
+    next: Next,
+) -> Response {
     let headers = request.headers();
     if let Some(origin) = headers.get(header::ORIGIN) {
         let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-        let admitted = origin.to_str().is_ok_and(|o| allowed.admits(o, host));
+        let admitted = origin.to_str().is_ok_and(|o| allowed.admits(o, host, tls));
         // A CORS preflight from an admitted origin is the CORS layer's.
         if !admitted {
             return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
@@ -119,15 +125,19 @@ mod tests {
     fn origins_parse_strictly_and_admit_exactly() {
         let a = AllowedOrigins::parse(["https://Static.Example.org", "http://127.0.0.1:8000/"])
             .unwrap();
-        assert!(a.admits("https://static.example.org", Some("relay.example.org")));
-        assert!(a.admits("http://127.0.0.1:8000", None));
-        assert!(!a.admits("https://static.example.org.evil", Some("relay.example.org")));
-        assert!(!a.admits("https://evil.example", Some("relay.example.org")));
-        assert!(!a.admits("null", Some("relay.example.org")));
-        // The relay's own page.
-        assert!(a.admits("https://relay.example.org", Some("relay.example.org")));
-        assert!(AllowedOrigins::none().admits("http://127.0.0.1:9", Some("127.0.0.1:9")));
-        assert!(!AllowedOrigins::none().admits("http://127.0.0.1:8", Some("127.0.0.1:9")));
+        let relay = Some("relay.example.org");
+        assert!(a.admits("https://static.example.org", relay, true));
+        assert!(a.admits("http://127.0.0.1:8000", None, false));
+        assert!(!a.admits("https://static.example.org.evil", relay, true));
+        assert!(!a.admits("https://evil.example", relay, true));
+        assert!(!a.admits("null", relay, true));
+        // The relay's own page, with the scheme it serves only.
+        assert!(a.admits("https://relay.example.org", relay, true));
+        assert!(!a.admits("http://relay.example.org", relay, true));
+        let none = AllowedOrigins::none();
+        assert!(none.admits("http://127.0.0.1:9", Some("127.0.0.1:9"), false));
+        assert!(!none.admits("https://127.0.0.1:9", Some("127.0.0.1:9"), false));
+        assert!(!none.admits("http://127.0.0.1:8", Some("127.0.0.1:9"), false));
         for bad in [
             "static.example.org",
             "ftp://x",

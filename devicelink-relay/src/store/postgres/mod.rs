@@ -664,58 +664,57 @@ impl Store for PgStore {
                     let account = record.account().to_bytes();
                     let facts = record.facts.to_bytes();
                     let (account, facts) = (&account[..], &facts[..]);
+                    // The list's history (Store::lists_after) is written by
+                    // the same statement as the record, so both commit or
+                    // neither does (a version past bigint keeps none).
+                    let version = i64::try_from(record.facts.list_version()).ok();
+                    let keep = !record.list.is_empty() && version.is_some();
+                    let version = version.unwrap_or(0);
+                    let floor = version.saturating_sub(
+                        i64::try_from(crate::store::LIST_HISTORY).unwrap_or(i64::MAX),
+                    );
                     // decision: insert only if absent (revision 1), else
                     // only over the revision before.
-                    let n = if record.revision == 1 {
-                        let st = c
-                            .prepare_cached(
-                                "INSERT INTO accounts (account, revision, active_since, facts, list)
-                                 VALUES ($1, 1, $2::bigint, $3, $4) ON CONFLICT (account) DO NOTHING",
-                            )
-                            .await?;
-                        c.execute(&st, &[&account, &active, &facts, &record.list])
-                            .await
-                            .map_err(db::at_commit)?
+                    let write = if record.revision == 1 {
+                        "INSERT INTO accounts (account, revision, active_since, facts, list)
+                         VALUES ($1, $8::bigint, $2::bigint, $3, $4)
+                         ON CONFLICT (account) DO NOTHING RETURNING 1"
                     } else {
-                        let st = c
-                            .prepare_cached(
-                                "UPDATE accounts SET revision = $2::bigint,
-                                        active_since = $3::bigint, facts = $4, list = $5
-                                  WHERE account = $1 AND revision = $2::bigint - 1",
-                            )
-                            .await?;
-                        c.execute(&st, &[&account, &revision, &active, &facts, &record.list])
-                            .await
-                            .map_err(db::at_commit)?
+                        "UPDATE accounts SET revision = $8::bigint,
+                                active_since = $2::bigint, facts = $3, list = $4
+                          WHERE account = $1 AND revision = $8::bigint - 1
+                         RETURNING 1"
                     };
-                    if n == 1 && !record.list.is_empty() {
-                        // The list's history (Store::lists_after): after the
-                        // record, so a crash between the two loses at most
-                        // this version's copy, never the record.
-                        let version = int::<()>(record.facts.list_version(), "list version")
-                            .map_err(range("list version"))?;
-                        let floor = version.saturating_sub(
-                            i64::try_from(crate::store::LIST_HISTORY).unwrap_or(i64::MAX),
-                        );
-                        let st = c
-                            .prepare_cached(
-                                "INSERT INTO account_lists (account, version, list)
-                                 VALUES ($1, $2::bigint, $3) ON CONFLICT (account, version) DO NOTHING",
-                            )
-                            .await?;
-                        c.execute(&st, &[&account, &version, &record.list])
-                            .await
-                            .map_err(db::at_commit)?;
-                        let st = c
-                            .prepare_cached(
-                                "DELETE FROM account_lists WHERE account = $1 AND version <= $2::bigint",
-                            )
-                            .await?;
-                        c.execute(&st, &[&account, &floor])
-                            .await
-                            .map_err(db::at_commit)?;
-                    }
-                    Ok(n == 1)
+                    let sql = format!(
+                        "WITH up AS ({write}),
+                         ins AS (INSERT INTO account_lists (account, version, list)
+                                 SELECT $1, $5::bigint, $4
+                                  WHERE $6::boolean AND EXISTS (SELECT 1 FROM up)
+                                 ON CONFLICT (account, version) DO NOTHING RETURNING 1),
+                         del AS (DELETE FROM account_lists
+                                  WHERE account = $1 AND version <= $7::bigint
+                                    AND $6::boolean AND EXISTS (SELECT 1 FROM up)
+                                 RETURNING 1)
+                         SELECT count(*) FROM up"
+                    );
+                    let st = c.prepare_cached(&sql).await?;
+                    let row = c
+                        .query_one(
+                            &st,
+                            &[
+                                &account,
+                                &active,
+                                &facts,
+                                &record.list,
+                                &version,
+                                &keep,
+                                &floor,
+                                &revision,
+                            ],
+                        )
+                        .await
+                        .map_err(db::at_commit)?;
+                    Ok(row.get::<_, i64>(0) == 1)
                 }
             })
             .map_err(store)
@@ -744,22 +743,24 @@ impl Store for PgStore {
         self.db()
             .run(move |c| async move {
                 let revision = int::<()>(revision, "revision").map_err(range("revision"))?;
+                // The record and its list history go in one statement.
                 let st = c
-                    .prepare_cached("DELETE FROM accounts WHERE account = $1 AND revision = $2")
+                    .prepare_cached(
+                        "WITH d AS (DELETE FROM accounts WHERE account = $1 AND revision = $2
+                                    RETURNING 1),
+                              h AS (DELETE FROM account_lists
+                                     WHERE account = $1 AND EXISTS (SELECT 1 FROM d)
+                                    RETURNING 1)
+                         SELECT count(*) FROM d",
+                    )
                     .await?;
                 let id = account.to_bytes();
                 // decision
-                let n = c
-                    .execute(&st, &[&&id[..], &revision])
+                let row = c
+                    .query_one(&st, &[&&id[..], &revision])
                     .await
                     .map_err(db::at_commit)?;
-                if n == 1 {
-                    let st = c
-                        .prepare_cached("DELETE FROM account_lists WHERE account = $1")
-                        .await?;
-                    c.execute(&st, &[&&id[..]]).await.map_err(db::at_commit)?;
-                }
-                Ok(n == 1)
+                Ok(row.get::<_, i64>(0) == 1)
             })
             .map_err(store)
     }
