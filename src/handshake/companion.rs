@@ -116,10 +116,6 @@ pub struct JoinPrompt {
     /// The six-digit check code of a QR link: the phone that scanned shows
     /// the same one. `None` for a typed-code link.
     pub check_code: Option<CheckCode>,
-    /// Whether the account is the one this device expected
-    /// ([`Companion::expect_account`]; always true when none was expected,
-    /// since a Grant from another account is refused).
-    pub expected: bool,
 }
 
 impl JoinPrompt {
@@ -323,7 +319,6 @@ impl Companion {
                 account: session.account(),
                 index: session.index(),
                 check_code: *check_code,
-                expected: self.expected_account.is_none_or(|a| a == session.account()),
             }),
             _ => None,
         }
