@@ -130,7 +130,9 @@ impl HandshakeError {
             | HandshakeError::AlreadyFailed => ErrorKind::Unexpected,
             HandshakeError::Refused(_) => ErrorKind::Refused,
             HandshakeError::TimedOut { .. } => ErrorKind::Expired,
-            HandshakeError::WrongState { .. } => ErrorKind::Misuse,
+            HandshakeError::WrongState { .. } | HandshakeError::SignatureNeeded => {
+                ErrorKind::Misuse
+            }
         }
     }
 }

@@ -45,7 +45,7 @@ macro_rules! public_key_type {
 
             /// Verifies `signature` over `message` (strict Ed25519: rejects
             /// small-order keys and malleable signatures).
-            pub(crate) fn verify(&self, message: &[u8], signature: &[u8; SIGNATURE_LEN]) -> bool {
+            pub fn verify(&self, message: &[u8], signature: &[u8; SIGNATURE_LEN]) -> bool {
                 match VerifyingKey::from_bytes(&self.0) {
                     Ok(key) => key
                         .verify_strict(message, &Signature::from_bytes(signature))
@@ -172,6 +172,101 @@ impl fmt::Debug for DeviceIdentity {
         f.debug_struct("DeviceIdentity")
             .field("device", &self.device_key())
             .finish_non_exhaustive()
+    }
+}
+
+/// Who holds a companion's signing key.
+///
+/// Either the state itself ([`DeviceSigner::Identity`]: the secret is saved
+/// with the companion and its session), or the platform's key store
+/// ([`DeviceSigner::KeyStore`]: a browser's non-extractable WebCrypto
+/// `CryptoKey`, Android Keystore, the Secure Enclave), which keeps the secret
+/// where no saved state, script or backup can copy it. The core then holds
+/// only the public key and asks the host to sign: see
+/// [`crate::Companion::confirm_to_sign`] and
+/// [`crate::relay::SubscriptionProof::to_sign`]. Every signature the host
+/// hands back is verified before it is used.
+///
+/// Saved as the field `identity` (the secret) or `key_store` (the public
+/// key); a saved state with both, or neither, is refused.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(try_from = "SignerFields", into = "SignerFields")]
+pub enum DeviceSigner {
+    /// The secret key, saved with the state.
+    Identity(DeviceIdentity),
+    /// The public key of a secret the host's key store holds.
+    KeyStore(DeviceKey),
+}
+
+/// [`DeviceSigner`]'s saved form: exactly one of the two.
+#[derive(Serialize, Deserialize)]
+struct SignerFields {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    identity: Option<DeviceIdentity>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key_store: Option<DeviceKey>,
+}
+
+impl TryFrom<SignerFields> for DeviceSigner {
+    type Error = &'static str;
+
+    fn try_from(f: SignerFields) -> Result<Self, Self::Error> {
+        match (f.identity, f.key_store) {
+            (Some(identity), None) => Ok(DeviceSigner::Identity(identity)),
+            (None, Some(key)) => Ok(DeviceSigner::KeyStore(key)),
+            _ => Err("exactly one of `identity` and `key_store`"),
+        }
+    }
+}
+
+impl From<DeviceSigner> for SignerFields {
+    fn from(signer: DeviceSigner) -> Self {
+        match signer {
+            DeviceSigner::Identity(identity) => SignerFields {
+                identity: Some(identity),
+                key_store: None,
+            },
+            DeviceSigner::KeyStore(key) => SignerFields {
+                identity: None,
+                key_store: Some(key),
+            },
+        }
+    }
+}
+
+impl DeviceSigner {
+    /// The device's public key.
+    pub fn device_key(&self) -> DeviceKey {
+        match self {
+            DeviceSigner::Identity(identity) => identity.device_key(),
+            DeviceSigner::KeyStore(key) => *key,
+        }
+    }
+
+    /// The secret key, when the state holds it.
+    pub fn identity(&self) -> Option<&DeviceIdentity> {
+        match self {
+            DeviceSigner::Identity(identity) => Some(identity),
+            DeviceSigner::KeyStore(_) => None,
+        }
+    }
+
+    /// Signs `message` when the state holds the secret; `None` when the
+    /// host's key store must.
+    pub(crate) fn sign(&self, message: &[u8]) -> Option<[u8; SIGNATURE_LEN]> {
+        self.identity().map(|identity| identity.sign(message))
+    }
+}
+
+impl From<DeviceIdentity> for DeviceSigner {
+    fn from(identity: DeviceIdentity) -> Self {
+        DeviceSigner::Identity(identity)
+    }
+}
+
+impl From<DeviceKey> for DeviceSigner {
+    fn from(key: DeviceKey) -> Self {
+        DeviceSigner::KeyStore(key)
     }
 }
 

@@ -136,7 +136,7 @@ pub use handshake::{
     CheckCode, Companion, CompanionState, ConfirmedLink, FailureReason, HandshakeError, JoinPrompt,
     LinkRequest, PrimaryHandshake, RefusalReason,
 };
-pub use keys::{AccountId, AccountKey, DeviceIdentity, DeviceKey};
+pub use keys::{AccountId, AccountKey, DeviceIdentity, DeviceKey, DeviceSigner};
 pub use label::{DeviceLabel, DeviceLabelError, ObservedContext};
 pub use offer::{OfferDisplay, OfferError, PairingOffer, TokenId};
 pub use persist::PersistError;

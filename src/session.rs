@@ -24,7 +24,7 @@ use crate::certificate::{
     CertificateError, DeviceCertificate, DeviceIndex, DeviceListEntry, PrimaryHeartbeat,
     SignedDeviceList,
 };
-use crate::keys::{AccountId, DeviceIdentity, DeviceKey};
+use crate::keys::{AccountId, DeviceIdentity, DeviceKey, DeviceSigner};
 use crate::label::DeviceLabel;
 use crate::policy::Policy;
 use crate::time::{duration_millis, Timestamp};
@@ -87,14 +87,19 @@ pub struct DeviceListChange {
 
 /// A linked companion: everything it needs to work without the phone.
 ///
-/// Persisting it persists the device's identity secret. A saved session
+/// Persisting it persists the device's identity secret, unless the host's
+/// key store holds it ([`DeviceSigner::KeyStore`]). A saved session
 /// holds facts only (its keys, the signed certificate, list and newest
 /// heartbeat, its logout and fork marks); the limits come from the host's
 /// [`Policy`] at [`LinkedSession::restore`], and the lease is recomputed from
 /// the signed facts, so an edited save cannot lengthen it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LinkedSession {
-    identity: DeviceIdentity,
+    /// The device's key: its secret (saved as `identity`), or only its
+    /// public half when the host's key store holds the secret
+    /// (`key_store`).
+    #[serde(flatten)]
+    signer: DeviceSigner,
     label: DeviceLabel,
     certificate: DeviceCertificate,
     device_list: SignedDeviceList,
@@ -134,7 +139,7 @@ impl Limits {
 
 impl LinkedSession {
     pub(crate) fn new(
-        identity: DeviceIdentity,
+        signer: DeviceSigner,
         label: DeviceLabel,
         certificate: DeviceCertificate,
         device_list: SignedDeviceList,
@@ -142,7 +147,7 @@ impl LinkedSession {
         now: Timestamp,
     ) -> Self {
         LinkedSession {
-            identity,
+            signer,
             label,
             certificate,
             device_list,
@@ -165,7 +170,8 @@ impl LinkedSession {
     pub fn account(&self) -> AccountId {
         self.certificate.account()
     }
-    /// Saves the session (versioned JSON; holds the device's identity secret).
+    /// Saves the session (versioned JSON; holds the device's identity secret
+    /// unless the host's key store holds it).
     pub fn save(&self) -> Result<Vec<u8>, crate::persist::PersistError> {
         crate::persist::save("linked session", self)
     }
@@ -178,7 +184,7 @@ impl LinkedSession {
     pub fn restore(bytes: &[u8], policy: &Policy) -> Result<Self, crate::persist::PersistError> {
         let mut s: LinkedSession = crate::persist::restore("linked session", bytes)?;
         s.limits = Limits::of(policy);
-        if s.certificate.device() != s.identity.device_key()
+        if s.certificate.device() != s.signer.device_key()
             || s.device_list.account() != s.certificate.account()
             || s.device_list.version() < s.certificate.device_list().version()
             || s.heartbeat.as_ref().is_some_and(|hb| {
@@ -203,11 +209,16 @@ impl LinkedSession {
     }
     /// This device's public identity key.
     pub fn device_key(&self) -> DeviceKey {
-        self.identity.device_key()
+        self.signer.device_key()
     }
-    /// This device's own identity (secret) key.
-    pub fn identity(&self) -> &DeviceIdentity {
-        &self.identity
+    /// This device's own identity (secret) key; `None` when the host's key
+    /// store holds it ([`DeviceSigner::KeyStore`]).
+    pub fn identity(&self) -> Option<&DeviceIdentity> {
+        self.signer.identity()
+    }
+    /// Who holds this device's signing key.
+    pub fn signer(&self) -> &DeviceSigner {
+        &self.signer
     }
     /// This device's label.
     pub fn label(&self) -> &DeviceLabel {

@@ -457,3 +457,126 @@ fn an_edited_check_code_in_a_saved_handshake_is_refused() {
         );
     }
 }
+
+/// Finding 4, the core's side. A device whose key the host's key store
+/// holds (WebCrypto's non-extractable `CryptoKey`, Android Keystore, the
+/// Secure Enclave) links with signatures the store makes: the core asks for
+/// them, checks them, and no state it saves holds the secret.
+#[test]
+fn a_key_store_device_links_with_its_own_signatures_and_saves_no_secret() {
+    use ed25519_dalek::Signer;
+    let mut rng = rng(17);
+    let now = at(0);
+    let store = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let stranger = ed25519_dalek::SigningKey::from_bytes(&[8; 32]);
+    let public = devicelink::DeviceKey::from_bytes(store.verifying_key().to_bytes());
+    let secret_b64 = STANDARD.encode([7u8; 32]);
+    let mut account = Account::generate(Policy::default(), &mut rng, now);
+    let policy = account.policy().clone();
+    let mut companion = Companion::new(
+        public,
+        DeviceLabel::new("tab").unwrap(),
+        &policy,
+        &mut rng,
+        now,
+    );
+    assert!(companion.signer().identity().is_none());
+    let text = companion.offer().unwrap().to_text();
+    account.open_link_intent(now);
+    let (mut primary, hello) = account.scan(&text, &mut rng, now).unwrap();
+    let request = companion.receive_hello(&hello, &mut rng, now).unwrap();
+    account
+        .receive_request(&mut primary, &request, &mut rng, now)
+        .unwrap();
+    let grant = account.grant(&mut primary, &mut rng, now).unwrap();
+    companion.receive_grant(&grant, now).unwrap();
+
+    // The core cannot sign: it says so, and nothing changes.
+    assert!(matches!(
+        companion.consent(now),
+        Err(HandshakeError::SignatureNeeded)
+    ));
+    let message = companion.confirm_to_sign().unwrap();
+    assert!(message.starts_with(b"devicelink/v2 confirm"));
+    // Saved while waiting: the public key only, and it comes back.
+    let saved = companion.save().unwrap();
+    let saved_text = String::from_utf8(saved.clone()).unwrap();
+    assert!(saved_text.contains("\"key_store\":") && !saved_text.contains("\"identity\":"));
+    assert!(!saved_text.contains(&secret_b64));
+    let mut companion = Companion::restore(&saved).unwrap();
+    assert_eq!(companion.confirm_to_sign(), Some(message.clone()));
+
+    // Another key's signature is refused and changes nothing.
+    let forged = stranger.sign(&message).to_bytes();
+    assert!(matches!(
+        companion.consent_signed(&forged, now),
+        Err(HandshakeError::BadSignature { .. })
+    ));
+    assert_eq!(companion.confirm_to_sign(), Some(message.clone()));
+    let confirm = companion
+        .consent_signed(&store.sign(&message).to_bytes(), now)
+        .unwrap();
+    account.confirm(&mut primary, &confirm, now).unwrap();
+    let session = companion.into_session().unwrap();
+    assert_eq!(session.device_key(), public);
+    assert!(session.identity().is_none());
+
+    // The relay subscription: the store signs, the core checks.
+    let client = devicelink::relay::ClientId::from_bytes([3; 16]);
+    assert!(devicelink::relay::SubscriptionProof::sign(&session, client).is_none());
+    let to_sign = devicelink::relay::SubscriptionProof::to_sign(&session, client);
+    assert!(devicelink::relay::SubscriptionProof::from_signature(
+        &session,
+        client,
+        stranger.sign(&to_sign).to_bytes()
+    )
+    .is_err());
+    let proof = devicelink::relay::SubscriptionProof::from_signature(
+        &session,
+        client,
+        store.sign(&to_sign).to_bytes(),
+    )
+    .unwrap();
+    assert_eq!(
+        proof.verify(&public, &session.account(), session.index(), client),
+        Ok(())
+    );
+
+    // The saved session: the public key only; restored, still linked.
+    let saved = session.save().unwrap();
+    let saved_text = String::from_utf8(saved.clone()).unwrap();
+    assert!(saved_text.contains("\"key_store\":") && !saved_text.contains("\"identity\":"));
+    assert!(!saved_text.contains(&secret_b64));
+    let restored = LinkedSession::restore(&saved, &Policy::default()).unwrap();
+    assert_eq!(restored.device_key(), public);
+    assert!(matches!(
+        restored.status(at(SECOND)),
+        SessionStatus::Linked { .. }
+    ));
+}
+
+/// A saved state must say who holds its key exactly once.
+#[test]
+fn a_saved_session_with_no_key_or_two_is_refused() {
+    let mut rng = rng(18);
+    let mut account = Account::generate(Policy::default(), &mut rng, at(0));
+    let session = link(&mut account, "tab", &mut rng, at(0));
+    let saved = session.save().unwrap();
+    let public = serde_json::to_value(session.device_key()).unwrap();
+    let none = reseal(&saved, |v| {
+        v.as_object_mut().unwrap().remove("identity");
+    });
+    let both = reseal(&saved, |v| {
+        v["key_store"] = public.clone();
+    });
+    let swapped = reseal(&saved, |v| {
+        v.as_object_mut().unwrap().remove("identity");
+        v["key_store"] = public.clone();
+    });
+    assert!(LinkedSession::restore(&none, &Policy::default()).is_err());
+    assert!(LinkedSession::restore(&both, &Policy::default()).is_err());
+    // The public key alone is a key-store session of the same device.
+    let swapped = LinkedSession::restore(&swapped, &Policy::default()).unwrap();
+    assert_eq!(swapped.device_key(), session.device_key());
+    assert!(swapped.identity().is_none());
+}

@@ -600,7 +600,7 @@ fn secrets_stay_out_of_debug_output() {
     let mut s = setup(19);
     let (primary, _) = link(&mut s);
     let session = s.companion.session().unwrap();
-    let secret = session.identity().to_secret_bytes();
+    let secret = session.identity().unwrap().to_secret_bytes();
     let account_secret = s.account.key().to_secret_bytes();
     for dbg in [
         format!("{:?}", s.companion),

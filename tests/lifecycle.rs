@@ -480,7 +480,10 @@ fn primary_silent_for_14_days_logs_every_companion_out() {
     assert_eq!(account.companion_count(later), 0);
 
     // Re-pair (the same devices, new links): new indices, and all four fit.
-    let identities: Vec<DeviceIdentity> = sessions.iter().map(|s| s.identity().clone()).collect();
+    let identities: Vec<DeviceIdentity> = sessions
+        .iter()
+        .map(|s| s.identity().unwrap().clone())
+        .collect();
     let mut fresh = Vec::new();
     for (i, id) in identities.into_iter().enumerate() {
         let c = new_companion(id, &format!("again {i}"), &policy, &mut rng, later);
@@ -1615,7 +1618,7 @@ fn full_account_refuses_new_devices_but_lets_a_listed_device_re_pair() {
     // session but kept the key): not refused, no revocation first.
     let key2 = sessions[1].device_key();
     let again = new_companion(
-        sessions[1].identity().clone(),
+        sessions[1].identity().unwrap().clone(),
         "c1 again",
         &policy,
         &mut rng,
@@ -1715,7 +1718,7 @@ fn full_account_refuses_new_devices_but_lets_a_listed_device_re_pair() {
     let key3 = sessions[2].device_key();
     let t2 = plus(now, 2 * SECOND);
     let again = new_companion(
-        sessions[2].identity().clone(),
+        sessions[2].identity().unwrap().clone(),
         "c2 again",
         &policy,
         &mut rng,

@@ -63,7 +63,7 @@ fn crypto_alone(n: u32) -> Result<f64, Error> {
         account.confirm(&mut hs, &confirm, now)?;
         let session = c.into_session().map_err(|_| "not linked")?;
         let client = devicelink_relay::ClientSecret::generate(&mut OsRng).client_id();
-        let proof = SubscriptionProof::sign(&session, client);
+        let proof = SubscriptionProof::sign(&session, client).expect("the session holds its key");
         // What the relay verifies: both published lists, the proof.
         let list = SignedDeviceList::from_bytes(&account.device_list().to_bytes())?;
         SignedDeviceList::from_bytes(&session.device_list().to_bytes())?;

@@ -702,9 +702,6 @@ impl CompanionClient {
         }
     }
 
-    /// Carries the session's own signed list to the relay (so the relay
-    /// knows this device's key, whoever publishes first), then subscribes
-    /// with the device's proof for this client id.
     /// Subscribes again, naming the held list version: the relay sends every
     /// newer version it keeps, in order (after
     /// `CertificateError::MissingVersions`).
@@ -712,12 +709,18 @@ impl CompanionClient {
         self.subscribe().await
     }
 
+    /// Carries the session's own signed list to the relay (so the relay
+    /// knows this device's key, whoever publishes first), then subscribes
+    /// with the device's proof for this client id. This client signs with
+    /// a key the session holds (a key-store key is refused as
+    /// `SignatureNeeded`).
     async fn subscribe(&mut self) -> Result<(), ClientError> {
         let Side::Linked(session) = &self.side else {
             return Ok(());
         };
         let list = session.device_list().to_bytes();
-        let proof = SubscriptionProof::sign(session, self.secret.client_id());
+        let proof = SubscriptionProof::sign(session, self.secret.client_id())
+            .ok_or(HandshakeError::SignatureNeeded)?;
         // The versions after the held one come too, so a session that
         // missed some (and must chain them after a fork) can apply them.
         let subscribe = Frame::Subscribe {

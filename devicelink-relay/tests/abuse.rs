@@ -365,7 +365,7 @@ async fn a_slow_reader_is_disconnected_instead_of_buffered_for() {
     let sub = Frame::Subscribe {
         account: account.account_id(),
         index: session.index(),
-        proof: devicelink::relay::SubscriptionProof::sign(&session, secret.client_id()),
+        proof: devicelink::relay::SubscriptionProof::sign(&session, secret.client_id()).unwrap(),
         after: None,
     }
     .encode();

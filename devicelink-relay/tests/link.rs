@@ -623,12 +623,12 @@ async fn subscriptions_need_the_devices_proof_for_this_client() {
         // The device's genuine proof, captured, but for another client id.
         (
             "replayed",
-            SubscriptionProof::sign(&session, c.secret().client_id()),
+            SubscriptionProof::sign(&session, c.secret().client_id()).unwrap(),
         ),
         // Another device's proof for this client, at this index.
         (
             "other device",
-            SubscriptionProof::sign(&other, stranger.client_id()),
+            SubscriptionProof::sign(&other, stranger.client_id()).unwrap(),
         ),
         ("garbage", SubscriptionProof::from_bytes([1; 64])),
     ] {
@@ -718,7 +718,7 @@ async fn a_subscription_after_a_version_gets_every_newer_list_in_order() {
             Frame::Subscribe {
                 account: session.account(),
                 index: session.index(),
-                proof: SubscriptionProof::sign(&session, secret.client_id()),
+                proof: SubscriptionProof::sign(&session, secret.client_id()).unwrap(),
                 after,
             },
         ] {

@@ -8,7 +8,7 @@
 //! labels from signed lists (which are [`devicelink::DeviceLabel`]s). No
 //! other text from the network (a relay's error text) reaches JS.
 
-use devicelink::{DeviceListEntry, Timestamp};
+use devicelink::{DeviceKey, DeviceListEntry, Timestamp};
 use rand_core::OsRng;
 use wasm_bindgen::prelude::*;
 
@@ -31,6 +31,16 @@ fn js(e: WebError) -> JsError {
     JsError::new(e.problem().sentence())
 }
 
+/// A key store's raw Ed25519 public key (32 bytes).
+fn device_key(raw: Option<Vec<u8>>) -> Result<Option<DeviceKey>, JsError> {
+    raw.map(|bytes| {
+        <[u8; 32]>::try_from(bytes.as_slice())
+            .map(DeviceKey::from_bytes)
+            .map_err(|_| JsError::new(Problem::KeyStore.sentence()))
+    })
+    .transpose()
+}
+
 /// The browser companion: shows the rotating QR code, speaks the relay's
 /// frames over a WebSocket the page opens to `/v1/companion`, and, once
 /// linked, holds its own keys and the account's signed device list.
@@ -46,12 +56,50 @@ pub struct WebCompanion {
 
 #[wasm_bindgen]
 impl WebCompanion {
-    /// A new companion called `label` ("Chromium on Linux"), with a fresh
-    /// identity key and a fresh offer, using the browser's CSPRNG.
+    /// A new companion called `label` ("Chromium on Linux") with a fresh
+    /// offer, using the browser's CSPRNG. `keyStore` is the raw 32-byte
+    /// public key of a non-extractable WebCrypto Ed25519 key pair that
+    /// signs what `toSign()` asks; without it (a browser with no Ed25519 in
+    /// WebCrypto) the companion makes its own identity key, which `save()`
+    /// then holds.
     #[wasm_bindgen(constructor)]
-    pub fn new(label: &str, now_ms: f64) -> Result<WebCompanion, JsError> {
-        let shell = BrowserCompanion::new(label, &mut OsRng, timestamp(now_ms)).map_err(js)?;
+    pub fn new(
+        label: &str,
+        key_store: Option<Vec<u8>>,
+        now_ms: f64,
+    ) -> Result<WebCompanion, JsError> {
+        let key = device_key(key_store)?;
+        let shell = BrowserCompanion::new(label, key, &mut OsRng, timestamp(now_ms)).map_err(js)?;
         Ok(WebCompanion { shell })
+    }
+
+    /// The bytes the key store must sign now (Ed25519), or `undefined`:
+    /// the Confirm while the join prompt is shown (signing is not consent:
+    /// nothing is sent before `consent`), the subscription proof once
+    /// linked. Hand the signature to `signed`.
+    #[wasm_bindgen(js_name = toSign)]
+    pub fn to_sign(&self) -> Option<Vec<u8>> {
+        self.shell.to_sign()
+    }
+
+    /// The key store's 64-byte signature over `toSign()`'s bytes; checked
+    /// under this device's key before it is used (a wrong one throws and
+    /// changes nothing).
+    pub fn signed(&mut self, signature: &[u8]) -> Result<(), JsError> {
+        self.shell.signed(signature).map_err(js)
+    }
+
+    /// This device's raw Ed25519 public key (32 bytes): the page checks
+    /// that the key store's key is this one.
+    #[wasm_bindgen(getter, js_name = devicePublicKey)]
+    pub fn device_public_key(&self) -> Vec<u8> {
+        self.shell.device_key().to_bytes().to_vec()
+    }
+
+    /// Whether the device key is the key store's (no secret in `save()`).
+    #[wasm_bindgen(getter, js_name = usesKeyStore)]
+    pub fn uses_key_store(&self) -> bool {
+        self.shell.uses_key_store()
     }
 
     /// Restores a linked companion from `save()`'s text.
@@ -62,8 +110,9 @@ impl WebCompanion {
     }
 
     /// The state to keep across reloads, or `undefined` while pairing (a
-    /// reload then shows a new code). **Secret**: it holds the device's
-    /// identity key; keep it only in this origin's storage.
+    /// reload then shows a new code). With a key store it holds only the
+    /// device's public key; without one it holds the identity key
+    /// (**secret**: keep it only in this origin's storage).
     pub fn save(&mut self) -> Result<Option<String>, JsError> {
         match self.shell.save().map_err(js)? {
             None => Ok(None),
@@ -179,12 +228,19 @@ impl WebCompanion {
     }
 
     /// "Link again" after a logout: a new pairing under the same name that
-    /// accepts only the account this browser was linked to.
+    /// accepts only the account this browser was linked to, with a new
+    /// device key (`keyStore` as for the constructor).
     #[wasm_bindgen(js_name = linkAgain)]
-    pub fn link_again(&self, now_ms: f64) -> Option<WebCompanion> {
-        self.shell
-            .link_again(&mut OsRng, timestamp(now_ms))
-            .map(|shell| WebCompanion { shell })
+    pub fn link_again(
+        &self,
+        key_store: Option<Vec<u8>>,
+        now_ms: f64,
+    ) -> Result<Option<WebCompanion>, JsError> {
+        let key = device_key(key_store)?;
+        Ok(self
+            .shell
+            .link_again(key, &mut OsRng, timestamp(now_ms))
+            .map(|shell| WebCompanion { shell }))
     }
 
     /// Why the pairing failed, for people: one fixed sentence per class.

@@ -20,10 +20,10 @@ use devicelink::offer::OfferState;
 use devicelink::qr::{ImageStyle, OfferQr, QrError};
 use devicelink::relay::{HelloDigest, SubscriptionProof};
 use devicelink::{
-    CertificateError, Companion, CompanionState, DeviceIdentity, DeviceIndex, DeviceLabel,
-    DeviceLabelError, DeviceListEntry, ErrorKind, HandshakeError, LinkedSession, LogoutReason,
-    PersistError, Policy, PrimaryHeartbeat, RefusalReason, SessionError, SessionStatus,
-    SignedDeviceList, Timestamp, TokenId,
+    CertificateError, Companion, CompanionState, DeviceIdentity, DeviceIndex, DeviceKey,
+    DeviceLabel, DeviceLabelError, DeviceListEntry, DeviceSigner, ErrorKind, HandshakeError,
+    LinkedSession, LogoutReason, PersistError, Policy, PrimaryHeartbeat, RefusalReason,
+    SessionError, SessionStatus, SignedDeviceList, Timestamp, TokenId,
 };
 use devicelink_relay::codes;
 use devicelink_relay::frame::{Frame, FrameError, FrameType};
@@ -48,6 +48,10 @@ pub enum WebError {
     /// The handshake could not build a message (the core's refusal).
     #[error(transparent)]
     Handshake(#[from] HandshakeError),
+    /// The browser's key store gave a signature that does not verify under
+    /// this device's key, or none was asked for.
+    #[error("the key store's signature does not verify")]
+    Signature,
 }
 
 /// What the page shows.
@@ -273,11 +277,14 @@ pub enum Problem {
     Cancelled,
     /// The phone did not approve in time.
     ApprovalTimedOut,
+    /// The browser's key store did not sign for this device (or signed
+    /// with another key).
+    KeyStore,
 }
 
 impl Problem {
     /// Every class, for tests and documentation.
-    pub const ALL: [Problem; 26] = [
+    pub const ALL: [Problem; 27] = [
         Problem::RelayMalformed,
         Problem::RelayUnauthenticated,
         Problem::RelayUnexpected,
@@ -304,6 +311,7 @@ impl Problem {
         Problem::NotScanned,
         Problem::Cancelled,
         Problem::ApprovalTimedOut,
+        Problem::KeyStore,
     ];
 
     /// The class of a relay's [`Frame::Error`] code (`docs/RELAY.md` §3.3):
@@ -357,6 +365,7 @@ impl Problem {
             Problem::NotScanned => "not-scanned",
             Problem::Cancelled => "cancelled",
             Problem::ApprovalTimedOut => "approval-timed-out",
+            Problem::KeyStore => "key-store",
         }
     }
 
@@ -413,6 +422,9 @@ impl Problem {
             Problem::ApprovalTimedOut => {
                 "Your phone did not approve in time. Reload to try again."
             }
+            Problem::KeyStore => {
+                "This browser's key store could not sign for this device. Reload to try again."
+            }
         }
     }
 }
@@ -431,6 +443,9 @@ impl WebError {
             WebError::Persist(_) => Problem::SavedState,
             WebError::Frame(_) => Problem::BadFrame,
             WebError::Qr(_) => Problem::QrCode,
+            WebError::Handshake(HandshakeError::SignatureNeeded) | WebError::Signature => {
+                Problem::KeyStore
+            }
             WebError::Handshake(_) => Problem::Handshake,
         }
     }
@@ -469,6 +484,14 @@ pub struct BrowserCompanion {
     /// phone's confirm is idempotent), so a "yes" given while the socket
     /// was down is not lost.
     unrouted_confirm: Option<Vec<u8>>,
+    /// The key store's signature over the Confirm, made while the prompt
+    /// is shown (signing is not consent: it is sent only on `consent`).
+    confirm_signature: Option<[u8; 64]>,
+    /// The subscription proof for this tab's client id, once the key
+    /// store signed it (the core signs a key it holds itself).
+    subscription_proof: Option<SubscriptionProof>,
+    /// A Subscribe that waits for the key store's proof.
+    subscribe_waiting: bool,
     notices: Vec<Notice>,
     /// Whether the saved state is older than the session.
     dirty: bool,
@@ -489,18 +512,30 @@ const QR_STYLE: ImageStyle = ImageStyle {
     quiet_zone: 4,
 };
 
+/// The device key of a new pairing: the key store's, or a fresh identity
+/// this state holds.
+fn signer<R: RngCore + CryptoRng>(key_store: Option<DeviceKey>, rng: &mut R) -> DeviceSigner {
+    match key_store {
+        Some(key) => DeviceSigner::KeyStore(key),
+        None => DeviceSigner::Identity(DeviceIdentity::generate(rng)),
+    }
+}
+
 impl BrowserCompanion {
-    /// A new companion called `label`, with a fresh identity key and a
-    /// fresh offer at `now`.
+    /// A new companion called `label` with a fresh offer at `now`. Its
+    /// device key is `key_store`, the public half of a key the browser's
+    /// key store holds (a non-extractable WebCrypto Ed25519 `CryptoKey`,
+    /// which signs what [`BrowserCompanion::to_sign`] asks), or, where the
+    /// browser has none, a fresh identity key this state holds (and saves).
     pub fn new<R: RngCore + CryptoRng>(
         label: &str,
+        key_store: Option<DeviceKey>,
         rng: &mut R,
         now: Timestamp,
     ) -> Result<Self, WebError> {
         let label = DeviceLabel::new(label)?;
         let policy = Policy::default();
-        let identity = DeviceIdentity::generate(rng);
-        let companion = Companion::new(identity, label, &policy, rng, now);
+        let companion = Companion::new(signer(key_store, rng), label, &policy, rng, now);
         let secret = ClientSecret::generate(rng);
         Ok(Self::with_side(
             Side::Pairing(Box::new(companion)),
@@ -509,16 +544,22 @@ impl BrowserCompanion {
         ))
     }
 
-    /// "Link again" after a logout: a fresh identity key and offer under
-    /// the same name, that accepts a Grant only from the account this
-    /// browser was linked to (any other account's Grant is refused before
-    /// the user is asked). `None` unless this browser was linked.
-    pub fn link_again<R: RngCore + CryptoRng>(&self, rng: &mut R, now: Timestamp) -> Option<Self> {
+    /// "Link again" after a logout: a fresh device key (`key_store` as at
+    /// [`BrowserCompanion::new`]) and offer under the same name, that
+    /// accepts a Grant only from the account this browser was linked to
+    /// (any other account's Grant is refused before the user is asked).
+    /// `None` unless this browser was linked.
+    pub fn link_again<R: RngCore + CryptoRng>(
+        &self,
+        key_store: Option<DeviceKey>,
+        rng: &mut R,
+        now: Timestamp,
+    ) -> Option<Self> {
         let Side::Linked(session) = &self.side else {
             return None;
         };
-        let identity = DeviceIdentity::generate(rng);
-        let companion = Companion::new(identity, session.label().clone(), &self.policy, rng, now)
+        let signer = signer(key_store, rng);
+        let companion = Companion::new(signer, session.label().clone(), &self.policy, rng, now)
             .expect_account(session.account());
         let secret = ClientSecret::generate(rng);
         Some(Self::with_side(
@@ -540,6 +581,9 @@ impl BrowserCompanion {
             logged_out_seen: false,
             asked_after: None,
             unrouted_confirm: None,
+            confirm_signature: None,
+            subscription_proof: None,
+            subscribe_waiting: false,
             notices: Vec::new(),
             dirty: false,
         }
@@ -565,8 +609,9 @@ impl BrowserCompanion {
     }
 
     /// The state to keep across reloads: the linked session (versioned
-    /// JSON from [`LinkedSession::save`]; it holds the device's identity
-    /// secret, so it is secret material). `None` while pairing: a reload
+    /// JSON from [`LinkedSession::save`]). It holds the device's identity
+    /// secret (secret material) unless the key store holds the key: then
+    /// only its public half. `None` while pairing: a reload
     /// shows a new code (a dropped connection does not: the pairing goes on
     /// when the connection is back).
     pub fn save(&mut self) -> Result<Option<Vec<u8>>, WebError> {
@@ -663,11 +708,21 @@ impl BrowserCompanion {
         // The session's own signed list first (the relay then knows this
         // device's key whoever publishes first), then the Subscribe with
         // the device's proof for this client id.
+        let client = self.secret.client_id();
+        let Some(proof) = self
+            .subscription_proof
+            .or_else(|| SubscriptionProof::sign(session, client))
+        else {
+            // The key store signs first (`to_sign`, then `signed`).
+            self.subscribe_waiting = true;
+            return;
+        };
+        self.subscribe_waiting = false;
         let list = session.device_list().to_bytes();
         let subscribe = Frame::Subscribe {
             account: session.account(),
             index: session.index(),
-            proof: SubscriptionProof::sign(session, self.secret.client_id()),
+            proof,
             // Every newer version the relay keeps comes too: a session that
             // missed some (and must chain them after a fork) applies them.
             after: Some(session.device_list().version()),
@@ -977,13 +1032,79 @@ impl BrowserCompanion {
         }
     }
 
+    /// Who holds this device's signing key.
+    pub fn signer(&self) -> &DeviceSigner {
+        match &self.side {
+            Side::Pairing(c) => c.signer(),
+            Side::Linked(s) => s.signer(),
+        }
+    }
+
+    /// Whether the device key is the key store's (saved states then hold
+    /// no secret).
+    pub fn uses_key_store(&self) -> bool {
+        self.signer().identity().is_none()
+    }
+
+    /// This device's public key.
+    pub fn device_key(&self) -> DeviceKey {
+        self.signer().device_key()
+    }
+
+    /// What the browser's key store must sign now (Ed25519), when it holds
+    /// the device key: the Confirm while the join prompt is shown (signing
+    /// is not consent: nothing is sent before
+    /// [`BrowserCompanion::consent`]), or, once linked, the subscription
+    /// proof for this tab's client id. `None` when nothing waits for it.
+    pub fn to_sign(&self) -> Option<Vec<u8>> {
+        match &self.side {
+            Side::Pairing(c) if c.signer().identity().is_none() => self
+                .confirm_signature
+                .is_none()
+                .then(|| c.confirm_to_sign())
+                .flatten(),
+            Side::Linked(s) if s.identity().is_none() && !self.logged_out_seen => self
+                .subscription_proof
+                .is_none()
+                .then(|| SubscriptionProof::to_sign(s, self.secret.client_id())),
+            Side::Pairing(_) | Side::Linked(_) => None,
+        }
+    }
+
+    /// The key store's signature over [`BrowserCompanion::to_sign`]'s
+    /// bytes. Checked under this device's key first: a wrong one (or one
+    /// nobody asked for) is refused and changes nothing. A Subscribe that
+    /// waited for it is queued.
+    pub fn signed(&mut self, signature: &[u8]) -> Result<(), WebError> {
+        let (Some(message), Ok(signature)) = (self.to_sign(), <[u8; 64]>::try_from(signature))
+        else {
+            return Err(WebError::Signature);
+        };
+        if !self.device_key().verify(&message, &signature) {
+            return Err(WebError::Signature);
+        }
+        match &self.side {
+            Side::Pairing(_) => self.confirm_signature = Some(signature),
+            Side::Linked(_) => {
+                self.subscription_proof = Some(SubscriptionProof::from_bytes(signature));
+                if self.subscribe_waiting {
+                    self.subscribe();
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// This browser's user agrees to join the account the Grant named (the
     /// check codes matched): the Confirm goes out and the browser is linked.
     pub fn consent(&mut self, now: Timestamp) -> Result<(), WebError> {
         let Side::Pairing(companion) = &mut self.side else {
             return Ok(());
         };
-        let confirm = companion.consent(now)?;
+        let confirm = match &self.confirm_signature {
+            Some(signature) => companion.consent_signed(signature, now)?,
+            None => companion.consent(now)?,
+        };
         let session = companion.session().cloned();
         self.send_message(&confirm)?;
         self.unrouted_confirm = Some(confirm);

@@ -287,6 +287,35 @@ async fn open_browser(port: u16, tmp: &Path) -> Result<Client, Error> {
 }
 
 #[tokio::test(flavor = "current_thread")]
+/// What the page keeps of its device key: the saved session's fields, the
+/// CryptoKey from IndexedDB, and what exporting its private half gives.
+const KEY_STORE_PROBE: &str = r#"
+const done = arguments[arguments.length - 1];
+(async () => {
+  const saved = localStorage.getItem("devicelink.session") || "";
+  const body = JSON.parse(saved.split("\n")[1]);
+  const key = await new Promise((resolve, reject) => {
+    const open = indexedDB.open("devicelink");
+    open.onerror = () => reject(open.error);
+    open.onsuccess = () => {
+      const req = open.result.transaction("keys").objectStore("keys").get("device");
+      req.onsuccess = () => resolve(req.result);
+      req.onerror = () => reject(req.error);
+    };
+  });
+  let exported = "exported";
+  try { await crypto.subtle.exportKey("pkcs8", key.privateKey); } catch (e) { exported = e.name; }
+  done({
+    identity: "identity" in body,
+    keyStore: body.key_store ?? null,
+    extractable: key.privateKey.extractable,
+    algorithm: key.privateKey.algorithm.name,
+    exported,
+    publicKey: btoa(String.fromCharCode(...key.publicKey)),
+  });
+})().catch((e) => done({ error: String(e) }));
+"#;
+
 async fn link_revoke_and_reload_in_headless_chromium() -> Result<(), Error> {
     let tmp = std::env::temp_dir().join(format!("devicelink-e2e-{}", std::process::id()));
     std::fs::create_dir_all(&tmp)?;
@@ -445,6 +474,22 @@ async fn link_revoke_and_reload_in_headless_chromium() -> Result<(), Error> {
     ensure(
         page.text("linked-h").await? == "Linked as device #1",
         || "after a reload".into(),
+    )?;
+
+    // The device key is a non-extractable WebCrypto Ed25519 key: the page
+    // cannot export it, and the saved session holds its public half only
+    // (the relay accepted the subscription it signed: the notices below
+    // arrive through it).
+    let key = page.client.execute_async(KEY_STORE_PROBE, vec![]).await?;
+    ensure(
+        key["error"].is_null()
+            && key["identity"] == Value::Bool(false)
+            && key["extractable"] == Value::Bool(false)
+            && key["algorithm"] == "Ed25519"
+            && key["exported"] == "InvalidAccessError"
+            && key["keyStore"].is_string()
+            && key["keyStore"] == key["publicKey"],
+        || format!("key store: {key}"),
     )?;
 
     // 4. A second browser (another origin: its own storage) links as #2,

@@ -72,7 +72,7 @@ impl World {
 
     /// A companion connected and its first Register acknowledged.
     fn showing(&mut self, label: &str, now: Timestamp) -> BrowserCompanion {
-        let mut c = BrowserCompanion::new(label, &mut self.rng, now).unwrap();
+        let mut c = BrowserCompanion::new(label, None, &mut self.rng, now).unwrap();
         assert_eq!(c.phase(now), Phase::Connecting);
         c.connected(now).unwrap();
         assert_eq!(
@@ -332,7 +332,7 @@ fn bad_bytes_are_an_error_and_change_nothing() {
     assert_eq!(c.phase(at(60_000)), Phase::Showing);
     // A label the core refuses.
     assert!(matches!(
-        BrowserCompanion::new("", &mut w.rng, T0),
+        BrowserCompanion::new("", None, &mut w.rng, T0),
         Err(WebError::Label(_))
     ));
     assert!(matches!(
@@ -498,15 +498,15 @@ fn each_problem_class_has_its_fixed_sentence() {
     let mut rng = ChaCha20Rng::seed_from_u64(12);
     let class = |r: Result<BrowserCompanion, WebError>| r.unwrap_err().problem();
     assert_eq!(
-        class(BrowserCompanion::new("", &mut rng, T0)),
+        class(BrowserCompanion::new("", None, &mut rng, T0)),
         Problem::LabelEmpty
     );
     assert_eq!(
-        class(BrowserCompanion::new(&"a".repeat(65), &mut rng, T0)),
+        class(BrowserCompanion::new(&"a".repeat(65), None, &mut rng, T0)),
         Problem::LabelTooLong
     );
     assert_eq!(
-        class(BrowserCompanion::new("a\u{202E}b", &mut rng, T0)),
+        class(BrowserCompanion::new("a\u{202E}b", None, &mut rng, T0)),
         Problem::LabelCharacters
     );
     // A saved state whose defect the core would quote: a spoofing string.
@@ -514,7 +514,7 @@ fn each_problem_class_has_its_fixed_sentence() {
     let err = BrowserCompanion::restore(spoofed.as_bytes(), &mut rng, T0).unwrap_err();
     assert_eq!(err.problem(), Problem::SavedState);
     assert!(label_safe(err.problem().sentence()));
-    let mut c = BrowserCompanion::new("Chromium", &mut rng, T0).unwrap();
+    let mut c = BrowserCompanion::new("Chromium", None, &mut rng, T0).unwrap();
     let err = c.receive(&[0x7f], &mut rng, T0).unwrap_err();
     assert_eq!(err.problem(), Problem::BadFrame);
 }
@@ -769,8 +769,8 @@ fn the_page_confirms_only_on_its_users_yes_and_link_again_expects_its_account() 
     let mut w = World::new(72);
     let mut linked = w.showing("Chromium on Linux", T0);
     w.link(&mut linked, T0);
-    let again = linked.link_again(&mut w.rng, at(1_000)).unwrap();
-    assert!(c.link_again(&mut w.rng, T0).is_none(), "never linked");
+    let again = linked.link_again(None, &mut w.rng, at(1_000)).unwrap();
+    assert!(c.link_again(None, &mut w.rng, T0).is_none(), "never linked");
     let mut again = again;
     again.connected(at(1_000)).unwrap();
     sent(&mut again);
@@ -960,4 +960,139 @@ fn a_confirm_released_while_disconnected_is_sent_on_the_next_connection() {
             FrameType::Subscribe
         ]
     );
+}
+
+/// The browser's key store in these tests: an Ed25519 key whose secret the
+/// shell never sees (WebCrypto's non-extractable `CryptoKey` in the page).
+struct KeyStore(ed25519_dalek::SigningKey);
+
+impl KeyStore {
+    fn new(seed: u8) -> Self {
+        KeyStore(ed25519_dalek::SigningKey::from_bytes(&[seed; 32]))
+    }
+    fn public(&self) -> devicelink::DeviceKey {
+        devicelink::DeviceKey::from_bytes(self.0.verifying_key().to_bytes())
+    }
+    fn sign(&self, message: &[u8]) -> Vec<u8> {
+        use ed25519_dalek::Signer;
+        self.0.sign(message).to_bytes().to_vec()
+    }
+}
+
+#[test]
+fn a_key_store_device_links_and_no_saved_state_holds_its_secret() {
+    let mut w = World::new(40);
+    let keys = KeyStore::new(9);
+    let stranger = KeyStore::new(10);
+    let now = at(1_000);
+    let mut c = BrowserCompanion::new("Chromium", Some(keys.public()), &mut w.rng, T0).unwrap();
+    assert!(c.uses_key_store());
+    assert_eq!(c.to_sign(), None, "nothing to sign before a Grant");
+    assert!(matches!(
+        c.signed(&keys.sign(b"x")),
+        Err(WebError::Signature)
+    ));
+    c.connected(T0).unwrap();
+    sent(&mut c);
+    c.receive(&ack(FrameType::Identify), &mut w.rng, T0)
+        .unwrap();
+    c.receive(&ack(FrameType::Register), &mut w.rng, T0)
+        .unwrap();
+
+    // Scan, Request, Grant as in `World::link`.
+    let text = c.qr_text().unwrap();
+    w.account.open_link_intent(now);
+    let (mut primary, hello) = w.account.scan(&text, &mut w.rng, now).unwrap();
+    c.receive(&message(&hello), &mut w.rng, now).unwrap();
+    let request = sent(&mut c);
+    w.account
+        .receive_request(&mut primary, &body(&request[0]), &mut w.rng, now)
+        .unwrap();
+    c.receive(&routed(&request[0]), &mut w.rng, now).unwrap();
+    let grant = w.account.grant(&mut primary, &mut w.rng, now).unwrap();
+    c.receive(&message(&grant), &mut w.rng, now).unwrap();
+    assert_eq!(c.phase(now), Phase::AwaitingConsent);
+
+    // Consent needs the key store's signature over the Confirm.
+    let err = c.consent(now).unwrap_err();
+    assert_eq!(err.problem(), Problem::KeyStore);
+    assert_eq!(c.phase(now), Phase::AwaitingConsent, "nothing changed");
+    let confirm_bytes = c.to_sign().unwrap();
+    assert!(confirm_bytes.starts_with(b"devicelink/v2 confirm"));
+    // Another key's signature, or a short one, is refused and changes nothing.
+    for bad in [
+        stranger.sign(&confirm_bytes),
+        keys.sign(&confirm_bytes)[..63].to_vec(),
+    ] {
+        assert!(matches!(c.signed(&bad), Err(WebError::Signature)));
+        assert_eq!(c.to_sign().as_deref(), Some(&confirm_bytes[..]));
+    }
+    c.signed(&keys.sign(&confirm_bytes)).unwrap();
+    assert_eq!(c.to_sign(), None);
+    assert!(sent(&mut c).is_empty(), "signing is not consent");
+    c.consent(now).unwrap();
+    let out = sent(&mut c);
+    // The Confirm goes; the Subscribe waits for the key store's proof.
+    assert_eq!(types(&out), [FrameType::Message]);
+    w.account
+        .confirm(&mut primary, &body(&out[0]), now)
+        .unwrap();
+    assert_eq!(
+        w.account.device_list().devices()[0].device,
+        keys.public(),
+        "the account certified the key store's key"
+    );
+    c.receive(&routed(&out[0]), &mut w.rng, now).unwrap();
+    let proof_bytes = c.to_sign().unwrap();
+    assert!(proof_bytes.starts_with(b"devicelink/v2 relay subscription"));
+    assert!(matches!(
+        c.signed(&stranger.sign(&proof_bytes)),
+        Err(WebError::Signature)
+    ));
+    assert!(sent(&mut c).is_empty());
+    c.signed(&keys.sign(&proof_bytes)).unwrap();
+    assert_eq!(
+        types(&sent(&mut c)),
+        [FrameType::PublishList, FrameType::Subscribe]
+    );
+
+    // The saved session holds the public key only.
+    let saved = c.save().unwrap().unwrap();
+    let text = String::from_utf8(saved.clone()).unwrap();
+    let (_header, body) = text.split_once('\n').unwrap();
+    let state: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert!(state.get("identity").is_none(), "{text}");
+    let stored = state["key_store"].as_str().unwrap();
+    let probe = devicelink::DeviceKey::from_bytes(keys.public().to_bytes());
+    assert_eq!(serde_json::to_value(probe).unwrap().as_str(), Some(stored));
+    assert!(!text.contains(
+        &serde_json::to_value(devicelink::DeviceIdentity::from_secret_bytes(&[9; 32]))
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_owned()
+    ));
+
+    // A reload identifies as a new client: its proof is signed again
+    // before the Subscribe leaves.
+    let mut r = BrowserCompanion::restore(&saved, &mut w.rng, at(2_000)).unwrap();
+    assert!(r.uses_key_store());
+    r.connected(at(2_000)).unwrap();
+    assert_eq!(types(&sent(&mut r)), [FrameType::Identify]);
+    let again = r.to_sign().unwrap();
+    assert_ne!(again, proof_bytes, "bound to the new client id");
+    r.signed(&keys.sign(&again)).unwrap();
+    let out = sent(&mut r);
+    assert_eq!(types(&out), [FrameType::PublishList, FrameType::Subscribe]);
+    let Ok(Frame::Subscribe {
+        proof,
+        account,
+        index,
+        ..
+    }) = Frame::decode(&out[1])
+    else {
+        panic!("expected a Subscribe")
+    };
+    assert_eq!(proof.to_bytes().to_vec(), keys.sign(&again));
+    assert_eq!((account, index), (w.account.account_id(), DeviceIndex(1)));
 }

@@ -2,23 +2,35 @@
 // (devicelink-web): this file owns the socket, the clock, the storage and
 // the DOM; the core (in wasm) decides everything else.
 //
-// Storage: localStorage, one key. The saved session is the device's secret
-// identity key and its signed device list; it is secret material, kept only
-// in this origin's storage. localStorage rather than IndexedDB: the keys
-// live in wasm memory as bytes either way (so IndexedDB's non-extractable
-// CryptoKey would not apply), the state is a few KB of text, and a
-// synchronous write means the session is on disk before the next frame is
-// handled.
+// The device key: where the browser has Ed25519 in WebCrypto (Chrome and
+// Edge 137+, Firefox 129+, Safari 17+), a non-extractable CryptoKey pair,
+// kept in IndexedDB (which stores the CryptoKey object itself; its secret
+// never reaches this script, the wasm or any storage as bytes). The
+// companion asks for signatures (`toSign`), this page makes them with
+// `crypto.subtle.sign` and hands them back (`signed`), which checks them.
+// Elsewhere the companion makes its own key, and the saved session holds it.
+//
+// The session: localStorage, one key. It holds the signed device list and
+// the device's public key (its secret too, without WebCrypto's Ed25519). A
+// few KB of text, written synchronously, so the session is on disk before
+// the next frame is handled.
 
 import init, { WebCompanion } from "./pkg/devicelink_web.js";
 
 const SESSION_KEY = "devicelink.session";
 const LABEL_KEY = "devicelink.label";
 const DAY_MS = 86_400_000;
+const KEY_DB = "devicelink";
+const KEY_STORE = "keys";
+const KEY_NAME = "device";
 
 const $ = (id) => document.getElementById(id);
 
 let companion = null;
+// { privateKey: CryptoKey (non-extractable), publicKey: Uint8Array(32) }, or
+// null where the browser has no Ed25519 in WebCrypto.
+let deviceKey = null;
+let signing = null;
 let socket = null;
 let retry = 0;
 let timer = 0;
@@ -66,6 +78,73 @@ function problemText(e, fallback) {
   return e instanceof Error && e.name === "Error" && e.message ? e.message : fallback;
 }
 
+// ---- the device key -----------------------------------------------------
+
+/** One IndexedDB request on the key store, resolved when its transaction
+ * commits. */
+function keyDb(mode, request) {
+  return new Promise((resolve, reject) => {
+    const open = indexedDB.open(KEY_DB, 1);
+    open.onupgradeneeded = () => open.result.createObjectStore(KEY_STORE);
+    open.onerror = () => reject(open.error);
+    open.onsuccess = () => {
+      const db = open.result;
+      const tx = db.transaction(KEY_STORE, mode);
+      const req = request(tx.objectStore(KEY_STORE));
+      tx.oncomplete = () => { db.close(); resolve(req.result); };
+      tx.onerror = tx.onabort = () => { db.close(); reject(tx.error); };
+    };
+  });
+}
+
+/** A fresh non-extractable Ed25519 key pair, stored; null where WebCrypto
+ * has no Ed25519 (or IndexedDB is unavailable). */
+async function newDeviceKey() {
+  try {
+    const pair = await crypto.subtle.generateKey({ name: "Ed25519" }, false, ["sign", "verify"]);
+    const publicKey = new Uint8Array(await crypto.subtle.exportKey("raw", pair.publicKey));
+    const key = { privateKey: pair.privateKey, publicKey };
+    await keyDb("readwrite", (store) => store.put(key, KEY_NAME));
+    return key;
+  } catch {
+    return null;
+  }
+}
+
+async function storedDeviceKey() {
+  try {
+    return (await keyDb("readonly", (store) => store.get(KEY_NAME))) ?? null;
+  } catch {
+    return null;
+  }
+}
+
+/** Signs what the companion asks for, one request at a time, until it asks
+ * for nothing (the Confirm's signature while the join prompt is shown, the
+ * relay subscription's once linked). A signature that does not verify is
+ * refused by the companion and reported. */
+function signPending() {
+  if (!signing) {
+    signing = (async () => {
+      for (let m = companion.toSign(); m !== undefined && deviceKey; m = companion.toSign()) {
+        const asking = companion;
+        const signature = new Uint8Array(await crypto.subtle.sign("Ed25519", deviceKey.privateKey, m));
+        if (asking !== companion) continue;
+        try {
+          companion.signed(signature);
+        } catch (e) {
+          addNotice("relay-error", problemText(e, "This browser's key store could not sign."), "key-store");
+          break;
+        }
+        update();
+      }
+    })().catch(() => {
+      addNotice("relay-error", "This browser's key store could not sign for this device. Reload to try again.", "key-store");
+    }).finally(() => { signing = null; });
+  }
+  return signing;
+}
+
 // ---- the companion ------------------------------------------------------
 
 function replaceCompanion(next) {
@@ -74,8 +153,10 @@ function replaceCompanion(next) {
   shownQr = null;
 }
 
-function startPairing() {
-  pairWith(new WebCompanion(label(), Date.now()));
+async function startPairing() {
+  localStorage.removeItem(SESSION_KEY);
+  deviceKey = await newDeviceKey();
+  pairWith(new WebCompanion(label(), deviceKey?.publicKey, Date.now()));
 }
 
 /** Shows `next`'s pairing on a fresh connection, so no answer meant for the
@@ -95,7 +176,10 @@ function pairWith(next) {
 
 /** This browser's user answers the join prompt: only "yes" sends the
  * Confirm; "no" ends the pairing and the phone's pending link times out. */
-function answer(yes) {
+async function answer(yes) {
+  // The key store's signature over the Confirm (made while the prompt was
+  // shown; it is sent only now).
+  if (yes) await signPending();
   try {
     if (yes) companion.consent(Date.now());
     else companion.decline(Date.now());
@@ -107,29 +191,48 @@ function answer(yes) {
 
 /** "Link again" after a logout: accepts only the account this browser was
  * linked to (another account's grant is refused before anyone is asked). */
-function linkAgain() {
-  const next = companion.linkAgain(Date.now());
+async function linkAgain() {
+  localStorage.removeItem(SESSION_KEY);
+  deviceKey = await newDeviceKey();
+  let next;
+  try {
+    next = companion.linkAgain(deviceKey?.publicKey, Date.now());
+  } catch {
+    next = undefined;
+  }
   if (next) pairWith(next);
-  else startPairing();
+  else await startPairing();
 }
 
-function restoreOrStart() {
+/** The saved session, with its key from IndexedDB when the key store holds
+ * it (the same public key, or the session cannot sign). */
+async function restoreOrStart() {
   const saved = localStorage.getItem(SESSION_KEY);
   if (saved) {
     try {
-      replaceCompanion(WebCompanion.restore(saved, Date.now()));
-      return;
+      const restored = WebCompanion.restore(saved, Date.now());
+      const key = restored.usesKeyStore ? await storedDeviceKey() : null;
+      const same = key && restored.devicePublicKey?.every((b, i) => b === key.publicKey[i]);
+      if (restored.usesKeyStore && !same) {
+        restored.free();
+        addNotice("saved-state", "This browser's key for the saved link is gone. A new code is shown instead.", "key-store");
+      } else {
+        deviceKey = key;
+        replaceCompanion(restored);
+        return;
+      }
     } catch (e) {
       const why = problemText(e, "The link saved in this browser could not be read or saved.");
       addNotice("saved-state", `${why} A new code is shown instead.`);
     }
   }
-  startPairing();
+  await startPairing();
 }
 
 // After every event: send what the companion queued, keep what it wants
 // kept, show what it has to say, redraw, and wake at its next deadline.
 function update() {
+  if (companion.toSign() !== undefined) signPending();
   flush();
   persist();
   for (const n of companion.takeNotices()) {
@@ -330,7 +433,7 @@ function wire() {
     ev.preventDefault();
     const value = input.value.trim();
     try {
-      const next = new WebCompanion(value, Date.now());
+      const next = new WebCompanion(value, undefined, Date.now());
       next.free();
     } catch (e) {
       $("label-error").textContent = problemText(e, "That name cannot be used.");
@@ -340,8 +443,8 @@ function wire() {
     localStorage.setItem(LABEL_KEY, value);
     startPairing();
   });
-  $("relink").addEventListener("click", linkAgain);
-  $("reload").addEventListener("click", startPairing);
+  $("relink").addEventListener("click", () => linkAgain());
+  $("reload").addEventListener("click", () => startPairing());
   $("consent-yes").addEventListener("click", () => answer(true));
   $("consent-no").addEventListener("click", () => answer(false));
 }
@@ -359,7 +462,7 @@ async function main() {
     return;
   }
   wire();
-  restoreOrStart();
+  await restoreOrStart();
   connect();
   update();
 }

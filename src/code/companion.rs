@@ -23,7 +23,7 @@ use super::messages::{
 use super::schedule::{self, PakeCache, PakeSeed};
 use super::text::{CodeHandle, LinkCode};
 use crate::handshake::{Companion, HandshakeError, HEADER_LEN};
-use crate::keys::{AccountId, DeviceIdentity};
+use crate::keys::{AccountId, DeviceSigner};
 use crate::label::DeviceLabel;
 use crate::offer::TokenId;
 use crate::policy::Policy;
@@ -100,11 +100,14 @@ enum Stage {
 /// A companion showing a typed code: `HHHH-CCCC-CCCC`, the relay's handle
 /// and a 40-bit code, valid for [`Policy::code_lifetime`] and usable once.
 ///
-/// Persisting it ([`CodeCompanion::save`]) persists its identity secret, the
+/// Persisting it ([`CodeCompanion::save`]) persists its identity secret
+/// (unless the host's key store holds it: [`DeviceSigner`]), the
 /// code and the PAKE seed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CodeCompanion {
-    identity: DeviceIdentity,
+    /// Saved as `identity` (the secret) or `key_store` (the public key).
+    #[serde(flatten)]
+    signer: DeviceSigner,
     label: DeviceLabel,
     policy: Policy,
     expected_account: Option<AccountId>,
@@ -121,7 +124,7 @@ impl CodeCompanion {
     /// and the PAKE seed (32 bytes). Publish [`CodeCompanion::offer_message`]
     /// at the relay, then show [`CodeCompanion::code_text`].
     pub fn new<R: RngCore + CryptoRng>(
-        identity: DeviceIdentity,
+        signer: impl Into<DeviceSigner>,
         label: DeviceLabel,
         handle: CodeHandle,
         policy: &Policy,
@@ -142,7 +145,7 @@ impl CodeCompanion {
         offer.extend_from_slice(&handle.to_bytes());
         offer.extend_from_slice(&m_c);
         CodeCompanion {
-            identity,
+            signer: signer.into(),
             label,
             policy: policy.clone(),
             expected_account: None,
@@ -330,7 +333,7 @@ impl CodeCompanion {
         let tag = confirm_key.tag(&confirm[..HEADER_LEN], &th);
         confirm.extend_from_slice(&tag);
         let (companion, request) = Companion::after_key_exchange(
-            self.identity.clone(),
+            self.signer.clone(),
             self.label.clone(),
             self.policy.clone(),
             self.expected_account,

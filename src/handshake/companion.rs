@@ -34,7 +34,9 @@ use super::schedule::{
 };
 use super::{random_nonce, CheckCode, HandshakeError, RefusalReason, CONFIRM_LABEL};
 use crate::certificate::{CertificateError, DeviceCertificate, DeviceIndex};
-use crate::keys::{AccountId, DeviceIdentity};
+#[cfg(doc)]
+use crate::keys::DeviceIdentity;
+use crate::keys::{AccountId, DeviceSigner, SIGNATURE_LEN};
 use crate::label::DeviceLabel;
 use crate::offer::{OfferDisplay, OfferEvent, OfferState, PairingOffer, TokenError, TokenId};
 use crate::policy::Policy;
@@ -161,12 +163,13 @@ enum Stage {
         commitment: Option<[u8; 32]>,
         deadline: Timestamp,
     },
-    /// Granted and verified; the Confirm waits for this device's user.
+    /// Granted and verified; the Confirm waits for this device's user (and
+    /// for its signature over `confirm_transcript`, th2).
     AwaitingConsent {
         token: TokenId,
         session: Box<LinkedSession>,
-        #[serde(with = "crate::encoding::b64_vec")]
-        confirm: Vec<u8>,
+        #[serde(with = "crate::encoding::b64_array")]
+        confirm_transcript: [u8; 32],
         check_code: Option<CheckCode>,
         deadline: Timestamp,
     },
@@ -188,7 +191,9 @@ enum Stage {
 /// pairing, the offer's and the session's keys.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Companion {
-    identity: DeviceIdentity,
+    /// Saved as `identity` (the secret) or `key_store` (the public key).
+    #[serde(flatten)]
+    signer: DeviceSigner,
     label: DeviceLabel,
     policy: Policy,
     expected_account: Option<AccountId>,
@@ -196,17 +201,19 @@ pub struct Companion {
 }
 
 impl Companion {
-    /// Starts pairing at `now`: a fresh offer on screen. `identity` is the
-    /// companion's own long-term key; `label` is what the primary will show.
+    /// Starts pairing at `now`: a fresh offer on screen. `signer` is the
+    /// companion's own long-term key (a [`DeviceIdentity`], or the public
+    /// key of one the host's key store holds: [`DeviceSigner`]); `label` is
+    /// what the primary will show.
     pub fn new<R: RngCore + CryptoRng>(
-        identity: DeviceIdentity,
+        signer: impl Into<DeviceSigner>,
         label: DeviceLabel,
         policy: &Policy,
         rng: &mut R,
         now: Timestamp,
     ) -> Self {
         Companion {
-            identity,
+            signer: signer.into(),
             label,
             policy: policy.clone(),
             expected_account: None,
@@ -241,20 +248,16 @@ impl Companion {
                 MessageHeader::parse(request).is_ok_and(|h| h.token_id == *token)
             }
             Stage::AwaitingConsent {
-                token,
                 session,
-                confirm,
                 check_code,
                 ..
             } => {
-                session.device_key() == c.identity.device_key()
+                session.device_key() == c.signer.device_key()
                     && expected_ok(session)
                     && check_code.is_none_or(|code| code.value() < CheckCode::MODULUS)
-                    && MessageHeader::parse(confirm)
-                        .is_ok_and(|h| h.token_id == *token && h.kind == MessageKind::Confirm)
             }
             Stage::Linked { session, .. } => {
-                session.device_key() == c.identity.device_key() && expected_ok(session)
+                session.device_key() == c.signer.device_key() && expected_ok(session)
             }
             Stage::Failed { .. } => true,
         };
@@ -262,6 +265,11 @@ impl Companion {
             return Err(crate::persist::PersistError::Inconsistent("companion"));
         }
         Ok(c)
+    }
+
+    /// Who holds this device's signing key.
+    pub fn signer(&self) -> &DeviceSigner {
+        &self.signer
     }
 
     /// Accept a grant only from this account (a re-pair to a known account).
@@ -324,26 +332,67 @@ impl Companion {
         }
     }
 
+    /// The bytes this device's key signs for the Confirm, while waiting
+    /// for this device's user: `"devicelink/v2 confirm" ‖ th2`. A host
+    /// whose key store holds the key ([`DeviceSigner::KeyStore`]) signs
+    /// them there (Ed25519) and passes the signature to
+    /// [`Companion::consent_signed`]. Signing is not consent: nothing is
+    /// sent before that call.
+    pub fn confirm_to_sign(&self) -> Option<Vec<u8>> {
+        match &self.stage {
+            Stage::AwaitingConsent {
+                confirm_transcript, ..
+            } => Some(confirm_message(confirm_transcript)),
+            _ => None,
+        }
+    }
+
     /// This device's user agrees to join the account the Grant named:
     /// returns the Confirm to send, and the companion is linked. Refused
-    /// (and the pairing failed, `ConsentTimedOut`) at or after the deadline.
+    /// (and the pairing failed, `ConsentTimedOut`) at or after the deadline;
+    /// refused as [`HandshakeError::SignatureNeeded`] (nothing changed) when
+    /// the host's key store holds the key: use [`Companion::consent_signed`].
     pub fn consent(&mut self, now: Timestamp) -> Result<Vec<u8>, HandshakeError> {
+        let Some(message) = self.confirm_to_sign() else {
+            return Err(self.wrong_state());
+        };
+        self.consent_deadline(now)?;
+        let signature = self
+            .signer
+            .sign(&message)
+            .ok_or(HandshakeError::SignatureNeeded)?;
+        self.consent_signed(&signature, now)
+    }
+
+    /// [`Companion::consent`] with the device's signature over
+    /// [`Companion::confirm_to_sign`], made by the host's key store. A
+    /// signature that does not verify under this device's key is refused
+    /// (`BadSignature`) and changes nothing.
+    pub fn consent_signed(
+        &mut self,
+        signature: &[u8; SIGNATURE_LEN],
+        now: Timestamp,
+    ) -> Result<Vec<u8>, HandshakeError> {
         let Stage::AwaitingConsent {
-            deadline, confirm, ..
+            token,
+            confirm_transcript,
+            ..
         } = &self.stage
         else {
             return Err(self.wrong_state());
         };
-        if now >= *deadline {
-            self.stage = Stage::Failed {
-                reason: FailureReason::ConsentTimedOut,
-                at: *deadline,
-            };
-            return Err(HandshakeError::TimedOut {
-                waiting_for: "the user's consent",
-            });
+        let (token, message) = (*token, confirm_message(confirm_transcript));
+        self.consent_deadline(now)?;
+        if !self.signer.device_key().verify(&message, signature) {
+            return Err(HandshakeError::BadSignature { what: "confirm" });
         }
-        let confirm = confirm.clone();
+        let mut confirm = Vec::with_capacity(super::messages::CONFIRM_LEN);
+        MessageHeader {
+            kind: MessageKind::Confirm,
+            token_id: token,
+        }
+        .write(&mut confirm);
+        confirm.extend_from_slice(signature);
         let stage = std::mem::replace(
             &mut self.stage,
             Stage::Failed {
@@ -351,13 +400,30 @@ impl Companion {
                 at: now,
             },
         );
-        if let Stage::AwaitingConsent {
-            session, confirm, ..
-        } = stage
-        {
-            self.stage = Stage::Linked { session, confirm };
+        if let Stage::AwaitingConsent { session, .. } = stage {
+            self.stage = Stage::Linked {
+                session,
+                confirm: confirm.clone(),
+            };
         }
         Ok(confirm)
+    }
+
+    /// Fails the pairing (`ConsentTimedOut`) when the consent comes at or
+    /// after its deadline.
+    fn consent_deadline(&mut self, now: Timestamp) -> Result<(), HandshakeError> {
+        if let Stage::AwaitingConsent { deadline, .. } = &self.stage {
+            if now >= *deadline {
+                self.stage = Stage::Failed {
+                    reason: FailureReason::ConsentTimedOut,
+                    at: *deadline,
+                };
+                return Err(HandshakeError::TimedOut {
+                    waiting_for: "the user's consent",
+                });
+            }
+        }
+        Ok(())
     }
 
     /// This device's user does not agree: the pairing fails (`Declined`)
@@ -558,7 +624,7 @@ impl Companion {
 
         // Verified: build the Request, then commit the state change.
         let (request, check_nonce) =
-            seal_request(&self.identity, &self.label, header.token_id, &keys, rng)?;
+            seal_request(&self.signer, &self.label, header.token_id, &keys, rng)?;
         display.redeem(now);
         self.stage = Stage::AwaitingGrant {
             token: header.token_id,
@@ -577,7 +643,7 @@ impl Companion {
     /// here on exactly as after a scan.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn after_key_exchange<R: RngCore + CryptoRng>(
-        identity: DeviceIdentity,
+        signer: DeviceSigner,
         label: DeviceLabel,
         policy: Policy,
         expected_account: Option<AccountId>,
@@ -586,10 +652,10 @@ impl Companion {
         rng: &mut R,
         now: Timestamp,
     ) -> Result<(Self, Vec<u8>), HandshakeError> {
-        let (request, check_nonce) = seal_request(&identity, &label, token, &keys, rng)?;
+        let (request, check_nonce) = seal_request(&signer, &label, token, &keys, rng)?;
         let deadline = now.saturating_add(policy.approval_timeout());
         let companion = Companion {
-            identity,
+            signer,
             label,
             policy,
             expected_account,
@@ -689,7 +755,7 @@ impl Companion {
             None => return Err(HandshakeError::Malformed { what: "grant" }),
         };
         let certificate = DeviceCertificate::from_bytes(certificate)?;
-        let me = self.identity.device_key();
+        let me = self.signer.device_key();
         if certificate.device() != me {
             return Err(CertificateError::WrongDevice.into());
         }
@@ -702,20 +768,8 @@ impl Companion {
         let device_list = certificate.device_list().clone();
 
         let th2 = confirm_transcript(&keys.transcript, request, grant);
-        let mut confirm_msg = Vec::with_capacity(CONFIRM_LABEL.len() + 32);
-        confirm_msg.extend_from_slice(CONFIRM_LABEL);
-        confirm_msg.extend_from_slice(&th2);
-        let signature = self.identity.sign(&confirm_msg);
-        let mut confirm = Vec::with_capacity(super::messages::CONFIRM_LEN);
-        MessageHeader {
-            kind: MessageKind::Confirm,
-            token_id: *token,
-        }
-        .write(&mut confirm);
-        confirm.extend_from_slice(&signature);
-
         let session = LinkedSession::new(
-            self.identity.clone(),
+            self.signer.clone(),
             self.label.clone(),
             certificate,
             device_list,
@@ -725,7 +779,7 @@ impl Companion {
         self.stage = Stage::AwaitingConsent {
             token: *token,
             session: Box::new(session),
-            confirm,
+            confirm_transcript: th2,
             check_code,
             deadline: now.saturating_add(self.policy.confirmation_timeout()),
         };
@@ -735,10 +789,19 @@ impl Companion {
     }
 }
 
+/// `"devicelink/v2 confirm" ‖ th2`, what the device key signs for the
+/// Confirm.
+fn confirm_message(th2: &[u8; 32]) -> Vec<u8> {
+    let mut message = Vec::with_capacity(CONFIRM_LABEL.len() + th2.len());
+    message.extend_from_slice(CONFIRM_LABEL);
+    message.extend_from_slice(th2);
+    message
+}
+
 /// The Request: header, a fresh nonce, the sealed device key, label and
 /// check-code nonce `n_c` (returned beside it).
 fn seal_request<R: RngCore + CryptoRng>(
-    identity: &DeviceIdentity,
+    signer: &DeviceSigner,
     label: &DeviceLabel,
     token: TokenId,
     keys: &SessionKeys,
@@ -747,7 +810,7 @@ fn seal_request<R: RngCore + CryptoRng>(
     let mut check_nonce = [0u8; CHECK_NONCE_LEN];
     rng.fill_bytes(&mut check_nonce);
     let body = RequestBody {
-        device: identity.device_key().to_bytes(),
+        device: signer.device_key().to_bytes(),
         label: label.clone(),
         check_nonce,
     };

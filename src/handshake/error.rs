@@ -96,6 +96,10 @@ pub enum HandshakeError {
         /// Which signature.
         what: &'static str,
     },
+    /// The host's key store holds this device's key: it must sign (the
+    /// call that takes its signature is the one to use). Nothing changed.
+    #[error("the host's key store must sign this")]
+    SignatureNeeded,
     /// The certificate or device list in a grant is invalid or names another
     /// account or device.
     #[error("bad certificate: {0}")]
@@ -167,6 +171,7 @@ impl HandshakeError {
             | HandshakeError::Certificate(_)
             | HandshakeError::Label(_)
             | HandshakeError::AlreadyLinked
+            | HandshakeError::SignatureNeeded
             | HandshakeError::WrongState { .. } => false,
         }
     }

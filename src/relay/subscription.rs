@@ -66,10 +66,36 @@ fn message(account: &AccountId, index: DeviceIndex, client: ClientId) -> Vec<u8>
 }
 
 impl SubscriptionProof {
-    /// The session's proof for subscribing as `client`.
-    pub fn sign(session: &LinkedSession, client: ClientId) -> Self {
+    /// The session's proof for subscribing as `client`; `None` when the
+    /// host's key store holds the device key ([`crate::DeviceSigner`]): it
+    /// signs [`SubscriptionProof::to_sign`] and
+    /// [`SubscriptionProof::from_signature`] checks what it made.
+    pub fn sign(session: &LinkedSession, client: ClientId) -> Option<Self> {
         let m = message(&session.account(), session.index(), client);
-        SubscriptionProof(session.identity().sign(&m))
+        session.signer().sign(&m).map(SubscriptionProof)
+    }
+
+    /// The bytes the session's device key signs to subscribe as `client`.
+    pub fn to_sign(session: &LinkedSession, client: ClientId) -> Vec<u8> {
+        message(&session.account(), session.index(), client)
+    }
+
+    /// The proof from a signature the host's key store made over
+    /// [`SubscriptionProof::to_sign`], checked under the session's device
+    /// key (a wrong one is refused here, not at the relay).
+    pub fn from_signature(
+        session: &LinkedSession,
+        client: ClientId,
+        signature: [u8; SUBSCRIPTION_PROOF_LEN],
+    ) -> Result<Self, BadSubscriptionProof> {
+        let proof = SubscriptionProof(signature);
+        proof.verify(
+            &session.device_key(),
+            &session.account(),
+            session.index(),
+            client,
+        )?;
+        Ok(proof)
     }
 
     /// Checks the proof for `(account, index)` and `client` against the

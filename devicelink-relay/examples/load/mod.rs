@@ -715,7 +715,8 @@ pub fn prebuild_one(
     let confirm = c.consent(now)?;
     account.confirm(&mut hs, &confirm, now)?;
     let session = c.into_session().map_err(|_| "not linked")?;
-    let proof = SubscriptionProof::sign(&session, companion.client_id());
+    let proof = SubscriptionProof::sign(&session, companion.client_id())
+        .expect("the session holds its key");
     let p_list = account.device_list().to_bytes();
     let c_list = session.device_list().to_bytes();
     let enc = |f: Frame<'_>| Bytes::from(f.encode());
