@@ -90,7 +90,7 @@ fn answer(c: &mut WebCompanion, frame: &[u8], now: f64) {
 #[wasm_bindgen_test]
 fn a_whole_link_in_the_browser() {
     let mut account = Account::generate(Policy::default(), &mut OsRng, ts(NOW));
-    let mut c = WebCompanion::new("Chromium on Linux", NOW).unwrap();
+    let mut c = WebCompanion::new("Chromium on Linux", None, NOW).unwrap();
     assert_eq!(c.phase(NOW), "connecting");
     c.connected(NOW).unwrap();
     let opening = frames(&mut c);
@@ -219,10 +219,10 @@ fn a_whole_link_in_the_browser() {
 
 #[wasm_bindgen_test]
 fn errors_cross_as_js_errors() {
-    assert!(WebCompanion::new("", NOW).is_err());
-    assert!(WebCompanion::new("bad\u{202e}label", NOW).is_err());
+    assert!(WebCompanion::new("", None, NOW).is_err());
+    assert!(WebCompanion::new("bad\u{202e}label", None, NOW).is_err());
     assert!(WebCompanion::restore("{}", NOW).is_err());
-    let mut c = WebCompanion::new("Chromium", NOW).unwrap();
+    let mut c = WebCompanion::new("Chromium", None, NOW).unwrap();
     assert!(c.receive(&[], NOW).is_err());
     assert!(c.receive(&[0xff, 1, 2], NOW).is_err());
     assert_eq!(c.phase(NOW), "connecting");

@@ -286,7 +286,6 @@ async fn open_browser(port: u16, tmp: &Path) -> Result<Client, Error> {
         .await?)
 }
 
-#[tokio::test(flavor = "current_thread")]
 /// What the page keeps of its device key: the saved session's fields, the
 /// CryptoKey from IndexedDB, and what exporting its private half gives.
 const KEY_STORE_PROBE: &str = r#"
@@ -316,6 +315,7 @@ const done = arguments[arguments.length - 1];
 })().catch((e) => done({ error: String(e) }));
 "#;
 
+#[tokio::test(flavor = "current_thread")]
 async fn link_revoke_and_reload_in_headless_chromium() -> Result<(), Error> {
     let tmp = std::env::temp_dir().join(format!("devicelink-e2e-{}", std::process::id()));
     std::fs::create_dir_all(&tmp)?;

@@ -108,6 +108,17 @@ export class WebCompanion {
         return ret === Number.MAX_SAFE_INTEGER ? undefined : ret;
     }
     /**
+     * This device's raw Ed25519 public key (32 bytes): the page checks
+     * that the key store's key is this one.
+     * @returns {Uint8Array}
+     */
+    get devicePublicKey() {
+        const ret = wasm.webcompanion_devicePublicKey(this.__wbg_ptr);
+        var v1 = getArrayU8FromWasm0(ret[0], ret[1]).slice();
+        wasm.__wbindgen_free(ret[0], ret[1] * 1, 1);
+        return v1;
+    }
+    /**
      * The account's companions as its newest signed list names them.
      * @returns {WebDevice[]}
      */
@@ -169,13 +180,21 @@ export class WebCompanion {
     }
     /**
      * "Link again" after a logout: a new pairing under the same name that
-     * accepts only the account this browser was linked to.
+     * accepts only the account this browser was linked to, with a new
+     * device key (`keyStore` as for the constructor).
+     * @param {Uint8Array | number[] | null | undefined} key_store
      * @param {number} now_ms
      * @returns {WebCompanion | undefined}
      */
-    linkAgain(now_ms) {
-        const ret = wasm.webcompanion_linkAgain(this.__wbg_ptr, now_ms);
-        return ret === 0 ? undefined : WebCompanion.__wrap(ret);
+    linkAgain(key_store, now_ms) {
+        const val2 = +now_ms;
+        var ptr0 = isLikeNone(key_store) ? 0 : passArray8ToWasm0(key_store, wasm.__wbindgen_malloc);
+        var len0 = WASM_VECTOR_LEN;
+        const ret = wasm.webcompanion_linkAgain(this.__wbg_ptr, ptr0, len0, val2);
+        if (ret[2]) {
+            throw takeFromExternrefTable0(ret[1]);
+        }
+        return ret[0] === 0 ? undefined : WebCompanion.__wrap(ret[0]);
     }
     /**
      * Why this device is logged out, for people, if it is.
@@ -208,16 +227,30 @@ export class WebCompanion {
         return ret !== 0;
     }
     /**
-     * A new companion called `label` ("Chromium on Linux"), with a fresh
-     * identity key and a fresh offer, using the browser's CSPRNG.
+     * A new companion called `label` ("Chromium on Linux") with a fresh
+     * offer, using the browser's CSPRNG. `keyStore` is the raw 32-byte
+     * public key of a non-extractable WebCrypto Ed25519 key pair that
+     * signs what `toSign()` asks; without it (a browser with no Ed25519 in
+     * WebCrypto) the companion makes its own identity key, which `save()`
+     * then holds.
      * @param {string} label
+     * @param {Uint8Array | number[] | null | undefined} key_store
      * @param {number} now_ms
      */
-    constructor(label, now_ms) {
-        const val2 = +now_ms;
-        const ptr0 = passStringToWasm0(label, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
-        const len0 = WASM_VECTOR_LEN;
-        const ret = wasm.webcompanion_new(ptr0, len0, val2);
+    constructor(label, key_store, now_ms) {
+        const val3 = +now_ms;
+        let ptr0, len0, ptr1, len1;
+        try {
+            ptr0 = passStringToWasm0(label, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            len0 = WASM_VECTOR_LEN;
+            ptr1 = isLikeNone(key_store) ? 0 : passArray8ToWasm0(key_store, wasm.__wbindgen_malloc);
+            len1 = WASM_VECTOR_LEN;
+        } catch (e) {
+            if (ptr1) { wasm.__wbindgen_free(ptr1, len1 * 1, 1); }
+            if (ptr0) { wasm.__wbindgen_free(ptr0, len0 * 1, 1); }
+            throw e;
+        }
+        const ret = wasm.webcompanion_new(ptr0, len0, ptr1, len1, val3);
         if (ret[2]) {
             throw takeFromExternrefTable0(ret[1]);
         }
@@ -339,8 +372,9 @@ export class WebCompanion {
     }
     /**
      * The state to keep across reloads, or `undefined` while pairing (a
-     * reload then shows a new code). **Secret**: it holds the device's
-     * identity key; keep it only in this origin's storage.
+     * reload then shows a new code). With a key store it holds only the
+     * device's public key; without one it holds the identity key
+     * (**secret**: keep it only in this origin's storage).
      * @returns {string | undefined}
      */
     save() {
@@ -354,6 +388,20 @@ export class WebCompanion {
             wasm.__wbindgen_free(ret[0], ret[1] * 1, 1);
         }
         return v1;
+    }
+    /**
+     * The key store's 64-byte signature over `toSign()`'s bytes; checked
+     * under this device's key before it is used (a wrong one throws and
+     * changes nothing).
+     * @param {Uint8Array | number[]} signature
+     */
+    signed(signature) {
+        const ptr0 = passArray8ToWasm0(signature, wasm.__wbindgen_malloc);
+        const len0 = WASM_VECTOR_LEN;
+        const ret = wasm.webcompanion_signed(this.__wbg_ptr, ptr0, len0);
+        if (ret[1]) {
+            throw takeFromExternrefTable0(ret[0]);
+        }
     }
     /**
      * The next frame to send on the socket, or `undefined`.
@@ -377,6 +425,30 @@ export class WebCompanion {
         var v1 = getArrayJsValueFromWasm0(ret[0], ret[1]);
         wasm.__wbindgen_free(ret[0], ret[1] * 4, 4);
         return v1;
+    }
+    /**
+     * The bytes the key store must sign now (Ed25519), or `undefined`:
+     * the Confirm while the join prompt is shown (signing is not consent:
+     * nothing is sent before `consent`), the subscription proof once
+     * linked. Hand the signature to `signed`.
+     * @returns {Uint8Array | undefined}
+     */
+    toSign() {
+        const ret = wasm.webcompanion_toSign(this.__wbg_ptr);
+        let v1;
+        if (ret[0] !== 0) {
+            v1 = getArrayU8FromWasm0(ret[0], ret[1]).slice();
+            wasm.__wbindgen_free(ret[0], ret[1] * 1, 1);
+        }
+        return v1;
+    }
+    /**
+     * Whether the device key is the key store's (no secret in `save()`).
+     * @returns {boolean}
+     */
+    get usesKeyStore() {
+        const ret = wasm.webcompanion_usesKeyStore(this.__wbg_ptr);
+        return ret !== 0;
     }
 }
 if (Symbol.dispose) WebCompanion.prototype[Symbol.dispose] = WebCompanion.prototype.free;
