@@ -112,6 +112,7 @@ mod encoding;
 pub mod error;
 mod facts;
 pub mod handshake;
+pub mod host;
 pub mod keys;
 pub mod label;
 pub mod offer;
