@@ -99,6 +99,8 @@ fn feed(f: &Fixture, bytes: &[u8]) {
     let _ = OfferDisplay::restore(bytes);
     let _ = Directory::restore(bytes);
     let _ = MemoryTokenStore::restore(bytes);
+    let _ = devicelink::host::Phone::restore(bytes);
+    let _ = devicelink::host::Device::restore(bytes, &Policy::default());
 
     let mut c = f.companion_awaiting_hello.clone();
     if c.receive_hello(bytes, &mut ChaCha20Rng::seed_from_u64(9), t(2))

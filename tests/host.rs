@@ -103,6 +103,8 @@ fn a_link_gives_save_grant_and_each_list_version_in_order() {
             Output::Send { .. } => "send",
             Output::PublishList { .. } => "list",
             Output::PublishHeartbeat { .. } => "heartbeat",
+            Output::Register { .. } => "register",
+            Output::Subscribe { .. } => "subscribe",
         })
         .collect();
     // Hello; Save, Grant, the list naming the new device (a first link's
@@ -318,4 +320,265 @@ fn a_typed_code_links_through_the_phone() {
     ));
     assert!(drain(&mut phone).is_empty());
     assert_eq!(phone.account().companion_count(T0), 1);
+}
+
+// ---- the device, against the phone, through their outboxes alone -------
+
+use devicelink::host::{Device, DeviceEvent, DeviceFailure};
+use devicelink::{DeviceIndex, LogoutReason};
+
+/// What moved between the two and what each said, as a stand-in relay
+/// carries it: every `Send` to the other side, every list and heartbeat
+/// to the device once it is linked.
+#[derive(Default, Debug)]
+struct Carried {
+    phone_events: Vec<PhoneEvent>,
+    device_events: Vec<DeviceEvent>,
+    device_outputs: Vec<Output>,
+    phone_outputs: Vec<Output>,
+}
+
+fn carry(phone: &mut Phone, device: &mut Device, rng: &mut ChaCha20Rng, now: Timestamp) -> Carried {
+    let mut c = Carried::default();
+    loop {
+        let mut moved = false;
+        while let Some(out) = phone.poll_output() {
+            moved = true;
+            c.phone_outputs.push(out.clone());
+            let event = match &out {
+                Output::Send { message, .. } => device.receive(message, rng, now).ok(),
+                Output::PublishList { bytes, .. } if device.session().is_some() => {
+                    device.receive_list(bytes, now).ok()
+                }
+                Output::PublishHeartbeat { bytes } if device.session().is_some() => {
+                    device.receive_heartbeat(bytes, now).ok()
+                }
+                _ => None,
+            };
+            c.device_events.extend(event);
+        }
+        while let Some(out) = device.poll_output() {
+            moved = true;
+            c.device_outputs.push(out.clone());
+            if let Output::Send { message, .. } = &out {
+                c.phone_events.extend(phone.receive(message, rng, now).ok());
+            }
+        }
+        if !moved {
+            return c;
+        }
+    }
+}
+
+fn new_device(rng: &mut ChaCha20Rng, signer: impl Into<devicelink::DeviceSigner>) -> Device {
+    let label = DeviceLabel::new("tab").unwrap();
+    Device::new(signer, label, &Policy::default(), rng, T0)
+}
+
+/// Scans, approves and consents; returns the device's index.
+fn link_device(
+    phone: &mut Phone,
+    device: &mut Device,
+    rng: &mut ChaCha20Rng,
+    now: Timestamp,
+) -> DeviceIndex {
+    phone.open_link_intent(now);
+    let token = phone.scan(&device.offer_text().unwrap(), rng, now).unwrap();
+    let c = carry(phone, device, rng, now);
+    assert!(
+        matches!(c.phone_events[..], [PhoneEvent::Prompt { .. }]),
+        "{c:?}"
+    );
+    phone.approve(token, rng, now).unwrap();
+    let c = carry(phone, device, rng, now);
+    let [DeviceEvent::Prompt(prompt)] = &c.device_events[..] else {
+        panic!("{c:?}")
+    };
+    assert_eq!(prompt.account, phone.account().account_id());
+    let DeviceEvent::Linked { index } = device.consent(now).unwrap() else {
+        panic!("not linked")
+    };
+    let c = carry(phone, device, rng, now);
+    assert!(matches!(c.phone_events[..], [PhoneEvent::Linked { index: i, .. }] if i == index));
+    assert_eq!(
+        c.device_outputs[1..],
+        [
+            Output::Save,
+            Output::Subscribe {
+                after: device.session().unwrap().device_list().version()
+            }
+        ]
+    );
+    index
+}
+
+#[test]
+fn a_device_links_is_told_of_its_revocation_and_saves_at_each_step() {
+    let mut rng = ChaCha20Rng::seed_from_u64(10);
+    let mut phone = Phone::generate(Policy::default(), &mut rng, T0);
+    let identity = DeviceIdentity::generate(&mut rng);
+    let mut device = new_device(&mut rng, identity);
+    let Some(Output::Register { token, expires_at }) = device.poll_output() else {
+        panic!("the offer's token is registered first")
+    };
+    assert_eq!(expires_at, at(60_000));
+    assert!(device.offer_text().unwrap().len() > 10);
+    // The offer rotates: the new token is registered.
+    assert_eq!(device.poll(&mut rng, at(60_000)), None);
+    let Some(Output::Register { token: next, .. }) = device.poll_output() else {
+        panic!("rotation registers the new token")
+    };
+    assert_ne!(next, token);
+
+    let now = at(61_000);
+    let index = link_device(&mut phone, &mut device, &mut rng, now);
+    assert_eq!(index, DeviceIndex(1));
+    // Restored, the device subscribes again after the list it holds.
+    let saved = device.save().unwrap();
+    let mut device = Device::restore(&saved, &Policy::default()).unwrap();
+    assert!(matches!(
+        device.poll_output(),
+        Some(Output::Subscribe { .. })
+    ));
+
+    // The revocation reaches the device as a list: logged out, saved.
+    phone.revoke(index, at(70_000)).unwrap();
+    let c = carry(&mut phone, &mut device, &mut rng, at(70_000));
+    assert_eq!(
+        c.device_events,
+        [DeviceEvent::LoggedOut(LogoutReason::Revoked)]
+    );
+    assert!(c.device_outputs.contains(&Output::Save));
+    // Told once.
+    assert_eq!(device.poll(&mut rng, at(80_000)), None);
+}
+
+#[test]
+fn a_device_whose_user_declines_sends_nothing() {
+    let mut rng = ChaCha20Rng::seed_from_u64(11);
+    let mut phone = Phone::generate(Policy::default(), &mut rng, T0);
+    let identity = DeviceIdentity::generate(&mut rng);
+    let mut device = new_device(&mut rng, identity);
+    device.poll_output();
+    phone.open_link_intent(T0);
+    let token = phone
+        .scan(&device.offer_text().unwrap(), &mut rng, T0)
+        .unwrap();
+    carry(&mut phone, &mut device, &mut rng, T0);
+    phone.approve(token, &mut rng, T0).unwrap();
+    carry(&mut phone, &mut device, &mut rng, T0);
+    assert!(device.join_prompt().is_some());
+    assert_eq!(
+        device.decline(T0).unwrap(),
+        DeviceEvent::Failed(DeviceFailure::Pairing(
+            devicelink::handshake::FailureReason::Declined
+        ))
+    );
+    assert_eq!(device.poll_output(), None, "a decline sends nothing");
+    assert!(device.consent(T0).is_err());
+    assert_eq!(
+        phone.account().companion_count(T0),
+        1,
+        "pending until it times out"
+    );
+}
+
+#[test]
+fn a_key_store_device_consents_with_the_stores_signature() {
+    use ed25519_dalek::Signer;
+    let mut rng = ChaCha20Rng::seed_from_u64(12);
+    let store = ed25519_dalek::SigningKey::from_bytes(&[5; 32]);
+    let public = devicelink::DeviceKey::from_bytes(store.verifying_key().to_bytes());
+    let mut phone = Phone::generate(Policy::default(), &mut rng, T0);
+    let mut device = new_device(&mut rng, public);
+    device.poll_output();
+    phone.open_link_intent(T0);
+    let token = phone
+        .scan(&device.offer_text().unwrap(), &mut rng, T0)
+        .unwrap();
+    carry(&mut phone, &mut device, &mut rng, T0);
+    phone.approve(token, &mut rng, T0).unwrap();
+    carry(&mut phone, &mut device, &mut rng, T0);
+    assert!(matches!(
+        device.consent(T0),
+        Err(devicelink::host::DeviceError::Handshake(
+            HandshakeError::SignatureNeeded
+        ))
+    ));
+    assert_eq!(device.poll_output(), None);
+    let message = device.confirm_to_sign().unwrap();
+    let signature = store.sign(&message).to_bytes();
+    assert!(matches!(
+        device.consent_signed(&signature, T0).unwrap(),
+        DeviceEvent::Linked { .. }
+    ));
+    let c = carry(&mut phone, &mut device, &mut rng, T0);
+    assert!(matches!(c.phone_events[..], [PhoneEvent::Linked { .. }]));
+    let saved = String::from_utf8(device.save().unwrap()).unwrap();
+    assert!(!saved.contains("identity"), "no secret saved");
+}
+
+#[test]
+fn a_typed_code_device_links_through_the_phone() {
+    let mut rng = ChaCha20Rng::seed_from_u64(13);
+    let mut phone = Phone::generate(Policy::default(), &mut rng, T0);
+    let label = DeviceLabel::new("desktop").unwrap();
+    let handle = CodeHandle::new(5).unwrap();
+    let identity = DeviceIdentity::generate(&mut rng);
+    let mut device = Device::with_code(identity, label, handle, &Policy::default(), &mut rng, T0);
+    let Some(Output::Send { message: offer, .. }) = device.poll_output() else {
+        panic!("the CodeOffer to publish")
+    };
+    let typed = TypedCode::parse(&device.code_text().unwrap()).unwrap();
+    phone.open_link_intent(T0);
+    let token = phone.enter_code(&typed, &offer, &mut rng, T0).unwrap();
+    let c = carry(&mut phone, &mut device, &mut rng, T0);
+    assert!(
+        matches!(
+            c.phone_events[..],
+            [PhoneEvent::CodeAccepted { .. }, PhoneEvent::Prompt { .. }]
+        ),
+        "{c:?}"
+    );
+    phone.approve(token, &mut rng, T0).unwrap();
+    let c = carry(&mut phone, &mut device, &mut rng, T0);
+    let [DeviceEvent::Prompt(prompt)] = &c.device_events[..] else {
+        panic!("{c:?}")
+    };
+    assert_eq!(prompt.check_code, None);
+    device.consent(T0).unwrap();
+    let c = carry(&mut phone, &mut device, &mut rng, T0);
+    assert!(matches!(c.phone_events[..], [PhoneEvent::Linked { .. }]));
+}
+
+#[test]
+fn a_wrong_typed_code_ends_both_sides() {
+    let mut rng = ChaCha20Rng::seed_from_u64(14);
+    let mut phone = Phone::generate(Policy::default(), &mut rng, T0);
+    let label = DeviceLabel::new("desktop").unwrap();
+    let handle = CodeHandle::new(6).unwrap();
+    let identity = DeviceIdentity::generate(&mut rng);
+    let mut device = Device::with_code(identity, label, handle, &Policy::default(), &mut rng, T0);
+    let Some(Output::Send { message: offer, .. }) = device.poll_output() else {
+        panic!("the CodeOffer to publish")
+    };
+    let right = device.code_text().unwrap();
+    // Another code under the same handle.
+    let mut wrong = right.clone().into_bytes();
+    let last = wrong.len() - 1;
+    wrong[last] = if wrong[last] == b'2' { b'3' } else { b'2' };
+    let typed = TypedCode::parse(std::str::from_utf8(&wrong).unwrap()).unwrap();
+    phone.open_link_intent(T0);
+    phone.enter_code(&typed, &offer, &mut rng, T0).unwrap();
+    let c = carry(&mut phone, &mut device, &mut rng, T0);
+    assert_eq!(
+        c.device_events,
+        [DeviceEvent::Failed(DeviceFailure::Code(
+            devicelink::code::CodeFailure::WrongCode
+        ))]
+    );
+    assert!(
+        matches!(c.phone_events[..], [PhoneEvent::WrongCode { .. }]),
+        "{c:?}"
+    );
 }

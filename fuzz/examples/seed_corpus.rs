@@ -127,6 +127,8 @@ fn collect(small: bool) -> Seeds {
         "display_rotated",
         "directory_one",
         "ledger_redeemed",
+        "phone_linked",
+        "device_showing",
     ];
     for (name, bytes) in saved_states(&f) {
         if !small || keep_states.contains(&name.as_str()) {

@@ -108,7 +108,13 @@ fuzz_target!(|data: &[u8]| {
     let f = fixture();
     let mut r = rng(7);
     let t0 = now();
-    let mut pairing = BrowserCompanion::new("Fuzzed browser", &mut r, t0).expect("label");
+    let mut pairing = BrowserCompanion::new("Fuzzed browser", None, &mut r, t0).expect("label");
+    // A key-store browser: its signatures come from outside, and one that
+    // does not verify changes nothing.
+    let store = devicelink::DeviceKey::from_bytes([9; 32]);
+    let mut keyed = BrowserCompanion::new("Key store", Some(store), &mut r, t0).expect("label");
+    keyed.connected(t0).expect("connected");
+    check_outbox(&mut keyed);
     pairing.connected(t0).expect("connected");
     let mut linked =
         BrowserCompanion::restore(&f.saved.session, &mut r, t0).expect("fixture session");
@@ -134,5 +140,11 @@ fuzz_target!(|data: &[u8]| {
         let _ = linked.poll(&mut r, t);
         let _ = linked.phase(t);
         check_outbox(&mut linked);
+
+        let _ = keyed.receive(frame, &mut r, t);
+        let asked = keyed.to_sign();
+        assert!(keyed.signed(frame).is_err(), "a fuzzed signature verified");
+        assert_eq!(keyed.to_sign(), asked, "a refused signature changed the request");
+        check_outbox(&mut keyed);
     }
 });

@@ -19,6 +19,7 @@
 //! in key order and is compared byte for byte.
 #![no_main]
 
+use devicelink::host::{Device, Phone};
 use devicelink::persist::PersistError;
 use devicelink::relay::{
     Directory, HelloDigest, Ledger, LedgerConfig, MemoryTokenStore, TokenStore,
@@ -108,7 +109,57 @@ fn drive(kind: &str, data: &[u8]) {
         "directory" => directory(data),
         "ledger" => ledger(data),
         "token store" => token_store(data),
+        "phone" => phone(data),
+        "device" => device(data),
         _ => unreachable!("unknown kind {kind}"),
+    }
+}
+
+/// A host-API error as the persist error `fixed_point` reports.
+fn persist<E: std::fmt::Display>(e: E) -> PersistError {
+    PersistError::Malformed(e.to_string())
+}
+
+fn phone(data: &[u8]) {
+    let f = fixture();
+    if let Ok(mut p) = Phone::restore(data) {
+        let save = |p: &Phone| p.save().map_err(persist);
+        let restore = |b: &[u8]| Phone::restore(b).map_err(persist);
+        fixed_point("phone", &p, save, restore, false);
+        while p.poll_output().is_some() {}
+        for t in instants(p.next_deadline()) {
+            p.poll(t);
+            fixed_point("phone after poll", &p, save, restore, false);
+        }
+        let mut r = rng(7);
+        p.open_link_intent(now());
+        let _ = p.scan(&f.offer_text, &mut r, now());
+        let _ = p.receive(&f.request, &mut r, now());
+        let _ = p.receive(&f.confirm, &mut r, now());
+        p.heartbeat(Timestamp::MAX);
+        while p.poll_output().is_some() {}
+        fixed_point("phone after messages", &p, save, restore, false);
+    }
+}
+
+fn device(data: &[u8]) {
+    let f = fixture();
+    if let Ok(mut d) = Device::restore(data, &Policy::default()) {
+        let save = |d: &Device| d.save().map_err(persist);
+        let restore = |b: &[u8]| Device::restore(b, &Policy::default()).map_err(persist);
+        fixed_point("device", &d, save, restore, false);
+        let mut r = rng(8);
+        for t in instants(d.next_deadline()) {
+            let _ = d.poll(&mut r, t);
+            fixed_point("device after poll", &d, save, restore, false);
+        }
+        let _ = d.receive(&f.hello, &mut r, now());
+        let _ = d.receive(&f.grant, &mut r, now());
+        let _ = d.consent(now());
+        let _ = d.receive_list(&f.grant, now());
+        let _ = d.receive_heartbeat(&f.grant, now());
+        while d.poll_output().is_some() {}
+        fixed_point("device after messages", &d, save, restore, false);
     }
 }
 

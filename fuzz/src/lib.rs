@@ -87,7 +87,7 @@ pub fn vector_bytes(v: &serde_json::Value, key: &str) -> Vec<u8> {
 }
 
 /// The saved-state kinds, as `devicelink::persist` names them in the header.
-pub const KINDS: [&str; 8] = [
+pub const KINDS: [&str; 10] = [
     "account",
     "companion",
     "primary handshake",
@@ -96,6 +96,8 @@ pub const KINDS: [&str; 8] = [
     "directory",
     "ledger",
     "token store",
+    "phone",
+    "device",
 ];
 
 /// The state line of a saved state: what follows the first newline (the
@@ -504,6 +506,18 @@ pub fn saved_states(f: &Fixture) -> Vec<(String, Vec<u8>)> {
     let mut a = f.account_linked.clone();
     let _ = a.take_events();
     push("account_no_events", a.save());
+    // The host API's phone and device.
+    let host = |e: &dyn std::fmt::Display| devicelink::persist::PersistError::Malformed(e.to_string());
+    let phone = devicelink::host::Phone::new(f.account_linked.clone());
+    push("phone_linked", phone.save().map_err(|e| host(&e)));
+    let device = devicelink::host::Device::new(
+        devicelink::DeviceIdentity::generate(&mut rng(11)),
+        devicelink::DeviceLabel::new("fuzz").expect("label"),
+        &devicelink::Policy::default(),
+        &mut rng(12),
+        now(),
+    );
+    push("device_showing", device.save().map_err(|e| host(&e)));
     // Companions at every stage, and failed ones.
     push(
         "companion_awaiting_hello",

@@ -12,13 +12,17 @@
 //! in the outbox, never bytes inside an error.
 //!
 //! [`Phone`] is the primary's side (the account with its pairings in
-//! flight).
+//! flight); [`Device`] a companion's, from its QR offer or typed code to
+//! its linked session.
 
+mod device;
 mod phone;
 
-pub use phone::{Phone, PhoneError, PhoneEvent};
+pub use device::{Device, DeviceError, DeviceEvent, DeviceFailure};
+pub use phone::{Phone, PhoneError, PhoneEvent, MAX_PAIRINGS};
 
 use crate::offer::TokenId;
+use crate::time::Timestamp;
 
 /// Something the host must carry out, oldest first.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,5 +52,20 @@ pub enum Output {
     PublishHeartbeat {
         /// Its wire bytes.
         bytes: Vec<u8>,
+    },
+    /// Register the QR offer's token at the relay (a new one after every
+    /// rotation), valid until `expires_at`.
+    Register {
+        /// The offer's token.
+        token: TokenId,
+        /// When the relay may forget it.
+        expires_at: Timestamp,
+    },
+    /// Subscribe to the account's signed facts at the relay, asking for
+    /// every list version after `after` (a linked device, after linking,
+    /// after a restore, and when it missed versions).
+    Subscribe {
+        /// The list version the device holds.
+        after: u64,
     },
 }
