@@ -323,8 +323,8 @@ fn ledger(c: &mut Criterion) {
                     at,
                 )
                 .unwrap();
-            ledger.route(&hello, primary, at).unwrap();
-            ledger.route(&request, companion, at).unwrap();
+            ledger.route(primary, &hello, at).unwrap();
+            ledger.route(companion, &request, at).unwrap();
             let later = at.saturating_add(Duration::from_millis(60_000 + 300_000));
             assert_eq!(ledger.sweep(later, usize::MAX).unwrap(), 1);
         })

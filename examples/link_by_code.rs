@@ -60,23 +60,23 @@ fn main() -> Result<()> {
     let typed = TypedCode::parse(&typed_by_user)?;
     let offer = relay.join(typed.handle(), phone, home, Some(account.account_id()), now)?;
     let (mut entry, hello) = account.enter_code(&typed, &offer, &mut rng, now)?;
-    relay.route(&hello, phone, now)?;
+    relay.route(phone, &hello, now)?;
     let accepted = shown.receive_hello(&hello, &mut rng, now)?;
-    relay.route(&accepted.confirm, laptop, now)?;
+    relay.route(laptop, &accepted.confirm, now)?;
     let mut primary = entry.receive_confirm(&accepted.confirm, now)?;
     println!("both sides confirmed the key; from here on the QR flow's messages");
     let mut companion = accepted.companion;
-    relay.route(&accepted.request, laptop, now)?;
+    relay.route(laptop, &accepted.request, now)?;
     let asking = account.receive_request(&mut primary, &accepted.request, &mut rng, now)?;
     println!(
         "phone asks: {}",
         asking.prompt().lines().next().unwrap_or("")
     );
     let grant = account.grant(&mut primary, &mut rng, now)?;
-    relay.route(&grant, phone, now)?;
+    relay.route(phone, &grant, now)?;
     companion.receive_grant(&grant, now)?;
     let confirm = companion.consent(now)?;
-    relay.route(&confirm, laptop, now)?;
+    relay.route(laptop, &confirm, now)?;
     let link = account.confirm(&mut primary, &confirm, now)?;
     let session = companion.session().ok_or("not linked")?;
     if let SessionStatus::Linked { expires_at } = session.status(now) {

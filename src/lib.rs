@@ -131,20 +131,25 @@ pub use certificate::{
     CertificateError, DeviceCertificate, DeviceIndex, DeviceListDraft, DeviceListEntry,
     PrimaryHeartbeat, RemovedDevice, SignedDeviceList,
 };
-pub use code::{CodeCompanion, CodeEntry, CodeHandle, LinkCode, TypedCode};
+pub use code::{CodeCompanion, CodeEntry, CodeFailure, CodeHandle, LinkCode, TypedCode};
 pub use error::ErrorKind;
 pub use handshake::{
-    CheckCode, Companion, CompanionState, ConfirmedLink, FailureReason, HandshakeError, JoinPrompt,
-    LinkRequest, PrimaryHandshake, RefusalReason,
+    CheckCode, Companion, CompanionEvent, CompanionState, ConfirmedLink, FailureReason,
+    HandshakeError, JoinPrompt, LinkRequest, MessageHeader, MessageKind, PrimaryHandshake,
+    PrimaryState, RefusalReason,
+};
+pub use host::{
+    Device, DeviceError, DeviceEvent, DeviceFailure, Output, Phone, PhoneError, PhoneEvent,
 };
 pub use keys::{AccountId, AccountKey, DeviceIdentity, DeviceKey, DeviceSigner};
 pub use label::{DeviceLabel, DeviceLabelError, ObservedContext};
-pub use offer::{OfferDisplay, OfferError, PairingOffer, TokenId};
+pub use offer::{OfferDisplay, OfferError, OfferState, PairingOffer, TokenError, TokenId};
 pub use persist::PersistError;
 pub use policy::{Policy, PolicyError};
-pub use registry::{Account, DeviceState, RegistryError};
+pub use registry::{Account, DeviceState, RegistryError, RegistryEvent};
 pub use relay::{
-    ClientId, CodeRendezvous, Directory, DirectoryError, Ledger, LedgerConfig, LedgerError, Routed,
+    ClientId, CodeRendezvous, Directory, DirectoryError, HelloDigest, Ledger, LedgerConfig,
+    LedgerError, Routed, SubscriptionProof, TokenStore, Transition,
 };
 pub use session::{
     DeviceLeft, DeviceListChange, LinkedSession, LogoutReason, SessionError, SessionStatus,

@@ -65,7 +65,7 @@ fn relay() -> CodeRendezvous {
 
 /// Routes `msg` from `from` and checks it goes to `to`.
 fn route(relay: &mut CodeRendezvous, msg: &[u8], from: ClientId, to: ClientId, now: Timestamp) {
-    let r = relay.route(msg, from, now).unwrap();
+    let r = relay.route(from, msg, now).unwrap();
     assert_eq!(r.forward_to, to);
 }
 
@@ -465,7 +465,7 @@ fn altered_and_replayed_code_messages_are_refused() {
     assert_eq!(primary.save().unwrap(), before);
     // ... and the relay routes a code message only from its sender.
     assert_eq!(
-        relay.route(&hello, LAPTOP, now),
+        relay.route(LAPTOP, &hello, now),
         Err(CodeRelayError::WrongClient)
     );
 }
@@ -517,7 +517,7 @@ fn the_code_expires_at_the_exact_millisecond() {
     assert_eq!(p.poll(end), None);
     // A CodeHello after the expiry is not even routed.
     assert_eq!(
-        relay.route(&hello, PHONE, end),
+        relay.route(PHONE, &hello, end),
         Err(CodeRelayError::Expired)
     );
 }

@@ -635,34 +635,34 @@ fn relay_routes_only_a_hello_from_someone_who_saw_the_qr_code() {
     // scan) cannot reserve or burn the token: a bare header is refused on
     // its size, a Hello with a wrong proof on the proof.
     assert!(matches!(
-        ledger.route(&tr.hello[..18], primary, t(1_000)),
+        ledger.route(primary, &tr.hello[..18], t(1_000)),
         Err(LedgerError::WrongSize { .. })
     ));
     let mut forged = tr.hello.clone();
     forged[20] ^= 1;
     assert_eq!(
-        ledger.route(&forged, primary, t(1_000)),
+        ledger.route(primary, &forged, t(1_000)),
         Err(LedgerError::BadRedemptionProof)
     );
     // Later messages are not routed before the token is reserved and redeemed.
     assert_eq!(
-        ledger.route(&tr.request, companion, t(1_000)),
+        ledger.route(companion, &tr.request, t(1_000)),
         Err(LedgerError::NotReserved)
     );
     assert_eq!(
-        ledger.route(&tr.grant, primary, t(1_000)),
+        ledger.route(primary, &tr.grant, t(1_000)),
         Err(LedgerError::NotRedeemed)
     );
-    let hello = ledger.route(&tr.hello, primary, t(1_000)).unwrap();
+    let hello = ledger.route(primary, &tr.hello, t(1_000)).unwrap();
     assert_eq!((hello.token_id, hello.forward_to), (token, companion));
     assert!(matches!(
-        ledger.route(&tr.hello, primary, t(1_001)),
+        ledger.route(primary, &tr.hello, t(1_001)),
         Err(LedgerError::TokenReserved { .. })
     ));
-    let request = ledger.route(&tr.request, companion, t(1_100)).unwrap();
+    let request = ledger.route(companion, &tr.request, t(1_100)).unwrap();
     assert_eq!((request.token_id, request.forward_to), (token, primary));
     assert_eq!(
-        ledger.route(&tr.hello, primary, t(1_101)),
+        ledger.route(primary, &tr.hello, t(1_101)),
         Err(LedgerError::TokenAlreadyRedeemed)
     );
     // The rest of the handshake is routed, even after the offer's lifetime
@@ -673,10 +673,10 @@ fn relay_routes_only_a_hello_from_someone_who_saw_the_qr_code() {
         (&tr.confirm, companion, primary),
     ] {
         assert_eq!(
-            ledger.route(m, to, t(61_000)),
+            ledger.route(to, m, t(61_000)),
             Err(LedgerError::WrongClient)
         );
-        let routed = ledger.route(m, from, t(61_000)).unwrap();
+        let routed = ledger.route(from, m, t(61_000)).unwrap();
         assert_eq!((routed.token_id, routed.forward_to), (token, to));
     }
     assert_eq!(ledger.sweep(t(61_000), usize::MAX), Ok(0));
@@ -712,13 +712,26 @@ fn reserved_refusal_codes_are_not_sent_and_unknown_ones_still_refuse() {
     let mut primary = until_request(&mut s);
     for code in 0..4 {
         assert!(matches!(
-            primary.refuse(RefusalReason::Other { code }, &mut s.rng),
-            Err(HandshakeError::WrongState { .. })
+            s.account.refuse(
+                &mut primary,
+                RefusalReason::Other { code },
+                &mut s.rng,
+                t(1_200)
+            ),
+            Err(devicelink::RegistryError::Handshake(
+                HandshakeError::WrongState { .. }
+            ))
         ));
     }
     assert_eq!(primary.state(), PrimaryState::RequestReceived);
-    let refusal = primary
-        .refuse(RefusalReason::Other { code: 42 }, &mut s.rng)
+    let refusal = s
+        .account
+        .refuse(
+            &mut primary,
+            RefusalReason::Other { code: 42 },
+            &mut s.rng,
+            t(1_200),
+        )
         .unwrap();
     let err = s.companion.receive_grant(&refusal, t(1_300)).unwrap_err();
     assert_eq!(

@@ -582,3 +582,74 @@ fn a_wrong_typed_code_ends_both_sides() {
         "{c:?}"
     );
 }
+
+/// The root names what a host needs, with one argument order: the sender
+/// before the message, `rng` before `now`, and a token's record read
+/// without a trait in scope.
+#[test]
+fn the_root_names_what_a_host_needs_in_one_order() {
+    use devicelink::{ClientId, Ledger, LedgerConfig, MessageHeader, MessageKind};
+    let mut rng = ChaCha20Rng::seed_from_u64(20);
+    let ledger = Ledger::in_memory(LedgerConfig::default());
+    let policy = Policy::default();
+    let label = DeviceLabel::new("tab").unwrap();
+    let mut tab = Companion::new(
+        DeviceIdentity::generate(&mut rng),
+        label,
+        &policy,
+        &mut rng,
+        T0,
+    );
+    let CompanionStateShowing { token, expires_at } = showing(&tab);
+    let companion = ClientId::from_bytes([1; 16]);
+    let primary = ClientId::from_bytes([2; 16]);
+    ledger
+        .register(
+            companion,
+            devicelink::relay::SourceKey::LOCAL,
+            token,
+            expires_at,
+            T0,
+        )
+        .unwrap();
+    let mut phone = Phone::generate(policy, &mut rng, T0);
+    phone.open_link_intent(T0);
+    phone
+        .scan(&tab.offer().unwrap().to_text(), &mut rng, T0)
+        .unwrap();
+    let hello = sent(&drain(&mut phone))[0].clone();
+    assert_eq!(
+        MessageHeader::parse(&hello).unwrap().kind,
+        MessageKind::Hello
+    );
+    let routed = ledger.route(primary, &hello, T0).unwrap();
+    assert_eq!(routed.forward_to, companion);
+    assert!(ledger.token(&token).unwrap().is_some());
+    tab.receive_hello(&hello, &mut rng, T0).unwrap();
+    assert!(matches!(
+        tab.state(),
+        devicelink::CompanionState::AwaitingGrant { .. }
+    ));
+}
+
+struct CompanionStateShowing {
+    token: TokenId,
+    expires_at: Timestamp,
+}
+
+fn showing(c: &Companion) -> CompanionStateShowing {
+    match c.state() {
+        devicelink::CompanionState::AwaitingScan {
+            offer:
+                devicelink::OfferState::Showing {
+                    token_id,
+                    expires_at,
+                    ..
+                },
+        } => CompanionStateShowing {
+            token: token_id,
+            expires_at,
+        },
+        other => panic!("{other:?}"),
+    }
+}

@@ -137,7 +137,7 @@ fn racing_hellos_reserve_once_and_racing_requests_redeem_once() {
                     let (ledger, barrier) = (&ledger, &barrier);
                     s.spawn(move || {
                         barrier.wait();
-                        ledger.route(hello, *from, now)
+                        ledger.route(*from, hello, now)
                     })
                 })
                 .collect();
@@ -171,7 +171,7 @@ fn racing_hellos_reserve_once_and_racing_requests_redeem_once() {
                     let (ledger, barrier, request) = (&ledger, &barrier, &request);
                     s.spawn(move || {
                         barrier.wait();
-                        ledger.route(request, COMPANION, now)
+                        ledger.route(COMPANION, request, now)
                     })
                 })
                 .collect();
@@ -194,7 +194,7 @@ fn racing_hellos_reserve_once_and_racing_requests_redeem_once() {
         // Every later Hello, whatever the clock, is refused the same way.
         for hello in &hellos {
             assert_eq!(
-                ledger.route(hello, PRIMARY, at(1)),
+                ledger.route(PRIMARY, hello, at(1)),
                 Err(LedgerError::TokenAlreadyRedeemed)
             );
         }
@@ -229,11 +229,11 @@ fn route_lets_only_the_first_hello_through() {
 
     // Unroutable messages.
     assert!(matches!(
-        ledger.route(&hello_a[..HEADER_LEN - 1], PRIMARY, now),
+        ledger.route(PRIMARY, &hello_a[..HEADER_LEN - 1], now),
         Err(LedgerError::Unroutable(_))
     ));
     assert!(matches!(
-        ledger.route(b"", PRIMARY, now),
+        ledger.route(PRIMARY, b"", now),
         Err(LedgerError::Unroutable(_))
     ));
     // Before a Hello, nothing else routes for the token.
@@ -242,7 +242,7 @@ fn route_lets_only_the_first_hello_through() {
         c.receive_hello(&hello_b, &mut rng, now).unwrap()
     };
     assert_eq!(
-        ledger.route(&request_like, COMPANION, now),
+        ledger.route(COMPANION, &request_like, now),
         Err(LedgerError::NotReserved)
     );
 
@@ -251,7 +251,7 @@ fn route_lets_only_the_first_hello_through() {
     let mut forged = hello_b.clone();
     forged[HEADER_LEN] ^= 0x01;
     assert_eq!(
-        ledger.route(&forged, PRIMARY, now),
+        ledger.route(PRIMARY, &forged, now),
         Err(LedgerError::BadRedemptionProof)
     );
     assert_eq!(
@@ -263,22 +263,22 @@ fn route_lets_only_the_first_hello_through() {
     let a = ClientId::from(1);
     let b = ClientId::from(2);
     assert_eq!(
-        ledger.route(&hello_a, a, now),
+        ledger.route(a, &hello_a, now),
         Ok(reserved(token, MessageKind::Hello, COMPANION, until))
     );
     assert_eq!(
-        ledger.route(&hello_b, b, now),
+        ledger.route(b, &hello_b, now),
         Err(LedgerError::TokenReserved { until })
     );
     assert_eq!(
-        ledger.route(&hello_a, a, now),
+        ledger.route(a, &hello_a, now),
         Err(LedgerError::TokenReserved { until })
     );
 
     // The rest of the winning exchange routes by the token.
     let request = companion.receive_hello(&hello_a, &mut rng, now).unwrap();
     assert_eq!(
-        ledger.route(&request, COMPANION, now),
+        ledger.route(COMPANION, &request, now),
         Ok(Routed {
             token_id: token,
             kind: MessageKind::Request,
@@ -289,12 +289,12 @@ fn route_lets_only_the_first_hello_through() {
     first.receive_request(&request, now).unwrap();
     for hello in [&hello_a, &hello_b] {
         assert_eq!(
-            ledger.route(hello, b, now),
+            ledger.route(b, hello, now),
             Err(LedgerError::TokenAlreadyRedeemed)
         );
     }
     assert_eq!(
-        ledger.route(&request, COMPANION, now),
+        ledger.route(COMPANION, &request, now),
         Err(LedgerError::TokenAlreadyRedeemed)
     );
 
@@ -303,14 +303,14 @@ fn route_lets_only_the_first_hello_through() {
     let (_c2, text2, token2, expires2) = registered_companion(&ledger, &mut rng, now);
     let (_p, hello2) = scan(&text2, &mut rng, expires2);
     assert_eq!(
-        ledger.route(&hello2, PRIMARY, expires2),
+        ledger.route(PRIMARY, &hello2, expires2),
         Err(LedgerError::TokenExpired)
     );
     assert_ne!(token2, token);
     let (_c3, text3, _) = showing_companion(&mut rng, now);
     let (_p3, hello3) = scan(&text3, &mut rng, expires2);
     assert_eq!(
-        ledger.route(&hello3, PRIMARY, expires2),
+        ledger.route(PRIMARY, &hello3, expires2),
         Err(LedgerError::UnknownToken)
     );
     assert!(expires_at > now);
@@ -335,12 +335,12 @@ fn a_corrupted_hello_is_released_and_the_genuine_hello_then_links() {
         // The corrupted copy arrives first and reserves the token.
         let until = reserve_until(&ledger, now);
         assert_eq!(
-            ledger.route(&corrupted, PRIMARY, now),
+            ledger.route(PRIMARY, &corrupted, now),
             Ok(reserved(token, MessageKind::Hello, COMPANION, until))
         );
         // Meanwhile the genuine one is told to retry.
         assert_eq!(
-            ledger.route(&hello, PRIMARY, now),
+            ledger.route(PRIMARY, &hello, now),
             Err(LedgerError::TokenReserved { until })
         );
         // The companion refuses the corrupted Hello without changing state,
@@ -370,7 +370,7 @@ fn a_corrupted_hello_is_released_and_the_genuine_hello_then_links() {
         // every message routed to the right side.
         let now = at(2);
         assert_eq!(
-            ledger.route(&hello, PRIMARY, now),
+            ledger.route(PRIMARY, &hello, now),
             Ok(reserved(
                 token,
                 MessageKind::Hello,
@@ -380,26 +380,26 @@ fn a_corrupted_hello_is_released_and_the_genuine_hello_then_links() {
         );
         let request = companion.receive_hello(&hello, &mut rng, now).unwrap();
         assert_eq!(
-            ledger.route(&request, COMPANION, now).map(|r| r.forward_to),
+            ledger.route(COMPANION, &request, now).map(|r| r.forward_to),
             Ok(PRIMARY)
         );
         primary.receive_request(&request, now).unwrap();
         let grant = account.grant(&mut primary, &mut rng, now).unwrap();
         assert_eq!(
-            ledger.route(&grant, PRIMARY, now),
+            ledger.route(PRIMARY, &grant, now),
             Ok(forwarded(token, MessageKind::Grant, COMPANION))
         );
         companion.receive_grant(&grant, now).unwrap();
         let confirm = companion.consent(now).unwrap();
         assert_eq!(
-            ledger.route(&confirm, COMPANION, now),
+            ledger.route(COMPANION, &confirm, now),
             Ok(forwarded(token, MessageKind::Confirm, PRIMARY))
         );
         account.confirm(&mut primary, &confirm, now).unwrap();
         assert!(companion.session().unwrap().is_linked(now));
         // The corrupted Hello, replayed, no longer reserves anything.
         assert_eq!(
-            ledger.route(&corrupted, PRIMARY, now),
+            ledger.route(PRIMARY, &corrupted, now),
             Err(LedgerError::TokenAlreadyRedeemed)
         );
     }
@@ -415,14 +415,14 @@ fn a_silent_companion_blocks_the_token_only_for_the_reserve_window() {
     let (_p2, hello2) = scan(&text, &mut rng, now);
     let until = reserve_until(&ledger, now);
     assert_eq!(ledger.config().reserve_window, Duration::from_secs(30));
-    ledger.route(&hello1, ClientId::from(1), now).unwrap();
+    ledger.route(ClientId::from(1), &hello1, now).unwrap();
     let just_before = Timestamp::from_unix_millis(until.as_unix_millis() - 1);
     assert_eq!(
-        ledger.route(&hello2, ClientId::from(2), just_before),
+        ledger.route(ClientId::from(2), &hello2, just_before),
         Err(LedgerError::TokenReserved { until })
     );
     assert_eq!(
-        ledger.route(&hello2, ClientId::from(2), until),
+        ledger.route(ClientId::from(2), &hello2, until),
         Ok(reserved(
             token,
             MessageKind::Hello,
@@ -439,12 +439,12 @@ fn a_request_or_release_from_another_client_is_refused() {
     let now = at(0);
     let (mut companion, text, token, _) = registered_companion(&ledger, &mut rng, now);
     let (_primary, hello) = scan(&text, &mut rng, now);
-    ledger.route(&hello, PRIMARY, now).unwrap();
+    ledger.route(PRIMARY, &hello, now).unwrap();
     let request = companion.receive_hello(&hello, &mut rng, now).unwrap();
     let before = ledger.save().unwrap();
     for intruder in [PRIMARY, ClientId::from(77)] {
         assert_eq!(
-            ledger.route(&request, intruder, now),
+            ledger.route(intruder, &request, now),
             Err(LedgerError::WrongClient)
         );
         assert_eq!(
@@ -461,13 +461,13 @@ fn a_request_or_release_from_another_client_is_refused() {
     ] {
         let m = message(kind, token, kind.size_range().0);
         assert_eq!(
-            ledger.route(&m, PRIMARY, now),
+            ledger.route(PRIMARY, &m, now),
             Err(LedgerError::NotRedeemed)
         );
     }
     assert_eq!(ledger.save().unwrap(), before);
     assert_eq!(
-        ledger.route(&request, COMPANION, now).map(|r| r.forward_to),
+        ledger.route(COMPANION, &request, now).map(|r| r.forward_to),
         Ok(PRIMARY)
     );
     // After the redemption, Grant and Refusal only from the redeeming
@@ -489,12 +489,12 @@ fn a_request_or_release_from_another_client_is_refused() {
         let m = message(kind, token, kind.size_range().0);
         for intruder in wrong {
             assert_eq!(
-                ledger.route(&m, intruder, now),
+                ledger.route(intruder, &m, now),
                 Err(LedgerError::WrongClient),
                 "{kind:?} from {intruder:?}"
             );
         }
-        assert!(ledger.route(&m, sender, now).is_ok(), "{kind:?}");
+        assert!(ledger.route(sender, &m, now).is_ok(), "{kind:?}");
     }
     assert_eq!(ledger.save().unwrap(), after);
 }
@@ -511,10 +511,10 @@ fn a_late_release_never_cancels_a_newer_reservation() {
     let (_p, hello) = scan(&text, &mut rng, now);
     let mut corrupted = hello.clone();
     corrupted[HEADER_LEN + 20] ^= 1;
-    ledger.route(&corrupted, ClientId::from(5), now).unwrap();
+    ledger.route(ClientId::from(5), &corrupted, now).unwrap();
     let lapsed = reserve_until(&ledger, now);
     assert_eq!(
-        ledger.route(&hello, PRIMARY, lapsed).map(|r| r.forward_to),
+        ledger.route(PRIMARY, &hello, lapsed).map(|r| r.forward_to),
         Ok(COMPANION)
     );
     let before = ledger.save().unwrap();
@@ -526,7 +526,7 @@ fn a_late_release_never_cancels_a_newer_reservation() {
     let request = companion.receive_hello(&hello, &mut rng, lapsed).unwrap();
     assert_eq!(
         ledger
-            .route(&request, COMPANION, lapsed)
+            .route(COMPANION, &request, lapsed)
             .map(|r| r.forward_to),
         Ok(PRIMARY)
     );
@@ -556,7 +556,7 @@ fn registration_expiry_is_clamped_and_swept() {
     // removes it.
     let (_p, hello) = scan(&text, &mut rng, now);
     assert_eq!(
-        ledger.route(&hello, PRIMARY, capped),
+        ledger.route(PRIMARY, &hello, capped),
         Err(LedgerError::TokenExpired)
     );
     assert_eq!(ledger.sweep(capped, usize::MAX), Ok(1));
@@ -668,9 +668,9 @@ fn quotas_per_client_source_and_store() {
         Err(LedgerError::QuotaExceeded { .. })
     ));
     let (_p, hello) = scan(&text, &mut rng, now);
-    ledger.route(&hello, PRIMARY, now).unwrap();
+    ledger.route(PRIMARY, &hello, now).unwrap();
     let request = companion.receive_hello(&hello, &mut rng, now).unwrap();
-    ledger.route(&request, COMPANION, now).unwrap();
+    ledger.route(COMPANION, &request, now).unwrap();
     assert!(ledger.store().get(&token).unwrap().is_some());
     assert!(matches!(
         ledger.register(COMPANION, SRC, random_token(&mut rng), exp, now),
@@ -696,12 +696,12 @@ fn a_clock_stepped_back_does_not_reopen_an_expired_token() {
     let (_p, hello) = scan(&text, &mut rng, now);
     let late = expires_at.saturating_add(Duration::from_secs(1));
     assert_eq!(
-        ledger.route(&hello, PRIMARY, late),
+        ledger.route(PRIMARY, &hello, late),
         Err(LedgerError::TokenExpired)
     );
     // The clock steps back to before the expiry: still expired.
     assert_eq!(
-        ledger.route(&hello, PRIMARY, now),
+        ledger.route(PRIMARY, &hello, now),
         Err(LedgerError::TokenExpired)
     );
     assert_eq!(ledger.high_water(), late);
@@ -713,9 +713,9 @@ fn a_clock_stepped_back_does_not_reopen_an_expired_token() {
     // Nor does it stretch a redeemed token's session window.
     let (mut c2, text2, token2, _) = registered_companion(&ledger, &mut rng, late);
     let (_p2, hello2) = scan(&text2, &mut rng, late);
-    ledger.route(&hello2, PRIMARY, late).unwrap();
+    ledger.route(PRIMARY, &hello2, late).unwrap();
     let request = c2.receive_hello(&hello2, &mut rng, late).unwrap();
-    ledger.route(&request, COMPANION, late).unwrap();
+    ledger.route(COMPANION, &request, late).unwrap();
     let keep = ledger.store().get(&token2).unwrap().unwrap().keep_until;
     assert_eq!(keep, late.saturating_add(DEFAULT_SESSION_WINDOW));
     // (A Refusal-sized message of the redeemed session, from the primary.)
@@ -724,13 +724,13 @@ fn a_clock_stepped_back_does_not_reopen_an_expired_token() {
         token2,
         MessageKind::Refusal.size_range().0,
     );
-    assert!(ledger.route(&refusal, PRIMARY, late).is_ok());
+    assert!(ledger.route(PRIMARY, &refusal, late).is_ok());
     assert_eq!(
-        ledger.route(&refusal, PRIMARY, keep),
+        ledger.route(PRIMARY, &refusal, keep),
         Err(LedgerError::UnknownToken)
     );
     assert_eq!(
-        ledger.route(&refusal, PRIMARY, late),
+        ledger.route(PRIMARY, &refusal, late),
         Err(LedgerError::UnknownToken)
     );
 }
@@ -742,9 +742,9 @@ fn a_redeemed_id_cannot_be_registered_again() {
     let now = at(0);
     let (mut companion, text, token, expires_at) = registered_companion(&ledger, &mut rng, now);
     let (_p, hello) = scan(&text, &mut rng, now);
-    ledger.route(&hello, PRIMARY, now).unwrap();
+    ledger.route(PRIMARY, &hello, now).unwrap();
     let request = companion.receive_hello(&hello, &mut rng, now).unwrap();
-    ledger.route(&request, COMPANION, now).unwrap();
+    ledger.route(COMPANION, &request, now).unwrap();
     let keep = now.saturating_add(DEFAULT_SESSION_WINDOW);
     assert_eq!(
         ledger.store().get(&token).unwrap().unwrap().keep_until,
@@ -773,7 +773,7 @@ fn a_redeemed_id_cannot_be_registered_again() {
         Err(LedgerError::DuplicateToken)
     );
     assert_eq!(
-        ledger.route(&hello, PRIMARY, later),
+        ledger.route(PRIMARY, &hello, later),
         Err(LedgerError::TokenAlreadyRedeemed)
     );
     // At the end of the window it is swept.
@@ -817,7 +817,7 @@ fn sizes_are_checked_before_anything_else() {
     long.push(0);
     for bad in [&hello[..hello.len() - 1], &long[..]] {
         assert_eq!(
-            ledger.route(bad, PRIMARY, now),
+            ledger.route(PRIMARY, bad, now),
             Err(LedgerError::WrongSize {
                 kind: MessageKind::Hello,
                 len: bad.len()
@@ -825,9 +825,9 @@ fn sizes_are_checked_before_anything_else() {
         );
     }
     // Redeem the token, so that on size alone every kind would be routable.
-    ledger.route(&hello, PRIMARY, now).unwrap();
+    ledger.route(PRIMARY, &hello, now).unwrap();
     let request = companion.receive_hello(&hello, &mut rng, now).unwrap();
-    ledger.route(&request, COMPANION, now).unwrap();
+    ledger.route(COMPANION, &request, now).unwrap();
 
     let before = ledger.save().unwrap();
     let high_water = ledger.high_water();
@@ -845,7 +845,7 @@ fn sizes_are_checked_before_anything_else() {
                 let m = message(kind, t, len);
                 for from in [COMPANION, PRIMARY] {
                     assert_eq!(
-                        ledger.route(&m, from, later),
+                        ledger.route(from, &m, later),
                         Err(LedgerError::WrongSize { kind, len }),
                         "{kind:?} of {len} bytes"
                     );
@@ -853,7 +853,7 @@ fn sizes_are_checked_before_anything_else() {
             }
             // In range, the message is routed or refused on other grounds.
             assert!(!matches!(
-                ledger.route(&message(kind, t, max), PRIMARY, now),
+                ledger.route(PRIMARY, &message(kind, t, max), now),
                 Err(LedgerError::WrongSize { .. })
             ));
         }
@@ -863,7 +863,7 @@ fn sizes_are_checked_before_anything_else() {
     let huge = message(MessageKind::Grant, token, 64 << 20);
     let ledger2 = Ledger::restore(&before).unwrap();
     assert!(matches!(
-        ledger2.route(&huge, PRIMARY, later),
+        ledger2.route(PRIMARY, &huge, later),
         Err(LedgerError::WrongSize {
             kind: MessageKind::Grant,
             ..
@@ -887,7 +887,7 @@ fn save_restore_keeps_settings_and_behaviour() {
     let (mut companion, text, token, _) = registered_companion(&ledger, &mut rng, now);
     let (_c2, _, token2, exp2) = registered_companion(&ledger, &mut rng, now);
     let (_p, hello) = scan(&text, &mut rng, now);
-    ledger.route(&hello, PRIMARY, at(10)).unwrap();
+    ledger.route(PRIMARY, &hello, at(10)).unwrap();
     // The clock ran ahead before the save.
     assert_eq!(ledger.sweep(at(20), 0), Ok(0));
 
@@ -899,7 +899,7 @@ fn save_restore_keeps_settings_and_behaviour() {
     // clock does not step back.
     let (_p2, hello_b) = scan(&text, &mut rng, now);
     assert_eq!(
-        restored.route(&hello_b, ClientId::from(5), now),
+        restored.route(ClientId::from(5), &hello_b, now),
         Err(LedgerError::TokenReserved { until: at(5_010) })
     );
     assert!(matches!(
@@ -911,7 +911,7 @@ fn save_restore_keeps_settings_and_behaviour() {
     ));
     let request = companion.receive_hello(&hello, &mut rng, at(30)).unwrap();
     assert_eq!(
-        restored.route(&request, COMPANION, at(30)),
+        restored.route(COMPANION, &request, at(30)),
         Ok(Routed {
             token_id: token,
             kind: MessageKind::Request,

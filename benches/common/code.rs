@@ -128,19 +128,19 @@ pub fn full_link_by_code(
         .join(typed.handle(), phone, SourceKey::LOCAL, None, t)
         .unwrap();
     let (mut entry, hello) = account.enter_code(&typed, &offer, rng, t).unwrap();
-    relay.route(&hello, phone, t).unwrap();
+    relay.route(phone, &hello, t).unwrap();
     let accepted = shown.receive_hello(&hello, rng, t).unwrap();
-    relay.route(&accepted.confirm, laptop, t).unwrap();
+    relay.route(laptop, &accepted.confirm, t).unwrap();
     let mut primary = entry.receive_confirm(&accepted.confirm, t).unwrap();
     let mut companion = accepted.companion;
-    relay.route(&accepted.request, laptop, t).unwrap();
+    relay.route(laptop, &accepted.request, t).unwrap();
     account
         .receive_request(&mut primary, &accepted.request, rng, t)
         .unwrap();
     let grant = account.grant(&mut primary, rng, t).unwrap();
-    relay.route(&grant, phone, t).unwrap();
+    relay.route(phone, &grant, t).unwrap();
     companion.receive_grant(&grant, t).unwrap();
     let confirm = companion.consent(t).unwrap();
-    relay.route(&confirm, laptop, t).unwrap();
+    relay.route(laptop, &confirm, t).unwrap();
     black_box(account.confirm(&mut primary, &confirm, t).unwrap());
 }

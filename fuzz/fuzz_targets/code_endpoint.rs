@@ -55,7 +55,7 @@ fuzz_target!(|data: &[u8]| {
                     let _ = relay.join(handle, client, source, None, now);
                 }
                 CodeFrame::Message(m) => {
-                    let _ = relay.route(m, client, now);
+                    let _ = relay.route(client, m, now);
                 }
                 CodeFrame::WrongCode(token) => {
                     let _ = relay.report_wrong_code(&token, client, now);

@@ -157,7 +157,7 @@ fuzz_target!(|data: &[u8]| {
     let mut relay = CodeRendezvous::restore(&f.relay).expect("restore");
     let before = relay.len();
     for from in [LAPTOP, PHONE, ClientId::from(7)] {
-        match relay.route(data, from, now) {
+        match relay.route(from, data, now) {
             Ok(r) => assert!(r.forward_to == LAPTOP || r.forward_to == PHONE),
             Err(_) => assert_eq!(relay.len(), before),
         }

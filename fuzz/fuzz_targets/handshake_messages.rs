@@ -174,7 +174,7 @@ fuzz_target!(|data: &[u8]| {
     let wrong_size = |h: &MessageHeader| h.check_size(data).is_err();
     let ledger = ledger_registered(f);
     let before = ledger.save().expect("save");
-    match ledger.route(data, PRIMARY, now) {
+    match ledger.route(PRIMARY, data, now) {
         Ok(routed) => {
             let h = header.as_ref().expect("routed message has a header");
             assert!(!wrong_size(h), "routed a message of the wrong size");
@@ -193,7 +193,7 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(proof.token_id(), f.token, "reserved without the QR's proof");
             assert!(
                 matches!(
-                    ledger.route(data, PRIMARY, now),
+                    ledger.route(PRIMARY, data, now),
                     Err(LedgerError::TokenReserved { .. })
                 ),
                 "a token was reserved twice"
@@ -222,7 +222,7 @@ fuzz_target!(|data: &[u8]| {
     // messages of the session are routed, a second Hello or Request never is.
     let ledger = ledger_redeemed(f);
     let before = ledger.save().expect("save");
-    let routed = ledger.route(data, PRIMARY, now);
+    let routed = ledger.route(PRIMARY, data, now);
     match &header {
         Err(_) => assert!(matches!(routed, Err(LedgerError::Unroutable(_)))),
         Ok(h) if wrong_size(h) => assert_eq!(
@@ -255,7 +255,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(h) = &header {
         if h.kind == MessageKind::Request && !wrong_size(h) && h.token_id == f.token {
             assert_eq!(
-                ledger.route(data, COMPANION, now),
+                ledger.route(COMPANION, data, now),
                 Err(LedgerError::TokenAlreadyRedeemed),
                 "a token was redeemed twice"
             );

@@ -273,7 +273,12 @@ fn primary(data: &[u8]) {
             PrimaryHandshake::restore,
             false,
         );
-        let _ = p.refuse(devicelink::RefusalReason::Declined, &mut rng(2));
+        let _ = f.account_linked.clone().refuse(
+            &mut p,
+            devicelink::RefusalReason::Declined,
+            &mut rng(2),
+            now(),
+        );
         fixed_point(
             "primary after refusal",
             &p,
@@ -491,12 +496,12 @@ fn token_store(data: &[u8]) {
 fn drive_ledger(ledger: &Ledger) {
     let f = fixture();
     let _ = ledger.store().get(&f.token);
-    let _ = ledger.route(&f.hello, PRIMARY, now());
+    let _ = ledger.route(PRIMARY, &f.hello, now());
     let _ = ledger.release(COMPANION, &f.token, &HelloDigest::of(&f.hello), now());
-    let _ = ledger.route(&f.hello, PRIMARY, now());
-    let _ = ledger.route(&f.request, COMPANION, now());
-    let _ = ledger.route(&f.grant, PRIMARY, now());
-    let _ = ledger.route(&f.confirm, COMPANION, now());
+    let _ = ledger.route(PRIMARY, &f.hello, now());
+    let _ = ledger.route(COMPANION, &f.request, now());
+    let _ = ledger.route(PRIMARY, &f.grant, now());
+    let _ = ledger.route(COMPANION, &f.confirm, now());
     let _ = ledger.register(
         COMPANION,
         devicelink::relay::SourceKey::LOCAL,

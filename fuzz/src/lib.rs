@@ -256,9 +256,14 @@ pub fn build() -> Fixture {
     let certificate = link.certificate.to_bytes();
     let device_list = account.device_list().to_bytes();
     // A separate RNG so the refusal does not disturb the vector's RNG order.
-    let refusal = primary_request_received
+    let refusal = account
         .clone()
-        .refuse(RefusalReason::Declined, &mut self::rng(SEED + 1))
+        .refuse(
+            &mut primary_request_received.clone(),
+            RefusalReason::Declined,
+            &mut self::rng(SEED + 1),
+            now,
+        )
         .expect("fixture refusal");
 
     // The fixture is vector 0, or the seeds stop reaching past authentication.
@@ -368,10 +373,10 @@ pub fn ledger_registered(f: &Fixture) -> Ledger {
 pub fn ledger_redeemed(f: &Fixture) -> Ledger {
     let ledger = ledger_registered(f);
     ledger
-        .route(&f.hello, PRIMARY, now())
+        .route(PRIMARY, &f.hello, now())
         .expect("genuine Hello reserves");
     ledger
-        .route(&f.request, COMPANION, now())
+        .route(COMPANION, &f.request, now())
         .expect("genuine Request redeems");
     ledger
 }
@@ -552,7 +557,12 @@ pub fn saved_states(f: &Fixture) -> Vec<(String, Vec<u8>)> {
     );
     push("primary_confirmed", f.primary_confirmed.save());
     let mut p = f.primary_request_received.clone();
-    let _ = p.refuse(RefusalReason::DeviceLimitReached { limit: 4 }, &mut rng(6));
+    let _ = f.account_linked.clone().refuse(
+        &mut p,
+        RefusalReason::DeviceLimitReached { limit: 4 },
+        &mut rng(6),
+        now(),
+    );
     push("primary_refused", p.save());
     // Sessions: fresh, after a newer list, revoked, logged out.
     push("session", f.session.save());
@@ -620,16 +630,16 @@ pub fn saved_states(f: &Fixture) -> Vec<(String, Vec<u8>)> {
     push("ledger_empty", Ledger::default().save());
     let ledger = ledger_registered(f);
     push("ledger_registered_one", ledger.save());
-    let _ = ledger.route(&f.hello, PRIMARY, at(1));
+    let _ = ledger.route(PRIMARY, &f.hello, at(1));
     push("ledger_reserved", ledger.save());
-    let _ = ledger.route(&f.request, COMPANION, at(2));
+    let _ = ledger.route(COMPANION, &f.request, at(2));
     push("ledger_redeemed", ledger.save());
     push("token_store_redeemed", ledger.store().save());
     let ledger = ledger_registered(f);
     ledger
         .register(COMPANION, SourceKey::LOCAL, TokenId::from_bytes([7; 16]), at(90_000), now())
         .expect("register");
-    let _ = ledger.route(&f.hello, PRIMARY, at(1));
+    let _ = ledger.route(PRIMARY, &f.hello, at(1));
     push("ledger_two", ledger.save());
     out
 }

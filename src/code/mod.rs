@@ -56,7 +56,7 @@
 //! let typed = TypedCode::parse(&text.to_lowercase())?;
 //! let offer = relay.join(typed.handle(), phone, home, Some(account.account_id()), now)?;
 //! let (mut entry, hello) = account.enter_code(&typed, &offer, &mut rng, now)?;
-//! relay.route(&hello, phone, now)?;
+//! relay.route(phone, &hello, now)?;
 //! let accepted = shown.receive_hello(&hello, &mut rng, now)?;
 //! let mut primary = entry.receive_confirm(&accepted.confirm, now)?;
 //!

@@ -502,7 +502,9 @@ impl PrimaryHandshake {
 
     /// Refuses the link with `reason`, authenticated so the companion can trust
     /// it. Allowed before a grant was sent; the session keys are dropped.
-    pub fn refuse<R: RngCore + CryptoRng>(
+    /// Hosts refuse through [`crate::Account::refuse`] (or
+    /// [`crate::host::Phone::refuse`]), which records the refusal.
+    pub(crate) fn refuse<R: RngCore + CryptoRng>(
         &mut self,
         reason: RefusalReason,
         rng: &mut R,

@@ -774,8 +774,8 @@ impl CodeRendezvous {
     /// Refusal and Confirm go while linked.
     pub fn route(
         &mut self,
-        message: &[u8],
         from: ClientId,
+        message: &[u8],
         now: Timestamp,
     ) -> Result<CodeRouted, CodeRelayError> {
         let now = self.clock(now);

@@ -1047,6 +1047,12 @@ impl<S: TokenStore> Ledger<S> {
         &self.store
     }
 
+    /// A token's record (its state, owner, expiry), if the store holds it;
+    /// no trait needs to be in scope.
+    pub fn token(&self, token: &TokenId) -> Result<Option<TokenRecord>, LedgerError> {
+        self.store.get(token)
+    }
+
     /// The highest `now` this ledger was given.
     pub fn high_water(&self) -> Timestamp {
         Timestamp::from_unix_millis(self.high_water.load(Ordering::Acquire))
@@ -1123,8 +1129,8 @@ impl<S: TokenStore> Ledger<S> {
     /// A Grant, Refusal or Confirm is routed until the token's `keep_until`.
     pub fn route(
         &self,
-        message: &[u8],
         from: ClientId,
+        message: &[u8],
         now: Timestamp,
     ) -> Result<Routed, LedgerError> {
         let header =

@@ -62,7 +62,7 @@ pub(crate) fn answer<S: Store + 'static>(
                 .join(handle, from.client, from.source, from.account, now)
                 .map(|offer| CodeAnswer::Reply(CodeFrame::Offer(&offer).encode())),
             CodeFrame::Message(m) => {
-                r.route(m, from.client, now)
+                r.route(from.client, m, now)
                     .map(|routed| CodeAnswer::Forward {
                         to: routed.forward_to,
                         frame: CodeFrame::Routed(m).encode(),

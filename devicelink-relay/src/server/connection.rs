@@ -525,7 +525,7 @@ impl<S: Store + 'static, W: Wire> Connection<S, W> {
                         .await;
                 }
                 let owned = bytes.clone();
-                let route = move |h: &Hub<S>| h.ledger.route(&owned[1..], client, now);
+                let route = move |h: &Hub<S>| h.ledger.route(client, &owned[1..], now);
                 // A Hello reserves and a Request redeems (writes); a Grant,
                 // Refusal or Confirm only reads its token.
                 let r = match header.kind {
