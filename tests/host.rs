@@ -107,9 +107,9 @@ fn a_link_gives_save_grant_and_each_list_version_in_order() {
             Output::Subscribe { .. } => "subscribe",
         })
         .collect();
-    // Hello; Save, Grant, the list naming the new device (a first link's
-    // Confirm changes no list: a re-pair's does, below).
-    assert_eq!(kinds, ["send", "save", "send", "list"]);
+    // Hello; Save, the list naming the new device, the Grant (a first
+    // link's Confirm changes no list: a re-pair's does, below).
+    assert_eq!(kinds, ["send", "save", "list", "send"]);
     let versions: Vec<u64> = lists(&outputs).iter().map(|l| l.version()).collect();
     assert_eq!(versions, [before + 1]);
     assert_eq!(

@@ -1116,6 +1116,210 @@ impl PrimaryClient {
     }
 }
 
+/// What a [`HostLink`] hands its host: a pairing message for the role's
+/// `receive`, or a signed fact for a linked device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostInbound {
+    /// A pairing message (for `Phone::receive` or `Device::receive`).
+    Message(Vec<u8>),
+    /// A signed device list (for `Device::receive_list`).
+    List(Vec<u8>),
+    /// A signed heartbeat (for `Device::receive_heartbeat`).
+    Heartbeat(Vec<u8>),
+    /// The relay says a device was logged out (the session's own facts
+    /// decide; a notice at most).
+    Logout {
+        /// The index the relay named.
+        index: DeviceIndex,
+        /// The relay's reason.
+        reason: LogoutReason,
+    },
+}
+
+/// One connection to the relay for a role of the core's host API
+/// ([`devicelink::host::Phone`] or [`devicelink::host::Device`]): it carries
+/// the role's outputs as frames and hands back what arrives. The role
+/// decides everything; this only speaks the relay's frames.
+pub struct HostLink {
+    link: FrameLink,
+    secret: ClientSecret,
+    /// Accounts proven on this connection.
+    proven: std::collections::HashSet<AccountId>,
+}
+
+impl std::fmt::Debug for HostLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostLink").finish_non_exhaustive()
+    }
+}
+
+impl HostLink {
+    /// Connects to `base` (`ws://host:port`, or `http://` for long-poll) as
+    /// a phone (`primary`) or a companion, identified as `secret`'s client.
+    pub async fn connect(
+        base: &str,
+        phone: bool,
+        secret: ClientSecret,
+    ) -> Result<Self, ClientError> {
+        let role = if phone { "primary" } else { "companion" };
+        let mut link = FrameLink::connect(base, role, &secret).await?;
+        link.settle().await?;
+        Ok(HostLink {
+            link,
+            secret,
+            proven: Default::default(),
+        })
+    }
+
+    /// This connection's client id secret (keep it to reconnect as the
+    /// same client).
+    pub fn secret(&self) -> &ClientSecret {
+        &self.secret
+    }
+
+    /// Carries out one of the phone's outputs and waits for the relay's
+    /// answer. `Save` is the host's own (nothing to send). The first list
+    /// on a connection goes with the account's proof.
+    pub async fn carry_phone(
+        &mut self,
+        phone: &devicelink::host::Phone,
+        output: &devicelink::host::Output,
+    ) -> Result<(), ClientError> {
+        use devicelink::host::Output;
+        match output {
+            Output::Save | Output::Register { .. } | Output::Subscribe { .. } => Ok(()),
+            Output::Send { message, .. } => {
+                self.link.send_message(message).await?;
+                self.settle_message().await
+            }
+            Output::PublishList { bytes, .. } => {
+                let account = phone.account();
+                if self.proven.insert(account.account_id()) {
+                    let proof = AccountProof::sign(account.key(), self.secret.client_id());
+                    self.link
+                        .send(&Frame::ProveAccount {
+                            account: account.account_id(),
+                            proof,
+                        })
+                        .await?;
+                }
+                self.link.send(&Frame::PublishList { bytes }).await?;
+                self.link.settle().await
+            }
+            Output::PublishHeartbeat { bytes } => {
+                self.link.send(&Frame::PublishHeartbeat { bytes }).await?;
+                self.link.settle().await
+            }
+        }
+    }
+
+    /// Carries out one of a device's outputs and waits for the relay's
+    /// answer. `Save` is the host's own. A token the relay already holds
+    /// for this client (after a reconnect) is not an error; nor is a list
+    /// older than the relay's before a Subscribe.
+    pub async fn carry_device(
+        &mut self,
+        device: &devicelink::host::Device,
+        output: &devicelink::host::Output,
+    ) -> Result<(), ClientError> {
+        use devicelink::host::Output;
+        match output {
+            Output::Save | Output::PublishHeartbeat { .. } => Ok(()),
+            Output::Send { message, .. } => {
+                if devicelink::code::is_code_message(message) {
+                    return Err(ClientError::Unexpected(FrameType::Message));
+                }
+                self.link.send_message(message).await?;
+                self.settle_message().await
+            }
+            Output::Register { token, expires_at } => {
+                self.link
+                    .send(&Frame::Register {
+                        token_id: *token,
+                        expires_at: *expires_at,
+                    })
+                    .await?;
+                match self.link.settle().await {
+                    Err(ClientError::Relay { code, .. })
+                        if codes::code_kind(code) == Some(ErrorKind::Conflict) =>
+                    {
+                        Ok(())
+                    }
+                    other => other,
+                }
+            }
+            Output::PublishList { bytes, .. } => {
+                self.link.send(&Frame::PublishList { bytes }).await?;
+                self.link.settle().await
+            }
+            Output::Subscribe { after } => {
+                let Some(session) = device.session() else {
+                    return Ok(());
+                };
+                let proof = SubscriptionProof::sign(session, self.secret.client_id())
+                    .ok_or(HandshakeError::SignatureNeeded)?;
+                let list = session.device_list().to_bytes();
+                self.link.send(&Frame::PublishList { bytes: &list }).await?;
+                match self.link.settle().await {
+                    Ok(()) | Err(ClientError::Relay { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+                self.link
+                    .send(&Frame::Subscribe {
+                        account: session.account(),
+                        index: session.index(),
+                        proof,
+                        after: Some(*after),
+                    })
+                    .await?;
+                self.link.settle().await
+            }
+        }
+    }
+
+    /// The answer to a Message: a token another device took is
+    /// [`ClientError::OfferTaken`].
+    async fn settle_message(&mut self) -> Result<(), ClientError> {
+        match self.link.settle().await {
+            Err(ClientError::Relay {
+                of: Some(FrameType::Message),
+                code,
+                ..
+            }) if codes::code_kind(code) == Some(ErrorKind::Conflict) => {
+                Err(ClientError::OfferTaken)
+            }
+            other => other,
+        }
+    }
+
+    /// The next message or push (waits for it).
+    pub async fn next(&mut self) -> Result<HostInbound, ClientError> {
+        loop {
+            match self.link.next().await? {
+                Inbound::Answer => {}
+                Inbound::Message(_, frame) => {
+                    return Ok(HostInbound::Message(
+                        frame.get(1..).unwrap_or_default().to_vec(),
+                    ))
+                }
+                Inbound::Push(frame) => {
+                    return Ok(match Frame::decode(&frame)? {
+                        Frame::PublishList { bytes } => HostInbound::List(bytes.to_vec()),
+                        Frame::PublishHeartbeat { bytes } => HostInbound::Heartbeat(bytes.to_vec()),
+                        Frame::Logout { index, reason } => HostInbound::Logout { index, reason },
+                        other => return Err(ClientError::Unexpected(other.frame_type())),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Closes the connection.
+    pub async fn close(self) {
+        self.link.close().await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

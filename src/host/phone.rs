@@ -141,10 +141,10 @@ impl Pairing {
 /// };
 /// assert!(asked.prompt().contains("Firefox on Linux"));
 /// phone.approve(token, &mut rng, now)?;
-/// // Save first, then send the Grant, then publish the new list.
+/// // Save first, then publish the new list, then send the Grant.
 /// assert_eq!(phone.poll_output(), Some(Output::Save));
-/// let Some(Output::Send { message: grant, .. }) = phone.poll_output() else { panic!() };
 /// assert!(matches!(phone.poll_output(), Some(Output::PublishList { .. })));
+/// let Some(Output::Send { message: grant, .. }) = phone.poll_output() else { panic!() };
 ///
 /// // The tab's user agrees; the phone hears the Confirm.
 /// tab.receive_grant(&grant, now)?;
@@ -327,8 +327,8 @@ impl Phone {
     }
 
     /// The user approved the prompt: the outbox gets [`Output::Save`], the
-    /// Grant, then the list that names the companion (pending until its
-    /// Confirm).
+    /// list that names the companion (pending until its Confirm), then the
+    /// Grant.
     pub fn approve<R: RngCore + CryptoRng>(
         &mut self,
         token: TokenId,
@@ -344,11 +344,13 @@ impl Phone {
         };
         let grant = self.account.grant(handshake, rng, now)?;
         self.outbox.push_back(Output::Save);
+        // The list before the Grant: the relay then knows the account (and
+        // the new device's key) before the companion subscribes.
+        self.publish_list();
         self.outbox.push_back(Output::Send {
             token,
             message: grant,
         });
-        self.publish_list();
         Ok(())
     }
 

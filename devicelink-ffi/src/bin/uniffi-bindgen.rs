@@ -1,0 +1,4 @@
+//! UniFFI's binding generator, at this crate's UniFFI version.
+fn main() {
+    uniffi::uniffi_bindgen_main()
+}
