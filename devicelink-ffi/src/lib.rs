@@ -1,6 +1,8 @@
 //! devicelink for Kotlin, Swift and Python, through UniFFI: the core's host
 //! API ([`devicelink::host`]) as two objects, [`Phone`] (the account) and
-//! [`Device`] (a companion), each with its outbox of [`Output`]s.
+//! [`Device`] (a companion), each with its outbox of [`Output`]s, and
+//! [`RelayLink`], the async relay client that carries those outputs over
+//! the relay's WebSocket and hands back what arrives.
 //!
 //! Every method takes the host's clock as `now_ms` (Unix milliseconds: a
 //! test suite passes a virtual clock), draws randomness from the operating
@@ -672,5 +674,135 @@ impl Device {
     /// The next thing to carry out, or none.
     pub fn poll_output(&self) -> Option<Output> {
         lock(&self.inner).poll_output().map(Output::from)
+    }
+}
+
+impl TryFrom<Output> for host::Output {
+    type Error = DevicelinkError;
+
+    fn try_from(o: Output) -> Result<Self, DevicelinkError> {
+        Ok(match o {
+            Output::Save => host::Output::Save,
+            Output::Send { token: t, message } => host::Output::Send {
+                token: token(&t)?,
+                message,
+            },
+            Output::PublishList { version, bytes } => host::Output::PublishList { version, bytes },
+            Output::PublishHeartbeat { bytes } => host::Output::PublishHeartbeat { bytes },
+            Output::Register {
+                token: t,
+                expires_at_ms,
+            } => host::Output::Register {
+                token: token(&t)?,
+                expires_at: at(expires_at_ms),
+            },
+            Output::Subscribe { after } => host::Output::Subscribe { after },
+        })
+    }
+}
+
+impl From<devicelink_relay::client::ClientError> for DevicelinkError {
+    fn from(e: devicelink_relay::client::ClientError) -> Self {
+        // Transport failures (a closed socket, a relay that went away) have
+        // no core kind: they are the relay being unavailable.
+        let kind = e.kind().unwrap_or(ErrorKind::Unavailable);
+        DevicelinkError::of(kind, e.to_string())
+    }
+}
+
+/// What the relay delivered to a [`RelayLink`].
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
+pub enum Inbound {
+    /// A pairing message: give it to the role's `receive`.
+    Message {
+        /// The message.
+        bytes: Vec<u8>,
+    },
+    /// A signed device list: give it to `Device::receive_list`.
+    List {
+        /// Its bytes.
+        bytes: Vec<u8>,
+    },
+    /// A signed heartbeat: give it to `Device::receive_heartbeat`.
+    Heartbeat {
+        /// Its bytes.
+        bytes: Vec<u8>,
+    },
+    /// The relay says a device was logged out (the session's own facts
+    /// decide).
+    Logout {
+        /// The index it named.
+        index: u32,
+        /// Its reason, for people.
+        reason: String,
+    },
+}
+
+/// One connection to a devicelink relay, for a phone or a companion: it
+/// carries the role's outputs as the relay's frames and hands back what
+/// arrives. Async (Python coroutines, Kotlin suspend functions, Swift
+/// async).
+#[derive(Debug, uniffi::Object)]
+pub struct RelayLink {
+    inner: tokio::sync::Mutex<devicelink_relay::client::HostLink>,
+}
+
+#[uniffi::export(async_runtime = "tokio")]
+impl RelayLink {
+    /// Connects to `base` (`ws://host:port`) as a phone (`phone = true`)
+    /// or a companion, as a fresh relay client.
+    #[uniffi::constructor]
+    pub async fn connect(base: String, phone: bool) -> Result<Arc<Self>, DevicelinkError> {
+        let secret = devicelink_relay::identity::ClientSecret::generate(&mut OsRng);
+        let link = devicelink_relay::client::HostLink::connect(&base, phone, secret).await?;
+        Ok(Arc::new(RelayLink {
+            inner: tokio::sync::Mutex::new(link),
+        }))
+    }
+
+    /// Carries out one of the phone's outputs (`Save` is the host's own:
+    /// nothing is sent) and waits for the relay's answer.
+    pub async fn carry_phone(
+        &self,
+        phone: Arc<Phone>,
+        output: Output,
+    ) -> Result<(), DevicelinkError> {
+        let output = host::Output::try_from(output)?;
+        let mut link = self.inner.lock().await;
+        let plan = link.plan_phone(&lock(&phone.inner), &output)?;
+        Ok(link.carry(plan).await?)
+    }
+
+    /// Carries out one of the device's outputs and waits for the relay's
+    /// answer.
+    pub async fn carry_device(
+        &self,
+        device: Arc<Device>,
+        output: Output,
+    ) -> Result<(), DevicelinkError> {
+        let output = host::Output::try_from(output)?;
+        let mut link = self.inner.lock().await;
+        let plan = link.plan_device(&lock(&device.inner), &output)?;
+        Ok(link.carry(plan).await?)
+    }
+
+    /// The next message or push, waiting at most `timeout_ms`; none if
+    /// nothing came.
+    pub async fn next(&self, timeout_ms: u64) -> Result<Option<Inbound>, DevicelinkError> {
+        use devicelink_relay::client::HostInbound;
+        let mut link = self.inner.lock().await;
+        let wait = std::time::Duration::from_millis(timeout_ms);
+        let Ok(inbound) = tokio::time::timeout(wait, link.next()).await else {
+            return Ok(None);
+        };
+        Ok(Some(match inbound? {
+            HostInbound::Message(bytes) => Inbound::Message { bytes },
+            HostInbound::List(bytes) => Inbound::List { bytes },
+            HostInbound::Heartbeat(bytes) => Inbound::Heartbeat { bytes },
+            HostInbound::Logout { index, reason } => Inbound::Logout {
+                index: index.0,
+                reason: reason.to_string(),
+            },
+        }))
     }
 }

@@ -463,10 +463,19 @@ impl FrameLink {
     }
 
     async fn send(&mut self, frame: &Frame<'_>) -> Result<(), ClientError> {
-        self.awaiting.push_back(frame.frame_type());
+        self.send_encoded(frame.frame_type(), frame.encode()).await
+    }
+
+    /// Sends a frame already encoded (of `frame_type`).
+    async fn send_encoded(
+        &mut self,
+        frame_type: FrameType,
+        bytes: Vec<u8>,
+    ) -> Result<(), ClientError> {
+        self.awaiting.push_back(frame_type);
         match &mut self.transport {
-            Transport::WebSocket(socket) => socket.send(Message::binary(frame.encode())).await?,
-            Transport::Poll(session) => session.send(frame.encode()).await?,
+            Transport::WebSocket(socket) => socket.send(Message::binary(bytes)).await?,
+            Transport::Poll(session) => session.send(bytes).await?,
         }
         Ok(())
     }
@@ -1136,6 +1145,48 @@ pub enum HostInbound {
     },
 }
 
+/// What the relay may refuse in a [`Carry`] step without it being an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tolerate {
+    Nothing,
+    /// A conflict (a token the relay holds for this client already).
+    Conflict,
+    /// Any refusal (a list older than the relay's).
+    AnyRefusal,
+    /// A conflict means another device took the offer
+    /// ([`ClientError::OfferTaken`]).
+    TakenOffer,
+}
+
+/// The frames that carry out one output, owned (see
+/// [`HostLink::plan_phone`]).
+#[derive(Debug, Default)]
+pub struct Carry {
+    steps: Vec<(FrameType, Vec<u8>, Tolerate)>,
+}
+
+impl Carry {
+    fn push(&mut self, frame: &Frame<'_>, tolerate: Tolerate) {
+        self.steps
+            .push((frame.frame_type(), frame.encode(), tolerate));
+    }
+
+    fn message(&mut self, message: &[u8]) -> Result<(), ClientError> {
+        let header = MessageHeader::parse(message)?;
+        let frame = Frame::Message {
+            header,
+            bytes: message,
+        };
+        self.push(&frame, Tolerate::TakenOffer);
+        Ok(())
+    }
+
+    /// Whether there is nothing to send.
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+}
+
 /// One connection to the relay for a role of the core's host API
 /// ([`devicelink::host::Phone`] or [`devicelink::host::Device`]): it carries
 /// the role's outputs as frames and hands back what arrives. The role
@@ -1178,118 +1229,128 @@ impl HostLink {
     }
 
     /// Carries out one of the phone's outputs and waits for the relay's
-    /// answer. `Save` is the host's own (nothing to send). The first list
-    /// on a connection goes with the account's proof.
+    /// answer ([`HostLink::plan_phone`], then [`HostLink::carry`]).
     pub async fn carry_phone(
         &mut self,
         phone: &devicelink::host::Phone,
         output: &devicelink::host::Output,
     ) -> Result<(), ClientError> {
-        use devicelink::host::Output;
-        match output {
-            Output::Save | Output::Register { .. } | Output::Subscribe { .. } => Ok(()),
-            Output::Send { message, .. } => {
-                self.link.send_message(message).await?;
-                self.settle_message().await
-            }
-            Output::PublishList { bytes, .. } => {
-                let account = phone.account();
-                if self.proven.insert(account.account_id()) {
-                    let proof = AccountProof::sign(account.key(), self.secret.client_id());
-                    self.link
-                        .send(&Frame::ProveAccount {
-                            account: account.account_id(),
-                            proof,
-                        })
-                        .await?;
-                }
-                self.link.send(&Frame::PublishList { bytes }).await?;
-                self.link.settle().await
-            }
-            Output::PublishHeartbeat { bytes } => {
-                self.link.send(&Frame::PublishHeartbeat { bytes }).await?;
-                self.link.settle().await
-            }
-        }
+        let plan = self.plan_phone(phone, output)?;
+        self.carry(plan).await
     }
 
     /// Carries out one of a device's outputs and waits for the relay's
-    /// answer. `Save` is the host's own. A token the relay already holds
-    /// for this client (after a reconnect) is not an error; nor is a list
-    /// older than the relay's before a Subscribe.
+    /// answer ([`HostLink::plan_device`], then [`HostLink::carry`]).
     pub async fn carry_device(
         &mut self,
         device: &devicelink::host::Device,
         output: &devicelink::host::Output,
     ) -> Result<(), ClientError> {
+        let plan = self.plan_device(device, output)?;
+        self.carry(plan).await
+    }
+
+    /// The frames that carry out one of the phone's outputs (owned, so a
+    /// host can let go of the phone before awaiting). `Save` is the host's
+    /// own (no frame). The first list on a connection goes with the
+    /// account's proof.
+    pub fn plan_phone(
+        &mut self,
+        phone: &devicelink::host::Phone,
+        output: &devicelink::host::Output,
+    ) -> Result<Carry, ClientError> {
         use devicelink::host::Output;
+        let mut plan = Carry::default();
         match output {
-            Output::Save | Output::PublishHeartbeat { .. } => Ok(()),
+            Output::Save | Output::Register { .. } | Output::Subscribe { .. } => {}
+            Output::Send { message, .. } => plan.message(message)?,
+            Output::PublishList { bytes, .. } => {
+                let account = phone.account();
+                if self.proven.insert(account.account_id()) {
+                    let proof = AccountProof::sign(account.key(), self.secret.client_id());
+                    let frame = Frame::ProveAccount {
+                        account: account.account_id(),
+                        proof,
+                    };
+                    plan.push(&frame, Tolerate::Nothing);
+                }
+                plan.push(&Frame::PublishList { bytes }, Tolerate::Nothing);
+            }
+            Output::PublishHeartbeat { bytes } => {
+                plan.push(&Frame::PublishHeartbeat { bytes }, Tolerate::Nothing);
+            }
+        }
+        Ok(plan)
+    }
+
+    /// The frames that carry out one of a device's outputs. `Save` is the
+    /// host's own. A token the relay already holds for this client (after
+    /// a reconnect) is not an error; nor is a list older than the relay's
+    /// before a Subscribe. A device whose key the platform's key store
+    /// holds cannot subscribe here (`SignatureNeeded`).
+    pub fn plan_device(
+        &mut self,
+        device: &devicelink::host::Device,
+        output: &devicelink::host::Output,
+    ) -> Result<Carry, ClientError> {
+        use devicelink::host::Output;
+        let mut plan = Carry::default();
+        match output {
+            Output::Save | Output::PublishHeartbeat { .. } => {}
             Output::Send { message, .. } => {
                 if devicelink::code::is_code_message(message) {
+                    // Code messages travel on the code endpoint.
                     return Err(ClientError::Unexpected(FrameType::Message));
                 }
-                self.link.send_message(message).await?;
-                self.settle_message().await
+                plan.message(message)?;
             }
             Output::Register { token, expires_at } => {
-                self.link
-                    .send(&Frame::Register {
-                        token_id: *token,
-                        expires_at: *expires_at,
-                    })
-                    .await?;
-                match self.link.settle().await {
-                    Err(ClientError::Relay { code, .. })
-                        if codes::code_kind(code) == Some(ErrorKind::Conflict) =>
-                    {
-                        Ok(())
-                    }
-                    other => other,
-                }
+                let frame = Frame::Register {
+                    token_id: *token,
+                    expires_at: *expires_at,
+                };
+                plan.push(&frame, Tolerate::Conflict);
             }
             Output::PublishList { bytes, .. } => {
-                self.link.send(&Frame::PublishList { bytes }).await?;
-                self.link.settle().await
+                plan.push(&Frame::PublishList { bytes }, Tolerate::Nothing);
             }
             Output::Subscribe { after } => {
-                let Some(session) = device.session() else {
-                    return Ok(());
-                };
-                let proof = SubscriptionProof::sign(session, self.secret.client_id())
-                    .ok_or(HandshakeError::SignatureNeeded)?;
-                let list = session.device_list().to_bytes();
-                self.link.send(&Frame::PublishList { bytes: &list }).await?;
-                match self.link.settle().await {
-                    Ok(()) | Err(ClientError::Relay { .. }) => {}
-                    Err(e) => return Err(e),
-                }
-                self.link
-                    .send(&Frame::Subscribe {
+                if let Some(session) = device.session() {
+                    let proof = SubscriptionProof::sign(session, self.secret.client_id())
+                        .ok_or(HandshakeError::SignatureNeeded)?;
+                    let list = session.device_list().to_bytes();
+                    plan.push(&Frame::PublishList { bytes: &list }, Tolerate::AnyRefusal);
+                    let frame = Frame::Subscribe {
                         account: session.account(),
                         index: session.index(),
                         proof,
                         after: Some(*after),
-                    })
-                    .await?;
-                self.link.settle().await
+                    };
+                    plan.push(&frame, Tolerate::Nothing);
+                }
             }
         }
+        Ok(plan)
     }
 
-    /// The answer to a Message: a token another device took is
-    /// [`ClientError::OfferTaken`].
-    async fn settle_message(&mut self) -> Result<(), ClientError> {
-        match self.link.settle().await {
-            Err(ClientError::Relay {
-                of: Some(FrameType::Message),
-                code,
-                ..
-            }) if codes::code_kind(code) == Some(ErrorKind::Conflict) => {
-                Err(ClientError::OfferTaken)
+    /// Sends a plan's frames, each waiting for the relay's answer.
+    pub async fn carry(&mut self, plan: Carry) -> Result<(), ClientError> {
+        for (frame_type, bytes, tolerate) in plan.steps {
+            self.link.send_encoded(frame_type, bytes).await?;
+            match (self.link.settle().await, tolerate) {
+                (Ok(()), _) => {}
+                (Err(ClientError::Relay { .. }), Tolerate::AnyRefusal) => {}
+                (Err(ClientError::Relay { code, .. }), Tolerate::Conflict)
+                    if codes::code_kind(code) == Some(ErrorKind::Conflict) => {}
+                (Err(ClientError::Relay { code, .. }), Tolerate::TakenOffer)
+                    if codes::code_kind(code) == Some(ErrorKind::Conflict) =>
+                {
+                    return Err(ClientError::OfferTaken)
+                }
+                (Err(e), _) => return Err(e),
             }
-            other => other,
         }
+        Ok(())
     }
 
     /// The next message or push (waits for it).

@@ -312,6 +312,7 @@ impl<S: Store + 'static> Hub<S> {
     }
 
     /// The hub of a node that shares its database with other nodes.
+    #[cfg(feature = "postgres")]
     pub(crate) fn with_bus(mut self, bus: Arc<dyn Bus>) -> Self {
         self.bus = Some(bus);
         self
@@ -323,6 +324,7 @@ impl<S: Store + 'static> Hub<S> {
     }
 
     /// The device indices subscribed to `account` on this node.
+    #[cfg(feature = "postgres")]
     pub(crate) fn subscribed_indices(&self, account: &AccountId) -> Vec<DeviceIndex> {
         lock(&self.subscribers)
             .get(account)
@@ -331,11 +333,13 @@ impl<S: Store + 'static> Hub<S> {
     }
 
     /// The accounts some connection of this node subscribed to.
+    #[cfg(feature = "postgres")]
     pub(crate) fn subscribed_accounts(&self) -> Vec<AccountId> {
         lock(&self.subscribers).keys().copied().collect()
     }
 
     /// The clients connected to this node.
+    #[cfg(feature = "postgres")]
     pub(crate) fn client_ids(&self) -> Vec<ClientId> {
         lock(&self.clients).keys().copied().collect()
     }
@@ -396,6 +400,7 @@ impl<S: Store + 'static> Hub<S> {
     /// `id` connected to another node: a connection of it here is replaced
     /// (closed with 4005), and the frames waiting in its mailbox here are
     /// returned (for the node that holds it now).
+    #[cfg(feature = "postgres")]
     pub(crate) fn moved_away(&self, id: ClientId) -> Vec<Bytes> {
         if let Some(peer) = lock(&self.clients).remove(&id) {
             Metrics::inc(&self.metrics.connections_replaced);
