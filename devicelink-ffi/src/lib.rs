@@ -33,72 +33,72 @@ uniffi::setup_scaffolding!("devicelink");
 #[derive(Debug, thiserror::Error, uniffi::Error)]
 pub enum DevicelinkError {
     /// Bytes or text that do not decode (a message, a code, a saved state).
-    #[error("malformed: {message}")]
+    #[error("malformed: {detail}")]
     Malformed {
-        /// The core's message.
-        message: String,
+        /// The core's message (not `message`: Kotlin's exceptions have one).
+        detail: String,
     },
     /// A MAC, signature or key confirmation did not verify.
-    #[error("unauthenticated: {message}")]
+    #[error("unauthenticated: {detail}")]
     Unauthenticated {
-        /// The core's message.
-        message: String,
+        /// The core's message (not `message`: Kotlin's exceptions have one).
+        detail: String,
     },
     /// Out of order, duplicated, or for another pairing.
-    #[error("unexpected: {message}")]
+    #[error("unexpected: {detail}")]
     Unexpected {
-        /// The core's message.
-        message: String,
+        /// The core's message (not `message`: Kotlin's exceptions have one).
+        detail: String,
     },
     /// Refused by a rule (the device limit, no link intent, the user).
-    #[error("refused: {message}")]
+    #[error("refused: {detail}")]
     Refused {
-        /// The core's message.
-        message: String,
+        /// The core's message (not `message`: Kotlin's exceptions have one).
+        detail: String,
     },
     /// Too late (a timeout, an expired offer, a logout).
-    #[error("expired: {message}")]
+    #[error("expired: {detail}")]
     Expired {
-        /// The core's message.
-        message: String,
+        /// The core's message (not `message`: Kotlin's exceptions have one).
+        detail: String,
     },
     /// Conflicts with what is already there.
-    #[error("conflict: {message}")]
+    #[error("conflict: {detail}")]
     Conflict {
-        /// The core's message.
-        message: String,
+        /// The core's message (not `message`: Kotlin's exceptions have one).
+        detail: String,
     },
     /// A resource is unavailable.
-    #[error("unavailable: {message}")]
+    #[error("unavailable: {detail}")]
     Unavailable {
-        /// The core's message.
-        message: String,
+        /// The core's message (not `message`: Kotlin's exceptions have one).
+        detail: String,
     },
     /// A call the state does not allow (a programming error).
-    #[error("misuse: {message}")]
+    #[error("misuse: {detail}")]
     Misuse {
-        /// The core's message.
-        message: String,
+        /// The core's message (not `message`: Kotlin's exceptions have one).
+        detail: String,
     },
 }
 
 impl DevicelinkError {
-    fn of(kind: ErrorKind, message: String) -> Self {
+    fn of(kind: ErrorKind, detail: String) -> Self {
         match kind {
-            ErrorKind::Malformed => DevicelinkError::Malformed { message },
-            ErrorKind::Unauthenticated => DevicelinkError::Unauthenticated { message },
-            ErrorKind::Unexpected => DevicelinkError::Unexpected { message },
-            ErrorKind::Refused => DevicelinkError::Refused { message },
-            ErrorKind::Expired => DevicelinkError::Expired { message },
-            ErrorKind::Conflict => DevicelinkError::Conflict { message },
-            ErrorKind::Unavailable => DevicelinkError::Unavailable { message },
-            _ => DevicelinkError::Misuse { message },
+            ErrorKind::Malformed => DevicelinkError::Malformed { detail },
+            ErrorKind::Unauthenticated => DevicelinkError::Unauthenticated { detail },
+            ErrorKind::Unexpected => DevicelinkError::Unexpected { detail },
+            ErrorKind::Refused => DevicelinkError::Refused { detail },
+            ErrorKind::Expired => DevicelinkError::Expired { detail },
+            ErrorKind::Conflict => DevicelinkError::Conflict { detail },
+            ErrorKind::Unavailable => DevicelinkError::Unavailable { detail },
+            _ => DevicelinkError::Misuse { detail },
         }
     }
 
     fn malformed(what: &str) -> Self {
         DevicelinkError::Malformed {
-            message: what.to_owned(),
+            detail: what.to_owned(),
         }
     }
 }
