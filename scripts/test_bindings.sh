@@ -51,6 +51,21 @@ fi
 "$kotlin/bin/kotlinc" -version 2>&1 | tail -1
 java -version 2>&1 | head -1
 
+step "docs: every python and kotlin block in docs/BINDINGS.md is the tests' own code"
+python3 - <<'PY'
+import re, sys
+doc = open("docs/BINDINGS.md").read()
+sources = {
+    "python": open("devicelink-ffi/python/tests/test_devicelink.py").read(),
+    "kotlin": open("devicelink-ffi/kotlin/LinkTest.kt").read(),
+}
+blocks = re.findall(r"```(python|kotlin)\n(.*?)```", doc, re.S)
+missing = [lang for lang, code in blocks if code not in sources[lang]]
+if missing or len(blocks) < 4:
+    sys.exit(f"docs/BINDINGS.md: {len(missing)} of {len(blocks)} blocks are not the tests' code")
+print(f"{len(blocks)} blocks, each verbatim in its test")
+PY
+
 step "build: the relay binary, the FFI library and its uniffi-bindgen"
 cargo build -q -p devicelink-relay --bin devicelink-relay
 cargo build -q -p devicelink-ffi --features bindgen --lib --bin uniffi-bindgen
@@ -64,20 +79,7 @@ relay_pid=""
 cleanup() { [ -n "$relay_pid" ] && kill "$relay_pid" 2>/dev/null || true; }
 trap cleanup EXIT
 
-step "python: the wheel (maturin), pytest"
-rm -rf "$work/wheels"
-"$work/venv/bin/maturin" build -q -m devicelink-ffi/Cargo.toml --out "$work/wheels" 2>&1 | tail -1
-"$work/venv/bin/pip" install -q --force-reinstall "$work"/wheels/devicelink-*.whl
-python_log="$work/pytest.log"
-(cd devicelink-ffi/python && DEVICELINK_RELAY_BIN="$relay_bin" \
-  "$work/venv/bin/pytest" -q -p no:cacheprovider tests) | tee "$python_log"
-python_passed="$(sed -n 's/^\([0-9][0-9]*\) passed.*/\1/p' "$python_log" | tail -1)"
-if grep -Eq '[0-9]+ (failed|error)' "$python_log" || [ -z "$python_passed" ]; then
-  echo "bindings: python tests failed" >&2
-  exit 1
-fi
-
-step "kotlin: generated, compiled (kotlinc), run on the JVM against a relay"
+step "kotlin: generated, compiled (kotlinc)"
 rm -rf "$work/kotlin-src" "$work/kotlin-test.jar"
 "$bindgen" generate --no-format --library "$lib" --language kotlin --out-dir "$work/kotlin-src" >/dev/null
 cp_jars="/usr/share/java/jna.jar:$kotlin/lib/kotlinx-coroutines-core-jvm.jar"
@@ -85,6 +87,23 @@ cp_jars="/usr/share/java/jna.jar:$kotlin/lib/kotlinx-coroutines-core-jvm.jar"
   "$work"/kotlin-src/uniffi/devicelink/devicelink.kt devicelink-ffi/kotlin/LinkTest.kt \
   -d "$work/kotlin-test.jar" 2>&1 | grep -v '^warning' || true
 test -f "$work/kotlin-test.jar"
+
+step "python: the wheel (maturin), pytest (one test links a Kotlin companion to a Python phone)"
+rm -rf "$work/wheels"
+"$work/venv/bin/maturin" build -q -m devicelink-ffi/Cargo.toml --out "$work/wheels" 2>&1 | tail -1
+"$work/venv/bin/pip" install -q --force-reinstall "$work"/wheels/devicelink-*.whl
+python_log="$work/pytest.log"
+# The cross-language test runs the Kotlin companion as a child process.
+kotlin_device="java -Djna.library.path=$(dirname "$lib") -cp $work/kotlin-test.jar:$cp_jars:$kotlin/lib/kotlin-stdlib.jar LinkTestKt"
+(cd devicelink-ffi/python && DEVICELINK_RELAY_BIN="$relay_bin" DEVICELINK_KOTLIN_DEVICE="$kotlin_device" \
+  "$work/venv/bin/pytest" -q -p no:cacheprovider tests) | tee "$python_log"
+python_passed="$(sed -n 's/^\([0-9][0-9]*\) passed.*/\1/p' "$python_log" | tail -1)"
+if grep -Eq '[0-9]+ (failed|error)' "$python_log" || [ -z "$python_passed" ]; then
+  echo "bindings: python tests failed" >&2
+  exit 1
+fi
+
+step "kotlin: run on the JVM against a relay"
 "$relay_bin" --listen 127.0.0.1:0 --memory >"$work/relay.out" 2>/dev/null &
 relay_pid=$!
 base=""

@@ -111,7 +111,36 @@ fun throughRelay(base: String) = runBlocking {
     error("the revocation never arrived")
 }
 
+/** The companion side of the cross-language test: a Kotlin device shows its
+ * QR text on stdout, and whichever phone scans it (the Python test's) links
+ * it; its user agrees when the check code is shown. */
+fun deviceForAnotherLanguage(base: String) = runBlocking {
+    val device = Device("Kotlin companion", nowMs())
+    val link = RelayLink.connect(base, false)
+    carryDevice(link, device)
+    println("offer: ${device.offerText()}")
+    while (true) {
+        val got = link.next(30_000uL) ?: error("nothing from the phone within 30 s")
+        if (got !is Inbound.Message) continue
+        when (val event = device.receive(got.bytes, nowMs())) {
+            is DeviceEvent.Prompt -> {
+                println("check code: ${event.prompt.checkCode}")
+                println("account: ${event.prompt.accountFingerprint}")
+                val linked = device.consent(nowMs()) as DeviceEvent.Linked
+                carryDevice(link, device)
+                println("linked as device #${linked.index}")
+                return@runBlocking
+            }
+            else -> carryDevice(link, device)
+        }
+    }
+}
+
 fun main(args: Array<String>) {
+    if (args.getOrNull(0) == "device") {
+        deviceForAnotherLanguage(args.getOrNull(1) ?: error("usage: LinkTest device ws://relay"))
+        return
+    }
     val base = args.getOrNull(0) ?: error("usage: LinkTest ws://relay")
     val tests = listOf(
         "a phone links a companion in process" to { inProcess() },

@@ -217,3 +217,50 @@ def test_a_phone_links_a_companion_through_a_real_relay(relay):
 
     event = asyncio.run(scenario())
     assert event.reason == "revoked by the primary"
+
+
+def test_a_python_phone_links_a_kotlin_companion(relay):
+    """Across languages: the companion is the Kotlin binding on the JVM
+    (devicelink-ffi/kotlin/LinkTest.kt, `device` mode), the phone is this
+    Python process, both on the same relay."""
+    command = os.environ.get("DEVICELINK_KOTLIN_DEVICE")
+    if not command:
+        pytest.fail("DEVICELINK_KOTLIN_DEVICE is not set (scripts/test_bindings.sh sets it)")
+    kotlin = subprocess.Popen(
+        command.split() + ["device", relay],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        offer = kotlin.stdout.readline().strip()
+        assert offer.startswith("offer: DL:"), (offer, kotlin.stderr.read())
+        offer = offer.removeprefix("offer: ")
+
+        async def phone_side():
+            now = lambda: int(time.time() * 1000)
+            phone = dl.Phone(now())
+            link = await dl.RelayLink.connect(relay, True)
+            phone.open_link_intent(now())
+            token = phone.scan(offer, now())
+            await carry(link, phone, True)
+            request = await next_inbound(link, dl.Inbound.MESSAGE)
+            prompt = phone.receive(request.bytes, now())
+            assert prompt.prompt.label == "Kotlin companion"
+            phone.approve(token, now())
+            await carry(link, phone, True)
+            confirm = await next_inbound(link, dl.Inbound.MESSAGE)
+            linked = phone.receive(confirm.bytes, now())
+            return phone, prompt.prompt, linked
+
+        phone, prompt, linked = asyncio.run(phone_side())
+        assert isinstance(linked, dl.PhoneEvent.LINKED)
+        out, err = kotlin.communicate(timeout=60)
+        assert kotlin.returncode == 0, err
+        lines = dict(line.split(": ", 1) for line in out.splitlines() if ": " in line)
+        assert lines["check code"] == prompt.check_code
+        assert lines["account"] == phone.account_fingerprint()
+        assert f"linked as device #{linked.index}" in out
+    finally:
+        if kotlin.poll() is None:
+            kotlin.kill()
