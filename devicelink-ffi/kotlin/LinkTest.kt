@@ -136,7 +136,50 @@ fun deviceForAnotherLanguage(base: String) = runBlocking {
     }
 }
 
+/** The Kotlin side of the bindings bench (scripts/bindings_bench.sh): N
+ * whole links in process, the same steps as examples/link_bench.rs. */
+fun untilSend(next: () -> Output?): ByteArray {
+    while (true) {
+        when (val o = next()) {
+            is Output.Send -> return o.message
+            null -> error("expected a message")
+            else -> {}
+        }
+    }
+}
+
+fun benchLink(): Boolean {
+    val phone = Phone(NOW)
+    val device = Device("bench", NOW)
+    while (device.pollOutput() != null) {}
+    phone.openLinkIntent(NOW)
+    val token = phone.scan(device.offerText()!!, NOW)
+    device.receive(untilSend { phone.pollOutput() }, NOW)
+    phone.receive(untilSend { device.pollOutput() }, NOW)
+    phone.approve(token, NOW)
+    device.receive(untilSend { phone.pollOutput() }, NOW)
+    device.consent(NOW)
+    val linked = phone.receive(untilSend { device.pollOutput() }, NOW)
+    while (phone.pollOutput() != null) {}
+    while (device.pollOutput() != null) {}
+    phone.close()
+    device.close()
+    return linked is PhoneEvent.Linked
+}
+
+fun bench(n: Int) {
+    repeat(10) { benchLink() }
+    val start = System.nanoTime()
+    repeat(n) { check(benchLink()) { "a link failed" } }
+    val ms = (System.nanoTime() - start) / 1e6
+    println("kotlin: $n links in ${"%.1f".format(ms)} ms")
+}
+
 fun main(args: Array<String>) {
+    if (args.getOrNull(0) == "bench") {
+        bench(args.getOrNull(1)?.toInt() ?: 200)
+        return
+    }
     if (args.getOrNull(0) == "device") {
         deviceForAnotherLanguage(args.getOrNull(1) ?: error("usage: LinkTest device ws://relay"))
         return

@@ -16,6 +16,11 @@
 //! --language python|kotlin|swift --out-dir <dir>`; `scripts/test_bindings.sh`
 //! builds and tests them.
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use devicelink::code::{CodeHandle, TypedCode};
